@@ -1,0 +1,85 @@
+//! Static configuration of a replica: who the members are and every limit, in ticks and bytes.
+
+use crate::requests::TableLimits;
+use crate::types::NodeId;
+
+/// Configuration of one replica. All durations are in ticks of the driver's logical clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This replica's id; must be in `members`.
+    pub id: NodeId,
+    /// Every member of the cluster, this replica included. A quorum is a strict majority.
+    pub members: Vec<NodeId>,
+    /// The leader sends a heartbeat when it has sent nothing for this many ticks.
+    pub heartbeat_interval_ticks: u64,
+    /// A follower that hears from no leader for a random time in
+    /// `[election_timeout_ticks, 2 * election_timeout_ticks)` starts an election.
+    pub election_timeout_ticks: u64,
+    /// A forwarded proposal with no answer after this many ticks is answered `Timeout`.
+    pub forward_timeout_ticks: u64,
+    /// An unanswered catch-up request is sent again after this many ticks.
+    pub catch_up_timeout_ticks: u64,
+    /// Slots the leader may have proposed but not yet applied (the pipeline window).
+    pub slots_in_flight_max: u64,
+    /// Entries in one Accept, CatchUpEntries or Promise message.
+    pub entries_per_message_max: usize,
+    /// Bytes of values in one Accept or CatchUpEntries message (at least one entry is always sent).
+    pub message_bytes_max: usize,
+    /// Proposals the leader queues while the window is full; beyond this they are refused.
+    pub proposals_queued_max: usize,
+    /// Largest client value, in bytes.
+    pub value_bytes_max: usize,
+    /// Limits of the duplicate-request table.
+    pub request_table: TableLimits,
+}
+
+impl Config {
+    /// A configuration with the default limits for the given members.
+    pub fn new(id: NodeId, members: Vec<NodeId>) -> Self {
+        Config {
+            id,
+            members,
+            heartbeat_interval_ticks: 2,
+            election_timeout_ticks: 10,
+            forward_timeout_ticks: 50,
+            catch_up_timeout_ticks: 5,
+            slots_in_flight_max: 4096,
+            entries_per_message_max: 1024,
+            message_bytes_max: 4 << 20,
+            proposals_queued_max: 65_536,
+            value_bytes_max: 1 << 20,
+            request_table: TableLimits {
+                clients_max: 4096,
+                seqs_per_client_max: 1024,
+            },
+        }
+    }
+
+    /// Number of members whose votes make a majority.
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    /// Panics on a configuration no cluster can run with: these are programming errors.
+    pub fn validate(&self) {
+        assert!(!self.members.is_empty(), "a cluster needs members");
+        assert!(
+            self.members.contains(&self.id),
+            "replica {} is not a member",
+            self.id
+        );
+        let mut sorted = self.members.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), self.members.len(), "duplicate member ids");
+        assert!(!self.members.contains(&0), "node id 0 is reserved");
+        assert!(self.heartbeat_interval_ticks >= 1);
+        assert!(
+            self.election_timeout_ticks > self.heartbeat_interval_ticks,
+            "election timeout must exceed the heartbeat interval"
+        );
+        assert!(self.slots_in_flight_max >= 1);
+        assert!(self.entries_per_message_max >= 1);
+        assert!(self.request_table.clients_max >= 1 && self.request_table.seqs_per_client_max >= 1);
+    }
+}

@@ -1,0 +1,30 @@
+//! Multi-Paxos as a deterministic, I/O-free state machine.
+//!
+//! A [`Replica`] is one member of a cluster: proposer, acceptor and learner. It never touches a
+//! disk, a socket or a clock. The driver feeds it inputs ([`Replica::tick`], [`Replica::step`],
+//! [`Replica::propose`], [`Replica::compact`]) and executes what [`Replica::take_ready`] returns,
+//! honouring the [`Ready`] contract: persist durably, then send. The same recovered state, inputs
+//! and seed always produce the same outputs, which is what makes the simulation in `tests/`
+//! replayable.
+
+mod acceptor;
+mod config;
+mod learner;
+mod message;
+mod proposer;
+mod ready;
+mod replica;
+mod requests;
+mod rng;
+mod storage;
+mod types;
+
+pub use config::Config;
+pub use learner::{Compaction, CompactionError, CompactionReport};
+pub use message::{AcceptedEntry, Envelope, Message, Proposal, ProposalError, TruncationSnapshot};
+pub use ready::{DurableState, HistoryRead, PersistOp, Ready, Reply};
+pub use replica::{Replica, RoleName, Status};
+pub use requests::{Lookup, RequestTable, TableChange, TableLimits};
+pub use rng::Rng;
+pub use storage::MemStorage;
+pub use types::{Ballot, NodeId, RequestId, Slot, Value};

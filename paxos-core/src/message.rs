@@ -1,0 +1,135 @@
+//! Messages between replicas. Every message carries the ballot it belongs to, so a receiver can
+//! tell stale traffic from current traffic.
+
+use crate::requests::RequestTable;
+use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
+use serde::{Deserialize, Serialize};
+
+/// A message with its sender and receiver. The transport must deliver `from` truthfully (the
+/// node daemon takes it from the authenticated Hello of the connection, never from the payload).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub message: Message,
+}
+
+/// A proposal forwarded by the replica that a client talked to, so the leader can answer it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub request_id: RequestId,
+    pub payload: Vec<u8>,
+}
+
+/// An entry an acceptor reports in a Promise: it accepted `value` at `slot` in `ballot`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedEntry {
+    pub slot: Slot,
+    pub ballot: Ballot,
+    pub value: Value,
+}
+
+/// Why a proposal did not (or may not) reach the log. All of these are retryable with the same
+/// request id: the log still holds each request at most once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ProposalError {
+    /// This replica is not the leader and knows of none to forward to (or the leader changed
+    /// while the proposal was in flight: it may or may not be chosen; retry to find out).
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    /// The leader did not answer a forwarded proposal in time.
+    #[error("timed out waiting for the leader")]
+    Timeout,
+    /// The leader's queue of proposals is full.
+    #[error("leader overloaded: too many proposals queued")]
+    Overloaded,
+    /// The request id is older than what the duplicate table remembers for its client, so the
+    /// log can no longer tell whether it was chosen before. Not retryable with the same id.
+    #[error("request id {0} is too old to be deduplicated")]
+    RequestExpired(RequestId),
+    /// The value is larger than the configured limit.
+    #[error("value of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
+    TooLarge { size_bytes: usize, limit_bytes: usize },
+}
+
+impl ProposalError {
+    /// Whether the same request may be sent again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProposalError::NotLeader { .. } | ProposalError::Timeout | ProposalError::Overloaded
+        )
+    }
+}
+
+/// The protocol's messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Phase 1a: asks for a promise covering every slot from `from_slot` on.
+    Prepare { ballot: Ballot, from_slot: Slot },
+    /// Phase 1b. `accepted` holds every entry this acceptor accepted at slots `>= from_slot` that
+    /// it has not yet applied; slots below `chosen_upto` are chosen (final), their values are
+    /// fetched by catch-up. `chosen` lists slots above `chosen_upto` it knows chosen.
+    Promise {
+        ballot: Ballot,
+        accepted: Vec<AcceptedEntry>,
+        chosen: Vec<(Slot, Value)>,
+        chosen_upto: Slot,
+    },
+    /// The receiver promised a higher ballot; `promised` lets the sender retry above it.
+    Nack { ballot: Ballot, promised: Ballot },
+    /// Phase 2a for a batch of slots. `commit_upto`: every slot below it is chosen.
+    Accept {
+        ballot: Ballot,
+        entries: Vec<(Slot, Value)>,
+        commit_upto: Slot,
+    },
+    /// Phase 2b: the acceptor durably accepted these slots in `ballot`. `chosen_upto` tells the
+    /// leader how far this member has applied (used to gate truncation).
+    Accepted {
+        ballot: Ballot,
+        slots: Vec<Slot>,
+        chosen_upto: Slot,
+    },
+    /// Leader liveness and commit progress. `history_start` asks followers to truncate their
+    /// history below it once they have applied that far.
+    Heartbeat {
+        ballot: Ballot,
+        commit_upto: Slot,
+        history_start: Slot,
+    },
+    /// A follower's answer to a heartbeat: how far it has applied.
+    HeartbeatAck { ballot: Ballot, chosen_upto: Slot },
+    /// Asks for chosen entries from `from_slot`.
+    CatchUp { from_slot: Slot },
+    /// Chosen entries, in slot order, exactly as the sender's history holds them.
+    CatchUpEntries {
+        entries: Vec<(Slot, Value)>,
+        chosen_upto: Slot,
+    },
+    /// The requested range was truncated: the receiver restarts its history at `history_start`
+    /// with the duplicate table the sender kept when it truncated.
+    CatchUpTruncated { snapshot: TruncationSnapshot },
+    /// A client proposal forwarded from the replica the client talked to.
+    Forward { proposal: Proposal },
+    /// The leader's answer to a forwarded proposal.
+    ForwardReply {
+        request_id: RequestId,
+        outcome: Result<Slot, ProposalError>,
+    },
+}
+
+/// What a replica keeps of the history it truncated: where the history now starts, and the
+/// duplicate table that lets a node starting from there apply later slots exactly as everyone
+/// else did.
+///
+/// # Correctness
+/// `requests` is the table as it was after applying every slot below `table_upto`
+/// (`table_upto >= history_start`). A node that installs the snapshot copies the slots in
+/// `[history_start, table_upto)` verbatim from peers and does not re-run deduplication for them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TruncationSnapshot {
+    pub history_start: Slot,
+    pub table_upto: Slot,
+    pub requests: RequestTable,
+}

@@ -1,0 +1,512 @@
+//! Proposer rules: elections (phase 1), the stable leader's pipelined phase 2, forwarding.
+
+use crate::message::{Message, Proposal, ProposalError};
+use crate::replica::{CandidateState, InFlight, LeaderState, Origin, PromiseData, Replica, Role};
+use crate::requests::Lookup;
+use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+impl Replica {
+    pub(crate) fn tick_proposer(&mut self) {
+        let now = self.tick_now;
+        let interval = self.config.heartbeat_interval_ticks;
+        let quorum = self.config.quorum();
+        let election_timeout = self.config.election_timeout_ticks;
+        if let Role::Leader(leader) = &mut self.role {
+            // Check quorum: a leader cut off from the majority cannot commit anything; stepping
+            // down answers its clients (retryable) instead of leaving them waiting forever.
+            let heard = 1 + leader
+                .last_heard_tick
+                .values()
+                .filter(|tick| now.saturating_sub(**tick) <= 2 * election_timeout)
+                .count();
+            if heard < quorum {
+                self.step_down(None);
+                return;
+            }
+            if now.saturating_sub(leader.last_heartbeat_tick) >= interval {
+                leader.last_heartbeat_tick = now;
+                let heartbeat = Message::Heartbeat {
+                    ballot: leader.ballot,
+                    commit_upto: self.chosen_upto,
+                    history_start: self.truncation.history_start,
+                };
+                self.broadcast(heartbeat);
+                self.retransmit_accepts();
+            }
+            return;
+        }
+        self.election_elapsed_ticks += 1;
+        if self.election_elapsed_ticks >= self.election_deadline_ticks {
+            self.become_candidate();
+        }
+    }
+
+    /// Starts phase 1 with a ballot above every ballot seen.
+    pub(crate) fn become_candidate(&mut self) {
+        self.fail_leader_work(None);
+        let round = self.round_seen.max(self.promised.round) + 1;
+        let ballot = Ballot::new(round, self.config.id);
+        self.round_seen = round;
+        self.raise_promise(ballot);
+        self.leader_hint = None;
+        self.reset_election_timer();
+        let own = self.promise_data(self.chosen_upto);
+        let mut promises = BTreeMap::new();
+        promises.insert(self.config.id, own);
+        self.role = Role::Candidate(CandidateState { ballot, promises });
+        self.broadcast(Message::Prepare {
+            ballot,
+            from_slot: self.chosen_upto,
+        });
+        self.maybe_become_leader();
+    }
+
+    pub(crate) fn on_promise(&mut self, from: NodeId, ballot: Ballot, data: PromiseData) {
+        self.note_member_progress(from, data.chosen_upto);
+        let Role::Candidate(candidate) = &mut self.role else {
+            return;
+        };
+        if candidate.ballot != ballot {
+            return;
+        }
+        candidate.promises.insert(from, data);
+        self.maybe_become_leader();
+    }
+
+    fn maybe_become_leader(&mut self) {
+        let Role::Candidate(candidate) = &self.role else {
+            return;
+        };
+        if candidate.promises.len() < self.config.quorum() {
+            return;
+        }
+        let Role::Candidate(candidate) = std::mem::replace(&mut self.role, Role::Follower) else {
+            unreachable!("checked above")
+        };
+        self.become_leader(candidate);
+    }
+
+    /// Phase 1 is complete: choose a value for every open slot and start phase 2.
+    ///
+    /// # Correctness
+    /// For slots at or above every promiser's `chosen_upto`, any value that may have been chosen
+    /// was accepted by some promiser that still holds the record, so taking the highest-ballot
+    /// accepted value is safe. Slots below some promiser's `chosen_upto` are chosen but their
+    /// reports may be stale; those are re-proposed only when the chosen value itself is known,
+    /// otherwise left to catch-up.
+    fn become_leader(&mut self, candidate: CandidateState) {
+        let ballot = candidate.ballot;
+        assert_eq!(self.promised, ballot, "a leader holds its own promise");
+        let mut max_chosen_upto = self.chosen_upto;
+        let mut highest: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
+        for (node, data) in candidate.promises {
+            max_chosen_upto = max_chosen_upto.max(data.chosen_upto);
+            if node != self.config.id {
+                self.note_member_progress(node, data.chosen_upto);
+            }
+            for (slot, value) in data.chosen {
+                self.learn_chosen(slot, value);
+            }
+            for entry in data.accepted {
+                let replace = match highest.get(&entry.slot) {
+                    Some((ballot, _)) => entry.ballot > *ballot,
+                    None => true,
+                };
+                if replace {
+                    highest.insert(entry.slot, (entry.ballot, entry.value));
+                }
+            }
+        }
+        let mut next_slot = max_chosen_upto.max(self.chosen_upto);
+        if let Some((slot, _)) = highest.last_key_value() {
+            next_slot = next_slot.max(slot + 1);
+        }
+        if let Some((slot, _)) = self.chosen_pending.last_key_value() {
+            next_slot = next_slot.max(slot + 1);
+        }
+        let mut proposals = Vec::new();
+        for slot in self.chosen_upto..next_slot {
+            let value = if let Some(value) = self.chosen_pending.get(&slot) {
+                value.clone()
+            } else if slot < max_chosen_upto {
+                continue;
+            } else if let Some((_, value)) = highest.remove(&slot) {
+                value
+            } else {
+                Value::Noop
+            };
+            proposals.push((slot, value));
+        }
+        let now = self.tick_now;
+        let mut leader = LeaderState {
+            ballot,
+            next_slot,
+            in_flight: BTreeMap::new(),
+            unsent: Vec::new(),
+            queue: VecDeque::new(),
+            waiters: BTreeMap::new(),
+            in_flight_requests: BTreeMap::new(),
+            last_heartbeat_tick: now,
+            last_heard_tick: self.peers().map(|peer| (peer, now)).collect(),
+        };
+        for (slot, value) in &proposals {
+            leader.in_flight.insert(
+                *slot,
+                InFlight {
+                    value: value.clone(),
+                    votes: BTreeSet::from([self.config.id]),
+                    sent_tick: now,
+                },
+            );
+            if let Some(request_id) = value.request_id() {
+                leader.in_flight_requests.insert(request_id, *slot);
+            }
+            leader.unsent.push(*slot);
+        }
+        self.role = Role::Leader(Box::new(leader));
+        self.leader_hint = Some(self.config.id);
+        for (slot, value) in proposals {
+            self.accept_locally(slot, ballot, value);
+        }
+        // Announce leadership at once so followers stop their election timers.
+        self.broadcast(Message::Heartbeat {
+            ballot,
+            commit_upto: self.chosen_upto,
+            history_start: self.truncation.history_start,
+        });
+        self.check_quorums();
+        self.fill_window();
+        self.maybe_catch_up();
+    }
+
+    pub(crate) fn on_nack(&mut self, from: NodeId, ballot: Ballot, promised: Ballot) {
+        let own = match &self.role {
+            Role::Candidate(candidate) => candidate.ballot,
+            Role::Leader(leader) => leader.ballot,
+            Role::Follower => return,
+        };
+        if ballot != own || promised <= own {
+            return;
+        }
+        let _ = from;
+        self.step_down(Some(promised.node));
+        // Back off for a random extra while: duelling candidates that keep pre-empting each
+        // other settle once one of them waits longer than the other needs to win.
+        let timeout = self.config.election_timeout_ticks;
+        self.election_elapsed_ticks = 0;
+        self.election_deadline_ticks = self.rng.range(timeout, 3 * timeout);
+    }
+
+    /// Leaves the candidate or leader role if `ballot` outranks ours.
+    pub(crate) fn step_down_below(&mut self, ballot: Ballot) {
+        let own = match &self.role {
+            Role::Candidate(candidate) => candidate.ballot,
+            Role::Leader(leader) => leader.ballot,
+            Role::Follower => return,
+        };
+        if ballot > own {
+            self.step_down(Some(ballot.node));
+        }
+    }
+
+    pub(crate) fn step_down(&mut self, leader_hint: Option<NodeId>) {
+        self.fail_leader_work(leader_hint);
+        self.role = Role::Follower;
+        self.leader_hint = leader_hint;
+        self.reset_election_timer();
+    }
+
+    /// Answers everything a leader was waiting on: the outcome is unknown, so the answer is a
+    /// retryable NotLeader (a retry with the same request id cannot be chosen twice).
+    fn fail_leader_work(&mut self, leader_hint: Option<NodeId>) {
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        // Queued proposals have no slot yet; their waiters are in `waiters` like everyone's.
+        leader.queue.clear();
+        let waiters = std::mem::take(&mut leader.waiters);
+        let error = ProposalError::NotLeader { leader_hint };
+        for (request_id, origins) in waiters {
+            for origin in origins {
+                self.reply(origin, request_id, Err(error.clone()));
+            }
+        }
+    }
+
+    /// A proposal reached the leader, from a local client or forwarded by a peer.
+    pub(crate) fn leader_propose(&mut self, proposal: Proposal, origin: Origin) {
+        let request_id = proposal.request_id;
+        match self.requests.lookup(request_id, self.config.request_table) {
+            Lookup::AppliedAt(slot) => {
+                self.reply(origin, request_id, Ok(slot));
+                return;
+            }
+            Lookup::Expired => {
+                self.reply(origin, request_id, Err(ProposalError::RequestExpired(request_id)));
+                return;
+            }
+            Lookup::New => {}
+        }
+        let queue_limit = self.config.proposals_queued_max;
+        let Role::Leader(leader) = &mut self.role else {
+            unreachable!("leader_propose on a non-leader")
+        };
+        if let Some(waiters) = leader.waiters.get_mut(&request_id) {
+            // Already queued or in flight: the retry waits for the same outcome.
+            if !waiters.contains(&origin) {
+                waiters.push(origin);
+            }
+            return;
+        }
+        if leader.queue.len() >= queue_limit {
+            self.reply(origin, request_id, Err(ProposalError::Overloaded));
+            return;
+        }
+        leader.waiters.insert(request_id, vec![origin]);
+        leader.queue.push_back(proposal);
+        self.fill_window();
+    }
+
+    /// Gives queued proposals slots while the pipeline window has room.
+    pub(crate) fn fill_window(&mut self) {
+        // A single-member cluster chooses on its own vote, which frees the window again.
+        while self.fill_window_once() {
+            self.check_quorums();
+        }
+    }
+
+    /// Returns whether any proposal got a slot.
+    fn fill_window_once(&mut self) -> bool {
+        let window = self.config.slots_in_flight_max;
+        let chosen_upto = self.chosen_upto;
+        let now = self.tick_now;
+        let Role::Leader(leader) = &mut self.role else {
+            return false;
+        };
+        let ballot = leader.ballot;
+        let mut accepted = Vec::new();
+        while leader.next_slot < chosen_upto + window {
+            let Some(proposal) = leader.queue.pop_front() else {
+                break;
+            };
+            let slot = leader.next_slot;
+            leader.next_slot += 1;
+            let value = Value::Command {
+                request_id: proposal.request_id,
+                payload: proposal.payload,
+            };
+            leader.in_flight_requests.insert(proposal.request_id, slot);
+            leader.in_flight.insert(
+                slot,
+                InFlight {
+                    value: value.clone(),
+                    votes: BTreeSet::from([self.config.id]),
+                    sent_tick: now,
+                },
+            );
+            leader.unsent.push(slot);
+            accepted.push((slot, value));
+        }
+        let any = !accepted.is_empty();
+        for (slot, value) in accepted {
+            self.accept_locally(slot, ballot, value);
+        }
+        any
+    }
+
+    /// Sends every slot proposed since the last Ready, batched into Accepts per peer.
+    pub(crate) fn flush_accepts(&mut self) {
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        if leader.unsent.is_empty() {
+            return;
+        }
+        let slots = std::mem::take(&mut leader.unsent);
+        let ballot = leader.ballot;
+        let entries: Vec<(Slot, Value)> = slots
+            .iter()
+            .filter_map(|slot| leader.in_flight.get(slot).map(|f| (*slot, f.value.clone())))
+            .collect();
+        leader.last_heartbeat_tick = self.tick_now;
+        let peers: Vec<NodeId> = self.peers().collect();
+        self.send_accepts(&peers, ballot, entries);
+    }
+
+    fn send_accepts(&mut self, peers: &[NodeId], ballot: Ballot, entries: Vec<(Slot, Value)>) {
+        let mut batch: Vec<(Slot, Value)> = Vec::new();
+        let mut batch_bytes = 0;
+        let mut batches = Vec::new();
+        for (slot, value) in entries {
+            let size = value.size_bytes();
+            if !batch.is_empty()
+                && (batch.len() >= self.config.entries_per_message_max
+                    || batch_bytes + size > self.config.message_bytes_max)
+            {
+                batches.push(std::mem::take(&mut batch));
+                batch_bytes = 0;
+            }
+            batch_bytes += size;
+            batch.push((slot, value));
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        for entries in batches {
+            for peer in peers {
+                let message = Message::Accept {
+                    ballot,
+                    entries: entries.clone(),
+                    commit_upto: self.chosen_upto,
+                };
+                self.send(*peer, message);
+            }
+        }
+    }
+
+    /// Re-sends slots that have waited a heartbeat interval without a quorum, to the peers that
+    /// have not accepted them: messages may be lost.
+    fn retransmit_accepts(&mut self) {
+        let now = self.tick_now;
+        let interval = self.config.heartbeat_interval_ticks;
+        let limit = self.config.entries_per_message_max;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let ballot = leader.ballot;
+        let mut per_peer: BTreeMap<NodeId, Vec<(Slot, Value)>> = BTreeMap::new();
+        for (slot, in_flight) in leader.in_flight.iter_mut() {
+            if now.saturating_sub(in_flight.sent_tick) < interval {
+                continue;
+            }
+            in_flight.sent_tick = now;
+            for peer in self
+                .config
+                .members
+                .iter()
+                .filter(|id| !in_flight.votes.contains(id))
+            {
+                let entries = per_peer.entry(*peer).or_default();
+                if entries.len() < limit {
+                    entries.push((*slot, in_flight.value.clone()));
+                }
+            }
+        }
+        for (peer, entries) in per_peer {
+            self.send_accepts(&[peer], ballot, entries);
+        }
+    }
+
+    pub(crate) fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>, chosen_upto: Slot) {
+        self.note_member_progress(from, chosen_upto);
+        let now = self.tick_now;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        if leader.ballot != ballot {
+            return;
+        }
+        leader.last_heard_tick.insert(from, now);
+        for slot in slots {
+            if let Some(in_flight) = leader.in_flight.get_mut(&slot) {
+                in_flight.votes.insert(from);
+            }
+        }
+        self.check_quorums();
+        self.fill_window();
+    }
+
+    /// Moves every in-flight slot with a quorum of votes to chosen, then applies.
+    pub(crate) fn check_quorums(&mut self) {
+        let quorum = self.config.quorum();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let done: Vec<Slot> = leader
+            .in_flight
+            .iter()
+            .filter(|(_, in_flight)| in_flight.votes.len() >= quorum)
+            .map(|(slot, _)| *slot)
+            .collect();
+        let mut chosen = Vec::with_capacity(done.len());
+        for slot in done {
+            if let Some(in_flight) = leader.in_flight.remove(&slot) {
+                chosen.push((slot, in_flight.value));
+            }
+        }
+        for (slot, value) in chosen {
+            self.learn_chosen(slot, value);
+        }
+        self.apply_chosen();
+    }
+
+    pub(crate) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, chosen_upto: Slot) {
+        self.note_member_progress(from, chosen_upto);
+        let now = self.tick_now;
+        if let Role::Leader(leader) = &mut self.role {
+            if leader.ballot == ballot {
+                leader.last_heard_tick.insert(from, now);
+            }
+        }
+    }
+
+    pub(crate) fn on_forward(&mut self, from: NodeId, proposal: Proposal) {
+        if proposal.payload.len() > self.config.value_bytes_max {
+            let error = ProposalError::TooLarge {
+                size_bytes: proposal.payload.len(),
+                limit_bytes: self.config.value_bytes_max,
+            };
+            self.reply(Origin::Remote(from), proposal.request_id, Err(error));
+            return;
+        }
+        if self.is_leader() {
+            self.leader_propose(proposal, Origin::Remote(from));
+        } else {
+            // No second hop: the origin retries with the hint, which keeps forwarding loop-free.
+            let hint = self.leader_hint.filter(|leader| *leader != from);
+            self.reply(
+                Origin::Remote(from),
+                proposal.request_id,
+                Err(ProposalError::NotLeader { leader_hint: hint }),
+            );
+        }
+    }
+
+    pub(crate) fn on_forward_reply(&mut self, request_id: RequestId, outcome: Result<Slot, ProposalError>) {
+        if self.forwarded.remove(&request_id).is_some() {
+            self.reply(Origin::Local, request_id, outcome);
+        }
+    }
+
+    /// Called by the learner when it applies a slot: answers whoever waits on that request.
+    pub(crate) fn answer_waiters(&mut self, request_id: RequestId, outcome: Result<Slot, ProposalError>) {
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        leader.in_flight_requests.remove(&request_id);
+        let Some(origins) = leader.waiters.remove(&request_id) else {
+            return;
+        };
+        for origin in origins {
+            self.reply(origin, request_id, outcome.clone());
+        }
+    }
+
+    /// Drops in-flight bookkeeping for slots applied through catch-up rather than votes.
+    pub(crate) fn forget_applied_in_flight(&mut self) {
+        let chosen_upto = self.chosen_upto;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        while let Some((slot, _)) = leader.in_flight.first_key_value() {
+            if *slot >= chosen_upto {
+                break;
+            }
+            leader.in_flight.pop_first();
+        }
+        if leader.next_slot < chosen_upto {
+            leader.next_slot = chosen_upto;
+        }
+    }
+}

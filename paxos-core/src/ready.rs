@@ -1,0 +1,107 @@
+//! What the replica asks its driver to do: the `Ready` contract.
+
+use crate::message::{Envelope, ProposalError, TruncationSnapshot};
+use crate::requests::RequestTable;
+use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
+use std::collections::BTreeMap;
+
+/// One storage operation. A `Ready`'s operations form one atomic batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PersistOp {
+    /// The acceptor promised not to accept below this ballot.
+    Promise(Ballot),
+    /// The acceptor accepted `value` at `slot` in `ballot` (replaces any earlier record).
+    Accept {
+        slot: Slot,
+        ballot: Ballot,
+        value: Value,
+    },
+    /// `slot` is chosen with `value` (after deduplication) and applied: write it to the history.
+    Apply {
+        slot: Slot,
+        value: Value,
+    },
+    /// Every slot below this is applied (written with `Apply` in this or an earlier batch).
+    ChosenUpto(Slot),
+    /// Duplicate-table changes that go with the applied slots.
+    RequestInsert {
+        request_id: RequestId,
+        slot: Slot,
+    },
+    RequestRemove {
+        request_id: RequestId,
+    },
+    /// Garbage collection: delete accepted records of slots below this (they are applied).
+    DeleteAcceptedBelow(Slot),
+    /// Truncation: delete history below `snapshot.history_start` and keep the snapshot.
+    Truncate(TruncationSnapshot),
+    /// Installing a peer's truncation snapshot: the history restarts at `snapshot.history_start`,
+    /// every older history entry, accepted record and request record is dropped, and the request
+    /// table becomes `snapshot.requests`.
+    InstallSnapshot(TruncationSnapshot),
+}
+
+/// A read of already-durable history that the driver performs for a catch-up request, then
+/// hands back with [`crate::Replica::serve_catch_up`]. The replica keeps no history in memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRead {
+    pub to: NodeId,
+    pub from_slot: Slot,
+    /// Read no slot at or above this (the replica's applied prefix when it asked).
+    pub upto_slot: Slot,
+    pub entries_max: usize,
+    pub bytes_max: usize,
+}
+
+/// The answer to a local proposal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub request_id: RequestId,
+    pub outcome: Result<Slot, ProposalError>,
+}
+
+/// Work the driver must do, in this order.
+///
+/// # Correctness
+/// 1. Write `persist` as ONE atomic batch and make it durable (fsync) before anything else.
+///    A Promise or Accepted in `messages` is a statement about what is on disk; sending it first
+///    lets a crash break a promise. If the write fails the driver must stop: after a failed fsync
+///    the data may be lost, and retrying could acknowledge what is not stored.
+/// 2. Send `messages` (any order; the network may reorder anyway).
+/// 3. Perform `history_reads` against the now-durable history and pass the results to
+///    `serve_catch_up`.
+/// 4. Apply `chosen` (already in storage through `persist`) and answer `replies`.
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub persist: Vec<PersistOp>,
+    pub messages: Vec<Envelope>,
+    pub history_reads: Vec<HistoryRead>,
+    /// Newly applied slots, in slot order, as written to the history.
+    pub chosen: Vec<(Slot, Value)>,
+    pub replies: Vec<Reply>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty()
+            && self.messages.is_empty()
+            && self.history_reads.is_empty()
+            && self.chosen.is_empty()
+            && self.replies.is_empty()
+    }
+}
+
+/// Everything a replica needs from storage to recover: the result of replaying every batch of
+/// `PersistOp`s that was made durable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DurableState {
+    pub promised: Ballot,
+    /// slot -> (ballot, value) for every accepted record not yet garbage-collected.
+    pub accepted: BTreeMap<Slot, (Ballot, Value)>,
+    /// Every slot below this is applied and in the history.
+    pub chosen_upto: Slot,
+    /// The latest truncation (default: history starts at 0).
+    pub truncation: TruncationSnapshot,
+    /// The duplicate table as of `chosen_upto`.
+    pub requests: RequestTable,
+}

@@ -1,0 +1,416 @@
+//! The replica: one member's proposer, acceptor and learner, as a deterministic state machine.
+//!
+//! Inputs are [`Replica::tick`], [`Replica::step`], [`Replica::propose`] and
+//! [`Replica::compact`]; the output is [`Replica::take_ready`]. The role-specific rules live in
+//! `acceptor.rs`, `proposer.rs` and `learner.rs`, as further `impl Replica` blocks.
+
+use crate::config::Config;
+use crate::message::{Envelope, Message, Proposal, ProposalError, TruncationSnapshot};
+use crate::ready::{DurableState, PersistOp, Ready, Reply};
+use crate::requests::RequestTable;
+use crate::rng::Rng;
+use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Where an answer to a proposal must go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Origin {
+    Local,
+    Remote(NodeId),
+}
+
+/// A slot the leader proposed and has not yet seen chosen.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub(crate) value: Value,
+    pub(crate) votes: BTreeSet<NodeId>,
+    pub(crate) sent_tick: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct CandidateState {
+    pub(crate) ballot: Ballot,
+    pub(crate) promises: BTreeMap<NodeId, PromiseData>,
+}
+
+/// The content of one Promise, kept until the candidate has a quorum.
+#[derive(Debug, Clone)]
+pub(crate) struct PromiseData {
+    pub(crate) accepted: Vec<crate::message::AcceptedEntry>,
+    pub(crate) chosen: Vec<(Slot, Value)>,
+    pub(crate) chosen_upto: Slot,
+}
+
+#[derive(Debug)]
+pub(crate) struct LeaderState {
+    pub(crate) ballot: Ballot,
+    /// The next slot to give a new proposal. Every slot in `[chosen_upto, next_slot)` is either
+    /// in flight, chosen, or (right after election) known chosen and awaiting catch-up.
+    pub(crate) next_slot: Slot,
+    pub(crate) in_flight: BTreeMap<Slot, InFlight>,
+    /// Slots proposed since the last `take_ready`, to send in one Accept per peer.
+    pub(crate) unsent: Vec<Slot>,
+    pub(crate) queue: VecDeque<Proposal>,
+    /// Who waits for each request id proposed by this leader.
+    pub(crate) waiters: BTreeMap<RequestId, Vec<Origin>>,
+    pub(crate) in_flight_requests: BTreeMap<RequestId, Slot>,
+    pub(crate) last_heartbeat_tick: u64,
+    /// Last tick each peer answered us: a leader that cannot hear a quorum steps down.
+    pub(crate) last_heard_tick: BTreeMap<NodeId, u64>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Role {
+    Follower,
+    Candidate(CandidateState),
+    Leader(Box<LeaderState>),
+}
+
+/// An outstanding catch-up request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CatchUpState {
+    pub(crate) peer: NodeId,
+    pub(crate) sent_tick: u64,
+}
+
+/// A public view of the replica, for status reports and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: RoleName,
+    pub leader: Option<NodeId>,
+    pub promised: Ballot,
+    /// The ballot this replica leads or campaigns with, if any.
+    pub own_ballot: Option<Ballot>,
+    pub chosen_upto: Slot,
+    pub history_start: Slot,
+    pub accepted_records: usize,
+    pub request_records: usize,
+    /// How far each member has applied, as this replica last heard.
+    pub member_chosen_upto: BTreeMap<NodeId, Slot>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleName {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+/// One member of a Multi-Paxos cluster.
+///
+/// # Correctness
+/// The driver must honour the [`Ready`] contract: persist before sending. The replica's
+/// in-memory state runs ahead of disk between `take_ready` calls, which is safe only because
+/// nothing it decided leaves the process before the batch that records it is durable.
+#[derive(Debug)]
+pub struct Replica {
+    pub(crate) config: Config,
+    pub(crate) rng: Rng,
+    pub(crate) tick_now: u64,
+
+    // Acceptor state (durable).
+    pub(crate) promised: Ballot,
+    pub(crate) accepted: BTreeMap<Slot, (Ballot, Value)>,
+
+    // Learner state. `chosen_upto`, `truncation` and `requests` are durable.
+    pub(crate) chosen_upto: Slot,
+    /// Values known chosen above `chosen_upto`, waiting for the gap below them to fill.
+    pub(crate) chosen_pending: BTreeMap<Slot, Value>,
+    pub(crate) truncation: TruncationSnapshot,
+    pub(crate) requests: RequestTable,
+    /// The highest commit point announced by a leader, with that leader's ballot.
+    pub(crate) commit_known: Slot,
+    pub(crate) commit_ballot: Ballot,
+    /// Slots below this were already checked against `commit_ballot` for commit marking.
+    pub(crate) commit_marked_upto: Slot,
+    pub(crate) catch_up: Option<CatchUpState>,
+    pub(crate) member_chosen_upto: BTreeMap<NodeId, Slot>,
+
+    // Proposer state.
+    pub(crate) role: Role,
+    pub(crate) leader_hint: Option<NodeId>,
+    /// Highest round seen in any ballot: a new candidacy goes above it.
+    pub(crate) round_seen: u64,
+    pub(crate) election_elapsed_ticks: u64,
+    pub(crate) election_deadline_ticks: u64,
+    /// Proposals forwarded to the leader: request id -> tick after which they time out.
+    pub(crate) forwarded: BTreeMap<RequestId, u64>,
+
+    pub(crate) ready: Ready,
+}
+
+impl Replica {
+    /// A replica with empty storage.
+    pub fn new(config: Config, seed: u64) -> Self {
+        Self::recover(config, DurableState::default(), seed)
+    }
+
+    /// Rebuilds a replica from what storage returned after a restart.
+    pub fn recover(config: Config, durable: DurableState, seed: u64) -> Self {
+        config.validate();
+        assert!(durable.chosen_upto >= durable.truncation.history_start);
+        let mut rng = Rng::new(seed ^ config.id.wrapping_mul(0x9E37_79B9));
+        let election_deadline_ticks =
+            rng.range(config.election_timeout_ticks, 2 * config.election_timeout_ticks);
+        let round_seen = durable.promised.round;
+        Replica {
+            rng,
+            tick_now: 0,
+            promised: durable.promised,
+            accepted: durable.accepted,
+            chosen_upto: durable.chosen_upto,
+            chosen_pending: BTreeMap::new(),
+            truncation: durable.truncation,
+            requests: durable.requests,
+            commit_known: durable.chosen_upto,
+            commit_ballot: Ballot::ZERO,
+            commit_marked_upto: durable.chosen_upto,
+            catch_up: None,
+            member_chosen_upto: BTreeMap::new(),
+            role: Role::Follower,
+            leader_hint: None,
+            round_seen,
+            election_elapsed_ticks: 0,
+            election_deadline_ticks,
+            forwarded: BTreeMap::new(),
+            ready: Ready::default(),
+            config,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Advances logical time by one tick: heartbeats, elections, retransmissions, timeouts.
+    pub fn tick(&mut self) {
+        self.tick_now += 1;
+        self.tick_proposer();
+        self.tick_learner();
+        let now = self.tick_now;
+        let expired: Vec<RequestId> = self
+            .forwarded
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(request_id, _)| *request_id)
+            .collect();
+        for request_id in expired {
+            self.forwarded.remove(&request_id);
+            self.reply(Origin::Local, request_id, Err(ProposalError::Timeout));
+        }
+    }
+
+    /// Handles one message from a peer. Messages from non-members or for another replica are
+    /// dropped: the transport should have refused them already.
+    pub fn step(&mut self, envelope: Envelope) {
+        let Envelope { from, to, message } = envelope;
+        if to != self.config.id || from == self.config.id || !self.config.members.contains(&from) {
+            return;
+        }
+        // Only a ballot's owner may prepare, accept or heartbeat in it; anything else is a
+        // confused or hostile peer, and believing it could make us follow a phantom leader.
+        if let Message::Prepare { ballot, .. }
+        | Message::Accept { ballot, .. }
+        | Message::Heartbeat { ballot, .. } = &message
+        {
+            if ballot.node != from {
+                return;
+            }
+        }
+        self.observe_ballot(&message);
+        match message {
+            Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
+            Message::Promise {
+                ballot,
+                accepted,
+                chosen,
+                chosen_upto,
+            } => self.on_promise(
+                from,
+                ballot,
+                PromiseData {
+                    accepted,
+                    chosen,
+                    chosen_upto,
+                },
+            ),
+            Message::Nack { ballot, promised } => self.on_nack(from, ballot, promised),
+            Message::Accept {
+                ballot,
+                entries,
+                commit_upto,
+            } => self.on_accept(from, ballot, entries, commit_upto),
+            Message::Accepted {
+                ballot,
+                slots,
+                chosen_upto,
+            } => self.on_accepted(from, ballot, slots, chosen_upto),
+            Message::Heartbeat {
+                ballot,
+                commit_upto,
+                history_start,
+            } => self.on_heartbeat(from, ballot, commit_upto, history_start),
+            Message::HeartbeatAck { ballot, chosen_upto } => self.on_heartbeat_ack(from, ballot, chosen_upto),
+            Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
+            Message::CatchUpEntries { entries, chosen_upto } => {
+                self.on_catch_up_entries(from, entries, chosen_upto)
+            }
+            Message::CatchUpTruncated { snapshot } => self.on_catch_up_truncated(from, snapshot),
+            Message::Forward { proposal } => self.on_forward(from, proposal),
+            Message::ForwardReply { request_id, outcome } => self.on_forward_reply(request_id, outcome),
+        }
+    }
+
+    /// Proposes a client value. The answer comes back in a later `Ready::replies`.
+    pub fn propose(&mut self, proposal: Proposal) {
+        if proposal.payload.len() > self.config.value_bytes_max {
+            let error = ProposalError::TooLarge {
+                size_bytes: proposal.payload.len(),
+                limit_bytes: self.config.value_bytes_max,
+            };
+            self.reply(Origin::Local, proposal.request_id, Err(error));
+            return;
+        }
+        if matches!(self.role, Role::Leader(_)) {
+            self.leader_propose(proposal, Origin::Local);
+            return;
+        }
+        match self.leader_hint {
+            Some(leader) if leader != self.config.id && !matches!(self.role, Role::Candidate(_)) => {
+                let deadline = self.tick_now + self.config.forward_timeout_ticks;
+                self.forwarded.insert(proposal.request_id, deadline);
+                self.send(leader, Message::Forward { proposal });
+            }
+            _ => self.reply(
+                Origin::Local,
+                proposal.request_id,
+                Err(ProposalError::NotLeader { leader_hint: None }),
+            ),
+        }
+    }
+
+    /// Hands the driver everything decided since the last call. See [`Ready`] for the contract.
+    pub fn take_ready(&mut self) -> Ready {
+        self.flush_accepts();
+        std::mem::take(&mut self.ready)
+    }
+
+    /// A snapshot of this replica's state for status reports.
+    pub fn status(&self) -> Status {
+        let (role, own_ballot) = match &self.role {
+            Role::Follower => (RoleName::Follower, None),
+            Role::Candidate(candidate) => (RoleName::Candidate, Some(candidate.ballot)),
+            Role::Leader(leader) => (RoleName::Leader, Some(leader.ballot)),
+        };
+        let mut member_chosen_upto = self.member_chosen_upto.clone();
+        member_chosen_upto.insert(self.config.id, self.chosen_upto);
+        Status {
+            id: self.config.id,
+            role,
+            leader: if role == RoleName::Leader {
+                Some(self.config.id)
+            } else {
+                self.leader_hint
+            },
+            promised: self.promised,
+            own_ballot,
+            chosen_upto: self.chosen_upto,
+            history_start: self.truncation.history_start,
+            accepted_records: self.accepted.len(),
+            request_records: self.requests.len(),
+            member_chosen_upto,
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader(_))
+    }
+
+    pub fn chosen_upto(&self) -> Slot {
+        self.chosen_upto
+    }
+
+    pub fn history_start(&self) -> Slot {
+        self.truncation.history_start
+    }
+
+    pub fn promised(&self) -> Ballot {
+        self.promised
+    }
+
+    // ----- shared helpers -----
+
+    pub(crate) fn send(&mut self, to: NodeId, message: Message) {
+        debug_assert_ne!(to, self.config.id, "messages to self are handled in place");
+        self.ready.messages.push(Envelope {
+            from: self.config.id,
+            to,
+            message,
+        });
+    }
+
+    pub(crate) fn broadcast(&mut self, message: Message) {
+        let peers: Vec<NodeId> = self.peers().collect();
+        for peer in peers {
+            self.send(peer, message.clone());
+        }
+    }
+
+    pub(crate) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.config
+            .members
+            .iter()
+            .copied()
+            .filter(move |id| *id != self.config.id)
+    }
+
+    pub(crate) fn persist(&mut self, op: PersistOp) {
+        self.ready.persist.push(op);
+    }
+
+    pub(crate) fn reply(
+        &mut self,
+        origin: Origin,
+        request_id: RequestId,
+        outcome: Result<Slot, ProposalError>,
+    ) {
+        match origin {
+            Origin::Local => self.ready.replies.push(Reply { request_id, outcome }),
+            Origin::Remote(node) => self.send(node, Message::ForwardReply { request_id, outcome }),
+        }
+    }
+
+    /// Raises the acceptor's promise, durably.
+    pub(crate) fn raise_promise(&mut self, ballot: Ballot) {
+        assert!(ballot >= self.promised, "promises only go up");
+        if ballot > self.promised {
+            self.promised = ballot;
+            self.persist(PersistOp::Promise(ballot));
+        }
+    }
+
+    fn observe_ballot(&mut self, message: &Message) {
+        let ballot = match message {
+            Message::Prepare { ballot, .. }
+            | Message::Promise { ballot, .. }
+            | Message::Accept { ballot, .. }
+            | Message::Accepted { ballot, .. }
+            | Message::Heartbeat { ballot, .. }
+            | Message::HeartbeatAck { ballot, .. } => *ballot,
+            Message::Nack { promised, .. } => *promised,
+            _ => return,
+        };
+        self.round_seen = self.round_seen.max(ballot.round);
+    }
+
+    pub(crate) fn reset_election_timer(&mut self) {
+        self.election_elapsed_ticks = 0;
+        let timeout = self.config.election_timeout_ticks;
+        self.election_deadline_ticks = self.rng.range(timeout, 2 * timeout);
+    }
+}

@@ -1,0 +1,98 @@
+//! The reference meaning of [`PersistOp`]s: an in-memory store that the simulation uses as its
+//! "disk" and that durable stores (RocksDB in paxos-node) must behave like.
+
+use crate::message::TruncationSnapshot;
+use crate::ready::{DurableState, PersistOp};
+use crate::requests::RequestTable;
+use crate::types::{Ballot, RequestId, Slot, Value};
+use std::collections::BTreeMap;
+
+/// An in-memory store with the exact semantics of every [`PersistOp`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemStorage {
+    pub promised: Ballot,
+    pub accepted: BTreeMap<Slot, (Ballot, Value)>,
+    pub history: BTreeMap<Slot, Value>,
+    pub chosen_upto: Slot,
+    pub truncation: TruncationSnapshot,
+    pub requests: BTreeMap<RequestId, Slot>,
+}
+
+impl MemStorage {
+    /// Applies one batch, as one atomic write.
+    pub fn apply(&mut self, batch: &[PersistOp]) {
+        for op in batch {
+            match op {
+                PersistOp::Promise(ballot) => {
+                    assert!(
+                        *ballot >= self.promised,
+                        "promise went down: {} -> {ballot}",
+                        self.promised
+                    );
+                    self.promised = *ballot;
+                }
+                PersistOp::Accept { slot, ballot, value } => {
+                    self.accepted.insert(*slot, (*ballot, value.clone()));
+                }
+                PersistOp::Apply { slot, value } => {
+                    self.history.insert(*slot, value.clone());
+                }
+                PersistOp::ChosenUpto(slot) => self.chosen_upto = *slot,
+                PersistOp::RequestInsert { request_id, slot } => {
+                    self.requests.insert(*request_id, *slot);
+                }
+                PersistOp::RequestRemove { request_id } => {
+                    self.requests.remove(request_id);
+                }
+                PersistOp::DeleteAcceptedBelow(slot) => {
+                    self.accepted = self.accepted.split_off(slot);
+                }
+                PersistOp::Truncate(snapshot) => {
+                    self.history = self.history.split_off(&snapshot.history_start);
+                    self.accepted = self.accepted.split_off(&snapshot.history_start);
+                    self.truncation = snapshot.clone();
+                }
+                PersistOp::InstallSnapshot(snapshot) => {
+                    self.history.clear();
+                    self.accepted = self.accepted.split_off(&snapshot.history_start);
+                    self.chosen_upto = snapshot.history_start;
+                    self.requests = snapshot.requests.records().into_iter().collect();
+                    self.truncation = snapshot.clone();
+                }
+            }
+        }
+    }
+
+    /// What a replica recovers from.
+    pub fn durable_state(&self) -> DurableState {
+        DurableState {
+            promised: self.promised,
+            accepted: self.accepted.clone(),
+            chosen_upto: self.chosen_upto,
+            truncation: self.truncation.clone(),
+            requests: RequestTable::from_records(self.requests.iter().map(|(r, s)| (*r, *s))),
+        }
+    }
+
+    /// Reads applied history in `[from_slot, upto_slot)`, bounded by count and bytes (at least
+    /// one entry when any is there).
+    pub fn read_history(
+        &self,
+        from_slot: Slot,
+        upto_slot: Slot,
+        entries_max: usize,
+        bytes_max: usize,
+    ) -> Vec<(Slot, Value)> {
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for (slot, value) in self.history.range(from_slot..upto_slot) {
+            if entries.len() >= entries_max || (!entries.is_empty() && bytes + value.size_bytes() > bytes_max)
+            {
+                break;
+            }
+            bytes += value.size_bytes();
+            entries.push((*slot, value.clone()));
+        }
+        entries
+    }
+}

@@ -1,0 +1,87 @@
+//! The vocabulary of the protocol: node ids, slots, ballots, request ids and values.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A member of the cluster. Every member is proposer, acceptor and learner.
+pub type NodeId = u64;
+
+/// A position in the replicated log. Slot numbers start at 0 and have no gaps.
+pub type Slot = u64;
+
+/// A Paxos ballot (proposal number), totally ordered by `(round, node)`.
+///
+/// Including the node id makes ballots of different proposers distinct, so two candidates can
+/// never both win the same ballot. `Ballot::ZERO` is below every ballot a proposer can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct Ballot {
+    pub round: u64,
+    pub node: NodeId,
+}
+
+impl Ballot {
+    /// The ballot every acceptor starts promised to; no proposer ever uses it.
+    pub const ZERO: Ballot = Ballot { round: 0, node: 0 };
+
+    pub fn new(round: u64, node: NodeId) -> Self {
+        Ballot { round, node }
+    }
+}
+
+impl fmt::Display for Ballot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.round, self.node)
+    }
+}
+
+/// Identifies one client request: a retried request carries the same id, which is how the log
+/// holds each request at most once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    pub client_id: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.client_id, self.seq)
+    }
+}
+
+/// What a slot of the log holds.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Value {
+    /// Fills a hole left by a failed leader, or stands for a duplicate of an earlier request.
+    Noop,
+    /// A client's value, with the request id that makes retries idempotent.
+    Command { request_id: RequestId, payload: Vec<u8> },
+}
+
+impl Value {
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            Value::Noop => None,
+            Value::Command { request_id, .. } => Some(*request_id),
+        }
+    }
+
+    /// Bytes the value occupies in a message or on disk, roughly: used for batch limits.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Value::Noop => 1,
+            Value::Command { payload, .. } => 17 + payload.len(),
+        }
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Noop => write!(f, "Noop"),
+            Value::Command { request_id, payload } => match std::str::from_utf8(payload) {
+                Ok(text) if text.len() <= 32 => write!(f, "Command({request_id}, {text:?})"),
+                _ => write!(f, "Command({request_id}, {} bytes)", payload.len()),
+            },
+        }
+    }
+}
