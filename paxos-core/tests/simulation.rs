@@ -24,7 +24,10 @@ fn run_seed(seed: u64, scenario: Scenario) -> Result<Stats, String> {
 }
 
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}")))
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}"))
+    })
 }
 
 fn random_scenario(seed: u64) -> Scenario {
@@ -49,6 +52,7 @@ fn random_clusters_under_faults_stay_safe_and_live() {
                 total.acknowledged += stats.acknowledged;
                 total.chosen_slots += stats.chosen_slots;
                 total.snapshot_truncations += stats.snapshot_truncations;
+                total.snapshot_installs += stats.snapshot_installs;
             }
             Err(error) => {
                 eprintln!("seed {seed} FAILED: {error}\n  replay: PAXOS_SIM_SEED={seed} cargo test -p paxos-core --test simulation");
@@ -86,10 +90,15 @@ fn teaching_scenario_five_nodes_two_down_thousand_values() {
         clients: 2,
         requests_per_client: 500,
         client_window: 8,
+        request_gap_ticks: 0,
         entry_nodes: vec![1, 2],
         fault_ticks: 3000,
         heal_ticks_max: 5000,
-        faults: Faults { delay_ticks_max: 4, duplicate_per_mille: 20, ..Faults::none() },
+        faults: Faults {
+            delay_ticks_max: 4,
+            duplicate_per_mille: 20,
+            ..Faults::none()
+        },
         config_tweak: |_| {},
     };
     let stats = run_seed(1, scenario).unwrap_or_else(|e| panic!("{e}"));
@@ -107,6 +116,7 @@ fn fault_free_cluster_chooses_everything() {
         clients: 3,
         requests_per_client: 50,
         client_window: 4,
+        request_gap_ticks: 0,
         entry_nodes: vec![],
         fault_ticks: 0,
         heal_ticks_max: 3000,

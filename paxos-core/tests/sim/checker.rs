@@ -1,6 +1,6 @@
 //! The safety checker: every property of DESIGN.md, checked as the run goes.
 
-use paxos_core::{Envelope, Message, NodeId, RequestId, Slot, Value, Ballot, MemStorage};
+use paxos_core::{Ballot, Envelope, MemStorage, Message, NodeId, RequestId, Slot, Value};
 use std::collections::BTreeMap;
 
 #[derive(Default)]
@@ -44,18 +44,26 @@ impl Checker {
         if let Value::Command { request_id, payload } = value {
             match self.proposed.get(request_id) {
                 Some(proposed) if proposed == payload => {}
-                _ => return Err(format!("validity: node {node} applied {value:?} at {slot}, never proposed")),
+                _ => {
+                    return Err(format!(
+                        "validity: node {node} applied {value:?} at {slot}, never proposed"
+                    ))
+                }
             }
         }
         match self.history.get(&slot) {
             Some(existing) if existing != value => {
-                return Err(format!("agreement: node {node} applied {value:?} at slot {slot}, others {existing:?}"));
+                return Err(format!(
+                    "agreement: node {node} applied {value:?} at slot {slot}, others {existing:?}"
+                ));
             }
             Some(_) => {}
             None => {
                 if let Some(request_id) = value.request_id() {
                     if let Some(other) = self.request_slots.insert(request_id, slot) {
-                        return Err(format!("exactly-once: {request_id} chosen at slots {other} and {slot}"));
+                        return Err(format!(
+                            "exactly-once: {request_id} chosen at slots {other} and {slot}"
+                        ));
                     }
                 }
                 self.history.insert(slot, value.clone());
@@ -64,7 +72,9 @@ impl Checker {
         if let Some(request_id) = value.request_id() {
             if let Some(acked) = self.acknowledged.get(&request_id) {
                 if *acked != slot {
-                    return Err(format!("durability: {request_id} acknowledged at {acked}, applied at {slot}"));
+                    return Err(format!(
+                        "durability: {request_id} acknowledged at {acked}, applied at {slot}"
+                    ));
                 }
             }
         }
@@ -74,15 +84,23 @@ impl Checker {
     pub fn on_acknowledged(&mut self, request_id: RequestId, slot: Slot) -> Result<(), String> {
         if let Some(previous) = self.acknowledged.insert(request_id, slot) {
             if previous != slot {
-                return Err(format!("exactly-once: {request_id} acknowledged at {previous} and at {slot}"));
+                return Err(format!(
+                    "exactly-once: {request_id} acknowledged at {previous} and at {slot}"
+                ));
             }
         }
         match self.history.get(&slot) {
-            Some(Value::Command { request_id: at_slot, .. }) if *at_slot == request_id => Ok(()),
-            Some(other) => Err(format!("durability: {request_id} acknowledged at {slot}, which holds {other:?}")),
+            Some(Value::Command {
+                request_id: at_slot, ..
+            }) if *at_slot == request_id => Ok(()),
+            Some(other) => Err(format!(
+                "durability: {request_id} acknowledged at {slot}, which holds {other:?}"
+            )),
             // The answering node applied it; no node may have reported it to the checker yet
             // only if the reply raced the apply, which the driver order rules out.
-            None => Err(format!("acknowledged {request_id} at {slot} before any node applied it")),
+            None => Err(format!(
+                "acknowledged {request_id} at {slot} before any node applied it"
+            )),
         }
     }
 
@@ -94,7 +112,11 @@ impl Checker {
         for (request_id, slot) in &self.acknowledged {
             match self.history.get(slot) {
                 Some(value) if value.request_id() == Some(*request_id) => {}
-                other => return Err(format!("durability: {request_id} acknowledged at {slot}, history has {other:?}")),
+                other => {
+                    return Err(format!(
+                        "durability: {request_id} acknowledged at {slot}, history has {other:?}"
+                    ))
+                }
             }
         }
         for (node, storage) in nodes {
@@ -102,7 +124,9 @@ impl Checker {
                 match (storage.history.get(&slot), self.history.get(&slot)) {
                     (Some(mine), Some(agreed)) if mine == agreed => {}
                     (mine, agreed) => {
-                        return Err(format!("histories differ: node {node} slot {slot}: {mine:?} vs {agreed:?}"))
+                        return Err(format!(
+                            "histories differ: node {node} slot {slot}: {mine:?} vs {agreed:?}"
+                        ))
                     }
                 }
             }

@@ -11,7 +11,7 @@ pub mod network;
 use checker::Checker;
 use network::Network;
 use paxos_core::{
-    Compaction, Config, MemStorage, NodeId, Proposal, ProposalError, Replica, RequestId, Rng, Slot,
+    Compaction, Config, MemStorage, NodeId, PersistOp, Proposal, ProposalError, Replica, RequestId, Rng, Slot,
 };
 use std::collections::BTreeMap;
 
@@ -67,6 +67,8 @@ pub struct Scenario {
     pub requests_per_client: u64,
     /// Requests a client keeps outstanding at once.
     pub client_window: u64,
+    /// Ticks between a client's new requests, so the load spans the faulty phase.
+    pub request_gap_ticks: u64,
     /// Clients talk only to these nodes (all nodes when empty).
     pub entry_nodes: Vec<NodeId>,
     pub fault_ticks: u64,
@@ -78,15 +80,18 @@ pub struct Scenario {
 impl Scenario {
     pub fn random(rng: &mut Rng) -> Self {
         let nodes = if rng.chance(1, 2) { 3 } else { 5 };
+        let fault_ticks = 1500;
+        let requests_per_client = rng.range(10, 80);
         Scenario {
             nodes,
             down_at_start: Vec::new(),
             heal_down: true,
             clients: rng.range(1, 5) as usize,
-            requests_per_client: rng.range(5, 40),
+            requests_per_client,
             client_window: rng.range(1, 6),
+            request_gap_ticks: rng.range(0, 2 * fault_ticks / requests_per_client),
             entry_nodes: Vec::new(),
-            fault_ticks: 600,
+            fault_ticks,
             heal_ticks_max: 4000,
             faults: Faults::draw(rng),
             config_tweak: small_limits,
@@ -108,6 +113,7 @@ struct SimClient {
     /// seq -> (node asked, tick sent)
     outstanding: BTreeMap<u64, (NodeId, u64)>,
     done: u64,
+    last_issue_tick: u64,
 }
 
 struct SimNode {
@@ -127,6 +133,7 @@ pub struct Stats {
     pub acknowledged: u64,
     pub chosen_slots: u64,
     pub snapshot_truncations: u64,
+    pub snapshot_installs: u64,
 }
 
 pub struct Simulation {
@@ -150,14 +157,28 @@ impl Simulation {
         let members: Vec<NodeId> = (1..=scenario.nodes).collect();
         let mut nodes = BTreeMap::new();
         for id in &members {
-            let mut node = SimNode { replica: None, storage: MemStorage::default(), restart_at: None, incarnation: 0 };
+            let mut node = SimNode {
+                replica: None,
+                storage: MemStorage::default(),
+                restart_at: None,
+                incarnation: 0,
+            };
             if !scenario.down_at_start.contains(id) {
-                node.replica = Some(Replica::new(Self::config(&scenario, &members, *id), rng.next_u64()));
+                node.replica = Some(Replica::new(
+                    Self::config(&scenario, &members, *id),
+                    rng.next_u64(),
+                ));
             }
             nodes.insert(*id, node);
         }
         let clients = (0..scenario.clients)
-            .map(|i| SimClient { client_id: 1000 + i as u64, next_seq: 1, outstanding: BTreeMap::new(), done: 0 })
+            .map(|i| SimClient {
+                client_id: 1000 + i as u64,
+                next_seq: 1,
+                outstanding: BTreeMap::new(),
+                done: 0,
+                last_issue_tick: 0,
+            })
             .collect();
         Simulation {
             rng,
@@ -197,7 +218,11 @@ impl Simulation {
                 return Ok(self.stats);
             }
         }
-        Err(format!("liveness: not converged {} ticks after healing: {}", self.scenario.heal_ticks_max, self.progress()))
+        Err(format!(
+            "liveness: not converged {} ticks after healing: {}",
+            self.scenario.heal_ticks_max,
+            self.progress()
+        ))
     }
 
     fn progress(&self) -> String {
@@ -207,7 +232,10 @@ impl Simulation {
             .map(|(id, node)| match &node.replica {
                 Some(r) => {
                     let s = r.status();
-                    format!("n{id}:{:?} upto={} promised={} leader={:?}", s.role, s.chosen_upto, s.promised, s.leader)
+                    format!(
+                        "n{id}:{:?} upto={} promised={} leader={:?}",
+                        s.role, s.chosen_upto, s.promised, s.leader
+                    )
                 }
                 None => format!("n{id}:down"),
             })
@@ -215,7 +243,12 @@ impl Simulation {
         let clients: Vec<String> = self
             .clients
             .iter()
-            .map(|c| format!("c{}:{}/{} out={:?}", c.client_id, c.done, self.scenario.requests_per_client, c.outstanding))
+            .map(|c| {
+                format!(
+                    "c{}:{}/{} out={:?}",
+                    c.client_id, c.done, self.scenario.requests_per_client, c.outstanding
+                )
+            })
             .collect();
         format!("{} | {}", nodes.join(", "), clients.join(", "))
     }
@@ -233,18 +266,29 @@ impl Simulation {
     }
 
     fn converged(&self) -> bool {
-        let all_done = self.clients.iter().all(|c| c.done == self.scenario.requests_per_client);
+        let all_done = self
+            .clients
+            .iter()
+            .all(|c| c.done == self.scenario.requests_per_client);
         if !all_done {
             return false;
         }
-        let uptos: Vec<Slot> =
-            self.nodes.values().filter_map(|n| n.replica.as_ref()).map(|r| r.chosen_upto()).collect();
+        let uptos: Vec<Slot> = self
+            .nodes
+            .values()
+            .filter_map(|n| n.replica.as_ref())
+            .map(|r| r.chosen_upto())
+            .collect();
         let max = uptos.iter().copied().max().unwrap_or(0);
         uptos.iter().all(|u| *u == max) && self.checker.max_acknowledged_slot().is_none_or(|s| s < max)
     }
 
     fn final_views(&self) -> Vec<(NodeId, &MemStorage)> {
-        self.nodes.iter().filter(|(_, n)| n.replica.is_some()).map(|(id, n)| (*id, &n.storage)).collect()
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.replica.is_some())
+            .map(|(id, n)| (*id, &n.storage))
+            .collect()
     }
 
     fn step(&mut self) -> Result<(), String> {
@@ -253,14 +297,20 @@ impl Simulation {
             self.inject_faults();
         }
         // Restarts that are due.
-        let due: Vec<NodeId> =
-            self.nodes.iter().filter(|(_, n)| n.restart_at.is_some_and(|t| t <= self.now)).map(|(id, _)| *id).collect();
+        let due: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.restart_at.is_some_and(|t| t <= self.now))
+            .map(|(id, _)| *id)
+            .collect();
         for id in due {
             self.restart(id);
         }
         // Deliver due messages in a random order.
         for envelope in self.network.deliver_due(self.now, &mut self.rng) {
-            let Some(node) = self.nodes.get_mut(&envelope.to) else { continue };
+            let Some(node) = self.nodes.get_mut(&envelope.to) else {
+                continue;
+            };
             if let Some(replica) = node.replica.as_mut() {
                 self.stats.messages_delivered += 1;
                 replica.step(envelope);
@@ -280,17 +330,29 @@ impl Simulation {
     /// The driver loop of one node: take Ready, persist, send, read, apply, reply.
     fn drive(&mut self, id: NodeId) -> Result<(), String> {
         for _ in 0..4 {
-            let Some(replica) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) else { return Ok(()) };
+            let Some(replica) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) else {
+                return Ok(());
+            };
             let ready = replica.take_ready();
             if ready.is_empty() {
                 return Ok(());
             }
-            if !self.healed && self.rng.chance(self.scenario.faults.crash_mid_ready_per_mille, 1000) && self.rng.chance(1, 20)
+            if !self.healed
+                && self
+                    .rng
+                    .chance(self.scenario.faults.crash_mid_ready_per_mille, 1000)
+                && self.rng.chance(1, 20)
             {
                 // Crash before the batch is durable: it is lost, and nothing of it was sent.
                 self.crash(id);
                 return Ok(());
             }
+            let installs = ready
+                .persist
+                .iter()
+                .filter(|op| matches!(op, PersistOp::InstallSnapshot(_)))
+                .count();
+            self.stats.snapshot_installs += installs as u64;
             let node = self.nodes.get_mut(&id).expect("node exists");
             node.storage.apply(&ready.persist);
             for envelope in &ready.messages {
@@ -301,7 +363,12 @@ impl Simulation {
             }
             let node = self.nodes.get_mut(&id).expect("node exists");
             for read in &ready.history_reads {
-                let entries = node.storage.read_history(read.from_slot, read.upto_slot, read.entries_max, read.bytes_max);
+                let entries = node.storage.read_history(
+                    read.from_slot,
+                    read.upto_slot,
+                    read.entries_max,
+                    read.bytes_max,
+                );
                 if let Some(replica) = node.replica.as_mut() {
                     replica.serve_catch_up(read.to, entries);
                 }
@@ -316,8 +383,17 @@ impl Simulation {
         Ok(())
     }
 
-    fn on_reply(&mut self, node: NodeId, request_id: RequestId, outcome: Result<Slot, ProposalError>) -> Result<(), String> {
-        let Some(client) = self.clients.iter_mut().find(|c| c.client_id == request_id.client_id) else {
+    fn on_reply(
+        &mut self,
+        node: NodeId,
+        request_id: RequestId,
+        outcome: Result<Slot, ProposalError>,
+    ) -> Result<(), String> {
+        let Some(client) = self
+            .clients
+            .iter_mut()
+            .find(|c| c.client_id == request_id.client_id)
+        else {
             return Err(format!("reply for unknown client {request_id}"));
         };
         match outcome {
@@ -357,11 +433,13 @@ impl Simulation {
                 let issued = client.next_seq - 1;
                 if client.outstanding.len() as u64 >= self.scenario.client_window
                     || issued >= self.scenario.requests_per_client
+                    || (issued > 0 && self.now < client.last_issue_tick + self.scenario.request_gap_ticks)
                 {
                     break;
                 }
                 let seq = client.next_seq;
                 self.clients[index].next_seq += 1;
+                self.clients[index].last_issue_tick = self.now;
                 let node = entry_nodes[self.rng.range(0, entry_nodes.len() as u64) as usize];
                 self.send_request(index, seq, node);
             }
@@ -381,7 +459,10 @@ impl Simulation {
 
     fn send_request(&mut self, index: usize, seq: u64, node: NodeId) {
         let client = &mut self.clients[index];
-        let request_id = RequestId { client_id: client.client_id, seq };
+        let request_id = RequestId {
+            client_id: client.client_id,
+            seq,
+        };
         client.outstanding.insert(seq, (node, self.now));
         let payload = format!("c{}-{}", client.client_id, seq).into_bytes();
         self.checker.on_propose(request_id, &payload);
@@ -393,8 +474,12 @@ impl Simulation {
     fn inject_faults(&mut self) {
         let faults = self.scenario.faults.clone();
         if self.rng.chance(faults.crash_per_mille, 1000) {
-            let alive: Vec<NodeId> =
-                self.nodes.iter().filter(|(_, n)| n.replica.is_some()).map(|(id, _)| *id).collect();
+            let alive: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.replica.is_some())
+                .map(|(id, _)| *id)
+                .collect();
             if !alive.is_empty() {
                 let victim = alive[self.rng.range(0, alive.len() as u64) as usize];
                 self.crash(victim);
@@ -403,7 +488,12 @@ impl Simulation {
         if self.rng.chance(faults.partition_per_mille, 1000) {
             self.stats.partitions += 1;
             let duration = self.rng.range(20, 200);
-            let mut side: Vec<NodeId> = self.members.iter().copied().filter(|_| self.rng.chance(1, 2)).collect();
+            let mut side: Vec<NodeId> = self
+                .members
+                .iter()
+                .copied()
+                .filter(|_| self.rng.chance(1, 2))
+                .collect();
             if side.is_empty() {
                 side.push(self.members[0]);
             }
