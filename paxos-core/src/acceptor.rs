@@ -172,3 +172,96 @@ impl Replica {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::test_support::{replica, sent};
+    use crate::{Ballot, Envelope, Message, PersistOp, Value};
+
+    fn prepare(ballot: Ballot) -> Envelope {
+        Envelope {
+            from: ballot.node,
+            to: 1,
+            message: Message::Prepare { ballot, from_slot: 0 },
+        }
+    }
+
+    #[test]
+    fn promise_is_persisted_in_the_same_ready_as_the_reply() {
+        let mut acceptor = replica(1, &[1, 2, 3]);
+        acceptor.step(prepare(Ballot::new(5, 2)));
+        let ready = acceptor.take_ready();
+        assert_eq!(ready.persist, vec![PersistOp::Promise(Ballot::new(5, 2))]);
+        assert_eq!(sent(&ready, |m| matches!(m, Message::Promise { .. })).len(), 1);
+    }
+
+    #[test]
+    fn lower_ballots_are_refused_with_the_promise() {
+        let mut acceptor = replica(1, &[1, 2, 3]);
+        acceptor.step(prepare(Ballot::new(5, 2)));
+        acceptor.take_ready();
+        acceptor.step(prepare(Ballot::new(4, 3)));
+        let accept = Message::Accept {
+            ballot: Ballot::new(4, 3),
+            entries: vec![(0, Value::Noop)],
+            commit_upto: 0,
+        };
+        acceptor.step(Envelope {
+            from: 3,
+            to: 1,
+            message: accept,
+        });
+        let ready = acceptor.take_ready();
+        assert!(
+            ready.persist.is_empty(),
+            "nothing may be stored for a refused ballot"
+        );
+        let nacks = sent(
+            &ready,
+            |m| matches!(m, Message::Nack { promised, .. } if *promised == Ballot::new(5, 2)),
+        );
+        assert_eq!(nacks.len(), 2);
+    }
+
+    #[test]
+    fn promise_reports_accepted_values_and_chosen_prefix() {
+        let mut acceptor = replica(1, &[1, 2, 3]);
+        let accept = Message::Accept {
+            ballot: Ballot::new(1, 2),
+            entries: vec![(0, Value::Noop)],
+            commit_upto: 0,
+        };
+        acceptor.step(Envelope {
+            from: 2,
+            to: 1,
+            message: accept,
+        });
+        acceptor.take_ready();
+        acceptor.step(prepare(Ballot::new(2, 3)));
+        let ready = acceptor.take_ready();
+        match &ready.messages[0].message {
+            Message::Promise {
+                accepted,
+                chosen_upto,
+                ..
+            } => {
+                assert_eq!(accepted.len(), 1);
+                assert_eq!(accepted[0].ballot, Ballot::new(1, 2));
+                assert_eq!(*chosen_upto, 0);
+            }
+            other => panic!("expected a promise, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_recovered_acceptor_keeps_its_promise() {
+        let mut acceptor = replica(1, &[1, 2, 3]);
+        acceptor.step(prepare(Ballot::new(5, 2)));
+        let mut storage = crate::MemStorage::default();
+        storage.apply(&acceptor.take_ready().persist);
+        let mut recovered = crate::Replica::recover(acceptor.config().clone(), storage.durable_state(), 1);
+        recovered.step(prepare(Ballot::new(4, 3)));
+        let ready = recovered.take_ready();
+        assert!(matches!(ready.messages[0].message, Message::Nack { .. }));
+    }
+}

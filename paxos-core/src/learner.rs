@@ -352,3 +352,106 @@ impl Replica {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Compaction, CompactionError};
+    use crate::test_support::{proposal, Cluster};
+    use crate::Value;
+
+    #[test]
+    fn a_retried_request_is_chosen_once_and_answered_with_its_slot() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        cluster.node(leader).propose(proposal(5, 1, "once"));
+        cluster.settle();
+        cluster.node(leader).propose(proposal(5, 2, "other"));
+        cluster.node(leader).propose(proposal(5, 1, "once"));
+        cluster.settle();
+        let outcomes: Vec<_> = cluster
+            .replies
+            .iter()
+            .map(|(_, r)| (r.request_id.seq, r.outcome.clone()))
+            .collect();
+        let mut outcomes = outcomes;
+        outcomes.sort_by_key(|(seq, outcome)| (*seq, outcome.clone().ok()));
+        assert_eq!(outcomes, vec![(1, Ok(0)), (1, Ok(0)), (2, Ok(1))]);
+        let history = &cluster.storage[&leader].history;
+        assert_eq!(history.len(), 2);
+    }
+
+    #[test]
+    fn a_duplicate_that_reaches_the_log_is_applied_as_a_noop() {
+        let mut cluster = Cluster::new(1);
+        cluster.elect();
+        let value = Value::Command {
+            request_id: proposal(5, 1, "").request_id,
+            payload: b"x".to_vec(),
+        };
+        cluster.node(1).learn_chosen(0, value.clone());
+        cluster.node(1).learn_chosen(1, value.clone());
+        cluster.node(1).apply_chosen();
+        let ready = cluster.node(1).take_ready();
+        assert_eq!(ready.chosen, vec![(0, value), (1, Value::Noop)]);
+    }
+
+    #[test]
+    fn truncation_waits_for_every_member_unless_forced() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let lagging = if leader == 3 { 2 } else { 3 };
+        cluster.down.push(lagging);
+        for seq in 1..=5 {
+            cluster.node(leader).propose(proposal(1, seq, "v"));
+        }
+        cluster.settle();
+        // Heartbeat acks tell the leader how far the live follower has applied.
+        cluster.run_ticks(5);
+        let refused = cluster.node(leader).compact(Compaction {
+            truncate_below: Some(4),
+            force: false,
+        });
+        assert!(
+            matches!(refused, Err(CompactionError::MemberBehind { node, .. }) if node == lagging),
+            "{refused:?}"
+        );
+        let report = cluster
+            .node(leader)
+            .compact(Compaction {
+                truncate_below: Some(4),
+                force: true,
+            })
+            .expect("forced");
+        assert_eq!(report.history_entries_removed, 4);
+        assert_eq!(report.history_start, 4);
+        // The member that was down catches up from behind the cut by installing the snapshot.
+        cluster.down.clear();
+        cluster.run_ticks(30);
+        let node = &cluster.replicas[&lagging];
+        assert_eq!(node.history_start(), 4);
+        assert_eq!(node.chosen_upto(), 5);
+        assert_eq!(
+            cluster.storage[&lagging]
+                .history
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![4]
+        );
+    }
+
+    #[test]
+    fn compaction_collects_accepted_records_of_applied_slots() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        for seq in 1..=3 {
+            cluster.node(leader).propose(proposal(1, seq, "v"));
+        }
+        cluster.settle();
+        let report = cluster.node(leader).compact(Compaction::default()).expect("gc");
+        assert_eq!(report.accepted_records_removed, 3);
+        assert!(cluster.storage[&leader].accepted.len() <= 3);
+        cluster.settle();
+        assert!(cluster.storage[&leader].accepted.is_empty());
+    }
+}

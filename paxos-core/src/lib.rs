@@ -17,6 +17,8 @@ mod replica;
 mod requests;
 mod rng;
 mod storage;
+#[cfg(test)]
+mod test_support;
 mod types;
 
 pub use config::Config;

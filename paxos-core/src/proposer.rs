@@ -510,3 +510,109 @@ impl Replica {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::message::AcceptedEntry;
+    use crate::test_support::{proposal, sent, Cluster};
+    use crate::{Ballot, Envelope, Message, Value};
+
+    #[test]
+    fn single_member_cluster_chooses_on_its_own() {
+        let mut cluster = Cluster::new(1);
+        cluster.elect();
+        cluster.node(1).propose(proposal(7, 1, "a"));
+        cluster.settle();
+        assert_eq!(cluster.replies.len(), 1);
+        assert_eq!(cluster.replies[0].1.outcome, Ok(0));
+    }
+
+    #[test]
+    fn stable_leader_skips_phase_one() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        cluster.node(leader).propose(proposal(7, 1, "a"));
+        let ready = cluster.node(leader).take_ready();
+        assert!(sent(&ready, |m| matches!(m, Message::Prepare { .. })).is_empty());
+        assert_eq!(sent(&ready, |m| matches!(m, Message::Accept { .. })).len(), 2);
+    }
+
+    #[test]
+    fn new_leader_reproposes_highest_ballot_value_and_fills_holes_with_noops() {
+        let mut cluster = Cluster::new(3);
+        let candidate = 1;
+        cluster.node(candidate).become_candidate();
+        let ballot = cluster.node(candidate).promised();
+        cluster.node(candidate).take_ready();
+        let command = |text: &str| Value::Command {
+            request_id: crate::RequestId {
+                client_id: 1,
+                seq: text.len() as u64,
+            },
+            payload: text.as_bytes().to_vec(),
+        };
+        // Slot 2 was accepted at two ballots: the higher one must win. Slot 1 is a hole.
+        let promise = Message::Promise {
+            ballot,
+            accepted: vec![
+                AcceptedEntry {
+                    slot: 0,
+                    ballot: Ballot::new(0, 2),
+                    value: command("x"),
+                },
+                AcceptedEntry {
+                    slot: 2,
+                    ballot: Ballot::new(0, 2),
+                    value: command("low"),
+                },
+            ],
+            chosen: vec![],
+            chosen_upto: 0,
+        };
+        cluster.node(candidate).step(Envelope {
+            from: 2,
+            to: 1,
+            message: promise,
+        });
+        let ready = cluster.node(candidate).take_ready();
+        // Quorum of 2 reached with the candidate's own empty promise; the accepted values win.
+        let accepts = sent(&ready, |m| matches!(m, Message::Accept { .. }));
+        let Message::Accept { entries, .. } = &accepts[0].message else {
+            unreachable!()
+        };
+        assert_eq!(entries[0], (0, command("x")));
+        assert_eq!(entries[1], (1, Value::Noop));
+        assert_eq!(entries[2], (2, command("low")));
+    }
+
+    #[test]
+    fn duelling_candidates_settle_on_one_leader() {
+        let mut cluster = Cluster::new(3);
+        cluster.node(1).become_candidate();
+        cluster.node(2).become_candidate();
+        cluster.node(3).become_candidate();
+        cluster.settle();
+        cluster.run_ticks(100);
+        let leaders = cluster.replicas.values().filter(|r| r.is_leader()).count();
+        assert_eq!(leaders, 1);
+    }
+
+    #[test]
+    fn follower_forwards_to_the_leader_and_relays_the_answer() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let follower = if leader == 1 { 2 } else { 1 };
+        cluster.node(follower).propose(proposal(9, 1, "hello"));
+        cluster.settle();
+        assert_eq!(
+            cluster.replies,
+            vec![(
+                follower,
+                crate::Reply {
+                    request_id: proposal(9, 1, "").request_id,
+                    outcome: Ok(0)
+                }
+            )]
+        );
+    }
+}

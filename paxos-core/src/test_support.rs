@@ -1,0 +1,121 @@
+//! Helpers for the unit tests of the protocol rules: a tiny, lossless, in-order cluster.
+
+use crate::{Config, Envelope, MemStorage, Message, Proposal, Ready, Replica, RequestId};
+use std::collections::{BTreeMap, VecDeque};
+
+pub(crate) fn replica(id: u64, members: &[u64]) -> Replica {
+    Replica::new(Config::new(id, members.to_vec()), 42)
+}
+
+pub(crate) fn proposal(client_id: u64, seq: u64, text: &str) -> Proposal {
+    Proposal {
+        request_id: RequestId { client_id, seq },
+        payload: text.as_bytes().to_vec(),
+    }
+}
+
+/// Messages of a given kind in a Ready.
+pub(crate) fn sent(ready: &Ready, kind: fn(&Message) -> bool) -> Vec<&Envelope> {
+    ready.messages.iter().filter(|e| kind(&e.message)).collect()
+}
+
+/// A cluster that delivers every message in order, persisting before sending, with an
+/// optional set of nodes that drop everything (down).
+pub(crate) struct Cluster {
+    pub(crate) replicas: BTreeMap<u64, Replica>,
+    pub(crate) storage: BTreeMap<u64, MemStorage>,
+    pub(crate) down: Vec<u64>,
+    pub(crate) replies: Vec<(u64, crate::Reply)>,
+    queue: VecDeque<Envelope>,
+}
+
+impl Cluster {
+    pub(crate) fn new(size: u64) -> Self {
+        let members: Vec<u64> = (1..=size).collect();
+        Cluster {
+            replicas: members.iter().map(|id| (*id, replica(*id, &members))).collect(),
+            storage: members.iter().map(|id| (*id, MemStorage::default())).collect(),
+            down: Vec::new(),
+            replies: Vec::new(),
+            queue: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn node(&mut self, id: u64) -> &mut Replica {
+        self.replicas.get_mut(&id).expect("member")
+    }
+
+    /// Drives every replica until no message is left.
+    pub(crate) fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let ids: Vec<u64> = self.replicas.keys().copied().collect();
+            for id in ids {
+                let replica = self.replicas.get_mut(&id).expect("member");
+                let ready = replica.take_ready();
+                let storage = self.storage.get_mut(&id).expect("member");
+                storage.apply(&ready.persist);
+                for read in &ready.history_reads {
+                    let entries = storage.read_history(
+                        read.from_slot,
+                        read.upto_slot,
+                        read.entries_max,
+                        read.bytes_max,
+                    );
+                    replica.serve_catch_up(read.to, entries);
+                }
+                self.queue.extend(ready.messages);
+                self.replies.extend(ready.replies.into_iter().map(|r| (id, r)));
+            }
+            let Some(envelope) = self.queue.pop_front() else {
+                if self.replicas.values_mut().all(|r| r.take_ready_is_idle()) {
+                    return;
+                }
+                continue;
+            };
+            if self.down.contains(&envelope.to) || self.down.contains(&envelope.from) {
+                continue;
+            }
+            self.node(envelope.to).step(envelope);
+        }
+        panic!("cluster did not settle");
+    }
+
+    /// Ticks every live replica `ticks` times, settling after each.
+    pub(crate) fn run_ticks(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            let ids: Vec<u64> = self
+                .replicas
+                .keys()
+                .copied()
+                .filter(|id| !self.down.contains(id))
+                .collect();
+            for id in ids {
+                self.node(id).tick();
+            }
+            self.settle();
+        }
+    }
+
+    /// Ticks until some replica leads.
+    pub(crate) fn elect(&mut self) -> u64 {
+        for _ in 0..200 {
+            self.run_ticks(1);
+            if let Some((id, _)) = self
+                .replicas
+                .iter()
+                .find(|(id, r)| r.is_leader() && !self.down.contains(id))
+            {
+                return *id;
+            }
+        }
+        panic!("no leader elected");
+    }
+}
+
+impl Replica {
+    /// True when nothing is pending for the driver (test helper).
+    pub(crate) fn take_ready_is_idle(&mut self) -> bool {
+        self.ready.is_empty()
+            && !matches!(&self.role, crate::replica::Role::Leader(l) if !l.unsent.is_empty())
+    }
+}
