@@ -167,6 +167,11 @@ impl Replica {
         self.raise_promise(ballot);
         self.step_down_below(ballot);
         if !matches!(self.role, Role::Leader(_)) {
+            if self.leader_hint != Some(from) {
+                // Proposals forwarded to the previous leader may be lost with it: answer them
+                // now (retryable) instead of after the forward timeout.
+                self.fail_forwarded(Some(from));
+            }
             self.leader_hint = Some(from);
             self.reset_election_timer();
         }

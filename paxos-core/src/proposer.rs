@@ -45,6 +45,7 @@ impl Replica {
     /// Starts phase 1 with a ballot above every ballot seen.
     pub(crate) fn become_candidate(&mut self) {
         self.fail_leader_work(None);
+        self.fail_forwarded(None);
         let round = self.round_seen.max(self.promised.round) + 1;
         let ballot = Ballot::new(round, self.config.id);
         self.round_seen = round;
@@ -469,6 +470,18 @@ impl Replica {
                 Origin::Remote(from),
                 proposal.request_id,
                 Err(ProposalError::NotLeader { leader_hint: hint }),
+            );
+        }
+    }
+
+    /// Answers every proposal forwarded to a leader this replica no longer follows. Retryable:
+    /// the outcome is unknown, and a retry with the same request id is chosen at most once.
+    pub(crate) fn fail_forwarded(&mut self, leader_hint: Option<NodeId>) {
+        for (request_id, _) in std::mem::take(&mut self.forwarded) {
+            self.reply(
+                Origin::Local,
+                request_id,
+                Err(ProposalError::NotLeader { leader_hint }),
             );
         }
     }

@@ -1,0 +1,472 @@
+//! The async client library that `paxos-cli` and the tests use.
+//!
+//! A [`Client`] holds one connection at a time to one of its endpoints and pipelines every
+//! request over it (responses are matched by id). It follows leader hints, moves to the next
+//! endpoint when one fails, and retries a proposal with the same request id until it is
+//! answered or the timeout passes, so a retried proposal is never chosen twice.
+
+use crate::codec::FrameCodec;
+use crate::wire::{
+    Caller, Frame, GcError, GcReport, Hello, HistoryError, HistoryPage, ProposeError, Request, Response,
+    StatusReport, PROTOCOL_VERSION,
+};
+use futures::{SinkExt, Stream, StreamExt};
+use paxos_core::{RequestId, Slot};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// How to reach the cluster.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub endpoints: Vec<String>,
+    pub cluster: String,
+    /// How long one operation (with all its retries) may take.
+    pub timeout: Duration,
+}
+
+impl ClientOptions {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        ClientOptions {
+            endpoints,
+            cluster: crate::config::DEFAULT_CLUSTER.to_owned(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why an operation failed. Each has a one-line message meant for a terminal.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    #[error("no endpoint reachable ({0})")]
+    Unreachable(String),
+    #[error("no quorum answered within {:.1} s (last error: {last_error})", timeout.as_secs_f64())]
+    Timeout { timeout: Duration, last_error: String },
+    #[error("refused: {0}")]
+    Rejected(String),
+    #[error("history below slot {history_start} was truncated (asked from slot {requested})")]
+    Truncated { requested: Slot, history_start: Slot },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+enum CallError {
+    Closed(String),
+    Timeout,
+}
+
+/// One connection to one node.
+struct Connection {
+    endpoint: String,
+    frames: mpsc::UnboundedSender<Frame>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>,
+    next_id: AtomicU64,
+    alive: Arc<AtomicBool>,
+}
+
+impl Connection {
+    async fn open(endpoint: &str, cluster: &str) -> Result<Connection, String> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+            .await
+            .map_err(|_| format!("{endpoint}: connect timed out"))?
+            .map_err(|e| format!("{endpoint}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, FrameCodec::default());
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: cluster.to_owned(),
+            caller: Caller::Client,
+        };
+        framed
+            .send(Frame::Hello(hello))
+            .await
+            .map_err(|e| format!("{endpoint}: {e}"))?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, framed.next()).await {
+            Ok(Some(Ok(Frame::Welcome(_)))) => {}
+            Ok(Some(Ok(Frame::Refused(reason)))) => {
+                return Err(format!("{endpoint} refused the connection: {reason}"))
+            }
+            Ok(Some(Ok(_))) => return Err(format!("{endpoint}: unexpected answer to Hello")),
+            Ok(Some(Err(e))) => return Err(format!("{endpoint}: {e}")),
+            Ok(None) => return Err(format!("{endpoint}: closed during handshake")),
+            Err(_) => return Err(format!("{endpoint}: no answer to Hello")),
+        }
+        let (mut sink, mut stream) = framed.split();
+        let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Frame>();
+        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>> = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let writer_alive = alive.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = frames_rx.recv().await {
+                if sink.feed(frame).await.is_err() {
+                    break;
+                }
+                while let Ok(frame) = frames_rx.try_recv() {
+                    if sink.feed(frame).await.is_err() {
+                        break;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    break;
+                }
+            }
+            writer_alive.store(false, Ordering::SeqCst);
+        });
+        let reader_pending = pending.clone();
+        let reader_alive = alive.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(Frame::Response { id, response })) = stream.next().await {
+                let waiter = reader_pending.lock().map(|mut p| p.remove(&id)).ok().flatten();
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(response);
+                }
+            }
+            reader_alive.store(false, Ordering::SeqCst);
+            // Dropping the waiters tells every caller the connection is gone.
+            if let Ok(mut pending) = reader_pending.lock() {
+                pending.clear();
+            }
+        });
+        Ok(Connection {
+            endpoint: endpoint.to_owned(),
+            frames: frames_tx,
+            pending,
+            next_id: AtomicU64::new(1),
+            alive,
+        })
+    }
+
+    async fn call(&self, request: Request, timeout: Duration) -> Result<Response, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        match self.pending.lock() {
+            Ok(mut pending) => pending.insert(id, tx),
+            Err(_) => return Err(CallError::Closed("connection state poisoned".into())),
+        };
+        if !self.alive.load(Ordering::SeqCst) || self.frames.send(Frame::Request { id, request }).is_err() {
+            return Err(CallError::Closed(format!("{}: connection closed", self.endpoint)));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(CallError::Closed(format!("{}: connection closed", self.endpoint))),
+            Err(_) => {
+                if let Ok(mut pending) = self.pending.lock() {
+                    pending.remove(&id);
+                }
+                Err(CallError::Timeout)
+            }
+        }
+    }
+}
+
+struct ConnectionState {
+    /// Index of the endpoint to try next.
+    next_endpoint: usize,
+    /// A leader address learned from a hint, tried before the endpoints.
+    preferred: Option<String>,
+    current: Option<Arc<Connection>>,
+}
+
+/// A client of the cluster. Cheap to clone; clones share the connection and the request ids.
+#[derive(Clone)]
+pub struct Client {
+    options: Arc<ClientOptions>,
+    client_id: u64,
+    next_seq: Arc<AtomicU64>,
+    state: Arc<tokio::sync::Mutex<ConnectionState>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.client_id)
+            .field("endpoints", &self.options.endpoints)
+            .finish()
+    }
+}
+
+/// A client id unlikely to collide with any other client's: request ids are (client id, seq).
+fn random_client_id() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    if let Ok(since_epoch) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(since_epoch.as_nanos());
+    }
+    hasher.finish().max(1)
+}
+
+enum Attempt<T> {
+    Done(Result<T, ClientError>),
+    /// Retry after a pause, on the same connection unless `rotate`.
+    Retry {
+        error: String,
+        rotate: bool,
+    },
+}
+
+impl Client {
+    pub fn new(options: ClientOptions) -> Result<Client, ClientError> {
+        if options.endpoints.is_empty() {
+            return Err(ClientError::Unreachable("no endpoint given".into()));
+        }
+        Ok(Client {
+            options: Arc::new(options),
+            client_id: random_client_id(),
+            next_seq: Arc::new(AtomicU64::new(1)),
+            state: Arc::new(tokio::sync::Mutex::new(ConnectionState {
+                next_endpoint: 0,
+                preferred: None,
+                current: None,
+            })),
+        })
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// The live connection, or a new one to the preferred address or the next endpoint.
+    async fn connection(&self) -> Result<Arc<Connection>, String> {
+        let mut state = self.state.lock().await;
+        if let Some(connection) = &state.current {
+            if connection.alive.load(Ordering::SeqCst) {
+                return Ok(connection.clone());
+            }
+        }
+        state.current = None;
+        let mut errors = Vec::new();
+        if let Some(preferred) = state.preferred.take() {
+            match Connection::open(&preferred, &self.options.cluster).await {
+                Ok(connection) => {
+                    let connection = Arc::new(connection);
+                    state.current = Some(connection.clone());
+                    return Ok(connection);
+                }
+                Err(error) => errors.push(error),
+            }
+        }
+        let count = self.options.endpoints.len();
+        for _ in 0..count {
+            let endpoint = self.options.endpoints[state.next_endpoint % count].clone();
+            state.next_endpoint = (state.next_endpoint + 1) % count;
+            match Connection::open(&endpoint, &self.options.cluster).await {
+                Ok(connection) => {
+                    // Stay on this endpoint until it fails.
+                    state.next_endpoint = (state.next_endpoint + count - 1) % count;
+                    let connection = Arc::new(connection);
+                    state.current = Some(connection.clone());
+                    return Ok(connection);
+                }
+                Err(error) => errors.push(error),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    /// Drops `connection` (if still current) so the next call moves to the next endpoint.
+    async fn rotate(&self, connection: &Arc<Connection>) {
+        let mut state = self.state.lock().await;
+        if state.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
+            state.current = None;
+            state.next_endpoint = (state.next_endpoint + 1) % self.options.endpoints.len();
+        }
+    }
+
+    async fn prefer(&self, addr: String, connection: &Arc<Connection>) {
+        if addr == connection.endpoint {
+            return;
+        }
+        let mut state = self.state.lock().await;
+        state.preferred = Some(addr);
+        if state.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
+            state.current = None;
+        }
+    }
+
+    /// Sends `request` until `interpret` says done, the timeout passes, or no endpoint answers.
+    async fn run<T>(
+        &self,
+        request: Request,
+        mut interpret: impl FnMut(Response) -> (Attempt<T>, Option<String>),
+    ) -> Result<T, ClientError> {
+        let timeout = self.options.timeout;
+        let deadline = Instant::now() + timeout;
+        let mut backoff = BACKOFF_MIN;
+        let mut ever_connected = false;
+        let mut last_error = String::from("none");
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(if ever_connected {
+                    ClientError::Timeout { timeout, last_error }
+                } else {
+                    ClientError::Unreachable(last_error)
+                });
+            }
+            let connection = match self.connection().await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    last_error = error;
+                    tokio::time::sleep(backoff.min(remaining)).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            ever_connected = true;
+            match connection.call(request.clone(), remaining).await {
+                Ok(Response::Unavailable(reason)) => {
+                    last_error = format!("{}: {reason}", connection.endpoint);
+                    self.rotate(&connection).await;
+                }
+                Ok(response) => match interpret(response) {
+                    (Attempt::Done(result), _) => return result,
+                    (Attempt::Retry { error, rotate }, leader_addr) => {
+                        last_error = format!("{}: {error}", connection.endpoint);
+                        if let Some(addr) = leader_addr {
+                            self.prefer(addr, &connection).await;
+                        } else if rotate {
+                            self.rotate(&connection).await;
+                        }
+                    }
+                },
+                Err(CallError::Closed(error)) => {
+                    last_error = error;
+                    self.rotate(&connection).await;
+                }
+                Err(CallError::Timeout) => {
+                    last_error = format!("{}: no answer", connection.endpoint);
+                    continue;
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(backoff.min(remaining)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Proposes one value; returns the slot it was chosen at.
+    pub async fn propose(&self, value: Vec<u8>) -> Result<Slot, ClientError> {
+        let request_id = RequestId {
+            client_id: self.client_id,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+        };
+        self.run(
+            Request::Propose { request_id, value },
+            |response| match response {
+                Response::Proposed(Ok(slot)) => (Attempt::Done(Ok(slot)), None),
+                Response::Proposed(Err(error)) if error.is_retryable() => {
+                    let leader_addr = match &error {
+                        ProposeError::Protocol { leader_addr, .. } => leader_addr.clone(),
+                        _ => None,
+                    };
+                    // Without a hint, another node may know the leader (or be in the majority).
+                    let rotate = leader_addr.is_none();
+                    (
+                        Attempt::Retry {
+                            error: error.to_string(),
+                            rotate,
+                        },
+                        leader_addr,
+                    )
+                }
+                Response::Proposed(Err(error)) => {
+                    (Attempt::Done(Err(ClientError::Rejected(error.to_string()))), None)
+                }
+                other => (
+                    Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))),
+                    None,
+                ),
+            },
+        )
+        .await
+    }
+
+    /// Proposes every value of `values`, keeping up to `window` in flight on the connection;
+    /// yields the outcomes in input order.
+    pub fn propose_stream<'a>(
+        &'a self,
+        values: impl Stream<Item = Vec<u8>> + 'a,
+        window: usize,
+    ) -> impl Stream<Item = Result<Slot, ClientError>> + 'a {
+        values
+            .map(move |value| self.propose(value))
+            .buffered(window.max(1))
+    }
+
+    /// Chosen history from `from_slot`, as the node asked holds it.
+    pub async fn history(&self, from_slot: Slot, limit: u64) -> Result<HistoryPage, ClientError> {
+        self.run(Request::History { from_slot, limit }, |response| match response {
+            Response::History(Ok(page)) => (Attempt::Done(Ok(page)), None),
+            Response::History(Err(HistoryError::Truncated {
+                requested,
+                history_start,
+            })) => (
+                Attempt::Done(Err(ClientError::Truncated {
+                    requested,
+                    history_start,
+                })),
+                None,
+            ),
+            Response::History(Err(error)) => {
+                (Attempt::Done(Err(ClientError::Rejected(error.to_string()))), None)
+            }
+            other => (
+                Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))),
+                None,
+            ),
+        })
+        .await
+    }
+
+    pub async fn status(&self) -> Result<StatusReport, ClientError> {
+        self.run(Request::Status, |response| match response {
+            Response::Status(report) => (Attempt::Done(Ok(*report)), None),
+            other => (
+                Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))),
+                None,
+            ),
+        })
+        .await
+    }
+
+    /// Garbage collection through the leader (truncation needs the leader's view of members).
+    pub async fn gc(&self, truncate_below: Option<Slot>, force: bool) -> Result<GcReport, ClientError> {
+        self.run(
+            Request::Gc {
+                truncate_below,
+                force,
+            },
+            |response| match response {
+                Response::Gc(Ok(report)) => (Attempt::Done(Ok(report)), None),
+                Response::Gc(Err(GcError::NotLeader { leader_addr })) => {
+                    let rotate = leader_addr.is_none();
+                    (
+                        Attempt::Retry {
+                            error: "not the leader".into(),
+                            rotate,
+                        },
+                        leader_addr,
+                    )
+                }
+                Response::Gc(Err(error)) => {
+                    (Attempt::Done(Err(ClientError::Rejected(error.to_string()))), None)
+                }
+                other => (
+                    Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))),
+                    None,
+                ),
+            },
+        )
+        .await
+    }
+}

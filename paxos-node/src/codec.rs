@@ -1,0 +1,230 @@
+//! The one place that knows the byte format: length-prefixed frames of bincode 2.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of bincode. The length is
+//! checked against `frame_bytes_max` before any buffer is reserved, and bincode decodes with the
+//! same byte limit, so a hostile length field or vector length cannot make the node allocate
+//! more than the limit. Trailing bytes after a decoded frame are an error.
+
+use crate::wire::Frame;
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+/// Largest frame accepted or sent: a few batches of maximum-size values.
+pub const FRAME_BYTES_MAX: usize = 16 << 20;
+
+/// bincode's own limit, the same as the frame limit.
+type Limit = bincode::config::Configuration<
+    bincode::config::BigEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<FRAME_BYTES_MAX>,
+>;
+
+fn config() -> Limit {
+    bincode::config::standard()
+        .with_big_endian()
+        .with_limit::<FRAME_BYTES_MAX>()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("frame of {size_bytes} bytes exceeds the limit of {FRAME_BYTES_MAX} bytes")]
+    TooLarge { size_bytes: usize },
+}
+
+/// Encodes a value with the project's bincode configuration (also used for storage records).
+pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Malformed(e.to_string()))
+}
+
+/// Decodes a whole buffer; leftover bytes are an error.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Malformed(format!(
+            "{} trailing bytes",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// Frames over a byte stream, for `tokio_util::codec::Framed`.
+#[derive(Debug)]
+pub struct FrameCodec {
+    inner: LengthDelimitedCodec,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec {
+            inner: LengthDelimitedCodec::builder()
+                .length_field_length(4)
+                .max_frame_length(FRAME_BYTES_MAX)
+                .new_codec(),
+        }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        // The length-delimited codec checks the length field before reserving the frame.
+        match self.inner.decode(src) {
+            Ok(Some(bytes)) => decode(&bytes).map(Some),
+            Ok(None) => Ok(None),
+            Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                Err(CodecError::Malformed(format!("bad length field: {error}")))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let bytes = encode(&frame)?;
+        if bytes.len() > FRAME_BYTES_MAX {
+            return Err(CodecError::TooLarge {
+                size_bytes: bytes.len(),
+            });
+        }
+        self.inner
+            .encode(Bytes::from(bytes), dst)
+            .map_err(CodecError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Caller, Hello, Request};
+    use paxos_core::{Ballot, Message, RequestId, Value};
+    use proptest::prelude::*;
+
+    fn sample_frames() -> Vec<Frame> {
+        vec![
+            Frame::Hello(Hello {
+                protocol_version: 1,
+                cluster_id: "c".into(),
+                caller: Caller::Node(2),
+            }),
+            Frame::Peer(Message::Accept {
+                ballot: Ballot::new(3, 1),
+                entries: vec![
+                    (7, Value::Noop),
+                    (
+                        8,
+                        Value::Command {
+                            request_id: RequestId { client_id: 1, seq: 2 },
+                            payload: b"x".to_vec(),
+                        },
+                    ),
+                ],
+                commit_upto: 7,
+            }),
+            Frame::Request {
+                id: 9,
+                request: Request::Propose {
+                    request_id: RequestId { client_id: 5, seq: 1 },
+                    value: vec![0; 100],
+                },
+            },
+        ]
+    }
+
+    fn encode_frame(frame: Frame) -> BytesMut {
+        let mut buffer = BytesMut::new();
+        FrameCodec::default().encode(frame, &mut buffer).expect("encodes");
+        buffer
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        for frame in sample_frames() {
+            let mut buffer = encode_frame(frame.clone());
+            let decoded = FrameCodec::default()
+                .decode(&mut buffer)
+                .expect("decodes")
+                .expect("complete");
+            assert_eq!(decoded, frame);
+            assert!(buffer.is_empty());
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocating() {
+        let mut buffer = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        buffer.extend_from_slice(&[0; 16]);
+        let capacity_before = buffer.capacity();
+        let result = FrameCodec::default().decode(&mut buffer);
+        assert!(matches!(result, Err(CodecError::Malformed(_))), "{result:?}");
+        assert!(buffer.capacity() <= capacity_before.max(64));
+    }
+
+    #[test]
+    fn a_huge_vector_length_inside_a_small_frame_is_refused() {
+        // A Propose whose value claims 2^60 bytes: bincode's limit stops it before allocating.
+        let mut payload = encode(&Frame::Request {
+            id: 1,
+            request: Request::Propose {
+                request_id: RequestId { client_id: 1, seq: 1 },
+                value: vec![],
+            },
+        })
+        .expect("encodes");
+        payload.pop(); // the empty vector's length (0)
+        payload.extend_from_slice(&[0xFD, 0x10, 0, 0, 0, 0, 0, 0, 0]); // varint u64 = 2^60
+        let mut buffer = BytesMut::new();
+        buffer.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        buffer.extend_from_slice(&payload);
+        assert!(FrameCodec::default().decode(&mut buffer).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = encode(&Frame::Refused("x".into())).expect("encodes");
+        bytes.push(0);
+        assert!(decode::<Frame>(&bytes).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// Arbitrary bytes never panic the decoder and never make it hold more than the limit.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut buffer = BytesMut::from(&bytes[..]);
+            let mut codec = FrameCodec::default();
+            for _ in 0..64 {
+                match codec.decode(&mut buffer) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            prop_assert!(buffer.capacity() <= FRAME_BYTES_MAX);
+        }
+
+        /// Valid frames cut short or corrupted byte by byte decode to an error or to nothing
+        /// (waiting for more bytes), never to a panic.
+        #[test]
+        fn truncated_and_corrupted_frames_are_errors(index in 0usize..3, cut in 0usize..200, flip in 0usize..200, bit in 0u8..8) {
+            let frame = sample_frames()[index].clone();
+            let full = encode_frame(frame);
+            let mut truncated = BytesMut::from(&full[..cut.min(full.len())]);
+            let _ = FrameCodec::default().decode(&mut truncated);
+            let mut corrupted = full.clone();
+            let position = flip % corrupted.len();
+            corrupted[position] ^= 1 << bit;
+            let _ = FrameCodec::default().decode(&mut corrupted);
+        }
+    }
+}

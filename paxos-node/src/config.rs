@@ -1,0 +1,64 @@
+//! The node's configuration, as given on the command line.
+
+use paxos_core::NodeId;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Where to accept peers and clients.
+    pub listen: SocketAddr,
+    /// Every member (this node included) and the address others reach it at.
+    pub members: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    pub cluster: String,
+    /// Length of one logical tick of the protocol.
+    pub tick: Duration,
+    pub heartbeat_interval_ticks: u64,
+    pub election_timeout_ticks: u64,
+    pub value_bytes_max: usize,
+}
+
+impl NodeConfig {
+    /// The protocol configuration for this node.
+    pub fn core(&self) -> paxos_core::Config {
+        let mut config = paxos_core::Config::new(self.id, self.members.keys().copied().collect());
+        config.heartbeat_interval_ticks = self.heartbeat_interval_ticks;
+        config.election_timeout_ticks = self.election_timeout_ticks;
+        // A forwarded proposal waits at most ~5 s for the leader.
+        config.forward_timeout_ticks = (5_000 / self.tick.as_millis().max(1) as u64).max(1);
+        config.catch_up_timeout_ticks = 2 * self.election_timeout_ticks;
+        config.value_bytes_max = self.value_bytes_max;
+        config
+    }
+
+    /// Checks what the protocol would otherwise assert on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("node id 0 is reserved; ids start at 1".into());
+        }
+        if !self.members.contains_key(&self.id) {
+            return Err(format!(
+                "node {} is not among the members given with --peer",
+                self.id
+            ));
+        }
+        if self.members.contains_key(&0) {
+            return Err("node id 0 is reserved; ids start at 1".into());
+        }
+        if self.election_timeout_ticks <= self.heartbeat_interval_ticks {
+            return Err("the election timeout must be longer than the heartbeat interval".into());
+        }
+        if self.value_bytes_max > 4 << 20 {
+            return Err("values are limited to 4 MiB (frames are 16 MiB)".into());
+        }
+        Ok(())
+    }
+}
+
+/// The cluster name used when none is given.
+pub const DEFAULT_CLUSTER: &str = "paxos";

@@ -1,0 +1,332 @@
+//! The driver loop: the only owner of the replica and the storage.
+//!
+//! It runs on its own thread (RocksDB writes block) and repeats: wait for an input or the next
+//! tick; drain a bounded batch of inputs; then handle the replica's Ready in the contract's
+//! order: one synced write for the whole batch (group commit), then messages, catch-up reads,
+//! chosen entries and client answers.
+
+use crate::config::NodeConfig;
+use crate::storage::{Storage, StorageError};
+use crate::wire::{
+    Frame, GcError, GcReport, HistoryError, HistoryPage, MemberInfo, ProposeError, Request, Response,
+    StatusReport,
+};
+use paxos_core::{Compaction, CompactionError, Message, NodeId, Proposal, Replica, RequestId, Value};
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+/// Inputs processed per loop iteration before the Ready is written: bounds latency while
+/// letting one fsync cover many requests.
+const INPUTS_PER_BATCH_MAX: usize = 4096;
+/// History entries and bytes per client history request.
+pub const HISTORY_ENTRIES_MAX: u64 = 10_000;
+const HISTORY_BYTES_MAX: usize = 8 << 20;
+/// Local proposals waiting for an answer; beyond this new ones are refused (retryable).
+const PENDING_PROPOSALS_MAX: usize = 200_000;
+/// Accepted records of applied slots are collected when there are more than this many.
+const GC_ACCEPTED_RECORDS_MIN: usize = 2_048;
+const GC_INTERVAL_TICKS: u64 = 10;
+
+/// Something for the driver to do.
+#[derive(Debug)]
+pub enum Input {
+    /// A message from a peer; `from` comes from the connection's handshake.
+    Peer {
+        from: NodeId,
+        message: Message,
+    },
+    Client {
+        request: Request,
+        respond: Responder,
+    },
+    Shutdown,
+}
+
+/// Where the answer to one client request goes (its connection's writer), with the permit that
+/// bounds the requests in flight on that connection.
+#[derive(Debug)]
+pub struct Responder {
+    pub id: u64,
+    pub frames: mpsc::UnboundedSender<Frame>,
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Responder {
+    pub fn send(self, response: Response) {
+        // The client may have gone away; its answer is simply dropped.
+        let _ = self.frames.send(Frame::Response {
+            id: self.id,
+            response,
+        });
+    }
+}
+
+/// Why the driver stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+pub struct Driver {
+    config: NodeConfig,
+    replica: Replica,
+    storage: Storage,
+    peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    pending: BTreeMap<RequestId, Vec<Responder>>,
+    pending_count: usize,
+    applied_since_start: u64,
+    proposals_since_start: u64,
+    ticks: u64,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").field("id", &self.config.id).finish()
+    }
+}
+
+impl Driver {
+    pub fn new(
+        config: NodeConfig,
+        replica: Replica,
+        storage: Storage,
+        peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    ) -> Self {
+        Driver {
+            config,
+            replica,
+            storage,
+            peers,
+            pending: BTreeMap::new(),
+            pending_count: 0,
+            applied_since_start: 0,
+            proposals_since_start: 0,
+            ticks: 0,
+        }
+    }
+
+    /// Runs until `Shutdown`, the input channel closes, or storage fails (fatal).
+    pub fn run(mut self, inputs: Receiver<Input>) -> Result<(), DriverError> {
+        let tick = self.config.tick;
+        let mut next_tick = Instant::now() + tick;
+        let result = loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut stop = false;
+            match inputs.recv_timeout(wait) {
+                Ok(input) => {
+                    stop |= self.handle(input);
+                    for _ in 1..INPUTS_PER_BATCH_MAX {
+                        match inputs.try_recv() {
+                            Ok(input) => stop |= self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => stop = true,
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.on_tick();
+                next_tick += tick;
+                if next_tick < now {
+                    // Fell behind (a slow fsync): skip missed ticks rather than burst them.
+                    next_tick = now + tick;
+                }
+            }
+            if let Err(error) = self.process_ready() {
+                break Err(error);
+            }
+            if stop {
+                break Ok(());
+            }
+        };
+        for (_, responders) in std::mem::take(&mut self.pending) {
+            for responder in responders {
+                responder.send(Response::Proposed(Err(ProposeError::ShuttingDown)));
+            }
+        }
+        result
+    }
+
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        self.replica.tick();
+        if self.ticks % GC_INTERVAL_TICKS == 0
+            && self.replica.status().accepted_records > GC_ACCEPTED_RECORDS_MIN
+        {
+            // Collecting accepted records of applied slots never fails and bounds memory.
+            let _ = self.replica.compact(Compaction::default());
+        }
+    }
+
+    /// Returns true on shutdown.
+    fn handle(&mut self, input: Input) -> bool {
+        match input {
+            Input::Peer { from, message } => {
+                self.replica.step(paxos_core::Envelope {
+                    from,
+                    to: self.config.id,
+                    message,
+                });
+            }
+            Input::Client { request, respond } => self.on_request(request, respond),
+            Input::Shutdown => return true,
+        }
+        false
+    }
+
+    fn on_request(&mut self, request: Request, respond: Responder) {
+        match request {
+            Request::Propose { request_id, value } => {
+                if self.pending_count >= PENDING_PROPOSALS_MAX {
+                    respond.send(Response::Proposed(Err(ProposeError::Overloaded)));
+                    return;
+                }
+                self.proposals_since_start += 1;
+                self.pending_count += 1;
+                self.pending.entry(request_id).or_default().push(respond);
+                self.replica.propose(Proposal {
+                    request_id,
+                    payload: value,
+                });
+            }
+            Request::History { from_slot, limit } => {
+                let result = self.history(from_slot, limit);
+                respond.send(Response::History(result));
+            }
+            Request::Status => respond.send(Response::Status(Box::new(self.status()))),
+            Request::Gc {
+                truncate_below,
+                force,
+            } => {
+                let result = self.replica.compact(Compaction {
+                    truncate_below,
+                    force,
+                });
+                let response = match result {
+                    Ok(report) => Ok(GcReport {
+                        accepted_records_removed: report.accepted_records_removed,
+                        history_entries_removed: report.history_entries_removed,
+                        history_start: report.history_start,
+                        chosen_upto: report.chosen_upto,
+                    }),
+                    Err(CompactionError::NotLeader { leader_hint }) => Err(GcError::NotLeader {
+                        leader_addr: self.addr_of(leader_hint),
+                    }),
+                    Err(error) => Err(GcError::Refused(error.to_string())),
+                };
+                respond.send(Response::Gc(response));
+            }
+        }
+    }
+
+    fn addr_of(&self, node: Option<NodeId>) -> Option<String> {
+        node.and_then(|id| self.config.members.get(&id).cloned())
+    }
+
+    fn history(&self, from_slot: u64, limit: u64) -> Result<HistoryPage, HistoryError> {
+        let history_start = self.replica.history_start();
+        let chosen_upto = self.replica.chosen_upto();
+        if from_slot < history_start {
+            return Err(HistoryError::Truncated {
+                requested: from_slot,
+                history_start,
+            });
+        }
+        let limit = limit.clamp(1, HISTORY_ENTRIES_MAX) as usize;
+        let entries = self
+            .storage
+            .read_history(from_slot, chosen_upto, limit, HISTORY_BYTES_MAX)
+            .map_err(|error| HistoryError::Storage(error.to_string()))?;
+        let entries = entries
+            .into_iter()
+            .map(|(slot, value)| match value {
+                Value::Noop => (slot, None),
+                Value::Command { payload, .. } => (slot, Some(payload)),
+            })
+            .collect();
+        Ok(HistoryPage {
+            entries,
+            history_start,
+            chosen_upto,
+        })
+    }
+
+    fn status(&self) -> StatusReport {
+        let status = self.replica.status();
+        let members = self
+            .config
+            .members
+            .iter()
+            .map(|(id, addr)| MemberInfo {
+                id: *id,
+                addr: addr.clone(),
+                chosen_upto: status.member_chosen_upto.get(id).copied(),
+            })
+            .collect();
+        StatusReport {
+            node: self.config.id,
+            cluster_id: self.config.cluster.clone(),
+            role: format!("{:?}", status.role).to_lowercase(),
+            leader: status.leader,
+            ballot: status.own_ballot.unwrap_or(status.promised),
+            chosen_upto: status.chosen_upto,
+            history_start: status.history_start,
+            accepted_records: status.accepted_records as u64,
+            members,
+            fsyncs: self.storage.fsyncs(),
+            applied_since_start: self.applied_since_start,
+            proposals_since_start: self.proposals_since_start,
+        }
+    }
+
+    /// The Ready contract: persist (one synced batch), then send, read, apply, answer.
+    fn process_ready(&mut self) -> Result<(), DriverError> {
+        loop {
+            let ready = self.replica.take_ready();
+            if ready.is_empty() {
+                return Ok(());
+            }
+            // Fatal on error: nothing of this Ready may leave the process.
+            self.storage.write(&ready.persist)?;
+            for envelope in ready.messages {
+                if let Some(link) = self.peers.get(&envelope.to) {
+                    // A full link queue drops the message: the protocol retransmits.
+                    if link.try_send(envelope.message).is_err() {
+                        tracing::debug!(peer = envelope.to, "peer queue full or closed; message dropped");
+                    }
+                }
+            }
+            for read in ready.history_reads {
+                let entries = self.storage.read_history(
+                    read.from_slot,
+                    read.upto_slot,
+                    read.entries_max,
+                    read.bytes_max,
+                )?;
+                self.replica.serve_catch_up(read.to, entries);
+            }
+            self.applied_since_start += ready.chosen.len() as u64;
+            for reply in ready.replies {
+                let Some(responders) = self.pending.remove(&reply.request_id) else {
+                    continue;
+                };
+                self.pending_count -= responders.len();
+                let outcome = reply.outcome.map_err(|error| {
+                    let leader_addr = match &error {
+                        paxos_core::ProposalError::NotLeader { leader_hint } => self.addr_of(*leader_hint),
+                        _ => None,
+                    };
+                    ProposeError::Protocol { error, leader_addr }
+                });
+                for responder in responders {
+                    responder.send(Response::Proposed(outcome.clone()));
+                }
+            }
+        }
+    }
+}

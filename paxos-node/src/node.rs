@@ -1,0 +1,140 @@
+//! Wiring: storage, replica, driver thread, listener and peer links, and graceful shutdown.
+
+use crate::config::NodeConfig;
+use crate::driver::{Driver, DriverError, Input};
+use crate::peer_link::{self, LinkIdentity};
+use crate::server::{self, ServerContext};
+use crate::storage::Storage;
+use paxos_core::Replica;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Inputs queued for the driver; beyond this, peers' messages are dropped and clients are told
+/// the node is overloaded.
+const INPUT_QUEUE_MAX: usize = 65_536;
+/// Messages queued per peer link.
+const PEER_QUEUE_MAX: usize = 16_384;
+
+/// A running node.
+#[derive(Debug)]
+pub struct NodeHandle {
+    pub local_addr: SocketAddr,
+    inputs: SyncSender<Input>,
+    shutdown: watch::Sender<bool>,
+    driver_done: oneshot::Receiver<Result<(), DriverError>>,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl NodeHandle {
+    /// Opens storage, recovers the replica and starts serving. Must run inside a tokio runtime.
+    pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+            StartError::Config(format!(
+                "cannot create data directory {}: {source}",
+                config.data_dir.display()
+            ))
+        })?;
+        let storage = Storage::open(&config.data_dir, &config.cluster, config.id)?;
+        let durable = storage.load()?;
+        tracing::info!(
+            node = config.id,
+            promised = %durable.promised,
+            chosen_upto = durable.chosen_upto,
+            history_start = durable.truncation.history_start,
+            accepted_records = durable.accepted.len(),
+            "recovered from {}",
+            config.data_dir.display()
+        );
+        // Election jitter only needs to differ between nodes and runs.
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id()) << 32
+            ^ config.id;
+        let replica = Replica::recover(config.core(), durable, seed);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut peers = BTreeMap::new();
+        for (peer_id, peer_addr) in config.members.iter().filter(|(id, _)| **id != config.id) {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            peers.insert(*peer_id, tx);
+            let identity = LinkIdentity {
+                node_id: config.id,
+                peer_id: *peer_id,
+                peer_addr: peer_addr.clone(),
+                cluster: config.cluster.clone(),
+            };
+            tokio::spawn(peer_link::run(identity, rx, shutdown_rx.clone()));
+        }
+
+        let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE_MAX);
+        let (done_tx, done_rx) = oneshot::channel();
+        let driver = Driver::new(config.clone(), replica, storage, peers);
+        std::thread::Builder::new()
+            .name(format!("paxos-driver-{}", config.id))
+            .spawn(move || {
+                let result = driver.run(inputs_rx);
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| StartError::Config(format!("cannot start the driver thread: {e}")))?;
+
+        let context = ServerContext {
+            node_id: config.id,
+            cluster: config.cluster.clone(),
+            members: config.members.keys().copied().collect(),
+            inputs: inputs_tx.clone(),
+        };
+        tokio::spawn(server::serve(listener, context, shutdown_rx));
+        tracing::info!(node = config.id, %local_addr, members = ?config.members, "serving");
+        Ok(NodeHandle {
+            local_addr,
+            inputs: inputs_tx,
+            shutdown: shutdown_tx,
+            driver_done: done_rx,
+        })
+    }
+
+    /// Waits until the driver stops: after `shutdown`, or on a fatal storage error.
+    pub async fn wait(&mut self) -> Result<(), DriverError> {
+        let result = (&mut self.driver_done).await.unwrap_or(Ok(()));
+        let _ = self.shutdown.send(true);
+        result
+    }
+
+    /// Stops accepting work, lets the driver finish its current batch, closes connections.
+    pub async fn shutdown(mut self) -> Result<(), DriverError> {
+        let _ = self.shutdown.send(true);
+        // The queue may be full; the driver also stops when every sender is gone.
+        let _ = self.inputs.try_send(Input::Shutdown);
+        self.wait().await
+    }
+}

@@ -1,0 +1,574 @@
+//! Durable storage in RocksDB: one database per data directory.
+//!
+//! Column families:
+//! - `meta`: identity (cluster id, node id), promised ballot, applied prefix, truncation;
+//! - `accepted`: slot -> (ballot, value), the acceptor's records;
+//! - `history`: slot -> chosen value, the applied log;
+//! - `requests`: (client id, seq) -> slot, the duplicate table.
+//!
+//! Slot keys are big-endian so key order is slot order. Every value is `crc32 ++ bincode`; a
+//! record whose checksum fails stops the node with an error naming the record. A `Ready`'s
+//! operations are written as one `WriteBatch` with sync on: one fsync per batch (group commit).
+
+use crate::codec;
+use paxos_core::{
+    Ballot, DurableState, NodeId, PersistOp, RequestId, RequestTable, Slot, TruncationSnapshot, Value,
+};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const CF_META: &str = "meta";
+const CF_ACCEPTED: &str = "accepted";
+const CF_HISTORY: &str = "history";
+const CF_REQUESTS: &str = "requests";
+
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+const KEY_NODE_ID: &[u8] = b"node_id";
+const KEY_PROMISED: &[u8] = b"promised";
+const KEY_CHOSEN_UPTO: &[u8] = b"chosen_upto";
+const KEY_TRUNCATION: &[u8] = b"truncation";
+
+/// Storage failures. All are fatal for the node: it must not answer anything it cannot store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb at {path}: {source}")]
+    Db { path: PathBuf, source: rocksdb::Error },
+    #[error("corrupt record in {path} (column family {cf}, key {key}): {reason}")]
+    Corrupt {
+        path: PathBuf,
+        cf: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error(
+        "data directory {path} belongs to node {found_node} of cluster {found_cluster:?}; \
+         refusing to start it as node {node} of cluster {cluster:?}"
+    )]
+    IdentityMismatch {
+        path: PathBuf,
+        found_node: NodeId,
+        found_cluster: String,
+        node: NodeId,
+        cluster: String,
+    },
+    #[error("encoding a record: {0}")]
+    Encode(String),
+}
+
+/// The node's RocksDB database.
+pub struct Storage {
+    db: DB,
+    path: PathBuf,
+    sync: WriteOptions,
+    fsyncs: u64,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("path", &self.path).finish()
+    }
+}
+
+fn slot_key(slot: Slot) -> [u8; 8] {
+    slot.to_be_bytes()
+}
+
+fn request_key(request_id: RequestId) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&request_id.client_id.to_be_bytes());
+    key[8..].copy_from_slice(&request_id.seq.to_be_bytes());
+    key
+}
+
+fn key_text(key: &[u8]) -> String {
+    match key.len() {
+        8 => format!("slot {}", u64::from_be_bytes(key.try_into().unwrap_or([0; 8]))),
+        _ => String::from_utf8_lossy(key).into_owned(),
+    }
+}
+
+/// `crc32 (4 bytes, big-endian) ++ bincode(value)`.
+fn seal<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    let body = codec::encode(value).map_err(|e| StorageError::Encode(e.to_string()))?;
+    let mut record = Vec::with_capacity(4 + body.len());
+    record.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+    record.extend_from_slice(&body);
+    Ok(record)
+}
+
+impl Storage {
+    /// Opens (creating if needed) the database in `path` for node `node` of `cluster`.
+    ///
+    /// The first start writes the identity; every later start checks it, so a data directory
+    /// is never silently reused by another node or cluster (that would break its promises).
+    pub fn open(path: &Path, cluster: &str, node: NodeId) -> Result<Self, StorageError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        // Memory must not grow with the log: small memtables and a small block cache.
+        options.set_write_buffer_size(8 << 20);
+        options.set_max_write_buffer_number(2);
+        options.set_max_background_jobs(2);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&rocksdb::Cache::new_lru_cache(8 << 20));
+        options.set_block_based_table_factory(&table);
+        let cfs = [CF_META, CF_ACCEPTED, CF_HISTORY, CF_REQUESTS]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, options.clone()));
+        let db = DB::open_cf_descriptors(&options, path, cfs).map_err(|source| StorageError::Db {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        let storage = Storage {
+            db,
+            path: path.to_owned(),
+            sync,
+            fsyncs: 0,
+        };
+        storage.check_identity(cluster, node)?;
+        Ok(storage)
+    }
+
+    fn check_identity(&self, cluster: &str, node: NodeId) -> Result<(), StorageError> {
+        let found_cluster: Option<String> = self.get(CF_META, KEY_CLUSTER_ID)?;
+        let found_node: Option<NodeId> = self.get(CF_META, KEY_NODE_ID)?;
+        match (found_cluster, found_node) {
+            (Some(found_cluster), Some(found_node)) => {
+                if found_cluster != cluster || found_node != node {
+                    return Err(StorageError::IdentityMismatch {
+                        path: self.path.clone(),
+                        found_node,
+                        found_cluster,
+                        node,
+                        cluster: cluster.to_owned(),
+                    });
+                }
+                Ok(())
+            }
+            (None, None) => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(self.cf(CF_META), KEY_CLUSTER_ID, seal(&cluster.to_owned())?);
+                batch.put_cf(self.cf(CF_META), KEY_NODE_ID, seal(&node)?);
+                self.db
+                    .write_opt(batch, &self.sync)
+                    .map_err(|source| self.db_error(source))
+            }
+            _ => Err(StorageError::Corrupt {
+                path: self.path.clone(),
+                cf: CF_META,
+                key: "identity".into(),
+                reason: "only half of the identity (cluster id, node id) is present".into(),
+            }),
+        }
+    }
+
+    fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
+        // The four column families are created at open; a missing one is a bug, not bad input.
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    fn db_error(&self, source: rocksdb::Error) -> StorageError {
+        StorageError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn unseal<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+        record: &[u8],
+    ) -> Result<T, StorageError> {
+        let corrupt = |reason: String| StorageError::Corrupt {
+            path: self.path.clone(),
+            cf,
+            key: key_text(key),
+            reason,
+        };
+        if record.len() < 4 {
+            return Err(corrupt(format!(
+                "record of {} bytes is shorter than its checksum",
+                record.len()
+            )));
+        }
+        let (checksum, body) = record.split_at(4);
+        let expected = u32::from_be_bytes([checksum[0], checksum[1], checksum[2], checksum[3]]);
+        if crc32fast::hash(body) != expected {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        codec::decode(body).map_err(|e| corrupt(e.to_string()))
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self
+            .db
+            .get_cf(self.cf(cf), key)
+            .map_err(|source| self.db_error(source))?
+        {
+            Some(record) => self.unseal(cf, key, &record).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Everything the replica recovers from. Reads the accepted records and the duplicate table
+    /// (both bounded by garbage collection and table limits), never the history.
+    pub fn load(&self) -> Result<DurableState, StorageError> {
+        let promised: Ballot = self.get(CF_META, KEY_PROMISED)?.unwrap_or(Ballot::ZERO);
+        let chosen_upto: Slot = self.get(CF_META, KEY_CHOSEN_UPTO)?.unwrap_or(0);
+        let truncation: TruncationSnapshot = self.get(CF_META, KEY_TRUNCATION)?.unwrap_or_default();
+        let mut accepted = BTreeMap::new();
+        for item in self.db.iterator_cf(self.cf(CF_ACCEPTED), IteratorMode::Start) {
+            let (key, record) = item.map_err(|source| self.db_error(source))?;
+            let slot = self.slot_of(CF_ACCEPTED, &key)?;
+            let entry: (Ballot, Value) = self.unseal(CF_ACCEPTED, &key, &record)?;
+            accepted.insert(slot, entry);
+        }
+        let mut records = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_REQUESTS), IteratorMode::Start) {
+            let (key, record) = item.map_err(|source| self.db_error(source))?;
+            if key.len() != 16 {
+                return Err(StorageError::Corrupt {
+                    path: self.path.clone(),
+                    cf: CF_REQUESTS,
+                    key: format!("{key:?}"),
+                    reason: "request key is not 16 bytes".into(),
+                });
+            }
+            let client_id = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());
+            let seq = u64::from_be_bytes(key[8..].try_into().unwrap_or_default());
+            let slot: Slot = self.unseal(CF_REQUESTS, &key, &record)?;
+            records.push((RequestId { client_id, seq }, slot));
+        }
+        if chosen_upto < truncation.history_start {
+            return Err(StorageError::Corrupt {
+                path: self.path.clone(),
+                cf: CF_META,
+                key: "chosen_upto".into(),
+                reason: format!(
+                    "applied prefix {chosen_upto} is below the history start {}",
+                    truncation.history_start
+                ),
+            });
+        }
+        Ok(DurableState {
+            promised,
+            accepted,
+            chosen_upto,
+            truncation,
+            requests: RequestTable::from_records(records),
+        })
+    }
+
+    fn slot_of(&self, cf: &'static str, key: &[u8]) -> Result<Slot, StorageError> {
+        let bytes: [u8; 8] = key.try_into().map_err(|_| StorageError::Corrupt {
+            path: self.path.clone(),
+            cf,
+            key: format!("{key:?}"),
+            reason: "slot key is not 8 bytes".into(),
+        })?;
+        Ok(Slot::from_be_bytes(bytes))
+    }
+
+    /// Writes one Ready's operations as one atomic, synced batch.
+    ///
+    /// # Correctness
+    /// An error here is fatal: the caller must stop the node without sending anything from this
+    /// Ready and without retrying (after a failed fsync the kernel may have dropped the pages).
+    pub fn write(&mut self, ops: &[PersistOp]) -> Result<(), StorageError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        let meta = self.cf(CF_META);
+        let accepted = self.cf(CF_ACCEPTED);
+        let history = self.cf(CF_HISTORY);
+        let requests = self.cf(CF_REQUESTS);
+        for op in ops {
+            match op {
+                PersistOp::Promise(ballot) => batch.put_cf(meta, KEY_PROMISED, seal(ballot)?),
+                PersistOp::Accept { slot, ballot, value } => {
+                    batch.put_cf(accepted, slot_key(*slot), seal(&(ballot, value))?)
+                }
+                PersistOp::Apply { slot, value } => batch.put_cf(history, slot_key(*slot), seal(value)?),
+                PersistOp::ChosenUpto(slot) => batch.put_cf(meta, KEY_CHOSEN_UPTO, seal(slot)?),
+                PersistOp::RequestInsert { request_id, slot } => {
+                    batch.put_cf(requests, request_key(*request_id), seal(slot)?)
+                }
+                PersistOp::RequestRemove { request_id } => {
+                    batch.delete_cf(requests, request_key(*request_id))
+                }
+                PersistOp::DeleteAcceptedBelow(slot) => {
+                    batch.delete_range_cf(accepted, slot_key(0), slot_key(*slot))
+                }
+                PersistOp::Truncate(snapshot) => {
+                    let start = slot_key(snapshot.history_start);
+                    batch.delete_range_cf(history, slot_key(0), start);
+                    batch.delete_range_cf(accepted, slot_key(0), start);
+                    batch.put_cf(meta, KEY_TRUNCATION, seal(snapshot)?);
+                }
+                PersistOp::InstallSnapshot(snapshot) => {
+                    batch.delete_range_cf(history, slot_key(0), slot_key(u64::MAX));
+                    batch.delete_cf(history, slot_key(u64::MAX));
+                    batch.delete_range_cf(accepted, slot_key(0), slot_key(snapshot.history_start));
+                    batch.delete_range_cf(requests, [0u8; 16], [0xFFu8; 16]);
+                    batch.delete_cf(requests, [0xFFu8; 16]);
+                    for (request_id, slot) in snapshot.requests.records() {
+                        batch.put_cf(requests, request_key(request_id), seal(&slot)?);
+                    }
+                    batch.put_cf(meta, KEY_CHOSEN_UPTO, seal(&snapshot.history_start)?);
+                    batch.put_cf(meta, KEY_TRUNCATION, seal(snapshot)?);
+                }
+            }
+        }
+        self.db
+            .write_opt(batch, &self.sync)
+            .map_err(|source| self.db_error(source))?;
+        self.fsyncs += 1;
+        Ok(())
+    }
+
+    /// Applied history in `[from_slot, upto_slot)`, at most `entries_max` entries and about
+    /// `bytes_max` bytes (always at least one entry when there is one).
+    pub fn read_history(
+        &self,
+        from_slot: Slot,
+        upto_slot: Slot,
+        entries_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<(Slot, Value)>, StorageError> {
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let start = slot_key(from_slot);
+        for item in self.db.iterator_cf(
+            self.cf(CF_HISTORY),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (key, record) = item.map_err(|source| self.db_error(source))?;
+            let slot = self.slot_of(CF_HISTORY, &key)?;
+            if slot >= upto_slot
+                || entries.len() >= entries_max
+                || (!entries.is_empty() && bytes >= bytes_max)
+            {
+                break;
+            }
+            let value: Value = self.unseal(CF_HISTORY, &key, &record)?;
+            bytes += value.size_bytes();
+            entries.push((slot, value));
+        }
+        Ok(entries)
+    }
+
+    /// Synced batches written since open.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Test hook: overwrites one raw record, to simulate corruption on disk.
+    #[doc(hidden)]
+    pub fn corrupt_for_test(&self, cf: &'static str, key: &[u8], bytes: &[u8]) -> Result<(), StorageError> {
+        self.db
+            .put_cf(self.cf(cf), key, bytes)
+            .map_err(|source| self.db_error(source))
+    }
+}
+
+/// Column family names, for tests that corrupt records on purpose.
+pub mod cf {
+    pub const META: &str = super::CF_META;
+    pub const ACCEPTED: &str = super::CF_ACCEPTED;
+    pub const HISTORY: &str = super::CF_HISTORY;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paxos_core::{Config, Envelope, Message, Replica};
+
+    fn command(seq: u64) -> Value {
+        Value::Command {
+            request_id: RequestId { client_id: 1, seq },
+            payload: format!("v{seq}").into_bytes(),
+        }
+    }
+
+    #[test]
+    fn round_trips_every_operation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
+        let request_id = RequestId { client_id: 1, seq: 1 };
+        storage
+            .write(&[
+                PersistOp::Promise(Ballot::new(3, 2)),
+                PersistOp::Accept {
+                    slot: 0,
+                    ballot: Ballot::new(3, 2),
+                    value: command(1),
+                },
+                PersistOp::Accept {
+                    slot: 1,
+                    ballot: Ballot::new(3, 2),
+                    value: Value::Noop,
+                },
+                PersistOp::Apply {
+                    slot: 0,
+                    value: command(1),
+                },
+                PersistOp::ChosenUpto(1),
+                PersistOp::RequestInsert { request_id, slot: 0 },
+            ])
+            .expect("write");
+        drop(storage);
+        let storage = Storage::open(dir.path(), "c", 1).expect("reopen");
+        let state = storage.load().expect("load");
+        assert_eq!(state.promised, Ballot::new(3, 2));
+        assert_eq!(state.accepted.len(), 2);
+        assert_eq!(state.chosen_upto, 1);
+        assert_eq!(state.requests.records(), vec![(request_id, 0)]);
+        assert_eq!(
+            storage.read_history(0, 10, 10, 1 << 20).expect("read"),
+            vec![(0, command(1))]
+        );
+    }
+
+    #[test]
+    fn gc_truncation_and_snapshot_install_match_the_reference_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
+        let mut reference = paxos_core::MemStorage::default();
+        let mut ops = Vec::new();
+        for slot in 0..10 {
+            ops.push(PersistOp::Accept {
+                slot,
+                ballot: Ballot::new(1, 1),
+                value: command(slot),
+            });
+            ops.push(PersistOp::Apply {
+                slot,
+                value: command(slot),
+            });
+        }
+        ops.push(PersistOp::ChosenUpto(10));
+        ops.push(PersistOp::DeleteAcceptedBelow(5));
+        let snapshot = TruncationSnapshot {
+            history_start: 3,
+            table_upto: 10,
+            requests: RequestTable::default(),
+        };
+        ops.push(PersistOp::Truncate(snapshot));
+        for batch in [&ops[..]] {
+            storage.write(batch).expect("write");
+            reference.apply(batch);
+        }
+        let state = storage.load().expect("load");
+        assert_eq!(state, reference.durable_state());
+        assert_eq!(storage.read_history(0, 100, 100, 1 << 20).expect("read").len(), 7);
+        let mut table = RequestTable::default();
+        table.insert(
+            RequestId { client_id: 4, seq: 4 },
+            20,
+            paxos_core::Config::new(1, vec![1]).request_table,
+        );
+        let install = [PersistOp::InstallSnapshot(TruncationSnapshot {
+            history_start: 20,
+            table_upto: 25,
+            requests: table,
+        })];
+        storage.write(&install).expect("write");
+        reference.apply(&install);
+        assert_eq!(storage.load().expect("load"), reference.durable_state());
+        assert!(storage
+            .read_history(0, 100, 100, 1 << 20)
+            .expect("read")
+            .is_empty());
+    }
+
+    #[test]
+    fn a_restarted_acceptor_refuses_a_ballot_below_its_promise() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config::new(1, vec![1, 2, 3]);
+        {
+            let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
+            let mut replica = Replica::new(config.clone(), 1);
+            let prepare = Message::Prepare {
+                ballot: Ballot::new(7, 2),
+                from_slot: 0,
+            };
+            replica.step(Envelope {
+                from: 2,
+                to: 1,
+                message: prepare,
+            });
+            storage.write(&replica.take_ready().persist).expect("write");
+        }
+        let storage = Storage::open(dir.path(), "c", 1).expect("reopen");
+        let mut replica = Replica::recover(config, storage.load().expect("load"), 2);
+        let prepare = Message::Prepare {
+            ballot: Ballot::new(6, 3),
+            from_slot: 0,
+        };
+        replica.step(Envelope {
+            from: 3,
+            to: 1,
+            message: prepare,
+        });
+        let ready = replica.take_ready();
+        assert!(ready.persist.is_empty());
+        assert!(matches!(
+            ready.messages[0].message,
+            Message::Nack { promised, .. } if promised == Ballot::new(7, 2)
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_record_is_reported_with_its_location() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
+        storage
+            .write(&[PersistOp::Accept {
+                slot: 5,
+                ballot: Ballot::new(1, 1),
+                value: Value::Noop,
+            }])
+            .expect("write");
+        let mut record = storage
+            .db
+            .get_cf(storage.cf(CF_ACCEPTED), slot_key(5))
+            .expect("get")
+            .expect("present");
+        let last = record.len() - 1;
+        record[last] ^= 0x40;
+        storage
+            .corrupt_for_test(cf::ACCEPTED, &slot_key(5), &record)
+            .expect("put");
+        let error = storage.load().expect_err("corruption must be detected");
+        let text = error.to_string();
+        assert!(
+            text.contains("corrupt record") && text.contains("accepted") && text.contains("slot 5"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_data_directory_of_another_node_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Storage::open(dir.path(), "c", 1).expect("open"));
+        let error = Storage::open(dir.path(), "c", 2).expect_err("another node id");
+        assert!(error.to_string().contains("belongs to node 1"), "{error}");
+        let error = Storage::open(dir.path(), "other", 1).expect_err("another cluster");
+        assert!(matches!(error, StorageError::IdentityMismatch { .. }));
+        // The rightful owner still opens it.
+        Storage::open(dir.path(), "c", 1).expect("reopen as node 1");
+    }
+}

@@ -1,0 +1,165 @@
+//! What travels over TCP: the handshake, peer messages and the client protocol.
+//!
+//! Every connection starts with a [`Hello`]; the server answers with a [`Welcome`] or an
+//! [`Frame::Refused`] and closes. After that a peer connection carries [`Frame::Peer`] frames one
+//! way, and a client connection carries [`Frame::Request`] / [`Frame::Response`] pairs matched by
+//! `id`, so a client may pipeline many requests on one connection.
+
+use paxos_core::{Ballot, Message, NodeId, ProposalError, RequestId, Slot};
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change to these types.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Who opens a connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Caller {
+    Node(NodeId),
+    Client,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    pub cluster_id: String,
+    pub caller: Caller,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+}
+
+/// One frame on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    Hello(Hello),
+    Welcome(Welcome),
+    /// The handshake failed; the reason is for logs and for the client's error line.
+    Refused(String),
+    /// A protocol message from the peer that opened this connection (the sender is the id the
+    /// handshake established, never a field of the frame).
+    Peer(Message),
+    Request {
+        id: u64,
+        request: Request,
+    },
+    Response {
+        id: u64,
+        response: Response,
+    },
+}
+
+/// A client's request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Propose {
+        request_id: RequestId,
+        value: Vec<u8>,
+    },
+    /// Chosen history from `from_slot`, at most `limit` entries (the node caps it too).
+    History {
+        from_slot: Slot,
+        limit: u64,
+    },
+    Status,
+    Gc {
+        truncate_below: Option<Slot>,
+        force: bool,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Proposed(Result<Slot, ProposeError>),
+    History(Result<HistoryPage, HistoryError>),
+    Status(Box<StatusReport>),
+    Gc(Result<GcReport, GcError>),
+    /// The node could not take the request (overloaded, shutting down): retry, maybe elsewhere.
+    Unavailable(String),
+}
+
+/// Why a proposal has no slot (yet).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ProposeError {
+    #[error("{error}")]
+    Protocol {
+        error: ProposalError,
+        /// Address of the leader, when the node knows one.
+        leader_addr: Option<String>,
+    },
+    #[error("node overloaded: too many requests queued")]
+    Overloaded,
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+impl ProposeError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProposeError::Protocol { error, .. } => error.is_retryable(),
+            ProposeError::Overloaded | ProposeError::ShuttingDown => true,
+        }
+    }
+}
+
+/// A page of the chosen history. `value` is `None` for a no-op slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub entries: Vec<(Slot, Option<Vec<u8>>)>,
+    pub history_start: Slot,
+    pub chosen_upto: Slot,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum HistoryError {
+    #[error("slot {requested} was truncated: history now starts at slot {history_start}")]
+    Truncated { requested: Slot, history_start: Slot },
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub addr: String,
+    /// How far it has applied, as this node last heard (None: never heard).
+    pub chosen_upto: Option<Slot>,
+}
+
+/// A node's view of itself and the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub node: NodeId,
+    pub cluster_id: String,
+    pub role: String,
+    pub leader: Option<NodeId>,
+    pub ballot: Ballot,
+    pub chosen_upto: Slot,
+    pub history_start: Slot,
+    pub accepted_records: u64,
+    pub members: Vec<MemberInfo>,
+    /// Synced batches written since start, and values applied since start: their ratio is the
+    /// fsyncs per chosen value (group commit at work).
+    pub fsyncs: u64,
+    pub applied_since_start: u64,
+    pub proposals_since_start: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    pub accepted_records_removed: u64,
+    pub history_entries_removed: u64,
+    pub history_start: Slot,
+    pub chosen_upto: Slot,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum GcError {
+    #[error("not the leader; truncation goes through the leader")]
+    NotLeader { leader_addr: Option<String> },
+    #[error("{0}")]
+    Refused(String),
+}
