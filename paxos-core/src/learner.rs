@@ -47,9 +47,11 @@ impl Replica {
         if let Some(catch_up) = self.catch_up {
             if self.tick_now.saturating_sub(catch_up.sent_tick) >= self.config.catch_up_timeout_ticks {
                 self.catch_up = None;
-                self.maybe_catch_up();
             }
         }
+        // Progress reports of members arrive with many messages (Accepted, HeartbeatAck); a
+        // leader hears of being behind only that way, so look every tick, not only on replies.
+        self.maybe_catch_up();
     }
 
     /// Records that `slot` is chosen with `value`.
@@ -90,6 +92,19 @@ impl Replica {
             self.persist(PersistOp::ChosenUpto(self.chosen_upto));
             self.commit_known = self.commit_known.max(self.chosen_upto);
             self.forget_applied_in_flight();
+            self.release_replies_after_apply();
+        }
+    }
+
+    fn release_replies_after_apply(&mut self) {
+        while let Some(entry) = self.replies_after_apply.first_entry() {
+            if *entry.key() >= self.chosen_upto {
+                break;
+            }
+            let (slot, request_ids) = entry.remove_entry();
+            for request_id in request_ids {
+                self.reply(crate::replica::Origin::Local, request_id, Ok(slot));
+            }
         }
     }
 
@@ -279,6 +294,7 @@ impl Replica {
         self.commit_known = self.commit_known.max(snapshot.history_start);
         self.truncation = snapshot;
         self.forget_applied_in_flight();
+        self.release_replies_after_apply();
         self.maybe_catch_up();
     }
 

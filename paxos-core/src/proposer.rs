@@ -487,8 +487,14 @@ impl Replica {
     }
 
     pub(crate) fn on_forward_reply(&mut self, request_id: RequestId, outcome: Result<Slot, ProposalError>) {
-        if self.forwarded.remove(&request_id).is_some() {
-            self.reply(Origin::Local, request_id, outcome);
+        if self.forwarded.remove(&request_id).is_none() {
+            return;
+        }
+        match outcome {
+            Ok(slot) if slot >= self.chosen_upto => {
+                self.replies_after_apply.entry(slot).or_default().push(request_id);
+            }
+            outcome => self.reply(Origin::Local, request_id, outcome),
         }
     }
 
@@ -611,12 +617,19 @@ mod tests {
     }
 
     #[test]
-    fn follower_forwards_to_the_leader_and_relays_the_answer() {
+    fn follower_forwards_to_the_leader_and_answers_once_applied_locally() {
         let mut cluster = Cluster::new(3);
         let leader = cluster.elect();
         let follower = if leader == 1 { 2 } else { 1 };
         cluster.node(follower).propose(proposal(9, 1, "hello"));
         cluster.settle();
+        // Chosen, but the follower has not applied it yet: the answer waits for that, so the
+        // client can read its write from the node it asked.
+        assert!(cluster.replies.is_empty());
+        assert_eq!(cluster.node(follower).chosen_upto(), 0);
+        let interval = cluster.node(leader).config().heartbeat_interval_ticks;
+        cluster.run_ticks(interval);
+        assert_eq!(cluster.node(follower).chosen_upto(), 1);
         assert_eq!(
             cluster.replies,
             vec![(

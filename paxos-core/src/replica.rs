@@ -136,6 +136,9 @@ pub struct Replica {
     pub(crate) election_deadline_ticks: u64,
     /// Proposals forwarded to the leader: request id -> tick after which they time out.
     pub(crate) forwarded: BTreeMap<RequestId, u64>,
+    /// Answers from the leader held until this replica has applied the slot, so a client that
+    /// reads the history of the node it proposed through sees its own write.
+    pub(crate) replies_after_apply: BTreeMap<Slot, Vec<RequestId>>,
 
     pub(crate) ready: Ready,
 }
@@ -174,6 +177,7 @@ impl Replica {
             election_elapsed_ticks: 0,
             election_deadline_ticks,
             forwarded: BTreeMap::new(),
+            replies_after_apply: BTreeMap::new(),
             ready: Ready::default(),
             config,
         }
@@ -325,6 +329,26 @@ impl Replica {
             request_records: self.requests.len(),
             member_chosen_upto,
         }
+    }
+
+    /// Internal state worth seeing when a simulation run fails.
+    pub fn debug_summary(&self) -> String {
+        let leader = match &self.role {
+            Role::Leader(leader) => format!(
+                " next_slot={} in_flight={:?} queue={}",
+                leader.next_slot,
+                leader.in_flight.keys().collect::<Vec<_>>(),
+                leader.queue.len()
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "catch_up={:?} pending={:?} table_upto={} commit_known={}{leader}",
+            self.catch_up,
+            self.chosen_pending.keys().collect::<Vec<_>>(),
+            self.truncation.table_upto,
+            self.commit_known
+        )
     }
 
     pub fn is_leader(&self) -> bool {

@@ -467,10 +467,8 @@ mod tests {
             requests: RequestTable::default(),
         };
         ops.push(PersistOp::Truncate(snapshot));
-        for batch in [&ops[..]] {
-            storage.write(batch).expect("write");
-            reference.apply(batch);
-        }
+        storage.write(&ops).expect("write");
+        reference.apply(&ops);
         let state = storage.load().expect("load");
         assert_eq!(state, reference.durable_state());
         assert_eq!(storage.read_history(0, 100, 100, 1 << 20).expect("read").len(), 7);

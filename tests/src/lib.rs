@@ -1,1 +1,7 @@
-//! placeholder
+//! A harness for multi-process tests: real `paxos-node` processes on 127.0.0.1 with ports
+//! picked at run time and data directories in a temporary folder; start, SIGKILL, restart,
+//! stop; and waits on conditions with deadlines (never bare sleeps as synchronisation).
+
+pub mod cluster;
+
+pub use cluster::{binary, wait_until, Cluster};

@@ -233,8 +233,14 @@ impl Simulation {
                 Some(r) => {
                     let s = r.status();
                     format!(
-                        "n{id}:{:?} upto={} promised={} leader={:?}",
-                        s.role, s.chosen_upto, s.promised, s.leader
+                        "n{id}:{:?} upto={} start={} promised={} leader={:?} members={:?} {}",
+                        s.role,
+                        s.chosen_upto,
+                        s.history_start,
+                        s.promised,
+                        s.leader,
+                        s.member_chosen_upto,
+                        r.debug_summary()
                     )
                 }
                 None => format!("n{id}:down"),

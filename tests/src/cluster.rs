@@ -1,0 +1,296 @@
+//! Start, kill and restart real node processes.
+
+use anyhow::{bail, Context};
+use paxos_node::client::{Client, ClientOptions};
+use paxos_node::wire::StatusReport;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary (`paxos-node`, `paxos-cli`), built by `cargo build --bins`.
+pub fn binary(name: &str) -> PathBuf {
+    // Integration tests run from target/<profile>/deps; the binaries sit one level up.
+    let mut dir = std::env::current_exe().expect("test executable path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` until it returns Ok(Some(value)) or `timeout` passes.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_error = String::from("condition not met");
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(error) => last_error = format!("{error:#}"),
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}: {last_error}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Free ports on 127.0.0.1, found by binding port 0. The listeners are closed before the
+/// nodes bind, a small race that a retry-free test tolerates in practice on loopback.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+#[derive(Debug)]
+struct NodeProcess {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// A cluster of real `paxos-node` processes.
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub addrs: BTreeMap<u64, String>,
+    nodes: BTreeMap<u64, NodeProcess>,
+    extra_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `size` nodes (ids 1..=size) and waits for a leader.
+    pub async fn start(size: u64) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster::new(size)?;
+        for id in 1..=size {
+            cluster.start_node(id)?;
+        }
+        cluster.wait_for_leader(Duration::from_secs(15)).await?;
+        Ok(cluster)
+    }
+
+    /// A cluster with addresses and directories, nothing running.
+    pub fn new(size: u64) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("paxos-test-").tempdir()?;
+        let ports = free_ports(size as usize);
+        let addrs = (1..=size)
+            .zip(ports)
+            .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
+            .collect();
+        Ok(Cluster {
+            dir,
+            addrs,
+            nodes: BTreeMap::new(),
+            extra_args: Vec::new(),
+        })
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    /// The command line that starts node `id` (the same as `start_node` runs).
+    pub fn node_command(&self, id: u64) -> Command {
+        self.node_command_with_dir(id, &self.data_dir(id))
+    }
+
+    /// The command line of node `id` on another data directory.
+    pub fn node_command_with_dir(&self, id: u64, data_dir: &Path) -> Command {
+        let mut command = Command::new(binary("paxos-node"));
+        command
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--listen")
+            .arg(&self.addrs[&id]);
+        for (peer, addr) in &self.addrs {
+            command.arg("--peer").arg(format!("{peer}={addr}"));
+        }
+        command.arg("--data-dir").arg(data_dir);
+        command.args(&self.extra_args);
+        command.env(
+            "RUST_LOG",
+            std::env::var("PAXOS_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        command
+    }
+
+    pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
+        let log = self.dir.path().join(format!("node-{id}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = self
+            .node_command(id)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("spawning node {id}"))?;
+        self.nodes.insert(
+            id,
+            NodeProcess {
+                child: Some(child),
+                log,
+            },
+        );
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown path runs, only what was fsynced survives.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            if let Some(mut child) = node.child.take() {
+                child.kill()?;
+                child.wait()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a graceful exit; returns the exit status.
+    pub fn stop(&mut self, id: u64) -> anyhow::Result<std::process::ExitStatus> {
+        let node = self.nodes.get_mut(&id).context("no such node")?;
+        let mut child = node.child.take().context("node not running")?;
+        let pid = child.id().to_string();
+        Command::new("kill").arg("-TERM").arg(&pid).status()?;
+        Ok(child.wait()?)
+    }
+
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill(id)?;
+        self.start_node(id)
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.child.is_some())
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        self.nodes
+            .get(&id)
+            .and_then(|n| std::fs::read_to_string(&n.log).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn log_path(&self, id: u64) -> Option<&Path> {
+        self.nodes.get(&id).map(|n| n.log.as_path())
+    }
+
+    /// A client that talks to the given nodes only.
+    pub fn client_for(&self, ids: &[u64]) -> Client {
+        let endpoints = ids.iter().map(|id| self.addrs[id].clone()).collect();
+        let mut options = ClientOptions::new(endpoints);
+        options.timeout = Duration::from_secs(20);
+        Client::new(options).expect("endpoints given")
+    }
+
+    /// A client that knows every node.
+    pub fn client(&self) -> Client {
+        self.client_for(&self.addrs.keys().copied().collect::<Vec<_>>())
+    }
+
+    pub async fn status(&self, id: u64) -> anyhow::Result<StatusReport> {
+        let mut options = ClientOptions::new(vec![self.addrs[&id].clone()]);
+        options.timeout = Duration::from_secs(2);
+        Ok(Client::new(options)?.status().await?)
+    }
+
+    /// Waits until every running node agrees on one leader; returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let running: Vec<u64> = self
+            .addrs
+            .keys()
+            .copied()
+            .filter(|id| self.is_running(*id))
+            .collect();
+        wait_until("a leader every running node knows", timeout, || async {
+            let mut leaders = Vec::new();
+            for id in &running {
+                leaders.push(self.status(*id).await?.leader);
+            }
+            match leaders.first() {
+                Some(Some(leader)) if leaders.iter().all(|l| *l == Some(*leader)) => Ok(Some(*leader)),
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// The whole chosen history a node holds, as (slot, value) pairs.
+    pub async fn history(&self, id: u64) -> anyhow::Result<Vec<(u64, Option<Vec<u8>>)>> {
+        let client = self.client_for(&[id]);
+        let mut entries = Vec::new();
+        let mut next = 0;
+        loop {
+            let page = match client.history(next, 10_000).await {
+                Ok(page) => page,
+                Err(paxos_node::client::ClientError::Truncated { history_start, .. }) => {
+                    next = history_start;
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let Some((last, _)) = page.entries.last() else {
+                break;
+            };
+            next = last + 1;
+            entries.extend(page.entries);
+            if next >= page.chosen_upto {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Waits until every running node has applied the same prefix of at least `min_upto`
+    /// slots; returns that common length.
+    pub async fn wait_converged(&self, min_upto: u64, timeout: Duration) -> anyhow::Result<u64> {
+        let running: Vec<u64> = self
+            .addrs
+            .keys()
+            .copied()
+            .filter(|id| self.is_running(*id))
+            .collect();
+        wait_until("all running nodes to apply the same prefix", timeout, || async {
+            let mut uptos = Vec::new();
+            for id in &running {
+                uptos.push(self.status(*id).await?.chosen_upto);
+            }
+            let first = uptos[0];
+            Ok((first >= min_upto && uptos.iter().all(|u| *u == first)).then_some(first))
+        })
+        .await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            // Keep the logs of a failed test where a person can read them.
+            let kept = self.dir.path().to_path_buf();
+            eprintln!("test failed; node logs and data kept in {}", kept.display());
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            let _ = dir.keep();
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The node daemon as a user runs it: real processes, kill -9, restarts, bad input.
+
+use paxos_tests::{wait_until, Cluster};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asserts every running node holds the same history and that each acknowledged value sits at
+/// its acknowledged slot.
+async fn assert_histories_agree(cluster: &Cluster, acknowledged: &[(u64, String)], ids: &[u64]) {
+    let upto = cluster
+        .wait_converged(acknowledged.len() as u64, CONVERGE_TIMEOUT)
+        .await
+        .expect("converged");
+    let reference = cluster.history(ids[0]).await.expect("history");
+    assert_eq!(reference.len() as u64, upto);
+    for id in &ids[1..] {
+        assert_eq!(
+            cluster.history(*id).await.expect("history"),
+            reference,
+            "node {id} differs from node {}",
+            ids[0]
+        );
+    }
+    for (slot, value) in acknowledged {
+        let entry = &reference[*slot as usize];
+        assert_eq!(entry.0, *slot);
+        assert_eq!(
+            entry.1.as_deref(),
+            Some(value.as_bytes()),
+            "acknowledged value missing at slot {slot}"
+        );
+    }
+    // No value twice.
+    let mut values: Vec<_> = reference.iter().filter_map(|(_, v)| v.clone()).collect();
+    let count = values.len();
+    values.sort();
+    values.dedup();
+    assert_eq!(values.len(), count, "a value was chosen twice");
+}
+
+async fn propose_through(cluster: &Cluster, id: u64, value: String, acknowledged: &mut Vec<(u64, String)>) {
+    let slot = cluster
+        .client_for(&[id])
+        .propose(value.clone().into_bytes())
+        .await
+        .expect("proposal chosen");
+    acknowledged.push((slot, value));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_survive_kill_9_of_leader_and_follower() {
+    let mut cluster = Cluster::start(3).await.expect("cluster");
+    let mut acknowledged = Vec::new();
+    for id in 1..=3 {
+        propose_through(&cluster, id, format!("through-{id}"), &mut acknowledged).await;
+    }
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    cluster.kill(leader).expect("kill leader");
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for (i, id) in survivors.iter().enumerate() {
+        propose_through(&cluster, *id, format!("after-leader-kill-{i}"), &mut acknowledged).await;
+    }
+    cluster.start_node(leader).expect("restart old leader");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(follower).expect("kill follower");
+    propose_through(&cluster, leader, "after-follower-kill".into(), &mut acknowledged).await;
+    cluster.start_node(follower).expect("restart follower");
+    assert_histories_agree(&cluster, &acknowledged, &[1, 2, 3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_connections_are_closed_and_the_node_keeps_serving() {
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let addr = cluster.addrs[&1].clone();
+    let attempts: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        u32::MAX.to_be_bytes().to_vec(),      // a length far over the limit
+        [0, 0, 0, 5, 1, 2, 3, 4, 5].to_vec(), // a frame that is not a Hello
+        [0, 0, 1, 0, 7].to_vec(),             // truncated frame, then close
+        Vec::new(),                           // connect and close
+    ];
+    for bytes in attempts {
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = stream.write_all(&bytes);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink); // the node closes it
+    }
+    // A client of another cluster and an unknown peer are refused with a reason.
+    let mut options = paxos_node::client::ClientOptions::new(vec![addr.clone()]);
+    options.cluster = "someone-else".into();
+    options.timeout = Duration::from_secs(2);
+    let error = paxos_node::client::Client::new(options)
+        .expect("client")
+        .status()
+        .await
+        .expect_err("refused");
+    assert!(error.to_string().contains("cluster"), "{error}");
+    // Still serving.
+    let slot = cluster
+        .client_for(&[1])
+        .propose(b"still-alive".to_vec())
+        .await
+        .expect("propose");
+    assert_eq!(
+        cluster.history(1).await.expect("history")[slot as usize]
+            .1
+            .as_deref(),
+        Some(&b"still-alive"[..])
+    );
+    assert!(cluster.log(1).contains("connection closed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_of_another_node_is_refused() {
+    let mut cluster = Cluster::start(3).await.expect("cluster");
+    cluster.stop(2).expect("stop node 2");
+    // Start node 3's identity on node 2's directory.
+    let mut command = cluster.node_command_with_dir(3, &cluster.data_dir(2));
+    let output = command.output().expect("run paxos-node");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("belongs to node 2"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_node_gracefully() {
+    let mut cluster = Cluster::start(1).await.expect("cluster");
+    cluster.client().propose(b"x".to_vec()).await.expect("propose");
+    let status = cluster.stop(1).expect("stop");
+    assert!(status.success(), "exit status {status}");
+    cluster.start_node(1).expect("restart");
+    let history = wait_until(
+        "node 1 back with its history",
+        Duration::from_secs(10),
+        || async { Ok(cluster.history(1).await.ok().filter(|h| !h.is_empty())) },
+    )
+    .await
+    .expect("history");
+    assert_eq!(history, vec![(0, Some(b"x".to_vec()))]);
+}
