@@ -9,6 +9,13 @@ use std::io::Write;
 use tokio::io::AsyncBufReadExt;
 
 pub async fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Command::Demo { dir, stop } = &cli.command {
+        return if *stop {
+            crate::demo::stop(dir)
+        } else {
+            crate::demo::run(dir).await
+        };
+    }
     let client = Client::new(cli.options())?;
     let stdout = std::io::stdout();
     match &cli.command {
@@ -39,6 +46,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 write!(out, "{}", output::status_text(&status))?;
             }
         }
+        Command::Demo { .. } => unreachable!("handled above"),
         Command::Gc {
             truncate_below,
             force,

@@ -2,6 +2,7 @@
 //! and for scripts (`--json` everywhere, meaningful exit codes).
 
 mod commands;
+mod demo;
 mod output;
 
 use clap::{Parser, Subcommand};
@@ -72,6 +73,16 @@ pub enum Command {
         #[arg(long, requires = "truncate_below")]
         force: bool,
     },
+    /// Start a local 3-node cluster of real paxos-node processes, show it working (proposals,
+    /// a kill -9 and a restart, histories compared) and leave it running.
+    Demo {
+        /// Folder for the nodes' data directories, logs and pids (replaced if it exists).
+        #[arg(long, default_value = "paxos-demo")]
+        dir: std::path::PathBuf,
+        /// Stop the demo cluster running in --dir instead.
+        #[arg(long)]
+        stop: bool,
+    },
 }
 
 impl Cli {
@@ -91,7 +102,21 @@ impl Cli {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => error.exit(), // --help, --version
+        Err(error) => {
+            // One line, like every other failure; `--help` has the details.
+            let text = error.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("paxos-cli: {first} (see paxos-cli --help)");
+            std::process::exit(2);
+        }
+    };
     if let Err(error) = commands::run(&cli).await {
         // One line saying what is wrong; scripts check the exit code.
         let text = format!("{error:#}").replace('\n', " ");

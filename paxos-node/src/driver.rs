@@ -203,6 +203,12 @@ impl Driver {
                 truncate_below,
                 force,
             } => {
+                if !self.replica.is_leader() {
+                    // gc goes through the leader: it alone knows how far every member applied.
+                    let leader_addr = self.addr_of(self.replica.status().leader);
+                    respond.send(Response::Gc(Err(GcError::NotLeader { leader_addr })));
+                    return;
+                }
                 let result = self.replica.compact(Compaction {
                     truncate_below,
                     force,
