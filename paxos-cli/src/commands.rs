@@ -10,20 +10,12 @@ use tokio::io::AsyncBufReadExt;
 
 pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Command::Demo { dir, stop } = &cli.command {
-        return if *stop {
-            crate::demo::stop(dir)
-        } else {
-            crate::demo::run(dir).await
-        };
+        return if *stop { crate::demo::stop(dir) } else { crate::demo::run(dir).await };
     }
     let client = Client::new(cli.options())?;
     let stdout = std::io::stdout();
     match &cli.command {
-        Command::Propose {
-            value: Some(value),
-            stdin: false,
-            ..
-        } => {
+        Command::Propose { value: Some(value), stdin: false, .. } => {
             let slot = client.propose(value.clone().into_bytes()).await?;
             let mut out = stdout.lock();
             if cli.json {
@@ -32,9 +24,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 writeln!(out, "{slot}")?;
             }
         }
-        Command::Propose {
-            stdin: true, window, ..
-        } => propose_stdin(&client, *window, cli.json).await?,
+        Command::Propose { stdin: true, window, .. } => propose_stdin(&client, *window, cli.json).await?,
         Command::Propose { .. } => bail!("give a VALUE or --stdin"),
         Command::History { from, limit } => history(&client, *from, *limit, cli.json).await?,
         Command::Status => {
@@ -47,10 +37,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo { .. } => unreachable!("handled above"),
-        Command::Gc {
-            truncate_below,
-            force,
-        } => {
+        Command::Gc { truncate_below, force } => {
             let report = client.gc(*truncate_below, *force).await?;
             let mut out = stdout.lock();
             if cli.json {
@@ -103,9 +90,7 @@ async fn history(client: &Client, from: u64, limit: Option<u64>, json: bool) -> 
     let mut remaining = limit.unwrap_or(u64::MAX);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while remaining > 0 {
-        let page = client
-            .history(next, remaining.min(paxos_node::driver::HISTORY_ENTRIES_MAX))
-            .await?;
+        let page = client.history(next, remaining.min(paxos_node::driver::HISTORY_ENTRIES_MAX)).await?;
         let Some((last, _)) = page.entries.last() else {
             break;
         };

@@ -19,10 +19,7 @@ fn node_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating paxos-cli")?;
     let path = exe.with_file_name("paxos-node");
     if !path.exists() {
-        bail!(
-            "{} not found: build both binaries with `cargo build --release --bins`",
-            path.display()
-        );
+        bail!("{} not found: build both binaries with `cargo build --release --bins`", path.display());
     }
     Ok(path)
 }
@@ -39,9 +36,7 @@ fn free_ports(count: u64) -> anyhow::Result<Vec<u16>> {
 fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -54,12 +49,7 @@ fn read_state(dir: &Path) -> Option<serde_json::Value> {
 fn state_pids(state: &serde_json::Value) -> Vec<u32> {
     state["nodes"]
         .as_array()
-        .map(|nodes| {
-            nodes
-                .iter()
-                .filter_map(|n| n["pid"].as_u64().map(|p| p as u32))
-                .collect()
-        })
+        .map(|nodes| nodes.iter().filter_map(|n| n["pid"].as_u64().map(|p| p as u32)).collect())
         .unwrap_or_default()
 }
 
@@ -83,10 +73,7 @@ pub fn stop(dir: &Path) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let stopped = stopped.len();
-    println!(
-        "stopped {stopped} node(s) of the demo cluster in {}",
-        dir.display()
-    );
+    println!("stopped {stopped} node(s) of the demo cluster in {}", dir.display());
     Ok(())
 }
 
@@ -106,11 +93,7 @@ impl Demo {
             .append(true)
             .open(self.dir.join(format!("node-{id}.log")))?;
         let mut command = Command::new(&self.binary);
-        command
-            .arg("--id")
-            .arg(id.to_string())
-            .arg("--listen")
-            .arg(&self.addrs[&id]);
+        command.arg("--id").arg(id.to_string()).arg("--listen").arg(&self.addrs[&id]);
         for (peer, addr) in &self.addrs {
             command.arg("--peer").arg(format!("{peer}={addr}"));
         }
@@ -161,10 +144,7 @@ impl Demo {
                 }
             }
             if Instant::now() > deadline {
-                bail!(
-                    "no leader elected within 20 s; see the node logs in {}",
-                    self.dir.display()
-                );
+                bail!("no leader elected within 20 s; see the node logs in {}", self.dir.display());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -196,10 +176,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let ports = free_ports(NODES)?;
-    let addrs = (1..=NODES)
-        .zip(ports)
-        .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
-        .collect();
+    let addrs = (1..=NODES).zip(ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
     let mut demo = Demo {
         dir: dir.clone(),
         binary: node_binary()?,
@@ -209,10 +186,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     };
     let all: Vec<u64> = (1..=NODES).collect();
 
-    println!(
-        "1. starting {NODES} paxos-node processes, data in {}",
-        dir.display()
-    );
+    println!("1. starting {NODES} paxos-node processes, data in {}", dir.display());
     for id in &all {
         demo.spawn(*id)?;
         println!("   node {id} on {} (pid {})", demo.addrs[id], demo.pids[id]);
@@ -224,10 +198,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     for i in 1..=5u64 {
         let through = all[(i as usize - 1) % all.len()];
         let value = format!("hello-{i}");
-        let slot = demo
-            .client(&[through])?
-            .propose(value.clone().into_bytes())
-            .await?;
+        let slot = demo.client(&[through])?.propose(value.clone().into_bytes()).await?;
         println!("   {value:<10} through node {through} -> chosen at slot {slot}");
     }
 
@@ -243,9 +214,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         started.elapsed().as_millis()
     );
     for i in 1..=3u64 {
-        client
-            .propose(format!("while-{leader}-is-down-{i}").into_bytes())
-            .await?;
+        client.propose(format!("while-{leader}-is-down-{i}").into_bytes()).await?;
     }
 
     println!("4. restarting node {leader} on its data directory");
@@ -263,10 +232,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
             break histories;
         }
         if Instant::now() > deadline {
-            bail!(
-                "histories did not converge within 20 s; see the logs in {}",
-                dir.display()
-            );
+            bail!("histories did not converge within 20 s; see the logs in {}", dir.display());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -274,18 +240,11 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     println!("5. every node holds the same history:");
     let reference = &histories[&all[0]];
     for (slot, value) in reference {
-        let text = value
-            .as_deref()
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default();
+        let text = value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
         println!("   {slot}\t{text}");
     }
     for (id, history) in &histories {
-        println!(
-            "   node {id}: {} slots, identical: {}",
-            history.len(),
-            history == reference
-        );
+        println!("   node {id}: {} slots, identical: {}", history.len(), history == reference);
     }
 
     let endpoints = demo.addrs.values().cloned().collect::<Vec<_>>().join(",");

@@ -108,11 +108,7 @@ async fn main() {
         Err(error) => {
             // One line, like every other failure; `--help` has the details.
             let text = error.to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
+            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
             eprintln!("paxos-cli: {first} (see paxos-cli --help)");
             std::process::exit(2);
         }

@@ -23,10 +23,7 @@ pub fn history_json(entries: &[(u64, Option<Vec<u8>>)]) -> Value {
 
 pub fn history_lines(page: &HistoryPage, out: &mut String) {
     for (slot, value) in &page.entries {
-        out.push_str(&format!(
-            "{slot}\t{}\n",
-            value.as_deref().map(text).unwrap_or_default()
-        ));
+        out.push_str(&format!("{slot}\t{}\n", value.as_deref().map(text).unwrap_or_default()));
     }
 }
 
@@ -53,10 +50,7 @@ pub fn status_json(status: &StatusReport) -> Value {
 }
 
 pub fn status_text(status: &StatusReport) -> String {
-    let leader = status
-        .leader
-        .map(|l| l.to_string())
-        .unwrap_or_else(|| "none".into());
+    let leader = status.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
     let mut out = format!(
         "node {} ({}) of cluster {:?}\nleader: {leader}\nballot: {}.{}\nchosen up to: {} (history starts at {})\naccepted records: {}\nmembers:\n",
         status.node,
@@ -69,10 +63,7 @@ pub fn status_text(status: &StatusReport) -> String {
         status.accepted_records,
     );
     for member in &status.members {
-        let upto = member
-            .chosen_upto
-            .map(|u| u.to_string())
-            .unwrap_or_else(|| "?".into());
+        let upto = member.chosen_upto.map(|u| u.to_string()).unwrap_or_else(|| "?".into());
         out.push_str(&format!("  {} {} chosen up to {upto}\n", member.id, member.addr));
     }
     out

@@ -13,13 +13,7 @@ impl Replica {
     /// the driver makes it durable before the candidate can count on it.
     pub(crate) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
         if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+            self.send(from, Message::Nack { ballot, promised: self.promised });
             return;
         }
         self.raise_promise(ballot);
@@ -55,16 +49,8 @@ impl Replica {
                 value: value.clone(),
             })
             .collect();
-        let chosen = self
-            .chosen_pending
-            .range(start..)
-            .map(|(slot, value)| (*slot, value.clone()))
-            .collect();
-        PromiseData {
-            accepted,
-            chosen,
-            chosen_upto: self.chosen_upto,
-        }
+        let chosen = self.chosen_pending.range(start..).map(|(slot, value)| (*slot, value.clone())).collect();
+        PromiseData { accepted, chosen, chosen_upto: self.chosen_upto }
     }
 
     /// Phase 2b. Accepts every entry if `ballot` is at least the promise.
@@ -76,13 +62,7 @@ impl Replica {
         commit_upto: Slot,
     ) {
         if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+            self.send(from, Message::Nack { ballot, promised: self.promised });
             return;
         }
         self.follow(from, ballot);
@@ -96,14 +76,7 @@ impl Replica {
             }
             self.accept_locally(slot, ballot, value);
         }
-        self.send(
-            from,
-            Message::Accepted {
-                ballot,
-                slots,
-                chosen_upto: self.chosen_upto,
-            },
-        );
+        self.send(from, Message::Accepted { ballot, slots, chosen_upto: self.chosen_upto });
         self.learn_commit(from, ballot, commit_upto);
     }
 
@@ -113,18 +86,11 @@ impl Replica {
         if let Some((existing, existing_value)) = self.accepted.get(&slot) {
             if *existing == ballot {
                 // One ballot proposes one value per slot: a retransmission.
-                assert_eq!(
-                    existing_value, &value,
-                    "two values for slot {slot} in ballot {ballot}"
-                );
+                assert_eq!(existing_value, &value, "two values for slot {slot} in ballot {ballot}");
                 return;
             }
         }
-        self.persist(PersistOp::Accept {
-            slot,
-            ballot,
-            value: value.clone(),
-        });
+        self.persist(PersistOp::Accept { slot, ballot, value: value.clone() });
         self.accepted.insert(slot, (ballot, value));
         // A value accepted in the ballot the leader already declared committed is chosen.
         if ballot == self.commit_ballot && slot < self.commit_known {
@@ -140,24 +106,12 @@ impl Replica {
         history_start: Slot,
     ) {
         if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+            self.send(from, Message::Nack { ballot, promised: self.promised });
             return;
         }
         self.follow(from, ballot);
         self.learn_commit(from, ballot, commit_upto);
-        self.send(
-            from,
-            Message::HeartbeatAck {
-                ballot,
-                chosen_upto: self.chosen_upto,
-            },
-        );
+        self.send(from, Message::HeartbeatAck { ballot, chosen_upto: self.chosen_upto });
         self.follow_truncation(history_start);
     }
 
@@ -184,11 +138,7 @@ mod tests {
     use crate::{Ballot, Envelope, Message, PersistOp, Value};
 
     fn prepare(ballot: Ballot) -> Envelope {
-        Envelope {
-            from: ballot.node,
-            to: 1,
-            message: Message::Prepare { ballot, from_slot: 0 },
-        }
+        Envelope { from: ballot.node, to: 1, message: Message::Prepare { ballot, from_slot: 0 } }
     }
 
     #[test]
@@ -206,50 +156,27 @@ mod tests {
         acceptor.step(prepare(Ballot::new(5, 2)));
         acceptor.take_ready();
         acceptor.step(prepare(Ballot::new(4, 3)));
-        let accept = Message::Accept {
-            ballot: Ballot::new(4, 3),
-            entries: vec![(0, Value::Noop)],
-            commit_upto: 0,
-        };
-        acceptor.step(Envelope {
-            from: 3,
-            to: 1,
-            message: accept,
-        });
+        let accept =
+            Message::Accept { ballot: Ballot::new(4, 3), entries: vec![(0, Value::Noop)], commit_upto: 0 };
+        acceptor.step(Envelope { from: 3, to: 1, message: accept });
         let ready = acceptor.take_ready();
-        assert!(
-            ready.persist.is_empty(),
-            "nothing may be stored for a refused ballot"
-        );
-        let nacks = sent(
-            &ready,
-            |m| matches!(m, Message::Nack { promised, .. } if *promised == Ballot::new(5, 2)),
-        );
+        assert!(ready.persist.is_empty(), "nothing may be stored for a refused ballot");
+        let nacks =
+            sent(&ready, |m| matches!(m, Message::Nack { promised, .. } if *promised == Ballot::new(5, 2)));
         assert_eq!(nacks.len(), 2);
     }
 
     #[test]
     fn promise_reports_accepted_values_and_chosen_prefix() {
         let mut acceptor = replica(1, &[1, 2, 3]);
-        let accept = Message::Accept {
-            ballot: Ballot::new(1, 2),
-            entries: vec![(0, Value::Noop)],
-            commit_upto: 0,
-        };
-        acceptor.step(Envelope {
-            from: 2,
-            to: 1,
-            message: accept,
-        });
+        let accept =
+            Message::Accept { ballot: Ballot::new(1, 2), entries: vec![(0, Value::Noop)], commit_upto: 0 };
+        acceptor.step(Envelope { from: 2, to: 1, message: accept });
         acceptor.take_ready();
         acceptor.step(prepare(Ballot::new(2, 3)));
         let ready = acceptor.take_ready();
         match &ready.messages[0].message {
-            Message::Promise {
-                accepted,
-                chosen_upto,
-                ..
-            } => {
+            Message::Promise { accepted, chosen_upto, .. } => {
                 assert_eq!(accepted.len(), 1);
                 assert_eq!(accepted[0].ballot, Ballot::new(1, 2));
                 assert_eq!(*chosen_upto, 0);

@@ -48,10 +48,7 @@ impl Config {
             message_bytes_max: 4 << 20,
             proposals_queued_max: 65_536,
             value_bytes_max: 1 << 20,
-            request_table: TableLimits {
-                clients_max: 4096,
-                seqs_per_client_max: 1024,
-            },
+            request_table: TableLimits { clients_max: 4096, seqs_per_client_max: 1024 },
         }
     }
 
@@ -63,11 +60,7 @@ impl Config {
     /// Panics on a configuration no cluster can run with: these are programming errors.
     pub fn validate(&self) {
         assert!(!self.members.is_empty(), "a cluster needs members");
-        assert!(
-            self.members.contains(&self.id),
-            "replica {} is not a member",
-            self.id
-        );
+        assert!(self.members.contains(&self.id), "replica {} is not a member", self.id);
         let mut sorted = self.members.clone();
         sorted.sort_unstable();
         sorted.dedup();

@@ -35,11 +35,7 @@ pub enum CompactionError {
     #[error(
         "member {node} has applied only up to {chosen_upto:?}, below the cut at {requested} (use force)"
     )]
-    MemberBehind {
-        node: NodeId,
-        chosen_upto: Option<Slot>,
-        requested: Slot,
-    },
+    MemberBehind { node: NodeId, chosen_upto: Option<Slot>, requested: Slot },
 }
 
 impl Replica {
@@ -81,10 +77,7 @@ impl Replica {
             } else {
                 self.deduplicate(slot, value)
             };
-            self.persist(PersistOp::Apply {
-                slot,
-                value: applied.clone(),
-            });
+            self.persist(PersistOp::Apply { slot, value: applied.clone() });
             self.ready.chosen.push((slot, applied));
             self.chosen_upto += 1;
         }
@@ -128,10 +121,7 @@ impl Replica {
                 value
             }
             Lookup::AppliedAt(original) => {
-                assert!(
-                    original < slot,
-                    "the table only holds slots applied before this one"
-                );
+                assert!(original < slot, "the table only holds slots applied before this one");
                 self.answer_waiters(request_id, Ok(original));
                 Value::Noop
             }
@@ -206,16 +196,8 @@ impl Replica {
             Some(leader) if ahead.contains(&leader) && self.rng.chance(1, 2) => leader,
             _ => ahead[self.rng.range(0, ahead.len() as u64) as usize],
         };
-        self.catch_up = Some(crate::replica::CatchUpState {
-            peer,
-            sent_tick: self.tick_now,
-        });
-        self.send(
-            peer,
-            Message::CatchUp {
-                from_slot: self.chosen_upto,
-            },
-        );
+        self.catch_up = Some(crate::replica::CatchUpState { peer, sent_tick: self.tick_now });
+        self.send(peer, Message::CatchUp { from_slot: self.chosen_upto });
     }
 
     pub(crate) fn on_catch_up(&mut self, from: NodeId, from_slot: Slot) {
@@ -231,13 +213,7 @@ impl Replica {
                 bytes_max: self.config.message_bytes_max,
             });
         } else {
-            self.send(
-                from,
-                Message::CatchUpEntries {
-                    entries: Vec::new(),
-                    chosen_upto: self.chosen_upto,
-                },
-            );
+            self.send(from, Message::CatchUpEntries { entries: Vec::new(), chosen_upto: self.chosen_upto });
         }
     }
 
@@ -246,13 +222,7 @@ impl Replica {
         if to == self.config.id || !self.config.members.contains(&to) {
             return;
         }
-        self.send(
-            to,
-            Message::CatchUpEntries {
-                entries,
-                chosen_upto: self.chosen_upto,
-            },
-        );
+        self.send(to, Message::CatchUpEntries { entries, chosen_upto: self.chosen_upto });
     }
 
     pub(crate) fn on_catch_up_entries(
@@ -306,10 +276,7 @@ impl Replica {
     }
 
     fn truncate_to(&mut self, history_start: Slot) -> u64 {
-        assert!(
-            history_start <= self.chosen_upto,
-            "truncating history that is not applied"
-        );
+        assert!(history_start <= self.chosen_upto, "truncating history that is not applied");
         let removed = history_start.saturating_sub(self.truncation.history_start);
         let snapshot = TruncationSnapshot {
             history_start,
@@ -325,30 +292,19 @@ impl Replica {
     /// Garbage collection: drops accepted records of applied slots (always redundant: a Promise
     /// reports them through `chosen_upto`) and, if asked, truncates the history.
     pub fn compact(&mut self, compaction: Compaction) -> Result<CompactionReport, CompactionError> {
-        let truncate = compaction
-            .truncate_below
-            .filter(|slot| *slot > self.truncation.history_start);
+        let truncate = compaction.truncate_below.filter(|slot| *slot > self.truncation.history_start);
         if let Some(requested) = truncate {
             if requested > self.chosen_upto {
-                return Err(CompactionError::BeyondChosen {
-                    requested,
-                    chosen_upto: self.chosen_upto,
-                });
+                return Err(CompactionError::BeyondChosen { requested, chosen_upto: self.chosen_upto });
             }
             if !matches!(self.role, Role::Leader(_)) {
-                return Err(CompactionError::NotLeader {
-                    leader_hint: self.leader_hint,
-                });
+                return Err(CompactionError::NotLeader { leader_hint: self.leader_hint });
             }
             if !compaction.force {
                 for node in self.peers().collect::<Vec<_>>() {
                     let upto = self.member_chosen_upto.get(&node).copied();
                     if upto.is_none_or(|upto| upto < requested) {
-                        return Err(CompactionError::MemberBehind {
-                            node,
-                            chosen_upto: upto,
-                            requested,
-                        });
+                        return Err(CompactionError::MemberBehind { node, chosen_upto: upto, requested });
                     }
                 }
             }
@@ -384,11 +340,8 @@ mod tests {
         cluster.node(leader).propose(proposal(5, 2, "other"));
         cluster.node(leader).propose(proposal(5, 1, "once"));
         cluster.settle();
-        let outcomes: Vec<_> = cluster
-            .replies
-            .iter()
-            .map(|(_, r)| (r.request_id.seq, r.outcome.clone()))
-            .collect();
+        let outcomes: Vec<_> =
+            cluster.replies.iter().map(|(_, r)| (r.request_id.seq, r.outcome.clone())).collect();
         let mut outcomes = outcomes;
         outcomes.sort_by_key(|(seq, outcome)| (*seq, outcome.clone().ok()));
         assert_eq!(outcomes, vec![(1, Ok(0)), (1, Ok(0)), (2, Ok(1))]);
@@ -400,10 +353,7 @@ mod tests {
     fn a_duplicate_that_reaches_the_log_is_applied_as_a_noop() {
         let mut cluster = Cluster::new(1);
         cluster.elect();
-        let value = Value::Command {
-            request_id: proposal(5, 1, "").request_id,
-            payload: b"x".to_vec(),
-        };
+        let value = Value::Command { request_id: proposal(5, 1, "").request_id, payload: b"x".to_vec() };
         cluster.node(1).learn_chosen(0, value.clone());
         cluster.node(1).learn_chosen(1, value.clone());
         cluster.node(1).apply_chosen();
@@ -423,20 +373,14 @@ mod tests {
         cluster.settle();
         // Heartbeat acks tell the leader how far the live follower has applied.
         cluster.run_ticks(5);
-        let refused = cluster.node(leader).compact(Compaction {
-            truncate_below: Some(4),
-            force: false,
-        });
+        let refused = cluster.node(leader).compact(Compaction { truncate_below: Some(4), force: false });
         assert!(
             matches!(refused, Err(CompactionError::MemberBehind { node, .. }) if node == lagging),
             "{refused:?}"
         );
         let report = cluster
             .node(leader)
-            .compact(Compaction {
-                truncate_below: Some(4),
-                force: true,
-            })
+            .compact(Compaction { truncate_below: Some(4), force: true })
             .expect("forced");
         assert_eq!(report.history_entries_removed, 4);
         assert_eq!(report.history_start, 4);
@@ -446,14 +390,7 @@ mod tests {
         let node = &cluster.replicas[&lagging];
         assert_eq!(node.history_start(), 4);
         assert_eq!(node.chosen_upto(), 5);
-        assert_eq!(
-            cluster.storage[&lagging]
-                .history
-                .keys()
-                .copied()
-                .collect::<Vec<_>>(),
-            vec![4]
-        );
+        assert_eq!(cluster.storage[&lagging].history.keys().copied().collect::<Vec<_>>(), vec![4]);
     }
 
     #[test]

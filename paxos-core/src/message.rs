@@ -55,10 +55,7 @@ pub enum ProposalError {
 impl ProposalError {
     /// Whether the same request may be sent again.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ProposalError::NotLeader { .. } | ProposalError::Timeout | ProposalError::Overloaded
-        )
+        matches!(self, ProposalError::NotLeader { .. } | ProposalError::Timeout | ProposalError::Overloaded)
     }
 }
 
@@ -70,53 +67,30 @@ pub enum Message {
     /// Phase 1b. `accepted` holds every entry this acceptor accepted at slots `>= from_slot` that
     /// it has not yet applied; slots below `chosen_upto` are chosen (final), their values are
     /// fetched by catch-up. `chosen` lists slots above `chosen_upto` it knows chosen.
-    Promise {
-        ballot: Ballot,
-        accepted: Vec<AcceptedEntry>,
-        chosen: Vec<(Slot, Value)>,
-        chosen_upto: Slot,
-    },
+    Promise { ballot: Ballot, accepted: Vec<AcceptedEntry>, chosen: Vec<(Slot, Value)>, chosen_upto: Slot },
     /// The receiver promised a higher ballot; `promised` lets the sender retry above it.
     Nack { ballot: Ballot, promised: Ballot },
     /// Phase 2a for a batch of slots. `commit_upto`: every slot below it is chosen.
-    Accept {
-        ballot: Ballot,
-        entries: Vec<(Slot, Value)>,
-        commit_upto: Slot,
-    },
+    Accept { ballot: Ballot, entries: Vec<(Slot, Value)>, commit_upto: Slot },
     /// Phase 2b: the acceptor durably accepted these slots in `ballot`. `chosen_upto` tells the
     /// leader how far this member has applied (used to gate truncation).
-    Accepted {
-        ballot: Ballot,
-        slots: Vec<Slot>,
-        chosen_upto: Slot,
-    },
+    Accepted { ballot: Ballot, slots: Vec<Slot>, chosen_upto: Slot },
     /// Leader liveness and commit progress. `history_start` asks followers to truncate their
     /// history below it once they have applied that far.
-    Heartbeat {
-        ballot: Ballot,
-        commit_upto: Slot,
-        history_start: Slot,
-    },
+    Heartbeat { ballot: Ballot, commit_upto: Slot, history_start: Slot },
     /// A follower's answer to a heartbeat: how far it has applied.
     HeartbeatAck { ballot: Ballot, chosen_upto: Slot },
     /// Asks for chosen entries from `from_slot`.
     CatchUp { from_slot: Slot },
     /// Chosen entries, in slot order, exactly as the sender's history holds them.
-    CatchUpEntries {
-        entries: Vec<(Slot, Value)>,
-        chosen_upto: Slot,
-    },
+    CatchUpEntries { entries: Vec<(Slot, Value)>, chosen_upto: Slot },
     /// The requested range was truncated: the receiver restarts its history at `history_start`
     /// with the duplicate table the sender kept when it truncated.
     CatchUpTruncated { snapshot: TruncationSnapshot },
     /// A client proposal forwarded from the replica the client talked to.
     Forward { proposal: Proposal },
     /// The leader's answer to a forwarded proposal.
-    ForwardReply {
-        request_id: RequestId,
-        outcome: Result<Slot, ProposalError>,
-    },
+    ForwardReply { request_id: RequestId, outcome: Result<Slot, ProposalError> },
 }
 
 /// What a replica keeps of the history it truncated: where the history now starts, and the

@@ -56,10 +56,7 @@ impl Replica {
         let mut promises = BTreeMap::new();
         promises.insert(self.config.id, own);
         self.role = Role::Candidate(CandidateState { ballot, promises });
-        self.broadcast(Message::Prepare {
-            ballot,
-            from_slot: self.chosen_upto,
-        });
+        self.broadcast(Message::Prepare { ballot, from_slot: self.chosen_upto });
         self.maybe_become_leader();
     }
 
@@ -154,11 +151,7 @@ impl Replica {
         for (slot, value) in &proposals {
             leader.in_flight.insert(
                 *slot,
-                InFlight {
-                    value: value.clone(),
-                    votes: BTreeSet::from([self.config.id]),
-                    sent_tick: now,
-                },
+                InFlight { value: value.clone(), votes: BTreeSet::from([self.config.id]), sent_tick: now },
             );
             if let Some(request_id) = value.request_id() {
                 leader.in_flight_requests.insert(request_id, *slot);
@@ -250,9 +243,7 @@ impl Replica {
             Lookup::New => {}
         }
         let queue_limit = self.config.proposals_queued_max;
-        let Role::Leader(leader) = &mut self.role else {
-            unreachable!("leader_propose on a non-leader")
-        };
+        let Role::Leader(leader) = &mut self.role else { unreachable!("leader_propose on a non-leader") };
         if let Some(waiters) = leader.waiters.get_mut(&request_id) {
             // Already queued or in flight: the retry waits for the same outcome.
             if !waiters.contains(&origin) {
@@ -293,18 +284,11 @@ impl Replica {
             };
             let slot = leader.next_slot;
             leader.next_slot += 1;
-            let value = Value::Command {
-                request_id: proposal.request_id,
-                payload: proposal.payload,
-            };
+            let value = Value::Command { request_id: proposal.request_id, payload: proposal.payload };
             leader.in_flight_requests.insert(proposal.request_id, slot);
             leader.in_flight.insert(
                 slot,
-                InFlight {
-                    value: value.clone(),
-                    votes: BTreeSet::from([self.config.id]),
-                    sent_tick: now,
-                },
+                InFlight { value: value.clone(), votes: BTreeSet::from([self.config.id]), sent_tick: now },
             );
             leader.unsent.push(slot);
             accepted.push((slot, value));
@@ -356,11 +340,8 @@ impl Replica {
         }
         for entries in batches {
             for peer in peers {
-                let message = Message::Accept {
-                    ballot,
-                    entries: entries.clone(),
-                    commit_upto: self.chosen_upto,
-                };
+                let message =
+                    Message::Accept { ballot, entries: entries.clone(), commit_upto: self.chosen_upto };
                 self.send(*peer, message);
             }
         }
@@ -382,12 +363,7 @@ impl Replica {
                 continue;
             }
             in_flight.sent_tick = now;
-            for peer in self
-                .config
-                .members
-                .iter()
-                .filter(|id| !in_flight.votes.contains(id))
-            {
+            for peer in self.config.members.iter().filter(|id| !in_flight.votes.contains(id)) {
                 let entries = per_peer.entry(*peer).or_default();
                 if entries.len() < limit {
                     entries.push((*slot, in_flight.value.clone()));
@@ -478,11 +454,7 @@ impl Replica {
     /// the outcome is unknown, and a retry with the same request id is chosen at most once.
     pub(crate) fn fail_forwarded(&mut self, leader_hint: Option<NodeId>) {
         for (request_id, _) in std::mem::take(&mut self.forwarded) {
-            self.reply(
-                Origin::Local,
-                request_id,
-                Err(ProposalError::NotLeader { leader_hint }),
-            );
+            self.reply(Origin::Local, request_id, Err(ProposalError::NotLeader { leader_hint }));
         }
     }
 
@@ -564,41 +536,24 @@ mod tests {
         let ballot = cluster.node(candidate).promised();
         cluster.node(candidate).take_ready();
         let command = |text: &str| Value::Command {
-            request_id: crate::RequestId {
-                client_id: 1,
-                seq: text.len() as u64,
-            },
+            request_id: crate::RequestId { client_id: 1, seq: text.len() as u64 },
             payload: text.as_bytes().to_vec(),
         };
         // Slot 2 was accepted at two ballots: the higher one must win. Slot 1 is a hole.
         let promise = Message::Promise {
             ballot,
             accepted: vec![
-                AcceptedEntry {
-                    slot: 0,
-                    ballot: Ballot::new(0, 2),
-                    value: command("x"),
-                },
-                AcceptedEntry {
-                    slot: 2,
-                    ballot: Ballot::new(0, 2),
-                    value: command("low"),
-                },
+                AcceptedEntry { slot: 0, ballot: Ballot::new(0, 2), value: command("x") },
+                AcceptedEntry { slot: 2, ballot: Ballot::new(0, 2), value: command("low") },
             ],
             chosen: vec![],
             chosen_upto: 0,
         };
-        cluster.node(candidate).step(Envelope {
-            from: 2,
-            to: 1,
-            message: promise,
-        });
+        cluster.node(candidate).step(Envelope { from: 2, to: 1, message: promise });
         let ready = cluster.node(candidate).take_ready();
         // Quorum of 2 reached with the candidate's own empty promise; the accepted values win.
         let accepts = sent(&ready, |m| matches!(m, Message::Accept { .. }));
-        let Message::Accept { entries, .. } = &accepts[0].message else {
-            unreachable!()
-        };
+        let Message::Accept { entries, .. } = &accepts[0].message else { unreachable!() };
         assert_eq!(entries[0], (0, command("x")));
         assert_eq!(entries[1], (1, Value::Noop));
         assert_eq!(entries[2], (2, command("low")));
@@ -632,13 +587,7 @@ mod tests {
         assert_eq!(cluster.node(follower).chosen_upto(), 1);
         assert_eq!(
             cluster.replies,
-            vec![(
-                follower,
-                crate::Reply {
-                    request_id: proposal(9, 1, "").request_id,
-                    outcome: Ok(0)
-                }
-            )]
+            vec![(follower, crate::Reply { request_id: proposal(9, 1, "").request_id, outcome: Ok(0) })]
         );
     }
 }

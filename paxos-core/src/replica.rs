@@ -229,36 +229,19 @@ impl Replica {
         self.observe_ballot(&message);
         match message {
             Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
-            Message::Promise {
-                ballot,
-                accepted,
-                chosen,
-                chosen_upto,
-            } => self.on_promise(
-                from,
-                ballot,
-                PromiseData {
-                    accepted,
-                    chosen,
-                    chosen_upto,
-                },
-            ),
+            Message::Promise { ballot, accepted, chosen, chosen_upto } => {
+                self.on_promise(from, ballot, PromiseData { accepted, chosen, chosen_upto })
+            }
             Message::Nack { ballot, promised } => self.on_nack(from, ballot, promised),
-            Message::Accept {
-                ballot,
-                entries,
-                commit_upto,
-            } => self.on_accept(from, ballot, entries, commit_upto),
-            Message::Accepted {
-                ballot,
-                slots,
-                chosen_upto,
-            } => self.on_accepted(from, ballot, slots, chosen_upto),
-            Message::Heartbeat {
-                ballot,
-                commit_upto,
-                history_start,
-            } => self.on_heartbeat(from, ballot, commit_upto, history_start),
+            Message::Accept { ballot, entries, commit_upto } => {
+                self.on_accept(from, ballot, entries, commit_upto)
+            }
+            Message::Accepted { ballot, slots, chosen_upto } => {
+                self.on_accepted(from, ballot, slots, chosen_upto)
+            }
+            Message::Heartbeat { ballot, commit_upto, history_start } => {
+                self.on_heartbeat(from, ballot, commit_upto, history_start)
+            }
             Message::HeartbeatAck { ballot, chosen_upto } => self.on_heartbeat_ack(from, ballot, chosen_upto),
             Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
             Message::CatchUpEntries { entries, chosen_upto } => {
@@ -316,11 +299,7 @@ impl Replica {
         Status {
             id: self.config.id,
             role,
-            leader: if role == RoleName::Leader {
-                Some(self.config.id)
-            } else {
-                self.leader_hint
-            },
+            leader: if role == RoleName::Leader { Some(self.config.id) } else { self.leader_hint },
             promised: self.promised,
             own_ballot,
             chosen_upto: self.chosen_upto,
@@ -371,11 +350,7 @@ impl Replica {
 
     pub(crate) fn send(&mut self, to: NodeId, message: Message) {
         debug_assert_ne!(to, self.config.id, "messages to self are handled in place");
-        self.ready.messages.push(Envelope {
-            from: self.config.id,
-            to,
-            message,
-        });
+        self.ready.messages.push(Envelope { from: self.config.id, to, message });
     }
 
     pub(crate) fn broadcast(&mut self, message: Message) {
@@ -386,11 +361,7 @@ impl Replica {
     }
 
     pub(crate) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.config
-            .members
-            .iter()
-            .copied()
-            .filter(move |id| *id != self.config.id)
+        self.config.members.iter().copied().filter(move |id| *id != self.config.id)
     }
 
     pub(crate) fn persist(&mut self, op: PersistOp) {

@@ -81,10 +81,7 @@ impl RequestTable {
             if let Some(victim) = victim {
                 if let Some(record) = self.clients.remove(&victim) {
                     changes.extend(record.seqs.keys().map(|seq| TableChange::Remove {
-                        request_id: RequestId {
-                            client_id: victim,
-                            seq: *seq,
-                        },
+                        request_id: RequestId { client_id: victim, seq: *seq },
                     }));
                 }
             }
@@ -96,10 +93,7 @@ impl RequestTable {
         while record.seqs.len() > limits.seqs_per_client_max {
             if let Some((seq, _)) = record.seqs.pop_first() {
                 changes.push(TableChange::Remove {
-                    request_id: RequestId {
-                        client_id: request_id.client_id,
-                        seq,
-                    },
+                    request_id: RequestId { client_id: request_id.client_id, seq },
                 });
             }
         }
@@ -123,15 +117,7 @@ impl RequestTable {
             .clients
             .iter()
             .flat_map(|(client_id, record)| {
-                record.seqs.iter().map(|(seq, slot)| {
-                    (
-                        RequestId {
-                            client_id: *client_id,
-                            seq: *seq,
-                        },
-                        *slot,
-                    )
-                })
+                record.seqs.iter().map(|(seq, slot)| (RequestId { client_id: *client_id, seq: *seq }, *slot))
             })
             .collect();
         records.sort();
@@ -151,10 +137,7 @@ impl RequestTable {
 mod tests {
     use super::*;
 
-    const LIMITS: TableLimits = TableLimits {
-        clients_max: 2,
-        seqs_per_client_max: 3,
-    };
+    const LIMITS: TableLimits = TableLimits { clients_max: 2, seqs_per_client_max: 3 };
 
     fn rid(client_id: u64, seq: u64) -> RequestId {
         RequestId { client_id, seq }
@@ -188,9 +171,7 @@ mod tests {
         table.insert(rid(1, 1), 1, LIMITS);
         table.insert(rid(2, 1), 2, LIMITS);
         let changes = table.insert(rid(3, 1), 3, LIMITS);
-        assert!(changes.contains(&TableChange::Remove {
-            request_id: rid(1, 1)
-        }));
+        assert!(changes.contains(&TableChange::Remove { request_id: rid(1, 1) }));
         assert_eq!(table.lookup(rid(1, 1), LIMITS), Lookup::New);
         assert_eq!(table.lookup(rid(2, 1), LIMITS), Lookup::AppliedAt(2));
     }

@@ -24,11 +24,7 @@ impl MemStorage {
         for op in batch {
             match op {
                 PersistOp::Promise(ballot) => {
-                    assert!(
-                        *ballot >= self.promised,
-                        "promise went down: {} -> {ballot}",
-                        self.promised
-                    );
+                    assert!(*ballot >= self.promised, "promise went down: {} -> {ballot}", self.promised);
                     self.promised = *ballot;
                 }
                 PersistOp::Accept { slot, ballot, value } => {

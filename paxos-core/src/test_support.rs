@@ -8,10 +8,7 @@ pub(crate) fn replica(id: u64, members: &[u64]) -> Replica {
 }
 
 pub(crate) fn proposal(client_id: u64, seq: u64, text: &str) -> Proposal {
-    Proposal {
-        request_id: RequestId { client_id, seq },
-        payload: text.as_bytes().to_vec(),
-    }
+    Proposal { request_id: RequestId { client_id, seq }, payload: text.as_bytes().to_vec() }
 }
 
 /// Messages of a given kind in a Ready.
@@ -83,12 +80,7 @@ impl Cluster {
     /// Ticks every live replica `ticks` times, settling after each.
     pub(crate) fn run_ticks(&mut self, ticks: u64) {
         for _ in 0..ticks {
-            let ids: Vec<u64> = self
-                .replicas
-                .keys()
-                .copied()
-                .filter(|id| !self.down.contains(id))
-                .collect();
+            let ids: Vec<u64> = self.replicas.keys().copied().filter(|id| !self.down.contains(id)).collect();
             for id in ids {
                 self.node(id).tick();
             }
@@ -100,10 +92,8 @@ impl Cluster {
     pub(crate) fn elect(&mut self) -> u64 {
         for _ in 0..200 {
             self.run_ticks(1);
-            if let Some((id, _)) = self
-                .replicas
-                .iter()
-                .find(|(id, r)| r.is_leader() && !self.down.contains(id))
+            if let Some((id, _)) =
+                self.replicas.iter().find(|(id, r)| r.is_leader() && !self.down.contains(id))
             {
                 return *id;
             }

@@ -24,10 +24,9 @@ fn run_seed(seed: u64, scenario: Scenario) -> Result<Stats, String> {
 }
 
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}"))
-    })
+    std::env::var(name)
+        .ok()
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}")))
 }
 
 fn random_scenario(seed: u64) -> Scenario {
@@ -98,11 +97,7 @@ fn teaching_scenario_five_nodes_two_down_thousand_values() {
         entry_nodes: vec![1, 2],
         fault_ticks: 3000,
         heal_ticks_max: 5000,
-        faults: Faults {
-            delay_ticks_max: 4,
-            duplicate_per_mille: 20,
-            ..Faults::none()
-        },
+        faults: Faults { delay_ticks_max: 4, duplicate_per_mille: 20, ..Faults::none() },
         config_tweak: |_| {},
     };
     let stats = run_seed(1, scenario).unwrap_or_else(|e| panic!("{e}"));

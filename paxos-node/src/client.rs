@@ -86,10 +86,7 @@ impl Connection {
             cluster_id: cluster.to_owned(),
             caller: Caller::Client,
         };
-        framed
-            .send(Frame::Hello(hello))
-            .await
-            .map_err(|e| format!("{endpoint}: {e}"))?;
+        framed.send(Frame::Hello(hello)).await.map_err(|e| format!("{endpoint}: {e}"))?;
         match tokio::time::timeout(CONNECT_TIMEOUT, framed.next()).await {
             Ok(Some(Ok(Frame::Welcome(_)))) => {}
             Ok(Some(Ok(Frame::Refused(reason)))) => {
@@ -356,38 +353,26 @@ impl Client {
 
     /// Proposes one value; returns the slot it was chosen at.
     pub async fn propose(&self, value: Vec<u8>) -> Result<Slot, ClientError> {
-        let request_id = RequestId {
-            client_id: self.client_id,
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-        };
-        self.run(
-            Request::Propose { request_id, value },
-            |response| match response {
-                Response::Proposed(Ok(slot)) => (Attempt::Done(Ok(slot)), None),
-                Response::Proposed(Err(error)) if error.is_retryable() => {
-                    let leader_addr = match &error {
-                        ProposeError::Protocol { leader_addr, .. } => leader_addr.clone(),
-                        _ => None,
-                    };
-                    // Without a hint, another node may know the leader (or be in the majority).
-                    let rotate = leader_addr.is_none();
-                    (
-                        Attempt::Retry {
-                            error: error.to_string(),
-                            rotate,
-                        },
-                        leader_addr,
-                    )
-                }
-                Response::Proposed(Err(error)) => {
-                    (Attempt::Done(Err(ClientError::Rejected(error.to_string()))), None)
-                }
-                other => (
-                    Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))),
-                    None,
-                ),
-            },
-        )
+        let request_id =
+            RequestId { client_id: self.client_id, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) };
+        self.run(Request::Propose { request_id, value }, |response| match response {
+            Response::Proposed(Ok(slot)) => (Attempt::Done(Ok(slot)), None),
+            Response::Proposed(Err(error)) if error.is_retryable() => {
+                let leader_addr = match &error {
+                    ProposeError::Protocol { leader_addr, .. } => leader_addr.clone(),
+                    _ => None,
+                };
+                // Without a hint, another node may know the leader (or be in the majority).
+                let rotate = leader_addr.is_none();
+                (Attempt::Retry { error: error.to_string(), rotate }, leader_addr)
+            }
+            Response::Proposed(Err(error)) => {
+                (Attempt::Done(Err(ClientError::Rejected(error.to_string()))), None)
+            }
+            other => {
+                (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None)
+            }
+        })
         .await
     }
 
@@ -398,32 +383,22 @@ impl Client {
         values: impl Stream<Item = Vec<u8>> + 'a,
         window: usize,
     ) -> impl Stream<Item = Result<Slot, ClientError>> + 'a {
-        values
-            .map(move |value| self.propose(value))
-            .buffered(window.max(1))
+        values.map(move |value| self.propose(value)).buffered(window.max(1))
     }
 
     /// Chosen history from `from_slot`, as the node asked holds it.
     pub async fn history(&self, from_slot: Slot, limit: u64) -> Result<HistoryPage, ClientError> {
         self.run(Request::History { from_slot, limit }, |response| match response {
             Response::History(Ok(page)) => (Attempt::Done(Ok(page)), None),
-            Response::History(Err(HistoryError::Truncated {
-                requested,
-                history_start,
-            })) => (
-                Attempt::Done(Err(ClientError::Truncated {
-                    requested,
-                    history_start,
-                })),
-                None,
-            ),
+            Response::History(Err(HistoryError::Truncated { requested, history_start })) => {
+                (Attempt::Done(Err(ClientError::Truncated { requested, history_start })), None)
+            }
             Response::History(Err(error)) => {
                 (Attempt::Done(Err(ClientError::Rejected(error.to_string()))), None)
             }
-            other => (
-                Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))),
-                None,
-            ),
+            other => {
+                (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None)
+            }
         })
         .await
     }
@@ -431,42 +406,26 @@ impl Client {
     pub async fn status(&self) -> Result<StatusReport, ClientError> {
         self.run(Request::Status, |response| match response {
             Response::Status(report) => (Attempt::Done(Ok(*report)), None),
-            other => (
-                Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))),
-                None,
-            ),
+            other => {
+                (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None)
+            }
         })
         .await
     }
 
     /// Garbage collection through the leader (truncation needs the leader's view of members).
     pub async fn gc(&self, truncate_below: Option<Slot>, force: bool) -> Result<GcReport, ClientError> {
-        self.run(
-            Request::Gc {
-                truncate_below,
-                force,
-            },
-            |response| match response {
-                Response::Gc(Ok(report)) => (Attempt::Done(Ok(report)), None),
-                Response::Gc(Err(GcError::NotLeader { leader_addr })) => {
-                    let rotate = leader_addr.is_none();
-                    (
-                        Attempt::Retry {
-                            error: "not the leader".into(),
-                            rotate,
-                        },
-                        leader_addr,
-                    )
-                }
-                Response::Gc(Err(error)) => {
-                    (Attempt::Done(Err(ClientError::Rejected(error.to_string()))), None)
-                }
-                other => (
-                    Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))),
-                    None,
-                ),
-            },
-        )
+        self.run(Request::Gc { truncate_below, force }, |response| match response {
+            Response::Gc(Ok(report)) => (Attempt::Done(Ok(report)), None),
+            Response::Gc(Err(GcError::NotLeader { leader_addr })) => {
+                let rotate = leader_addr.is_none();
+                (Attempt::Retry { error: "not the leader".into(), rotate }, leader_addr)
+            }
+            Response::Gc(Err(error)) => (Attempt::Done(Err(ClientError::Rejected(error.to_string()))), None),
+            other => {
+                (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None)
+            }
+        })
         .await
     }
 }

@@ -20,9 +20,7 @@ type Limit = bincode::config::Configuration<
 >;
 
 fn config() -> Limit {
-    bincode::config::standard()
-        .with_big_endian()
-        .with_limit::<FRAME_BYTES_MAX>()
+    bincode::config::standard().with_big_endian().with_limit::<FRAME_BYTES_MAX>()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,10 +43,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecEr
     let (value, used) = bincode::serde::decode_from_slice(bytes, config())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != bytes.len() {
-        return Err(CodecError::Malformed(format!(
-            "{} trailing bytes",
-            bytes.len() - used
-        )));
+        return Err(CodecError::Malformed(format!("{} trailing bytes", bytes.len() - used)));
     }
     Ok(value)
 }
@@ -93,13 +88,9 @@ impl Encoder<Frame> for FrameCodec {
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
         let bytes = encode(&frame)?;
         if bytes.len() > FRAME_BYTES_MAX {
-            return Err(CodecError::TooLarge {
-                size_bytes: bytes.len(),
-            });
+            return Err(CodecError::TooLarge { size_bytes: bytes.len() });
         }
-        self.inner
-            .encode(Bytes::from(bytes), dst)
-            .map_err(CodecError::from)
+        self.inner.encode(Bytes::from(bytes), dst).map_err(CodecError::from)
     }
 }
 
@@ -112,11 +103,7 @@ mod tests {
 
     fn sample_frames() -> Vec<Frame> {
         vec![
-            Frame::Hello(Hello {
-                protocol_version: 1,
-                cluster_id: "c".into(),
-                caller: Caller::Node(2),
-            }),
+            Frame::Hello(Hello { protocol_version: 1, cluster_id: "c".into(), caller: Caller::Node(2) }),
             Frame::Peer(Message::Accept {
                 ballot: Ballot::new(3, 1),
                 entries: vec![
@@ -151,10 +138,7 @@ mod tests {
     fn frames_round_trip() {
         for frame in sample_frames() {
             let mut buffer = encode_frame(frame.clone());
-            let decoded = FrameCodec::default()
-                .decode(&mut buffer)
-                .expect("decodes")
-                .expect("complete");
+            let decoded = FrameCodec::default().decode(&mut buffer).expect("decodes").expect("complete");
             assert_eq!(decoded, frame);
             assert!(buffer.is_empty());
         }
@@ -175,10 +159,7 @@ mod tests {
         // A Propose whose value claims 2^60 bytes: bincode's limit stops it before allocating.
         let mut payload = encode(&Frame::Request {
             id: 1,
-            request: Request::Propose {
-                request_id: RequestId { client_id: 1, seq: 1 },
-                value: vec![],
-            },
+            request: Request::Propose { request_id: RequestId { client_id: 1, seq: 1 }, value: vec![] },
         })
         .expect("encodes");
         payload.pop(); // the empty vector's length (0)

@@ -42,10 +42,7 @@ impl NodeConfig {
             return Err("node id 0 is reserved; ids start at 1".into());
         }
         if !self.members.contains_key(&self.id) {
-            return Err(format!(
-                "node {} is not among the members given with --peer",
-                self.id
-            ));
+            return Err(format!("node {} is not among the members given with --peer", self.id));
         }
         if self.members.contains_key(&0) {
             return Err("node id 0 is reserved; ids start at 1".into());

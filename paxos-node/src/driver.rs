@@ -56,10 +56,7 @@ pub struct Responder {
 impl Responder {
     pub fn send(self, response: Response) {
         // The client may have gone away; its answer is simply dropped.
-        let _ = self.frames.send(Frame::Response {
-            id: self.id,
-            response,
-        });
+        let _ = self.frames.send(Frame::Response { id: self.id, response });
     }
 }
 
@@ -167,11 +164,7 @@ impl Driver {
     fn handle(&mut self, input: Input) -> bool {
         match input {
             Input::Peer { from, message } => {
-                self.replica.step(paxos_core::Envelope {
-                    from,
-                    to: self.config.id,
-                    message,
-                });
+                self.replica.step(paxos_core::Envelope { from, to: self.config.id, message });
             }
             Input::Client { request, respond } => self.on_request(request, respond),
             Input::Shutdown => return true,
@@ -189,30 +182,21 @@ impl Driver {
                 self.proposals_since_start += 1;
                 self.pending_count += 1;
                 self.pending.entry(request_id).or_default().push(respond);
-                self.replica.propose(Proposal {
-                    request_id,
-                    payload: value,
-                });
+                self.replica.propose(Proposal { request_id, payload: value });
             }
             Request::History { from_slot, limit } => {
                 let result = self.history(from_slot, limit);
                 respond.send(Response::History(result));
             }
             Request::Status => respond.send(Response::Status(Box::new(self.status()))),
-            Request::Gc {
-                truncate_below,
-                force,
-            } => {
+            Request::Gc { truncate_below, force } => {
                 if !self.replica.is_leader() {
                     // gc goes through the leader: it alone knows how far every member applied.
                     let leader_addr = self.addr_of(self.replica.status().leader);
                     respond.send(Response::Gc(Err(GcError::NotLeader { leader_addr })));
                     return;
                 }
-                let result = self.replica.compact(Compaction {
-                    truncate_below,
-                    force,
-                });
+                let result = self.replica.compact(Compaction { truncate_below, force });
                 let response = match result {
                     Ok(report) => Ok(GcReport {
                         accepted_records_removed: report.accepted_records_removed,
@@ -220,9 +204,9 @@ impl Driver {
                         history_start: report.history_start,
                         chosen_upto: report.chosen_upto,
                     }),
-                    Err(CompactionError::NotLeader { leader_hint }) => Err(GcError::NotLeader {
-                        leader_addr: self.addr_of(leader_hint),
-                    }),
+                    Err(CompactionError::NotLeader { leader_hint }) => {
+                        Err(GcError::NotLeader { leader_addr: self.addr_of(leader_hint) })
+                    }
                     Err(error) => Err(GcError::Refused(error.to_string())),
                 };
                 respond.send(Response::Gc(response));
@@ -238,10 +222,7 @@ impl Driver {
         let history_start = self.replica.history_start();
         let chosen_upto = self.replica.chosen_upto();
         if from_slot < history_start {
-            return Err(HistoryError::Truncated {
-                requested: from_slot,
-                history_start,
-            });
+            return Err(HistoryError::Truncated { requested: from_slot, history_start });
         }
         let limit = limit.clamp(1, HISTORY_ENTRIES_MAX) as usize;
         let entries = self
@@ -255,11 +236,7 @@ impl Driver {
                 Value::Command { payload, .. } => (slot, Some(payload)),
             })
             .collect();
-        Ok(HistoryPage {
-            entries,
-            history_start,
-            chosen_upto,
-        })
+        Ok(HistoryPage { entries, history_start, chosen_upto })
     }
 
     fn status(&self) -> StatusReport {

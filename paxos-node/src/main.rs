@@ -23,12 +23,7 @@ struct Args {
 
     /// A member of the cluster as ID=HOST:PORT; repeat once per member, this node included.
     /// Default: this node alone, at its --listen address.
-    #[arg(
-        long = "peer",
-        env = "PAXOS_PEERS",
-        value_delimiter = ',',
-        value_name = "ID=ADDR"
-    )]
+    #[arg(long = "peer", env = "PAXOS_PEERS", value_delimiter = ',', value_name = "ID=ADDR")]
     peers: Vec<String>,
 
     /// Directory of this node's RocksDB database. Created on first start, then bound to this
@@ -68,10 +63,8 @@ fn parse_peers(args: &Args) -> anyhow::Result<BTreeMap<u64, String>> {
         let Some((id, addr)) = peer.split_once('=') else {
             bail!("--peer {peer:?} is not of the form ID=HOST:PORT");
         };
-        let id: u64 = id
-            .trim()
-            .parse()
-            .with_context(|| format!("--peer {peer:?}: {id:?} is not a node id"))?;
+        let id: u64 =
+            id.trim().parse().with_context(|| format!("--peer {peer:?}: {id:?} is not a node id"))?;
         if addr.trim().is_empty() {
             bail!("--peer {peer:?} has no address");
         }
@@ -105,10 +98,7 @@ async fn main() -> anyhow::Result<()> {
     let config = NodeConfig {
         id: args.id,
         listen: args.listen,
-        data_dir: args
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("paxos-data-{}", args.id))),
+        data_dir: args.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("paxos-data-{}", args.id))),
         members,
         cluster: args.cluster.clone(),
         tick: Duration::from_millis(args.tick_ms.max(1)),
@@ -116,9 +106,7 @@ async fn main() -> anyhow::Result<()> {
         election_timeout_ticks: args.election_ticks,
         value_bytes_max: args.value_bytes_max,
     };
-    let mut node = NodeHandle::start(config)
-        .await
-        .context("paxos-node cannot start")?;
+    let mut node = NodeHandle::start(config).await.context("paxos-node cannot start")?;
     tokio::select! {
         signal = shutdown_signal() => {
             tracing::info!("{}: shutting down", signal?);

@@ -36,10 +36,7 @@ pub enum StartError {
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
 }
 
 impl NodeHandle {
@@ -64,23 +61,15 @@ impl NodeHandle {
             config.data_dir.display()
         );
         // Election jitter only needs to differ between nodes and runs.
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
+        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
             ^ u64::from(std::process::id()) << 32
             ^ config.id;
         let replica = Replica::recover(config.core(), durable, seed);
         let listener = TcpListener::bind(config.listen)
             .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let local_addr =
+            listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut peers = BTreeMap::new();
@@ -115,12 +104,7 @@ impl NodeHandle {
         };
         tokio::spawn(server::serve(listener, context, shutdown_rx));
         tracing::info!(node = config.id, %local_addr, members = ?config.members, "serving");
-        Ok(NodeHandle {
-            local_addr,
-            inputs: inputs_tx,
-            shutdown: shutdown_tx,
-            driver_done: done_rx,
-        })
+        Ok(NodeHandle { local_addr, inputs: inputs_tx, shutdown: shutdown_tx, driver_done: done_rx })
     }
 
     /// Waits until the driver stops: after `shutdown`, or on a fatal storage error.

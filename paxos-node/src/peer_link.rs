@@ -81,10 +81,7 @@ async fn connect(identity: &LinkIdentity) -> Result<Framed<TcpStream, FrameCodec
         cluster_id: identity.cluster.clone(),
         caller: Caller::Node(identity.node_id),
     };
-    framed
-        .send(Frame::Hello(hello))
-        .await
-        .map_err(|e| e.to_string())?;
+    framed.send(Frame::Hello(hello)).await.map_err(|e| e.to_string())?;
     match tokio::time::timeout(CONNECT_TIMEOUT * 5, framed.next()).await {
         Ok(Some(Ok(Frame::Welcome(welcome)))) => {
             if welcome.node_id != identity.peer_id || welcome.cluster_id != identity.cluster {

@@ -91,19 +91,14 @@ async fn handle(
         Ok(Some(frame)) => frame?,
     };
     let Frame::Hello(hello) = hello else {
-        return Err(ConnectionError::Handshake(
-            "the first frame is not a Hello".into(),
-        ));
+        return Err(ConnectionError::Handshake("the first frame is not a Hello".into()));
     };
     if let Err(reason) = check_hello(&hello, &context) {
         let _ = framed.send(Frame::Refused(reason.clone())).await;
         return Err(ConnectionError::Handshake(reason));
     }
     framed
-        .send(Frame::Welcome(Welcome {
-            node_id: context.node_id,
-            cluster_id: context.cluster.clone(),
-        }))
+        .send(Frame::Welcome(Welcome { node_id: context.node_id, cluster_id: context.cluster.clone() }))
         .await?;
     match hello.caller {
         Caller::Node(peer) => {
@@ -129,10 +124,7 @@ fn check_hello(hello: &Hello, context: &ServerContext) -> Result<(), String> {
     }
     if let Caller::Node(peer) = hello.caller {
         if peer == context.node_id || !context.members.contains(&peer) {
-            return Err(format!(
-                "node {peer} is not a peer of node {} in this cluster",
-                context.node_id
-            ));
+            return Err(format!("node {peer} is not a peer of node {} in this cluster", context.node_id));
         }
     }
     Ok(())
@@ -197,11 +189,7 @@ async fn client_session(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break Ok(());
         };
-        let respond = Responder {
-            id,
-            frames: frames_tx.clone(),
-            permit: Some(permit),
-        };
+        let respond = Responder { id, frames: frames_tx.clone(), permit: Some(permit) };
         match context.inputs.try_send(Input::Client { request, respond }) {
             Ok(()) => {}
             Err(TrySendError::Full(Input::Client { respond, .. })) => {

@@ -35,12 +35,7 @@ pub enum StorageError {
     #[error("rocksdb at {path}: {source}")]
     Db { path: PathBuf, source: rocksdb::Error },
     #[error("corrupt record in {path} (column family {cf}, key {key}): {reason}")]
-    Corrupt {
-        path: PathBuf,
-        cf: &'static str,
-        key: String,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, cf: &'static str, key: String, reason: String },
     #[error(
         "data directory {path} belongs to node {found_node} of cluster {found_cluster:?}; \
          refusing to start it as node {node} of cluster {cluster:?}"
@@ -116,18 +111,11 @@ impl Storage {
         let cfs = [CF_META, CF_ACCEPTED, CF_HISTORY, CF_REQUESTS]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, options.clone()));
-        let db = DB::open_cf_descriptors(&options, path, cfs).map_err(|source| StorageError::Db {
-            path: path.to_owned(),
-            source,
-        })?;
+        let db = DB::open_cf_descriptors(&options, path, cfs)
+            .map_err(|source| StorageError::Db { path: path.to_owned(), source })?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        let storage = Storage {
-            db,
-            path: path.to_owned(),
-            sync,
-            fsyncs: 0,
-        };
+        let storage = Storage { db, path: path.to_owned(), sync, fsyncs: 0 };
         storage.check_identity(cluster, node)?;
         Ok(storage)
     }
@@ -152,9 +140,7 @@ impl Storage {
                 let mut batch = WriteBatch::default();
                 batch.put_cf(self.cf(CF_META), KEY_CLUSTER_ID, seal(&cluster.to_owned())?);
                 batch.put_cf(self.cf(CF_META), KEY_NODE_ID, seal(&node)?);
-                self.db
-                    .write_opt(batch, &self.sync)
-                    .map_err(|source| self.db_error(source))
+                self.db.write_opt(batch, &self.sync).map_err(|source| self.db_error(source))
             }
             _ => Err(StorageError::Corrupt {
                 path: self.path.clone(),
@@ -171,10 +157,7 @@ impl Storage {
     }
 
     fn db_error(&self, source: rocksdb::Error) -> StorageError {
-        StorageError::Db {
-            path: self.path.clone(),
-            source,
-        }
+        StorageError::Db { path: self.path.clone(), source }
     }
 
     fn unseal<T: serde::de::DeserializeOwned>(
@@ -190,10 +173,7 @@ impl Storage {
             reason,
         };
         if record.len() < 4 {
-            return Err(corrupt(format!(
-                "record of {} bytes is shorter than its checksum",
-                record.len()
-            )));
+            return Err(corrupt(format!("record of {} bytes is shorter than its checksum", record.len())));
         }
         let (checksum, body) = record.split_at(4);
         let expected = u32::from_be_bytes([checksum[0], checksum[1], checksum[2], checksum[3]]);
@@ -208,11 +188,7 @@ impl Storage {
         cf: &'static str,
         key: &[u8],
     ) -> Result<Option<T>, StorageError> {
-        match self
-            .db
-            .get_cf(self.cf(cf), key)
-            .map_err(|source| self.db_error(source))?
-        {
+        match self.db.get_cf(self.cf(cf), key).map_err(|source| self.db_error(source))? {
             Some(record) => self.unseal(cf, key, &record).map(Some),
             None => Ok(None),
         }
@@ -328,9 +304,7 @@ impl Storage {
                 }
             }
         }
-        self.db
-            .write_opt(batch, &self.sync)
-            .map_err(|source| self.db_error(source))?;
+        self.db.write_opt(batch, &self.sync).map_err(|source| self.db_error(source))?;
         self.fsyncs += 1;
         Ok(())
     }
@@ -347,10 +321,7 @@ impl Storage {
         let mut entries = Vec::new();
         let mut bytes = 0;
         let start = slot_key(from_slot);
-        for item in self.db.iterator_cf(
-            self.cf(CF_HISTORY),
-            IteratorMode::From(&start, Direction::Forward),
-        ) {
+        for item in self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::From(&start, Direction::Forward)) {
             let (key, record) = item.map_err(|source| self.db_error(source))?;
             let slot = self.slot_of(CF_HISTORY, &key)?;
             if slot >= upto_slot
@@ -378,9 +349,7 @@ impl Storage {
     /// Test hook: overwrites one raw record, to simulate corruption on disk.
     #[doc(hidden)]
     pub fn corrupt_for_test(&self, cf: &'static str, key: &[u8], bytes: &[u8]) -> Result<(), StorageError> {
-        self.db
-            .put_cf(self.cf(cf), key, bytes)
-            .map_err(|source| self.db_error(source))
+        self.db.put_cf(self.cf(cf), key, bytes).map_err(|source| self.db_error(source))
     }
 }
 
@@ -411,20 +380,9 @@ mod tests {
         storage
             .write(&[
                 PersistOp::Promise(Ballot::new(3, 2)),
-                PersistOp::Accept {
-                    slot: 0,
-                    ballot: Ballot::new(3, 2),
-                    value: command(1),
-                },
-                PersistOp::Accept {
-                    slot: 1,
-                    ballot: Ballot::new(3, 2),
-                    value: Value::Noop,
-                },
-                PersistOp::Apply {
-                    slot: 0,
-                    value: command(1),
-                },
+                PersistOp::Accept { slot: 0, ballot: Ballot::new(3, 2), value: command(1) },
+                PersistOp::Accept { slot: 1, ballot: Ballot::new(3, 2), value: Value::Noop },
+                PersistOp::Apply { slot: 0, value: command(1) },
                 PersistOp::ChosenUpto(1),
                 PersistOp::RequestInsert { request_id, slot: 0 },
             ])
@@ -436,10 +394,7 @@ mod tests {
         assert_eq!(state.accepted.len(), 2);
         assert_eq!(state.chosen_upto, 1);
         assert_eq!(state.requests.records(), vec![(request_id, 0)]);
-        assert_eq!(
-            storage.read_history(0, 10, 10, 1 << 20).expect("read"),
-            vec![(0, command(1))]
-        );
+        assert_eq!(storage.read_history(0, 10, 10, 1 << 20).expect("read"), vec![(0, command(1))]);
     }
 
     #[test]
@@ -449,23 +404,13 @@ mod tests {
         let mut reference = paxos_core::MemStorage::default();
         let mut ops = Vec::new();
         for slot in 0..10 {
-            ops.push(PersistOp::Accept {
-                slot,
-                ballot: Ballot::new(1, 1),
-                value: command(slot),
-            });
-            ops.push(PersistOp::Apply {
-                slot,
-                value: command(slot),
-            });
+            ops.push(PersistOp::Accept { slot, ballot: Ballot::new(1, 1), value: command(slot) });
+            ops.push(PersistOp::Apply { slot, value: command(slot) });
         }
         ops.push(PersistOp::ChosenUpto(10));
         ops.push(PersistOp::DeleteAcceptedBelow(5));
-        let snapshot = TruncationSnapshot {
-            history_start: 3,
-            table_upto: 10,
-            requests: RequestTable::default(),
-        };
+        let snapshot =
+            TruncationSnapshot { history_start: 3, table_upto: 10, requests: RequestTable::default() };
         ops.push(PersistOp::Truncate(snapshot));
         storage.write(&ops).expect("write");
         reference.apply(&ops);
@@ -486,10 +431,7 @@ mod tests {
         storage.write(&install).expect("write");
         reference.apply(&install);
         assert_eq!(storage.load().expect("load"), reference.durable_state());
-        assert!(storage
-            .read_history(0, 100, 100, 1 << 20)
-            .expect("read")
-            .is_empty());
+        assert!(storage.read_history(0, 100, 100, 1 << 20).expect("read").is_empty());
     }
 
     #[test]
@@ -499,28 +441,14 @@ mod tests {
         {
             let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
             let mut replica = Replica::new(config.clone(), 1);
-            let prepare = Message::Prepare {
-                ballot: Ballot::new(7, 2),
-                from_slot: 0,
-            };
-            replica.step(Envelope {
-                from: 2,
-                to: 1,
-                message: prepare,
-            });
+            let prepare = Message::Prepare { ballot: Ballot::new(7, 2), from_slot: 0 };
+            replica.step(Envelope { from: 2, to: 1, message: prepare });
             storage.write(&replica.take_ready().persist).expect("write");
         }
         let storage = Storage::open(dir.path(), "c", 1).expect("reopen");
         let mut replica = Replica::recover(config, storage.load().expect("load"), 2);
-        let prepare = Message::Prepare {
-            ballot: Ballot::new(6, 3),
-            from_slot: 0,
-        };
-        replica.step(Envelope {
-            from: 3,
-            to: 1,
-            message: prepare,
-        });
+        let prepare = Message::Prepare { ballot: Ballot::new(6, 3), from_slot: 0 };
+        replica.step(Envelope { from: 3, to: 1, message: prepare });
         let ready = replica.take_ready();
         assert!(ready.persist.is_empty());
         assert!(matches!(
@@ -534,22 +462,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
         storage
-            .write(&[PersistOp::Accept {
-                slot: 5,
-                ballot: Ballot::new(1, 1),
-                value: Value::Noop,
-            }])
+            .write(&[PersistOp::Accept { slot: 5, ballot: Ballot::new(1, 1), value: Value::Noop }])
             .expect("write");
-        let mut record = storage
-            .db
-            .get_cf(storage.cf(CF_ACCEPTED), slot_key(5))
-            .expect("get")
-            .expect("present");
+        let mut record =
+            storage.db.get_cf(storage.cf(CF_ACCEPTED), slot_key(5)).expect("get").expect("present");
         let last = record.len() - 1;
         record[last] ^= 0x40;
-        storage
-            .corrupt_for_test(cf::ACCEPTED, &slot_key(5), &record)
-            .expect("put");
+        storage.corrupt_for_test(cf::ACCEPTED, &slot_key(5), &record).expect("put");
         let error = storage.load().expect_err("corruption must be detected");
         let text = error.to_string();
         assert!(

@@ -19,11 +19,7 @@ pub fn binary(name: &str) -> PathBuf {
         dir.pop();
     }
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not found: run `cargo build --workspace --bins` first",
-        path.display()
-    );
+    assert!(path.exists(), "{} not found: run `cargo build --workspace --bins` first", path.display());
     path
 }
 
@@ -51,13 +47,9 @@ where
 /// Free ports on 127.0.0.1, found by binding port 0. The listeners are closed before the
 /// nodes bind, a small race that a retry-free test tolerates in practice on loopback.
 fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+    let listeners: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
 }
 
 #[derive(Debug)]
@@ -70,7 +62,10 @@ struct NodeProcess {
 #[derive(Debug)]
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// Where each node listens (clients use these).
     pub addrs: BTreeMap<u64, String>,
+    /// (from, to) -> the proxy node `from` uses to reach node `to`, when links are proxied.
+    proxies: BTreeMap<(u64, u64), crate::proxy::Proxy>,
     nodes: BTreeMap<u64, NodeProcess>,
     extra_args: Vec<String>,
 }
@@ -90,16 +85,45 @@ impl Cluster {
     pub fn new(size: u64) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("paxos-test-").tempdir()?;
         let ports = free_ports(size as usize);
-        let addrs = (1..=size)
-            .zip(ports)
-            .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
-            .collect();
-        Ok(Cluster {
-            dir,
-            addrs,
-            nodes: BTreeMap::new(),
-            extra_args: Vec::new(),
-        })
+        let addrs = (1..=size).zip(ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
+        Ok(Cluster { dir, addrs, proxies: BTreeMap::new(), nodes: BTreeMap::new(), extra_args: Vec::new() })
+    }
+
+    /// Like `start`, with a TCP proxy on every directed peer link, so tests can partition.
+    pub async fn start_with_proxies(size: u64) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster::new(size)?;
+        for from in 1..=size {
+            for to in (1..=size).filter(|to| *to != from) {
+                let proxy = crate::proxy::Proxy::start(cluster.addrs[&to].clone()).await?;
+                cluster.proxies.insert((from, to), proxy);
+            }
+        }
+        for id in 1..=size {
+            cluster.start_node(id)?;
+        }
+        cluster.wait_for_leader(Duration::from_secs(15)).await?;
+        Ok(cluster)
+    }
+
+    /// Cuts every link between `side` and the other nodes, both ways.
+    pub fn partition(&self, side: &[u64]) {
+        for ((from, to), proxy) in &self.proxies {
+            if side.contains(from) != side.contains(to) {
+                proxy.cut();
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        for proxy in self.proxies.values() {
+            proxy.heal();
+        }
+    }
+
+    /// Extra flags for every node started from now on.
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|a| a.to_string()).collect();
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
@@ -114,20 +138,14 @@ impl Cluster {
     /// The command line of node `id` on another data directory.
     pub fn node_command_with_dir(&self, id: u64, data_dir: &Path) -> Command {
         let mut command = Command::new(binary("paxos-node"));
-        command
-            .arg("--id")
-            .arg(id.to_string())
-            .arg("--listen")
-            .arg(&self.addrs[&id]);
+        command.arg("--id").arg(id.to_string()).arg("--listen").arg(&self.addrs[&id]);
         for (peer, addr) in &self.addrs {
+            let addr = self.proxies.get(&(id, *peer)).map(|p| &p.addr).unwrap_or(addr);
             command.arg("--peer").arg(format!("{peer}={addr}"));
         }
         command.arg("--data-dir").arg(data_dir);
         command.args(&self.extra_args);
-        command.env(
-            "RUST_LOG",
-            std::env::var("PAXOS_TEST_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        command.env("RUST_LOG", std::env::var("PAXOS_TEST_LOG").unwrap_or_else(|_| "info".into()));
         command
     }
 
@@ -140,13 +158,7 @@ impl Cluster {
             .stderr(file)
             .spawn()
             .with_context(|| format!("spawning node {id}"))?;
-        self.nodes.insert(
-            id,
-            NodeProcess {
-                child: Some(child),
-                log,
-            },
-        );
+        self.nodes.insert(id, NodeProcess { child: Some(child), log });
         Ok(())
     }
 
@@ -180,10 +192,7 @@ impl Cluster {
     }
 
     pub fn log(&self, id: u64) -> String {
-        self.nodes
-            .get(&id)
-            .and_then(|n| std::fs::read_to_string(&n.log).ok())
-            .unwrap_or_default()
+        self.nodes.get(&id).and_then(|n| std::fs::read_to_string(&n.log).ok()).unwrap_or_default()
     }
 
     pub fn log_path(&self, id: u64) -> Option<&Path> {
@@ -211,23 +220,39 @@ impl Cluster {
 
     /// Waits until every running node agrees on one leader; returns it.
     pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
-        let running: Vec<u64> = self
-            .addrs
-            .keys()
-            .copied()
-            .filter(|id| self.is_running(*id))
-            .collect();
-        wait_until("a leader every running node knows", timeout, || async {
+        let running: Vec<u64> = self.running();
+        self.wait_for_leader_among(&running, timeout).await
+    }
+
+    /// Waits until the given nodes agree on a leader that is one of them.
+    pub async fn wait_for_leader_among(&self, ids: &[u64], timeout: Duration) -> anyhow::Result<u64> {
+        wait_until("a leader the given nodes agree on", timeout, || async {
             let mut leaders = Vec::new();
-            for id in &running {
+            for id in ids {
                 leaders.push(self.status(*id).await?.leader);
             }
             match leaders.first() {
-                Some(Some(leader)) if leaders.iter().all(|l| *l == Some(*leader)) => Ok(Some(*leader)),
+                Some(Some(leader)) if ids.contains(leader) && leaders.iter().all(|l| *l == Some(*leader)) => {
+                    Ok(Some(*leader))
+                }
                 _ => Ok(None),
             }
         })
         .await
+    }
+
+    /// Ids of the nodes whose process runs.
+    pub fn running(&self) -> Vec<u64> {
+        self.addrs.keys().copied().filter(|id| self.is_running(*id)).collect()
+    }
+
+    /// Every running node's full history.
+    pub async fn histories(&self) -> anyhow::Result<BTreeMap<u64, Vec<(u64, Option<Vec<u8>>)>>> {
+        let mut histories = BTreeMap::new();
+        for id in self.running() {
+            histories.insert(id, self.history(id).await?);
+        }
+        Ok(histories)
     }
 
     /// The whole chosen history a node holds, as (slot, value) pairs.
@@ -259,12 +284,7 @@ impl Cluster {
     /// Waits until every running node has applied the same prefix of at least `min_upto`
     /// slots; returns that common length.
     pub async fn wait_converged(&self, min_upto: u64, timeout: Duration) -> anyhow::Result<u64> {
-        let running: Vec<u64> = self
-            .addrs
-            .keys()
-            .copied()
-            .filter(|id| self.is_running(*id))
-            .collect();
+        let running = self.running();
         wait_until("all running nodes to apply the same prefix", timeout, || async {
             let mut uptos = Vec::new();
             for id in &running {

@@ -1,7 +1,10 @@
 //! A harness for multi-process tests: real `paxos-node` processes on 127.0.0.1 with ports
 //! picked at run time and data directories in a temporary folder; start, SIGKILL, restart,
-//! stop; and waits on conditions with deadlines (never bare sleeps as synchronisation).
+//! stop; TCP proxies on peer links to cut and heal; a workload recorder and history checker;
+//! and waits on conditions with deadlines (never bare sleeps as synchronisation).
 
 pub mod cluster;
+pub mod proxy;
+pub mod workload;
 
 pub use cluster::{binary, wait_until, Cluster};

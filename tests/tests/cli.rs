@@ -24,37 +24,20 @@ fn cli_stdin(endpoints: &str, args: &[&str], input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn paxos-cli");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
     child.wait_with_output().expect("paxos-cli output")
 }
 
 fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "paxos-cli failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "paxos-cli failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout.clone()).expect("utf-8")
 }
 
 /// A failure: non-zero exit, nothing on stdout, exactly one line on stderr.
 fn one_line_error(output: &Output) -> String {
-    assert!(
-        !output.status.success(),
-        "expected failure, got {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    assert!(!output.status.success(), "expected failure, got {}", String::from_utf8_lossy(&output.stdout));
     let stderr = String::from_utf8(output.stderr.clone()).expect("utf-8");
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "stderr must be one line: {stderr:?}"
-    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "stderr must be one line: {stderr:?}");
     stderr
 }
 
@@ -74,14 +57,7 @@ async fn every_command_in_human_and_json_form() {
     assert_eq!(json, serde_json::json!({ "slot": 1 }));
     // --endpoint before or after the command, repeated.
     let out = Command::new(binary("paxos-cli"))
-        .args([
-            "--endpoint",
-            &node2,
-            "propose",
-            "third",
-            "--endpoint",
-            &cluster.addrs[&3],
-        ])
+        .args(["--endpoint", &node2, "propose", "third", "--endpoint", &cluster.addrs[&3]])
         .output()
         .expect("run");
     assert_eq!(stdout(&out).trim(), "2");
@@ -89,20 +65,10 @@ async fn every_command_in_human_and_json_form() {
     let lines: String = (0..500).map(|i| format!("line-{i}\n")).collect();
     let out = stdout(&cli_stdin(&all, &["propose", "--stdin"], &lines));
     let slots: Vec<u64> = out.lines().map(|l| l.parse().expect("slot")).collect();
-    assert_eq!(
-        slots,
-        (3..503).collect::<Vec<u64>>(),
-        "one slot per input line, in input order"
-    );
+    assert_eq!(slots, (3..503).collect::<Vec<u64>>(), "one slot per input line, in input order");
     let out = stdout(&cli_stdin(&all, &["propose", "--stdin", "--json"], "a\nb\n"));
-    let objects: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
-    assert_eq!(
-        objects,
-        vec![serde_json::json!({"slot": 503}), serde_json::json!({"slot": 504})]
-    );
+    let objects: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(objects, vec![serde_json::json!({"slot": 503}), serde_json::json!({"slot": 504})]);
 
     // history and status answer from the node asked: wait until node 2 has applied everything.
     wait_until("node 2 applies every slot", Duration::from_secs(10), || async {
@@ -114,10 +80,7 @@ async fn every_command_in_human_and_json_form() {
     assert_eq!(history, "1\tsecond\n2\tthird\n3\tline-0\n");
     let json: Value =
         serde_json::from_str(&stdout(&cli(&node2, &["history", "--json", "--from", "503"]))).expect("json");
-    assert_eq!(
-        json,
-        serde_json::json!([{"slot": 503, "value": "a"}, {"slot": 504, "value": "b"}])
-    );
+    assert_eq!(json, serde_json::json!([{"slot": 503, "value": "a"}, {"slot": 504, "value": "b"}]));
     let all_history = stdout(&cli(&node2, &["history"]));
     assert_eq!(all_history.lines().count(), 505);
 
@@ -136,47 +99,29 @@ async fn every_command_in_human_and_json_form() {
 
     // gc: human, then JSON with truncation, through whichever node (it goes to the leader).
     let out = stdout(&cli(&node2, &["gc"]));
-    assert!(
-        out.starts_with("removed ") && out.contains("history starts at 0"),
-        "{out}"
-    );
-    wait_until(
-        "the leader hears every member at 505",
-        Duration::from_secs(10),
-        || async {
-            let leader = cluster.wait_for_leader(Duration::from_secs(5)).await?;
-            let status = cluster.status(leader).await?;
-            Ok(status
-                .members
-                .iter()
-                .all(|m| m.chosen_upto == Some(505))
-                .then_some(()))
-        },
-    )
+    assert!(out.starts_with("removed ") && out.contains("history starts at 0"), "{out}");
+    wait_until("the leader hears every member at 505", Duration::from_secs(10), || async {
+        let leader = cluster.wait_for_leader(Duration::from_secs(5)).await?;
+        let status = cluster.status(leader).await?;
+        Ok(status.members.iter().all(|m| m.chosen_upto == Some(505)).then_some(()))
+    })
     .await
     .expect("progress known");
-    let json: Value = serde_json::from_str(&stdout(&cli(
-        &node2,
-        &["gc", "--truncate-below", "100", "--json"],
-    )))
-    .expect("json");
+    let json: Value =
+        serde_json::from_str(&stdout(&cli(&node2, &["gc", "--truncate-below", "100", "--json"])))
+            .expect("json");
     assert_eq!(json["history_start"], 100);
     assert_eq!(json["history_entries_removed"], 100);
     assert_eq!(json["chosen_upto"], 505);
 
     // A no-op prints as an empty value: none here, so check the format through JSON's null
     // elsewhere (the teaching scenario fills holes); the history from the cut is intact.
-    wait_until(
-        "node 2 follows the truncation",
-        Duration::from_secs(10),
-        || async { Ok((cluster.status(2).await?.history_start == 100).then_some(())) },
-    )
+    wait_until("node 2 follows the truncation", Duration::from_secs(10), || async {
+        Ok((cluster.status(2).await?.history_start == 100).then_some(()))
+    })
     .await
     .expect("truncated");
-    assert_eq!(
-        stdout(&cli(&node2, &["history", "--from", "100", "--limit", "1"])),
-        "100\tline-97\n"
-    );
+    assert_eq!(stdout(&cli(&node2, &["history", "--from", "100", "--limit", "1"])), "100\tline-97\n");
     let error = one_line_error(&cli(&node2, &["history", "--from", "5"]));
     assert!(error.contains("truncated") && error.contains("100"), "{error}");
     let error = one_line_error(&cli(&node2, &["history"]));
@@ -186,11 +131,7 @@ async fn every_command_in_human_and_json_form() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_paths_exit_non_zero_with_one_line() {
     // Nothing listens on a port we just released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let dead = format!("127.0.0.1:{port}");
     let error = one_line_error(&cli(&dead, &["propose", "x", "--timeout-ms", "500"]));
     assert!(error.contains("no endpoint reachable"), "{error}");
@@ -207,30 +148,20 @@ async fn error_paths_exit_non_zero_with_one_line() {
 
     // A majority down: no quorum within the timeout.
     let mut cluster = Cluster::start(3).await.expect("cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
     let survivor = (1..=3).find(|id| *id != leader).expect("survivor");
     for id in 1..=3 {
         if id != survivor {
             cluster.kill(id).expect("kill");
         }
     }
-    let output = cli(
-        &cluster.addrs[&survivor],
-        &["propose", "lonely", "--timeout-ms", "2000"],
-    );
+    let output = cli(&cluster.addrs[&survivor], &["propose", "lonely", "--timeout-ms", "2000"]);
     let error = one_line_error(&output);
     assert!(error.contains("no quorum"), "{error}");
 
     // A value over the limit is refused before it reaches the log.
     let big = format!("{}\n", "x".repeat((1 << 20) + 1));
-    let output = cli_stdin(
-        &cluster.addrs[&survivor],
-        &["propose", "--stdin", "--timeout-ms", "2000"],
-        &big,
-    );
+    let output = cli_stdin(&cluster.addrs[&survivor], &["propose", "--stdin", "--timeout-ms", "2000"], &big);
     let error = one_line_error(&output);
     assert!(error.contains("exceeds the limit"), "{error}");
 }
@@ -244,10 +175,7 @@ async fn demo_starts_a_cluster_shows_it_working_and_leaves_it_running() {
     assert!(out.contains("was elected leader"), "{out}");
     assert!(out.contains("kill -9 of the leader"), "{out}");
     for id in 1..=3 {
-        assert!(
-            out.contains(&format!("node {id}: 9 slots, identical: true")),
-            "{out}"
-        );
+        assert!(out.contains(&format!("node {id}: 9 slots, identical: true")), "{out}");
     }
     let endpoints = out
         .lines()

@@ -9,10 +9,7 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Asserts every running node holds the same history and that each acknowledged value sits at
 /// its acknowledged slot.
 async fn assert_histories_agree(cluster: &Cluster, acknowledged: &[(u64, String)], ids: &[u64]) {
-    let upto = cluster
-        .wait_converged(acknowledged.len() as u64, CONVERGE_TIMEOUT)
-        .await
-        .expect("converged");
+    let upto = cluster.wait_converged(acknowledged.len() as u64, CONVERGE_TIMEOUT).await.expect("converged");
     let reference = cluster.history(ids[0]).await.expect("history");
     assert_eq!(reference.len() as u64, upto);
     for id in &ids[1..] {
@@ -26,11 +23,7 @@ async fn assert_histories_agree(cluster: &Cluster, acknowledged: &[(u64, String)
     for (slot, value) in acknowledged {
         let entry = &reference[*slot as usize];
         assert_eq!(entry.0, *slot);
-        assert_eq!(
-            entry.1.as_deref(),
-            Some(value.as_bytes()),
-            "acknowledged value missing at slot {slot}"
-        );
+        assert_eq!(entry.1.as_deref(), Some(value.as_bytes()), "acknowledged value missing at slot {slot}");
     }
     // No value twice.
     let mut values: Vec<_> = reference.iter().filter_map(|(_, v)| v.clone()).collect();
@@ -41,11 +34,7 @@ async fn assert_histories_agree(cluster: &Cluster, acknowledged: &[(u64, String)
 }
 
 async fn propose_through(cluster: &Cluster, id: u64, value: String, acknowledged: &mut Vec<(u64, String)>) {
-    let slot = cluster
-        .client_for(&[id])
-        .propose(value.clone().into_bytes())
-        .await
-        .expect("proposal chosen");
+    let slot = cluster.client_for(&[id]).propose(value.clone().into_bytes()).await.expect("proposal chosen");
     acknowledged.push((slot, value));
 }
 
@@ -56,20 +45,14 @@ async fn three_nodes_survive_kill_9_of_leader_and_follower() {
     for id in 1..=3 {
         propose_through(&cluster, id, format!("through-{id}"), &mut acknowledged).await;
     }
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
     cluster.kill(leader).expect("kill leader");
     let survivors: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     for (i, id) in survivors.iter().enumerate() {
         propose_through(&cluster, *id, format!("after-leader-kill-{i}"), &mut acknowledged).await;
     }
     cluster.start_node(leader).expect("restart old leader");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     cluster.kill(follower).expect("kill follower");
     propose_through(&cluster, leader, "after-follower-kill".into(), &mut acknowledged).await;
@@ -90,9 +73,7 @@ async fn bad_connections_are_closed_and_the_node_keeps_serving() {
     ];
     for bytes in attempts {
         let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         let _ = stream.write_all(&bytes);
         let _ = stream.shutdown(std::net::Shutdown::Write);
         let mut sink = Vec::new();
@@ -102,22 +83,13 @@ async fn bad_connections_are_closed_and_the_node_keeps_serving() {
     let mut options = paxos_node::client::ClientOptions::new(vec![addr.clone()]);
     options.cluster = "someone-else".into();
     options.timeout = Duration::from_secs(2);
-    let error = paxos_node::client::Client::new(options)
-        .expect("client")
-        .status()
-        .await
-        .expect_err("refused");
+    let error =
+        paxos_node::client::Client::new(options).expect("client").status().await.expect_err("refused");
     assert!(error.to_string().contains("cluster"), "{error}");
     // Still serving.
-    let slot = cluster
-        .client_for(&[1])
-        .propose(b"still-alive".to_vec())
-        .await
-        .expect("propose");
+    let slot = cluster.client_for(&[1]).propose(b"still-alive".to_vec()).await.expect("propose");
     assert_eq!(
-        cluster.history(1).await.expect("history")[slot as usize]
-            .1
-            .as_deref(),
+        cluster.history(1).await.expect("history")[slot as usize].1.as_deref(),
         Some(&b"still-alive"[..])
     );
     assert!(cluster.log(1).contains("connection closed"));
@@ -142,11 +114,9 @@ async fn sigterm_stops_a_node_gracefully() {
     let status = cluster.stop(1).expect("stop");
     assert!(status.success(), "exit status {status}");
     cluster.start_node(1).expect("restart");
-    let history = wait_until(
-        "node 1 back with its history",
-        Duration::from_secs(10),
-        || async { Ok(cluster.history(1).await.ok().filter(|h| !h.is_empty())) },
-    )
+    let history = wait_until("node 1 back with its history", Duration::from_secs(10), || async {
+        Ok(cluster.history(1).await.ok().filter(|h| !h.is_empty()))
+    })
     .await
     .expect("history");
     assert_eq!(history, vec![(0, Some(b"x".to_vec()))]);

@@ -45,9 +45,7 @@ impl Checker {
             match self.proposed.get(request_id) {
                 Some(proposed) if proposed == payload => {}
                 _ => {
-                    return Err(format!(
-                        "validity: node {node} applied {value:?} at {slot}, never proposed"
-                    ))
+                    return Err(format!("validity: node {node} applied {value:?} at {slot}, never proposed"))
                 }
             }
         }
@@ -61,9 +59,7 @@ impl Checker {
             None => {
                 if let Some(request_id) = value.request_id() {
                     if let Some(other) = self.request_slots.insert(request_id, slot) {
-                        return Err(format!(
-                            "exactly-once: {request_id} chosen at slots {other} and {slot}"
-                        ));
+                        return Err(format!("exactly-once: {request_id} chosen at slots {other} and {slot}"));
                     }
                 }
                 self.history.insert(slot, value.clone());
@@ -84,23 +80,17 @@ impl Checker {
     pub fn on_acknowledged(&mut self, request_id: RequestId, slot: Slot) -> Result<(), String> {
         if let Some(previous) = self.acknowledged.insert(request_id, slot) {
             if previous != slot {
-                return Err(format!(
-                    "exactly-once: {request_id} acknowledged at {previous} and at {slot}"
-                ));
+                return Err(format!("exactly-once: {request_id} acknowledged at {previous} and at {slot}"));
             }
         }
         match self.history.get(&slot) {
-            Some(Value::Command {
-                request_id: at_slot, ..
-            }) if *at_slot == request_id => Ok(()),
-            Some(other) => Err(format!(
-                "durability: {request_id} acknowledged at {slot}, which holds {other:?}"
-            )),
+            Some(Value::Command { request_id: at_slot, .. }) if *at_slot == request_id => Ok(()),
+            Some(other) => {
+                Err(format!("durability: {request_id} acknowledged at {slot}, which holds {other:?}"))
+            }
             // The answering node applied it; no node may have reported it to the checker yet
             // only if the reply raced the apply, which the driver order rules out.
-            None => Err(format!(
-                "acknowledged {request_id} at {slot} before any node applied it"
-            )),
+            None => Err(format!("acknowledged {request_id} at {slot} before any node applied it")),
         }
     }
 

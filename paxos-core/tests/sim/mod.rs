@@ -157,17 +157,10 @@ impl Simulation {
         let members: Vec<NodeId> = (1..=scenario.nodes).collect();
         let mut nodes = BTreeMap::new();
         for id in &members {
-            let mut node = SimNode {
-                replica: None,
-                storage: MemStorage::default(),
-                restart_at: None,
-                incarnation: 0,
-            };
+            let mut node =
+                SimNode { replica: None, storage: MemStorage::default(), restart_at: None, incarnation: 0 };
             if !scenario.down_at_start.contains(id) {
-                node.replica = Some(Replica::new(
-                    Self::config(&scenario, &members, *id),
-                    rng.next_u64(),
-                ));
+                node.replica = Some(Replica::new(Self::config(&scenario, &members, *id), rng.next_u64()));
             }
             nodes.insert(*id, node);
         }
@@ -272,29 +265,18 @@ impl Simulation {
     }
 
     fn converged(&self) -> bool {
-        let all_done = self
-            .clients
-            .iter()
-            .all(|c| c.done == self.scenario.requests_per_client);
+        let all_done = self.clients.iter().all(|c| c.done == self.scenario.requests_per_client);
         if !all_done {
             return false;
         }
-        let uptos: Vec<Slot> = self
-            .nodes
-            .values()
-            .filter_map(|n| n.replica.as_ref())
-            .map(|r| r.chosen_upto())
-            .collect();
+        let uptos: Vec<Slot> =
+            self.nodes.values().filter_map(|n| n.replica.as_ref()).map(|r| r.chosen_upto()).collect();
         let max = uptos.iter().copied().max().unwrap_or(0);
         uptos.iter().all(|u| *u == max) && self.checker.max_acknowledged_slot().is_none_or(|s| s < max)
     }
 
     fn final_views(&self) -> Vec<(NodeId, &MemStorage)> {
-        self.nodes
-            .iter()
-            .filter(|(_, n)| n.replica.is_some())
-            .map(|(id, n)| (*id, &n.storage))
-            .collect()
+        self.nodes.iter().filter(|(_, n)| n.replica.is_some()).map(|(id, n)| (*id, &n.storage)).collect()
     }
 
     fn step(&mut self) -> Result<(), String> {
@@ -344,20 +326,15 @@ impl Simulation {
                 return Ok(());
             }
             if !self.healed
-                && self
-                    .rng
-                    .chance(self.scenario.faults.crash_mid_ready_per_mille, 1000)
+                && self.rng.chance(self.scenario.faults.crash_mid_ready_per_mille, 1000)
                 && self.rng.chance(1, 20)
             {
                 // Crash before the batch is durable: it is lost, and nothing of it was sent.
                 self.crash(id);
                 return Ok(());
             }
-            let installs = ready
-                .persist
-                .iter()
-                .filter(|op| matches!(op, PersistOp::InstallSnapshot(_)))
-                .count();
+            let installs =
+                ready.persist.iter().filter(|op| matches!(op, PersistOp::InstallSnapshot(_))).count();
             self.stats.snapshot_installs += installs as u64;
             let node = self.nodes.get_mut(&id).expect("node exists");
             node.storage.apply(&ready.persist);
@@ -395,11 +372,7 @@ impl Simulation {
         request_id: RequestId,
         outcome: Result<Slot, ProposalError>,
     ) -> Result<(), String> {
-        let Some(client) = self
-            .clients
-            .iter_mut()
-            .find(|c| c.client_id == request_id.client_id)
-        else {
+        let Some(client) = self.clients.iter_mut().find(|c| c.client_id == request_id.client_id) else {
             return Err(format!("reply for unknown client {request_id}"));
         };
         match outcome {
@@ -465,10 +438,7 @@ impl Simulation {
 
     fn send_request(&mut self, index: usize, seq: u64, node: NodeId) {
         let client = &mut self.clients[index];
-        let request_id = RequestId {
-            client_id: client.client_id,
-            seq,
-        };
+        let request_id = RequestId { client_id: client.client_id, seq };
         client.outstanding.insert(seq, (node, self.now));
         let payload = format!("c{}-{}", client.client_id, seq).into_bytes();
         self.checker.on_propose(request_id, &payload);
@@ -480,12 +450,8 @@ impl Simulation {
     fn inject_faults(&mut self) {
         let faults = self.scenario.faults.clone();
         if self.rng.chance(faults.crash_per_mille, 1000) {
-            let alive: Vec<NodeId> = self
-                .nodes
-                .iter()
-                .filter(|(_, n)| n.replica.is_some())
-                .map(|(id, _)| *id)
-                .collect();
+            let alive: Vec<NodeId> =
+                self.nodes.iter().filter(|(_, n)| n.replica.is_some()).map(|(id, _)| *id).collect();
             if !alive.is_empty() {
                 let victim = alive[self.rng.range(0, alive.len() as u64) as usize];
                 self.crash(victim);
@@ -494,12 +460,8 @@ impl Simulation {
         if self.rng.chance(faults.partition_per_mille, 1000) {
             self.stats.partitions += 1;
             let duration = self.rng.range(20, 200);
-            let mut side: Vec<NodeId> = self
-                .members
-                .iter()
-                .copied()
-                .filter(|_| self.rng.chance(1, 2))
-                .collect();
+            let mut side: Vec<NodeId> =
+                self.members.iter().copied().filter(|_| self.rng.chance(1, 2)).collect();
             if side.is_empty() {
                 side.push(self.members[0]);
             }

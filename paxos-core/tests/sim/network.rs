@@ -16,29 +16,18 @@ pub struct Network {
 
 impl Network {
     pub fn new(faults: Faults) -> Self {
-        Network {
-            faults,
-            in_flight: Vec::new(),
-            sequence: 0,
-            partition: None,
-            healed: false,
-        }
+        Network { faults, in_flight: Vec::new(), sequence: 0, partition: None, healed: false }
     }
 
     pub fn send(&mut self, envelope: Envelope, now: u64, rng: &mut Rng) {
         if !self.healed && rng.chance(self.faults.loss_per_mille, 1000) {
             return;
         }
-        let copies = if !self.healed && rng.chance(self.faults.duplicate_per_mille, 1000) {
-            2
-        } else {
-            1
-        };
+        let copies = if !self.healed && rng.chance(self.faults.duplicate_per_mille, 1000) { 2 } else { 1 };
         for _ in 0..copies {
             let delay = rng.range(1, self.faults.delay_ticks_max + 1);
             self.sequence += 1;
-            self.in_flight
-                .push((now + delay, self.sequence, envelope.clone()));
+            self.in_flight.push((now + delay, self.sequence, envelope.clone()));
         }
     }
 

@@ -1,0 +1,122 @@
+//! A small TCP proxy for one directed peer link (node A's connections to node B), which a test
+//! can cut (partition), heal, or slow down.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+#[derive(Debug, Default)]
+struct LinkState {
+    cut: AtomicBool,
+    delay_ms: AtomicU64,
+}
+
+/// Handle to a running proxy. Dropping it stops the proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    pub addr: String,
+    state: Arc<LinkState>,
+    /// Bumped on every cut, so live connections close at once.
+    generation: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listens on a free 127.0.0.1 port and forwards every connection to `target`.
+    pub async fn start(target: String) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let state = Arc::new(LinkState::default());
+        let (generation, _) = watch::channel(0u64);
+        let task_state = state.clone();
+        let task_generation = generation.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if task_state.cut.load(Ordering::SeqCst) {
+                    drop(inbound); // refused while cut
+                    continue;
+                }
+                let state = task_state.clone();
+                let target = target.clone();
+                let cut_signal = task_generation.subscribe();
+                tokio::spawn(async move {
+                    if let Ok(outbound) = TcpStream::connect(&target).await {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        pipe(inbound, outbound, state, cut_signal).await;
+                    }
+                });
+            }
+        });
+        Ok(Proxy { addr, state, generation, task })
+    }
+
+    /// Drops every connection and refuses new ones until `heal`.
+    pub fn cut(&self) {
+        self.state.cut.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn heal(&self) {
+        self.state.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Delays every chunk forwarded by this much.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+async fn pipe(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    state: Arc<LinkState>,
+    mut cut_signal: watch::Receiver<u64>,
+) {
+    let (mut in_read, mut in_write) = inbound.into_split();
+    let (mut out_read, mut out_write) = outbound.into_split();
+    let forward_state = state.clone();
+    let forward = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = in_read.read(&mut buffer).await.unwrap_or(0);
+            if n == 0 || forward_state.cut.load(Ordering::SeqCst) {
+                break;
+            }
+            let delay = forward_state.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            if out_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let backward = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = out_read.read(&mut buffer).await.unwrap_or(0);
+            if n == 0 || state.cut.load(Ordering::SeqCst) {
+                break;
+            }
+            if in_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = forward => {}
+        _ = backward => {}
+        _ = cut_signal.changed() => {}
+    }
+}
