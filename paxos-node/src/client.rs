@@ -228,6 +228,11 @@ impl Client {
         })
     }
 
+    /// A new client with the same options but its own id and connection (a clone shares them).
+    pub fn clone_fresh(&self) -> Client {
+        Client::new((*self.options).clone()).expect("options were valid")
+    }
+
     pub fn client_id(&self) -> u64 {
         self.client_id
     }

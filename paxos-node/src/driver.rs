@@ -77,6 +77,8 @@ pub struct Driver {
     applied_since_start: u64,
     proposals_since_start: u64,
     ticks: u64,
+    /// A storage failure met outside the Ready path; the loop stops on it.
+    fatal: Option<StorageError>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -102,6 +104,7 @@ impl Driver {
             applied_since_start: 0,
             proposals_since_start: 0,
             ticks: 0,
+            fatal: None,
         }
     }
 
@@ -136,6 +139,9 @@ impl Driver {
             }
             if let Err(error) = self.process_ready() {
                 break Err(error);
+            }
+            if let Some(error) = self.fatal.take() {
+                break Err(error.into());
             }
             if stop {
                 break Ok(());
@@ -218,17 +224,20 @@ impl Driver {
         node.and_then(|id| self.config.members.get(&id).cloned())
     }
 
-    fn history(&self, from_slot: u64, limit: u64) -> Result<HistoryPage, HistoryError> {
+    fn history(&mut self, from_slot: u64, limit: u64) -> Result<HistoryPage, HistoryError> {
         let history_start = self.replica.history_start();
         let chosen_upto = self.replica.chosen_upto();
         if from_slot < history_start {
             return Err(HistoryError::Truncated { requested: from_slot, history_start });
         }
         let limit = limit.clamp(1, HISTORY_ENTRIES_MAX) as usize;
-        let entries = self
-            .storage
-            .read_history(from_slot, chosen_upto, limit, HISTORY_BYTES_MAX)
-            .map_err(|error| HistoryError::Storage(error.to_string()))?;
+        let entries =
+            self.storage.read_history(from_slot, chosen_upto, limit, HISTORY_BYTES_MAX).map_err(|error| {
+                let text = error.to_string();
+                // A record that fails its checksum means the disk cannot be trusted: stop.
+                self.fatal = Some(error);
+                HistoryError::Storage(text)
+            })?;
         let entries = entries
             .into_iter()
             .map(|(slot, value)| match value {

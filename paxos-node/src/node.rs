@@ -49,7 +49,7 @@ impl NodeHandle {
                 config.data_dir.display()
             ))
         })?;
-        let storage = Storage::open(&config.data_dir, &config.cluster, config.id)?;
+        let mut storage = Storage::open(&config.data_dir, &config.cluster, config.id)?;
         let durable = storage.load()?;
         tracing::info!(
             node = config.id,

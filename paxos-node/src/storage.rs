@@ -22,6 +22,7 @@ const CF_META: &str = "meta";
 const CF_ACCEPTED: &str = "accepted";
 const CF_HISTORY: &str = "history";
 const CF_REQUESTS: &str = "requests";
+const CF_NAMES: [&str; 4] = [CF_META, CF_ACCEPTED, CF_HISTORY, CF_REQUESTS];
 
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 const KEY_NODE_ID: &[u8] = b"node_id";
@@ -57,6 +58,8 @@ pub struct Storage {
     path: PathBuf,
     sync: WriteOptions,
     fsyncs: u64,
+    /// What the read-only check at open recovered, for the first `load`.
+    preloaded: Option<DurableState>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -76,10 +79,11 @@ fn request_key(request_id: RequestId) -> [u8; 16] {
     key
 }
 
-fn key_text(key: &[u8]) -> String {
-    match key.len() {
-        8 => format!("slot {}", u64::from_be_bytes(key.try_into().unwrap_or([0; 8]))),
-        _ => String::from_utf8_lossy(key).into_owned(),
+/// A key as a person reads it: meta keys are names, other 8-byte keys are slots.
+fn key_text(cf: &str, key: &[u8]) -> String {
+    match (cf, <[u8; 8]>::try_from(key)) {
+        (CF_META, _) | (_, Err(_)) => String::from_utf8_lossy(key).into_owned(),
+        (_, Ok(bytes)) => format!("slot {}", u64::from_be_bytes(bytes)),
     }
 }
 
@@ -97,6 +101,10 @@ impl Storage {
     ///
     /// The first start writes the identity; every later start checks it, so a data directory
     /// is never silently reused by another node or cluster (that would break its promises).
+    ///
+    /// An existing directory is first opened read-only to check the identity and every record
+    /// recovery needs: a refused start (wrong node, corrupt record) must leave the directory as
+    /// it was, and a read-write open already writes (WAL replay, a new MANIFEST).
     pub fn open(path: &Path, cluster: &str, node: NodeId) -> Result<Self, StorageError> {
         let mut options = Options::default();
         options.create_if_missing(true);
@@ -108,19 +116,35 @@ impl Storage {
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_cache(&rocksdb::Cache::new_lru_cache(8 << 20));
         options.set_block_based_table_factory(&table);
-        let cfs = [CF_META, CF_ACCEPTED, CF_HISTORY, CF_REQUESTS]
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, options.clone()));
-        let db = DB::open_cf_descriptors(&options, path, cfs)
-            .map_err(|source| StorageError::Db { path: path.to_owned(), source })?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        let storage = Storage { db, path: path.to_owned(), sync, fsyncs: 0 };
-        storage.check_identity(cluster, node)?;
+        let db_error = |source| StorageError::Db { path: path.to_owned(), source };
+        let mut preloaded = None;
+        if path.join("CURRENT").exists() {
+            let db = DB::open_cf_for_read_only(&options, path, CF_NAMES, false).map_err(db_error)?;
+            let read_only = Storage {
+                db,
+                path: path.to_owned(),
+                sync: WriteOptions::default(),
+                fsyncs: 0,
+                preloaded: None,
+            };
+            read_only.check_identity(cluster, node, false)?;
+            preloaded = Some(read_only.read_state()?);
+        }
+        let cfs = CF_NAMES.into_iter().map(|name| ColumnFamilyDescriptor::new(name, options.clone()));
+        let db = DB::open_cf_descriptors(&options, path, cfs).map_err(db_error)?;
+        let storage = Storage { db, path: path.to_owned(), sync, fsyncs: 0, preloaded };
+        storage.check_identity(cluster, node, true)?;
         Ok(storage)
     }
 
-    fn check_identity(&self, cluster: &str, node: NodeId) -> Result<(), StorageError> {
+    fn check_identity(
+        &self,
+        cluster: &str,
+        node: NodeId,
+        write_if_missing: bool,
+    ) -> Result<(), StorageError> {
         let found_cluster: Option<String> = self.get(CF_META, KEY_CLUSTER_ID)?;
         let found_node: Option<NodeId> = self.get(CF_META, KEY_NODE_ID)?;
         match (found_cluster, found_node) {
@@ -136,6 +160,7 @@ impl Storage {
                 }
                 Ok(())
             }
+            (None, None) if !write_if_missing => Ok(()),
             (None, None) => {
                 let mut batch = WriteBatch::default();
                 batch.put_cf(self.cf(CF_META), KEY_CLUSTER_ID, seal(&cluster.to_owned())?);
@@ -169,7 +194,7 @@ impl Storage {
         let corrupt = |reason: String| StorageError::Corrupt {
             path: self.path.clone(),
             cf,
-            key: key_text(key),
+            key: key_text(cf, key),
             reason,
         };
         if record.len() < 4 {
@@ -196,7 +221,16 @@ impl Storage {
 
     /// Everything the replica recovers from. Reads the accepted records and the duplicate table
     /// (both bounded by garbage collection and table limits), never the history.
-    pub fn load(&self) -> Result<DurableState, StorageError> {
+    ///
+    /// The state read while checking the directory at open is handed out once, not read again.
+    pub fn load(&mut self) -> Result<DurableState, StorageError> {
+        match self.preloaded.take() {
+            Some(state) => Ok(state),
+            None => self.read_state(),
+        }
+    }
+
+    fn read_state(&self) -> Result<DurableState, StorageError> {
         let promised: Ballot = self.get(CF_META, KEY_PROMISED)?.unwrap_or(Ballot::ZERO);
         let chosen_upto: Slot = self.get(CF_META, KEY_CHOSEN_UPTO)?.unwrap_or(0);
         let truncation: TruncationSnapshot = self.get(CF_META, KEY_TRUNCATION)?.unwrap_or_default();
@@ -346,6 +380,12 @@ impl Storage {
         &self.path
     }
 
+    /// Test hook: one raw record as stored (checksum included).
+    #[doc(hidden)]
+    pub fn raw_record_for_test(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db.get_cf(self.cf(cf), key).map_err(|source| self.db_error(source))
+    }
+
     /// Test hook: overwrites one raw record, to simulate corruption on disk.
     #[doc(hidden)]
     pub fn corrupt_for_test(&self, cf: &'static str, key: &[u8], bytes: &[u8]) -> Result<(), StorageError> {
@@ -356,6 +396,7 @@ impl Storage {
 /// Column family names, for tests that corrupt records on purpose.
 pub mod cf {
     pub const META: &str = super::CF_META;
+    pub const KEY_PROMISED: &[u8] = super::KEY_PROMISED;
     pub const ACCEPTED: &str = super::CF_ACCEPTED;
     pub const HISTORY: &str = super::CF_HISTORY;
 }
@@ -388,7 +429,7 @@ mod tests {
             ])
             .expect("write");
         drop(storage);
-        let storage = Storage::open(dir.path(), "c", 1).expect("reopen");
+        let mut storage = Storage::open(dir.path(), "c", 1).expect("reopen");
         let state = storage.load().expect("load");
         assert_eq!(state.promised, Ballot::new(3, 2));
         assert_eq!(state.accepted.len(), 2);
@@ -445,7 +486,7 @@ mod tests {
             replica.step(Envelope { from: 2, to: 1, message: prepare });
             storage.write(&replica.take_ready().persist).expect("write");
         }
-        let storage = Storage::open(dir.path(), "c", 1).expect("reopen");
+        let mut storage = Storage::open(dir.path(), "c", 1).expect("reopen");
         let mut replica = Replica::recover(config, storage.load().expect("load"), 2);
         let prepare = Message::Prepare { ballot: Ballot::new(6, 3), from_slot: 0 };
         replica.step(Envelope { from: 3, to: 1, message: prepare });

@@ -241,13 +241,19 @@ impl Cluster {
         .await
     }
 
+    /// The applied prefix of the current leader (waiting for one).
+    pub async fn status_any_leader(&self) -> u64 {
+        let leader = self.wait_for_leader(Duration::from_secs(30)).await.expect("leader");
+        self.status(leader).await.map(|s| s.chosen_upto).unwrap_or(0)
+    }
+
     /// Ids of the nodes whose process runs.
     pub fn running(&self) -> Vec<u64> {
         self.addrs.keys().copied().filter(|id| self.is_running(*id)).collect()
     }
 
     /// Every running node's full history.
-    pub async fn histories(&self) -> anyhow::Result<BTreeMap<u64, Vec<(u64, Option<Vec<u8>>)>>> {
+    pub async fn histories(&self) -> anyhow::Result<crate::workload::Histories> {
         let mut histories = BTreeMap::new();
         for id in self.running() {
             histories.insert(id, self.history(id).await?);
@@ -256,7 +262,7 @@ impl Cluster {
     }
 
     /// The whole chosen history a node holds, as (slot, value) pairs.
-    pub async fn history(&self, id: u64) -> anyhow::Result<Vec<(u64, Option<Vec<u8>>)>> {
+    pub async fn history(&self, id: u64) -> anyhow::Result<crate::workload::History> {
         let client = self.client_for(&[id]);
         let mut entries = Vec::new();
         let mut next = 0;

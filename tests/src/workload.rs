@@ -14,6 +14,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// One node's history: (slot, value), a no-op as `None`.
+pub type History = Vec<(Slot, Option<Vec<u8>>)>;
+/// Every node's history.
+pub type Histories = BTreeMap<u64, History>;
+
 /// One proposal and what its client saw.
 #[derive(Clone, Debug)]
 pub struct Operation {
@@ -78,7 +83,7 @@ impl Report {
 }
 
 /// Checks the recorded operations against the histories of the nodes (`node id -> entries`).
-pub fn check(operations: &[Operation], histories: &BTreeMap<u64, Vec<(Slot, Option<Vec<u8>>)>>) -> Report {
+pub fn check(operations: &[Operation], histories: &Histories) -> Report {
     let mut report = Report { operations: operations.len(), ..Report::default() };
     // Identical histories over the common range.
     let mut agreed: BTreeMap<Slot, Option<Vec<u8>>> = BTreeMap::new();

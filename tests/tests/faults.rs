@@ -1,0 +1,371 @@
+//! Real-process fault scenarios, each checked by the history checker: kill -9, partitions,
+//! rolling restarts, kill loops, truncation across downtime, whole-cluster crashes, and bad
+//! data directories.
+//!
+//! `PAXOS_SOAK_PROPOSALS=N` lengthens the kill loop into a soak (e.g. 20000).
+
+use paxos_core::Rng;
+use paxos_node::client::{Client, ClientOptions};
+use paxos_tests::workload::{check, run_clients, Operation, Recorder};
+use paxos_tests::{binary, wait_until, Cluster};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SETTLE: Duration = Duration::from_secs(40);
+
+fn client_with_timeout(cluster: &Cluster, ids: &[u64], timeout: Duration) -> Client {
+    let mut options = ClientOptions::new(ids.iter().map(|id| cluster.addrs[id].clone()).collect());
+    options.timeout = timeout;
+    Client::new(options).expect("client")
+}
+
+/// Waits until `recorder` has at least `count` acknowledged operations.
+async fn wait_acknowledged(recorder: &Recorder, count: usize) {
+    wait_until(&format!("{count} acknowledged proposals"), SETTLE, || async {
+        Ok((recorder.acknowledged() >= count).then_some(()))
+    })
+    .await
+    .expect("progress");
+}
+
+/// Converges the running nodes, then checks the recorded operations against their histories.
+async fn converge_and_check(cluster: &Cluster, recorder: &Recorder) -> paxos_tests::workload::Report {
+    let operations = recorder.operations();
+    let max_slot = operations.iter().filter_map(|o| o.slot).max().map_or(0, |s| s + 1);
+    cluster.wait_converged(max_slot, SETTLE).await.expect("converged");
+    let histories = cluster.histories().await.expect("histories");
+    let report = check(&operations, &histories);
+    eprintln!("checker: {report:?}");
+    report.assert_clean();
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kill_9_of_follower_and_of_leader_while_clients_stream() {
+    let mut cluster = Cluster::start(3).await.expect("cluster");
+    let recorder = Recorder::default();
+    let clients = {
+        let recorder = recorder.clone();
+        let make = {
+            let options = cluster.client();
+            move |_| options.clone_fresh()
+        };
+        tokio::spawn(async move { run_clients(&recorder, make, 3, 100, "a", Duration::ZERO).await })
+    };
+    wait_acknowledged(&recorder, 40).await;
+    let leader = cluster.wait_for_leader(SETTLE).await.expect("leader");
+    let follower = (1..=3).find(|id| *id != leader).expect("follower");
+    cluster.kill(follower).expect("kill follower");
+    wait_acknowledged(&recorder, 100).await;
+    cluster.start_node(follower).expect("restart follower");
+    cluster.kill(leader).expect("kill leader");
+    wait_acknowledged(&recorder, 180).await;
+    cluster.start_node(leader).expect("restart leader");
+    clients.await.expect("clients");
+    let report = converge_and_check(&cluster, &recorder).await;
+    assert_eq!(report.acknowledged, 300, "every proposal is acknowledged in the end: {report:?}");
+}
+
+/// The teaching code's test: 5 nodes with 2 down, 1000 values through `paxos-cli propose
+/// --stdin` (two streams, through two nodes), then the 2 start and catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn b_five_nodes_two_down_thousand_values_through_the_cli() {
+    let mut cluster = Cluster::new(5).expect("cluster");
+    for id in 1..=3 {
+        cluster.start_node(id).expect("start");
+    }
+    cluster.wait_for_leader_among(&[1, 2, 3], SETTLE).await.expect("leader");
+    let recorder = Recorder::default();
+    let mut streams = Vec::new();
+    for (stream, through) in [(0, 1u64), (1, 2u64)] {
+        let values: Vec<String> = (0..500).map(|i| format!("b-s{stream}-{i}")).collect();
+        let addr = cluster.addrs[&through].clone();
+        streams.push(tokio::task::spawn_blocking(move || {
+            let invoked = Instant::now();
+            let mut child = Command::new(binary("paxos-cli"))
+                .args(["--endpoint", &addr, "propose", "--stdin", "--timeout-ms", "30000"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn paxos-cli");
+            let input: String = values.iter().map(|v| format!("{v}\n")).collect();
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
+            let output = child.wait_with_output().expect("output");
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            let completed = Instant::now();
+            let slots: Vec<u64> =
+                String::from_utf8_lossy(&output.stdout).lines().map(|l| l.parse().expect("slot")).collect();
+            assert_eq!(slots.len(), values.len(), "one slot per line");
+            values
+                .into_iter()
+                .zip(slots)
+                .map(|(value, slot)| Operation {
+                    value,
+                    invoked,
+                    completed: Some(completed),
+                    slot: Some(slot),
+                    error: None,
+                })
+                .collect::<Vec<_>>()
+        }));
+    }
+    for stream in streams {
+        for operation in stream.await.expect("stream") {
+            recorder.record(operation);
+        }
+    }
+    cluster.start_node(4).expect("start 4");
+    cluster.start_node(5).expect("start 5");
+    let report = converge_and_check(&cluster, &recorder).await;
+    assert_eq!(report.acknowledged, 1000);
+    assert_eq!(cluster.histories().await.expect("histories").len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn c_leader_cut_off_from_the_majority() {
+    let cluster = Cluster::start_with_proxies(3).await.expect("cluster");
+    let old_leader = cluster.wait_for_leader(SETTLE).await.expect("leader");
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old_leader).collect();
+    let recorder = Recorder::default();
+    // A client stuck on the old leader, with a short timeout, and clients on the majority.
+    let stuck = client_with_timeout(&cluster, &[old_leader], Duration::from_secs(3));
+    let majority = client_with_timeout(&cluster, &others, Duration::from_secs(20));
+    for i in 0..20 {
+        recorder.propose(&majority, format!("c-before-{i}")).await;
+    }
+    cluster.partition(&[old_leader]);
+    let stuck_task = {
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            for i in 0..3 {
+                recorder.propose(&stuck, format!("c-stuck-{i}")).await;
+            }
+        })
+    };
+    let new_leader = cluster.wait_for_leader_among(&others, SETTLE).await.expect("new leader");
+    assert_ne!(new_leader, old_leader);
+    for i in 0..50 {
+        recorder.propose(&majority, format!("c-during-{i}")).await;
+    }
+    stuck_task.await.expect("stuck client");
+    // The old leader's client got clear errors (or answers), never silence.
+    for operation in recorder.operations().iter().filter(|o| o.value.starts_with("c-stuck")) {
+        assert!(operation.completed.is_some());
+        if let Some(error) = &operation.error {
+            assert!(error.contains("no quorum") || error.contains("refused"), "unclear error: {error}");
+        }
+    }
+    let old_status = cluster.status(old_leader).await.expect("status");
+    assert_ne!(old_status.role, "leader", "a leader cut off from the majority steps down");
+    cluster.heal();
+    for i in 0..20 {
+        recorder.propose(&majority, format!("c-after-{i}")).await;
+    }
+    let report = converge_and_check(&cluster, &recorder).await;
+    assert!(report.acknowledged >= 90, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn d_rolling_restart_under_load() {
+    let mut cluster = Cluster::start(3).await.expect("cluster");
+    let recorder = Recorder::default();
+    let clients = {
+        let recorder = recorder.clone();
+        let base = cluster.client();
+        tokio::spawn(async move {
+            run_clients(&recorder, move |_| base.clone_fresh(), 3, 150, "d", Duration::from_millis(5)).await
+        })
+    };
+    for id in 1..=3 {
+        wait_acknowledged(&recorder, recorder.acknowledged() + 20).await;
+        let status = cluster.stop(id).expect("stop");
+        assert!(status.success(), "graceful stop of node {id}: {status}");
+        cluster.start_node(id).expect("start");
+        let target = cluster.status_any_leader().await;
+        wait_until(&format!("node {id} back and caught up"), SETTLE, || async {
+            Ok((cluster.status(id).await?.chosen_upto >= target).then_some(()))
+        })
+        .await
+        .expect("caught up");
+    }
+    clients.await.expect("clients");
+    let report = converge_and_check(&cluster, &recorder).await;
+    assert_eq!(report.acknowledged, 450, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e_kill_9_loop() {
+    let proposals: usize =
+        std::env::var("PAXOS_SOAK_PROPOSALS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let seed = std::env::var("PAXOS_SOAK_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    eprintln!("kill loop: {proposals} proposals, seed {seed} (PAXOS_SOAK_SEED replays the kill choices)");
+    // Paced so that the proposals span several kills (about 4 s for 2000).
+    const PACE: Duration = Duration::from_millis(8);
+    let mut rng = Rng::new(seed);
+    let mut cluster = Cluster::start(3).await.expect("cluster");
+    let recorder = Recorder::default();
+    let clients_count = 4;
+    let clients = {
+        let recorder = recorder.clone();
+        let base = cluster.client();
+        tokio::spawn(async move {
+            run_clients(
+                &recorder,
+                move |_| base.clone_fresh(),
+                clients_count,
+                proposals / clients_count,
+                "e",
+                PACE,
+            )
+            .await
+        })
+    };
+    let (mut kills, mut restarts) = (0, 0);
+    while !clients.is_finished() {
+        tokio::time::sleep(Duration::from_millis(rng.range(700, 1300))).await;
+        if clients.is_finished() {
+            break;
+        }
+        // Never a majority at once: one node down at a time, restarted before the next kill.
+        let victim = rng.range(1, 4);
+        cluster.kill(victim).expect("kill");
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(rng.range(100, 600))).await;
+        cluster.start_node(victim).expect("restart");
+        restarts += 1;
+    }
+    clients.await.expect("clients");
+    let report = converge_and_check(&cluster, &recorder).await;
+    eprintln!(
+        "kill loop done: {} proposals, {} acknowledged, {kills} kills, {restarts} restarts, {} anomalies",
+        report.operations,
+        report.acknowledged,
+        report.anomalies.len()
+    );
+    assert!(kills >= 1, "the loop killed nothing");
+    assert_eq!(report.acknowledged, proposals, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn f_truncation_under_load_and_a_node_down_across_it() {
+    let mut cluster = Cluster::start(3).await.expect("cluster");
+    let recorder = Recorder::default();
+    let client = cluster.client();
+    for i in 0..50 {
+        recorder.propose(&client, format!("f-early-{i}")).await;
+    }
+    let leader = cluster.wait_for_leader(SETTLE).await.expect("leader");
+    let down = (1..=3).find(|id| *id != leader).expect("follower");
+    cluster.kill(down).expect("kill");
+    let load = {
+        let recorder = recorder.clone();
+        let base = cluster.client();
+        tokio::spawn(async move {
+            run_clients(&recorder, move |_| base.clone_fresh(), 2, 100, "f", Duration::ZERO).await
+        })
+    };
+    wait_acknowledged(&recorder, 120).await;
+    // Refused while a member has not applied past the cut, then forced.
+    let refused = client.gc(Some(100), false).await.expect_err("member behind");
+    assert!(refused.to_string().contains(&format!("member {down}")), "{refused}");
+    let report = client.gc(Some(100), true).await.expect("forced truncation");
+    assert_eq!(report.history_start, 100);
+    load.await.expect("load");
+    cluster.start_node(down).expect("restart");
+    let report = converge_and_check(&cluster, &recorder).await;
+    assert_eq!(report.acknowledged, 250);
+    let status = cluster.status(down).await.expect("status");
+    assert_eq!(status.history_start, 100, "the node that was down installed the truncation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn g_whole_cluster_killed_at_once_loses_nothing_acknowledged() {
+    let mut cluster = Cluster::start(3).await.expect("cluster");
+    let recorder = Recorder::default();
+    // Each client streams until its first failure (when the whole cluster is gone).
+    let mut load = Vec::new();
+    for index in 0..3 {
+        let recorder = recorder.clone();
+        let client = client_with_timeout(&cluster, &[1, 2, 3], Duration::from_secs(2));
+        load.push(tokio::spawn(async move {
+            for seq in 0.. {
+                if recorder.propose(&client, format!("g-c{index}-{seq}")).await.is_none() {
+                    break;
+                }
+            }
+        }));
+    }
+    wait_acknowledged(&recorder, 150).await;
+    for id in 1..=3 {
+        cluster.kill(id).expect("kill");
+    }
+    for task in load {
+        task.await.expect("load"); // each ends with one failure: nobody answers
+    }
+    for id in 1..=3 {
+        cluster.start_node(id).expect("restart");
+    }
+    cluster.wait_for_leader(SETTLE).await.expect("leader after restart");
+    let report = converge_and_check(&cluster, &recorder).await;
+    assert!(report.acknowledged >= 150, "{report:?}");
+}
+
+fn directory_digest(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap_or_default()))
+        // RocksDB's info log is rewritten on every open, successful or not; it holds no data.
+        .filter(|(name, _)| !name.starts_with("LOG"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn h_wrong_identity_and_corrupt_records_are_refused_and_left_alone() {
+    let mut cluster = Cluster::start(3).await.expect("cluster");
+    let client = cluster.client();
+    for i in 0..10 {
+        client.propose(format!("h-{i}").into_bytes()).await.expect("propose");
+    }
+    cluster.wait_converged(10, SETTLE).await.expect("converged");
+    cluster.stop(3).expect("stop 3");
+    let dir3 = cluster.data_dir(3);
+
+    // Another node's id on node 3's directory.
+    let before = directory_digest(&dir3);
+    let output = cluster.node_command_with_dir(2, &dir3).output().expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("belongs to node 3"), "{stderr}");
+    assert!(directory_digest(&dir3) == before, "a refused start changed the data directory");
+
+    // A corrupted record (the promised ballot): refused with the record named.
+    {
+        let storage = paxos_node::storage::Storage::open(&dir3, "paxos", 3).expect("open");
+        let mut record = storage
+            .raw_record_for_test(paxos_node::storage::cf::META, paxos_node::storage::cf::KEY_PROMISED)
+            .expect("read")
+            .expect("promised record");
+        let last = record.len() - 1;
+        record[last] ^= 0x01;
+        storage
+            .corrupt_for_test(paxos_node::storage::cf::META, paxos_node::storage::cf::KEY_PROMISED, &record)
+            .expect("corrupt");
+    }
+    let before = directory_digest(&dir3);
+    let output = cluster.node_command(3).output().expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("corrupt record") && stderr.contains("key promised"), "{stderr}");
+    assert!(directory_digest(&dir3) == before, "a refused start changed the data directory");
+    // Still corrupt on a second try: nothing was "repaired" behind the operator's back.
+    let output = cluster.node_command(3).output().expect("run");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("checksum mismatch"));
+}
