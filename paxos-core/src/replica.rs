@@ -55,6 +55,8 @@ pub(crate) struct LeaderState {
     pub(crate) waiters: BTreeMap<RequestId, Vec<Origin>>,
     pub(crate) in_flight_requests: BTreeMap<RequestId, Slot>,
     pub(crate) last_heartbeat_tick: u64,
+    /// The commit point followers were last told (in an Accept or a Heartbeat).
+    pub(crate) announced_commit: Slot,
     /// Last tick each peer answered us: a leader that cannot hear a quorum steps down.
     pub(crate) last_heard_tick: BTreeMap<NodeId, u64>,
 }
