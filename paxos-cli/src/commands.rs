@@ -12,6 +12,16 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Command::Demo { dir, stop } = &cli.command {
         return if *stop { crate::demo::stop(dir) } else { crate::demo::run(dir).await };
     }
+    if let Command::Bench { clients, window, value_bytes, duration_secs, count } = &cli.command {
+        let bench = crate::bench::BenchOptions {
+            clients: (*clients).max(1),
+            value_bytes: *value_bytes,
+            window: *window,
+            duration: std::time::Duration::from_secs(*duration_secs),
+            count: *count,
+        };
+        return crate::bench::run(cli.options(), bench, cli.json).await;
+    }
     let client = Client::new(cli.options())?;
     let stdout = std::io::stdout();
     match &cli.command {
@@ -36,7 +46,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 write!(out, "{}", output::status_text(&status))?;
             }
         }
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::Bench { .. } => unreachable!("handled above"),
         Command::Gc { truncate_below, force } => {
             let report = client.gc(*truncate_below, *force).await?;
             let mut out = stdout.lock();

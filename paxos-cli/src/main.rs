@@ -1,6 +1,7 @@
 //! `paxos-cli`: propose values, read the history, show status and collect garbage, for people
 //! and for scripts (`--json` everywhere, meaningful exit codes).
 
+mod bench;
 mod commands;
 mod demo;
 mod output;
@@ -72,6 +73,25 @@ pub enum Command {
         /// Truncate even if a member is behind (it will catch up from a snapshot).
         #[arg(long, requires = "truncate_below")]
         force: bool,
+    },
+    /// Measure the cluster: concurrent clients proposing fixed-size values; prints writes/s,
+    /// latency percentiles, errors and the leader's fsyncs per chosen value.
+    Bench {
+        /// Concurrent clients, each on its own connection.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Proposals in flight per client connection.
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+        /// Size of each value in bytes.
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Run for this many seconds...
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// ...or stop after this many proposals in total.
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// Start a local 3-node cluster of real paxos-node processes, show it working (proposals,
     /// a kill -9 and a restart, histories compared) and leave it running.

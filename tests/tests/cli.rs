@@ -129,6 +129,26 @@ async fn every_command_in_human_and_json_form() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_throughput_latency_and_fsyncs() {
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let all = endpoints(&cluster);
+    let out =
+        stdout(&cli(&all, &["bench", "--clients", "4", "--count", "400", "--value-bytes", "50", "--json"]));
+    let report: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(report["writes"], 400);
+    assert_eq!(report["errors"], 0);
+    assert!(report["writes_per_second"].as_f64().expect("rate") > 0.0);
+    let p50 = report["latency_ms"]["p50"].as_f64().expect("p50");
+    let p99 = report["latency_ms"]["p99"].as_f64().expect("p99");
+    assert!(p50 > 0.0 && p50 <= p99, "{report}");
+    assert!(report["leader_fsyncs_per_chosen_value"].as_f64().is_some(), "{report}");
+    // Every write is in the log, each once.
+    cluster.wait_converged(400, Duration::from_secs(20)).await.expect("converged");
+    let history = cluster.history(1).await.expect("history");
+    assert_eq!(history.len(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_paths_exit_non_zero_with_one_line() {
     // Nothing listens on a port we just released.
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
