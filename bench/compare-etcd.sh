@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Side-by-side: etcd 3.4 (3 members) and this project's cluster (3 nodes), both on 127.0.0.1,
+# data directories on the same disk, fsync on for both (etcd's default; ours always). The same
+# client model drives both (Rust, N clients each with one request in flight, fixed-size values):
+# `paxos-cli bench` and bench/etcd-bench. Runs alternate between the two systems after a warm-up,
+# then one table prints both systems' writes/s, p50 and p99, and the ratios.
+#   DURATION=10 WARMUP=3 VALUE_BYTES=100 CLIENT_COUNTS="1 64" bench/compare-etcd.sh
+# It installs what is missing (etcd-server, etcd-client, protobuf-compiler, libclang-dev) and
+# stops everything it started. CI does not run it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-3}
+VALUE_BYTES=${VALUE_BYTES:-100}
+CLIENT_COUNTS=${CLIENT_COUNTS:-"1 64"}
+
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo build --release --bins -q
+(cd bench/etcd-bench && CARGO_TARGET_DIR="$target/etcd-bench" cargo build --release -q)
+cli="$target/release/paxos-cli"
+node="$target/release/paxos-node"
+etcd_bench="$target/etcd-bench/release/etcd-bench"
+
+work=$(mktemp -d -p "$PWD" bench-run.XXXXXX)   # on the same disk as the project
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+ports=($(python3 -c 'import socket
+s=[socket.socket() for _ in range(9)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(" ".join(str(x.getsockname()[1]) for x in s))'))
+
+# etcd: client ports 0-2, peer ports 3-5.
+cluster="e1=http://127.0.0.1:${ports[3]},e2=http://127.0.0.1:${ports[4]},e3=http://127.0.0.1:${ports[5]}"
+etcd_endpoints="http://127.0.0.1:${ports[0]},http://127.0.0.1:${ports[1]},http://127.0.0.1:${ports[2]}"
+for i in 0 1 2; do
+  n=$((i + 1))
+  etcd --name "e$n" --data-dir "$work/etcd-$n" \
+    --listen-client-urls "http://127.0.0.1:${ports[$i]}" --advertise-client-urls "http://127.0.0.1:${ports[$i]}" \
+    --listen-peer-urls "http://127.0.0.1:${ports[$((i + 3))]}" \
+    --initial-advertise-peer-urls "http://127.0.0.1:${ports[$((i + 3))]}" \
+    --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token bench \
+    >"$work/etcd-$n.log" 2>&1 &
+  pids+=($!)
+done
+
+# paxos: ports 6-8.
+peers=()
+for i in 0 1 2; do peers+=(--peer "$((i + 1))=127.0.0.1:${ports[$((i + 6))]}"); done
+paxos_endpoints="127.0.0.1:${ports[6]},127.0.0.1:${ports[7]},127.0.0.1:${ports[8]}"
+for i in 0 1 2; do
+  RUST_LOG=warn "$node" --id $((i + 1)) --listen "127.0.0.1:${ports[$((i + 6))]}" "${peers[@]}" \
+    --data-dir "$work/paxos-$((i + 1))" >"$work/paxos-$((i + 1)).log" 2>&1 &
+  pids+=($!)
+done
+
+for _ in $(seq 1 100); do
+  ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" endpoint health >/dev/null 2>&1 && break
+  sleep 0.1
+done
+ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" endpoint health >/dev/null
+for _ in $(seq 1 100); do
+  "$cli" --endpoint "$paxos_endpoints" status --json --timeout-ms 500 2>/dev/null | grep -q '"leader":[0-9]' && break
+  sleep 0.1
+done
+
+run_etcd() { "$etcd_bench" --endpoints "$etcd_endpoints" --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
+run_paxos() { "$cli" --endpoint "$paxos_endpoints" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
+
+echo "warm-up: ${WARMUP}s each" >&2
+run_etcd 64 "$WARMUP" >/dev/null
+run_paxos 64 "$WARMUP" >/dev/null
+
+results="$work/results.jsonl"
+for clients in $CLIENT_COUNTS; do
+  echo "etcd,  $clients clients, ${DURATION}s" >&2
+  printf '{"system":"etcd","run":%s}\n' "$(run_etcd "$clients" "$DURATION")" >>"$results"
+  echo "paxos, $clients clients, ${DURATION}s" >&2
+  printf '{"system":"paxos","run":%s}\n' "$(run_paxos "$clients" "$DURATION")" >>"$results"
+done
+
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+python3 - "$results" "$commit" "$VALUE_BYTES" "$DURATION" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+commit, value_bytes, duration = sys.argv[2], sys.argv[3], sys.argv[4]
+by = {}
+for row in rows:
+    by[(row["system"], row["run"]["clients"])] = row["run"]
+print(f"commit {commit}; 3 members each on 127.0.0.1, fsync on; {value_bytes} B values; {duration} s per run")
+print("| clients | etcd writes/s | paxos writes/s | ratio | etcd p50 ms | paxos p50 ms | etcd p99 ms | paxos p99 ms | paxos fsyncs/value |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for clients in sorted({c for (_, c) in by}):
+    e, p = by.get(("etcd", clients)), by.get(("paxos", clients))
+    if not e or not p:
+        continue
+    ratio = p["writes_per_second"] / e["writes_per_second"] if e["writes_per_second"] else float("inf")
+    fsyncs = p.get("leader_fsyncs_per_chosen_value")
+    print(f'| {clients} | {e["writes_per_second"]:.0f} | {p["writes_per_second"]:.0f} | {ratio:.2f}x '
+          f'| {e["latency_ms"]["p50"]:.2f} | {p["latency_ms"]["p50"]:.2f} '
+          f'| {e["latency_ms"]["p99"]:.2f} | {p["latency_ms"]["p99"]:.2f} '
+          f'| {fsyncs:.3f} |' if fsyncs is not None else "| - |")
+errors = {k: v["errors"] for k, v in by.items() if v["errors"]}
+if errors:
+    print(f"errors: {errors}")
+PY
