@@ -116,6 +116,9 @@ impl Cli {
             endpoints,
             cluster: self.cluster.clone(),
             timeout: Duration::from_millis(self.timeout_ms.max(1)),
+            // propose and bench go to the leader directly; history and status answer from the
+            // node asked.
+            prefer_leader: matches!(self.command, Command::Propose { .. } | Command::Bench { .. }),
         }
     }
 }

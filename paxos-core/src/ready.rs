@@ -41,6 +41,16 @@ pub enum PersistOp {
     InstallSnapshot(TruncationSnapshot),
 }
 
+impl PersistOp {
+    /// Whether messages may depend on this operation being on disk: an acceptor's promise and
+    /// its accepted values. Everything else can be lost in a crash without breaking anything
+    /// said: a chosen value is chosen on a majority whatever this node's history holds, and
+    /// catch-up refetches it.
+    pub fn needs_sync(&self) -> bool {
+        matches!(self, PersistOp::Promise(_) | PersistOp::Accept { .. })
+    }
+}
+
 /// A read of already-durable history that the driver performs for a catch-up request, then
 /// hands back with [`crate::Replica::serve_catch_up`]. The replica keeps no history in memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,10 +73,13 @@ pub struct Reply {
 /// Work the driver must do, in this order.
 ///
 /// # Correctness
-/// 1. Write `persist` as ONE atomic batch and make it durable (fsync) before anything else.
-///    A Promise or Accepted in `messages` is a statement about what is on disk; sending it first
-///    lets a crash break a promise. If the write fails the driver must stop: after a failed fsync
-///    the data may be lost, and retrying could acknowledge what is not stored.
+/// 1. Write `persist` as ONE atomic batch, and if [`Ready::persist_needs_sync`] make it durable
+///    (fsync) before anything else. A Promise or Accepted in `messages` is a statement about what
+///    is on disk; sending it first lets a crash break a promise. A batch that needs no sync may be
+///    written without one, provided the store is ordered: a later synced batch makes every
+///    earlier batch durable, and a crash loses at most a suffix of unsynced batches (a write-ahead
+///    log gives both). If the write fails the driver must stop: after a failed fsync the data may
+///    be lost, and retrying could acknowledge what is not stored.
 /// 2. Send `messages` (any order; the network may reorder anyway).
 /// 3. Perform `history_reads` against the now-durable history and pass the results to
 ///    `serve_catch_up`.
@@ -82,6 +95,11 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// Whether `persist` must be synced before the messages go out (see the contract above).
+    pub fn persist_needs_sync(&self) -> bool {
+        self.persist.iter().any(PersistOp::needs_sync)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.persist.is_empty()
             && self.messages.is_empty()

@@ -284,7 +284,7 @@ impl Driver {
                 return Ok(());
             }
             // Fatal on error: nothing of this Ready may leave the process.
-            self.storage.write(&ready.persist)?;
+            self.storage.write_batch(&ready.persist, ready.persist_needs_sync())?;
             for envelope in ready.messages {
                 if let Some(link) = self.peers.get(&envelope.to) {
                     // A full link queue drops the message: the protocol retransmits.

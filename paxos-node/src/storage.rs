@@ -293,6 +293,13 @@ impl Storage {
     /// An error here is fatal: the caller must stop the node without sending anything from this
     /// Ready and without retrying (after a failed fsync the kernel may have dropped the pages).
     pub fn write(&mut self, ops: &[PersistOp]) -> Result<(), StorageError> {
+        self.write_batch(ops, true)
+    }
+
+    /// Writes one Ready's operations as one atomic batch, synced only if `sync`. RocksDB's WAL
+    /// is ordered: a later synced batch makes this one durable too, and a crash loses at most a
+    /// suffix of unsynced batches, which is what [`paxos_core::Ready`]'s contract requires.
+    pub fn write_batch(&mut self, ops: &[PersistOp], sync: bool) -> Result<(), StorageError> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -338,8 +345,12 @@ impl Storage {
                 }
             }
         }
-        self.db.write_opt(batch, &self.sync).map_err(|source| self.db_error(source))?;
-        self.fsyncs += 1;
+        if sync {
+            self.db.write_opt(batch, &self.sync).map_err(|source| self.db_error(source))?;
+            self.fsyncs += 1;
+        } else {
+            self.db.write(batch).map_err(|source| self.db_error(source))?;
+        }
         Ok(())
     }
 
@@ -371,7 +382,7 @@ impl Storage {
         Ok(entries)
     }
 
-    /// Synced batches written since open.
+    /// Synced batches written since open (fsyncs).
     pub fn fsyncs(&self) -> u64 {
         self.fsyncs
     }

@@ -118,7 +118,12 @@ struct SimClient {
 
 struct SimNode {
     replica: Option<Replica>,
+    /// What survives a crash.
     storage: MemStorage,
+    /// What the running node sees: `storage` plus the unsynced batches.
+    volatile: MemStorage,
+    /// Batches written without sync since the last synced one; a crash keeps only a prefix.
+    unsynced: Vec<Vec<PersistOp>>,
     restart_at: Option<u64>,
     incarnation: u64,
 }
@@ -157,8 +162,14 @@ impl Simulation {
         let members: Vec<NodeId> = (1..=scenario.nodes).collect();
         let mut nodes = BTreeMap::new();
         for id in &members {
-            let mut node =
-                SimNode { replica: None, storage: MemStorage::default(), restart_at: None, incarnation: 0 };
+            let mut node = SimNode {
+                replica: None,
+                storage: MemStorage::default(),
+                volatile: MemStorage::default(),
+                unsynced: Vec::new(),
+                restart_at: None,
+                incarnation: 0,
+            };
             if !scenario.down_at_start.contains(id) {
                 node.replica = Some(Replica::new(Self::config(&scenario, &members, *id), rng.next_u64()));
             }
@@ -276,7 +287,7 @@ impl Simulation {
     }
 
     fn final_views(&self) -> Vec<(NodeId, &MemStorage)> {
-        self.nodes.iter().filter(|(_, n)| n.replica.is_some()).map(|(id, n)| (*id, &n.storage)).collect()
+        self.nodes.iter().filter(|(_, n)| n.replica.is_some()).map(|(id, n)| (*id, &n.volatile)).collect()
     }
 
     fn step(&mut self) -> Result<(), String> {
@@ -337,7 +348,16 @@ impl Simulation {
                 ready.persist.iter().filter(|op| matches!(op, PersistOp::InstallSnapshot(_))).count();
             self.stats.snapshot_installs += installs as u64;
             let node = self.nodes.get_mut(&id).expect("node exists");
-            node.storage.apply(&ready.persist);
+            // An ordered store: a synced batch makes every earlier batch durable.
+            node.volatile.apply(&ready.persist);
+            if ready.persist_needs_sync() {
+                for batch in node.unsynced.drain(..) {
+                    node.storage.apply(&batch);
+                }
+                node.storage.apply(&ready.persist);
+            } else if !ready.persist.is_empty() {
+                node.unsynced.push(ready.persist.clone());
+            }
             for envelope in &ready.messages {
                 self.checker.on_send(envelope)?;
             }
@@ -346,7 +366,7 @@ impl Simulation {
             }
             let node = self.nodes.get_mut(&id).expect("node exists");
             for read in &ready.history_reads {
-                let entries = node.storage.read_history(
+                let entries = node.volatile.read_history(
                     read.from_slot,
                     read.upto_slot,
                     read.entries_max,
@@ -488,6 +508,12 @@ impl Simulation {
 
     fn crash(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("node exists");
+        // Unsynced batches: some prefix reached the disk, the rest is lost.
+        let kept = self.rng.range(0, node.unsynced.len() as u64 + 1) as usize;
+        for batch in node.unsynced.drain(..).take(kept) {
+            node.storage.apply(&batch);
+        }
+        node.volatile = node.storage.clone();
         if node.replica.take().is_some() {
             self.stats.crashes += 1;
             node.restart_at = Some(self.now + self.rng.range(1, 100));
