@@ -93,6 +93,20 @@ pub enum Message {
     ForwardReply { request_id: RequestId, outcome: Result<Slot, ProposalError> },
 }
 
+impl Message {
+    /// Whether this message speaks for the sender's disk: an acceptor's Promise or Accepted.
+    ///
+    /// # Correctness
+    /// Only these must wait until the Ready's `persist` is durable. Every other message may go
+    /// out before the write (see [`crate::Ready`]): a leader's Accept is a request, not a
+    /// statement about its disk, and the leader counts its own vote only when it processes
+    /// replies, which the driver does after the write. This lets the leader's fsync overlap its
+    /// followers'.
+    pub fn speaks_for_disk(&self) -> bool {
+        matches!(self, Message::Promise { .. } | Message::Accepted { .. })
+    }
+}
+
 /// What a replica keeps of the history it truncated: where the history now starts, and the
 /// duplicate table that lets a node starting from there apply later slots exactly as everyone
 /// else did.

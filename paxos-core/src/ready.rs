@@ -1,5 +1,7 @@
 //! What the replica asks its driver to do: the `Ready` contract.
 
+#[allow(unused_imports)] // for doc links
+use crate::message::Message;
 use crate::message::{Envelope, ProposalError, TruncationSnapshot};
 use crate::requests::RequestTable;
 use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
@@ -73,6 +75,9 @@ pub struct Reply {
 /// Work the driver must do, in this order.
 ///
 /// # Correctness
+/// 0. Messages for which [`Message::speaks_for_disk`] is false may be sent first, before the
+///    write: nothing in them depends on this batch being on disk. The driver must not process
+///    any further input until step 1 is done (the leader counts its own vote on that basis).
 /// 1. Write `persist` as ONE atomic batch, and if [`Ready::persist_needs_sync`] make it durable
 ///    (fsync) before anything else. A Promise or Accepted in `messages` is a statement about what
 ///    is on disk; sending it first lets a crash break a promise. A batch that needs no sync may be
@@ -80,7 +85,7 @@ pub struct Reply {
 ///    earlier batch durable, and a crash loses at most a suffix of unsynced batches (a write-ahead
 ///    log gives both). If the write fails the driver must stop: after a failed fsync the data may
 ///    be lost, and retrying could acknowledge what is not stored.
-/// 2. Send `messages` (any order; the network may reorder anyway).
+/// 2. Send the remaining `messages` (any order; the network may reorder anyway).
 /// 3. Perform `history_reads` against the now-durable history and pass the results to
 ///    `serve_catch_up`.
 /// 4. Apply `chosen` (already in storage through `persist`) and answer `replies`.

@@ -276,23 +276,32 @@ impl Driver {
         }
     }
 
+    fn send(&self, envelopes: Vec<paxos_core::Envelope>) {
+        for envelope in envelopes {
+            if let Some(link) = self.peers.get(&envelope.to) {
+                // A full link queue drops the message: the protocol retransmits.
+                if link.try_send(envelope.message).is_err() {
+                    tracing::debug!(peer = envelope.to, "peer queue full or closed; message dropped");
+                }
+            }
+        }
+    }
+
     /// The Ready contract: persist (one synced batch), then send, read, apply, answer.
     fn process_ready(&mut self) -> Result<(), DriverError> {
         loop {
-            let ready = self.replica.take_ready();
+            let mut ready = self.replica.take_ready();
             if ready.is_empty() {
                 return Ok(());
             }
-            // Fatal on error: nothing of this Ready may leave the process.
+            // Messages that say nothing about this node's disk go out first, so the leader's
+            // write overlaps its followers'; Promise and Accepted wait for the write.
+            let (after_write, before_write): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut ready.messages).into_iter().partition(|e| e.message.speaks_for_disk());
+            self.send(before_write);
+            // Fatal on error: nothing that speaks for this batch may leave the process.
             self.storage.write_batch(&ready.persist, ready.persist_needs_sync())?;
-            for envelope in ready.messages {
-                if let Some(link) = self.peers.get(&envelope.to) {
-                    // A full link queue drops the message: the protocol retransmits.
-                    if link.try_send(envelope.message).is_err() {
-                        tracing::debug!(peer = envelope.to, "peer queue full or closed; message dropped");
-                    }
-                }
-            }
+            self.send(after_write);
             for read in ready.history_reads {
                 let entries = self.storage.read_history(
                     read.from_slot,

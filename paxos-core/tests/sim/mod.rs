@@ -332,15 +332,24 @@ impl Simulation {
             let Some(replica) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) else {
                 return Ok(());
             };
-            let ready = replica.take_ready();
+            let mut ready = replica.take_ready();
             if ready.is_empty() {
                 return Ok(());
+            }
+            // Messages that do not speak for the disk may leave before the write (the contract's
+            // step 0), so a crash between them and the write is part of the model.
+            let (after_write, before_write): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut ready.messages).into_iter().partition(|e| e.message.speaks_for_disk());
+            for envelope in before_write {
+                self.checker.on_send(&envelope)?;
+                self.network.send(envelope, self.now, &mut self.rng);
             }
             if !self.healed
                 && self.rng.chance(self.scenario.faults.crash_mid_ready_per_mille, 1000)
                 && self.rng.chance(1, 20)
             {
-                // Crash before the batch is durable: it is lost, and nothing of it was sent.
+                // Crash before the batch is durable: it is lost, with every message that speaks
+                // for it.
                 self.crash(id);
                 return Ok(());
             }
@@ -358,10 +367,8 @@ impl Simulation {
             } else if !ready.persist.is_empty() {
                 node.unsynced.push(ready.persist.clone());
             }
-            for envelope in &ready.messages {
-                self.checker.on_send(envelope)?;
-            }
-            for envelope in ready.messages {
+            for envelope in after_write {
+                self.checker.on_send(&envelope)?;
                 self.network.send(envelope, self.now, &mut self.rng);
             }
             let node = self.nodes.get_mut(&id).expect("node exists");
