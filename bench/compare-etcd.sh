@@ -33,19 +33,8 @@ cli="$target/release/paxos-cli"
 node="$target/release/paxos-node"
 etcd_bench="$target/etcd-bench/release/etcd-bench"
 
-work=$(mktemp -d -p "$PWD" bench-run.XXXXXX)   # on the same disk as the project
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-ports=($(python3 -c 'import socket
-s=[socket.socket() for _ in range(9)]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(" ".join(str(x.getsockname()[1]) for x in s))'))
+source bench/common.sh
+ports=($(free_ports 9))
 
 # etcd: client ports 0-2, peer ports 3-5.
 cluster="e1=http://127.0.0.1:${ports[3]},e2=http://127.0.0.1:${ports[4]},e3=http://127.0.0.1:${ports[5]}"
@@ -58,7 +47,7 @@ for i in 0 1 2; do
     --initial-advertise-peer-urls "http://127.0.0.1:${ports[$((i + 3))]}" \
     --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token bench \
     >"$work/etcd-$n.log" 2>&1 &
-  pids+=($!)
+  pids[etcd-$n]=$!
 done
 
 # paxos: ports 6-8.
@@ -68,7 +57,7 @@ paxos_endpoints="127.0.0.1:${ports[6]},127.0.0.1:${ports[7]},127.0.0.1:${ports[8
 for i in 0 1 2; do
   RUST_LOG=warn "$node" --id $((i + 1)) --listen "127.0.0.1:${ports[$((i + 6))]}" "${peers[@]}" \
     --data-dir "$work/paxos-$((i + 1))" >"$work/paxos-$((i + 1)).log" 2>&1 &
-  pids+=($!)
+  pids[paxos-$i]=$!
 done
 
 for _ in $(seq 1 100); do

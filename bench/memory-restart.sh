@@ -12,24 +12,14 @@ cargo build --release --bins -q
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 cli="$target/release/paxos-cli"
 node="$target/release/paxos-node"
-work=$(mktemp -d -p "$PWD" bench-run.XXXXXX)
-declare -A pid
-cleanup() {
-  for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ports=($(python3 -c 'import socket
-s=[socket.socket() for _ in range(3)]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(" ".join(str(x.getsockname()[1]) for x in s))'))
+source bench/common.sh
+ports=($(free_ports 3))
 peers=()
 for i in 1 2 3; do peers+=(--peer "$i=127.0.0.1:${ports[$((i - 1))]}"); done
 start() {
   RUST_LOG=warn "$node" --id "$1" --listen "127.0.0.1:${ports[$(($1 - 1))]}" "${peers[@]}" \
     --data-dir "$work/node-$1" >>"$work/node-$1.log" 2>&1 &
-  pid[$1]=$!
+  pids[$1]=$!
 }
 for i in 1 2 3; do start "$i"; done
 endpoints="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
@@ -47,14 +37,14 @@ for _ in $(seq 1 200); do
 done
 echo "chosen on every node: $uptos entries"
 for i in 1 2 3; do
-  echo "node $i: RSS $(( $(ps -o rss= -p "${pid[$i]}") / 1024 )) MiB, data directory $(du -sm "$work/node-$i" | cut -f1) MiB"
+  echo "node $i: RSS $(( $(ps -o rss= -p "${pids[$i]}") / 1024 )) MiB, data directory $(du -sm "$work/node-$i" | cut -f1) MiB"
 done
 
 leader=$("$cli" --endpoint "$endpoints" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"])')
-kill -9 "${pid[$leader]}"
-wait "${pid[$leader]}" 2>/dev/null || true
+kill -9 "${pids[$leader]}"
+wait "${pids[$leader]}" 2>/dev/null || true
 started=$(date +%s%N)
 start "$leader"
 until "$cli" --endpoint "127.0.0.1:${ports[$((leader - 1))]}" propose after-restart --timeout-ms 300 >/dev/null 2>&1; do :; done
 echo "restart of node $leader (the leader, killed with SIGKILL) to serving a proposal: $(( ($(date +%s%N) - started) / 1000000 )) ms"
-echo "node $leader after restart: RSS $(( $(ps -o rss= -p "${pid[$leader]}") / 1024 )) MiB"
+echo "node $leader after restart: RSS $(( $(ps -o rss= -p "${pids[$leader]}") / 1024 )) MiB"

@@ -400,12 +400,23 @@ impl Replica {
             return;
         }
         leader.last_heard_tick.insert(from, now);
+        // Only the slots in this message can have reached a quorum: no scan of the window.
+        let quorum = self.config.quorum();
+        let mut chosen = Vec::new();
         for slot in slots {
             if let Some(in_flight) = leader.in_flight.get_mut(&slot) {
                 in_flight.votes.insert(from);
+                if in_flight.votes.len() >= quorum {
+                    if let Some(in_flight) = leader.in_flight.remove(&slot) {
+                        chosen.push((slot, in_flight.value));
+                    }
+                }
             }
         }
-        self.check_quorums();
+        for (slot, value) in chosen {
+            self.learn_chosen(slot, value);
+        }
+        self.apply_chosen();
         self.fill_window();
     }
 
