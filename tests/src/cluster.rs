@@ -114,6 +114,22 @@ impl Cluster {
         }
     }
 
+    /// Silently drops all traffic between `side` and the others (connections stay open).
+    pub fn blackhole(&self, side: &[u64]) {
+        for ((from, to), proxy) in &self.proxies {
+            if side.contains(from) != side.contains(to) {
+                proxy.drop_traffic();
+            }
+        }
+    }
+
+    /// Slows every link by `delay` per chunk forwarded (0 restores).
+    pub fn set_delay(&self, delay: Duration) {
+        for proxy in self.proxies.values() {
+            proxy.set_delay(delay);
+        }
+    }
+
     /// Restores every link.
     pub fn heal(&self) {
         for proxy in self.proxies.values() {

@@ -11,6 +11,8 @@ use tokio::sync::watch;
 #[derive(Debug, Default)]
 struct LinkState {
     cut: AtomicBool,
+    /// Swallow every byte while keeping connections open: a silent partition, no reset.
+    drop: AtomicBool,
     delay_ms: AtomicU64,
 }
 
@@ -62,6 +64,12 @@ impl Proxy {
 
     pub fn heal(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
+        self.state.drop.store(false, Ordering::SeqCst);
+    }
+
+    /// Silently drops all traffic (both ways) until `heal`; connections stay open.
+    pub fn drop_traffic(&self) {
+        self.state.drop.store(true, Ordering::SeqCst);
     }
 
     /// Delays every chunk forwarded by this much.
@@ -97,6 +105,9 @@ async fn pipe(
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
+            if forward_state.drop.load(Ordering::SeqCst) {
+                continue;
+            }
             if out_write.write_all(&buffer[..n]).await.is_err() {
                 break;
             }
@@ -108,6 +119,9 @@ async fn pipe(
             let n = out_read.read(&mut buffer).await.unwrap_or(0);
             if n == 0 || state.cut.load(Ordering::SeqCst) {
                 break;
+            }
+            if state.drop.load(Ordering::SeqCst) {
+                continue;
             }
             if in_write.write_all(&buffer[..n]).await.is_err() {
                 break;

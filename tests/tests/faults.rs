@@ -167,6 +167,34 @@ async fn c_leader_cut_off_from_the_majority() {
     assert!(report.acknowledged >= 90, "{report:?}");
 }
 
+/// A silent partition (bytes swallowed, connections left open) and slow links: the minority
+/// follower is cut off without any reset, links to the others are slowed; the majority keeps
+/// choosing, and after healing a dropped byte stream (frames cut mid-way) is recovered from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn c2_silent_partition_and_slow_links() {
+    let cluster = Cluster::start_with_proxies(3).await.expect("cluster");
+    let leader = cluster.wait_for_leader(SETTLE).await.expect("leader");
+    let follower = (1..=3).find(|id| *id != leader).expect("follower");
+    let recorder = Recorder::default();
+    let client =
+        client_with_timeout(&cluster, &(1..=3).filter(|id| *id != follower).collect::<Vec<_>>(), SETTLE);
+    cluster.set_delay(Duration::from_millis(2));
+    for i in 0..30 {
+        recorder.propose(&client, format!("c2-slow-{i}")).await;
+    }
+    cluster.blackhole(&[follower]);
+    for i in 0..60 {
+        recorder.propose(&client, format!("c2-dropped-{i}")).await;
+    }
+    cluster.set_delay(Duration::ZERO);
+    cluster.heal();
+    for i in 0..30 {
+        recorder.propose(&client, format!("c2-healed-{i}")).await;
+    }
+    let report = converge_and_check(&cluster, &recorder).await;
+    assert_eq!(report.acknowledged, 120, "{report:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn d_rolling_restart_under_load() {
     let mut cluster = Cluster::start(3).await.expect("cluster");
