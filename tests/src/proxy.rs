@@ -72,7 +72,7 @@ impl Proxy {
         self.state.drop.store(true, Ordering::SeqCst);
     }
 
-    /// Delays every chunk forwarded by this much.
+    /// Delays every chunk forwarded, in either direction, by this much.
     pub fn set_delay(&self, delay: Duration) {
         self.state.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
@@ -91,46 +91,36 @@ async fn pipe(
     state: Arc<LinkState>,
     mut cut_signal: watch::Receiver<u64>,
 ) {
-    let (mut in_read, mut in_write) = inbound.into_split();
-    let (mut out_read, mut out_write) = outbound.into_split();
-    let forward_state = state.clone();
-    let forward = async move {
-        let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            let n = in_read.read(&mut buffer).await.unwrap_or(0);
-            if n == 0 || forward_state.cut.load(Ordering::SeqCst) {
-                break;
-            }
-            let delay = forward_state.delay_ms.load(Ordering::SeqCst);
-            if delay > 0 {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-            }
-            if forward_state.drop.load(Ordering::SeqCst) {
-                continue;
-            }
-            if out_write.write_all(&buffer[..n]).await.is_err() {
-                break;
-            }
-        }
-    };
-    let backward = async move {
-        let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            let n = out_read.read(&mut buffer).await.unwrap_or(0);
-            if n == 0 || state.cut.load(Ordering::SeqCst) {
-                break;
-            }
-            if state.drop.load(Ordering::SeqCst) {
-                continue;
-            }
-            if in_write.write_all(&buffer[..n]).await.is_err() {
-                break;
-            }
-        }
-    };
+    let (in_read, in_write) = inbound.into_split();
+    let (out_read, out_write) = outbound.into_split();
     tokio::select! {
-        _ = forward => {}
-        _ = backward => {}
+        _ = relay(in_read, out_write, state.clone()) => {}
+        _ = relay(out_read, in_write, state) => {}
         _ = cut_signal.changed() => {}
+    }
+}
+
+/// Copies one direction of a connection, applying the link's cut, drop and delay settings.
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    state: Arc<LinkState>,
+) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buffer).await.unwrap_or(0);
+        if n == 0 || state.cut.load(Ordering::SeqCst) {
+            return;
+        }
+        let delay = state.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if state.drop.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
     }
 }
