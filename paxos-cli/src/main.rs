@@ -35,6 +35,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "PAXOS_TIMEOUT_MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
 
+    /// Largest value to send, in bytes: the nodes' --value-bytes-max (refused before sending).
+    #[arg(long, global = true, env = "PAXOS_VALUE_BYTES_MAX", default_value_t = paxos_core::Config::VALUE_BYTES_MAX_DEFAULT)]
+    pub value_bytes_max: usize,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -119,6 +123,7 @@ impl Cli {
             // propose and bench go to the leader directly; history and status answer from the
             // node asked.
             prefer_leader: matches!(self.command, Command::Propose { .. } | Command::Bench { .. }),
+            value_bytes_max: self.value_bytes_max,
         }
     }
 }

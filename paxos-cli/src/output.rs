@@ -39,6 +39,9 @@ pub fn status_json(status: &StatusReport) -> Value {
         "chosen_upto": status.chosen_upto,
         "history_start": status.history_start,
         "accepted_records": status.accepted_records,
+        "sessions": status.sessions,
+        "stale_accepts_refused": status.stale_accepts_refused,
+        "superseded_leaderships": status.superseded_leaderships,
         "members": status.members.iter().map(|m| json!({
             "id": m.id, "addr": m.addr, "chosen_upto": m.chosen_upto,
         })).collect::<Vec<_>>(),
@@ -52,7 +55,7 @@ pub fn status_json(status: &StatusReport) -> Value {
 pub fn status_text(status: &StatusReport) -> String {
     let leader = status.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
     let mut out = format!(
-        "node {} ({}) of cluster {:?}\nleader: {leader}\nballot: {}.{}\nchosen up to: {} (history starts at {})\naccepted records: {}\nmembers:\n",
+        "node {} ({}) of cluster {:?}\nleader: {leader}\nballot: {}.{}\nchosen up to: {} (history starts at {})\naccepted records: {}\nclient sessions: {}\nstale accepts refused: {}, leaderships superseded: {}\nmembers:\n",
         status.node,
         status.role,
         status.cluster_id,
@@ -61,6 +64,9 @@ pub fn status_text(status: &StatusReport) -> String {
         status.chosen_upto,
         status.history_start,
         status.accepted_records,
+        status.sessions,
+        status.stale_accepts_refused,
+        status.superseded_leaderships,
     );
     for member in &status.members {
         let upto = member.chosen_upto.map(|u| u.to_string()).unwrap_or_else(|| "?".into());

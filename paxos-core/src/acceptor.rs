@@ -1,16 +1,40 @@
 //! Acceptor rules: promise on Prepare, accept on Accept, and the follower side of heartbeats.
 
 use crate::message::{AcceptedEntry, Message};
-use crate::ready::PersistOp;
+use crate::ready::{HistoryRead, PersistOp, ReadPurpose};
 use crate::replica::{PromiseData, Replica, Role};
 use crate::types::{Ballot, NodeId, Slot, Value};
+
+/// The entries of `entries` (in slot order) that form one unbroken run starting at `from`.
+pub(crate) fn unbroken_run(
+    from: Slot,
+    entries: impl IntoIterator<Item = (Slot, Value)>,
+) -> Vec<(Slot, Value)> {
+    let mut next = from;
+    let mut run = Vec::new();
+    for (slot, value) in entries {
+        if slot < next {
+            continue;
+        }
+        if slot > next {
+            break;
+        }
+        run.push((slot, value));
+        next += 1;
+    }
+    run
+}
 
 impl Replica {
     /// Phase 1b. Promises `ballot` if it is at least the current promise.
     ///
+    /// When the candidate lacks slots this acceptor has applied, the Promise carries their
+    /// chosen values, read from the history first (see [`ReadPurpose::Promise`]).
+    ///
     /// # Correctness
-    /// The raised promise is persisted in the same Ready that carries the Promise message, so
-    /// the driver makes it durable before the candidate can count on it.
+    /// The raised promise is persisted in the same Ready that carries the Promise message (or
+    /// the history read that leads to it), so the driver makes it durable before the candidate
+    /// can count on it.
     pub(crate) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
         if ballot < self.promised {
             self.send(from, Message::Nack { ballot, promised: self.promised });
@@ -21,12 +45,41 @@ impl Replica {
         // Granting a promise is a vote for `from`: give it time to win before competing.
         self.reset_election_timer();
         self.leader_hint = None;
-        let data = self.promise_data(from_slot);
+        if from_slot < self.chosen_upto && from_slot >= self.truncation.history_start {
+            self.ready.history_reads.push(HistoryRead {
+                purpose: ReadPurpose::Promise { ballot },
+                to: from,
+                from_slot,
+                upto_slot: self.chosen_upto,
+                entries_max: self.config.entries_per_message_max,
+                bytes_max: self.config.message_bytes_max,
+            });
+            return;
+        }
+        self.send_promise(from, ballot, from_slot, Vec::new());
+    }
+
+    /// Sends the Promise of `ballot`, with `history` (applied entries from `from_slot` on).
+    pub(crate) fn send_promise(
+        &mut self,
+        to: NodeId,
+        ballot: Ballot,
+        from_slot: Slot,
+        history: Vec<(Slot, Value)>,
+    ) {
+        if self.promised != ballot {
+            // Promised higher since the Prepare arrived: the candidate has lost already.
+            self.send(to, Message::Nack { ballot, promised: self.promised });
+            return;
+        }
+        let data = self.promise_data(from_slot, history);
         self.send(
-            from,
+            to,
             Message::Promise {
                 ballot,
+                from_slot,
                 accepted: data.accepted,
+                history: data.history,
                 chosen: data.chosen,
                 chosen_upto: data.chosen_upto,
             },
@@ -35,10 +88,11 @@ impl Replica {
 
     /// What this acceptor knows about every slot from `from_slot` on.
     ///
-    /// Slots below `chosen_upto` are applied (their accepted records may be collected); every
-    /// other accepted record at or above `from_slot` is reported, which is what makes the
+    /// Slots below `chosen_upto` are applied (their accepted records may be collected): their
+    /// values come from `history`, which may stop short of `chosen_upto`. Every accepted record
+    /// at or above `max(from_slot, chosen_upto)` is reported, which is what makes the
     /// candidate's choice of value safe.
-    pub(crate) fn promise_data(&self, from_slot: Slot) -> PromiseData {
+    pub(crate) fn promise_data(&self, from_slot: Slot, history: Vec<(Slot, Value)>) -> PromiseData {
         let start = from_slot.max(self.chosen_upto);
         let accepted = self
             .accepted
@@ -49,8 +103,12 @@ impl Replica {
                 value: value.clone(),
             })
             .collect();
+        // Only an unbroken run from `from_slot`: a read that raced a truncation may start later,
+        // and verbatim entries above a gap must never pass for raw chosen values.
+        let history =
+            unbroken_run(from_slot, history.into_iter().filter(|(slot, _)| *slot < self.chosen_upto));
         let chosen = self.chosen_pending.range(start..).map(|(slot, value)| (*slot, value.clone())).collect();
-        PromiseData { accepted, chosen, chosen_upto: self.chosen_upto }
+        PromiseData { accepted, history, chosen, chosen_upto: self.chosen_upto }
     }
 
     /// Phase 2b. Accepts every entry if `ballot` is at least the promise.
@@ -68,12 +126,16 @@ impl Replica {
         self.follow(from, ballot);
         let mut slots = Vec::with_capacity(entries.len());
         for (slot, value) in entries {
-            slots.push(slot);
             if slot < self.chosen_upto {
-                // Applied already: the value is necessarily the chosen one, and a future Promise
-                // reports the slot through `chosen_upto`. Acknowledge without storing.
+                // Applied already, and the history is not in memory to compare with: a vote
+                // here would vouch for a value this acceptor cannot check (a stale leader's
+                // value differs from the chosen one). No vote; `chosen_upto` in the reply
+                // tells the leader to fetch the chosen value, and a leader whose proposal
+                // differs from it learns it was superseded.
+                self.stale_accepts_refused += 1;
                 continue;
             }
+            slots.push(slot);
             self.accept_locally(slot, ballot, value);
         }
         self.send(from, Message::Accepted { ballot, slots, chosen_upto: self.chosen_upto });
@@ -92,8 +154,9 @@ impl Replica {
         }
         self.persist(PersistOp::Accept { slot, ballot, value: value.clone() });
         self.accepted.insert(slot, (ballot, value));
-        // A value accepted in the ballot the leader already declared committed is chosen.
-        if ballot == self.commit_ballot && slot < self.commit_known {
+        // A value accepted in the ballot whose leader already declared the slot committed is
+        // chosen (that leader's announcements cover only slots where its value is the chosen one).
+        if ballot == self.commit_ballot && slot < self.commit_upto_in_ballot {
             self.mark_chosen_by_commit(slot);
         }
     }
@@ -183,6 +246,28 @@ mod tests {
             }
             other => panic!("expected a promise, got {other:?}"),
         }
+    }
+
+    /// A commit point announced in one ballot says nothing about values accepted in another:
+    /// leader a's word that slots below 2 are chosen must not make ballot b's proposals there
+    /// chosen (b may be a stale leader whose values lost).
+    #[test]
+    fn a_commit_point_of_one_ballot_does_not_mark_entries_of_another() {
+        let mut acceptor = replica(1, &[1, 2, 3]);
+        let (a, b) = (Ballot::new(1, 2), Ballot::new(2, 3));
+        let heartbeat = Message::Heartbeat { ballot: a, commit_upto: 2, history_start: 0 };
+        acceptor.step(Envelope { from: 2, to: 1, message: heartbeat });
+        for slot in 0..2 {
+            let accept = Message::Accept { ballot: b, entries: vec![(slot, Value::Noop)], commit_upto: 0 };
+            acceptor.step(Envelope { from: 3, to: 1, message: accept });
+        }
+        acceptor.take_ready();
+        assert!(acceptor.chosen_pending.is_empty(), "marked chosen: {:?}", acceptor.chosen_pending);
+        assert_eq!(acceptor.chosen_upto(), 0);
+        // Ballot b's own announcement does mark them.
+        let heartbeat = Message::Heartbeat { ballot: b, commit_upto: 2, history_start: 0 };
+        acceptor.step(Envelope { from: 3, to: 1, message: heartbeat });
+        assert_eq!(acceptor.chosen_upto(), 2);
     }
 
     #[test]

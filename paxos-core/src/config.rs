@@ -34,6 +34,9 @@ pub struct Config {
 }
 
 impl Config {
+    /// The default largest client value, in bytes.
+    pub const VALUE_BYTES_MAX_DEFAULT: usize = 1 << 20;
+
     /// A configuration with the default limits for the given members.
     pub fn new(id: NodeId, members: Vec<NodeId>) -> Self {
         Config {
@@ -47,7 +50,7 @@ impl Config {
             entries_per_message_max: 1024,
             message_bytes_max: 4 << 20,
             proposals_queued_max: 65_536,
-            value_bytes_max: 1 << 20,
+            value_bytes_max: Self::VALUE_BYTES_MAX_DEFAULT,
             request_table: TableLimits { clients_max: 4096, seqs_per_client_max: 1024 },
         }
     }

@@ -14,11 +14,37 @@ pub struct Envelope {
     pub message: Message,
 }
 
-/// A proposal forwarded by the replica that a client talked to, so the leader can answer it.
+/// A client's proposal (forwarded by the replica the client talked to, so the leader can
+/// answer it). A proposal whose `request_id.client_id` is [`RequestId::REGISTER_CLIENT_ID`]
+/// asks for a new client session (see [`Proposal::register`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub request_id: RequestId,
     pub payload: Vec<u8>,
+}
+
+impl Proposal {
+    /// A request to open a client session. The answer is the slot of the `Register` entry,
+    /// which is the new session's client id. `nonce` (random) only routes the answer back.
+    pub fn register(nonce: u64) -> Self {
+        Proposal {
+            request_id: RequestId { client_id: RequestId::REGISTER_CLIENT_ID, seq: nonce },
+            payload: Vec::new(),
+        }
+    }
+
+    pub fn is_register(&self) -> bool {
+        self.request_id.client_id == RequestId::REGISTER_CLIENT_ID
+    }
+
+    /// The value this proposal puts in the log.
+    pub fn into_value(self) -> Value {
+        if self.is_register() {
+            Value::Register { nonce: self.request_id.seq }
+        } else {
+            Value::Command { request_id: self.request_id, payload: self.payload }
+        }
+    }
 }
 
 /// An entry an acceptor reports in a Promise: it accepted `value` at `slot` in `ballot`.
@@ -47,6 +73,12 @@ pub enum ProposalError {
     /// log can no longer tell whether it was chosen before. Not retryable with the same id.
     #[error("request id {0} is too old to be deduplicated")]
     RequestExpired(RequestId),
+    /// The client's session is unknown: never registered, or evicted from the full session
+    /// table. The log can no longer tell whether this request was chosen before, so it is
+    /// refused; the client must register a new session (and treat this request's outcome as
+    /// unknown).
+    #[error("session {0} is unknown or expired: register a new session")]
+    SessionExpired(u64),
     /// The value is larger than the configured limit.
     #[error("value of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
     TooLarge { size_bytes: usize, limit_bytes: usize },
@@ -64,10 +96,22 @@ impl ProposalError {
 pub enum Message {
     /// Phase 1a: asks for a promise covering every slot from `from_slot` on.
     Prepare { ballot: Ballot, from_slot: Slot },
-    /// Phase 1b. `accepted` holds every entry this acceptor accepted at slots `>= from_slot` that
-    /// it has not yet applied; slots below `chosen_upto` are chosen (final), their values are
-    /// fetched by catch-up. `chosen` lists slots above `chosen_upto` it knows chosen.
-    Promise { ballot: Ballot, accepted: Vec<AcceptedEntry>, chosen: Vec<(Slot, Value)>, chosen_upto: Slot },
+    /// Phase 1b, answering the Prepare of `ballot` that asked from `from_slot`.
+    ///
+    /// `history` is this acceptor's applied history from `from_slot` on, verbatim (as
+    /// deduplicated when applied), one unbroken run bounded by the message limits (it may stop
+    /// short of `chosen_upto`). `chosen` holds raw chosen values it knows above `chosen_upto`,
+    /// and `accepted` every entry it accepted at slots `>= max(from_slot, chosen_upto)`.
+    /// Together they let a candidate finish phase 1 with any majority, never waiting on a
+    /// member that is gone.
+    Promise {
+        ballot: Ballot,
+        from_slot: Slot,
+        accepted: Vec<AcceptedEntry>,
+        history: Vec<(Slot, Value)>,
+        chosen: Vec<(Slot, Value)>,
+        chosen_upto: Slot,
+    },
     /// The receiver promised a higher ballot; `promised` lets the sender retry above it.
     Nack { ballot: Ballot, promised: Ballot },
     /// Phase 2a for a batch of slots. `commit_upto`: every slot below it is chosen.
@@ -113,8 +157,8 @@ impl Message {
 ///
 /// # Correctness
 /// `requests` is the table as it was after applying every slot below `table_upto`
-/// (`table_upto >= history_start`). A node that installs the snapshot copies the slots in
-/// `[history_start, table_upto)` verbatim from peers and does not re-run deduplication for them.
+/// (`table_upto >= history_start`). A node that installs the snapshot restarts its own history
+/// at `table_upto`, where the table stands (see `Replica::on_catch_up_truncated`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct TruncationSnapshot {
     pub history_start: Slot,

@@ -33,9 +33,18 @@ impl Replica {
                     history_start: self.truncation.history_start,
                 };
                 self.broadcast(heartbeat);
-                self.retransmit_accepts();
             }
+            // Every tick, not only with heartbeats: a steady stream of new Accepts keeps the
+            // heartbeat timer from firing, and a lost Accept must not wait for the window to
+            // fill before it is sent again (each slot waits `interval` between resends).
+            self.retransmit_accepts();
             return;
+        }
+        if let Role::Candidate(candidate) = &self.role {
+            if candidate.waiting_for_gap && self.chosen_upto > candidate.from_slot {
+                // Catch-up filled some of the gap: ask the quorum again from there.
+                self.prepare_again();
+            }
         }
         self.election_elapsed_ticks += 1;
         if self.election_elapsed_ticks >= self.election_deadline_ticks {
@@ -53,31 +62,86 @@ impl Replica {
         self.raise_promise(ballot);
         self.leader_hint = None;
         self.reset_election_timer();
-        let own = self.promise_data(self.chosen_upto);
-        let mut promises = BTreeMap::new();
-        promises.insert(self.config.id, own);
-        self.role = Role::Candidate(CandidateState { ballot, promises });
-        self.broadcast(Message::Prepare { ballot, from_slot: self.chosen_upto });
+        self.role = Role::Candidate(CandidateState {
+            ballot,
+            from_slot: self.chosen_upto,
+            promises: BTreeMap::new(),
+            waiting_for_gap: false,
+        });
+        self.prepare_again();
+    }
+
+    /// (Re)starts phase 1 of the current candidacy from this replica's applied prefix.
+    ///
+    /// A Prepare at a ballot already promised is answered again, so asking twice in one ballot
+    /// is safe; Promises that answered an earlier, lower `from_slot` cover more and still count.
+    fn prepare_again(&mut self) {
+        let from_slot = self.chosen_upto;
+        let own = self.promise_data(from_slot, Vec::new());
+        let Role::Candidate(candidate) = &mut self.role else {
+            return;
+        };
+        candidate.from_slot = from_slot;
+        candidate.waiting_for_gap = false;
+        candidate.promises.clear();
+        candidate.promises.insert(self.config.id, own);
+        let ballot = candidate.ballot;
+        self.broadcast(Message::Prepare { ballot, from_slot });
         self.maybe_become_leader();
     }
 
-    pub(crate) fn on_promise(&mut self, from: NodeId, ballot: Ballot, data: PromiseData) {
+    pub(crate) fn on_promise(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot, data: PromiseData) {
         self.note_member_progress(from, data.chosen_upto);
         let Role::Candidate(candidate) = &mut self.role else {
             return;
         };
-        if candidate.ballot != ballot {
+        // A Promise that answered a later `from_slot` (a delayed answer to a Prepare of an
+        // earlier life of this ballot, from before a crash) does not cover the slots between.
+        if candidate.ballot != ballot || from_slot > candidate.from_slot {
             return;
         }
         candidate.promises.insert(from, data);
         self.maybe_become_leader();
     }
 
+    /// With a quorum of promises: learn every chosen value they carry; lead if no slot below
+    /// some promiser's applied prefix is still unknown, otherwise fill that gap first.
+    ///
+    /// # Correctness
+    /// A slot below a promiser's `chosen_upto` is chosen, but that promiser may have collected
+    /// its accepted record, so the highest-ballot rule over the quorum could pick a value other
+    /// than the chosen one: such a slot must be known (from a Promise's history entries or by
+    /// catch-up) before this replica leads. Promises carry those values, so any live majority
+    /// lets the candidate finish: it never waits on a member that is gone.
     fn maybe_become_leader(&mut self) {
-        let Role::Candidate(candidate) = &self.role else {
+        let Role::Candidate(candidate) = &mut self.role else {
             return;
         };
-        if candidate.promises.len() < self.config.quorum() {
+        if candidate.promises.len() < self.config.quorum() || candidate.waiting_for_gap {
+            return;
+        }
+        let mut max_chosen_upto = 0;
+        let mut chosen = Vec::new();
+        let mut history = BTreeMap::new();
+        for data in candidate.promises.values_mut() {
+            max_chosen_upto = max_chosen_upto.max(data.chosen_upto);
+            chosen.append(&mut data.chosen);
+            history.extend(std::mem::take(&mut data.history));
+        }
+        let from_slot = candidate.from_slot;
+        for (slot, value) in chosen {
+            self.learn_chosen(slot, value);
+        }
+        self.apply_chosen();
+        self.apply_verbatim(history);
+        if self.chosen_upto < max_chosen_upto {
+            if self.chosen_upto > from_slot {
+                self.prepare_again();
+            } else if let Role::Candidate(candidate) = &mut self.role {
+                // No promise could give the next slot (truncated there): catch-up will.
+                candidate.waiting_for_gap = true;
+                self.maybe_catch_up();
+            }
             return;
         }
         let Role::Candidate(candidate) = std::mem::replace(&mut self.role, Role::Follower) else {
@@ -89,24 +153,16 @@ impl Replica {
     /// Phase 1 is complete: choose a value for every open slot and start phase 2.
     ///
     /// # Correctness
-    /// For slots at or above every promiser's `chosen_upto`, any value that may have been chosen
-    /// was accepted by some promiser that still holds the record, so taking the highest-ballot
-    /// accepted value is safe. Slots below some promiser's `chosen_upto` are chosen but their
-    /// reports may be stale; those are re-proposed only when the chosen value itself is known,
-    /// otherwise left to catch-up.
+    /// Every slot below every promiser's `chosen_upto` is applied here already (see
+    /// `maybe_become_leader`). For the slots above, any value that may have been chosen was
+    /// accepted by some promiser that still holds the record, so taking the highest-ballot
+    /// accepted value is safe.
     fn become_leader(&mut self, candidate: CandidateState) {
         let ballot = candidate.ballot;
         assert_eq!(self.promised, ballot, "a leader holds its own promise");
-        let mut max_chosen_upto = self.chosen_upto;
         let mut highest: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
         for (node, data) in candidate.promises {
-            max_chosen_upto = max_chosen_upto.max(data.chosen_upto);
-            if node != self.config.id {
-                self.note_member_progress(node, data.chosen_upto);
-            }
-            for (slot, value) in data.chosen {
-                self.learn_chosen(slot, value);
-            }
+            assert!(data.chosen_upto <= self.chosen_upto, "phase 1 left a gap below {node}'s prefix");
             for entry in data.accepted {
                 let replace = match highest.get(&entry.slot) {
                     Some((ballot, _)) => entry.ballot > *ballot,
@@ -117,7 +173,7 @@ impl Replica {
                 }
             }
         }
-        let mut next_slot = max_chosen_upto.max(self.chosen_upto);
+        let mut next_slot = self.chosen_upto;
         if let Some((slot, _)) = highest.last_key_value() {
             next_slot = next_slot.max(slot + 1);
         }
@@ -128,8 +184,6 @@ impl Replica {
         for slot in self.chosen_upto..next_slot {
             let value = if let Some(value) = self.chosen_pending.get(&slot) {
                 value.clone()
-            } else if slot < max_chosen_upto {
-                continue;
             } else if let Some((_, value)) = highest.remove(&slot) {
                 value
             } else {
@@ -233,7 +287,13 @@ impl Replica {
     /// A proposal reached the leader, from a local client or forwarded by a peer.
     pub(crate) fn leader_propose(&mut self, proposal: Proposal, origin: Origin) {
         let request_id = proposal.request_id;
-        match self.requests.lookup(request_id, self.config.request_table) {
+        // A registration is always new; a retried one may open a second session, harmlessly.
+        let lookup = if proposal.is_register() {
+            Lookup::New
+        } else {
+            self.requests.lookup(request_id, self.config.request_table)
+        };
+        match lookup {
             Lookup::AppliedAt(slot) => {
                 self.reply(origin, request_id, Ok(slot));
                 return;
@@ -242,6 +302,14 @@ impl Replica {
                 self.reply(origin, request_id, Err(ProposalError::RequestExpired(request_id)));
                 return;
             }
+            // A session registered at a slot this leader has not applied yet may well exist:
+            // only the log can tell, when the request's slot is applied.
+            Lookup::SessionUnknown if request_id.client_id < self.chosen_upto => {
+                let error = ProposalError::SessionExpired(request_id.client_id);
+                self.reply(origin, request_id, Err(error));
+                return;
+            }
+            Lookup::SessionUnknown => {}
             Lookup::New => {}
         }
         let queue_limit = self.config.proposals_queued_max;
@@ -286,8 +354,8 @@ impl Replica {
             };
             let slot = leader.next_slot;
             leader.next_slot += 1;
-            let value = Value::Command { request_id: proposal.request_id, payload: proposal.payload };
             leader.in_flight_requests.insert(proposal.request_id, slot);
+            let value = proposal.into_value();
             leader.in_flight.insert(
                 slot,
                 InFlight { value: value.clone(), votes: BTreeSet::from([self.config.id]), sent_tick: now },
@@ -538,17 +606,19 @@ mod tests {
     fn single_member_cluster_chooses_on_its_own() {
         let mut cluster = Cluster::new(1);
         cluster.elect();
-        cluster.node(1).propose(proposal(7, 1, "a"));
+        let client = cluster.session(1);
+        cluster.node(1).propose(proposal(client, 1, "a"));
         cluster.settle();
         assert_eq!(cluster.replies.len(), 1);
-        assert_eq!(cluster.replies[0].1.outcome, Ok(0));
+        assert_eq!(cluster.replies[0].1.outcome, Ok(1));
     }
 
     #[test]
     fn stable_leader_skips_phase_one() {
         let mut cluster = Cluster::new(3);
         let leader = cluster.elect();
-        cluster.node(leader).propose(proposal(7, 1, "a"));
+        let client = cluster.session(leader);
+        cluster.node(leader).propose(proposal(client, 1, "a"));
         let ready = cluster.node(leader).take_ready();
         assert!(sent(&ready, |m| matches!(m, Message::Prepare { .. })).is_empty());
         assert_eq!(sent(&ready, |m| matches!(m, Message::Accept { .. })).len(), 2);
@@ -568,6 +638,8 @@ mod tests {
         // Slot 2 was accepted at two ballots: the higher one must win. Slot 1 is a hole.
         let promise = Message::Promise {
             ballot,
+            from_slot: 0,
+            history: vec![],
             accepted: vec![
                 AcceptedEntry { slot: 0, ballot: Ballot::new(0, 2), value: command("x") },
                 AcceptedEntry { slot: 2, ballot: Ballot::new(0, 2), value: command("low") },
@@ -602,14 +674,15 @@ mod tests {
         let mut cluster = Cluster::new(3);
         let leader = cluster.elect();
         let follower = if leader == 1 { 2 } else { 1 };
-        cluster.node(follower).propose(proposal(9, 1, "hello"));
+        let client = cluster.session(follower);
+        cluster.node(follower).propose(proposal(client, 1, "hello"));
         cluster.settle();
         // The answer waits until the follower has applied the slot (the leader announces the
         // commit point at once), so the client can read its write from the node it asked.
-        assert_eq!(cluster.node(follower).chosen_upto(), 1);
+        assert_eq!(cluster.node(follower).chosen_upto(), 2);
         assert_eq!(
             cluster.replies,
-            vec![(follower, crate::Reply { request_id: proposal(9, 1, "").request_id, outcome: Ok(0) })]
+            vec![(follower, crate::Reply { request_id: proposal(client, 1, "").request_id, outcome: Ok(1) })]
         );
     }
 }

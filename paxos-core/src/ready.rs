@@ -53,10 +53,21 @@ impl PersistOp {
     }
 }
 
-/// A read of already-durable history that the driver performs for a catch-up request, then
-/// hands back with [`crate::Replica::serve_catch_up`]. The replica keeps no history in memory.
+/// Why the replica asked for a [`HistoryRead`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPurpose {
+    /// A peer's `CatchUp`: the entries go back as `CatchUpEntries`.
+    CatchUp,
+    /// A candidate's `Prepare` of `ballot` from `from_slot`: the entries go into the Promise, so
+    /// the candidate learns every chosen value it lacks from whichever majority answers.
+    Promise { ballot: Ballot },
+}
+
+/// A read of already-written history that the driver performs, then hands back with
+/// [`crate::Replica::serve_history_read`]. The replica keeps no history in memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryRead {
+    pub purpose: ReadPurpose,
     pub to: NodeId,
     pub from_slot: Slot,
     /// Read no slot at or above this (the replica's applied prefix when it asked).
@@ -86,8 +97,9 @@ pub struct Reply {
 ///    log gives both). If the write fails the driver must stop: after a failed fsync the data may
 ///    be lost, and retrying could acknowledge what is not stored.
 /// 2. Send the remaining `messages` (any order; the network may reorder anyway).
-/// 3. Perform `history_reads` against the now-durable history and pass the results to
-///    `serve_catch_up`.
+/// 3. Perform `history_reads` against the history as written in step 1 and pass the results
+///    to `serve_history_read`, before taking the next Ready (a Promise built from a read goes
+///    out with that next Ready: its promise is already durable).
 /// 4. Apply `chosen` (already in storage through `persist`) and answer `replies`.
 #[derive(Debug, Default)]
 pub struct Ready {

@@ -30,13 +30,21 @@ pub(crate) struct InFlight {
 #[derive(Debug)]
 pub(crate) struct CandidateState {
     pub(crate) ballot: Ballot,
+    /// Phase 1 covers every slot from here on (this replica's applied prefix when it asked).
+    pub(crate) from_slot: Slot,
     pub(crate) promises: BTreeMap<NodeId, PromiseData>,
+    /// A quorum answered but some member has applied slots whose values no promise carried:
+    /// wait for them (catch-up), then ask again from the new applied prefix.
+    pub(crate) waiting_for_gap: bool,
 }
 
 /// The content of one Promise, kept until the candidate has a quorum.
 #[derive(Debug, Clone)]
 pub(crate) struct PromiseData {
     pub(crate) accepted: Vec<crate::message::AcceptedEntry>,
+    /// Applied history entries (verbatim), an unbroken run from the Prepare's `from_slot`.
+    pub(crate) history: Vec<(Slot, Value)>,
+    /// Raw values known chosen above the promiser's applied prefix.
     pub(crate) chosen: Vec<(Slot, Value)>,
     pub(crate) chosen_upto: Slot,
 }
@@ -88,6 +96,13 @@ pub struct Status {
     pub history_start: Slot,
     pub accepted_records: usize,
     pub request_records: usize,
+    /// Client sessions open in the duplicate table.
+    pub sessions: usize,
+    /// Accepts refused for slots already applied here (a stale leader's, or a retransmission).
+    pub stale_accepts_refused: u64,
+    /// Leaderships given up because another ballot chose at a slot this leader had in flight.
+    pub superseded_leaderships: u64,
+    pub snapshot_installs: u64,
     /// How far each member has applied, as this replica last heard.
     pub member_chosen_upto: BTreeMap<NodeId, Slot>,
 }
@@ -121,13 +136,21 @@ pub struct Replica {
     pub(crate) chosen_pending: BTreeMap<Slot, Value>,
     pub(crate) truncation: TruncationSnapshot,
     pub(crate) requests: RequestTable,
-    /// The highest commit point announced by a leader, with that leader's ballot.
-    pub(crate) commit_known: Slot,
+    /// The ballot of the leader followed last, and the highest commit point it announced
+    /// (announcements of other ballots do not count, see `learn_commit`).
     pub(crate) commit_ballot: Ballot,
+    pub(crate) commit_upto_in_ballot: Slot,
     /// Slots below this were already checked against `commit_ballot` for commit marking.
     pub(crate) commit_marked_upto: Slot,
     pub(crate) catch_up: Option<CatchUpState>,
     pub(crate) member_chosen_upto: BTreeMap<NodeId, Slot>,
+
+    // Counters of rare events, for status reports and the simulation.
+    /// Accepts for slots already applied here, refused because their value cannot be checked.
+    pub(crate) stale_accepts_refused: u64,
+    /// Leaderships given up because another ballot chose at a slot this leader had in flight.
+    pub(crate) superseded_leaderships: u64,
+    pub(crate) snapshot_installs: u64,
 
     // Proposer state.
     pub(crate) role: Role,
@@ -168,8 +191,11 @@ impl Replica {
             chosen_pending: BTreeMap::new(),
             truncation: durable.truncation,
             requests: durable.requests,
-            commit_known: durable.chosen_upto,
             commit_ballot: Ballot::ZERO,
+            commit_upto_in_ballot: 0,
+            stale_accepts_refused: 0,
+            superseded_leaderships: 0,
+            snapshot_installs: 0,
             commit_marked_upto: durable.chosen_upto,
             catch_up: None,
             member_chosen_upto: BTreeMap::new(),
@@ -231,8 +257,9 @@ impl Replica {
         self.observe_ballot(&message);
         match message {
             Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
-            Message::Promise { ballot, accepted, chosen, chosen_upto } => {
-                self.on_promise(from, ballot, PromiseData { accepted, chosen, chosen_upto })
+            Message::Promise { ballot, from_slot, accepted, history, chosen, chosen_upto } => {
+                let data = PromiseData { accepted, history, chosen, chosen_upto };
+                self.on_promise(from, ballot, from_slot, data)
             }
             Message::Nack { ballot, promised } => self.on_nack(from, ballot, promised),
             Message::Accept { ballot, entries, commit_upto } => {
@@ -308,6 +335,10 @@ impl Replica {
             history_start: self.truncation.history_start,
             accepted_records: self.accepted.len(),
             request_records: self.requests.len(),
+            sessions: self.requests.sessions(),
+            stale_accepts_refused: self.stale_accepts_refused,
+            superseded_leaderships: self.superseded_leaderships,
+            snapshot_installs: self.snapshot_installs,
             member_chosen_upto,
         }
     }
@@ -324,11 +355,12 @@ impl Replica {
             _ => String::new(),
         };
         format!(
-            "catch_up={:?} pending={:?} table_upto={} commit_known={}{leader}",
+            "catch_up={:?} pending={:?} table_upto={} commit={}@{}{leader}",
             self.catch_up,
             self.chosen_pending.keys().collect::<Vec<_>>(),
             self.truncation.table_upto,
-            self.commit_known
+            self.commit_upto_in_ballot,
+            self.commit_ballot
         )
     }
 

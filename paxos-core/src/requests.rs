@@ -7,12 +7,15 @@ use std::collections::{BTreeMap, HashMap};
 /// Outcome of looking a request id up in the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// Never applied (as far as the table can tell): the request may be chosen.
+    /// The session is open and this request was never applied: it may be chosen.
     New,
     /// Already applied at this slot.
     AppliedAt(Slot),
-    /// Older than the window the table keeps for this client: it cannot tell.
+    /// Older than the window the table keeps for this session: it cannot tell.
     Expired,
+    /// The session is not in the table: never opened, or evicted. Nothing can be told about
+    /// its requests, so none is applied.
+    SessionUnknown,
 }
 
 /// A change to the table, for the storage layer to mirror.
@@ -22,14 +25,24 @@ pub enum TableChange {
     Remove { request_id: RequestId },
 }
 
-/// Recent request ids per client, derived from the history in slot order.
+/// The client sessions and their recent request ids, derived from the history in slot order:
+/// what makes a retried request land in the log at most once.
 ///
-/// Every replica that applies the same history from the same table gets the same table, so
-/// deduplication decisions (which become part of the history) agree everywhere.
+/// A session is opened by a `Register` entry; its client id is that entry's slot. Every replica
+/// that applies the same history from the same table gets the same table, so deduplication
+/// decisions (which become part of the history) agree everywhere.
 ///
-/// Bounded: per client it keeps the `seqs_per_client_max` highest sequence numbers; a request
-/// below that window is `Expired`. At most `clients_max` clients are kept; when a new client
-/// arrives past that, the client whose last request is oldest (lowest slot) is forgotten.
+/// # Correctness
+/// A request is applied only if its session is in the table and its seq is neither recorded
+/// nor below the session's window. A session that was evicted is gone for good (its id, a
+/// slot, is never opened again), so a late retry from it is refused, never mistaken for new.
+///
+/// Bounded: per session it keeps the `seqs_per_client_max` highest sequence numbers; a request
+/// below that window is `Expired`. At most `clients_max` sessions are kept; opening one past
+/// that evicts the session whose last activity (slot) is oldest.
+///
+/// Persisted as `(request id, slot)` records; a session's registration is the record with
+/// seq 0 (clients number their requests from 1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct RequestTable {
     clients: HashMap<u64, ClientRecord>,
@@ -37,9 +50,9 @@ pub struct RequestTable {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 struct ClientRecord {
-    /// seq -> slot at which it was applied.
+    /// seq -> slot at which it was applied (seq >= 1).
     seqs: BTreeMap<u64, Slot>,
-    /// Highest slot of any request of this client: orders clients for eviction.
+    /// Highest slot of the registration or any request of this session: orders eviction.
     last_slot: Slot,
 }
 
@@ -50,11 +63,17 @@ pub struct TableLimits {
     pub seqs_per_client_max: usize,
 }
 
+/// The seq of the record that stands for a session's registration.
+const REGISTRATION_SEQ: u64 = 0;
+
 impl RequestTable {
     pub fn lookup(&self, request_id: RequestId, limits: TableLimits) -> Lookup {
         let Some(record) = self.clients.get(&request_id.client_id) else {
-            return Lookup::New;
+            return Lookup::SessionUnknown;
         };
+        if request_id.seq == REGISTRATION_SEQ {
+            return Lookup::Expired;
+        }
         if let Some(slot) = record.seqs.get(&request_id.seq) {
             return Lookup::AppliedAt(*slot);
         }
@@ -65,13 +84,17 @@ impl RequestTable {
         }
     }
 
-    /// Records `request_id` as applied at `slot`; returns the changes to persist.
-    ///
-    /// # Correctness
-    /// Callers apply slots in increasing order and only after `lookup` returned `New`.
-    pub fn insert(&mut self, request_id: RequestId, slot: Slot, limits: TableLimits) -> Vec<TableChange> {
+    /// Whether `client_id` names an open session.
+    pub fn has_session(&self, client_id: u64) -> bool {
+        self.clients.contains_key(&client_id)
+    }
+
+    /// Opens the session registered at `slot` (its client id is `slot`), evicting the least
+    /// recently active session if the table is full; returns the changes to persist.
+    pub fn open_session(&mut self, slot: Slot, limits: TableLimits) -> Vec<TableChange> {
         let mut changes = Vec::new();
-        if !self.clients.contains_key(&request_id.client_id) && self.clients.len() >= limits.clients_max {
+        assert!(!self.clients.contains_key(&slot), "session {slot} opened twice");
+        if self.clients.len() >= limits.clients_max {
             // Deterministic choice: lowest last_slot, ties broken by client id.
             let victim = self
                 .clients
@@ -80,13 +103,33 @@ impl RequestTable {
                 .map(|(client_id, _)| *client_id);
             if let Some(victim) = victim {
                 if let Some(record) = self.clients.remove(&victim) {
+                    changes.push(TableChange::Remove {
+                        request_id: RequestId { client_id: victim, seq: REGISTRATION_SEQ },
+                    });
                     changes.extend(record.seqs.keys().map(|seq| TableChange::Remove {
                         request_id: RequestId { client_id: victim, seq: *seq },
                     }));
                 }
             }
         }
-        let record = self.clients.entry(request_id.client_id).or_default();
+        self.clients.insert(slot, ClientRecord { seqs: BTreeMap::new(), last_slot: slot });
+        changes.push(TableChange::Insert {
+            request_id: RequestId { client_id: slot, seq: REGISTRATION_SEQ },
+            slot,
+        });
+        changes
+    }
+
+    /// Records `request_id` as applied at `slot`; returns the changes to persist.
+    ///
+    /// # Correctness
+    /// Callers apply slots in increasing order and only after `lookup` returned `New`.
+    pub fn insert(&mut self, request_id: RequestId, slot: Slot, limits: TableLimits) -> Vec<TableChange> {
+        let mut changes = Vec::new();
+        let Some(record) = self.clients.get_mut(&request_id.client_id) else {
+            panic!("insert for {request_id} without a session: lookup said New");
+        };
+        assert_ne!(request_id.seq, REGISTRATION_SEQ, "seq 0 is the registration record");
         record.seqs.insert(request_id.seq, slot);
         record.last_slot = record.last_slot.max(slot);
         changes.push(TableChange::Insert { request_id, slot });
@@ -105,7 +148,9 @@ impl RequestTable {
         let mut table = RequestTable::default();
         for (request_id, slot) in records {
             let record = table.clients.entry(request_id.client_id).or_default();
-            record.seqs.insert(request_id.seq, slot);
+            if request_id.seq != REGISTRATION_SEQ {
+                record.seqs.insert(request_id.seq, slot);
+            }
             record.last_slot = record.last_slot.max(slot);
         }
         table
@@ -117,15 +162,27 @@ impl RequestTable {
             .clients
             .iter()
             .flat_map(|(client_id, record)| {
-                record.seqs.iter().map(|(seq, slot)| (RequestId { client_id: *client_id, seq: *seq }, *slot))
+                let registration = (RequestId { client_id: *client_id, seq: REGISTRATION_SEQ }, *client_id);
+                std::iter::once(registration).chain(
+                    record
+                        .seqs
+                        .iter()
+                        .map(|(seq, slot)| (RequestId { client_id: *client_id, seq: *seq }, *slot)),
+                )
             })
             .collect();
         records.sort();
         records
     }
 
+    /// Request records held (registrations not counted).
     pub fn len(&self) -> usize {
         self.clients.values().map(|record| record.seqs.len()).sum()
+    }
+
+    /// Open sessions.
+    pub fn sessions(&self) -> usize {
+        self.clients.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -146,6 +203,7 @@ mod tests {
     #[test]
     fn remembers_applied_requests_and_their_slot() {
         let mut table = RequestTable::default();
+        table.open_session(1, LIMITS);
         assert_eq!(table.lookup(rid(1, 1), LIMITS), Lookup::New);
         table.insert(rid(1, 1), 10, LIMITS);
         assert_eq!(table.lookup(rid(1, 1), LIMITS), Lookup::AppliedAt(10));
@@ -153,34 +211,46 @@ mod tests {
     }
 
     #[test]
+    fn requests_of_unregistered_sessions_are_refused() {
+        let table = RequestTable::default();
+        assert_eq!(table.lookup(rid(7, 1), LIMITS), Lookup::SessionUnknown);
+    }
+
+    #[test]
     fn requests_below_the_window_are_expired_not_new() {
         let mut table = RequestTable::default();
+        table.open_session(1, LIMITS);
         for seq in 5..=8 {
-            table.insert(rid(1, seq), seq, LIMITS);
+            table.insert(rid(1, seq), seq + 1, LIMITS);
         }
         assert_eq!(table.lookup(rid(1, 5), LIMITS), Lookup::Expired);
         assert_eq!(table.lookup(rid(1, 4), LIMITS), Lookup::Expired);
-        assert_eq!(table.lookup(rid(1, 6), LIMITS), Lookup::AppliedAt(6));
+        assert_eq!(table.lookup(rid(1, 6), LIMITS), Lookup::AppliedAt(7));
         // Out-of-order arrivals above the lowest kept seq are still new.
         assert_eq!(table.lookup(rid(1, 9), LIMITS), Lookup::New);
     }
 
     #[test]
-    fn evicts_the_least_recent_client_and_reports_changes() {
+    fn an_evicted_session_is_refused_not_new() {
         let mut table = RequestTable::default();
-        table.insert(rid(1, 1), 1, LIMITS);
-        table.insert(rid(2, 1), 2, LIMITS);
-        let changes = table.insert(rid(3, 1), 3, LIMITS);
+        table.open_session(1, LIMITS);
+        table.insert(rid(1, 1), 2, LIMITS);
+        table.open_session(3, LIMITS);
+        let changes = table.open_session(4, LIMITS);
+        assert!(changes.contains(&TableChange::Remove { request_id: rid(1, 0) }));
         assert!(changes.contains(&TableChange::Remove { request_id: rid(1, 1) }));
-        assert_eq!(table.lookup(rid(1, 1), LIMITS), Lookup::New);
-        assert_eq!(table.lookup(rid(2, 1), LIMITS), Lookup::AppliedAt(2));
+        // The late retry of an evicted session must not look new: it may have been applied.
+        assert_eq!(table.lookup(rid(1, 1), LIMITS), Lookup::SessionUnknown);
+        assert_eq!(table.lookup(rid(3, 1), LIMITS), Lookup::New);
     }
 
     #[test]
     fn round_trips_through_records() {
         let mut table = RequestTable::default();
+        table.open_session(1, LIMITS);
         table.insert(rid(1, 1), 1, LIMITS);
-        table.insert(rid(2, 7), 2, LIMITS);
+        table.open_session(2, LIMITS);
+        table.insert(rid(2, 7), 3, LIMITS);
         assert_eq!(RequestTable::from_records(table.records()), table);
     }
 }

@@ -58,7 +58,7 @@ impl Cluster {
                         read.entries_max,
                         read.bytes_max,
                     );
-                    replica.serve_catch_up(read.to, entries);
+                    replica.serve_history_read(read, entries);
                 }
                 self.queue.extend(ready.messages);
                 self.replies.extend(ready.replies.into_iter().map(|r| (id, r)));
@@ -86,6 +86,21 @@ impl Cluster {
             }
             self.settle();
         }
+    }
+
+    /// Opens a client session through `node` and returns its client id (the registration's
+    /// slot); the registration's reply is removed from `replies`.
+    pub(crate) fn session(&mut self, node: u64) -> u64 {
+        let nonce = 0xC0FFEE + self.replies.len() as u64;
+        self.node(node).propose(Proposal::register(nonce));
+        self.settle();
+        let index = self
+            .replies
+            .iter()
+            .position(|(_, reply)| reply.request_id == Proposal::register(nonce).request_id)
+            .expect("registration answered");
+        let (_, reply) = self.replies.remove(index);
+        reply.outcome.expect("registration chosen")
     }
 
     /// Ticks until some replica leads.

@@ -48,6 +48,12 @@ impl fmt::Display for RequestId {
     }
 }
 
+impl RequestId {
+    /// Reserved client id: a proposal with it asks for a new session. No session can have it
+    /// (a session's id is the slot of its `Register` entry, and no slot reaches `u64::MAX`).
+    pub const REGISTER_CLIENT_ID: u64 = u64::MAX;
+}
+
 /// What a slot of the log holds.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Value {
@@ -55,6 +61,9 @@ pub enum Value {
     Noop,
     /// A client's value, with the request id that makes retries idempotent.
     Command { request_id: RequestId, payload: Vec<u8> },
+    /// Opens a client session whose id is this entry's slot. `nonce` routes the answer back to
+    /// the client that asked; a retried registration may open a second, unused session.
+    Register { nonce: u64 },
 }
 
 impl Value {
@@ -62,6 +71,9 @@ impl Value {
         match self {
             Value::Noop => None,
             Value::Command { request_id, .. } => Some(*request_id),
+            Value::Register { nonce } => {
+                Some(RequestId { client_id: RequestId::REGISTER_CLIENT_ID, seq: *nonce })
+            }
         }
     }
 
@@ -70,6 +82,7 @@ impl Value {
         match self {
             Value::Noop => 1,
             Value::Command { payload, .. } => 17 + payload.len(),
+            Value::Register { .. } => 9,
         }
     }
 }
@@ -78,6 +91,7 @@ impl fmt::Debug for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::Noop => write!(f, "Noop"),
+            Value::Register { nonce } => write!(f, "Register({nonce:x})"),
             Value::Command { request_id, payload } => match std::str::from_utf8(payload) {
                 Ok(text) if text.len() <= 32 => write!(f, "Command({request_id}, {text:?})"),
                 _ => write!(f, "Command({request_id}, {} bytes)", payload.len()),

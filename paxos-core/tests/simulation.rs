@@ -1,7 +1,8 @@
 //! Seeded simulations of whole clusters under faults.
 //!
-//! `PAXOS_SIM_SEED=N cargo test -p paxos-core --test simulation` replays one seed;
-//! `PAXOS_SIM_SEEDS=N` runs seeds 0..N (default 300). A failure prints its seed.
+//! `PAXOS_SIM_SEED=N cargo test -p paxos-core --test simulation` replays one seed (of both
+//! mixes); `PAXOS_SIM_SEEDS=N` runs seeds 0..N of the original mix (default 300) and
+//! `PAXOS_SWARM_SEEDS=N` of the swarm mix (default 4 times as many). A failure prints its seed.
 
 mod sim;
 
@@ -33,28 +34,24 @@ fn random_scenario(seed: u64) -> Scenario {
     Scenario::random(&mut Rng::new(seed ^ 0x5eed))
 }
 
-#[test]
-fn random_clusters_under_faults_stay_safe_and_live() {
-    let seeds: Vec<u64> = match env_u64("PAXOS_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => (0..env_u64("PAXOS_SIM_SEEDS").unwrap_or(300)).collect(),
-    };
+fn swarm_scenario(seed: u64) -> Scenario {
+    Scenario::swarm(&mut Rng::new(seed ^ 0x5a4d))
+}
+
+fn run_seeds(mix: &str, seeds: Vec<u64>, scenario: fn(u64) -> Scenario) {
+    if seeds.len() == 1 {
+        eprintln!("{mix} seed {}: {:?}", seeds[0], scenario(seeds[0]));
+    }
+    let started = std::time::Instant::now();
     let mut total = Stats::default();
     let mut failures = Vec::new();
     for seed in &seeds {
-        match run_seed(*seed, random_scenario(*seed)) {
-            Ok(stats) => {
-                total.ticks += stats.ticks;
-                total.messages_delivered += stats.messages_delivered;
-                total.crashes += stats.crashes;
-                total.partitions += stats.partitions;
-                total.acknowledged += stats.acknowledged;
-                total.chosen_slots += stats.chosen_slots;
-                total.snapshot_truncations += stats.snapshot_truncations;
-                total.snapshot_installs += stats.snapshot_installs;
-            }
+        match run_seed(*seed, scenario(*seed)) {
+            Ok(stats) => total.add(&stats),
             Err(error) => {
-                eprintln!("seed {seed} FAILED: {error}\n  replay: PAXOS_SIM_SEED={seed} cargo test -p paxos-core --test simulation");
+                eprintln!(
+                    "{mix} seed {seed} FAILED: {error}\n  replay: PAXOS_SIM_SEED={seed} cargo test -p paxos-core --test simulation {mix}"
+                );
                 failures.push(*seed);
                 if failures.len() >= 5 {
                     break;
@@ -62,8 +59,33 @@ fn random_clusters_under_faults_stay_safe_and_live() {
             }
         }
     }
-    eprintln!("simulation: {} seeds, totals {total:?}", seeds.len());
-    assert!(failures.is_empty(), "failing seeds: {failures:?}");
+    eprintln!("{mix}: {} seeds in {:.1} s, totals {total:?}", seeds.len(), started.elapsed().as_secs_f64());
+    assert!(failures.is_empty(), "{mix}: failing seeds: {failures:?}");
+}
+
+/// The original mix: clean partitions, every crashed node restarted before liveness is checked.
+#[test]
+fn random_clusters_under_faults_stay_safe_and_live() {
+    let seeds: Vec<u64> = match env_u64("PAXOS_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..env_u64("PAXOS_SIM_SEEDS").unwrap_or(300)).collect(),
+    };
+    run_seeds("random", seeds, random_scenario);
+}
+
+/// The swarm mix: per-seed fault mixes over 3, 5 and 7 nodes, one-way and non-transitive cuts,
+/// slow links, members that never come back, truncation with a leader crash, request storms,
+/// late retries and session eviction; liveness checked with only the survivors.
+#[test]
+fn swarm_clusters_under_faults_stay_safe_and_live() {
+    let seeds: Vec<u64> = match env_u64("PAXOS_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => {
+            let default = 4 * env_u64("PAXOS_SIM_SEEDS").unwrap_or(300);
+            (0..env_u64("PAXOS_SWARM_SEEDS").unwrap_or(default)).collect()
+        }
+    };
+    run_seeds("swarm", seeds, swarm_scenario);
 }
 
 /// Seeds that once found bugs, kept as regressions (each with what it found).
@@ -74,6 +96,11 @@ fn regression_seeds() {
             panic!("regression seed {seed} failed: {error}");
         }
     }
+    for seed in SWARM_REGRESSION_SEEDS {
+        if let Err(error) = run_seed(*seed, swarm_scenario(*seed)) {
+            panic!("swarm regression seed {seed} failed: {error}");
+        }
+    }
 }
 
 const REGRESSION_SEEDS: &[u64] = &[
@@ -81,6 +108,8 @@ const REGRESSION_SEEDS: &[u64] = &[
     // replies that followers were ahead never asked for catch-up: it stayed behind forever.
     929,
 ];
+
+const SWARM_REGRESSION_SEEDS: &[u64] = &[];
 
 /// The teaching implementation's own test: 5 acceptors of which 2 are down, 2 nodes proposing,
 /// 1000 values; all chosen once, histories equal. Then the 2 start and catch up.
@@ -99,6 +128,7 @@ fn teaching_scenario_five_nodes_two_down_thousand_values() {
         heal_ticks_max: 5000,
         faults: Faults { delay_ticks_max: 4, duplicate_per_mille: 20, ..Faults::none() },
         config_tweak: |_| {},
+        small_table: None,
     };
     let stats = run_seed(1, scenario).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stats.acknowledged, 1000);
@@ -121,6 +151,7 @@ fn fault_free_cluster_chooses_everything() {
         heal_ticks_max: 3000,
         faults: Faults::none(),
         config_tweak: |_| {},
+        small_table: None,
     };
     let stats = run_seed(7, scenario).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stats.acknowledged, 150);

@@ -4,6 +4,11 @@
 //! request over it (responses are matched by id). It follows leader hints, moves to the next
 //! endpoint when one fails, and retries a proposal with the same request id until it is
 //! answered or the timeout passes, so a retried proposal is never chosen twice.
+//!
+//! Before its first proposal a client opens a session through the log (a `Register` entry):
+//! its request ids are `(session, seq)`. The cluster keeps a bounded table of sessions; a client
+//! whose session was evicted gets [`ClientError::SessionExpired`] for a proposal whose outcome
+//! can no longer be told, and opens a new session for the next one.
 
 use crate::codec::FrameCodec;
 use crate::wire::{
@@ -11,7 +16,7 @@ use crate::wire::{
     StatusReport, PROTOCOL_VERSION,
 };
 use futures::{SinkExt, Stream, StreamExt};
-use paxos_core::{RequestId, Slot};
+use paxos_core::{Proposal, ProposalError, RequestId, Slot};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +41,9 @@ pub struct ClientOptions {
     /// forwarding hop for proposals; `history` and `status` then answer from the leader, so
     /// clients that read one node's view leave this off.
     pub prefer_leader: bool,
+    /// Largest value the client sends, checked before anything goes out (the nodes check
+    /// their own limit too): set it to the nodes' `--value-bytes-max`.
+    pub value_bytes_max: usize,
 }
 
 impl ClientOptions {
@@ -45,6 +53,7 @@ impl ClientOptions {
             cluster: crate::config::DEFAULT_CLUSTER.to_owned(),
             timeout: Duration::from_secs(10),
             prefer_leader: false,
+            value_bytes_max: paxos_core::Config::VALUE_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -62,6 +71,15 @@ pub enum ClientError {
     Truncated { requested: Slot, history_start: Slot },
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("value of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
+    TooLarge { size_bytes: usize, limit_bytes: usize },
+    /// The session was evicted from the cluster's session table before the proposal was
+    /// answered: it may or may not have been chosen (it is never chosen twice). The next
+    /// proposal opens a new session.
+    #[error(
+        "session {session} expired before the proposal was answered: it may or may not have been chosen"
+    )]
+    SessionExpired { session: u64 },
 }
 
 enum CallError {
@@ -182,22 +200,20 @@ struct ConnectionState {
 #[derive(Clone)]
 pub struct Client {
     options: Arc<ClientOptions>,
-    client_id: u64,
+    /// The session registered through the log (its id is the slot of its `Register` entry).
+    session: Arc<tokio::sync::Mutex<Option<u64>>>,
     next_seq: Arc<AtomicU64>,
     state: Arc<tokio::sync::Mutex<ConnectionState>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("client_id", &self.client_id)
-            .field("endpoints", &self.options.endpoints)
-            .finish()
+        f.debug_struct("Client").field("endpoints", &self.options.endpoints).finish()
     }
 }
 
-/// A client id unlikely to collide with any other client's: request ids are (client id, seq).
-fn random_client_id() -> u64 {
+/// A registration nonce unlikely to collide with any other client's: it routes the answer.
+fn random_nonce() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
     hasher.write_u128(Instant::now().elapsed().as_nanos());
@@ -223,7 +239,7 @@ impl Client {
         }
         Ok(Client {
             options: Arc::new(options),
-            client_id: random_client_id(),
+            session: Arc::new(tokio::sync::Mutex::new(None)),
             next_seq: Arc::new(AtomicU64::new(1)),
             state: Arc::new(tokio::sync::Mutex::new(ConnectionState {
                 next_endpoint: 0,
@@ -233,13 +249,24 @@ impl Client {
         })
     }
 
-    /// A new client with the same options but its own id and connection (a clone shares them).
+    /// A new client with the same options but its own session and connection (a clone shares
+    /// them).
     pub fn clone_fresh(&self) -> Client {
         Client::new((*self.options).clone()).expect("options were valid")
     }
 
-    pub fn client_id(&self) -> u64 {
-        self.client_id
+    /// The session this client's proposals use, registering one through the log first if it
+    /// has none. Concurrent proposals wait for one registration.
+    pub async fn session(&self) -> Result<u64, ClientError> {
+        let mut session = self.session.lock().await;
+        if let Some(id) = *session {
+            return Ok(id);
+        }
+        let registration = Proposal::register(random_nonce());
+        let request = Request::Propose { request_id: registration.request_id, value: Vec::new() };
+        let id = self.run(request, interpret_proposed).await?;
+        *session = Some(id);
+        Ok(id)
     }
 
     /// The live connection, or a new one to the preferred address or the next endpoint.
@@ -382,27 +409,23 @@ impl Client {
 
     /// Proposes one value; returns the slot it was chosen at.
     pub async fn propose(&self, value: Vec<u8>) -> Result<Slot, ClientError> {
-        let request_id =
-            RequestId { client_id: self.client_id, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) };
-        self.run(Request::Propose { request_id, value }, |response| match response {
-            Response::Proposed(Ok(slot)) => (Attempt::Done(Ok(slot)), None),
-            Response::Proposed(Err(error)) if error.is_retryable() => {
-                let leader_addr = match &error {
-                    ProposeError::Protocol { leader_addr, .. } => leader_addr.clone(),
-                    _ => None,
-                };
-                // Without a hint, another node may know the leader (or be in the majority).
-                let rotate = leader_addr.is_none();
-                (Attempt::Retry { error: error.to_string(), rotate }, leader_addr)
+        if value.len() > self.options.value_bytes_max {
+            return Err(ClientError::TooLarge {
+                size_bytes: value.len(),
+                limit_bytes: self.options.value_bytes_max,
+            });
+        }
+        let session = self.session().await?;
+        let request_id = RequestId { client_id: session, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) };
+        let result = self.run(Request::Propose { request_id, value }, interpret_proposed).await;
+        if let Err(ClientError::SessionExpired { session: expired }) = &result {
+            // The next proposal registers anew; this one's outcome stays unknown.
+            let mut current = self.session.lock().await;
+            if *current == Some(*expired) {
+                *current = None;
             }
-            Response::Proposed(Err(error)) => {
-                (Attempt::Done(Err(ClientError::Rejected(error.to_string()))), None)
-            }
-            other => {
-                (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None)
-            }
-        })
-        .await
+        }
+        result
     }
 
     /// Proposes every value of `values`, keeping up to `window` in flight on the connection;
@@ -456,5 +479,29 @@ impl Client {
             }
         })
         .await
+    }
+}
+
+/// What a `Proposed` answer means for a proposal (or a registration): done, or retry where.
+fn interpret_proposed(response: Response) -> (Attempt<Slot>, Option<String>) {
+    match response {
+        Response::Proposed(Ok(slot)) => (Attempt::Done(Ok(slot)), None),
+        Response::Proposed(Err(error)) if error.is_retryable() => {
+            let leader_addr = match &error {
+                ProposeError::Protocol { leader_addr, .. } => leader_addr.clone(),
+                _ => None,
+            };
+            // Without a hint, another node may know the leader (or be in the majority).
+            let rotate = leader_addr.is_none();
+            (Attempt::Retry { error: error.to_string(), rotate }, leader_addr)
+        }
+        Response::Proposed(Err(ProposeError::Protocol {
+            error: ProposalError::SessionExpired(session),
+            ..
+        })) => (Attempt::Done(Err(ClientError::SessionExpired { session })), None),
+        Response::Proposed(Err(error)) => {
+            (Attempt::Done(Err(ClientError::Rejected(error.to_string()))), None)
+        }
+        other => (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None),
     }
 }

@@ -241,7 +241,8 @@ impl Driver {
         let entries = entries
             .into_iter()
             .map(|(slot, value)| match value {
-                Value::Noop => (slot, None),
+                // Registrations open client sessions; they hold no user value.
+                Value::Noop | Value::Register { .. } => (slot, None),
                 Value::Command { payload, .. } => (slot, Some(payload)),
             })
             .collect();
@@ -269,6 +270,9 @@ impl Driver {
             chosen_upto: status.chosen_upto,
             history_start: status.history_start,
             accepted_records: status.accepted_records as u64,
+            sessions: status.sessions as u64,
+            stale_accepts_refused: status.stale_accepts_refused,
+            superseded_leaderships: status.superseded_leaderships,
             members,
             fsyncs: self.storage.fsyncs(),
             applied_since_start: self.applied_since_start,
@@ -309,7 +313,7 @@ impl Driver {
                     read.entries_max,
                     read.bytes_max,
                 )?;
-                self.replica.serve_catch_up(read.to, entries);
+                self.replica.serve_history_read(&read, entries);
             }
             self.applied_since_start += ready.chosen.len() as u64;
             for reply in ready.replies {

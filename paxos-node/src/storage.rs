@@ -440,6 +440,8 @@ mod tests {
                 PersistOp::Accept { slot: 1, ballot: Ballot::new(3, 2), value: Value::Noop },
                 PersistOp::Apply { slot: 0, value: command(1) },
                 PersistOp::ChosenUpto(1),
+                // Session 1's registration (seq 0, at slot 1, its id) and one request.
+                PersistOp::RequestInsert { request_id: RequestId { client_id: 1, seq: 0 }, slot: 1 },
                 PersistOp::RequestInsert { request_id, slot: 0 },
             ])
             .expect("write");
@@ -449,7 +451,7 @@ mod tests {
         assert_eq!(state.promised, Ballot::new(3, 2));
         assert_eq!(state.accepted.len(), 2);
         assert_eq!(state.chosen_upto, 1);
-        assert_eq!(state.requests.records(), vec![(request_id, 0)]);
+        assert_eq!(state.requests.records(), vec![(RequestId { client_id: 1, seq: 0 }, 1), (request_id, 0)]);
         assert_eq!(storage.read_history(0, 10, 10, 1 << 20).expect("read"), vec![(0, command(1))]);
     }
 
@@ -474,6 +476,8 @@ mod tests {
         assert_eq!(state, reference.durable_state());
         assert_eq!(storage.read_history(0, 100, 100, 1 << 20).expect("read").len(), 7);
         let mut table = RequestTable::default();
+        let limits = paxos_core::Config::new(1, vec![1]).request_table;
+        table.open_session(4, limits);
         table.insert(
             RequestId { client_id: 4, seq: 4 },
             20,

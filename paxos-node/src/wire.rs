@@ -140,6 +140,14 @@ pub struct StatusReport {
     pub chosen_upto: Slot,
     pub history_start: Slot,
     pub accepted_records: u64,
+    /// Client sessions open in the duplicate table.
+    pub sessions: u64,
+    /// Accepts refused for slots this node had already applied (a stale leader's: its value
+    /// cannot be checked against the history, so no vote is given).
+    pub stale_accepts_refused: u64,
+    /// Times this node gave up leading because another ballot chose a different value at a
+    /// slot it had in flight.
+    pub superseded_leaderships: u64,
     pub members: Vec<MemberInfo>,
     /// Synced batches written since start, and values applied since start: their ratio is the
     /// fsyncs per chosen value (group commit at work).

@@ -51,48 +51,54 @@ async fn every_command_in_human_and_json_form() {
     let all = endpoints(&cluster);
     let node2 = cluster.addrs[&2].clone();
 
-    assert_eq!(stdout(&cli(&all, &["propose", "first"])).trim(), "0");
+    // Each paxos-cli process opens a client session through the log first (a registration
+    // slot, which history prints like a no-op), then proposes.
+    assert_eq!(stdout(&cli(&all, &["propose", "first"])).trim(), "1");
     let json: Value =
         serde_json::from_str(&stdout(&cli(&all, &["propose", "second", "--json"]))).expect("json");
-    assert_eq!(json, serde_json::json!({ "slot": 1 }));
+    assert_eq!(json, serde_json::json!({ "slot": 3 }));
     // --endpoint before or after the command, repeated.
     let out = Command::new(binary("paxos-cli"))
         .args(["--endpoint", &node2, "propose", "third", "--endpoint", &cluster.addrs[&3]])
         .output()
         .expect("run");
-    assert_eq!(stdout(&out).trim(), "2");
+    assert_eq!(stdout(&out).trim(), "5");
 
     let lines: String = (0..500).map(|i| format!("line-{i}\n")).collect();
     let out = stdout(&cli_stdin(&all, &["propose", "--stdin"], &lines));
     let slots: Vec<u64> = out.lines().map(|l| l.parse().expect("slot")).collect();
-    assert_eq!(slots, (3..503).collect::<Vec<u64>>(), "one slot per input line, in input order");
+    assert_eq!(slots, (7..507).collect::<Vec<u64>>(), "one slot per input line, in input order");
     let out = stdout(&cli_stdin(&all, &["propose", "--stdin", "--json"], "a\nb\n"));
     let objects: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
-    assert_eq!(objects, vec![serde_json::json!({"slot": 503}), serde_json::json!({"slot": 504})]);
+    assert_eq!(objects, vec![serde_json::json!({"slot": 508}), serde_json::json!({"slot": 509})]);
 
     // history and status answer from the node asked: wait until node 2 has applied everything.
     wait_until("node 2 applies every slot", Duration::from_secs(10), || async {
-        Ok((cluster.status(2).await?.chosen_upto == 505).then_some(()))
+        Ok((cluster.status(2).await?.chosen_upto == 510).then_some(()))
     })
     .await
     .expect("caught up");
     let history = stdout(&cli(&node2, &["history", "--from", "1", "--limit", "3"]));
-    assert_eq!(history, "1\tsecond\n2\tthird\n3\tline-0\n");
+    assert_eq!(history, "1\tfirst\n2\t\n3\tsecond\n");
     let json: Value =
-        serde_json::from_str(&stdout(&cli(&node2, &["history", "--json", "--from", "503"]))).expect("json");
-    assert_eq!(json, serde_json::json!([{"slot": 503, "value": "a"}, {"slot": 504, "value": "b"}]));
+        serde_json::from_str(&stdout(&cli(&node2, &["history", "--json", "--from", "507"]))).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!([{"slot": 507, "value": null}, {"slot": 508, "value": "a"}, {"slot": 509, "value": "b"}])
+    );
     let all_history = stdout(&cli(&node2, &["history"]));
-    assert_eq!(all_history.lines().count(), 505);
+    assert_eq!(all_history.lines().count(), 510);
 
     let status = stdout(&cli(&node2, &["status"]));
     assert!(
-        status.contains("node 2") && status.contains("leader:") && status.contains("chosen up to: 505"),
+        status.contains("node 2") && status.contains("leader:") && status.contains("chosen up to: 510"),
         "{status}"
     );
     let json: Value = serde_json::from_str(&stdout(&cli(&node2, &["status", "--json"]))).expect("json");
     assert_eq!(json["node"], 2);
-    assert_eq!(json["chosen_upto"], 505);
+    assert_eq!(json["chosen_upto"], 510);
     assert_eq!(json["history_start"], 0);
+    assert_eq!(json["sessions"], 5, "one session per paxos-cli process that proposed");
     assert!(json["leader"].is_u64());
     assert!(json["ballot"]["round"].is_u64() && json["ballot"]["node"].is_u64());
     assert_eq!(json["members"].as_array().expect("members").len(), 3);
@@ -100,10 +106,10 @@ async fn every_command_in_human_and_json_form() {
     // gc: human, then JSON with truncation, through whichever node (it goes to the leader).
     let out = stdout(&cli(&node2, &["gc"]));
     assert!(out.starts_with("removed ") && out.contains("history starts at 0"), "{out}");
-    wait_until("the leader hears every member at 505", Duration::from_secs(10), || async {
+    wait_until("the leader hears every member at 510", Duration::from_secs(10), || async {
         let leader = cluster.wait_for_leader(Duration::from_secs(5)).await?;
         let status = cluster.status(leader).await?;
-        Ok(status.members.iter().all(|m| m.chosen_upto == Some(505)).then_some(()))
+        Ok(status.members.iter().all(|m| m.chosen_upto == Some(510)).then_some(()))
     })
     .await
     .expect("progress known");
@@ -112,7 +118,7 @@ async fn every_command_in_human_and_json_form() {
             .expect("json");
     assert_eq!(json["history_start"], 100);
     assert_eq!(json["history_entries_removed"], 100);
-    assert_eq!(json["chosen_upto"], 505);
+    assert_eq!(json["chosen_upto"], 510);
 
     // A no-op prints as an empty value: none here, so check the format through JSON's null
     // elsewhere (the teaching scenario fills holes); the history from the cut is intact.
@@ -121,7 +127,7 @@ async fn every_command_in_human_and_json_form() {
     })
     .await
     .expect("truncated");
-    assert_eq!(stdout(&cli(&node2, &["history", "--from", "100", "--limit", "1"])), "100\tline-97\n");
+    assert_eq!(stdout(&cli(&node2, &["history", "--from", "100", "--limit", "1"])), "100\tline-93\n");
     let error = one_line_error(&cli(&node2, &["history", "--from", "5"]));
     assert!(error.contains("truncated") && error.contains("100"), "{error}");
     let error = one_line_error(&cli(&node2, &["history"]));
@@ -145,7 +151,8 @@ async fn bench_reports_throughput_latency_and_fsyncs() {
     // Every write is in the log, each once.
     cluster.wait_converged(400, Duration::from_secs(20)).await.expect("converged");
     let history = cluster.history(1).await.expect("history");
-    assert_eq!(history.len(), 400);
+    // The bench's clients each opened a session (a registration slot without a value).
+    assert_eq!(history.iter().filter(|(_, value)| value.is_some()).count(), 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +202,7 @@ async fn demo_starts_a_cluster_shows_it_working_and_leaves_it_running() {
     assert!(out.contains("was elected leader"), "{out}");
     assert!(out.contains("kill -9 of the leader"), "{out}");
     for id in 1..=3 {
-        assert!(out.contains(&format!("node {id}: 9 slots, identical: true")), "{out}");
+        assert!(out.contains(&format!("node {id}: 9 values in")) && out.contains("identical: true"), "{out}");
     }
     let endpoints = out
         .lines()
@@ -203,7 +210,8 @@ async fn demo_starts_a_cluster_shows_it_working_and_leaves_it_running() {
         .expect("endpoints line")
         .to_owned();
     // Still running: usable with the printed endpoints.
-    assert_eq!(stdout(&cli(&endpoints, &["propose", "more"])).trim(), "9");
+    // 9 values and 6 session registrations so far; this process registers one more first.
+    assert_eq!(stdout(&cli(&endpoints, &["propose", "more"])).trim(), "16");
     let out = stdout(&cli("", &["demo", "--stop", "--dir", demo_dir_text]));
     assert!(out.contains("stopped 3 node(s)"), "{out}");
     one_line_error(&cli(&endpoints, &["status", "--timeout-ms", "300"]));

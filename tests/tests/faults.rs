@@ -306,8 +306,10 @@ async fn f_truncation_under_load_and_a_node_down_across_it() {
     cluster.start_node(down).expect("restart");
     let report = converge_and_check(&cluster, &recorder).await;
     assert_eq!(report.acknowledged, 250);
+    // The snapshot's session table stands where the leader had applied when it cut (at or
+    // above 100): the installer's own history restarts there.
     let status = cluster.status(down).await.expect("status");
-    assert_eq!(status.history_start, 100, "the node that was down installed the truncation");
+    assert!(status.history_start >= 100, "the node that was down installed the truncation: {status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,12 +1,19 @@
 //! The safety checker: every property of DESIGN.md, checked as the run goes.
+//!
+//! Besides what nodes apply and answer, it watches every durable vote (each `PersistOp::Accept`
+//! a node writes) and so knows, independently of any node's bookkeeping, when a value is chosen:
+//! a majority voted for it in one ballot. Two ballots choosing different values at one slot is
+//! an agreement violation even if no node ever applies either.
 
 use paxos_core::{Ballot, Envelope, MemStorage, Message, NodeId, RequestId, Slot, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-#[derive(Default)]
 pub struct Checker {
+    quorum: usize,
     /// What was proposed under each request id (validity).
     proposed: BTreeMap<RequestId, Vec<u8>>,
+    /// Registration nonces clients sent (validity of `Register` entries).
+    registrations: BTreeSet<u64>,
     /// The one value of every slot any node applied (agreement).
     history: BTreeMap<Slot, Value>,
     /// Where each request id sits in the history (exactly-once).
@@ -15,11 +22,33 @@ pub struct Checker {
     acknowledged: BTreeMap<RequestId, Slot>,
     /// Highest ballot each node answered in a Promise or Accepted, across crashes.
     answered: BTreeMap<NodeId, Ballot>,
+    /// Durable votes: (slot, ballot) -> (value, voters).
+    votes: BTreeMap<(Slot, Ballot), (Value, BTreeSet<NodeId>)>,
+    /// The value chosen at each slot by a majority of votes in one ballot, with that ballot.
+    chosen_by_votes: BTreeMap<Slot, (Ballot, Value)>,
 }
 
 impl Checker {
+    pub fn new(quorum: usize) -> Self {
+        Checker {
+            quorum,
+            proposed: BTreeMap::new(),
+            registrations: BTreeSet::new(),
+            history: BTreeMap::new(),
+            request_slots: BTreeMap::new(),
+            acknowledged: BTreeMap::new(),
+            answered: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            chosen_by_votes: BTreeMap::new(),
+        }
+    }
+
     pub fn on_propose(&mut self, request_id: RequestId, payload: &[u8]) {
         self.proposed.insert(request_id, payload.to_vec());
+    }
+
+    pub fn on_register(&mut self, nonce: u64) {
+        self.registrations.insert(nonce);
     }
 
     /// Promise monotonicity: an acceptor's answers never go below a ballot it answered before,
@@ -40,14 +69,61 @@ impl Checker {
         Ok(())
     }
 
+    /// A node durably accepted `value` at `slot` in `ballot`.
+    pub fn on_vote(&mut self, node: NodeId, slot: Slot, ballot: Ballot, value: &Value) -> Result<(), String> {
+        let (voted, voters) =
+            self.votes.entry((slot, ballot)).or_insert_with(|| (value.clone(), BTreeSet::new()));
+        if voted != value {
+            return Err(format!(
+                "two values in one ballot: slot {slot} ballot {ballot}: {voted:?} and {value:?} (node {node})"
+            ));
+        }
+        voters.insert(node);
+        if voters.len() < self.quorum {
+            return Ok(());
+        }
+        match self.chosen_by_votes.get(&slot) {
+            Some((other_ballot, other)) if other != value => Err(format!(
+                "agreement (votes): slot {slot} chosen as {other:?} in ballot {other_ballot} and as {value:?} in \
+                 ballot {ballot}"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.chosen_by_votes.insert(slot, (ballot, value.clone()));
+                self.check_applied_matches_votes(slot)
+            }
+        }
+    }
+
+    /// What a node applied at a slot is what a majority voted for there (or its deduplicated
+    /// form: a no-op standing for a command).
+    fn check_applied_matches_votes(&self, slot: Slot) -> Result<(), String> {
+        let (Some((ballot, chosen)), Some(applied)) =
+            (self.chosen_by_votes.get(&slot), self.history.get(&slot))
+        else {
+            return Ok(());
+        };
+        let matches =
+            applied == chosen || (*applied == Value::Noop && matches!(chosen, Value::Command { .. }));
+        if matches {
+            Ok(())
+        } else {
+            Err(format!("agreement (votes): slot {slot} applied as {applied:?}, chosen as {chosen:?} in ballot {ballot}"))
+        }
+    }
+
     pub fn on_apply(&mut self, node: NodeId, slot: Slot, value: &Value) -> Result<(), String> {
-        if let Value::Command { request_id, payload } = value {
-            match self.proposed.get(request_id) {
+        match value {
+            Value::Command { request_id, payload } => match self.proposed.get(request_id) {
                 Some(proposed) if proposed == payload => {}
                 _ => {
                     return Err(format!("validity: node {node} applied {value:?} at {slot}, never proposed"))
                 }
+            },
+            Value::Register { nonce } if !self.registrations.contains(nonce) => {
+                return Err(format!("validity: node {node} applied {value:?} at {slot}, never asked for"));
             }
+            _ => {}
         }
         match self.history.get(&slot) {
             Some(existing) if existing != value => {
@@ -57,16 +133,17 @@ impl Checker {
             }
             Some(_) => {}
             None => {
-                if let Some(request_id) = value.request_id() {
-                    if let Some(other) = self.request_slots.insert(request_id, slot) {
+                if let Value::Command { request_id, .. } = value {
+                    if let Some(other) = self.request_slots.insert(*request_id, slot) {
                         return Err(format!("exactly-once: {request_id} chosen at slots {other} and {slot}"));
                     }
                 }
                 self.history.insert(slot, value.clone());
+                self.check_applied_matches_votes(slot)?;
             }
         }
-        if let Some(request_id) = value.request_id() {
-            if let Some(acked) = self.acknowledged.get(&request_id) {
+        if let Value::Command { request_id, .. } = value {
+            if let Some(acked) = self.acknowledged.get(request_id) {
                 if *acked != slot {
                     return Err(format!(
                         "durability: {request_id} acknowledged at {acked}, applied at {slot}"
@@ -94,7 +171,13 @@ impl Checker {
         }
     }
 
-    pub fn on_restart(&mut self, _node: NodeId) {}
+    /// A registration was answered: its slot must hold it.
+    pub fn on_registered(&mut self, nonce: u64, slot: Slot) -> Result<(), String> {
+        match self.history.get(&slot) {
+            Some(Value::Register { nonce: at_slot }) if *at_slot == nonce => Ok(()),
+            other => Err(format!("registration {nonce:x} answered with slot {slot}, which holds {other:?}")),
+        }
+    }
 
     /// After healing: every node's stored history equals the agreed one over the range it
     /// holds, and every acknowledged request is in it at its slot.

@@ -1,9 +1,18 @@
 //! A deterministic simulation of whole clusters: the honest successor of the teaching code's
-//! "adversarial message pump". One seed fixes everything: fault rates, message delays, losses,
-//! duplicates, partitions, crashes and client behaviour. Replaying a seed replays the run.
+//! "adversarial message pump". One seed fixes everything: the fault mix, message delays,
+//! losses, duplicates, link cuts, crashes and client behaviour. Replaying a seed replays the run.
 //!
-//! The checker watches every applied entry and every reply, and fails the run on any violation
-//! of agreement, validity, durability, exactly-once or promise monotonicity.
+//! Two mixes are drawn from a seed. [`Scenario::random`] is the original one (3 or 5 nodes,
+//! clean two-sided partitions, every crashed node restarted before the liveness check).
+//! [`Scenario::swarm`] is the adversary: each seed switches every kind of fault on or off and
+//! draws its intensity (swarm testing, as TigerBeetle's VOPR does), over 3, 5 and 7 nodes, with
+//! one-way and non-transitive link cuts, slow links, members that never come back, forced
+//! truncations followed by a leader crash, duplicate-request storms and late retries, and more
+//! clients than the session table holds.
+//!
+//! The checker watches every durable vote, every applied entry and every reply, and fails the
+//! run on any violation of agreement, validity, durability, exactly-once or promise
+//! monotonicity; after healing it checks liveness with only the surviving majority.
 
 pub mod checker;
 pub mod network;
@@ -15,19 +24,39 @@ use paxos_core::{
 };
 use std::collections::BTreeMap;
 
-/// Fault rates for one run, drawn from the seed. Probabilities are per mille.
+/// Fault rates for one run, drawn from the seed. Probabilities are per mille (per tick for
+/// the events, per message for loss and duplication).
 #[derive(Clone, Debug)]
 pub struct Faults {
     pub loss_per_mille: u64,
     pub duplicate_per_mille: u64,
+    /// Duplicates may arrive hundreds of ticks after the original.
+    pub late_duplicates: bool,
     pub delay_ticks_max: u64,
-    /// Chance per tick that some node crashes.
+    /// Chance per tick that some node crashes (and restarts later).
     pub crash_per_mille: u64,
     /// Chance that a crash strikes between taking a Ready and persisting it.
     pub crash_mid_ready_per_mille: u64,
+    /// Clean two-sided partitions.
     pub partition_per_mille: u64,
+    /// One directed link cut (a hears b, b does not hear a).
+    pub one_way_per_mille: u64,
+    /// Non-transitive splits: two sides that cannot hear each other and a bridge node that
+    /// hears both.
+    pub bridge_per_mille: u64,
+    /// One directed link made slow for a while.
+    pub slow_link_per_mille: u64,
     /// Chance per tick of a compaction (GC, sometimes forced truncation) request.
     pub compact_per_mille: u64,
+    /// Chance that a forced truncation is followed at once by a crash of the leader.
+    pub crash_after_truncation_per_mille: u64,
+    /// Members that crash during the faulty phase and never come back (at most a minority).
+    pub permanent_failures: usize,
+    /// Chance per tick that a client re-sends an already answered request (same id) through a
+    /// random node, long after the first try.
+    pub late_retry_per_mille: u64,
+    /// Chance that a new request is also sent through a second and third node at once.
+    pub storm_per_mille: u64,
 }
 
 impl Faults {
@@ -35,14 +64,23 @@ impl Faults {
         Faults {
             loss_per_mille: 0,
             duplicate_per_mille: 0,
+            late_duplicates: false,
             delay_ticks_max: 1,
             crash_per_mille: 0,
             crash_mid_ready_per_mille: 0,
             partition_per_mille: 0,
+            one_way_per_mille: 0,
+            bridge_per_mille: 0,
+            slow_link_per_mille: 0,
             compact_per_mille: 0,
+            crash_after_truncation_per_mille: 0,
+            permanent_failures: 0,
+            late_retry_per_mille: 0,
+            storm_per_mille: 0,
         }
     }
 
+    /// The original mix: every fault on, at a drawn rate; clean partitions only.
     pub fn draw(rng: &mut Rng) -> Self {
         Faults {
             loss_per_mille: rng.range(0, 200),
@@ -52,6 +90,30 @@ impl Faults {
             crash_mid_ready_per_mille: rng.range(0, 500),
             partition_per_mille: rng.range(0, 10),
             compact_per_mille: rng.range(0, 10),
+            ..Faults::none()
+        }
+    }
+
+    /// The swarm mix: each kind of fault is on or off for the whole run, with its own rate.
+    pub fn draw_swarm(rng: &mut Rng, nodes: u64) -> Self {
+        let on = |rng: &mut Rng, low: u64, high: u64| if rng.chance(1, 2) { rng.range(low, high) } else { 0 };
+        let minority = ((nodes - 1) / 2) as usize;
+        Faults {
+            loss_per_mille: on(rng, 1, 300),
+            duplicate_per_mille: on(rng, 1, 150),
+            late_duplicates: rng.chance(1, 2),
+            delay_ticks_max: if rng.chance(1, 4) { rng.range(8, 40) } else { rng.range(1, 8) },
+            crash_per_mille: on(rng, 1, 20),
+            crash_mid_ready_per_mille: on(rng, 1, 1000),
+            partition_per_mille: on(rng, 1, 15),
+            one_way_per_mille: on(rng, 1, 20),
+            bridge_per_mille: on(rng, 1, 15),
+            slow_link_per_mille: on(rng, 1, 20),
+            compact_per_mille: on(rng, 1, 30),
+            crash_after_truncation_per_mille: on(rng, 100, 1000),
+            permanent_failures: if rng.chance(1, 2) { rng.range(1, minority as u64 + 1) as usize } else { 0 },
+            late_retry_per_mille: on(rng, 1, 50),
+            storm_per_mille: on(rng, 1, 300),
         }
     }
 }
@@ -75,6 +137,9 @@ pub struct Scenario {
     pub heal_ticks_max: u64,
     pub faults: Faults,
     pub config_tweak: fn(&mut Config),
+    /// Session-table limits smaller than the number of clients (sessions get evicted, so
+    /// `SessionExpired` and `RequestExpired` are expected answers).
+    pub small_table: Option<(usize, usize)>,
 }
 
 impl Scenario {
@@ -95,6 +160,31 @@ impl Scenario {
             heal_ticks_max: 4000,
             faults: Faults::draw(rng),
             config_tweak: small_limits,
+            small_table: None,
+        }
+    }
+
+    pub fn swarm(rng: &mut Rng) -> Self {
+        let nodes = [3, 5, 7][rng.range(0, 3) as usize];
+        let fault_ticks = rng.range(500, 2500);
+        let requests_per_client = rng.range(5, 60);
+        let clients = rng.range(1, 9) as usize;
+        let small_table =
+            rng.chance(1, 3).then(|| (rng.range(1, clients as u64 + 1) as usize, rng.range(2, 10) as usize));
+        Scenario {
+            nodes,
+            down_at_start: Vec::new(),
+            heal_down: true,
+            clients,
+            requests_per_client,
+            client_window: rng.range(1, 8),
+            request_gap_ticks: rng.range(0, 2 * fault_ticks / requests_per_client),
+            entry_nodes: Vec::new(),
+            fault_ticks,
+            heal_ticks_max: 6000,
+            faults: Faults::draw_swarm(rng, nodes),
+            config_tweak: small_limits,
+            small_table,
         }
     }
 }
@@ -107,11 +197,25 @@ pub fn small_limits(config: &mut Config) {
     config.proposals_queued_max = 64;
 }
 
+/// One request a client has not settled yet.
+struct Outstanding {
+    request_id: RequestId,
+    node: NodeId,
+    sent_tick: u64,
+}
+
 struct SimClient {
-    client_id: u64,
+    /// The open session, once registered.
+    session: Option<u64>,
+    /// The registration in progress: (nonce, node asked, tick sent).
+    registering: Option<(u64, NodeId, u64)>,
+    registrations: u64,
+    expiries: u64,
     next_seq: u64,
-    /// seq -> (node asked, tick sent)
-    outstanding: BTreeMap<u64, (NodeId, u64)>,
+    /// seq -> the request in flight.
+    outstanding: BTreeMap<u64, Outstanding>,
+    /// Requests answered Ok, for late retries.
+    answered: Vec<RequestId>,
     done: u64,
     last_issue_tick: u64,
 }
@@ -125,7 +229,8 @@ struct SimNode {
     /// Batches written without sync since the last synced one; a crash keeps only a prefix.
     unsynced: Vec<Vec<PersistOp>>,
     restart_at: Option<u64>,
-    incarnation: u64,
+    /// Crashed for good.
+    dead: bool,
 }
 
 /// What a run did, for reports.
@@ -134,11 +239,38 @@ pub struct Stats {
     pub ticks: u64,
     pub messages_delivered: u64,
     pub crashes: u64,
+    pub permanent_failures: u64,
     pub partitions: u64,
+    pub one_way_cuts: u64,
+    pub bridges: u64,
     pub acknowledged: u64,
     pub chosen_slots: u64,
     pub snapshot_truncations: u64,
     pub snapshot_installs: u64,
+    pub late_retries: u64,
+    pub sessions_expired: u64,
+    pub superseded_leaderships: u64,
+    pub stale_accepts_refused: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, other: &Stats) {
+        self.ticks += other.ticks;
+        self.messages_delivered += other.messages_delivered;
+        self.crashes += other.crashes;
+        self.permanent_failures += other.permanent_failures;
+        self.partitions += other.partitions;
+        self.one_way_cuts += other.one_way_cuts;
+        self.bridges += other.bridges;
+        self.acknowledged += other.acknowledged;
+        self.chosen_slots += other.chosen_slots;
+        self.snapshot_truncations += other.snapshot_truncations;
+        self.snapshot_installs += other.snapshot_installs;
+        self.late_retries += other.late_retries;
+        self.sessions_expired += other.sessions_expired;
+        self.superseded_leaderships += other.superseded_leaderships;
+        self.stale_accepts_refused += other.stale_accepts_refused;
+    }
 }
 
 pub struct Simulation {
@@ -148,13 +280,23 @@ pub struct Simulation {
     nodes: BTreeMap<NodeId, SimNode>,
     network: Network,
     clients: Vec<SimClient>,
+    /// Session id -> client index.
+    session_owner: BTreeMap<u64, usize>,
     checker: Checker,
     now: u64,
     stats: Stats,
     healed: bool,
+    /// Ticks at which the permanent failures strike.
+    permanent_at: Vec<u64>,
+    /// `PAXOS_SIM_TRACE_FROM=TICK`: print every delivered message from that tick on.
+    trace_from: Option<u64>,
 }
 
 const CLIENT_TIMEOUT_TICKS: u64 = 80;
+/// A client whose session expires this often gives up on its remaining requests: with more
+/// clients than the table holds, re-registering evicts another client, which could go on for
+/// ever (a workload livelock, not the protocol's).
+const CLIENT_SESSION_EXPIRIES_MAX: u64 = 3;
 
 impl Simulation {
     pub fn new(seed: u64, scenario: Scenario) -> Self {
@@ -168,7 +310,7 @@ impl Simulation {
                 volatile: MemStorage::default(),
                 unsynced: Vec::new(),
                 restart_at: None,
-                incarnation: 0,
+                dead: false,
             };
             if !scenario.down_at_start.contains(id) {
                 node.replica = Some(Replica::new(Self::config(&scenario, &members, *id), rng.next_u64()));
@@ -176,42 +318,67 @@ impl Simulation {
             nodes.insert(*id, node);
         }
         let clients = (0..scenario.clients)
-            .map(|i| SimClient {
-                client_id: 1000 + i as u64,
+            .map(|_| SimClient {
+                session: None,
+                registering: None,
+                registrations: 0,
+                expiries: 0,
                 next_seq: 1,
                 outstanding: BTreeMap::new(),
+                answered: Vec::new(),
                 done: 0,
                 last_issue_tick: 0,
             })
             .collect();
+        let permanent_at = (0..scenario.faults.permanent_failures)
+            .map(|_| rng.range(1, scenario.fault_ticks.max(2)))
+            .collect();
         Simulation {
             rng,
             network: Network::new(scenario.faults.clone()),
+            checker: Checker::new(members.len() / 2 + 1),
             scenario,
             members,
             nodes,
             clients,
-            checker: Checker::default(),
+            session_owner: BTreeMap::new(),
             now: 0,
             stats: Stats::default(),
             healed: false,
+            permanent_at,
+            trace_from: std::env::var("PAXOS_SIM_TRACE_FROM").ok().and_then(|v| v.parse().ok()),
         }
     }
 
     fn config(scenario: &Scenario, members: &[NodeId], id: NodeId) -> Config {
         let mut config = Config::new(id, members.to_vec());
         (scenario.config_tweak)(&mut config);
+        // Timeouts sit above the round trip, as an operator sets them (Raft's broadcast time
+        // << election timeout): the slowest healthy round trip is twice the largest delay.
+        let round_trip_ticks = 2 * scenario.faults.delay_ticks_max;
+        config.election_timeout_ticks = config.election_timeout_ticks.max(round_trip_ticks + 2);
+        config.forward_timeout_ticks = config.forward_timeout_ticks.max(3 * round_trip_ticks);
+        config.catch_up_timeout_ticks = config.catch_up_timeout_ticks.max(round_trip_ticks + 1);
+        if let Some((clients_max, seqs_per_client_max)) = scenario.small_table {
+            config.request_table.clients_max = clients_max;
+            config.request_table.seqs_per_client_max = seqs_per_client_max;
+        }
         config
     }
 
-    /// Runs the faulty phase, heals, and runs until every request is acknowledged and every
+    /// Runs the faulty phase, heals, and runs until every request is settled and every live
     /// node holds the same history. Returns the first violation found.
     pub fn run(mut self) -> Result<Stats, String> {
         while self.now < self.scenario.fault_ticks {
             self.step()?;
         }
         self.heal();
-        let deadline = self.now + self.scenario.heal_ticks_max;
+        // What is left of the load after healing needs time in proportion to the requests, the
+        // gaps between them and the message delay.
+        let faults = &self.scenario.faults;
+        let load_ticks = self.scenario.requests_per_client
+            * (self.scenario.request_gap_ticks + 8 * faults.delay_ticks_max);
+        let deadline = self.now + self.scenario.heal_ticks_max + load_ticks;
         while self.now < deadline {
             self.step()?;
             if self.converged() {
@@ -219,12 +386,20 @@ impl Simulation {
                 self.stats.ticks = self.now;
                 self.stats.acknowledged = self.checker.acknowledged() as u64;
                 self.stats.chosen_slots = self.checker.chosen_slots() as u64;
+                for node in self.nodes.values() {
+                    if let Some(replica) = &node.replica {
+                        let status = replica.status();
+                        self.stats.superseded_leaderships += status.superseded_leaderships;
+                        self.stats.stale_accepts_refused += status.stale_accepts_refused;
+                    }
+                }
                 return Ok(self.stats);
             }
         }
         Err(format!(
-            "liveness: not converged {} ticks after healing: {}",
-            self.scenario.heal_ticks_max,
+            "liveness: not converged {} ticks after healing (live nodes: {}): {}",
+            self.scenario.heal_ticks_max + load_ticks,
+            self.nodes.values().filter(|n| !n.dead).count(),
             self.progress()
         ))
     }
@@ -247,16 +422,21 @@ impl Simulation {
                         r.debug_summary()
                     )
                 }
+                None if node.dead => format!("n{id}:dead"),
                 None => format!("n{id}:down"),
             })
             .collect();
         let clients: Vec<String> = self
             .clients
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(index, c)| {
                 format!(
-                    "c{}:{}/{} out={:?}",
-                    c.client_id, c.done, self.scenario.requests_per_client, c.outstanding
+                    "c{index}:{:?} {}/{} out={:?}",
+                    c.session,
+                    c.done,
+                    self.scenario.requests_per_client,
+                    c.outstanding.values().map(|o| (o.request_id.to_string(), o.node)).collect::<Vec<_>>()
                 )
             })
             .collect();
@@ -269,12 +449,14 @@ impl Simulation {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             let down_forever = self.scenario.down_at_start.contains(&id) && !self.scenario.heal_down;
-            if self.nodes[&id].replica.is_none() && !down_forever {
+            if self.nodes[&id].replica.is_none() && !down_forever && !self.nodes[&id].dead {
                 self.restart(id);
             }
         }
     }
 
+    /// Every request settled, and every live node has applied as far as the furthest one and
+    /// past every acknowledged slot.
     fn converged(&self) -> bool {
         let all_done = self.clients.iter().all(|c| c.done == self.scenario.requests_per_client);
         if !all_done {
@@ -292,8 +474,14 @@ impl Simulation {
 
     fn step(&mut self) -> Result<(), String> {
         self.now += 1;
+        // A compaction lands before or after this tick's messages: the driver takes operator
+        // requests and peer messages in one batch, in any order.
+        let compact_late = self.rng.chance(1, 2);
         if !self.healed {
-            self.inject_faults();
+            self.inject_faults()?;
+            if !compact_late {
+                self.inject_compaction()?;
+            }
         }
         // Restarts that are due.
         let due: Vec<NodeId> = self
@@ -307,6 +495,9 @@ impl Simulation {
         }
         // Deliver due messages in a random order.
         for envelope in self.network.deliver_due(self.now, &mut self.rng) {
+            if self.trace_from.is_some_and(|from| self.now >= from) {
+                eprintln!("t{} {} -> {}: {:?}", self.now, envelope.from, envelope.to, envelope.message);
+            }
             let Some(node) = self.nodes.get_mut(&envelope.to) else {
                 continue;
             };
@@ -314,6 +505,9 @@ impl Simulation {
                 self.stats.messages_delivered += 1;
                 replica.step(envelope);
             }
+        }
+        if !self.healed && compact_late {
+            self.inject_compaction()?;
         }
         self.run_clients();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -367,6 +561,12 @@ impl Simulation {
             } else if !ready.persist.is_empty() {
                 node.unsynced.push(ready.persist.clone());
             }
+            // Accepts are synced: each is a durable vote from here on.
+            for op in &ready.persist {
+                if let PersistOp::Accept { slot, ballot, value } = op {
+                    self.checker.on_vote(id, *slot, *ballot, value)?;
+                }
+            }
             for envelope in after_write {
                 self.checker.on_send(&envelope)?;
                 self.network.send(envelope, self.now, &mut self.rng);
@@ -380,7 +580,7 @@ impl Simulation {
                     read.bytes_max,
                 );
                 if let Some(replica) = node.replica.as_mut() {
-                    replica.serve_catch_up(read.to, entries);
+                    replica.serve_history_read(read, entries);
                 }
             }
             for (slot, value) in &ready.chosen {
@@ -399,26 +599,66 @@ impl Simulation {
         request_id: RequestId,
         outcome: Result<Slot, ProposalError>,
     ) -> Result<(), String> {
-        let Some(client) = self.clients.iter_mut().find(|c| c.client_id == request_id.client_id) else {
-            return Err(format!("reply for unknown client {request_id}"));
+        if request_id.client_id == RequestId::REGISTER_CLIENT_ID {
+            return self.on_registration_reply(node, request_id, outcome);
+        }
+        let Some(index) = self.session_owner.get(&request_id.client_id).copied() else {
+            return Err(format!("reply for unknown session {request_id}"));
         };
+        let small_table = self.scenario.small_table.is_some();
+        let client = &mut self.clients[index];
+        let mine = client.outstanding.get(&request_id.seq).is_some_and(|o| o.request_id == request_id);
         match outcome {
             Ok(slot) => {
                 self.checker.on_acknowledged(request_id, slot)?;
+                // Read-your-writes: the node that answered has applied the slot it names.
+                let applied = self.nodes[&node].replica.as_ref().map_or(0, |r| r.chosen_upto());
+                if slot >= applied {
+                    return Err(format!(
+                        "node {node} answered {request_id} with slot {slot} before applying it (applied below {applied})"
+                    ));
+                }
                 // Any node's answer settles the request, even if the client has since retried
                 // elsewhere: the checker verifies all answers for one request agree.
-                if client.outstanding.remove(&request_id.seq).is_some() {
+                if mine {
+                    client.outstanding.remove(&request_id.seq);
+                    client.answered.push(request_id);
                     client.done += 1;
                 }
             }
-            Err(ProposalError::RequestExpired(_)) | Err(ProposalError::TooLarge { .. }) => {
+            Err(ProposalError::SessionExpired(_)) | Err(ProposalError::RequestExpired(_)) => {
+                // Final: the log can no longer tell whether this request was applied (the
+                // checker still verifies it was applied at most once). Expected only when the
+                // session table is smaller than the load, or for a late retry.
+                let late_retry = client.answered.contains(&request_id);
+                if !small_table && !late_retry {
+                    return Err(format!("unexpected final error for {request_id}: {outcome:?}"));
+                }
+                if mine {
+                    client.outstanding.remove(&request_id.seq);
+                    client.done += 1;
+                    self.stats.sessions_expired += 1;
+                    if client.session == Some(request_id.client_id) {
+                        client.session = None;
+                        client.expiries += 1;
+                        if client.expiries >= CLIENT_SESSION_EXPIRIES_MAX {
+                            // Give up: what is outstanding still settles (or is dropped here).
+                            let unissued = self.scenario.requests_per_client + 1 - client.next_seq;
+                            client.done += unissued + client.outstanding.len() as u64;
+                            client.next_seq = self.scenario.requests_per_client + 1;
+                            client.outstanding.clear();
+                        }
+                    }
+                }
+            }
+            Err(ProposalError::TooLarge { .. }) => {
                 return Err(format!("unexpected final error for {request_id}: {outcome:?}"));
             }
             Err(_) => {
                 // Retryable: mark for a quick retry.
                 if let Some(entry) = client.outstanding.get_mut(&request_id.seq) {
-                    if entry.0 == node {
-                        entry.1 = 0;
+                    if entry.node == node && entry.request_id == request_id {
+                        entry.sent_tick = 0;
                     }
                 }
             }
@@ -426,15 +666,75 @@ impl Simulation {
         Ok(())
     }
 
-    fn run_clients(&mut self) {
-        let entry_nodes = if self.scenario.entry_nodes.is_empty() {
-            self.members.clone()
-        } else {
-            self.scenario.entry_nodes.clone()
+    fn on_registration_reply(
+        &mut self,
+        node: NodeId,
+        request_id: RequestId,
+        outcome: Result<Slot, ProposalError>,
+    ) -> Result<(), String> {
+        let nonce = request_id.seq;
+        let index = (nonce >> 32) as usize;
+        let Some(client) = self.clients.get_mut(index) else {
+            return Err(format!("registration reply for unknown nonce {nonce:x}"));
         };
+        match outcome {
+            Ok(slot) => {
+                self.checker.on_registered(nonce, slot)?;
+                if client.registering.is_some_and(|(n, _, _)| n == nonce) {
+                    client.registering = None;
+                    client.session = Some(slot);
+                    self.session_owner.insert(slot, index);
+                }
+            }
+            Err(error) if error.is_retryable() => {
+                if let Some((n, asked, sent)) = client.registering.as_mut() {
+                    if *n == nonce && *asked == node {
+                        *sent = 0;
+                    }
+                }
+            }
+            Err(error) => return Err(format!("registration {nonce:x} refused: {error}")),
+        }
+        Ok(())
+    }
+
+    fn entry_node(&mut self) -> NodeId {
+        let entry_nodes =
+            if self.scenario.entry_nodes.is_empty() { &self.members } else { &self.scenario.entry_nodes };
+        entry_nodes[self.rng.range(0, entry_nodes.len() as u64) as usize]
+    }
+
+    fn run_clients(&mut self) {
         for index in 0..self.clients.len() {
+            let finished = self.clients[index].next_seq > self.scenario.requests_per_client
+                && self.clients[index].outstanding.is_empty();
+            // A session first: register (again, after an expiry), retrying on silence.
+            if self.clients[index].session.is_none() && !finished {
+                let timeout = CLIENT_TIMEOUT_TICKS.max(6 * self.scenario.faults.delay_ticks_max);
+                let stale = match self.clients[index].registering {
+                    None => true,
+                    Some((_, _, sent)) => sent == 0 || self.now.saturating_sub(sent) >= timeout,
+                };
+                if stale {
+                    let node = self.entry_node();
+                    let client = &mut self.clients[index];
+                    // A retry keeps its nonce; a new registration (after an expiry) gets one.
+                    let nonce = match client.registering {
+                        Some((nonce, _, _)) => nonce,
+                        None => {
+                            client.registrations += 1;
+                            ((index as u64) << 32) | client.registrations
+                        }
+                    };
+                    client.registering = Some((nonce, node, self.now));
+                    self.checker.on_register(nonce);
+                    if let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
+                        replica.propose(Proposal::register(nonce));
+                    }
+                }
+            }
             // New requests up to the window.
-            loop {
+            while let Some(session) = self.clients[index].session {
                 let client = &self.clients[index];
                 let issued = client.next_seq - 1;
                 if client.outstanding.len() as u64 >= self.scenario.client_window
@@ -446,71 +746,166 @@ impl Simulation {
                 let seq = client.next_seq;
                 self.clients[index].next_seq += 1;
                 self.clients[index].last_issue_tick = self.now;
-                let node = entry_nodes[self.rng.range(0, entry_nodes.len() as u64) as usize];
-                self.send_request(index, seq, node);
+                let request_id = RequestId { client_id: session, seq };
+                let node = self.entry_node();
+                self.send_request(index, request_id, node);
+                if !self.healed && self.rng.chance(self.scenario.faults.storm_per_mille, 1000) {
+                    // The same request through two more nodes at once.
+                    for _ in 0..2 {
+                        let node = self.entry_node();
+                        self.propose_to(node, request_id);
+                    }
+                }
             }
             // Retries of requests that failed or timed out, with the same request id.
+            let timeout = CLIENT_TIMEOUT_TICKS.max(6 * self.scenario.faults.delay_ticks_max);
             let stale: Vec<u64> = self.clients[index]
                 .outstanding
                 .iter()
-                .filter(|(_, (_, sent))| self.now.saturating_sub(*sent) >= CLIENT_TIMEOUT_TICKS || *sent == 0)
+                .filter(|(_, o)| self.now.saturating_sub(o.sent_tick) >= timeout || o.sent_tick == 0)
                 .map(|(seq, _)| *seq)
                 .collect();
             for seq in stale {
-                let node = entry_nodes[self.rng.range(0, entry_nodes.len() as u64) as usize];
-                self.send_request(index, seq, node);
+                let request_id = self.clients[index].outstanding[&seq].request_id;
+                let node = self.entry_node();
+                self.send_request(index, request_id, node);
+            }
+            // A late retry of a request answered long ago.
+            if !self.healed
+                && !self.clients[index].answered.is_empty()
+                && self.rng.chance(self.scenario.faults.late_retry_per_mille, 1000)
+            {
+                let answered = &self.clients[index].answered;
+                let request_id = answered[self.rng.range(0, answered.len() as u64) as usize];
+                let node = self.entry_node();
+                self.stats.late_retries += 1;
+                self.propose_to(node, request_id);
             }
         }
     }
 
-    fn send_request(&mut self, index: usize, seq: u64, node: NodeId) {
+    fn send_request(&mut self, index: usize, request_id: RequestId, node: NodeId) {
         let client = &mut self.clients[index];
-        let request_id = RequestId { client_id: client.client_id, seq };
-        client.outstanding.insert(seq, (node, self.now));
-        let payload = format!("c{}-{}", client.client_id, seq).into_bytes();
+        client.outstanding.insert(request_id.seq, Outstanding { request_id, node, sent_tick: self.now });
+        self.propose_to(node, request_id);
+    }
+
+    fn propose_to(&mut self, node: NodeId, request_id: RequestId) {
+        let payload = format!("c{}-{}", request_id.client_id, request_id.seq).into_bytes();
         self.checker.on_propose(request_id, &payload);
         if let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
             replica.propose(Proposal { request_id, payload });
         }
     }
 
-    fn inject_faults(&mut self) {
+    fn alive(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, n)| n.replica.is_some()).map(|(id, _)| *id).collect()
+    }
+
+    fn random_member(&mut self) -> NodeId {
+        self.members[self.rng.range(0, self.members.len() as u64) as usize]
+    }
+
+    fn inject_faults(&mut self) -> Result<(), String> {
         let faults = self.scenario.faults.clone();
+        let now = self.now;
         if self.rng.chance(faults.crash_per_mille, 1000) {
-            let alive: Vec<NodeId> =
-                self.nodes.iter().filter(|(_, n)| n.replica.is_some()).map(|(id, _)| *id).collect();
+            let alive = self.alive();
             if !alive.is_empty() {
                 let victim = alive[self.rng.range(0, alive.len() as u64) as usize];
                 self.crash(victim);
             }
         }
+        if self.permanent_at.contains(&now) {
+            // A member that never comes back: the leader half of the time.
+            let candidates: Vec<NodeId> =
+                self.nodes.iter().filter(|(_, n)| !n.dead).map(|(id, _)| *id).collect();
+            let leader = candidates
+                .iter()
+                .copied()
+                .find(|id| self.nodes[id].replica.as_ref().is_some_and(|r| r.is_leader()));
+            let victim = match leader {
+                Some(leader) if self.rng.chance(1, 2) => leader,
+                _ => candidates[self.rng.range(0, candidates.len() as u64) as usize],
+            };
+            self.crash(victim);
+            let node = self.nodes.get_mut(&victim).expect("node exists");
+            node.dead = true;
+            node.restart_at = None;
+            self.stats.permanent_failures += 1;
+        }
         if self.rng.chance(faults.partition_per_mille, 1000) {
             self.stats.partitions += 1;
-            let duration = self.rng.range(20, 200);
+            let until = now + self.rng.range(20, 200);
             let mut side: Vec<NodeId> =
                 self.members.iter().copied().filter(|_| self.rng.chance(1, 2)).collect();
             if side.is_empty() {
                 side.push(self.members[0]);
             }
-            self.network.partition(side, self.now + duration);
+            let members = self.members.clone();
+            self.network.partition(&members, &side, until);
         }
-        if self.rng.chance(faults.compact_per_mille, 1000) {
-            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-            let id = ids[self.rng.range(0, ids.len() as u64) as usize];
-            let truncate = self.rng.chance(1, 2);
-            let force = self.rng.chance(1, 3);
-            if let Some(replica) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) {
-                let compaction = Compaction {
-                    truncate_below: truncate.then(|| replica.chosen_upto().saturating_sub(3)),
-                    force,
-                };
-                if let Ok(report) = replica.compact(compaction) {
-                    if report.history_entries_removed > 0 {
-                        self.stats.snapshot_truncations += 1;
+        if self.rng.chance(faults.one_way_per_mille, 1000) {
+            self.stats.one_way_cuts += 1;
+            let from = self.random_member();
+            let to = self.random_member();
+            let until = now + self.rng.range(20, 300);
+            if from != to {
+                self.network.cut(from, to, until);
+            }
+        }
+        if self.rng.chance(faults.bridge_per_mille, 1000) {
+            self.stats.bridges += 1;
+            let bridge = self.random_member();
+            let (mut left, mut right) = (Vec::new(), Vec::new());
+            for id in self.members.clone() {
+                if id != bridge {
+                    if self.rng.chance(1, 2) {
+                        left.push(id)
+                    } else {
+                        right.push(id)
                     }
                 }
             }
+            let until = now + self.rng.range(50, 400);
+            self.network.bridge(&left, &right, until);
         }
+        if self.rng.chance(faults.slow_link_per_mille, 1000) {
+            let from = self.random_member();
+            let to = self.random_member();
+            let extra = self.rng.range(5, 60);
+            let until = now + self.rng.range(20, 300);
+            self.network.slow(from, to, extra, until);
+        }
+        Ok(())
+    }
+
+    /// A compaction request (GC, sometimes a forced truncation), maybe followed by a crash of
+    /// the node that truncated.
+    fn inject_compaction(&mut self) -> Result<(), String> {
+        let faults = self.scenario.faults.clone();
+        if self.rng.chance(faults.compact_per_mille, 1000) {
+            let id = self.random_member();
+            let truncate = self.rng.chance(1, 2);
+            let force = self.rng.chance(1, 3);
+            let mut truncated = false;
+            if let Some(replica) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) {
+                let below = replica.chosen_upto().saturating_sub(self.rng.range(0, 6));
+                let compaction = Compaction { truncate_below: truncate.then_some(below), force };
+                if let Ok(report) = replica.compact(compaction) {
+                    if report.history_entries_removed > 0 {
+                        self.stats.snapshot_truncations += 1;
+                        truncated = true;
+                    }
+                }
+            }
+            if truncated && force && self.rng.chance(faults.crash_after_truncation_per_mille, 1000) {
+                // The truncating leader dies before anyone copies what it cut.
+                self.drive(id)?;
+                self.crash(id);
+            }
+        }
+        Ok(())
     }
 
     fn crash(&mut self, id: NodeId) {
@@ -532,9 +927,7 @@ impl Simulation {
         let config = Self::config(&self.scenario, &self.members, id);
         let node = self.nodes.get_mut(&id).expect("node exists");
         node.restart_at = None;
-        node.incarnation += 1;
         let durable = node.storage.durable_state();
         node.replica = Some(Replica::recover(config, durable, seed));
-        self.checker.on_restart(id);
     }
 }

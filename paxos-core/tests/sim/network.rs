@@ -1,22 +1,35 @@
-//! The simulated network: delays (and so reorders), loses, duplicates and partitions messages.
+//! The simulated network: delays (and so reorders), loses, duplicates and cuts messages.
+//!
+//! Cuts are per directed link, so a fault can be one-way (a hears b, b does not hear a), a clean
+//! split, or non-transitive (a bridge node hears both sides of a split that cannot hear each
+//! other). Links can also be slow for a while.
 
 use super::Faults;
 use paxos_core::{Envelope, NodeId, Rng};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 pub struct Network {
     faults: Faults,
     /// (deliver at tick, sequence number for a stable order, message)
     in_flight: Vec<(u64, u64, Envelope)>,
     sequence: u64,
-    /// Nodes on one side of the current partition, and when it heals.
-    partition: Option<(BTreeSet<NodeId>, u64)>,
+    /// Directed links that lose everything until the given tick.
+    cut_until: BTreeMap<(NodeId, NodeId), u64>,
+    /// Directed links that add `extra` ticks of delay until the given tick: (extra, until).
+    slow_until: BTreeMap<(NodeId, NodeId), (u64, u64)>,
     healed: bool,
 }
 
 impl Network {
     pub fn new(faults: Faults) -> Self {
-        Network { faults, in_flight: Vec::new(), sequence: 0, partition: None, healed: false }
+        Network {
+            faults,
+            in_flight: Vec::new(),
+            sequence: 0,
+            cut_until: BTreeMap::new(),
+            slow_until: BTreeMap::new(),
+            healed: false,
+        }
     }
 
     pub fn send(&mut self, envelope: Envelope, now: u64, rng: &mut Rng) {
@@ -24,20 +37,26 @@ impl Network {
             return;
         }
         let copies = if !self.healed && rng.chance(self.faults.duplicate_per_mille, 1000) { 2 } else { 1 };
-        for _ in 0..copies {
-            let delay = rng.range(1, self.faults.delay_ticks_max + 1);
+        let slow = match self.slow_until.get(&(envelope.from, envelope.to)) {
+            Some((extra, until)) if *until > now => *extra,
+            _ => 0,
+        };
+        for copy in 0..copies {
+            let mut delay = rng.range(1, self.faults.delay_ticks_max + 1) + slow;
+            if copy > 0 && self.faults.late_duplicates {
+                // A duplicate that surfaces long after the original (a retransmission stuck in
+                // some queue): old ballots, old catch-up answers, old forwards.
+                delay += rng.range(0, 300);
+            }
             self.sequence += 1;
             self.in_flight.push((now + delay, self.sequence, envelope.clone()));
         }
     }
 
-    /// Messages due at `now`, shuffled; messages across a partition are dropped.
+    /// Messages due at `now`, shuffled; messages on a cut link are dropped.
     pub fn deliver_due(&mut self, now: u64, rng: &mut Rng) -> Vec<Envelope> {
-        if let Some((_, until)) = &self.partition {
-            if *until <= now {
-                self.partition = None;
-            }
-        }
+        self.cut_until.retain(|_, until| *until > now);
+        self.slow_until.retain(|_, (_, until)| *until > now);
         let mut due = Vec::new();
         let mut index = 0;
         while index < self.in_flight.len() {
@@ -51,7 +70,7 @@ impl Network {
         let mut envelopes: Vec<Envelope> = due
             .into_iter()
             .map(|(_, _, envelope)| envelope)
-            .filter(|envelope| !self.cut(envelope.from, envelope.to))
+            .filter(|envelope| !self.cut_until.contains_key(&(envelope.from, envelope.to)))
             .collect();
         // Fisher-Yates with the seeded generator: reordering within a tick.
         for i in (1..envelopes.len()).rev() {
@@ -61,20 +80,41 @@ impl Network {
         envelopes
     }
 
-    fn cut(&self, a: NodeId, b: NodeId) -> bool {
-        match &self.partition {
-            Some((side, _)) => side.contains(&a) != side.contains(&b),
-            None => false,
+    /// Cuts the directed link `from -> to` until `until`.
+    pub fn cut(&mut self, from: NodeId, to: NodeId, until: u64) {
+        let entry = self.cut_until.entry((from, to)).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// A clean split: nobody in `side` hears anybody outside it, and the other way round.
+    pub fn partition(&mut self, members: &[NodeId], side: &[NodeId], until: u64) {
+        for a in members.iter().filter(|id| side.contains(id)) {
+            for b in members.iter().filter(|id| !side.contains(id)) {
+                self.cut(*a, *b, until);
+                self.cut(*b, *a, until);
+            }
         }
     }
 
-    pub fn partition(&mut self, side: Vec<NodeId>, until: u64) {
-        self.partition = Some((side.into_iter().collect(), until));
+    /// A non-transitive split: `left` and `right` cannot hear each other, `bridge` hears and
+    /// is heard by both (so it may keep two leaders' views alive at once).
+    pub fn bridge(&mut self, left: &[NodeId], right: &[NodeId], until: u64) {
+        for a in left {
+            for b in right {
+                self.cut(*a, *b, until);
+                self.cut(*b, *a, until);
+            }
+        }
     }
 
-    /// No more loss, duplication or partitions; delays stay (bounded).
+    pub fn slow(&mut self, from: NodeId, to: NodeId, extra_ticks: u64, until: u64) {
+        self.slow_until.insert((from, to), (extra_ticks, until));
+    }
+
+    /// No more loss, duplication, cuts or slow links; delays stay (bounded).
     pub fn heal(&mut self) {
         self.healed = true;
-        self.partition = None;
+        self.cut_until.clear();
+        self.slow_until.clear();
     }
 }

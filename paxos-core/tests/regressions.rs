@@ -1,0 +1,678 @@
+//! Regression tests for executions found by review, each driven by hand message by message.
+//!
+//! The harness below routes only envelopes the replicas themselves produced: a test picks them
+//! by kind (`matches!(m, Message::Prepare { .. })`) and by link (from, to), and delivers, holds,
+//! drops or reorders them. Elections happen only through ticks of the node that should
+//! campaign. Nothing here builds a protocol message by hand, so the tests survive changes to the
+//! messages' contents.
+
+use paxos_core::{
+    Compaction, Config, Envelope, MemStorage, Message, NodeId, Proposal, ProposalError, Replica, RequestId,
+    RoleName, Slot, Value,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+// ----- harness -----
+
+type Kind = fn(&Message) -> bool;
+
+fn is_prepare(m: &Message) -> bool {
+    matches!(m, Message::Prepare { .. })
+}
+fn is_promise(m: &Message) -> bool {
+    matches!(m, Message::Promise { .. })
+}
+fn is_nack(m: &Message) -> bool {
+    matches!(m, Message::Nack { .. })
+}
+fn is_accept(m: &Message) -> bool {
+    matches!(m, Message::Accept { .. })
+}
+fn is_heartbeat(m: &Message) -> bool {
+    matches!(m, Message::Heartbeat { .. })
+}
+fn is_catch_up(m: &Message) -> bool {
+    matches!(m, Message::CatchUp { .. })
+}
+fn is_catch_up_entries(m: &Message) -> bool {
+    matches!(m, Message::CatchUpEntries { .. })
+}
+fn is_catch_up_truncated(m: &Message) -> bool {
+    matches!(m, Message::CatchUpTruncated { .. })
+}
+
+struct Node {
+    replica: Replica,
+    storage: MemStorage,
+    /// Every `(slot, value)` this node applied, in order (`Ready::chosen`).
+    applied: Vec<(Slot, Value)>,
+    /// Every answer to a local proposal (`Ready::replies`).
+    replies: Vec<(RequestId, Result<Slot, ProposalError>)>,
+}
+
+struct Cluster {
+    nodes: BTreeMap<NodeId, Node>,
+    /// Messages sent and not yet delivered, per link (from, to), in sending order.
+    links: BTreeMap<(NodeId, NodeId), VecDeque<Envelope>>,
+    /// Links that lose everything sent on them.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Crashed for good: never ticked, everything to or from them is lost.
+    dead: BTreeSet<NodeId>,
+    next_client_id: u64,
+}
+
+impl Cluster {
+    /// A cluster whose duplicate table already holds sessions 1, 2 and 3 (as if registered
+    /// before the schedule began), so the schedules' slot numbers hold only their own values.
+    fn new(size: u64) -> Self {
+        let sessions: Vec<(RequestId, Slot)> = (1..=3).map(|client| (rid(client, 0), client)).collect();
+        Self::build(size, sessions, |_| {})
+    }
+
+    fn with_config(size: u64, adjust: impl Fn(&mut Config)) -> Self {
+        Self::build(size, Vec::new(), adjust)
+    }
+
+    fn build(size: u64, sessions: Vec<(RequestId, Slot)>, adjust: impl Fn(&mut Config)) -> Self {
+        let members: Vec<NodeId> = (1..=size).collect();
+        let nodes = members
+            .iter()
+            .map(|id| {
+                let mut config = Config::new(*id, members.clone());
+                adjust(&mut config);
+                let storage =
+                    MemStorage { requests: sessions.iter().copied().collect(), ..MemStorage::default() };
+                let node = Node {
+                    replica: Replica::recover(config, storage.durable_state(), 1000 + id),
+                    storage,
+                    applied: Vec::new(),
+                    replies: Vec::new(),
+                };
+                (*id, node)
+            })
+            .collect();
+        Cluster {
+            nodes,
+            links: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            dead: BTreeSet::new(),
+            next_client_id: 100,
+        }
+    }
+
+    fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[&id]
+    }
+
+    fn replica(&mut self, id: NodeId) -> &mut Replica {
+        &mut self.nodes.get_mut(&id).expect("member").replica
+    }
+
+    fn is_leader(&self, id: NodeId) -> bool {
+        self.node(id).replica.is_leader()
+    }
+
+    fn chosen_upto(&self, id: NodeId) -> Slot {
+        self.node(id).replica.chosen_upto()
+    }
+
+    /// Does what a driver does with a Ready, until the replica has nothing more: persist, record
+    /// applied slots and replies, serve history reads, and queue outgoing messages per link.
+    fn flush(&mut self, id: NodeId) {
+        loop {
+            let node = self.nodes.get_mut(&id).expect("member");
+            let ready = node.replica.take_ready();
+            if ready.is_empty() {
+                return;
+            }
+            node.storage.apply(&ready.persist);
+            node.applied.extend(ready.chosen);
+            node.replies.extend(ready.replies.into_iter().map(|r| (r.request_id, r.outcome)));
+            for read in &ready.history_reads {
+                let entries = node.storage.read_history(
+                    read.from_slot,
+                    read.upto_slot,
+                    read.entries_max,
+                    read.bytes_max,
+                );
+                node.replica.serve_history_read(read, entries);
+            }
+            for envelope in ready.messages {
+                let link = (envelope.from, envelope.to);
+                if self.cut.contains(&link)
+                    || self.dead.contains(&envelope.from)
+                    || self.dead.contains(&envelope.to)
+                {
+                    continue;
+                }
+                self.links.entry(link).or_default().push_back(envelope);
+            }
+        }
+    }
+
+    fn tick(&mut self, id: NodeId) {
+        assert!(!self.dead.contains(&id), "node {id} is dead");
+        self.replica(id).tick();
+        self.flush(id);
+    }
+
+    /// Ticks `id` alone until it stands for election (its election timer fires).
+    fn campaign(&mut self, id: NodeId) {
+        for _ in 0..1000 {
+            self.tick(id);
+            if self.node(id).replica.status().role != RoleName::Follower {
+                return;
+            }
+        }
+        panic!("node {id} never campaigned");
+    }
+
+    /// Ticks `id` alone until a message of `kind` waits on the link `id -> to`.
+    fn tick_until_sent(&mut self, id: NodeId, to: NodeId, kind: Kind) {
+        for _ in 0..1000 {
+            if self.queued(id, to, kind) > 0 {
+                return;
+            }
+            self.tick(id);
+        }
+        panic!("node {id} never sent the expected message to {to}");
+    }
+
+    fn propose(&mut self, id: NodeId, request_id: RequestId, payload: &str) {
+        self.replica(id).propose(Proposal { request_id, payload: payload.as_bytes().to_vec() });
+        self.flush(id);
+    }
+
+    fn queued(&self, from: NodeId, to: NodeId, kind: Kind) -> usize {
+        self.links.get(&(from, to)).map_or(0, |q| q.iter().filter(|e| kind(&e.message)).count())
+    }
+
+    /// Hands one envelope to its receiver (lost if either end is dead).
+    fn deliver(&mut self, envelope: Envelope) {
+        if self.dead.contains(&envelope.from) || self.dead.contains(&envelope.to) {
+            return;
+        }
+        let to = envelope.to;
+        self.replica(to).step(envelope);
+        self.flush(to);
+    }
+
+    /// Removes the messages of `kind` queued on `from -> to` now, without delivering them.
+    fn take_where(&mut self, from: NodeId, to: NodeId, kind: Kind) -> Vec<Envelope> {
+        let Some(queue) = self.links.get_mut(&(from, to)) else {
+            return Vec::new();
+        };
+        let (taken, kept): (Vec<Envelope>, Vec<Envelope>) = queue.drain(..).partition(|e| kind(&e.message));
+        queue.extend(kept);
+        taken
+    }
+
+    /// Delivers, in order, the messages of `kind` queued on `from -> to` now (others stay).
+    fn deliver_where(&mut self, from: NodeId, to: NodeId, kind: Kind) -> usize {
+        let taken = self.take_where(from, to, kind);
+        let count = taken.len();
+        for envelope in taken {
+            self.deliver(envelope);
+        }
+        count
+    }
+
+    fn drop_where(&mut self, from: NodeId, to: NodeId, kind: Kind) {
+        self.take_where(from, to, kind);
+    }
+
+    fn drop_all(&mut self, from: NodeId, to: NodeId) {
+        self.links.remove(&(from, to));
+    }
+
+    /// Delivers everything on `from -> to`, including what arrives there meanwhile.
+    fn deliver_all(&mut self, from: NodeId, to: NodeId) {
+        while let Some(envelope) = self.links.get_mut(&(from, to)).and_then(VecDeque::pop_front) {
+            self.deliver(envelope);
+        }
+    }
+
+    /// Delivers everything between `a` and `b`, both ways, until both links are empty.
+    fn deliver_all_between(&mut self, a: NodeId, b: NodeId) {
+        self.deliver_all_among(&[a, b]);
+    }
+
+    /// Delivers everything on every link inside `group` until they are all empty.
+    fn deliver_all_among(&mut self, group: &[NodeId]) {
+        for _ in 0..1_000_000 {
+            let link = self
+                .links
+                .iter()
+                .find(|((from, to), q)| !q.is_empty() && group.contains(from) && group.contains(to))
+                .map(|(link, _)| *link);
+            let Some((from, to)) = link else {
+                return;
+            };
+            let envelope = self.links.get_mut(&(from, to)).and_then(VecDeque::pop_front).expect("non-empty");
+            self.deliver(envelope);
+        }
+        panic!("messages among {group:?} never stopped");
+    }
+
+    fn deliver_everything(&mut self) {
+        let all: Vec<NodeId> = self.nodes.keys().copied().collect();
+        self.deliver_all_among(&all);
+    }
+
+    /// Loses everything between `a` and `b`, both ways, from now until `heal`.
+    fn cut(&mut self, a: NodeId, b: NodeId) {
+        for link in [(a, b), (b, a)] {
+            self.cut.insert(link);
+            self.links.remove(&link);
+        }
+    }
+
+    fn heal(&mut self, a: NodeId, b: NodeId) {
+        self.cut.remove(&(a, b));
+        self.cut.remove(&(b, a));
+    }
+
+    /// `id` crashes for good: it is never ticked again and all its traffic is lost.
+    fn kill(&mut self, id: NodeId) {
+        self.dead.insert(id);
+        self.links.retain(|(from, to), _| *from != id && *to != id);
+    }
+
+    /// Ticks every live node `ticks` times, delivering every message after each round.
+    fn run(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            let live: Vec<NodeId> = self.nodes.keys().copied().filter(|id| !self.dead.contains(id)).collect();
+            for id in live {
+                self.tick(id);
+            }
+            self.deliver_everything();
+        }
+    }
+
+    /// The last answer `node` gave to a local proposal of `request_id`.
+    fn reply(&self, node: NodeId, request_id: RequestId) -> Option<&Result<Slot, ProposalError>> {
+        self.node(node).replies.iter().rev().find(|(r, _)| *r == request_id).map(|(_, outcome)| outcome)
+    }
+
+    /// Agreement: no two nodes (nor one node twice) applied different values at one slot.
+    fn assert_agreement(&self) {
+        let mut first: BTreeMap<Slot, (NodeId, &Value)> = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            for (slot, value) in &node.applied {
+                match first.get(slot) {
+                    Some((other, earlier)) if *earlier != value => panic!(
+                        "agreement violated at slot {slot}: node {other} applied {earlier:?}, node {id} applied {value:?}{}",
+                        self.histories()
+                    ),
+                    Some(_) => {}
+                    None => {
+                        first.insert(*slot, (*id, value));
+                    }
+                }
+            }
+        }
+    }
+
+    fn histories(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(id, node)| {
+                format!(
+                    "\n  node {id}: chosen_upto {} {} applied {:?}",
+                    node.replica.chosen_upto(),
+                    node.replica.debug_summary(),
+                    node.applied
+                )
+            })
+            .collect()
+    }
+}
+
+fn rid(client_id: u64, seq: u64) -> RequestId {
+    RequestId { client_id, seq }
+}
+
+/// A client id that `node` accepts proposals from.
+/// Opens a client session through `node` (a `Register` entry in the log) and returns its id.
+fn client_session(cluster: &mut Cluster, node: NodeId) -> u64 {
+    cluster.next_client_id += 1;
+    let registration = Proposal::register(cluster.next_client_id);
+    cluster.replica(node).propose(registration.clone());
+    cluster.flush(node);
+    cluster.deliver_everything();
+    match cluster.reply(node, registration.request_id) {
+        Some(Ok(slot)) => *slot,
+        other => panic!("registration through node {node} answered {other:?}"),
+    }
+}
+
+// ----- 1. agreement -----
+
+/// Five nodes, no crash, only delay and loss.
+///
+/// 1. Node 2 campaigns (ballot a). Node 1 hears the Prepare (so its later ballot exceeds a) but
+///    its Promise is lost; node 5 hears nothing. Node 2 leads with {2,3,4} and chooses x at
+///    slot 0; nodes 3 and 4 apply it. Links 1-2 and 2-5 stay cut from here on.
+/// 2. Node 1 campaigns (ballot b > a), Prepare reaches 4 and 5 (lost to 3). Node 4's Promise
+///    says chosen_upto 1, so node 1 leads with {1,4,5} and sends node 4 a CatchUp: HELD.
+///    Node 1 proposes v_b at slot 1: only node 5 accepts it (lost to 4, 3 and 2 are cut).
+/// 3. Node 2, still leading a, heartbeats node 4, which nacks with b. Node 2 campaigns
+///    (ballot c > b), leads with {2,3,4} and chooses v_c at slot 1; node 4 applies it.
+/// 4. The held CatchUp reaches node 4; its reply (x, v_c) reaches node 1 before any ballot-c
+///    message or Nack. Node 1, still leading b, applies v_c and heartbeats commit_upto 2.
+///    Node 5 takes its own accepted (b, slot 1, v_b) as chosen, since the ballot matches.
+/// 5. Everything is healed and delivered, all nodes tick a while.
+///
+/// Every node must have applied the same value at every slot.
+#[test]
+fn a_commit_point_in_a_superseded_ballot_does_not_choose_an_unchosen_value() {
+    let mut c = Cluster::new(5);
+
+    // 1. Ballot a: node 2 leads with {2,3,4} and chooses x at slot 0.
+    c.campaign(2);
+    c.cut(2, 5);
+    c.deliver_where(2, 1, is_prepare);
+    c.cut(1, 2); // node 1's Promise is lost, and so is everything else between 1 and 2
+    c.deliver_all_among(&[2, 3, 4]);
+    assert!(c.is_leader(2), "schedule: node 2 should lead ballot a{}", c.histories());
+    c.propose(2, rid(1, 1), "x");
+    c.deliver_all_among(&[2, 3, 4]);
+    assert_eq!(c.chosen_upto(4), 1, "schedule: node 4 should have applied x{}", c.histories());
+
+    // 2. Ballot b: node 1 leads with {1,4,5}; its CatchUp to node 4 is held.
+    c.campaign(1);
+    c.cut(1, 3);
+    c.deliver_where(1, 4, is_prepare);
+    c.deliver_where(1, 5, is_prepare);
+    c.deliver_where(4, 1, is_promise);
+    c.deliver_where(5, 1, is_promise);
+    assert!(c.is_leader(1), "schedule: node 1 should lead ballot b{}", c.histories());
+    let held_catch_up = c.take_where(1, 4, is_catch_up);
+    c.deliver_all_between(1, 4);
+    c.deliver_all_between(1, 5);
+    c.propose(1, rid(2, 1), "v_b");
+    c.drop_where(1, 4, is_accept); // lost
+    c.deliver_all_between(1, 5); // node 5 accepts (b, 1, v_b)
+
+    // 3. Ballot c: node 2 learns of b through a Nack, then leads with {2,3,4} and chooses v_c.
+    c.tick_until_sent(2, 4, is_heartbeat);
+    c.deliver_where(2, 4, is_heartbeat);
+    c.deliver_where(4, 2, is_nack);
+    assert!(!c.is_leader(2), "schedule: node 2 should have stepped down{}", c.histories());
+    c.campaign(2);
+    c.deliver_all_among(&[2, 3, 4]);
+    assert!(c.is_leader(2), "schedule: node 2 should lead ballot c{}", c.histories());
+    c.propose(2, rid(3, 1), "v_c");
+    c.deliver_all_among(&[2, 3, 4]);
+    assert_eq!(c.chosen_upto(4), 2, "schedule: node 4 should have applied v_c{}", c.histories());
+
+    // 4. The delayed CatchUp, then node 1's commit announcement in ballot b.
+    for envelope in held_catch_up {
+        c.deliver(envelope);
+    }
+    c.deliver_where(4, 1, is_catch_up_entries);
+    c.deliver_all_between(1, 5);
+
+    // 5. Let everything settle.
+    for (a, b) in [(1, 2), (1, 3), (2, 5)] {
+        c.heal(a, b);
+    }
+    c.deliver_everything();
+    c.run(50);
+    c.assert_agreement();
+}
+
+// ----- 2. liveness: a chosen slot known only to a dead node's history -----
+
+/// Three nodes.
+///
+/// 1. Node 1 campaigns and leads with {1,2} (node 3 cut off). Slot 0 is chosen with node 2's
+///    vote; node 1 applies it, but its commit announcement to node 2 is lost.
+/// 2. Node 3 campaigns; node 1's Promise (chosen_upto 1) arrives first, so node 3 leads with
+///    {1,3} without learning slot 0's value.
+/// 3. Node 1 dies for good. A client proposes through node 3. Nodes 2 and 3 run 3,000 ticks
+///    with every message between them delivered.
+///
+/// Both must apply slot 0 (node 2 holds its value as an accepted record) and the new proposal
+/// must be answered Ok.
+#[test]
+fn a_slot_chosen_before_the_election_is_recovered_after_its_only_applier_dies() {
+    let mut c = Cluster::new(3);
+
+    // 1. Node 1 leads with {1,2}; slot 0 is chosen but node 2 never hears the commit point.
+    c.cut(1, 3);
+    c.campaign(1);
+    c.deliver_all_between(1, 2);
+    assert!(c.is_leader(1), "schedule: node 1 should lead{}", c.histories());
+    c.propose(1, rid(1, 1), "x");
+    c.deliver_where(1, 2, is_accept);
+    c.deliver_all(2, 1);
+    c.drop_all(1, 2); // the commit announcement (Heartbeat or Accept with commit_upto 1)
+    assert_eq!(c.chosen_upto(1), 1, "schedule: node 1 should have applied slot 0{}", c.histories());
+    assert_eq!(c.chosen_upto(2), 0, "schedule: node 2 must not know slot 0 is chosen{}", c.histories());
+
+    // 2. Node 3 leads with {1,3}.
+    c.heal(1, 3);
+    c.campaign(3);
+    c.deliver_where(3, 1, is_prepare);
+    c.deliver_where(1, 3, is_promise);
+    assert!(c.is_leader(3), "schedule: node 3 should lead with {{1,3}}{}", c.histories());
+
+    // 3. Node 1 dies; 2 and 3 run.
+    c.kill(1);
+    let request = rid(2, 1);
+    c.propose(3, request, "after");
+    c.run(3000);
+
+    assert!(c.chosen_upto(3) >= 1, "node 3 never applied slot 0{}", c.histories());
+    assert!(c.chosen_upto(2) >= 1, "node 2 never applied slot 0{}", c.histories());
+    assert!(
+        matches!(c.reply(3, request), Some(Ok(_))),
+        "proposal through node 3 answered {:?}{}",
+        c.reply(3, request),
+        c.histories()
+    );
+    c.assert_agreement();
+}
+
+// ----- 3. liveness after a forced truncation -----
+
+/// Three nodes.
+///
+/// 1. Node 1 leads with {1,2} while node 3 is cut off. Slots 0..3 are chosen: node 1 applies
+///    all four (chosen_upto 4); node 2 applies 0..2 (chosen_upto 3), the announcement of
+///    slot 3's commit to it is lost.
+/// 2. Node 1 force-truncates below 2. Node 3 is reconnected to node 1 only: a heartbeat tells
+///    it node 1 is ahead, it asks to catch up from 0 and installs the snapshot (history from
+///    2, duplicate table as of 4). Its next CatchUp is lost: node 1 dies for good.
+/// 3. Node 3 campaigns and leads with node 2. A client proposes through node 3. Nodes 2 and 3
+///    run 3,000 ticks with every message between them delivered.
+///
+/// Both must reach chosen_upto >= 4, agree on every slot, and the proposal must be answered Ok.
+#[test]
+fn a_node_that_installed_a_snapshot_can_lead_past_it_after_the_truncating_leader_dies() {
+    let mut c = Cluster::new(3);
+
+    // 1. Slots 0..3 chosen; node 1 applied 4 of them, node 2 three, node 3 none.
+    c.cut(1, 3);
+    c.cut(2, 3);
+    c.campaign(1);
+    c.deliver_all_between(1, 2);
+    assert!(c.is_leader(1), "schedule: node 1 should lead{}", c.histories());
+    for seq in 1..=3 {
+        c.propose(1, rid(1, seq), "early");
+    }
+    c.deliver_all_between(1, 2);
+    c.propose(1, rid(1, 4), "last");
+    c.deliver_where(1, 2, is_accept);
+    c.deliver_all(2, 1);
+    c.drop_all(1, 2); // the commit announcement for slot 3
+    assert_eq!(c.chosen_upto(1), 4, "schedule: node 1 should have applied 0..4{}", c.histories());
+    assert_eq!(c.chosen_upto(2), 3, "schedule: node 2 should have applied 0..3{}", c.histories());
+
+    // 2. Forced truncation; node 3 installs node 1's snapshot; node 1 dies.
+    c.replica(1).compact(Compaction { truncate_below: Some(2), force: true }).expect("forced truncation");
+    c.flush(1);
+    c.cut(1, 2);
+    c.heal(1, 3);
+    c.tick_until_sent(1, 3, is_heartbeat);
+    c.deliver_where(1, 3, is_heartbeat);
+    c.deliver_where(3, 1, is_catch_up);
+    c.deliver_where(1, 3, is_catch_up_truncated);
+    // (Before the fix the install left node 3 at history 2, table as of 4; now its history
+    // restarts where the snapshot's table stands, at 4.)
+    assert!(
+        c.node(3).replica.history_start() >= 2 && c.chosen_upto(3) >= 2,
+        "schedule: node 3 should have installed the snapshot{}",
+        c.histories()
+    );
+    c.kill(1);
+
+    // 3. Node 3 leads with node 2; 2 and 3 run.
+    c.heal(2, 3);
+    c.campaign(3);
+    c.deliver_all_between(2, 3);
+    assert!(c.is_leader(3), "schedule: node 3 should lead{}", c.histories());
+    let request = rid(2, 1);
+    c.propose(3, request, "after");
+    c.run(3000);
+
+    assert!(c.chosen_upto(3) >= 4, "node 3 stuck at chosen_upto {}{}", c.chosen_upto(3), c.histories());
+    assert!(c.chosen_upto(2) >= 4, "node 2 stuck at chosen_upto {}{}", c.chosen_upto(2), c.histories());
+    c.assert_agreement();
+    assert!(
+        matches!(c.reply(3, request), Some(Ok(_))),
+        "proposal through node 3 answered {:?}{}",
+        c.reply(3, request),
+        c.histories()
+    );
+}
+
+// ----- 4. exactly-once -----
+
+/// Three nodes, duplicate table of 4 clients, no faults.
+///
+/// 1. Node 1 leads. Client A proposes (A,1) and is answered Ok(slot).
+/// 2. clients_max other clients each propose one request (the table evicts A).
+/// 3. A's late retry of (A,1), same id and payload, is proposed again.
+///
+/// The log may hold (A,1) as a command at most once: refusing the retry is fine, applying it a
+/// second time is not.
+#[test]
+fn a_late_retry_after_its_client_was_evicted_is_not_applied_twice() {
+    const CLIENTS_MAX: usize = 4;
+    let mut c = Cluster::with_config(3, |config| config.request_table.clients_max = CLIENTS_MAX);
+    c.campaign(1);
+    c.deliver_everything();
+    assert!(c.is_leader(1), "schedule: node 1 should lead{}", c.histories());
+
+    // 1. (A,1) is applied.
+    let a = client_session(&mut c, 1);
+    c.propose(1, rid(a, 1), "A1");
+    c.deliver_everything();
+    assert!(
+        matches!(c.reply(1, rid(a, 1)), Some(Ok(_))),
+        "schedule: (A,1) should be answered Ok, got {:?}",
+        c.reply(1, rid(a, 1))
+    );
+
+    // 2. As many other clients as the table holds.
+    for _ in 0..CLIENTS_MAX {
+        let other = client_session(&mut c, 1);
+        c.propose(1, rid(other, 1), "other");
+        c.deliver_everything();
+    }
+
+    // 3. The late retry.
+    c.propose(1, rid(a, 1), "A1");
+    c.deliver_everything();
+    c.run(10);
+
+    for (id, node) in &c.nodes {
+        let slots: Vec<Slot> = node
+            .applied
+            .iter()
+            .filter(|(_, value)| value.request_id() == Some(rid(a, 1)))
+            .map(|(slot, _)| *slot)
+            .collect();
+        assert!(
+            slots.len() <= 1,
+            "node {id} applied request {} at slots {slots:?} (retry answered {:?})",
+            rid(a, 1),
+            c.reply(1, rid(a, 1))
+        );
+    }
+    c.assert_agreement();
+}
+
+// ----- review: exploratory and found problems -----
+
+/// The accepted record `node` holds durably at `slot`, if any.
+fn vote(c: &Cluster, node: NodeId, slot: Slot) -> Option<(paxos_core::Ballot, Value)> {
+    c.node(node).storage.accepted.get(&slot).cloned()
+}
+
+/// Three nodes. A read of history served after a truncation written in the same batch.
+///
+/// 1. Node 2 leads ballot b with all three. It proposes (1,1) "a" and (99,1) (a session nobody
+///    registered, so it is applied as a no-op). Only node 1 votes; node 2 chooses slots 0 and 1
+///    (raw values `Command`s, votes of 1 and 2) and applies `Command(1:1)`, `Noop`. Its commit
+///    announcements to node 1 are lost; node 3 hears them, holds no record, asks CatchUp{0}.
+/// 2. Node 2's driver takes the CatchUp and an operator's forced GC (truncate below 1) in one
+///    batch (the node driver batches up to 4096 inputs): the history read runs after the
+///    Truncate, so CatchUpEntries carries only (1, Noop): a gap at 0.
+/// 3. Node 3 keeps (1, Noop) in chosen_pending (its next CatchUp is lost). Node 2 is cut off.
+///    Node 1 campaigns (ballot d) with node 3: node 3's Promise reports (1, Noop) as chosen,
+///    node 1 proposes it at slot 1 in ballot d and node 3 votes for it.
+///
+/// Slot 1 is then chosen by a majority as `Command(99:1)` in ballot b and as `Noop` in ballot d.
+#[test]
+fn a_history_read_that_races_a_truncation_does_not_let_a_leader_repropose_a_deduplicated_value() {
+    let mut c = Cluster::new(3);
+    c.campaign(2);
+    c.deliver_everything();
+    assert!(c.is_leader(2), "schedule: node 2 should lead{}", c.histories());
+    let ghost = rid(99, 1);
+    c.propose(2, rid(1, 1), "a");
+    c.propose(2, ghost, "ghost");
+    c.drop_where(2, 3, is_accept);
+    c.deliver_where(2, 1, is_accept);
+    c.deliver_all(1, 2);
+    assert_eq!(c.chosen_upto(2), 2, "schedule: node 2 should have applied 0..2{}", c.histories());
+    c.drop_all(2, 1); // commit announcements to node 1 are lost
+    let ballot_b_votes: Vec<_> = [1, 2].iter().map(|n| vote(&c, *n, 1)).collect();
+    assert!(
+        ballot_b_votes
+            .iter()
+            .all(|v| matches!(v, Some((_, Value::Command { request_id, .. })) if *request_id == ghost)),
+        "schedule: nodes 1 and 2 should have voted for (99:1) at slot 1: {ballot_b_votes:?}"
+    );
+    c.deliver_where(2, 3, is_heartbeat);
+    assert_eq!(c.queued(3, 2, is_catch_up), 1, "schedule: node 3 should ask to catch up{}", c.histories());
+
+    // 2. CatchUp and a forced truncation in one driver batch.
+    let catch_up = c.take_where(3, 2, is_catch_up).pop().expect("catch-up");
+    c.replica(2).step(catch_up);
+    c.replica(2).compact(Compaction { truncate_below: Some(1), force: true }).expect("forced truncation");
+    c.flush(2);
+    c.deliver_where(2, 3, is_catch_up_entries);
+    c.cut(2, 3);
+    c.cut(1, 2);
+
+    // 3. Node 1 leads ballot d with node 3.
+    c.campaign(1);
+    c.deliver_all_between(1, 3);
+    assert!(c.is_leader(1), "schedule: node 1 should lead{}", c.histories());
+    let ballot_d_votes: Vec<_> = [1, 3].iter().map(|n| vote(&c, *n, 1)).collect();
+    let b = ballot_b_votes[0].clone().expect("vote");
+    let d = ballot_d_votes[0].clone();
+    assert!(
+        ballot_d_votes.iter().all(|v| v.as_ref().map(|(_, value)| value) == Some(&b.1)),
+        "slot 1 chosen twice: as {:?} in ballot {} by nodes 1 and 2, then as {:?} by nodes 1 and 3 ({ballot_d_votes:?}){}",
+        b.1,
+        b.0,
+        d.map(|(_, v)| v),
+        c.histories()
+    );
+    c.assert_agreement();
+}
