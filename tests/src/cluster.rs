@@ -114,6 +114,25 @@ impl Cluster {
         }
     }
 
+    /// A non-transitive split: every link between `left` and `right` is cut, both ways; nodes
+    /// in neither (bridges) still hear and are heard by both sides.
+    pub fn split_with_bridge(&self, left: &[u64], right: &[u64]) {
+        for ((from, to), proxy) in &self.proxies {
+            let across =
+                (left.contains(from) && right.contains(to)) || (right.contains(from) && left.contains(to));
+            if across {
+                proxy.cut();
+            }
+        }
+    }
+
+    /// Slows the one directed link `from -> to` by `delay` per chunk forwarded.
+    pub fn slow_link(&self, from: u64, to: u64, delay: Duration) {
+        if let Some(proxy) = self.proxies.get(&(from, to)) {
+            proxy.set_delay(delay);
+        }
+    }
+
     /// Silently drops all traffic between `side` and the others (connections stay open).
     pub fn blackhole(&self, side: &[u64]) {
         for ((from, to), proxy) in &self.proxies {

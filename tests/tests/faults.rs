@@ -399,3 +399,78 @@ async fn h_wrong_identity_and_corrupt_records_are_refused_and_left_alone() {
     let output = cluster.node_command(3).output().expect("run");
     assert!(String::from_utf8_lossy(&output.stderr).contains("checksum mismatch"));
 }
+
+/// Five nodes, a non-transitive split: {a, b} and {c, d} cannot hear each other, while the
+/// bridge e hears and is heard by both, over links slowed on some hops. Each side forms a
+/// majority with the bridge, so each side's elections pre-empt the other side's leader through
+/// it and leadership moves between the sides; clients on both sides keep proposing. After
+/// healing, everything acknowledged is in every history at its slot, once.
+///
+/// `PAXOS_SPLIT_SECONDS=N` lengthens the split (default 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn i_non_transitive_split_with_a_bridge_and_clients_on_both_sides() {
+    let cluster = Cluster::start_with_proxies(5).await.expect("cluster");
+    let leader = cluster.wait_for_leader(SETTLE).await.expect("leader");
+    let others: Vec<u64> = (1..=5).filter(|id| *id != leader).collect();
+    let left = vec![leader, others[0]];
+    let bridge = others[1];
+    let right = vec![others[2], others[3]];
+    let recorder = Recorder::default();
+    let left_client = client_with_timeout(&cluster, &left, Duration::from_secs(4));
+    let right_client = client_with_timeout(&cluster, &right, Duration::from_secs(4));
+    for i in 0..10 {
+        recorder.propose(&left_client, format!("i-before-{i}")).await;
+    }
+    cluster.split_with_bridge(&left, &right);
+    cluster.slow_link(left[1], bridge, Duration::from_millis(3));
+    cluster.slow_link(bridge, right[0], Duration::from_millis(3));
+    let split_seconds = std::env::var("PAXOS_SPLIT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    let until = Instant::now() + Duration::from_secs(split_seconds);
+    let mut sides = Vec::new();
+    for (name, client) in [("left", left_client), ("right", right_client)] {
+        let recorder = recorder.clone();
+        sides.push(tokio::spawn(async move {
+            let mut i = 0;
+            while Instant::now() < until {
+                recorder.propose(&client, format!("i-{name}-{i}")).await;
+                i += 1;
+            }
+        }));
+    }
+    // Who leads, as the bridge sees it, while the split lasts.
+    let mut leaders_seen = Vec::new();
+    while Instant::now() < until {
+        if let Ok(status) = cluster.status(bridge).await {
+            if let Some(leader) = status.leader {
+                if leaders_seen.last() != Some(&leader) {
+                    leaders_seen.push(leader);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for side in sides {
+        side.await.expect("side clients");
+    }
+    cluster.set_delay(Duration::ZERO);
+    cluster.heal();
+    let everyone = client_with_timeout(&cluster, &[1, 2, 3, 4, 5], SETTLE);
+    for i in 0..20 {
+        recorder.propose(&everyone, format!("i-after-{i}")).await;
+    }
+    let report = converge_and_check(&cluster, &recorder).await;
+    let during: Vec<_> = recorder
+        .operations()
+        .into_iter()
+        .filter(|o| o.value.starts_with("i-left") || o.value.starts_with("i-right"))
+        .collect();
+    eprintln!(
+        "split: left {left:?}, bridge {bridge}, right {right:?}; leaders seen by the bridge: {leaders_seen:?}; \
+         proposals during the split: {} acknowledged of {}",
+        during.iter().filter(|o| o.slot.is_some()).count(),
+        during.len()
+    );
+    let after =
+        recorder.operations().into_iter().filter(|o| o.value.starts_with("i-after") && o.slot.is_some());
+    assert_eq!(after.count(), 20, "every proposal after healing is acknowledged: {report:?}");
+}
