@@ -516,6 +516,63 @@ mod tests {
         assert_eq!(cluster.node(leader).status().superseded_leaderships, 1);
     }
 
+    /// A catch-up request taken in the same batch as a truncation: the history read runs after
+    /// the cut is written, so the answer must be the snapshot (or an unbroken run from the slot
+    /// asked for), never entries that start above it.
+    #[test]
+    fn a_catch_up_read_that_races_a_truncation_is_answered_with_the_snapshot() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let peer = if leader == 1 { 2 } else { 1 };
+        let client = cluster.session(leader);
+        for seq in 1..=3 {
+            cluster.node(leader).propose(proposal(client, seq, "v"));
+        }
+        cluster.settle();
+        let catch_up = crate::Message::CatchUp { from_slot: 0 };
+        cluster.node(leader).step(crate::Envelope { from: peer, to: leader, message: catch_up });
+        cluster.node(leader).compact(Compaction { truncate_below: Some(2), force: true }).expect("cut");
+        let ready = cluster.node(leader).take_ready();
+        let storage = cluster.storage.get_mut(&leader).expect("member");
+        storage.apply(&ready.persist);
+        let replica = cluster.replicas.get_mut(&leader).expect("member");
+        for read in &ready.history_reads {
+            let entries =
+                storage.read_history(read.from_slot, read.upto_slot, read.entries_max, read.bytes_max);
+            replica.serve_history_read(read, entries);
+        }
+        let answers = replica.take_ready().messages;
+        assert!(
+            answers.iter().all(|e| match &e.message {
+                crate::Message::CatchUpEntries { entries, .. } =>
+                    entries.first().is_none_or(|(slot, _)| *slot == 0),
+                _ => true,
+            }),
+            "an answer with a gap: {answers:?}"
+        );
+        assert!(
+            answers.iter().any(|e| matches!(e.message, crate::Message::CatchUpTruncated { .. })),
+            "{answers:?}"
+        );
+    }
+
+    /// History entries from a peer are verbatim (a duplicate is a no-op there), so they may not
+    /// wait above a gap as pending chosen values: a Promise would report them as raw values and
+    /// a new leader could choose the no-op as a second value for the slot.
+    #[test]
+    fn history_entries_above_a_gap_are_dropped_not_kept_as_chosen() {
+        let mut follower = crate::test_support::replica(1, &[1, 2, 3]);
+        let entries = crate::Message::CatchUpEntries { entries: vec![(1, Value::Noop)], chosen_upto: 2 };
+        follower.step(crate::Envelope { from: 2, to: 1, message: entries });
+        assert!(follower.chosen_pending.is_empty(), "kept above a gap: {:?}", follower.chosen_pending);
+        let entries = crate::Message::CatchUpEntries {
+            entries: vec![(0, Value::Noop), (1, Value::Noop)],
+            chosen_upto: 2,
+        };
+        follower.step(crate::Envelope { from: 2, to: 1, message: entries });
+        assert_eq!(follower.chosen_upto(), 2);
+    }
+
     #[test]
     fn truncation_waits_for_every_member_unless_forced() {
         let mut cluster = Cluster::new(3);

@@ -57,6 +57,10 @@ pub struct Faults {
     pub late_retry_per_mille: u64,
     /// Chance that a new request is also sent through a second and third node at once.
     pub storm_per_mille: u64,
+    /// Chance per tick that a node pauses (a GC pause, SIGSTOP, a stalled disk): no ticks, no
+    /// deliveries, for a long while; then it resumes with its stale state (a leader that still
+    /// believes it leads) and everything sent to it meanwhile.
+    pub pause_per_mille: u64,
 }
 
 impl Faults {
@@ -77,6 +81,7 @@ impl Faults {
             permanent_failures: 0,
             late_retry_per_mille: 0,
             storm_per_mille: 0,
+            pause_per_mille: 0,
         }
     }
 
@@ -114,6 +119,7 @@ impl Faults {
             permanent_failures: if rng.chance(1, 2) { rng.range(1, minority as u64 + 1) as usize } else { 0 },
             late_retry_per_mille: on(rng, 1, 50),
             storm_per_mille: on(rng, 1, 300),
+            pause_per_mille: on(rng, 1, 10),
         }
     }
 }
@@ -231,6 +237,8 @@ struct SimNode {
     restart_at: Option<u64>,
     /// Crashed for good.
     dead: bool,
+    /// Paused (not crashed) until this tick.
+    paused_until: Option<u64>,
 }
 
 /// What a run did, for reports.
@@ -243,6 +251,7 @@ pub struct Stats {
     pub partitions: u64,
     pub one_way_cuts: u64,
     pub bridges: u64,
+    pub pauses: u64,
     pub acknowledged: u64,
     pub chosen_slots: u64,
     pub snapshot_truncations: u64,
@@ -262,6 +271,7 @@ impl Stats {
         self.partitions += other.partitions;
         self.one_way_cuts += other.one_way_cuts;
         self.bridges += other.bridges;
+        self.pauses += other.pauses;
         self.acknowledged += other.acknowledged;
         self.chosen_slots += other.chosen_slots;
         self.snapshot_truncations += other.snapshot_truncations;
@@ -311,6 +321,7 @@ impl Simulation {
                 unsynced: Vec::new(),
                 restart_at: None,
                 dead: false,
+                paused_until: None,
             };
             if !scenario.down_at_start.contains(id) {
                 node.replica = Some(Replica::new(Self::config(&scenario, &members, *id), rng.next_u64()));
@@ -446,6 +457,9 @@ impl Simulation {
     fn heal(&mut self) {
         self.healed = true;
         self.network.heal();
+        for node in self.nodes.values_mut() {
+            node.paused_until = None;
+        }
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             let down_forever = self.scenario.down_at_start.contains(&id) && !self.scenario.heal_down;
@@ -501,6 +515,10 @@ impl Simulation {
             let Some(node) = self.nodes.get_mut(&envelope.to) else {
                 continue;
             };
+            if let Some(until) = node.paused_until.filter(|until| *until > self.now) {
+                self.network.requeue(envelope, until);
+                continue;
+            }
             if let Some(replica) = node.replica.as_mut() {
                 self.stats.messages_delivered += 1;
                 replica.step(envelope);
@@ -512,6 +530,9 @@ impl Simulation {
         self.run_clients();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
+            if self.nodes[&id].paused_until.is_some_and(|until| until > self.now) {
+                continue;
+            }
             if let Some(replica) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) {
                 replica.tick();
             }
@@ -833,6 +854,17 @@ impl Simulation {
             node.dead = true;
             node.restart_at = None;
             self.stats.permanent_failures += 1;
+        }
+        if self.rng.chance(faults.pause_per_mille, 1000) {
+            // The leader most of the time: a paused leader is the classic stale leader.
+            let leader = self.nodes.iter().find(|(_, n)| n.replica.as_ref().is_some_and(|r| r.is_leader()));
+            let victim = match leader {
+                Some((id, _)) if self.rng.chance(3, 4) => *id,
+                _ => self.random_member(),
+            };
+            let until = now + self.rng.range(20, 300);
+            self.nodes.get_mut(&victim).expect("node exists").paused_until = Some(until);
+            self.stats.pauses += 1;
         }
         if self.rng.chance(faults.partition_per_mille, 1000) {
             self.stats.partitions += 1;

@@ -80,6 +80,12 @@ impl Network {
         envelopes
     }
 
+    /// Puts a message back to be delivered at `at` (its receiver is paused).
+    pub fn requeue(&mut self, envelope: Envelope, at: u64) {
+        self.sequence += 1;
+        self.in_flight.push((at, self.sequence, envelope));
+    }
+
     /// Cuts the directed link `from -> to` until `until`.
     pub fn cut(&mut self, from: NodeId, to: NodeId, until: u64) {
         let entry = self.cut_until.entry((from, to)).or_insert(until);
