@@ -119,5 +119,6 @@ async fn sigterm_stops_a_node_gracefully() {
     })
     .await
     .expect("history");
-    assert_eq!(history, vec![(0, Some(b"x".to_vec()))]);
+    // Slot 0 opened the client's session (no value); slot 1 holds its proposal.
+    assert_eq!(history, vec![(0, None), (1, Some(b"x".to_vec()))]);
 }
