@@ -6,7 +6,7 @@ use crate::message::{Message, ProposalError, TruncationSnapshot};
 use crate::ready::{HistoryRead, PersistOp, ReadPurpose};
 use crate::replica::{Replica, Role};
 use crate::requests::{Lookup, TableChange};
-use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
+use crate::types::{Ballot, NodeId, Slot, Value};
 use std::collections::BTreeMap;
 
 /// A garbage-collection request.
@@ -90,8 +90,7 @@ impl Replica {
             self.release_replies_after_apply();
         }
         if superseded {
-            self.superseded_leaderships += 1;
-            self.step_down(None);
+            self.step_down_superseded();
         }
     }
 
@@ -114,16 +113,15 @@ impl Replica {
     /// Deterministic in the table and the value, and idempotent: a peer's history entry (already
     /// deduplicated) gives the same entry and the same table change as the raw chosen value.
     fn deduplicate(&mut self, slot: Slot, value: Value) -> Value {
-        if let Value::Register { nonce } = value {
-            let changes = self.requests.open_session(slot, self.config.request_table);
-            self.persist_table_changes(changes);
-            let request_id = RequestId { client_id: RequestId::REGISTER_CLIENT_ID, seq: nonce };
-            self.answer_waiters(request_id, Ok(slot));
-            return value;
-        }
         let Some(request_id) = value.request_id() else {
             return value;
         };
+        if let Value::Register { .. } = value {
+            let changes = self.requests.open_session(slot, self.config.request_table);
+            self.persist_table_changes(changes);
+            self.answer_waiters(request_id, Ok(slot));
+            return value;
+        }
         match self.requests.lookup(request_id, self.config.request_table) {
             Lookup::New => {
                 let changes = self.requests.insert(request_id, slot, self.config.request_table);
@@ -164,14 +162,21 @@ impl Replica {
     /// becomes a no-op), so it must never wait in `chosen_pending`: from there a Promise would
     /// report it as a raw chosen value and a new leader could propose the no-op in a new
     /// ballot, choosing a second value for the slot.
-    pub(crate) fn apply_verbatim(&mut self, entries: BTreeMap<Slot, Value>) {
-        let mut entries = entries;
-        while let Some(value) = entries.remove(&self.chosen_upto) {
-            // A raw value already known for the slot is just as good (deduplicating it gives
-            // the same entry).
-            self.chosen_pending.entry(self.chosen_upto).or_insert(value);
-            self.apply_chosen();
+    ///
+    /// Also applies whatever raw chosen values were already pending, in the same pass.
+    pub(crate) fn apply_verbatim(&mut self, mut entries: BTreeMap<Slot, Value>) {
+        let mut next = self.chosen_upto;
+        loop {
+            if let Some(value) = entries.remove(&next) {
+                // A raw value already known for the slot is just as good (deduplicating it
+                // gives the same entry).
+                self.chosen_pending.entry(next).or_insert(value);
+            } else if !self.chosen_pending.contains_key(&next) {
+                break;
+            }
+            next += 1;
         }
+        self.apply_chosen();
     }
 
     /// A leader of `ballot` says every slot below `commit_upto` is chosen, and that where it
@@ -334,14 +339,12 @@ impl Replica {
         self.chosen_pending = self.chosen_pending.split_off(&start);
         self.commit_marked_upto = self.commit_marked_upto.max(start);
         self.truncation = snapshot;
-        self.snapshot_installs += 1;
         let jumped_in_flight = match &self.role {
             Role::Leader(leader) => leader.in_flight.first_key_value().is_some_and(|(slot, _)| *slot < start),
             _ => false,
         };
         if jumped_in_flight {
-            self.superseded_leaderships += 1;
-            self.step_down(None);
+            self.step_down_superseded();
         }
         self.forget_applied_in_flight();
         self.release_replies_after_apply();

@@ -24,6 +24,13 @@ impl Replica {
                 self.step_down(None);
                 return;
             }
+            // Resending unanswered Accepts runs on its own timer, not the heartbeat's: a steady
+            // stream of new Accepts keeps the heartbeat timer from firing, and a lost Accept
+            // must not wait for the window to fill before it is sent again.
+            let retransmit = now.saturating_sub(leader.last_retransmit_tick) >= interval;
+            if retransmit {
+                leader.last_retransmit_tick = now;
+            }
             if now.saturating_sub(leader.last_heartbeat_tick) >= interval {
                 leader.last_heartbeat_tick = now;
                 leader.announced_commit = self.chosen_upto;
@@ -34,10 +41,9 @@ impl Replica {
                 };
                 self.broadcast(heartbeat);
             }
-            // Every tick, not only with heartbeats: a steady stream of new Accepts keeps the
-            // heartbeat timer from firing, and a lost Accept must not wait for the window to
-            // fill before it is sent again (each slot waits `interval` between resends).
-            self.retransmit_accepts();
+            if retransmit {
+                self.retransmit_accepts();
+            }
             return;
         }
         if let Role::Candidate(candidate) = &self.role {
@@ -132,7 +138,6 @@ impl Replica {
         for (slot, value) in chosen {
             self.learn_chosen(slot, value);
         }
-        self.apply_chosen();
         self.apply_verbatim(history);
         if self.chosen_upto < max_chosen_upto {
             if self.chosen_upto > from_slot {
@@ -201,6 +206,7 @@ impl Replica {
             waiters: BTreeMap::new(),
             in_flight_requests: BTreeMap::new(),
             last_heartbeat_tick: now,
+            last_retransmit_tick: now,
             announced_commit: self.chosen_upto,
             last_heard_tick: self.peers().map(|peer| (peer, now)).collect(),
         };
@@ -258,6 +264,13 @@ impl Replica {
         if ballot > own {
             self.step_down(Some(ballot.node));
         }
+    }
+
+    /// Gives up a leadership whose ballot another ballot overtook at a slot in flight: its
+    /// commit announcements could no longer be trusted to cover only its own chosen values.
+    pub(crate) fn step_down_superseded(&mut self) {
+        self.superseded_leaderships += 1;
+        self.step_down(None);
     }
 
     pub(crate) fn step_down(&mut self, leader_hint: Option<NodeId>) {

@@ -63,6 +63,8 @@ pub(crate) struct LeaderState {
     pub(crate) waiters: BTreeMap<RequestId, Vec<Origin>>,
     pub(crate) in_flight_requests: BTreeMap<RequestId, Slot>,
     pub(crate) last_heartbeat_tick: u64,
+    /// Last tick unanswered Accepts were looked at for resending.
+    pub(crate) last_retransmit_tick: u64,
     /// The commit point followers were last told (in an Accept or a Heartbeat).
     pub(crate) announced_commit: Slot,
     /// Last tick each peer answered us: a leader that cannot hear a quorum steps down.
@@ -102,7 +104,6 @@ pub struct Status {
     pub stale_accepts_refused: u64,
     /// Leaderships given up because another ballot chose at a slot this leader had in flight.
     pub superseded_leaderships: u64,
-    pub snapshot_installs: u64,
     /// How far each member has applied, as this replica last heard.
     pub member_chosen_upto: BTreeMap<NodeId, Slot>,
 }
@@ -150,7 +151,6 @@ pub struct Replica {
     pub(crate) stale_accepts_refused: u64,
     /// Leaderships given up because another ballot chose at a slot this leader had in flight.
     pub(crate) superseded_leaderships: u64,
-    pub(crate) snapshot_installs: u64,
 
     // Proposer state.
     pub(crate) role: Role,
@@ -195,7 +195,6 @@ impl Replica {
             commit_upto_in_ballot: 0,
             stale_accepts_refused: 0,
             superseded_leaderships: 0,
-            snapshot_installs: 0,
             commit_marked_upto: durable.chosen_upto,
             catch_up: None,
             member_chosen_upto: BTreeMap::new(),
@@ -338,7 +337,6 @@ impl Replica {
             sessions: self.requests.sessions(),
             stale_accepts_refused: self.stale_accepts_refused,
             superseded_leaderships: self.superseded_leaderships,
-            snapshot_installs: self.snapshot_installs,
             member_chosen_upto,
         }
     }
