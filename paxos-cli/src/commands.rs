@@ -100,7 +100,7 @@ async fn history(client: &Client, from: u64, limit: Option<u64>, json: bool) -> 
     let mut remaining = limit.unwrap_or(u64::MAX);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while remaining > 0 {
-        let page = client.history(next, remaining.min(paxos_node::driver::HISTORY_ENTRIES_MAX)).await?;
+        let page = client.history(next, remaining.min(paxos_node::wire::HISTORY_PAGE_ENTRIES_MAX)).await?;
         let Some((last, _)) = page.entries.last() else {
             break;
         };

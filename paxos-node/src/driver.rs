@@ -9,7 +9,7 @@ use crate::config::NodeConfig;
 use crate::storage::{Storage, StorageError};
 use crate::wire::{
     Frame, GcError, GcReport, HistoryError, HistoryPage, MemberInfo, ProposeError, Request, Response,
-    StatusReport,
+    StatusReport, HISTORY_PAGE_BYTES_MAX, HISTORY_PAGE_ENTRIES_MAX,
 };
 use paxos_core::{Compaction, CompactionError, Message, NodeId, Proposal, Replica, RequestId, Value};
 use std::collections::BTreeMap;
@@ -20,9 +20,6 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 /// Inputs processed per loop iteration before the Ready is written: bounds latency while
 /// letting one fsync cover many requests.
 const INPUTS_PER_BATCH_MAX: usize = 4096;
-/// History entries and bytes per client history request.
-pub const HISTORY_ENTRIES_MAX: u64 = 10_000;
-const HISTORY_BYTES_MAX: usize = 8 << 20;
 /// Local proposals waiting for an answer; beyond this new ones are refused (retryable).
 const PENDING_PROPOSALS_MAX: usize = 200_000;
 /// Accepted records of applied slots are collected when there are more than this many.
@@ -230,9 +227,11 @@ impl Driver {
         if from_slot < history_start {
             return Err(HistoryError::Truncated { requested: from_slot, history_start });
         }
-        let limit = limit.clamp(1, HISTORY_ENTRIES_MAX) as usize;
-        let entries =
-            self.storage.read_history(from_slot, chosen_upto, limit, HISTORY_BYTES_MAX).map_err(|error| {
+        let limit = limit.clamp(1, HISTORY_PAGE_ENTRIES_MAX) as usize;
+        let entries = self
+            .storage
+            .read_history(from_slot, chosen_upto, limit, HISTORY_PAGE_BYTES_MAX)
+            .map_err(|error| {
                 let text = error.to_string();
                 // A record that fails its checksum means the disk cannot be trusted: stop.
                 self.fatal = Some(error);

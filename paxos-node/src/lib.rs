@@ -1,19 +1,49 @@
-//! The paxos-node daemon as a library: storage, transport, driver, and the client library.
+//! The paxos-node daemon as a library, and the client library that talks to it.
 //!
-//! Layers, from the bottom: [`storage`] (RocksDB) and [`codec`] (bytes on the wire) know
-//! nothing of each other; [`driver`] owns the replica and the storage and runs the Ready
-//! contract; [`server`] and [`peer_link`] move frames between sockets and the driver;
-//! [`node`] wires them; [`client`] is what the CLI and the tests use to talk to nodes.
+//! Layers, from the bottom: [`wire`] (what travels) and [`codec`] (its bytes); [`storage`]
+//! (RocksDB, whose records use the codec's encoding); [`driver`] owns the replica and the
+//! storage and runs the Ready contract; [`server`] and [`peer_link`] move frames between
+//! sockets and the driver; [`node`] wires them. [`client`] is what the CLI and the tests use
+//! to talk to nodes.
+//!
+//! The daemon parts sit behind the default `daemon` feature. Without it the crate is the
+//! client library, the wire types and the codec only, and builds without RocksDB:
+//!
+//! ```toml
+//! [dependencies]
+//! paxos-node = { path = "paxos-node", default-features = false }
+//! ```
+//!
+//! Embedding the client: propose a value and read it back.
+//!
+//! ```no_run
+//! use paxos_node::client::{Client, ClientOptions};
+//!
+//! # async fn example() -> Result<(), paxos_node::client::ClientError> {
+//! let client = Client::new(ClientOptions::new(vec!["127.0.0.1:7001".into()]))?;
+//! let slot = client.propose(b"hello".to_vec()).await?;
+//! let page = client.history(slot, 1).await?;
+//! assert_eq!(page.entries[0], (slot, Some(b"hello".to_vec())));
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod client;
 pub mod codec;
 pub mod config;
-pub mod driver;
-pub mod node;
-pub mod peer_link;
-pub mod server;
-pub mod storage;
 pub mod wire;
 
+#[cfg(feature = "daemon")]
+pub mod driver;
+#[cfg(feature = "daemon")]
+pub mod node;
+#[cfg(feature = "daemon")]
+pub mod peer_link;
+#[cfg(feature = "daemon")]
+pub mod server;
+#[cfg(feature = "daemon")]
+pub mod storage;
+
 pub use config::NodeConfig;
+#[cfg(feature = "daemon")]
 pub use node::{NodeHandle, StartError};

@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 /// Bumped on any incompatible change to these types.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Most history entries one `History` request returns (the node caps a larger `limit`).
+pub const HISTORY_PAGE_ENTRIES_MAX: u64 = 10_000;
+/// Most value bytes one history page carries; a page stops before exceeding it (but always
+/// holds at least one entry, which a value's own limit keeps below the frame limit).
+pub const HISTORY_PAGE_BYTES_MAX: usize = 8 << 20;
+
 /// Who opens a connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Caller {
