@@ -36,7 +36,7 @@ async fn leader_status(options: &ClientOptions) -> Option<StatusReport> {
         one.cluster = options.cluster.clone();
         one.timeout = Duration::from_secs(2);
         if let Ok(status) = Client::new(one).ok()?.status().await {
-            if status.role == "leader" {
+            if status.role == paxos_core::RoleName::Leader {
                 return Some(status);
             }
             if let Some(addr) = status.leader.and_then(|l| status.members.iter().find(|m| m.id == l)) {

@@ -108,11 +108,23 @@ pub struct Status {
     pub member_chosen_upto: BTreeMap<NodeId, Slot>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a replica is doing now; crosses the wire in status reports (as `"leader"` etc. in JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RoleName {
     Follower,
     Candidate,
     Leader,
+}
+
+impl std::fmt::Display for RoleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RoleName::Follower => "follower",
+            RoleName::Candidate => "candidate",
+            RoleName::Leader => "leader",
+        })
+    }
 }
 
 /// One member of a Multi-Paxos cluster.

@@ -65,8 +65,15 @@ pub enum ClientError {
     Unreachable(String),
     #[error("no quorum answered within {:.1} s (last error: {last_error})", timeout.as_secs_f64())]
     Timeout { timeout: Duration, last_error: String },
+    /// The cluster refused the proposal for good (retrying the same request cannot help).
     #[error("refused: {0}")]
-    Rejected(String),
+    Refused(ProposalError),
+    /// The node could not serve the history read.
+    #[error("history: {0}")]
+    History(HistoryError),
+    /// The leader refused the garbage collection.
+    #[error("gc refused: {0}")]
+    Gc(GcError),
     #[error("history below slot {history_start} was truncated (asked from slot {requested})")]
     Truncated { requested: Slot, history_start: Slot },
     #[error("protocol error: {0}")]
@@ -445,9 +452,7 @@ impl Client {
             Response::History(Err(HistoryError::Truncated { requested, history_start })) => {
                 (Attempt::Done(Err(ClientError::Truncated { requested, history_start })), None)
             }
-            Response::History(Err(error)) => {
-                (Attempt::Done(Err(ClientError::Rejected(error.to_string()))), None)
-            }
+            Response::History(Err(error)) => (Attempt::Done(Err(ClientError::History(error))), None),
             other => {
                 (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None)
             }
@@ -473,7 +478,7 @@ impl Client {
                 let rotate = leader_addr.is_none();
                 (Attempt::Retry { error: "not the leader".into(), rotate }, leader_addr)
             }
-            Response::Gc(Err(error)) => (Attempt::Done(Err(ClientError::Rejected(error.to_string()))), None),
+            Response::Gc(Err(error)) => (Attempt::Done(Err(ClientError::Gc(error))), None),
             other => {
                 (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None)
             }
@@ -499,8 +504,12 @@ fn interpret_proposed(response: Response) -> (Attempt<Slot>, Option<String>) {
             error: ProposalError::SessionExpired(session),
             ..
         })) => (Attempt::Done(Err(ClientError::SessionExpired { session })), None),
+        Response::Proposed(Err(ProposeError::Protocol { error, .. })) => {
+            (Attempt::Done(Err(ClientError::Refused(error))), None)
+        }
+        // Overloaded and ShuttingDown are retryable: handled above.
         Response::Proposed(Err(error)) => {
-            (Attempt::Done(Err(ClientError::Rejected(error.to_string()))), None)
+            (Attempt::Done(Err(ClientError::Protocol(format!("unexpected refusal {error}")))), None)
         }
         other => (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None),
     }

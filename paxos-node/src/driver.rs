@@ -263,7 +263,7 @@ impl Driver {
         StatusReport {
             node: self.config.id,
             cluster_id: self.config.cluster.clone(),
-            role: format!("{:?}", status.role).to_lowercase(),
+            role: status.role,
             leader: status.leader,
             ballot: status.own_ballot.unwrap_or(status.promised),
             chosen_upto: status.chosen_upto,

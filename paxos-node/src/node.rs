@@ -33,6 +33,8 @@ pub struct NodeHandle {
 pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
     #[error("cannot listen on {addr}: {source}")]
@@ -43,11 +45,9 @@ impl NodeHandle {
     /// Opens storage, recovers the replica and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
         config.validate().map_err(StartError::Config)?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| {
-            StartError::Config(format!(
-                "cannot create data directory {}: {source}",
-                config.data_dir.display()
-            ))
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::Io {
+            what: format!("cannot create data directory {}", config.data_dir.display()),
+            source,
         })?;
         let mut storage = Storage::open(&config.data_dir, &config.cluster, config.id)?;
         let durable = storage.load()?;
@@ -94,7 +94,7 @@ impl NodeHandle {
                 let result = driver.run(inputs_rx);
                 let _ = done_tx.send(result);
             })
-            .map_err(|e| StartError::Config(format!("cannot start the driver thread: {e}")))?;
+            .map_err(|source| StartError::Io { what: "cannot start the driver thread".into(), source })?;
 
         let context = ServerContext {
             node_id: config.id,

@@ -5,7 +5,7 @@
 //! way, and a client connection carries [`Frame::Request`] / [`Frame::Response`] pairs matched by
 //! `id`, so a client may pipeline many requests on one connection.
 
-use paxos_core::{Ballot, Message, NodeId, ProposalError, RequestId, Slot};
+use paxos_core::{Ballot, Message, NodeId, ProposalError, RequestId, RoleName, Slot};
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to these types.
@@ -140,7 +140,7 @@ pub struct MemberInfo {
 pub struct StatusReport {
     pub node: NodeId,
     pub cluster_id: String,
-    pub role: String,
+    pub role: RoleName,
     pub leader: Option<NodeId>,
     pub ballot: Ballot,
     pub chosen_upto: Slot,

@@ -158,7 +158,11 @@ async fn c_leader_cut_off_from_the_majority() {
         }
     }
     let old_status = cluster.status(old_leader).await.expect("status");
-    assert_ne!(old_status.role, "leader", "a leader cut off from the majority steps down");
+    assert_ne!(
+        old_status.role,
+        paxos_core::RoleName::Leader,
+        "a leader cut off from the majority steps down"
+    );
     cluster.heal();
     for i in 0..20 {
         recorder.propose(&majority, format!("c-after-{i}")).await;
