@@ -208,7 +208,7 @@ mod tests {
     fn promise_is_persisted_in_the_same_ready_as_the_reply() {
         let mut acceptor = replica(1, &[1, 2, 3]);
         acceptor.step(prepare(Ballot::new(5, 2)));
-        let ready = acceptor.take_ready();
+        let ready = acceptor.take_ready_persisted();
         assert_eq!(ready.persist, vec![PersistOp::Promise(Ballot::new(5, 2))]);
         assert_eq!(sent(&ready, |m| matches!(m, Message::Promise { .. })).len(), 1);
     }
@@ -217,12 +217,12 @@ mod tests {
     fn lower_ballots_are_refused_with_the_promise() {
         let mut acceptor = replica(1, &[1, 2, 3]);
         acceptor.step(prepare(Ballot::new(5, 2)));
-        acceptor.take_ready();
+        acceptor.take_ready_persisted();
         acceptor.step(prepare(Ballot::new(4, 3)));
         let accept =
             Message::Accept { ballot: Ballot::new(4, 3), entries: vec![(0, Value::Noop)], commit_upto: 0 };
         acceptor.step(Envelope { from: 3, to: 1, message: accept });
-        let ready = acceptor.take_ready();
+        let ready = acceptor.take_ready_persisted();
         assert!(ready.persist.is_empty(), "nothing may be stored for a refused ballot");
         let nacks =
             sent(&ready, |m| matches!(m, Message::Nack { promised, .. } if *promised == Ballot::new(5, 2)));
@@ -235,10 +235,10 @@ mod tests {
         let accept =
             Message::Accept { ballot: Ballot::new(1, 2), entries: vec![(0, Value::Noop)], commit_upto: 0 };
         acceptor.step(Envelope { from: 2, to: 1, message: accept });
-        acceptor.take_ready();
+        acceptor.take_ready_persisted();
         acceptor.step(prepare(Ballot::new(2, 3)));
-        let ready = acceptor.take_ready();
-        match &ready.messages[0].message {
+        let ready = acceptor.take_ready_persisted();
+        match &ready.persisted_messages[0].message {
             Message::Promise { accepted, chosen_upto, .. } => {
                 assert_eq!(accepted.len(), 1);
                 assert_eq!(accepted[0].ballot, Ballot::new(1, 2));
@@ -261,7 +261,7 @@ mod tests {
             let accept = Message::Accept { ballot: b, entries: vec![(slot, Value::Noop)], commit_upto: 0 };
             acceptor.step(Envelope { from: 3, to: 1, message: accept });
         }
-        acceptor.take_ready();
+        acceptor.take_ready_persisted();
         assert!(acceptor.chosen_pending.is_empty(), "marked chosen: {:?}", acceptor.chosen_pending);
         assert_eq!(acceptor.chosen_upto(), 0);
         // Ballot b's own announcement does mark them.
@@ -275,10 +275,10 @@ mod tests {
         let mut acceptor = replica(1, &[1, 2, 3]);
         acceptor.step(prepare(Ballot::new(5, 2)));
         let mut storage = crate::MemStorage::default();
-        storage.apply(&acceptor.take_ready().persist);
+        storage.apply(&acceptor.take_ready_persisted().persist);
         let mut recovered = crate::Replica::recover(acceptor.config().clone(), storage.durable_state(), 1);
         recovered.step(prepare(Ballot::new(4, 3)));
-        let ready = recovered.take_ready();
+        let ready = recovered.take_ready_persisted();
         assert!(matches!(ready.messages[0].message, Message::Nack { .. }));
     }
 }

@@ -442,7 +442,7 @@ mod tests {
         cluster.node(1).learn_chosen(1, value.clone());
         cluster.node(1).learn_chosen(2, value.clone());
         cluster.node(1).apply_chosen();
-        let ready = cluster.node(1).take_ready();
+        let ready = cluster.node(1).take_ready_persisted();
         assert_eq!(ready.chosen, vec![(1, value), (2, Value::Noop)]);
     }
 
@@ -495,7 +495,7 @@ mod tests {
         let mut announced = Vec::new();
         for _ in 0..5 {
             cluster.node(leader).tick();
-            let ready = cluster.node(leader).take_ready();
+            let ready = cluster.node(leader).take_ready_persisted();
             for envelope in ready.messages {
                 match envelope.message {
                     crate::Message::Heartbeat { ballot: b, commit_upto, .. }
@@ -535,7 +535,7 @@ mod tests {
         let catch_up = crate::Message::CatchUp { from_slot: 0 };
         cluster.node(leader).step(crate::Envelope { from: peer, to: leader, message: catch_up });
         cluster.node(leader).compact(Compaction { truncate_below: Some(2), force: true }).expect("cut");
-        let ready = cluster.node(leader).take_ready();
+        let ready = cluster.node(leader).take_ready_persisted();
         let storage = cluster.storage.get_mut(&leader).expect("member");
         storage.apply(&ready.persist);
         let replica = cluster.replicas.get_mut(&leader).expect("member");
@@ -544,7 +544,7 @@ mod tests {
                 storage.read_history(read.from_slot, read.upto_slot, read.entries_max, read.bytes_max);
             replica.serve_history_read(read, entries);
         }
-        let answers = replica.take_ready().messages;
+        let answers = crate::test_support::all_messages(replica.take_ready_persisted());
         assert!(
             answers.iter().all(|e| match &e.message {
                 crate::Message::CatchUpEntries { entries, .. } =>

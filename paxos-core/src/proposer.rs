@@ -632,7 +632,7 @@ mod tests {
         let leader = cluster.elect();
         let client = cluster.session(leader);
         cluster.node(leader).propose(proposal(client, 1, "a"));
-        let ready = cluster.node(leader).take_ready();
+        let ready = cluster.node(leader).take_ready_persisted();
         assert!(sent(&ready, |m| matches!(m, Message::Prepare { .. })).is_empty());
         assert_eq!(sent(&ready, |m| matches!(m, Message::Accept { .. })).len(), 2);
     }
@@ -643,7 +643,7 @@ mod tests {
         let candidate = 1;
         cluster.node(candidate).become_candidate();
         let ballot = cluster.node(candidate).promised();
-        cluster.node(candidate).take_ready();
+        cluster.node(candidate).take_ready_persisted();
         let command = |text: &str| Value::Command {
             request_id: crate::RequestId { client_id: 1, seq: text.len() as u64 },
             payload: text.as_bytes().to_vec(),
@@ -661,7 +661,7 @@ mod tests {
             chosen_upto: 0,
         };
         cluster.node(candidate).step(Envelope { from: 2, to: 1, message: promise });
-        let ready = cluster.node(candidate).take_ready();
+        let ready = cluster.node(candidate).take_ready_persisted();
         // Quorum of 2 reached with the candidate's own empty promise; the accepted values win.
         let accepts = sent(&ready, |m| matches!(m, Message::Accept { .. }));
         let Message::Accept { entries, .. } = &accepts[0].message else { unreachable!() };

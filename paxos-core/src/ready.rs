@@ -86,25 +86,36 @@ pub struct Reply {
 /// Work the driver must do, in this order.
 ///
 /// # Correctness
-/// 0. Messages for which [`Message::speaks_for_disk`] is false may be sent first, before the
-///    write: nothing in them depends on this batch being on disk. The driver must not process
-///    any further input until step 1 is done (the leader counts its own vote on that basis).
+/// 0. `messages` may be sent first, before the write: nothing in them depends on this batch
+///    being on disk (the replica sorted them, see [`Message::speaks_for_disk`]). The driver must
+///    not process any further input until step 1 is done (the leader counts its own vote on
+///    that basis).
 /// 1. Write `persist` as ONE atomic batch, and if [`Ready::persist_needs_sync`] make it durable
-///    (fsync) before anything else. A Promise or Accepted in `messages` is a statement about what
-///    is on disk; sending it first lets a crash break a promise. A batch that needs no sync may be
-///    written without one, provided the store is ordered: a later synced batch makes every
-///    earlier batch durable, and a crash loses at most a suffix of unsynced batches (a write-ahead
-///    log gives both). If the write fails the driver must stop: after a failed fsync the data may
-///    be lost, and retrying could acknowledge what is not stored.
-/// 2. Send the remaining `messages` (any order; the network may reorder anyway).
+///    (fsync) before anything else. A Promise or Accepted in `persisted_messages` is a statement
+///    about what is on disk; sending it first lets a crash break a promise. A batch that needs
+///    no sync may be written without one, provided the store is ordered: a later synced batch
+///    makes every earlier batch durable, and a crash loses at most a suffix of unsynced batches
+///    (a write-ahead log gives both). If the write fails the driver must stop: after a failed
+///    fsync the data may be lost, and retrying could acknowledge what is not stored.
+/// 2. Report the write done with [`crate::Replica::on_persisted`]`(ready.number)`, then send
+///    `persisted_messages` (any order; the network may reorder anyway).
 /// 3. Perform `history_reads` against the history as written in step 1 and pass the results
 ///    to `serve_history_read`, before taking the next Ready (a Promise built from a read goes
 ///    out with that next Ready: its promise is already durable).
 /// 4. Apply `chosen` (already in storage through `persist`) and answer `replies`.
+///
+/// Debug builds assert that every non-empty Ready is reported persisted, by its own number,
+/// before the next one is taken.
 #[derive(Debug, Default)]
 pub struct Ready {
+    /// Counts the non-empty Readies a replica handed out (from 1). An empty Ready has number 0
+    /// and needs no report (reporting it is allowed).
+    pub number: u64,
     pub persist: Vec<PersistOp>,
+    /// May leave before the write.
     pub messages: Vec<Envelope>,
+    /// Must wait until `persist` is written (and synced, if it needs it).
+    pub persisted_messages: Vec<Envelope>,
     pub history_reads: Vec<HistoryRead>,
     /// Newly applied slots, in slot order, as written to the history.
     pub chosen: Vec<(Slot, Value)>,
@@ -120,6 +131,7 @@ impl Ready {
     pub fn is_empty(&self) -> bool {
         self.persist.is_empty()
             && self.messages.is_empty()
+            && self.persisted_messages.is_empty()
             && self.history_reads.is_empty()
             && self.chosen.is_empty()
             && self.replies.is_empty()

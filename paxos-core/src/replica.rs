@@ -178,6 +178,10 @@ pub struct Replica {
     pub(crate) replies_after_apply: BTreeMap<Slot, Vec<RequestId>>,
 
     pub(crate) ready: Ready,
+    /// Number of the last Ready handed out.
+    ready_number: u64,
+    /// The Ready handed out and not yet reported persisted (checked in debug builds).
+    ready_unpersisted: Option<u64>,
 }
 
 impl Replica {
@@ -218,6 +222,8 @@ impl Replica {
             forwarded: BTreeMap::new(),
             replies_after_apply: BTreeMap::new(),
             ready: Ready::default(),
+            ready_number: 0,
+            ready_unpersisted: None,
             config,
         }
     }
@@ -323,8 +329,29 @@ impl Replica {
 
     /// Hands the driver everything decided since the last call. See [`Ready`] for the contract.
     pub fn take_ready(&mut self) -> Ready {
+        debug_assert!(
+            self.ready_unpersisted.is_none(),
+            "Ready {:?} was taken but never reported persisted",
+            self.ready_unpersisted
+        );
         self.flush_accepts();
-        std::mem::take(&mut self.ready)
+        let mut ready = std::mem::take(&mut self.ready);
+        if !ready.is_empty() {
+            self.ready_number += 1;
+            self.ready_unpersisted = Some(self.ready_number);
+            ready.number = self.ready_number;
+        }
+        ready
+    }
+
+    /// The driver reports that Ready `number` is written (step 2 of the [`Ready`] contract).
+    pub fn on_persisted(&mut self, number: u64) {
+        debug_assert_eq!(
+            self.ready_unpersisted,
+            (number > 0).then_some(number),
+            "the driver reported a Ready persisted that is not the one it was handed"
+        );
+        self.ready_unpersisted = None;
     }
 
     /// A snapshot of this replica's state for status reports.
@@ -394,7 +421,14 @@ impl Replica {
 
     pub(crate) fn send(&mut self, to: NodeId, message: Message) {
         debug_assert_ne!(to, self.config.id, "messages to self are handled in place");
-        self.ready.messages.push(Envelope { from: self.config.id, to, message });
+        // Sorted here so that no driver re-derives the rule: a Promise or Accepted waits for
+        // the write it speaks for.
+        let envelope = Envelope { from: self.config.id, to, message };
+        if envelope.message.speaks_for_disk() {
+            self.ready.persisted_messages.push(envelope);
+        } else {
+            self.ready.messages.push(envelope);
+        }
     }
 
     pub(crate) fn broadcast(&mut self, message: Message) {

@@ -11,9 +11,14 @@ pub(crate) fn proposal(client_id: u64, seq: u64, text: &str) -> Proposal {
     Proposal { request_id: RequestId { client_id, seq }, payload: text.as_bytes().to_vec() }
 }
 
-/// Messages of a given kind in a Ready.
+/// Messages of a given kind in a Ready (both lists).
 pub(crate) fn sent(ready: &Ready, kind: fn(&Message) -> bool) -> Vec<&Envelope> {
-    ready.messages.iter().filter(|e| kind(&e.message)).collect()
+    ready.messages.iter().chain(&ready.persisted_messages).filter(|e| kind(&e.message)).collect()
+}
+
+/// Every message of a Ready, those that wait for the write last.
+pub(crate) fn all_messages(ready: Ready) -> Vec<Envelope> {
+    ready.messages.into_iter().chain(ready.persisted_messages).collect()
 }
 
 /// A cluster that delivers every message in order, persisting before sending, with an
@@ -51,6 +56,7 @@ impl Cluster {
                 let ready = replica.take_ready();
                 let storage = self.storage.get_mut(&id).expect("member");
                 storage.apply(&ready.persist);
+                replica.on_persisted(ready.number);
                 for read in &ready.history_reads {
                     let entries = storage.read_history(
                         read.from_slot,
@@ -61,6 +67,7 @@ impl Cluster {
                     replica.serve_history_read(read, entries);
                 }
                 self.queue.extend(ready.messages);
+                self.queue.extend(ready.persisted_messages);
                 self.replies.extend(ready.replies.into_iter().map(|r| (id, r)));
             }
             let Some(envelope) = self.queue.pop_front() else {
@@ -118,6 +125,14 @@ impl Cluster {
 }
 
 impl Replica {
+    /// Takes the Ready and reports it persisted at once, for tests that act as a driver whose
+    /// writes cannot fail.
+    pub(crate) fn take_ready_persisted(&mut self) -> Ready {
+        let ready = self.take_ready();
+        self.on_persisted(ready.number);
+        ready
+    }
+
     /// True when nothing is pending for the driver (test helper).
     pub(crate) fn take_ready_is_idle(&mut self) -> bool {
         self.ready.is_empty()

@@ -126,6 +126,7 @@ impl Cluster {
                 return;
             }
             node.storage.apply(&ready.persist);
+            node.replica.on_persisted(ready.number);
             node.applied.extend(ready.chosen);
             node.replies.extend(ready.replies.into_iter().map(|r| (r.request_id, r.outcome)));
             for read in &ready.history_reads {
@@ -137,7 +138,7 @@ impl Cluster {
                 );
                 node.replica.serve_history_read(read, entries);
             }
-            for envelope in ready.messages {
+            for envelope in ready.messages.into_iter().chain(ready.persisted_messages) {
                 let link = (envelope.from, envelope.to);
                 if self.cut.contains(&link)
                     || self.dead.contains(&envelope.from)

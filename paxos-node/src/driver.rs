@@ -293,18 +293,18 @@ impl Driver {
     /// The Ready contract: persist (one synced batch), then send, read, apply, answer.
     fn process_ready(&mut self) -> Result<(), DriverError> {
         loop {
-            let mut ready = self.replica.take_ready();
+            let ready = self.replica.take_ready();
             if ready.is_empty() {
                 return Ok(());
             }
-            // Messages that say nothing about this node's disk go out first, so the leader's
-            // write overlaps its followers'; Promise and Accepted wait for the write.
-            let (after_write, before_write): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut ready.messages).into_iter().partition(|e| e.message.speaks_for_disk());
-            self.send(before_write);
+            // What says nothing about this node's disk goes out first, so the leader's write
+            // overlaps its followers'; Promise and Accepted wait for the write.
+            let needs_sync = ready.persist_needs_sync();
+            self.send(ready.messages);
             // Fatal on error: nothing that speaks for this batch may leave the process.
-            self.storage.write_batch(&ready.persist, ready.persist_needs_sync())?;
-            self.send(after_write);
+            self.storage.write_batch(&ready.persist, needs_sync)?;
+            self.replica.on_persisted(ready.number);
+            self.send(ready.persisted_messages);
             for read in ready.history_reads {
                 let entries = self.storage.read_history(
                     read.from_slot,

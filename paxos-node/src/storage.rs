@@ -503,7 +503,9 @@ mod tests {
             let mut replica = Replica::new(config.clone(), 1);
             let prepare = Message::Prepare { ballot: Ballot::new(7, 2), from_slot: 0 };
             replica.step(Envelope { from: 2, to: 1, message: prepare });
-            storage.write(&replica.take_ready().persist).expect("write");
+            let ready = replica.take_ready();
+            storage.write(&ready.persist).expect("write");
+            replica.on_persisted(ready.number);
         }
         let mut storage = Storage::open(dir.path(), "c", 1).expect("reopen");
         let mut replica = Replica::recover(config, storage.load().expect("load"), 2);

@@ -553,9 +553,7 @@ impl Simulation {
             }
             // Messages that do not speak for the disk may leave before the write (the contract's
             // step 0), so a crash between them and the write is part of the model.
-            let (after_write, before_write): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut ready.messages).into_iter().partition(|e| e.message.speaks_for_disk());
-            for envelope in before_write {
+            for envelope in std::mem::take(&mut ready.messages) {
                 self.checker.on_send(&envelope)?;
                 self.network.send(envelope, self.now, &mut self.rng);
             }
@@ -582,13 +580,16 @@ impl Simulation {
             } else if !ready.persist.is_empty() {
                 node.unsynced.push(ready.persist.clone());
             }
+            if let Some(replica) = node.replica.as_mut() {
+                replica.on_persisted(ready.number);
+            }
             // Accepts are synced: each is a durable vote from here on.
             for op in &ready.persist {
                 if let PersistOp::Accept { slot, ballot, value } = op {
                     self.checker.on_vote(id, *slot, *ballot, value)?;
                 }
             }
-            for envelope in after_write {
+            for envelope in ready.persisted_messages {
                 self.checker.on_send(&envelope)?;
                 self.network.send(envelope, self.now, &mut self.rng);
             }
