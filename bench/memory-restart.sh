@@ -31,7 +31,7 @@ done
 echo "writing $ENTRIES values with $CLIENTS clients..."
 "$cli" --endpoint "$endpoints" bench --clients "$CLIENTS" --count "$ENTRIES"
 for _ in $(seq 1 200); do
-  uptos=$(for i in 1 2 3; do "$cli" --endpoint "127.0.0.1:${ports[$((i - 1))]}" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["chosen_upto"])'; done | sort -u)
+  uptos=$(for i in 1 2 3; do "$cli" --endpoint "127.0.0.1:${ports[$((i - 1))]}" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["applied_upto"])'; done | sort -u)
   [ "$(echo "$uptos" | wc -l)" -eq 1 ] && [ "$uptos" -ge "$ENTRIES" ] && break
   sleep 0.2
 done

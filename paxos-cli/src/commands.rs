@@ -113,7 +113,7 @@ async fn history(client: &Client, from: u64, limit: Option<u64>, json: bool) -> 
             output::history_lines(&page, &mut text);
             out.write_all(text.as_bytes())?;
         }
-        if next >= page.chosen_upto {
+        if next >= page.applied_upto {
             break;
         }
     }

@@ -36,14 +36,14 @@ pub fn status_json(status: &StatusReport) -> Value {
         "role": status.role,
         "leader": status.leader,
         "ballot": { "round": status.ballot.round, "node": status.ballot.node },
-        "chosen_upto": status.chosen_upto,
+        "applied_upto": status.applied_upto,
         "history_start": status.history_start,
         "accepted_records": status.accepted_records,
         "sessions": status.sessions,
         "stale_accepts_refused": status.stale_accepts_refused,
         "superseded_leaderships": status.superseded_leaderships,
         "members": status.members.iter().map(|m| json!({
-            "id": m.id, "addr": m.addr, "chosen_upto": m.chosen_upto,
+            "id": m.id, "addr": m.addr, "applied_upto": m.applied_upto,
         })).collect::<Vec<_>>(),
         "fsyncs": status.fsyncs,
         "applied_since_start": status.applied_since_start,
@@ -55,13 +55,13 @@ pub fn status_json(status: &StatusReport) -> Value {
 pub fn status_text(status: &StatusReport) -> String {
     let leader = status.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
     let mut out = format!(
-        "node {} ({}) of cluster {:?}\nleader: {leader}\nballot: {}.{}\nchosen up to: {} (history starts at {})\naccepted records: {}\nclient sessions: {}\nstale accepts refused: {}, leaderships superseded: {}\nmembers:\n",
+        "node {} ({}) of cluster {:?}\nleader: {leader}\nballot: {}.{}\napplied up to: {} (history starts at {})\naccepted records: {}\nclient sessions: {}\nstale accepts refused: {}, leaderships superseded: {}\nmembers:\n",
         status.node,
         status.role,
         status.cluster_id,
         status.ballot.round,
         status.ballot.node,
-        status.chosen_upto,
+        status.applied_upto,
         status.history_start,
         status.accepted_records,
         status.sessions,
@@ -69,8 +69,8 @@ pub fn status_text(status: &StatusReport) -> String {
         status.superseded_leaderships,
     );
     for member in &status.members {
-        let upto = member.chosen_upto.map(|u| u.to_string()).unwrap_or_else(|| "?".into());
-        out.push_str(&format!("  {} {} chosen up to {upto}\n", member.id, member.addr));
+        let upto = member.applied_upto.map(|u| u.to_string()).unwrap_or_else(|| "?".into());
+        out.push_str(&format!("  {} {} applied up to {upto}\n", member.id, member.addr));
     }
     out
 }
@@ -80,16 +80,16 @@ pub fn gc_json(report: &GcReport) -> Value {
         "accepted_records_removed": report.accepted_records_removed,
         "history_entries_removed": report.history_entries_removed,
         "history_start": report.history_start,
-        "chosen_upto": report.chosen_upto,
+        "applied_upto": report.applied_upto,
     })
 }
 
 pub fn gc_text(report: &GcReport) -> String {
     format!(
-        "removed {} accepted records and {} history entries; history starts at {}, chosen up to {}\n",
+        "removed {} accepted records and {} history entries; history starts at {}, applied up to {}\n",
         report.accepted_records_removed,
         report.history_entries_removed,
         report.history_start,
-        report.chosen_upto
+        report.applied_upto
     )
 }

@@ -45,12 +45,12 @@ impl Replica {
         // Granting a promise is a vote for `from`: give it time to win before competing.
         self.reset_election_timer();
         self.leader_hint = None;
-        if from_slot < self.chosen_upto && from_slot >= self.truncation.history_start {
+        if from_slot < self.applied_upto && from_slot >= self.truncation.history_start {
             self.ready.history_reads.push(HistoryRead {
                 purpose: ReadPurpose::Promise { ballot },
                 to: from,
                 from_slot,
-                upto_slot: self.chosen_upto,
+                upto_slot: self.applied_upto,
                 entries_max: self.config.entries_per_message_max,
                 bytes_max: self.config.message_bytes_max,
             });
@@ -81,19 +81,19 @@ impl Replica {
                 accepted: data.accepted,
                 history: data.history,
                 chosen: data.chosen,
-                chosen_upto: data.chosen_upto,
+                applied_upto: data.applied_upto,
             },
         );
     }
 
     /// What this acceptor knows about every slot from `from_slot` on.
     ///
-    /// Slots below `chosen_upto` are applied (their accepted records may be collected): their
-    /// values come from `history`, which may stop short of `chosen_upto`. Every accepted record
-    /// at or above `max(from_slot, chosen_upto)` is reported, which is what makes the
+    /// Slots below `applied_upto` are applied (their accepted records may be collected): their
+    /// values come from `history`, which may stop short of `applied_upto`. Every accepted record
+    /// at or above `max(from_slot, applied_upto)` is reported, which is what makes the
     /// candidate's choice of value safe.
     pub(crate) fn promise_data(&self, from_slot: Slot, history: Vec<(Slot, Value)>) -> PromiseData {
-        let start = from_slot.max(self.chosen_upto);
+        let start = from_slot.max(self.applied_upto);
         let accepted = self
             .accepted
             .range(start..)
@@ -106,9 +106,9 @@ impl Replica {
         // Only an unbroken run from `from_slot`: a read that raced a truncation may start later,
         // and verbatim entries above a gap must never pass for raw chosen values.
         let history =
-            unbroken_run(from_slot, history.into_iter().filter(|(slot, _)| *slot < self.chosen_upto));
+            unbroken_run(from_slot, history.into_iter().filter(|(slot, _)| *slot < self.applied_upto));
         let chosen = self.chosen_pending.range(start..).map(|(slot, value)| (*slot, value.clone())).collect();
-        PromiseData { accepted, history, chosen, chosen_upto: self.chosen_upto }
+        PromiseData { accepted, history, chosen, applied_upto: self.applied_upto }
     }
 
     /// Phase 2b. Accepts every entry if `ballot` is at least the promise.
@@ -126,10 +126,10 @@ impl Replica {
         self.follow(from, ballot);
         let mut slots = Vec::with_capacity(entries.len());
         for (slot, value) in entries {
-            if slot < self.chosen_upto {
+            if slot < self.applied_upto {
                 // Applied already, and the history is not in memory to compare with: a vote
                 // here would vouch for a value this acceptor cannot check (a stale leader's
-                // value differs from the chosen one). No vote; `chosen_upto` in the reply
+                // value differs from the chosen one). No vote; `applied_upto` in the reply
                 // tells the leader to fetch the chosen value, and a leader whose proposal
                 // differs from it learns it was superseded.
                 self.stale_accepts_refused += 1;
@@ -138,7 +138,7 @@ impl Replica {
             slots.push(slot);
             self.accept_locally(slot, ballot, value);
         }
-        self.send(from, Message::Accepted { ballot, slots, chosen_upto: self.chosen_upto });
+        self.send(from, Message::Accepted { ballot, slots, applied_upto: self.applied_upto });
         self.learn_commit(from, ballot, commit_upto);
     }
 
@@ -174,7 +174,7 @@ impl Replica {
         }
         self.follow(from, ballot);
         self.learn_commit(from, ballot, commit_upto);
-        self.send(from, Message::HeartbeatAck { ballot, chosen_upto: self.chosen_upto });
+        self.send(from, Message::HeartbeatAck { ballot, applied_upto: self.applied_upto });
         self.follow_truncation(history_start);
     }
 
@@ -239,10 +239,10 @@ mod tests {
         acceptor.step(prepare(Ballot::new(2, 3)));
         let ready = acceptor.take_ready_persisted();
         match &ready.persisted_messages[0].message {
-            Message::Promise { accepted, chosen_upto, .. } => {
+            Message::Promise { accepted, applied_upto, .. } => {
                 assert_eq!(accepted.len(), 1);
                 assert_eq!(accepted[0].ballot, Ballot::new(1, 2));
-                assert_eq!(*chosen_upto, 0);
+                assert_eq!(*applied_upto, 0);
             }
             other => panic!("expected a promise, got {other:?}"),
         }
@@ -263,11 +263,11 @@ mod tests {
         }
         acceptor.take_ready_persisted();
         assert!(acceptor.chosen_pending.is_empty(), "marked chosen: {:?}", acceptor.chosen_pending);
-        assert_eq!(acceptor.chosen_upto(), 0);
+        assert_eq!(acceptor.applied_upto(), 0);
         // Ballot b's own announcement does mark them.
         let heartbeat = Message::Heartbeat { ballot: b, commit_upto: 2, history_start: 0 };
         acceptor.step(Envelope { from: 3, to: 1, message: heartbeat });
-        assert_eq!(acceptor.chosen_upto(), 2);
+        assert_eq!(acceptor.applied_upto(), 2);
     }
 
     #[test]

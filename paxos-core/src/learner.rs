@@ -24,7 +24,7 @@ pub struct CompactionReport {
     pub accepted_records_removed: u64,
     pub history_entries_removed: u64,
     pub history_start: Slot,
-    pub chosen_upto: Slot,
+    pub applied_upto: Slot,
 }
 
 /// Why a compaction was refused. Nothing was changed.
@@ -32,12 +32,12 @@ pub struct CompactionReport {
 pub enum CompactionError {
     #[error("truncation goes through the leader (leader hint: {leader_hint:?})")]
     NotLeader { leader_hint: Option<NodeId> },
-    #[error("cannot truncate below slot {requested}: only slots below {chosen_upto} are chosen here")]
-    BeyondChosen { requested: Slot, chosen_upto: Slot },
+    #[error("cannot truncate below slot {requested}: only slots below {applied_upto} are chosen here")]
+    BeyondChosen { requested: Slot, applied_upto: Slot },
     #[error(
-        "member {node} has applied only up to {chosen_upto:?}, below the cut at {requested} (use force)"
+        "member {node} has applied only up to {applied_upto:?}, below the cut at {requested} (use force)"
     )]
-    MemberBehind { node: NodeId, chosen_upto: Option<Slot>, requested: Slot },
+    MemberBehind { node: NodeId, applied_upto: Option<Slot>, requested: Slot },
 }
 
 impl Replica {
@@ -55,7 +55,7 @@ impl Replica {
     /// Records that `slot` is chosen with `value` (a raw chosen value, or a peer's history entry:
     /// deduplicating either gives the same history, see `deduplicate`).
     pub(crate) fn learn_chosen(&mut self, slot: Slot, value: Value) {
-        if slot < self.chosen_upto {
+        if slot < self.applied_upto {
             return;
         }
         self.chosen_pending.entry(slot).or_insert(value);
@@ -70,10 +70,10 @@ impl Replica {
     /// than its proposal (learned by catch-up or a snapshot: a higher ballot chose it), its
     /// ballot is superseded and it steps down before it can announce that slot.
     pub(crate) fn apply_chosen(&mut self) {
-        let start = self.chosen_upto;
+        let start = self.applied_upto;
         let mut superseded = false;
-        while let Some(value) = self.chosen_pending.remove(&self.chosen_upto) {
-            let slot = self.chosen_upto;
+        while let Some(value) = self.chosen_pending.remove(&self.applied_upto) {
+            let slot = self.applied_upto;
             if let Role::Leader(leader) = &mut self.role {
                 if let Some(in_flight) = leader.in_flight.remove(&slot) {
                     superseded |= in_flight.value != value;
@@ -82,10 +82,10 @@ impl Replica {
             let applied = self.deduplicate(slot, value);
             self.persist(PersistOp::Apply { slot, value: applied.clone() });
             self.ready.chosen.push((slot, applied));
-            self.chosen_upto += 1;
+            self.applied_upto += 1;
         }
-        if self.chosen_upto > start {
-            self.persist(PersistOp::ChosenUpto(self.chosen_upto));
+        if self.applied_upto > start {
+            self.persist(PersistOp::AppliedUpto(self.applied_upto));
             self.forget_applied_in_flight();
             self.release_replies_after_apply();
         }
@@ -96,7 +96,7 @@ impl Replica {
 
     fn release_replies_after_apply(&mut self) {
         while let Some(entry) = self.replies_after_apply.first_entry() {
-            if *entry.key() >= self.chosen_upto {
+            if *entry.key() >= self.applied_upto {
                 break;
             }
             let (slot, request_ids) = entry.remove_entry();
@@ -165,7 +165,7 @@ impl Replica {
     ///
     /// Also applies whatever raw chosen values were already pending, in the same pass.
     pub(crate) fn apply_verbatim(&mut self, mut entries: BTreeMap<Slot, Value>) {
-        let mut next = self.chosen_upto;
+        let mut next = self.applied_upto;
         loop {
             if let Some(value) = entries.remove(&next) {
                 // A raw value already known for the slot is just as good (deduplicating it
@@ -193,10 +193,10 @@ impl Replica {
             assert!(ballot > self.commit_ballot, "followed ballots only go up");
             self.commit_ballot = ballot;
             self.commit_upto_in_ballot = 0;
-            self.commit_marked_upto = self.chosen_upto;
+            self.commit_marked_upto = self.applied_upto;
         }
         self.commit_upto_in_ballot = self.commit_upto_in_ballot.max(commit_upto);
-        let from_slot = self.commit_marked_upto.max(self.chosen_upto);
+        let from_slot = self.commit_marked_upto.max(self.applied_upto);
         if commit_upto > from_slot {
             let marked: Vec<(Slot, Value)> = self
                 .accepted
@@ -221,20 +221,20 @@ impl Replica {
         }
     }
 
-    pub(crate) fn note_member_progress(&mut self, node: NodeId, chosen_upto: Slot) {
+    pub(crate) fn note_member_progress(&mut self, node: NodeId, applied_upto: Slot) {
         if node == self.config.id {
             return;
         }
-        let entry = self.member_chosen_upto.entry(node).or_insert(0);
-        *entry = (*entry).max(chosen_upto);
+        let entry = self.member_applied_upto.entry(node).or_insert(0);
+        *entry = (*entry).max(applied_upto);
     }
 
     /// Asks a peer that is ahead for the next chosen entries, unless a request is outstanding.
     pub(crate) fn maybe_catch_up(&mut self) {
         let ahead: Vec<NodeId> = self
-            .member_chosen_upto
+            .member_applied_upto
             .iter()
-            .filter(|(node, upto)| **upto > self.chosen_upto && **node != self.config.id)
+            .filter(|(node, upto)| **upto > self.applied_upto && **node != self.config.id)
             .map(|(node, _)| *node)
             .collect();
         if ahead.is_empty() {
@@ -251,24 +251,24 @@ impl Replica {
             _ => ahead[self.rng.range(0, ahead.len() as u64) as usize],
         };
         self.catch_up = Some(crate::replica::CatchUpState { peer, sent_tick: self.tick_now });
-        self.send(peer, Message::CatchUp { from_slot: self.chosen_upto });
+        self.send(peer, Message::CatchUp { from_slot: self.applied_upto });
     }
 
     pub(crate) fn on_catch_up(&mut self, from: NodeId, from_slot: Slot) {
         if from_slot < self.truncation.history_start {
             let snapshot = self.truncation.clone();
             self.send(from, Message::CatchUpTruncated { snapshot });
-        } else if from_slot < self.chosen_upto {
+        } else if from_slot < self.applied_upto {
             self.ready.history_reads.push(HistoryRead {
                 purpose: ReadPurpose::CatchUp,
                 to: from,
                 from_slot,
-                upto_slot: self.chosen_upto,
+                upto_slot: self.applied_upto,
                 entries_max: self.config.entries_per_message_max,
                 bytes_max: self.config.message_bytes_max,
             });
         } else {
-            self.send(from, Message::CatchUpEntries { entries: Vec::new(), chosen_upto: self.chosen_upto });
+            self.send(from, Message::CatchUpEntries { entries: Vec::new(), applied_upto: self.applied_upto });
         }
     }
 
@@ -290,7 +290,7 @@ impl Replica {
             }
             ReadPurpose::CatchUp => {
                 let entries = unbroken_run(read.from_slot, entries);
-                self.send(read.to, Message::CatchUpEntries { entries, chosen_upto: self.chosen_upto })
+                self.send(read.to, Message::CatchUpEntries { entries, applied_upto: self.applied_upto })
             }
             ReadPurpose::Promise { ballot } => self.send_promise(read.to, ballot, read.from_slot, entries),
         }
@@ -300,14 +300,14 @@ impl Replica {
         &mut self,
         from: NodeId,
         entries: Vec<(Slot, Value)>,
-        chosen_upto: Slot,
+        applied_upto: Slot,
     ) {
-        self.note_member_progress(from, chosen_upto);
+        self.note_member_progress(from, applied_upto);
         if matches!(self.catch_up, Some(c) if c.peer == from) {
             self.catch_up = None;
         }
-        // Entries a peer applied are final, and below its `chosen_upto` by construction.
-        self.apply_verbatim(entries.into_iter().filter(|(slot, _)| *slot < chosen_upto).collect());
+        // Entries a peer applied are final, and below its `applied_upto` by construction.
+        self.apply_verbatim(entries.into_iter().filter(|(slot, _)| *slot < applied_upto).collect());
         self.fill_window();
         self.maybe_catch_up();
     }
@@ -325,7 +325,7 @@ impl Replica {
         if matches!(self.catch_up, Some(c) if c.peer == from) {
             self.catch_up = None;
         }
-        if snapshot.table_upto <= self.chosen_upto || snapshot.table_upto < snapshot.history_start {
+        if snapshot.table_upto <= self.applied_upto || snapshot.table_upto < snapshot.history_start {
             return;
         }
         let start = snapshot.table_upto;
@@ -333,7 +333,7 @@ impl Replica {
             TruncationSnapshot { history_start: start, table_upto: start, requests: snapshot.requests };
         self.note_member_progress(from, start);
         self.persist(PersistOp::InstallSnapshot(snapshot.clone()));
-        self.chosen_upto = start;
+        self.applied_upto = start;
         self.requests = snapshot.requests.clone();
         self.accepted = self.accepted.split_off(&start);
         self.chosen_pending = self.chosen_pending.split_off(&start);
@@ -353,17 +353,17 @@ impl Replica {
 
     /// A follower truncates where its leader did, once it has applied that far.
     pub(crate) fn follow_truncation(&mut self, history_start: Slot) {
-        if history_start > self.truncation.history_start && self.chosen_upto >= history_start {
+        if history_start > self.truncation.history_start && self.applied_upto >= history_start {
             self.truncate_to(history_start);
         }
     }
 
     fn truncate_to(&mut self, history_start: Slot) -> u64 {
-        assert!(history_start <= self.chosen_upto, "truncating history that is not applied");
+        assert!(history_start <= self.applied_upto, "truncating history that is not applied");
         let removed = history_start.saturating_sub(self.truncation.history_start);
         let snapshot = TruncationSnapshot {
             history_start,
-            table_upto: self.chosen_upto,
+            table_upto: self.applied_upto,
             requests: self.requests.clone(),
         };
         self.accepted = self.accepted.split_off(&history_start);
@@ -373,37 +373,37 @@ impl Replica {
     }
 
     /// Garbage collection: drops accepted records of applied slots (always redundant: a Promise
-    /// reports them through `chosen_upto`) and, if asked, truncates the history.
+    /// reports them through `applied_upto`) and, if asked, truncates the history.
     pub fn compact(&mut self, compaction: Compaction) -> Result<CompactionReport, CompactionError> {
         let truncate = compaction.truncate_below.filter(|slot| *slot > self.truncation.history_start);
         if let Some(requested) = truncate {
-            if requested > self.chosen_upto {
-                return Err(CompactionError::BeyondChosen { requested, chosen_upto: self.chosen_upto });
+            if requested > self.applied_upto {
+                return Err(CompactionError::BeyondChosen { requested, applied_upto: self.applied_upto });
             }
             if !matches!(self.role, Role::Leader(_)) {
                 return Err(CompactionError::NotLeader { leader_hint: self.leader_hint });
             }
             if !compaction.force {
                 for node in self.peers().collect::<Vec<_>>() {
-                    let upto = self.member_chosen_upto.get(&node).copied();
+                    let upto = self.member_applied_upto.get(&node).copied();
                     if upto.is_none_or(|upto| upto < requested) {
-                        return Err(CompactionError::MemberBehind { node, chosen_upto: upto, requested });
+                        return Err(CompactionError::MemberBehind { node, applied_upto: upto, requested });
                     }
                 }
             }
         }
-        let keep = self.accepted.split_off(&self.chosen_upto);
+        let keep = self.accepted.split_off(&self.applied_upto);
         let accepted_records_removed = self.accepted.len() as u64;
         self.accepted = keep;
         if accepted_records_removed > 0 {
-            self.persist(PersistOp::DeleteAcceptedBelow(self.chosen_upto));
+            self.persist(PersistOp::DeleteAcceptedBelow(self.applied_upto));
         }
         let history_entries_removed = truncate.map_or(0, |slot| self.truncate_to(slot));
         Ok(CompactionReport {
             accepted_records_removed,
             history_entries_removed,
             history_start: self.truncation.history_start,
-            chosen_upto: self.chosen_upto,
+            applied_upto: self.applied_upto,
         })
     }
 }
@@ -486,11 +486,12 @@ mod tests {
         cluster.down = (1..=3).filter(|id| *id != leader).collect();
         cluster.node(leader).propose(proposal(client, 1, "mine"));
         cluster.settle();
-        let slot = cluster.node(leader).chosen_upto();
+        let slot = cluster.node(leader).applied_upto();
         assert!(cluster.replies.is_empty(), "the proposal is in flight");
         let theirs =
             Value::Command { request_id: proposal(client, 2, "").request_id, payload: b"theirs".to_vec() };
-        let entries = crate::Message::CatchUpEntries { entries: vec![(slot, theirs)], chosen_upto: slot + 1 };
+        let entries =
+            crate::Message::CatchUpEntries { entries: vec![(slot, theirs)], applied_upto: slot + 1 };
         cluster.node(leader).step(crate::Envelope { from: peer, to: leader, message: entries });
         let mut announced = Vec::new();
         for _ in 0..5 {
@@ -565,15 +566,15 @@ mod tests {
     #[test]
     fn history_entries_above_a_gap_are_dropped_not_kept_as_chosen() {
         let mut follower = crate::test_support::replica(1, &[1, 2, 3]);
-        let entries = crate::Message::CatchUpEntries { entries: vec![(1, Value::Noop)], chosen_upto: 2 };
+        let entries = crate::Message::CatchUpEntries { entries: vec![(1, Value::Noop)], applied_upto: 2 };
         follower.step(crate::Envelope { from: 2, to: 1, message: entries });
         assert!(follower.chosen_pending.is_empty(), "kept above a gap: {:?}", follower.chosen_pending);
         let entries = crate::Message::CatchUpEntries {
             entries: vec![(0, Value::Noop), (1, Value::Noop)],
-            chosen_upto: 2,
+            applied_upto: 2,
         };
         follower.step(crate::Envelope { from: 2, to: 1, message: entries });
-        assert_eq!(follower.chosen_upto(), 2);
+        assert_eq!(follower.applied_upto(), 2);
     }
 
     #[test]
@@ -606,7 +607,7 @@ mod tests {
         cluster.run_ticks(30);
         let node = &cluster.replicas[&lagging];
         assert_eq!(node.history_start(), 5);
-        assert_eq!(node.chosen_upto(), 5);
+        assert_eq!(node.applied_upto(), 5);
         assert!(cluster.storage[&lagging].history.is_empty());
     }
 

@@ -100,8 +100,8 @@ pub enum Message {
     ///
     /// `history` is this acceptor's applied history from `from_slot` on, verbatim (as
     /// deduplicated when applied), one unbroken run bounded by the message limits (it may stop
-    /// short of `chosen_upto`). `chosen` holds raw chosen values it knows above `chosen_upto`,
-    /// and `accepted` every entry it accepted at slots `>= max(from_slot, chosen_upto)`.
+    /// short of `applied_upto`). `chosen` holds raw chosen values it knows above `applied_upto`,
+    /// and `accepted` every entry it accepted at slots `>= max(from_slot, applied_upto)`.
     /// Together they let a candidate finish phase 1 with any majority, never waiting on a
     /// member that is gone.
     Promise {
@@ -110,24 +110,24 @@ pub enum Message {
         accepted: Vec<AcceptedEntry>,
         history: Vec<(Slot, Value)>,
         chosen: Vec<(Slot, Value)>,
-        chosen_upto: Slot,
+        applied_upto: Slot,
     },
     /// The receiver promised a higher ballot; `promised` lets the sender retry above it.
     Nack { ballot: Ballot, promised: Ballot },
     /// Phase 2a for a batch of slots. `commit_upto`: every slot below it is chosen.
     Accept { ballot: Ballot, entries: Vec<(Slot, Value)>, commit_upto: Slot },
-    /// Phase 2b: the acceptor durably accepted these slots in `ballot`. `chosen_upto` tells the
+    /// Phase 2b: the acceptor durably accepted these slots in `ballot`. `applied_upto` tells the
     /// leader how far this member has applied (used to gate truncation).
-    Accepted { ballot: Ballot, slots: Vec<Slot>, chosen_upto: Slot },
+    Accepted { ballot: Ballot, slots: Vec<Slot>, applied_upto: Slot },
     /// Leader liveness and commit progress. `history_start` asks followers to truncate their
     /// history below it once they have applied that far.
     Heartbeat { ballot: Ballot, commit_upto: Slot, history_start: Slot },
     /// A follower's answer to a heartbeat: how far it has applied.
-    HeartbeatAck { ballot: Ballot, chosen_upto: Slot },
+    HeartbeatAck { ballot: Ballot, applied_upto: Slot },
     /// Asks for chosen entries from `from_slot`.
     CatchUp { from_slot: Slot },
     /// Chosen entries, in slot order, exactly as the sender's history holds them.
-    CatchUpEntries { entries: Vec<(Slot, Value)>, chosen_upto: Slot },
+    CatchUpEntries { entries: Vec<(Slot, Value)>, applied_upto: Slot },
     /// The requested range was truncated: the receiver restarts its history at `history_start`
     /// with the duplicate table the sender kept when it truncated.
     CatchUpTruncated { snapshot: TruncationSnapshot },

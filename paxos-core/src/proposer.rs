@@ -33,10 +33,10 @@ impl Replica {
             }
             if now.saturating_sub(leader.last_heartbeat_tick) >= interval {
                 leader.last_heartbeat_tick = now;
-                leader.announced_commit = self.chosen_upto;
+                leader.announced_commit = self.applied_upto;
                 let heartbeat = Message::Heartbeat {
                     ballot: leader.ballot,
-                    commit_upto: self.chosen_upto,
+                    commit_upto: self.applied_upto,
                     history_start: self.truncation.history_start,
                 };
                 self.broadcast(heartbeat);
@@ -47,7 +47,7 @@ impl Replica {
             return;
         }
         if let Role::Candidate(candidate) = &self.role {
-            if candidate.waiting_for_gap && self.chosen_upto > candidate.from_slot {
+            if candidate.waiting_for_gap && self.applied_upto > candidate.from_slot {
                 // Catch-up filled some of the gap: ask the quorum again from there.
                 self.prepare_again();
             }
@@ -70,7 +70,7 @@ impl Replica {
         self.reset_election_timer();
         self.role = Role::Candidate(CandidateState {
             ballot,
-            from_slot: self.chosen_upto,
+            from_slot: self.applied_upto,
             promises: BTreeMap::new(),
             waiting_for_gap: false,
         });
@@ -82,7 +82,7 @@ impl Replica {
     /// A Prepare at a ballot already promised is answered again, so asking twice in one ballot
     /// is safe; Promises that answered an earlier, lower `from_slot` cover more and still count.
     fn prepare_again(&mut self) {
-        let from_slot = self.chosen_upto;
+        let from_slot = self.applied_upto;
         let own = self.promise_data(from_slot, Vec::new());
         let Role::Candidate(candidate) = &mut self.role else {
             return;
@@ -97,7 +97,7 @@ impl Replica {
     }
 
     pub(crate) fn on_promise(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot, data: PromiseData) {
-        self.note_member_progress(from, data.chosen_upto);
+        self.note_member_progress(from, data.applied_upto);
         let Role::Candidate(candidate) = &mut self.role else {
             return;
         };
@@ -114,7 +114,7 @@ impl Replica {
     /// some promiser's applied prefix is still unknown, otherwise fill that gap first.
     ///
     /// # Correctness
-    /// A slot below a promiser's `chosen_upto` is chosen, but that promiser may have collected
+    /// A slot below a promiser's `applied_upto` is chosen, but that promiser may have collected
     /// its accepted record, so the highest-ballot rule over the quorum could pick a value other
     /// than the chosen one: such a slot must be known (from a Promise's history entries or by
     /// catch-up) before this replica leads. Promises carry those values, so any live majority
@@ -126,11 +126,11 @@ impl Replica {
         if candidate.promises.len() < self.config.quorum() || candidate.waiting_for_gap {
             return;
         }
-        let mut max_chosen_upto = 0;
+        let mut max_applied_upto = 0;
         let mut chosen = Vec::new();
         let mut history = BTreeMap::new();
         for data in candidate.promises.values_mut() {
-            max_chosen_upto = max_chosen_upto.max(data.chosen_upto);
+            max_applied_upto = max_applied_upto.max(data.applied_upto);
             chosen.append(&mut data.chosen);
             history.extend(std::mem::take(&mut data.history));
         }
@@ -139,8 +139,8 @@ impl Replica {
             self.learn_chosen(slot, value);
         }
         self.apply_verbatim(history);
-        if self.chosen_upto < max_chosen_upto {
-            if self.chosen_upto > from_slot {
+        if self.applied_upto < max_applied_upto {
+            if self.applied_upto > from_slot {
                 self.prepare_again();
             } else if let Role::Candidate(candidate) = &mut self.role {
                 // No promise could give the next slot (truncated there): catch-up will.
@@ -158,7 +158,7 @@ impl Replica {
     /// Phase 1 is complete: choose a value for every open slot and start phase 2.
     ///
     /// # Correctness
-    /// Every slot below every promiser's `chosen_upto` is applied here already (see
+    /// Every slot below every promiser's `applied_upto` is applied here already (see
     /// `maybe_become_leader`). For the slots above, any value that may have been chosen was
     /// accepted by some promiser that still holds the record, so taking the highest-ballot
     /// accepted value is safe.
@@ -167,7 +167,7 @@ impl Replica {
         assert_eq!(self.promised, ballot, "a leader holds its own promise");
         let mut highest: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
         for (node, data) in candidate.promises {
-            assert!(data.chosen_upto <= self.chosen_upto, "phase 1 left a gap below {node}'s prefix");
+            assert!(data.applied_upto <= self.applied_upto, "phase 1 left a gap below {node}'s prefix");
             for entry in data.accepted {
                 let replace = match highest.get(&entry.slot) {
                     Some((ballot, _)) => entry.ballot > *ballot,
@@ -178,7 +178,7 @@ impl Replica {
                 }
             }
         }
-        let mut next_slot = self.chosen_upto;
+        let mut next_slot = self.applied_upto;
         if let Some((slot, _)) = highest.last_key_value() {
             next_slot = next_slot.max(slot + 1);
         }
@@ -186,7 +186,7 @@ impl Replica {
             next_slot = next_slot.max(slot + 1);
         }
         let mut proposals = Vec::new();
-        for slot in self.chosen_upto..next_slot {
+        for slot in self.applied_upto..next_slot {
             let value = if let Some(value) = self.chosen_pending.get(&slot) {
                 value.clone()
             } else if let Some((_, value)) = highest.remove(&slot) {
@@ -207,7 +207,7 @@ impl Replica {
             in_flight_requests: BTreeMap::new(),
             last_heartbeat_tick: now,
             last_retransmit_tick: now,
-            announced_commit: self.chosen_upto,
+            announced_commit: self.applied_upto,
             last_heard_tick: self.peers().map(|peer| (peer, now)).collect(),
         };
         for (slot, value) in &proposals {
@@ -228,7 +228,7 @@ impl Replica {
         // Announce leadership at once so followers stop their election timers.
         self.broadcast(Message::Heartbeat {
             ballot,
-            commit_upto: self.chosen_upto,
+            commit_upto: self.applied_upto,
             history_start: self.truncation.history_start,
         });
         self.check_quorums();
@@ -317,7 +317,7 @@ impl Replica {
             }
             // A session registered at a slot this leader has not applied yet may well exist:
             // only the log can tell, when the request's slot is applied.
-            Lookup::SessionUnknown if request_id.client_id < self.chosen_upto => {
+            Lookup::SessionUnknown if request_id.client_id < self.applied_upto => {
                 let error = ProposalError::SessionExpired(request_id.client_id);
                 self.reply(origin, request_id, Err(error));
                 return;
@@ -354,14 +354,14 @@ impl Replica {
     /// Returns whether any proposal got a slot.
     fn fill_window_once(&mut self) -> bool {
         let window = self.config.slots_in_flight_max;
-        let chosen_upto = self.chosen_upto;
+        let applied_upto = self.applied_upto;
         let now = self.tick_now;
         let Role::Leader(leader) = &mut self.role else {
             return false;
         };
         let ballot = leader.ballot;
         let mut accepted = Vec::new();
-        while leader.next_slot < chosen_upto + window {
+        while leader.next_slot < applied_upto + window {
             let Some(proposal) = leader.queue.pop_front() else {
                 break;
             };
@@ -385,25 +385,25 @@ impl Replica {
 
     /// Sends every slot proposed since the last Ready, batched into Accepts per peer.
     pub(crate) fn flush_accepts(&mut self) {
-        let chosen_upto = self.chosen_upto;
+        let applied_upto = self.applied_upto;
         let now = self.tick_now;
         let history_start = self.truncation.history_start;
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
         if leader.unsent.is_empty() {
-            if leader.announced_commit < chosen_upto {
+            if leader.announced_commit < applied_upto {
                 // Followers apply, and answer the proposals they forwarded, when they hear the
                 // commit point: tell them now rather than at the next heartbeat.
-                leader.announced_commit = chosen_upto;
+                leader.announced_commit = applied_upto;
                 leader.last_heartbeat_tick = now;
                 let heartbeat =
-                    Message::Heartbeat { ballot: leader.ballot, commit_upto: chosen_upto, history_start };
+                    Message::Heartbeat { ballot: leader.ballot, commit_upto: applied_upto, history_start };
                 self.broadcast(heartbeat);
             }
             return;
         }
-        leader.announced_commit = chosen_upto;
+        leader.announced_commit = applied_upto;
         let slots = std::mem::take(&mut leader.unsent);
         let ballot = leader.ballot;
         let entries: Vec<(Slot, Value)> = slots
@@ -437,7 +437,7 @@ impl Replica {
         for entries in batches {
             for peer in peers {
                 let message =
-                    Message::Accept { ballot, entries: entries.clone(), commit_upto: self.chosen_upto };
+                    Message::Accept { ballot, entries: entries.clone(), commit_upto: self.applied_upto };
                 self.send(*peer, message);
             }
         }
@@ -471,8 +471,8 @@ impl Replica {
         }
     }
 
-    pub(crate) fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>, chosen_upto: Slot) {
-        self.note_member_progress(from, chosen_upto);
+    pub(crate) fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>, applied_upto: Slot) {
+        self.note_member_progress(from, applied_upto);
         let now = self.tick_now;
         let Role::Leader(leader) = &mut self.role else {
             return;
@@ -525,8 +525,8 @@ impl Replica {
         self.apply_chosen();
     }
 
-    pub(crate) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, chosen_upto: Slot) {
-        self.note_member_progress(from, chosen_upto);
+    pub(crate) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, applied_upto: Slot) {
+        self.note_member_progress(from, applied_upto);
         let now = self.tick_now;
         if let Role::Leader(leader) = &mut self.role {
             if leader.ballot == ballot {
@@ -570,7 +570,7 @@ impl Replica {
             return;
         }
         match outcome {
-            Ok(slot) if slot >= self.chosen_upto => {
+            Ok(slot) if slot >= self.applied_upto => {
                 self.replies_after_apply.entry(slot).or_default().push(request_id);
             }
             outcome => self.reply(Origin::Local, request_id, outcome),
@@ -593,18 +593,18 @@ impl Replica {
 
     /// Drops in-flight bookkeeping for slots applied through catch-up rather than votes.
     pub(crate) fn forget_applied_in_flight(&mut self) {
-        let chosen_upto = self.chosen_upto;
+        let applied_upto = self.applied_upto;
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
         while let Some((slot, _)) = leader.in_flight.first_key_value() {
-            if *slot >= chosen_upto {
+            if *slot >= applied_upto {
                 break;
             }
             leader.in_flight.pop_first();
         }
-        if leader.next_slot < chosen_upto {
-            leader.next_slot = chosen_upto;
+        if leader.next_slot < applied_upto {
+            leader.next_slot = applied_upto;
         }
     }
 }
@@ -658,7 +658,7 @@ mod tests {
                 AcceptedEntry { slot: 2, ballot: Ballot::new(0, 2), value: command("low") },
             ],
             chosen: vec![],
-            chosen_upto: 0,
+            applied_upto: 0,
         };
         cluster.node(candidate).step(Envelope { from: 2, to: 1, message: promise });
         let ready = cluster.node(candidate).take_ready_persisted();
@@ -692,7 +692,7 @@ mod tests {
         cluster.settle();
         // The answer waits until the follower has applied the slot (the leader announces the
         // commit point at once), so the client can read its write from the node it asked.
-        assert_eq!(cluster.node(follower).chosen_upto(), 2);
+        assert_eq!(cluster.node(follower).applied_upto(), 2);
         assert_eq!(
             cluster.replies,
             vec![(follower, crate::Reply { request_id: proposal(client, 1, "").request_id, outcome: Ok(1) })]

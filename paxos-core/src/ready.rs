@@ -24,7 +24,7 @@ pub enum PersistOp {
         value: Value,
     },
     /// Every slot below this is applied (written with `Apply` in this or an earlier batch).
-    ChosenUpto(Slot),
+    AppliedUpto(Slot),
     /// Duplicate-table changes that go with the applied slots.
     RequestInsert {
         request_id: RequestId,
@@ -146,9 +146,9 @@ pub struct DurableState {
     /// slot -> (ballot, value) for every accepted record not yet garbage-collected.
     pub accepted: BTreeMap<Slot, (Ballot, Value)>,
     /// Every slot below this is applied and in the history.
-    pub chosen_upto: Slot,
+    pub applied_upto: Slot,
     /// The latest truncation (default: history starts at 0).
     pub truncation: TruncationSnapshot,
-    /// The duplicate table as of `chosen_upto`.
+    /// The duplicate table as of `applied_upto`.
     pub requests: RequestTable,
 }

@@ -46,13 +46,13 @@ pub(crate) struct PromiseData {
     pub(crate) history: Vec<(Slot, Value)>,
     /// Raw values known chosen above the promiser's applied prefix.
     pub(crate) chosen: Vec<(Slot, Value)>,
-    pub(crate) chosen_upto: Slot,
+    pub(crate) applied_upto: Slot,
 }
 
 #[derive(Debug)]
 pub(crate) struct LeaderState {
     pub(crate) ballot: Ballot,
-    /// The next slot to give a new proposal. Every slot in `[chosen_upto, next_slot)` is either
+    /// The next slot to give a new proposal. Every slot in `[applied_upto, next_slot)` is either
     /// in flight, chosen, or (right after election) known chosen and awaiting catch-up.
     pub(crate) next_slot: Slot,
     pub(crate) in_flight: BTreeMap<Slot, InFlight>,
@@ -94,7 +94,7 @@ pub struct Status {
     pub promised: Ballot,
     /// The ballot this replica leads or campaigns with, if any.
     pub own_ballot: Option<Ballot>,
-    pub chosen_upto: Slot,
+    pub applied_upto: Slot,
     pub history_start: Slot,
     pub accepted_records: usize,
     pub request_records: usize,
@@ -105,7 +105,7 @@ pub struct Status {
     /// Leaderships given up because another ballot chose at a slot this leader had in flight.
     pub superseded_leaderships: u64,
     /// How far each member has applied, as this replica last heard.
-    pub member_chosen_upto: BTreeMap<NodeId, Slot>,
+    pub member_applied_upto: BTreeMap<NodeId, Slot>,
 }
 
 /// What a replica is doing now; crosses the wire in status reports (as `"leader"` etc. in JSON).
@@ -143,9 +143,9 @@ pub struct Replica {
     pub(crate) promised: Ballot,
     pub(crate) accepted: BTreeMap<Slot, (Ballot, Value)>,
 
-    // Learner state. `chosen_upto`, `truncation` and `requests` are durable.
-    pub(crate) chosen_upto: Slot,
-    /// Values known chosen above `chosen_upto`, waiting for the gap below them to fill.
+    // Learner state. `applied_upto`, `truncation` and `requests` are durable.
+    pub(crate) applied_upto: Slot,
+    /// Values known chosen above `applied_upto`, waiting for the gap below them to fill.
     pub(crate) chosen_pending: BTreeMap<Slot, Value>,
     pub(crate) truncation: TruncationSnapshot,
     pub(crate) requests: RequestTable,
@@ -156,7 +156,7 @@ pub struct Replica {
     /// Slots below this were already checked against `commit_ballot` for commit marking.
     pub(crate) commit_marked_upto: Slot,
     pub(crate) catch_up: Option<CatchUpState>,
-    pub(crate) member_chosen_upto: BTreeMap<NodeId, Slot>,
+    pub(crate) member_applied_upto: BTreeMap<NodeId, Slot>,
 
     // Counters of rare events, for status reports and the simulation.
     /// Accepts for slots already applied here, refused because their value cannot be checked.
@@ -193,7 +193,7 @@ impl Replica {
     /// Rebuilds a replica from what storage returned after a restart.
     pub fn recover(config: Config, durable: DurableState, seed: u64) -> Self {
         config.validate();
-        assert!(durable.chosen_upto >= durable.truncation.history_start);
+        assert!(durable.applied_upto >= durable.truncation.history_start);
         let mut rng = Rng::new(seed ^ config.id.wrapping_mul(0x9E37_79B9));
         let election_deadline_ticks =
             rng.range(config.election_timeout_ticks, 2 * config.election_timeout_ticks);
@@ -203,7 +203,7 @@ impl Replica {
             tick_now: 0,
             promised: durable.promised,
             accepted: durable.accepted,
-            chosen_upto: durable.chosen_upto,
+            applied_upto: durable.applied_upto,
             chosen_pending: BTreeMap::new(),
             truncation: durable.truncation,
             requests: durable.requests,
@@ -211,9 +211,9 @@ impl Replica {
             commit_upto_in_ballot: 0,
             stale_accepts_refused: 0,
             superseded_leaderships: 0,
-            commit_marked_upto: durable.chosen_upto,
+            commit_marked_upto: durable.applied_upto,
             catch_up: None,
-            member_chosen_upto: BTreeMap::new(),
+            member_applied_upto: BTreeMap::new(),
             role: Role::Follower,
             leader_hint: None,
             round_seen,
@@ -274,24 +274,26 @@ impl Replica {
         self.observe_ballot(&message);
         match message {
             Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
-            Message::Promise { ballot, from_slot, accepted, history, chosen, chosen_upto } => {
-                let data = PromiseData { accepted, history, chosen, chosen_upto };
+            Message::Promise { ballot, from_slot, accepted, history, chosen, applied_upto } => {
+                let data = PromiseData { accepted, history, chosen, applied_upto };
                 self.on_promise(from, ballot, from_slot, data)
             }
             Message::Nack { ballot, promised } => self.on_nack(from, ballot, promised),
             Message::Accept { ballot, entries, commit_upto } => {
                 self.on_accept(from, ballot, entries, commit_upto)
             }
-            Message::Accepted { ballot, slots, chosen_upto } => {
-                self.on_accepted(from, ballot, slots, chosen_upto)
+            Message::Accepted { ballot, slots, applied_upto } => {
+                self.on_accepted(from, ballot, slots, applied_upto)
             }
             Message::Heartbeat { ballot, commit_upto, history_start } => {
                 self.on_heartbeat(from, ballot, commit_upto, history_start)
             }
-            Message::HeartbeatAck { ballot, chosen_upto } => self.on_heartbeat_ack(from, ballot, chosen_upto),
+            Message::HeartbeatAck { ballot, applied_upto } => {
+                self.on_heartbeat_ack(from, ballot, applied_upto)
+            }
             Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
-            Message::CatchUpEntries { entries, chosen_upto } => {
-                self.on_catch_up_entries(from, entries, chosen_upto)
+            Message::CatchUpEntries { entries, applied_upto } => {
+                self.on_catch_up_entries(from, entries, applied_upto)
             }
             Message::CatchUpTruncated { snapshot } => self.on_catch_up_truncated(from, snapshot),
             Message::Forward { proposal } => self.on_forward(from, proposal),
@@ -361,22 +363,22 @@ impl Replica {
             Role::Candidate(candidate) => (RoleName::Candidate, Some(candidate.ballot)),
             Role::Leader(leader) => (RoleName::Leader, Some(leader.ballot)),
         };
-        let mut member_chosen_upto = self.member_chosen_upto.clone();
-        member_chosen_upto.insert(self.config.id, self.chosen_upto);
+        let mut member_applied_upto = self.member_applied_upto.clone();
+        member_applied_upto.insert(self.config.id, self.applied_upto);
         Status {
             id: self.config.id,
             role,
             leader: if role == RoleName::Leader { Some(self.config.id) } else { self.leader_hint },
             promised: self.promised,
             own_ballot,
-            chosen_upto: self.chosen_upto,
+            applied_upto: self.applied_upto,
             history_start: self.truncation.history_start,
             accepted_records: self.accepted.len(),
             request_records: self.requests.len(),
             sessions: self.requests.sessions(),
             stale_accepts_refused: self.stale_accepts_refused,
             superseded_leaderships: self.superseded_leaderships,
-            member_chosen_upto,
+            member_applied_upto,
         }
     }
 
@@ -405,8 +407,8 @@ impl Replica {
         matches!(self.role, Role::Leader(_))
     }
 
-    pub fn chosen_upto(&self) -> Slot {
-        self.chosen_upto
+    pub fn applied_upto(&self) -> Slot {
+        self.applied_upto
     }
 
     pub fn history_start(&self) -> Slot {

@@ -13,7 +13,7 @@ pub struct MemStorage {
     pub promised: Ballot,
     pub accepted: BTreeMap<Slot, (Ballot, Value)>,
     pub history: BTreeMap<Slot, Value>,
-    pub chosen_upto: Slot,
+    pub applied_upto: Slot,
     pub truncation: TruncationSnapshot,
     pub requests: BTreeMap<RequestId, Slot>,
 }
@@ -33,7 +33,7 @@ impl MemStorage {
                 PersistOp::Apply { slot, value } => {
                     self.history.insert(*slot, value.clone());
                 }
-                PersistOp::ChosenUpto(slot) => self.chosen_upto = *slot,
+                PersistOp::AppliedUpto(slot) => self.applied_upto = *slot,
                 PersistOp::RequestInsert { request_id, slot } => {
                     self.requests.insert(*request_id, *slot);
                 }
@@ -51,7 +51,7 @@ impl MemStorage {
                 PersistOp::InstallSnapshot(snapshot) => {
                     self.history.clear();
                     self.accepted = self.accepted.split_off(&snapshot.history_start);
-                    self.chosen_upto = snapshot.history_start;
+                    self.applied_upto = snapshot.history_start;
                     self.requests = snapshot.requests.records().into_iter().collect();
                     self.truncation = snapshot.clone();
                 }
@@ -64,7 +64,7 @@ impl MemStorage {
         DurableState {
             promised: self.promised,
             accepted: self.accepted.clone(),
-            chosen_upto: self.chosen_upto,
+            applied_upto: self.applied_upto,
             truncation: self.truncation.clone(),
             requests: RequestTable::from_records(self.requests.iter().map(|(r, s)| (*r, *s))),
         }

@@ -112,8 +112,8 @@ impl Cluster {
         self.node(id).replica.is_leader()
     }
 
-    fn chosen_upto(&self, id: NodeId) -> Slot {
-        self.node(id).replica.chosen_upto()
+    fn applied_upto(&self, id: NodeId) -> Slot {
+        self.node(id).replica.applied_upto()
     }
 
     /// Does what a driver does with a Ready, until the replica has nothing more: persist, record
@@ -319,8 +319,8 @@ impl Cluster {
             .iter()
             .map(|(id, node)| {
                 format!(
-                    "\n  node {id}: chosen_upto {} {} applied {:?}",
-                    node.replica.chosen_upto(),
+                    "\n  node {id}: applied_upto {} {} applied {:?}",
+                    node.replica.applied_upto(),
                     node.replica.debug_summary(),
                     node.applied
                 )
@@ -355,7 +355,7 @@ fn client_session(cluster: &mut Cluster, node: NodeId) -> u64 {
 ///    its Promise is lost; node 5 hears nothing. Node 2 leads with {2,3,4} and chooses x at
 ///    slot 0; nodes 3 and 4 apply it. Links 1-2 and 2-5 stay cut from here on.
 /// 2. Node 1 campaigns (ballot b > a), Prepare reaches 4 and 5 (lost to 3). Node 4's Promise
-///    says chosen_upto 1, so node 1 leads with {1,4,5} and sends node 4 a CatchUp: HELD.
+///    says applied_upto 1, so node 1 leads with {1,4,5} and sends node 4 a CatchUp: HELD.
 ///    Node 1 proposes v_b at slot 1: only node 5 accepts it (lost to 4, 3 and 2 are cut).
 /// 3. Node 2, still leading a, heartbeats node 4, which nacks with b. Node 2 campaigns
 ///    (ballot c > b), leads with {2,3,4} and chooses v_c at slot 1; node 4 applies it.
@@ -378,7 +378,7 @@ fn a_commit_point_in_a_superseded_ballot_does_not_choose_an_unchosen_value() {
     assert!(c.is_leader(2), "schedule: node 2 should lead ballot a{}", c.histories());
     c.propose(2, rid(1, 1), "x");
     c.deliver_all_among(&[2, 3, 4]);
-    assert_eq!(c.chosen_upto(4), 1, "schedule: node 4 should have applied x{}", c.histories());
+    assert_eq!(c.applied_upto(4), 1, "schedule: node 4 should have applied x{}", c.histories());
 
     // 2. Ballot b: node 1 leads with {1,4,5}; its CatchUp to node 4 is held.
     c.campaign(1);
@@ -405,7 +405,7 @@ fn a_commit_point_in_a_superseded_ballot_does_not_choose_an_unchosen_value() {
     assert!(c.is_leader(2), "schedule: node 2 should lead ballot c{}", c.histories());
     c.propose(2, rid(3, 1), "v_c");
     c.deliver_all_among(&[2, 3, 4]);
-    assert_eq!(c.chosen_upto(4), 2, "schedule: node 4 should have applied v_c{}", c.histories());
+    assert_eq!(c.applied_upto(4), 2, "schedule: node 4 should have applied v_c{}", c.histories());
 
     // 4. The delayed CatchUp, then node 1's commit announcement in ballot b.
     for envelope in held_catch_up {
@@ -429,7 +429,7 @@ fn a_commit_point_in_a_superseded_ballot_does_not_choose_an_unchosen_value() {
 ///
 /// 1. Node 1 campaigns and leads with {1,2} (node 3 cut off). Slot 0 is chosen with node 2's
 ///    vote; node 1 applies it, but its commit announcement to node 2 is lost.
-/// 2. Node 3 campaigns; node 1's Promise (chosen_upto 1) arrives first, so node 3 leads with
+/// 2. Node 3 campaigns; node 1's Promise (applied_upto 1) arrives first, so node 3 leads with
 ///    {1,3} without learning slot 0's value.
 /// 3. Node 1 dies for good. A client proposes through node 3. Nodes 2 and 3 run 3,000 ticks
 ///    with every message between them delivered.
@@ -449,8 +449,8 @@ fn a_slot_chosen_before_the_election_is_recovered_after_its_only_applier_dies() 
     c.deliver_where(1, 2, is_accept);
     c.deliver_all(2, 1);
     c.drop_all(1, 2); // the commit announcement (Heartbeat or Accept with commit_upto 1)
-    assert_eq!(c.chosen_upto(1), 1, "schedule: node 1 should have applied slot 0{}", c.histories());
-    assert_eq!(c.chosen_upto(2), 0, "schedule: node 2 must not know slot 0 is chosen{}", c.histories());
+    assert_eq!(c.applied_upto(1), 1, "schedule: node 1 should have applied slot 0{}", c.histories());
+    assert_eq!(c.applied_upto(2), 0, "schedule: node 2 must not know slot 0 is chosen{}", c.histories());
 
     // 2. Node 3 leads with {1,3}.
     c.heal(1, 3);
@@ -465,8 +465,8 @@ fn a_slot_chosen_before_the_election_is_recovered_after_its_only_applier_dies() 
     c.propose(3, request, "after");
     c.run(3000);
 
-    assert!(c.chosen_upto(3) >= 1, "node 3 never applied slot 0{}", c.histories());
-    assert!(c.chosen_upto(2) >= 1, "node 2 never applied slot 0{}", c.histories());
+    assert!(c.applied_upto(3) >= 1, "node 3 never applied slot 0{}", c.histories());
+    assert!(c.applied_upto(2) >= 1, "node 2 never applied slot 0{}", c.histories());
     assert!(
         matches!(c.reply(3, request), Some(Ok(_))),
         "proposal through node 3 answered {:?}{}",
@@ -481,7 +481,7 @@ fn a_slot_chosen_before_the_election_is_recovered_after_its_only_applier_dies() 
 /// Three nodes.
 ///
 /// 1. Node 1 leads with {1,2} while node 3 is cut off. Slots 0..3 are chosen: node 1 applies
-///    all four (chosen_upto 4); node 2 applies 0..2 (chosen_upto 3), the announcement of
+///    all four (applied_upto 4); node 2 applies 0..2 (applied_upto 3), the announcement of
 ///    slot 3's commit to it is lost.
 /// 2. Node 1 force-truncates below 2. Node 3 is reconnected to node 1 only: a heartbeat tells
 ///    it node 1 is ahead, it asks to catch up from 0 and installs the snapshot (history from
@@ -489,7 +489,7 @@ fn a_slot_chosen_before_the_election_is_recovered_after_its_only_applier_dies() 
 /// 3. Node 3 campaigns and leads with node 2. A client proposes through node 3. Nodes 2 and 3
 ///    run 3,000 ticks with every message between them delivered.
 ///
-/// Both must reach chosen_upto >= 4, agree on every slot, and the proposal must be answered Ok.
+/// Both must reach applied_upto >= 4, agree on every slot, and the proposal must be answered Ok.
 #[test]
 fn a_node_that_installed_a_snapshot_can_lead_past_it_after_the_truncating_leader_dies() {
     let mut c = Cluster::new(3);
@@ -508,8 +508,8 @@ fn a_node_that_installed_a_snapshot_can_lead_past_it_after_the_truncating_leader
     c.deliver_where(1, 2, is_accept);
     c.deliver_all(2, 1);
     c.drop_all(1, 2); // the commit announcement for slot 3
-    assert_eq!(c.chosen_upto(1), 4, "schedule: node 1 should have applied 0..4{}", c.histories());
-    assert_eq!(c.chosen_upto(2), 3, "schedule: node 2 should have applied 0..3{}", c.histories());
+    assert_eq!(c.applied_upto(1), 4, "schedule: node 1 should have applied 0..4{}", c.histories());
+    assert_eq!(c.applied_upto(2), 3, "schedule: node 2 should have applied 0..3{}", c.histories());
 
     // 2. Forced truncation; node 3 installs node 1's snapshot; node 1 dies.
     c.replica(1).compact(Compaction { truncate_below: Some(2), force: true }).expect("forced truncation");
@@ -523,7 +523,7 @@ fn a_node_that_installed_a_snapshot_can_lead_past_it_after_the_truncating_leader
     // (Before the fix the install left node 3 at history 2, table as of 4; now its history
     // restarts where the snapshot's table stands, at 4.)
     assert!(
-        c.node(3).replica.history_start() >= 2 && c.chosen_upto(3) >= 2,
+        c.node(3).replica.history_start() >= 2 && c.applied_upto(3) >= 2,
         "schedule: node 3 should have installed the snapshot{}",
         c.histories()
     );
@@ -538,8 +538,8 @@ fn a_node_that_installed_a_snapshot_can_lead_past_it_after_the_truncating_leader
     c.propose(3, request, "after");
     c.run(3000);
 
-    assert!(c.chosen_upto(3) >= 4, "node 3 stuck at chosen_upto {}{}", c.chosen_upto(3), c.histories());
-    assert!(c.chosen_upto(2) >= 4, "node 2 stuck at chosen_upto {}{}", c.chosen_upto(2), c.histories());
+    assert!(c.applied_upto(3) >= 4, "node 3 stuck at applied_upto {}{}", c.applied_upto(3), c.histories());
+    assert!(c.applied_upto(2) >= 4, "node 2 stuck at applied_upto {}{}", c.applied_upto(2), c.histories());
     c.assert_agreement();
     assert!(
         matches!(c.reply(3, request), Some(Ok(_))),
@@ -639,7 +639,7 @@ fn a_history_read_that_races_a_truncation_does_not_let_a_leader_repropose_a_dedu
     c.drop_where(2, 3, is_accept);
     c.deliver_where(2, 1, is_accept);
     c.deliver_all(1, 2);
-    assert_eq!(c.chosen_upto(2), 2, "schedule: node 2 should have applied 0..2{}", c.histories());
+    assert_eq!(c.applied_upto(2), 2, "schedule: node 2 should have applied 0..2{}", c.histories());
     c.drop_all(2, 1); // commit announcements to node 1 are lost
     let ballot_b_votes: Vec<_> = [1, 2].iter().map(|n| vote(&c, *n, 1)).collect();
     assert!(

@@ -205,7 +205,7 @@ impl Driver {
                         accepted_records_removed: report.accepted_records_removed,
                         history_entries_removed: report.history_entries_removed,
                         history_start: report.history_start,
-                        chosen_upto: report.chosen_upto,
+                        applied_upto: report.applied_upto,
                     }),
                     Err(CompactionError::NotLeader { leader_hint }) => {
                         Err(GcError::NotLeader { leader_addr: self.addr_of(leader_hint) })
@@ -223,14 +223,14 @@ impl Driver {
 
     fn history(&mut self, from_slot: u64, limit: u64) -> Result<HistoryPage, HistoryError> {
         let history_start = self.replica.history_start();
-        let chosen_upto = self.replica.chosen_upto();
+        let applied_upto = self.replica.applied_upto();
         if from_slot < history_start {
             return Err(HistoryError::Truncated { requested: from_slot, history_start });
         }
         let limit = limit.clamp(1, HISTORY_PAGE_ENTRIES_MAX) as usize;
         let entries = self
             .storage
-            .read_history(from_slot, chosen_upto, limit, HISTORY_PAGE_BYTES_MAX)
+            .read_history(from_slot, applied_upto, limit, HISTORY_PAGE_BYTES_MAX)
             .map_err(|error| {
                 let text = error.to_string();
                 // A record that fails its checksum means the disk cannot be trusted: stop.
@@ -245,7 +245,7 @@ impl Driver {
                 Value::Command { payload, .. } => (slot, Some(payload)),
             })
             .collect();
-        Ok(HistoryPage { entries, history_start, chosen_upto })
+        Ok(HistoryPage { entries, history_start, applied_upto })
     }
 
     fn status(&self) -> StatusReport {
@@ -257,7 +257,7 @@ impl Driver {
             .map(|(id, addr)| MemberInfo {
                 id: *id,
                 addr: addr.clone(),
-                chosen_upto: status.member_chosen_upto.get(id).copied(),
+                applied_upto: status.member_applied_upto.get(id).copied(),
             })
             .collect();
         StatusReport {
@@ -266,7 +266,7 @@ impl Driver {
             role: status.role,
             leader: status.leader,
             ballot: status.own_ballot.unwrap_or(status.promised),
-            chosen_upto: status.chosen_upto,
+            applied_upto: status.applied_upto,
             history_start: status.history_start,
             accepted_records: status.accepted_records as u64,
             sessions: status.sessions as u64,

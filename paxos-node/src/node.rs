@@ -54,7 +54,7 @@ impl NodeHandle {
         tracing::info!(
             node = config.id,
             promised = %durable.promised,
-            chosen_upto = durable.chosen_upto,
+            applied_upto = durable.applied_upto,
             history_start = durable.truncation.history_start,
             accepted_records = durable.accepted.len(),
             "recovered from {}",

@@ -27,7 +27,9 @@ const CF_NAMES: [&str; 4] = [CF_META, CF_ACCEPTED, CF_HISTORY, CF_REQUESTS];
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 const KEY_NODE_ID: &[u8] = b"node_id";
 const KEY_PROMISED: &[u8] = b"promised";
-const KEY_CHOSEN_UPTO: &[u8] = b"chosen_upto";
+/// The applied prefix. The key keeps its first name (`chosen_upto`) so that data directories
+/// written before the field was renamed still open.
+const KEY_APPLIED_UPTO: &[u8] = b"chosen_upto";
 const KEY_TRUNCATION: &[u8] = b"truncation";
 
 /// Storage failures. All are fatal for the node: it must not answer anything it cannot store.
@@ -236,7 +238,7 @@ impl Storage {
 
     fn read_state(&self) -> Result<DurableState, StorageError> {
         let promised: Ballot = self.get(CF_META, KEY_PROMISED)?.unwrap_or(Ballot::ZERO);
-        let chosen_upto: Slot = self.get(CF_META, KEY_CHOSEN_UPTO)?.unwrap_or(0);
+        let applied_upto: Slot = self.get(CF_META, KEY_APPLIED_UPTO)?.unwrap_or(0);
         let truncation: TruncationSnapshot = self.get(CF_META, KEY_TRUNCATION)?.unwrap_or_default();
         let mut accepted = BTreeMap::new();
         for item in self.db.iterator_cf(self.cf(CF_ACCEPTED), IteratorMode::Start) {
@@ -261,13 +263,13 @@ impl Storage {
             let slot: Slot = self.unseal(CF_REQUESTS, &key, &record)?;
             records.push((RequestId { client_id, seq }, slot));
         }
-        if chosen_upto < truncation.history_start {
+        if applied_upto < truncation.history_start {
             return Err(StorageError::Corrupt {
                 path: self.path.clone(),
                 cf: CF_META,
-                key: "chosen_upto".into(),
+                key: "applied_upto".into(),
                 reason: format!(
-                    "applied prefix {chosen_upto} is below the history start {}",
+                    "applied prefix {applied_upto} is below the history start {}",
                     truncation.history_start
                 ),
             });
@@ -275,7 +277,7 @@ impl Storage {
         Ok(DurableState {
             promised,
             accepted,
-            chosen_upto,
+            applied_upto,
             truncation,
             requests: RequestTable::from_records(records),
         })
@@ -319,7 +321,7 @@ impl Storage {
                     batch.put_cf(accepted, slot_key(*slot), seal(&(ballot, value))?)
                 }
                 PersistOp::Apply { slot, value } => batch.put_cf(history, slot_key(*slot), seal(value)?),
-                PersistOp::ChosenUpto(slot) => batch.put_cf(meta, KEY_CHOSEN_UPTO, seal(slot)?),
+                PersistOp::AppliedUpto(slot) => batch.put_cf(meta, KEY_APPLIED_UPTO, seal(slot)?),
                 PersistOp::RequestInsert { request_id, slot } => {
                     batch.put_cf(requests, request_key(*request_id), seal(slot)?)
                 }
@@ -344,7 +346,7 @@ impl Storage {
                     for (request_id, slot) in snapshot.requests.records() {
                         batch.put_cf(requests, request_key(request_id), seal(&slot)?);
                     }
-                    batch.put_cf(meta, KEY_CHOSEN_UPTO, seal(&snapshot.history_start)?);
+                    batch.put_cf(meta, KEY_APPLIED_UPTO, seal(&snapshot.history_start)?);
                     batch.put_cf(meta, KEY_TRUNCATION, seal(snapshot)?);
                 }
             }
@@ -439,7 +441,7 @@ mod tests {
                 PersistOp::Accept { slot: 0, ballot: Ballot::new(3, 2), value: command(1) },
                 PersistOp::Accept { slot: 1, ballot: Ballot::new(3, 2), value: Value::Noop },
                 PersistOp::Apply { slot: 0, value: command(1) },
-                PersistOp::ChosenUpto(1),
+                PersistOp::AppliedUpto(1),
                 // Session 1's registration (seq 0, at slot 1, its id) and one request.
                 PersistOp::RequestInsert { request_id: RequestId { client_id: 1, seq: 0 }, slot: 1 },
                 PersistOp::RequestInsert { request_id, slot: 0 },
@@ -450,7 +452,7 @@ mod tests {
         let state = storage.load().expect("load");
         assert_eq!(state.promised, Ballot::new(3, 2));
         assert_eq!(state.accepted.len(), 2);
-        assert_eq!(state.chosen_upto, 1);
+        assert_eq!(state.applied_upto, 1);
         assert_eq!(state.requests.records(), vec![(RequestId { client_id: 1, seq: 0 }, 1), (request_id, 0)]);
         assert_eq!(storage.read_history(0, 10, 10, 1 << 20).expect("read"), vec![(0, command(1))]);
     }
@@ -465,7 +467,7 @@ mod tests {
             ops.push(PersistOp::Accept { slot, ballot: Ballot::new(1, 1), value: command(slot) });
             ops.push(PersistOp::Apply { slot, value: command(slot) });
         }
-        ops.push(PersistOp::ChosenUpto(10));
+        ops.push(PersistOp::AppliedUpto(10));
         ops.push(PersistOp::DeleteAcceptedBelow(5));
         let snapshot =
             TruncationSnapshot { history_start: 3, table_upto: 10, requests: RequestTable::default() };

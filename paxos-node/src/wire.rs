@@ -116,7 +116,7 @@ impl ProposeError {
 pub struct HistoryPage {
     pub entries: Vec<(Slot, Option<Vec<u8>>)>,
     pub history_start: Slot,
-    pub chosen_upto: Slot,
+    pub applied_upto: Slot,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -132,7 +132,7 @@ pub struct MemberInfo {
     pub id: NodeId,
     pub addr: String,
     /// How far it has applied, as this node last heard (None: never heard).
-    pub chosen_upto: Option<Slot>,
+    pub applied_upto: Option<Slot>,
 }
 
 /// A node's view of itself and the cluster.
@@ -143,7 +143,7 @@ pub struct StatusReport {
     pub role: RoleName,
     pub leader: Option<NodeId>,
     pub ballot: Ballot,
-    pub chosen_upto: Slot,
+    pub applied_upto: Slot,
     pub history_start: Slot,
     pub accepted_records: u64,
     /// Client sessions open in the duplicate table.
@@ -167,7 +167,7 @@ pub struct GcReport {
     pub accepted_records_removed: u64,
     pub history_entries_removed: u64,
     pub history_start: Slot,
-    pub chosen_upto: Slot,
+    pub applied_upto: Slot,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

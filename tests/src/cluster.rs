@@ -279,7 +279,7 @@ impl Cluster {
     /// The applied prefix of the current leader (waiting for one).
     pub async fn status_any_leader(&self) -> u64 {
         let leader = self.wait_for_leader(Duration::from_secs(30)).await.expect("leader");
-        self.status(leader).await.map(|s| s.chosen_upto).unwrap_or(0)
+        self.status(leader).await.map(|s| s.applied_upto).unwrap_or(0)
     }
 
     /// Ids of the nodes whose process runs.
@@ -315,7 +315,7 @@ impl Cluster {
             };
             next = last + 1;
             entries.extend(page.entries);
-            if next >= page.chosen_upto {
+            if next >= page.applied_upto {
                 break;
             }
         }
@@ -329,7 +329,7 @@ impl Cluster {
         wait_until("all running nodes to apply the same prefix", timeout, || async {
             let mut uptos = Vec::new();
             for id in &running {
-                uptos.push(self.status(*id).await?.chosen_upto);
+                uptos.push(self.status(*id).await?.applied_upto);
             }
             let first = uptos[0];
             Ok((first >= min_upto && uptos.iter().all(|u| *u == first)).then_some(first))

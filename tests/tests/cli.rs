@@ -74,7 +74,7 @@ async fn every_command_in_human_and_json_form() {
 
     // history and status answer from the node asked: wait until node 2 has applied everything.
     wait_until("node 2 applies every slot", Duration::from_secs(10), || async {
-        Ok((cluster.status(2).await?.chosen_upto == 510).then_some(()))
+        Ok((cluster.status(2).await?.applied_upto == 510).then_some(()))
     })
     .await
     .expect("caught up");
@@ -91,12 +91,12 @@ async fn every_command_in_human_and_json_form() {
 
     let status = stdout(&cli(&node2, &["status"]));
     assert!(
-        status.contains("node 2") && status.contains("leader:") && status.contains("chosen up to: 510"),
+        status.contains("node 2") && status.contains("leader:") && status.contains("applied up to: 510"),
         "{status}"
     );
     let json: Value = serde_json::from_str(&stdout(&cli(&node2, &["status", "--json"]))).expect("json");
     assert_eq!(json["node"], 2);
-    assert_eq!(json["chosen_upto"], 510);
+    assert_eq!(json["applied_upto"], 510);
     assert_eq!(json["history_start"], 0);
     assert_eq!(json["sessions"], 5, "one session per paxos-cli process that proposed");
     assert!(json["leader"].is_u64());
@@ -109,7 +109,7 @@ async fn every_command_in_human_and_json_form() {
     wait_until("the leader hears every member at 510", Duration::from_secs(10), || async {
         let leader = cluster.wait_for_leader(Duration::from_secs(5)).await?;
         let status = cluster.status(leader).await?;
-        Ok(status.members.iter().all(|m| m.chosen_upto == Some(510)).then_some(()))
+        Ok(status.members.iter().all(|m| m.applied_upto == Some(510)).then_some(()))
     })
     .await
     .expect("progress known");
@@ -118,7 +118,7 @@ async fn every_command_in_human_and_json_form() {
             .expect("json");
     assert_eq!(json["history_start"], 100);
     assert_eq!(json["history_entries_removed"], 100);
-    assert_eq!(json["chosen_upto"], 510);
+    assert_eq!(json["applied_upto"], 510);
 
     // A no-op prints as an empty value: none here, so check the format through JSON's null
     // elsewhere (the teaching scenario fills holes); the history from the cut is intact.

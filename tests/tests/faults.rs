@@ -217,7 +217,7 @@ async fn d_rolling_restart_under_load() {
         cluster.start_node(id).expect("start");
         let target = cluster.status_any_leader().await;
         wait_until(&format!("node {id} back and caught up"), SETTLE, || async {
-            Ok((cluster.status(id).await?.chosen_upto >= target).then_some(()))
+            Ok((cluster.status(id).await?.applied_upto >= target).then_some(()))
         })
         .await
         .expect("caught up");

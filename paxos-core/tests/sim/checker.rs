@@ -193,7 +193,7 @@ impl Checker {
             }
         }
         for (node, storage) in nodes {
-            for slot in storage.truncation.history_start..storage.chosen_upto {
+            for slot in storage.truncation.history_start..storage.applied_upto {
                 match (storage.history.get(&slot), self.history.get(&slot)) {
                     (Some(mine), Some(agreed)) if mine == agreed => {}
                     (mine, agreed) => {

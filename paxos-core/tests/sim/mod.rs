@@ -425,11 +425,11 @@ impl Simulation {
                     format!(
                         "n{id}:{:?} upto={} start={} promised={} leader={:?} members={:?} {}",
                         s.role,
-                        s.chosen_upto,
+                        s.applied_upto,
                         s.history_start,
                         s.promised,
                         s.leader,
-                        s.member_chosen_upto,
+                        s.member_applied_upto,
                         r.debug_summary()
                     )
                 }
@@ -477,7 +477,7 @@ impl Simulation {
             return false;
         }
         let uptos: Vec<Slot> =
-            self.nodes.values().filter_map(|n| n.replica.as_ref()).map(|r| r.chosen_upto()).collect();
+            self.nodes.values().filter_map(|n| n.replica.as_ref()).map(|r| r.applied_upto()).collect();
         let max = uptos.iter().copied().max().unwrap_or(0);
         uptos.iter().all(|u| *u == max) && self.checker.max_acknowledged_slot().is_none_or(|s| s < max)
     }
@@ -634,7 +634,7 @@ impl Simulation {
             Ok(slot) => {
                 self.checker.on_acknowledged(request_id, slot)?;
                 // Read-your-writes: the node that answered has applied the slot it names.
-                let applied = self.nodes[&node].replica.as_ref().map_or(0, |r| r.chosen_upto());
+                let applied = self.nodes[&node].replica.as_ref().map_or(0, |r| r.applied_upto());
                 if slot >= applied {
                     return Err(format!(
                         "node {node} answered {request_id} with slot {slot} before applying it (applied below {applied})"
@@ -923,7 +923,7 @@ impl Simulation {
             let force = self.rng.chance(1, 3);
             let mut truncated = false;
             if let Some(replica) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) {
-                let below = replica.chosen_upto().saturating_sub(self.rng.range(0, 6));
+                let below = replica.applied_upto().saturating_sub(self.rng.range(0, 6));
                 let compaction = Compaction { truncate_below: truncate.then_some(below), force };
                 if let Ok(report) = replica.compact(compaction) {
                     if report.history_entries_removed > 0 {
