@@ -45,12 +45,12 @@ impl Replica {
         // Granting a promise is a vote for `from`: give it time to win before competing.
         self.reset_election_timer();
         self.leader_hint = None;
-        if from_slot < self.applied_upto && from_slot >= self.truncation.history_start {
+        if from_slot < self.learner.applied_upto() && from_slot >= self.learner.history_start() {
             self.ready.history_reads.push(HistoryRead {
                 purpose: ReadPurpose::Promise { ballot },
                 to: from,
                 from_slot,
-                upto_slot: self.applied_upto,
+                upto_slot: self.learner.applied_upto(),
                 entries_max: self.config.entries_per_message_max,
                 bytes_max: self.config.message_bytes_max,
             });
@@ -93,7 +93,7 @@ impl Replica {
     /// at or above `max(from_slot, applied_upto)` is reported, which is what makes the
     /// candidate's choice of value safe.
     pub(crate) fn promise_data(&self, from_slot: Slot, history: Vec<(Slot, Value)>) -> PromiseData {
-        let start = from_slot.max(self.applied_upto);
+        let start = from_slot.max(self.learner.applied_upto());
         let accepted = self
             .accepted
             .range(start..)
@@ -105,10 +105,17 @@ impl Replica {
             .collect();
         // Only an unbroken run from `from_slot`: a read that raced a truncation may start later,
         // and verbatim entries above a gap must never pass for raw chosen values.
-        let history =
-            unbroken_run(from_slot, history.into_iter().filter(|(slot, _)| *slot < self.applied_upto));
-        let chosen = self.chosen_pending.range(start..).map(|(slot, value)| (*slot, value.clone())).collect();
-        PromiseData { accepted, history, chosen, applied_upto: self.applied_upto }
+        let history = unbroken_run(
+            from_slot,
+            history.into_iter().filter(|(slot, _)| *slot < self.learner.applied_upto()),
+        );
+        let chosen = self
+            .learner
+            .chosen_pending()
+            .range(start..)
+            .map(|(slot, value)| (*slot, value.clone()))
+            .collect();
+        PromiseData { accepted, history, chosen, applied_upto: self.learner.applied_upto() }
     }
 
     /// Phase 2b. Accepts every entry if `ballot` is at least the promise.
@@ -126,7 +133,7 @@ impl Replica {
         self.follow(from, ballot);
         let mut slots = Vec::with_capacity(entries.len());
         for (slot, value) in entries {
-            if slot < self.applied_upto {
+            if slot < self.learner.applied_upto() {
                 // Applied already, and the history is not in memory to compare with: a vote
                 // here would vouch for a value this acceptor cannot check (a stale leader's
                 // value differs from the chosen one). No vote; `applied_upto` in the reply
@@ -138,7 +145,7 @@ impl Replica {
             slots.push(slot);
             self.accept_locally(slot, ballot, value);
         }
-        self.send(from, Message::Accepted { ballot, slots, applied_upto: self.applied_upto });
+        self.send(from, Message::Accepted { ballot, slots, applied_upto: self.learner.applied_upto() });
         self.learn_commit(from, ballot, commit_upto);
     }
 
@@ -156,7 +163,7 @@ impl Replica {
         self.accepted.insert(slot, (ballot, value));
         // A value accepted in the ballot whose leader already declared the slot committed is
         // chosen (that leader's announcements cover only slots where its value is the chosen one).
-        if ballot == self.commit_ballot && slot < self.commit_upto_in_ballot {
+        if self.learner.committed_in_ballot(ballot, slot) {
             self.mark_chosen_by_commit(slot);
         }
     }
@@ -174,7 +181,7 @@ impl Replica {
         }
         self.follow(from, ballot);
         self.learn_commit(from, ballot, commit_upto);
-        self.send(from, Message::HeartbeatAck { ballot, applied_upto: self.applied_upto });
+        self.send(from, Message::HeartbeatAck { ballot, applied_upto: self.learner.applied_upto() });
         self.follow_truncation(history_start);
     }
 
@@ -262,7 +269,11 @@ mod tests {
             acceptor.step(Envelope { from: 3, to: 1, message: accept });
         }
         acceptor.take_ready_persisted();
-        assert!(acceptor.chosen_pending.is_empty(), "marked chosen: {:?}", acceptor.chosen_pending);
+        assert!(
+            acceptor.learner.chosen_pending().is_empty(),
+            "marked chosen: {:?}",
+            acceptor.learner.chosen_pending()
+        );
         assert_eq!(acceptor.applied_upto(), 0);
         // Ballot b's own announcement does mark them.
         let heartbeat = Message::Heartbeat { ballot: b, commit_upto: 2, history_start: 0 };

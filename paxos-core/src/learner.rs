@@ -1,12 +1,15 @@
-//! Learner rules: learning chosen values, applying them in slot order with deduplication,
-//! catch-up from peers, garbage collection and truncation.
+//! The learner: what this member knows of the chosen history.
+//!
+//! [`Learner`] owns the applied prefix, the chosen values waiting for a gap to fill, the
+//! truncation watermark, the duplicate table, the commit bookkeeping and the catch-up request,
+//! and the rules over them. It knows nothing of the acceptor or the proposer: the replica
+//! (`learning.rs`) hands it what they know and carries out what it decides.
 
-use crate::acceptor::unbroken_run;
-use crate::message::{Message, ProposalError, TruncationSnapshot};
-use crate::ready::{HistoryRead, PersistOp, ReadPurpose};
-use crate::replica::{Replica, Role};
-use crate::requests::{Lookup, TableChange};
-use crate::types::{Ballot, NodeId, Slot, Value};
+use crate::message::{ProposalError, TruncationSnapshot};
+use crate::ready::PersistOp;
+use crate::requests::{Lookup, RequestTable, TableChange, TableLimits};
+use crate::rng::Rng;
+use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
 use std::collections::BTreeMap;
 
 /// A garbage-collection request.
@@ -40,20 +43,124 @@ pub enum CompactionError {
     MemberBehind { node: NodeId, applied_upto: Option<Slot>, requested: Slot },
 }
 
-impl Replica {
-    pub(crate) fn tick_learner(&mut self) {
-        if let Some(catch_up) = self.catch_up {
-            if self.tick_now.saturating_sub(catch_up.sent_tick) >= self.config.catch_up_timeout_ticks {
-                self.catch_up = None;
-            }
+/// One slot applied by [`Learner::apply_next`]: what to write, and whom to answer.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    pub(crate) slot: Slot,
+    /// The chosen value, as the ballot that chose it proposed it.
+    pub(crate) chosen: Value,
+    /// What the history holds (a duplicate request becomes a no-op).
+    pub(crate) entry: Value,
+    /// Storage operations for the slot: its duplicate-table changes, then the history entry.
+    pub(crate) persist: Vec<PersistOp>,
+    /// The answer owed to whoever waits for the request the slot carried.
+    pub(crate) answer: Option<(RequestId, Result<Slot, ProposalError>)>,
+}
+
+/// An outstanding catch-up request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CatchUpState {
+    pub(crate) peer: NodeId,
+    pub(crate) sent_tick: u64,
+}
+
+/// What this member knows of the chosen history.
+///
+/// # Correctness
+/// - Every slot below `applied_upto` is applied, in slot order, and in storage (through the
+///   `PersistOp`s this struct hands out); `applied_upto >= truncation.history_start`.
+/// - `chosen_pending` holds only raw chosen values above `applied_upto`, never a peer's
+///   verbatim history entry (see [`Learner::stage_verbatim`]).
+/// - `requests` is the duplicate table as of `applied_upto`.
+#[derive(Debug)]
+pub(crate) struct Learner {
+    id: NodeId,
+    /// Durable: every slot below this is applied.
+    applied_upto: Slot,
+    /// Values known chosen above `applied_upto`, waiting for the gap below them to fill.
+    chosen_pending: BTreeMap<Slot, Value>,
+    /// Durable: where the history starts, and the duplicate table kept with the cut.
+    truncation: TruncationSnapshot,
+    /// Durable: the duplicate table as of `applied_upto`.
+    requests: RequestTable,
+    /// The ballot of the leader followed last, and the highest commit point it announced
+    /// (announcements of other ballots do not count, see `learn_commit`).
+    commit_ballot: Ballot,
+    commit_upto_in_ballot: Slot,
+    /// Slots below this were already checked against `commit_ballot` for commit marking.
+    commit_marked_upto: Slot,
+    catch_up: Option<CatchUpState>,
+    /// How far each peer has applied, as last heard.
+    member_applied_upto: BTreeMap<NodeId, Slot>,
+}
+
+impl Learner {
+    pub(crate) fn recover(
+        id: NodeId,
+        applied_upto: Slot,
+        truncation: TruncationSnapshot,
+        requests: RequestTable,
+    ) -> Learner {
+        assert!(applied_upto >= truncation.history_start, "applied prefix below the history start");
+        Learner {
+            id,
+            applied_upto,
+            chosen_pending: BTreeMap::new(),
+            truncation,
+            requests,
+            commit_ballot: Ballot::ZERO,
+            commit_upto_in_ballot: 0,
+            commit_marked_upto: applied_upto,
+            catch_up: None,
+            member_applied_upto: BTreeMap::new(),
         }
-        // Progress reports of members arrive with many messages (Accepted, HeartbeatAck); a
-        // leader hears of being behind only that way, so look every tick, not only on replies.
-        self.maybe_catch_up();
+    }
+
+    pub(crate) fn applied_upto(&self) -> Slot {
+        self.applied_upto
+    }
+
+    pub(crate) fn history_start(&self) -> Slot {
+        self.truncation.history_start
+    }
+
+    pub(crate) fn truncation(&self) -> &TruncationSnapshot {
+        &self.truncation
+    }
+
+    pub(crate) fn requests(&self) -> &RequestTable {
+        &self.requests
+    }
+
+    /// Raw values known chosen above the applied prefix.
+    pub(crate) fn chosen_pending(&self) -> &BTreeMap<Slot, Value> {
+        &self.chosen_pending
+    }
+
+    pub(crate) fn member_applied_upto(&self) -> &BTreeMap<NodeId, Slot> {
+        &self.member_applied_upto
+    }
+
+    pub(crate) fn catch_up(&self) -> Option<CatchUpState> {
+        self.catch_up
+    }
+
+    pub(crate) fn commit_ballot(&self) -> Ballot {
+        self.commit_ballot
+    }
+
+    pub(crate) fn commit_upto_in_ballot(&self) -> Slot {
+        self.commit_upto_in_ballot
+    }
+
+    /// Whether a vote of `ballot` at `slot` is for a chosen value: that ballot's leader
+    /// announced a commit point above the slot, vouching for every value it proposed below.
+    pub(crate) fn committed_in_ballot(&self, ballot: Ballot, slot: Slot) -> bool {
+        ballot == self.commit_ballot && slot < self.commit_upto_in_ballot
     }
 
     /// Records that `slot` is chosen with `value` (a raw chosen value, or a peer's history entry:
-    /// deduplicating either gives the same history, see `deduplicate`).
+    /// deduplicating either gives the same history, see `apply_next`).
     pub(crate) fn learn_chosen(&mut self, slot: Slot, value: Value) {
         if slot < self.applied_upto {
             return;
@@ -61,110 +168,17 @@ impl Replica {
         self.chosen_pending.entry(slot).or_insert(value);
     }
 
-    /// Applies every chosen slot that extends the applied prefix, deduplicating requests.
-    ///
-    /// # Correctness
-    /// A leader's commit announcements vouch that, below them, every value it proposed in its
-    /// ballot is the chosen one (followers mark their accepted entries of that ballot chosen on
-    /// that word). So when a leader applies, at a slot it has in flight, a chosen value other
-    /// than its proposal (learned by catch-up or a snapshot: a higher ballot chose it), its
-    /// ballot is superseded and it steps down before it can announce that slot.
-    pub(crate) fn apply_chosen(&mut self) {
-        let start = self.applied_upto;
-        let mut superseded = false;
-        while let Some(value) = self.chosen_pending.remove(&self.applied_upto) {
-            let slot = self.applied_upto;
-            if let Role::Leader(leader) = &mut self.role {
-                if let Some(in_flight) = leader.in_flight.remove(&slot) {
-                    superseded |= in_flight.value != value;
-                }
-            }
-            let applied = self.deduplicate(slot, value);
-            self.persist(PersistOp::Apply { slot, value: applied.clone() });
-            self.ready.chosen.push((slot, applied));
-            self.applied_upto += 1;
-        }
-        if self.applied_upto > start {
-            self.persist(PersistOp::AppliedUpto(self.applied_upto));
-            self.forget_applied_in_flight();
-            self.release_replies_after_apply();
-        }
-        if superseded {
-            self.step_down_superseded();
-        }
-    }
-
-    fn release_replies_after_apply(&mut self) {
-        while let Some(entry) = self.replies_after_apply.first_entry() {
-            if *entry.key() >= self.applied_upto {
-                break;
-            }
-            let (slot, request_ids) = entry.remove_entry();
-            for request_id in request_ids {
-                self.reply(crate::replica::Origin::Local, request_id, Ok(slot));
-            }
-        }
-    }
-
-    /// The value the history holds for a chosen `value` at `slot`: a request already applied at
-    /// an earlier slot, or one that cannot be checked (expired, unknown session), becomes a
-    /// no-op, so each request id appears at most once in the history.
-    ///
-    /// Deterministic in the table and the value, and idempotent: a peer's history entry (already
-    /// deduplicated) gives the same entry and the same table change as the raw chosen value.
-    fn deduplicate(&mut self, slot: Slot, value: Value) -> Value {
-        let Some(request_id) = value.request_id() else {
-            return value;
-        };
-        if let Value::Register { .. } = value {
-            let changes = self.requests.open_session(slot, self.config.request_table);
-            self.persist_table_changes(changes);
-            self.answer_waiters(request_id, Ok(slot));
-            return value;
-        }
-        match self.requests.lookup(request_id, self.config.request_table) {
-            Lookup::New => {
-                let changes = self.requests.insert(request_id, slot, self.config.request_table);
-                self.persist_table_changes(changes);
-                self.answer_waiters(request_id, Ok(slot));
-                value
-            }
-            Lookup::AppliedAt(original) => {
-                assert!(original < slot, "the table only holds slots applied before this one");
-                self.answer_waiters(request_id, Ok(original));
-                Value::Noop
-            }
-            Lookup::Expired => {
-                self.answer_waiters(request_id, Err(ProposalError::RequestExpired(request_id)));
-                Value::Noop
-            }
-            Lookup::SessionUnknown => {
-                self.answer_waiters(request_id, Err(ProposalError::SessionExpired(request_id.client_id)));
-                Value::Noop
-            }
-        }
-    }
-
-    fn persist_table_changes(&mut self, changes: Vec<TableChange>) {
-        for change in changes {
-            self.persist(match change {
-                TableChange::Insert { request_id, slot } => PersistOp::RequestInsert { request_id, slot },
-                TableChange::Remove { request_id } => PersistOp::RequestRemove { request_id },
-            });
-        }
-    }
-
-    /// Applies a peer's history entries (verbatim: as deduplicated when the peer applied them)
-    /// that extend this replica's applied prefix without a gap; drops the rest.
+    /// Stages a peer's history entries (verbatim: as deduplicated when the peer applied them)
+    /// that extend the applied prefix without a gap, for the next `apply_next` calls; drops the
+    /// rest.
     ///
     /// # Correctness
     /// A verbatim entry stands for the chosen value but may differ from it (a duplicate request
     /// becomes a no-op), so it must never wait in `chosen_pending`: from there a Promise would
     /// report it as a raw chosen value and a new leader could propose the no-op in a new
-    /// ballot, choosing a second value for the slot.
-    ///
-    /// Also applies whatever raw chosen values were already pending, in the same pass.
-    pub(crate) fn apply_verbatim(&mut self, mut entries: BTreeMap<Slot, Value>) {
+    /// ballot, choosing a second value for the slot. Staged entries are contiguous from
+    /// `applied_upto`, so the caller's `apply_next` loop applies all of them at once.
+    pub(crate) fn stage_verbatim(&mut self, mut entries: BTreeMap<Slot, Value>) {
         let mut next = self.applied_upto;
         loop {
             if let Some(value) = entries.remove(&next) {
@@ -176,19 +190,78 @@ impl Replica {
             }
             next += 1;
         }
-        self.apply_chosen();
+    }
+
+    /// Applies the next slot if its chosen value is known: the value the history holds, the
+    /// duplicate-table changes and the answer owed. The caller writes `persist`, then the
+    /// applied prefix (`PersistOp::AppliedUpto`) once it has applied what it can. `limits`
+    /// bound the duplicate table.
+    pub(crate) fn apply_next(&mut self, limits: TableLimits) -> Option<Applied> {
+        let slot = self.applied_upto;
+        let chosen = self.chosen_pending.remove(&slot)?;
+        let mut persist = Vec::new();
+        let (entry, answer) = self.deduplicate(slot, chosen.clone(), limits, &mut persist);
+        persist.push(PersistOp::Apply { slot, value: entry.clone() });
+        self.applied_upto += 1;
+        Some(Applied { slot, chosen, entry, persist, answer })
+    }
+
+    /// The value the history holds for a chosen `value` at `slot`: a request already applied at
+    /// an earlier slot, or one that cannot be checked (expired, unknown session), becomes a
+    /// no-op, so each request id appears at most once in the history.
+    ///
+    /// Deterministic in the table and the value, and idempotent: a peer's history entry (already
+    /// deduplicated) gives the same entry and the same table change as the raw chosen value.
+    #[allow(clippy::type_complexity)]
+    fn deduplicate(
+        &mut self,
+        slot: Slot,
+        value: Value,
+        limits: TableLimits,
+        persist: &mut Vec<PersistOp>,
+    ) -> (Value, Option<(RequestId, Result<Slot, ProposalError>)>) {
+        let Some(request_id) = value.request_id() else {
+            return (value, None);
+        };
+        if let Value::Register { .. } = value {
+            let changes = self.requests.open_session(slot, limits);
+            persist.extend(changes.into_iter().map(table_op));
+            return (value, Some((request_id, Ok(slot))));
+        }
+        match self.requests.lookup(request_id, limits) {
+            Lookup::New => {
+                let changes = self.requests.insert(request_id, slot, limits);
+                persist.extend(changes.into_iter().map(table_op));
+                (value, Some((request_id, Ok(slot))))
+            }
+            Lookup::AppliedAt(original) => {
+                assert!(original < slot, "the table only holds slots applied before this one");
+                (Value::Noop, Some((request_id, Ok(original))))
+            }
+            Lookup::Expired => {
+                (Value::Noop, Some((request_id, Err(ProposalError::RequestExpired(request_id)))))
+            }
+            Lookup::SessionUnknown => {
+                (Value::Noop, Some((request_id, Err(ProposalError::SessionExpired(request_id.client_id)))))
+            }
+        }
     }
 
     /// A leader of `ballot` says every slot below `commit_upto` is chosen, and that where it
-    /// proposed a value in `ballot`, that value is the chosen one. So our accepted entries
-    /// carrying that same ballot are chosen; other slots need catch-up.
+    /// proposed a value in `ballot`, that value is the chosen one. So the accepted entries
+    /// (the acceptor's, passed in) carrying that same ballot are chosen; other slots need
+    /// catch-up.
     ///
     /// # Correctness
     /// The marking rule holds for one ballot's announcements only: a commit point heard from
     /// an older ballot says nothing about values accepted in a newer one (that leader may be
     /// stale), so the bound is reset whenever the ballot changes.
-    pub(crate) fn learn_commit(&mut self, from: NodeId, ballot: Ballot, commit_upto: Slot) {
-        self.note_member_progress(from, commit_upto);
+    pub(crate) fn learn_commit(
+        &mut self,
+        ballot: Ballot,
+        commit_upto: Slot,
+        accepted: &BTreeMap<Slot, (Ballot, Value)>,
+    ) {
         if ballot != self.commit_ballot {
             assert!(ballot > self.commit_ballot, "followed ballots only go up");
             self.commit_ballot = ballot;
@@ -198,8 +271,7 @@ impl Replica {
         self.commit_upto_in_ballot = self.commit_upto_in_ballot.max(commit_upto);
         let from_slot = self.commit_marked_upto.max(self.applied_upto);
         if commit_upto > from_slot {
-            let marked: Vec<(Slot, Value)> = self
-                .accepted
+            let marked: Vec<(Slot, Value)> = accepted
                 .range(from_slot..commit_upto)
                 .filter(|(_, (accepted_ballot, _))| *accepted_ballot == ballot)
                 .map(|(slot, (_, value))| (*slot, value.clone()))
@@ -209,156 +281,95 @@ impl Replica {
             }
             self.commit_marked_upto = commit_upto;
         }
-        self.apply_chosen();
-        self.maybe_catch_up();
-    }
-
-    /// `slot` was just accepted in `commit_ballot` below that ballot's commit point: it is chosen.
-    pub(crate) fn mark_chosen_by_commit(&mut self, slot: Slot) {
-        if let Some((_, value)) = self.accepted.get(&slot) {
-            let value = value.clone();
-            self.learn_chosen(slot, value);
-        }
     }
 
     pub(crate) fn note_member_progress(&mut self, node: NodeId, applied_upto: Slot) {
-        if node == self.config.id {
+        if node == self.id {
             return;
         }
         let entry = self.member_applied_upto.entry(node).or_insert(0);
         *entry = (*entry).max(applied_upto);
     }
 
-    /// Asks a peer that is ahead for the next chosen entries, unless a request is outstanding.
-    pub(crate) fn maybe_catch_up(&mut self) {
+    /// Forgets an outstanding catch-up request that went unanswered for `timeout_ticks`.
+    pub(crate) fn expire_catch_up(&mut self, now_tick: u64, timeout_ticks: u64) {
+        if let Some(catch_up) = self.catch_up {
+            if now_tick.saturating_sub(catch_up.sent_tick) >= timeout_ticks {
+                self.catch_up = None;
+            }
+        }
+    }
+
+    /// `from` answered (or refused) a catch-up request.
+    pub(crate) fn catch_up_answered(&mut self, from: NodeId) {
+        if matches!(self.catch_up, Some(c) if c.peer == from) {
+            self.catch_up = None;
+        }
+    }
+
+    /// The peer to ask for the next chosen entries, if some peer is ahead and no request is
+    /// outstanding; the request counts as sent at `now_tick`.
+    pub(crate) fn catch_up_from(
+        &mut self,
+        now_tick: u64,
+        leader_hint: Option<NodeId>,
+        rng: &mut Rng,
+    ) -> Option<NodeId> {
         let ahead: Vec<NodeId> = self
             .member_applied_upto
             .iter()
-            .filter(|(node, upto)| **upto > self.applied_upto && **node != self.config.id)
+            .filter(|(node, upto)| **upto > self.applied_upto && **node != self.id)
             .map(|(node, _)| *node)
             .collect();
         if ahead.is_empty() {
             self.catch_up = None;
-            return;
+            return None;
         }
         if self.catch_up.is_some() {
-            return;
+            return None;
         }
         // The leader first; otherwise a random member that is ahead, so one dead or partitioned
         // peer cannot stall catch-up.
-        let peer = match self.leader_hint {
-            Some(leader) if ahead.contains(&leader) && self.rng.chance(1, 2) => leader,
-            _ => ahead[self.rng.range(0, ahead.len() as u64) as usize],
+        let peer = match leader_hint {
+            Some(leader) if ahead.contains(&leader) && rng.chance(1, 2) => leader,
+            _ => ahead[rng.range(0, ahead.len() as u64) as usize],
         };
-        self.catch_up = Some(crate::replica::CatchUpState { peer, sent_tick: self.tick_now });
-        self.send(peer, Message::CatchUp { from_slot: self.applied_upto });
+        self.catch_up = Some(CatchUpState { peer, sent_tick: now_tick });
+        Some(peer)
     }
 
-    pub(crate) fn on_catch_up(&mut self, from: NodeId, from_slot: Slot) {
-        if from_slot < self.truncation.history_start {
-            let snapshot = self.truncation.clone();
-            self.send(from, Message::CatchUpTruncated { snapshot });
-        } else if from_slot < self.applied_upto {
-            self.ready.history_reads.push(HistoryRead {
-                purpose: ReadPurpose::CatchUp,
-                to: from,
-                from_slot,
-                upto_slot: self.applied_upto,
-                entries_max: self.config.entries_per_message_max,
-                bytes_max: self.config.message_bytes_max,
-            });
-        } else {
-            self.send(from, Message::CatchUpEntries { entries: Vec::new(), applied_upto: self.applied_upto });
-        }
-    }
-
-    /// Hands back the history the driver read for a [`HistoryRead`]: answers the catch-up
-    /// request or the Prepare it was made for.
-    ///
-    /// # Correctness
-    /// The read ran after the Ready's batch was written, which may have truncated the history
-    /// since the request came in: an answer is only ever an unbroken run from the slot asked
-    /// for, and a request now below the history's start gets the truncation snapshot.
-    pub fn serve_history_read(&mut self, read: &HistoryRead, entries: Vec<(Slot, Value)>) {
-        if read.to == self.config.id || !self.config.members.contains(&read.to) {
-            return;
-        }
-        match read.purpose {
-            ReadPurpose::CatchUp if read.from_slot < self.truncation.history_start => {
-                let snapshot = self.truncation.clone();
-                self.send(read.to, Message::CatchUpTruncated { snapshot });
-            }
-            ReadPurpose::CatchUp => {
-                let entries = unbroken_run(read.from_slot, entries);
-                self.send(read.to, Message::CatchUpEntries { entries, applied_upto: self.applied_upto })
-            }
-            ReadPurpose::Promise { ballot } => self.send_promise(read.to, ballot, read.from_slot, entries),
-        }
-    }
-
-    pub(crate) fn on_catch_up_entries(
-        &mut self,
-        from: NodeId,
-        entries: Vec<(Slot, Value)>,
-        applied_upto: Slot,
-    ) {
-        self.note_member_progress(from, applied_upto);
-        if matches!(self.catch_up, Some(c) if c.peer == from) {
-            self.catch_up = None;
-        }
-        // Entries a peer applied are final, and below its `applied_upto` by construction.
-        self.apply_verbatim(entries.into_iter().filter(|(slot, _)| *slot < applied_upto).collect());
-        self.fill_window();
-        self.maybe_catch_up();
-    }
-
-    /// Installs a peer's truncation snapshot: this node's history restarts where the snapshot's
-    /// duplicate table stands.
+    /// Installs a peer's truncation snapshot, if it is ahead of the applied prefix: the history
+    /// restarts where the snapshot's duplicate table stands. Returns the snapshot as installed
+    /// (the caller writes `PersistOp::InstallSnapshot` and drops accepted records below it).
     ///
     /// # Correctness
     /// The table is as of `table_upto`, so the history restarts at `table_upto`, not at the
     /// peer's `history_start`: every later slot is then deduplicated against the table exactly
     /// as the peer did, and no slot needs a verbatim copy that only some peer (maybe a dead
-    /// one) holds. A leader that jumps over slots it has in flight cannot tell whether its
-    /// proposals there were chosen, so it steps down.
-    pub(crate) fn on_catch_up_truncated(&mut self, from: NodeId, snapshot: TruncationSnapshot) {
-        if matches!(self.catch_up, Some(c) if c.peer == from) {
-            self.catch_up = None;
-        }
+    /// one) holds.
+    pub(crate) fn install_snapshot(
+        &mut self,
+        from: NodeId,
+        snapshot: TruncationSnapshot,
+    ) -> Option<TruncationSnapshot> {
         if snapshot.table_upto <= self.applied_upto || snapshot.table_upto < snapshot.history_start {
-            return;
+            return None;
         }
         let start = snapshot.table_upto;
         let snapshot =
             TruncationSnapshot { history_start: start, table_upto: start, requests: snapshot.requests };
         self.note_member_progress(from, start);
-        self.persist(PersistOp::InstallSnapshot(snapshot.clone()));
         self.applied_upto = start;
         self.requests = snapshot.requests.clone();
-        self.accepted = self.accepted.split_off(&start);
         self.chosen_pending = self.chosen_pending.split_off(&start);
         self.commit_marked_upto = self.commit_marked_upto.max(start);
-        self.truncation = snapshot;
-        let jumped_in_flight = match &self.role {
-            Role::Leader(leader) => leader.in_flight.first_key_value().is_some_and(|(slot, _)| *slot < start),
-            _ => false,
-        };
-        if jumped_in_flight {
-            self.step_down_superseded();
-        }
-        self.forget_applied_in_flight();
-        self.release_replies_after_apply();
-        self.maybe_catch_up();
+        self.truncation = snapshot.clone();
+        Some(snapshot)
     }
 
-    /// A follower truncates where its leader did, once it has applied that far.
-    pub(crate) fn follow_truncation(&mut self, history_start: Slot) {
-        if history_start > self.truncation.history_start && self.applied_upto >= history_start {
-            self.truncate_to(history_start);
-        }
-    }
-
-    fn truncate_to(&mut self, history_start: Slot) -> u64 {
+    /// Cuts the history below `history_start` (applied already); returns the snapshot to
+    /// write and how many history entries it removes.
+    pub(crate) fn truncate_to(&mut self, history_start: Slot) -> (TruncationSnapshot, u64) {
         assert!(history_start <= self.applied_upto, "truncating history that is not applied");
         let removed = history_start.saturating_sub(self.truncation.history_start);
         let snapshot = TruncationSnapshot {
@@ -366,264 +377,95 @@ impl Replica {
             table_upto: self.applied_upto,
             requests: self.requests.clone(),
         };
-        self.accepted = self.accepted.split_off(&history_start);
-        self.persist(PersistOp::Truncate(snapshot.clone()));
-        self.truncation = snapshot;
-        removed
+        self.truncation = snapshot.clone();
+        (snapshot, removed)
     }
 
-    /// Garbage collection: drops accepted records of applied slots (always redundant: a Promise
-    /// reports them through `applied_upto`) and, if asked, truncates the history.
-    pub fn compact(&mut self, compaction: Compaction) -> Result<CompactionReport, CompactionError> {
-        let truncate = compaction.truncate_below.filter(|slot| *slot > self.truncation.history_start);
-        if let Some(requested) = truncate {
-            if requested > self.applied_upto {
-                return Err(CompactionError::BeyondChosen { requested, applied_upto: self.applied_upto });
-            }
-            if !matches!(self.role, Role::Leader(_)) {
-                return Err(CompactionError::NotLeader { leader_hint: self.leader_hint });
-            }
-            if !compaction.force {
-                for node in self.peers().collect::<Vec<_>>() {
-                    let upto = self.member_applied_upto.get(&node).copied();
-                    if upto.is_none_or(|upto| upto < requested) {
-                        return Err(CompactionError::MemberBehind { node, applied_upto: upto, requested });
-                    }
+    /// Whether a truncation below `requested` may go ahead: applied here, and (unless forced)
+    /// applied on every one of `peers` as last heard, so none of them needs a snapshot.
+    pub(crate) fn check_truncation(
+        &self,
+        requested: Slot,
+        force: bool,
+        peers: impl IntoIterator<Item = NodeId>,
+    ) -> Result<(), CompactionError> {
+        if requested > self.applied_upto {
+            return Err(CompactionError::BeyondChosen { requested, applied_upto: self.applied_upto });
+        }
+        if !force {
+            for node in peers {
+                let upto = self.member_applied_upto.get(&node).copied();
+                if upto.is_none_or(|upto| upto < requested) {
+                    return Err(CompactionError::MemberBehind { node, applied_upto: upto, requested });
                 }
             }
         }
-        let keep = self.accepted.split_off(&self.applied_upto);
-        let accepted_records_removed = self.accepted.len() as u64;
-        self.accepted = keep;
-        if accepted_records_removed > 0 {
-            self.persist(PersistOp::DeleteAcceptedBelow(self.applied_upto));
-        }
-        let history_entries_removed = truncate.map_or(0, |slot| self.truncate_to(slot));
-        Ok(CompactionReport {
-            accepted_records_removed,
-            history_entries_removed,
-            history_start: self.truncation.history_start,
-            applied_upto: self.applied_upto,
-        })
+        Ok(())
+    }
+}
+
+fn table_op(change: TableChange) -> PersistOp {
+    match change {
+        TableChange::Insert { request_id, slot } => PersistOp::RequestInsert { request_id, slot },
+        TableChange::Remove { request_id } => PersistOp::RequestRemove { request_id },
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Compaction, CompactionError};
-    use crate::test_support::{proposal, Cluster};
-    use crate::Value;
+    use super::*;
 
-    #[test]
-    fn a_retried_request_is_chosen_once_and_answered_with_its_slot() {
-        let mut cluster = Cluster::new(3);
-        let leader = cluster.elect();
-        let client = cluster.session(leader);
-        cluster.node(leader).propose(proposal(client, 1, "once"));
-        cluster.settle();
-        cluster.node(leader).propose(proposal(client, 2, "other"));
-        cluster.node(leader).propose(proposal(client, 1, "once"));
-        cluster.settle();
-        let outcomes: Vec<_> =
-            cluster.replies.iter().map(|(_, r)| (r.request_id.seq, r.outcome.clone())).collect();
-        let mut outcomes = outcomes;
-        outcomes.sort_by_key(|(seq, outcome)| (*seq, outcome.clone().ok()));
-        assert_eq!(outcomes, vec![(1, Ok(1)), (1, Ok(1)), (2, Ok(2))]);
-        let history = &cluster.storage[&leader].history;
-        assert_eq!(history.len(), 3, "the registration and two commands");
+    fn learner() -> Learner {
+        Learner::recover(1, 0, TruncationSnapshot::default(), RequestTable::default())
+    }
+
+    fn limits() -> TableLimits {
+        crate::Config::new(1, vec![1, 2, 3]).request_table
+    }
+
+    fn command(client_id: u64, seq: u64) -> Value {
+        Value::Command { request_id: RequestId { client_id, seq }, payload: b"v".to_vec() }
+    }
+
+    fn apply_all(learner: &mut Learner) -> Vec<Applied> {
+        std::iter::from_fn(|| learner.apply_next(limits())).collect()
     }
 
     #[test]
-    fn a_duplicate_that_reaches_the_log_is_applied_as_a_noop() {
-        let mut cluster = Cluster::new(1);
-        cluster.elect();
-        let client = cluster.session(1);
-        let value = Value::Command { request_id: proposal(client, 1, "").request_id, payload: b"x".to_vec() };
-        cluster.node(1).learn_chosen(1, value.clone());
-        cluster.node(1).learn_chosen(2, value.clone());
-        cluster.node(1).apply_chosen();
-        let ready = cluster.node(1).take_ready_persisted();
-        assert_eq!(ready.chosen, vec![(1, value), (2, Value::Noop)]);
+    fn verbatim_entries_above_a_gap_are_dropped_not_kept_pending() {
+        let mut learner = learner();
+        learner.stage_verbatim(BTreeMap::from([(0, Value::Noop), (1, Value::Noop), (3, Value::Noop)]));
+        assert_eq!(apply_all(&mut learner).len(), 2);
+        assert_eq!(learner.applied_upto(), 2);
+        assert!(learner.chosen_pending().is_empty(), "{:?}", learner.chosen_pending());
     }
 
     #[test]
-    fn a_late_retry_of_an_evicted_session_is_refused_not_applied_again() {
-        let mut cluster = Cluster::new(3);
-        for replica in cluster.replicas.values_mut() {
-            replica.config.request_table.clients_max = 2;
-        }
-        let leader = cluster.elect();
-        let old = cluster.session(leader);
-        cluster.node(leader).propose(proposal(old, 1, "once"));
-        cluster.settle();
-        // Two newer sessions fill the table and evict the old one.
-        cluster.session(leader);
-        cluster.session(leader);
-        cluster.replies.clear();
-        cluster.node(leader).propose(proposal(old, 1, "once"));
-        cluster.settle();
-        let outcome = &cluster.replies[0].1.outcome;
-        assert_eq!(outcome, &Err(crate::ProposalError::SessionExpired(old)));
-        let copies = cluster.storage[&leader]
-            .history
-            .values()
-            .filter(|value| value.request_id() == Some(proposal(old, 1, "").request_id))
-            .count();
-        assert_eq!(copies, 1);
-    }
-
-    /// A leader that learns by catch-up that another ballot chose a different value at a slot
-    /// it has in flight must step down before announcing that slot: its followers would take
-    /// their accepted entry of its ballot (its own, superseded value) for the chosen one.
-    /// (Reachable through a duplicated CatchUp served after the other ballot chose.)
-    #[test]
-    fn a_leader_superseded_at_an_in_flight_slot_steps_down_before_announcing_it() {
-        let mut cluster = Cluster::new(3);
-        let leader = cluster.elect();
-        let peer = if leader == 1 { 2 } else { 1 };
-        let client = cluster.session(leader);
-        let ballot = cluster.node(leader).status().own_ballot.expect("leads");
-        cluster.down = (1..=3).filter(|id| *id != leader).collect();
-        cluster.node(leader).propose(proposal(client, 1, "mine"));
-        cluster.settle();
-        let slot = cluster.node(leader).applied_upto();
-        assert!(cluster.replies.is_empty(), "the proposal is in flight");
-        let theirs =
-            Value::Command { request_id: proposal(client, 2, "").request_id, payload: b"theirs".to_vec() };
-        let entries =
-            crate::Message::CatchUpEntries { entries: vec![(slot, theirs)], applied_upto: slot + 1 };
-        cluster.node(leader).step(crate::Envelope { from: peer, to: leader, message: entries });
-        let mut announced = Vec::new();
-        for _ in 0..5 {
-            cluster.node(leader).tick();
-            let ready = cluster.node(leader).take_ready_persisted();
-            for envelope in ready.messages {
-                match envelope.message {
-                    crate::Message::Heartbeat { ballot: b, commit_upto, .. }
-                    | crate::Message::Accept { ballot: b, commit_upto, .. }
-                        if b == ballot && commit_upto > slot =>
-                    {
-                        announced.push(commit_upto)
-                    }
-                    _ => {}
-                }
-            }
-            cluster.replies.extend(ready.replies.into_iter().map(|r| (leader, r)));
-        }
-        assert!(!cluster.node(leader).is_leader(), "a superseded leader steps down");
-        assert!(
-            announced.is_empty(),
-            "ballot {ballot} announced commit points {announced:?} over slot {slot}"
-        );
-        let answered = cluster.replies.iter().any(|(_, r)| r.request_id.seq == 1 && r.outcome.is_err());
-        assert!(answered, "the superseded proposal is answered (retryable): {:?}", cluster.replies);
-        assert_eq!(cluster.node(leader).status().superseded_leaderships, 1);
-    }
-
-    /// A catch-up request taken in the same batch as a truncation: the history read runs after
-    /// the cut is written, so the answer must be the snapshot (or an unbroken run from the slot
-    /// asked for), never entries that start above it.
-    #[test]
-    fn a_catch_up_read_that_races_a_truncation_is_answered_with_the_snapshot() {
-        let mut cluster = Cluster::new(3);
-        let leader = cluster.elect();
-        let peer = if leader == 1 { 2 } else { 1 };
-        let client = cluster.session(leader);
-        for seq in 1..=3 {
-            cluster.node(leader).propose(proposal(client, seq, "v"));
-        }
-        cluster.settle();
-        let catch_up = crate::Message::CatchUp { from_slot: 0 };
-        cluster.node(leader).step(crate::Envelope { from: peer, to: leader, message: catch_up });
-        cluster.node(leader).compact(Compaction { truncate_below: Some(2), force: true }).expect("cut");
-        let ready = cluster.node(leader).take_ready_persisted();
-        let storage = cluster.storage.get_mut(&leader).expect("member");
-        storage.apply(&ready.persist);
-        let replica = cluster.replicas.get_mut(&leader).expect("member");
-        for read in &ready.history_reads {
-            let entries =
-                storage.read_history(read.from_slot, read.upto_slot, read.entries_max, read.bytes_max);
-            replica.serve_history_read(read, entries);
-        }
-        let answers = crate::test_support::all_messages(replica.take_ready_persisted());
-        assert!(
-            answers.iter().all(|e| match &e.message {
-                crate::Message::CatchUpEntries { entries, .. } =>
-                    entries.first().is_none_or(|(slot, _)| *slot == 0),
-                _ => true,
-            }),
-            "an answer with a gap: {answers:?}"
-        );
-        assert!(
-            answers.iter().any(|e| matches!(e.message, crate::Message::CatchUpTruncated { .. })),
-            "{answers:?}"
-        );
-    }
-
-    /// History entries from a peer are verbatim (a duplicate is a no-op there), so they may not
-    /// wait above a gap as pending chosen values: a Promise would report them as raw values and
-    /// a new leader could choose the no-op as a second value for the slot.
-    #[test]
-    fn history_entries_above_a_gap_are_dropped_not_kept_as_chosen() {
-        let mut follower = crate::test_support::replica(1, &[1, 2, 3]);
-        let entries = crate::Message::CatchUpEntries { entries: vec![(1, Value::Noop)], applied_upto: 2 };
-        follower.step(crate::Envelope { from: 2, to: 1, message: entries });
-        assert!(follower.chosen_pending.is_empty(), "kept above a gap: {:?}", follower.chosen_pending);
-        let entries = crate::Message::CatchUpEntries {
-            entries: vec![(0, Value::Noop), (1, Value::Noop)],
-            applied_upto: 2,
-        };
-        follower.step(crate::Envelope { from: 2, to: 1, message: entries });
-        assert_eq!(follower.applied_upto(), 2);
+    fn a_request_chosen_twice_is_applied_once_and_answered_with_its_first_slot() {
+        let mut learner = learner();
+        learner.learn_chosen(0, Value::Register { nonce: 7 });
+        learner.learn_chosen(1, command(0, 1));
+        learner.learn_chosen(2, command(0, 1));
+        let applied = apply_all(&mut learner);
+        assert_eq!(applied.len(), 3);
+        assert_eq!(applied[1].entry, command(0, 1));
+        assert_eq!(applied[2].entry, Value::Noop);
+        assert_eq!(applied[2].chosen, command(0, 1), "the chosen value is kept for the leader's check");
+        assert_eq!(applied[2].answer, Some((RequestId { client_id: 0, seq: 1 }, Ok(1))));
+        assert!(applied[2].persist.iter().all(|op| !matches!(op, PersistOp::RequestInsert { .. })));
     }
 
     #[test]
-    fn truncation_waits_for_every_member_unless_forced() {
-        let mut cluster = Cluster::new(3);
-        let leader = cluster.elect();
-        let lagging = if leader == 3 { 2 } else { 3 };
-        cluster.down.push(lagging);
-        let client = cluster.session(leader);
-        for seq in 1..=4 {
-            cluster.node(leader).propose(proposal(client, seq, "v"));
-        }
-        cluster.settle();
-        // Heartbeat acks tell the leader how far the live follower has applied.
-        cluster.run_ticks(5);
-        let refused = cluster.node(leader).compact(Compaction { truncate_below: Some(4), force: false });
-        assert!(
-            matches!(refused, Err(CompactionError::MemberBehind { node, .. }) if node == lagging),
-            "{refused:?}"
-        );
-        let report = cluster
-            .node(leader)
-            .compact(Compaction { truncate_below: Some(4), force: true })
-            .expect("forced");
-        assert_eq!(report.history_entries_removed, 4);
-        assert_eq!(report.history_start, 4);
-        // The member that was down catches up from behind the cut by installing the snapshot:
-        // its history restarts where the snapshot's duplicate table stands (slot 5).
-        cluster.down.clear();
-        cluster.run_ticks(30);
-        let node = &cluster.replicas[&lagging];
-        assert_eq!(node.history_start(), 5);
-        assert_eq!(node.applied_upto(), 5);
-        assert!(cluster.storage[&lagging].history.is_empty());
-    }
-
-    #[test]
-    fn compaction_collects_accepted_records_of_applied_slots() {
-        let mut cluster = Cluster::new(3);
-        let leader = cluster.elect();
-        let client = cluster.session(leader);
-        for seq in 1..=3 {
-            cluster.node(leader).propose(proposal(client, seq, "v"));
-        }
-        cluster.settle();
-        let report = cluster.node(leader).compact(Compaction::default()).expect("gc");
-        assert_eq!(report.accepted_records_removed, 4);
-        assert!(cluster.storage[&leader].accepted.len() <= 4);
-        cluster.settle();
-        assert!(cluster.storage[&leader].accepted.is_empty());
+    fn a_commit_point_marks_only_votes_of_its_own_ballot_and_resets_with_the_ballot() {
+        let (old, new) = (Ballot::new(1, 2), Ballot::new(2, 3));
+        let accepted = BTreeMap::from([(0, (old, command(0, 1))), (1, (new, command(0, 2)))]);
+        let mut learner = learner();
+        learner.learn_commit(new, 2, &accepted);
+        assert_eq!(learner.chosen_pending().keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert!(learner.committed_in_ballot(new, 1));
+        assert!(!learner.committed_in_ballot(old, 1));
+        let newer = Ballot::new(3, 2);
+        learner.learn_commit(newer, 0, &accepted);
+        assert!(!learner.committed_in_ballot(newer, 1), "a new ballot starts without a commit point");
     }
 }

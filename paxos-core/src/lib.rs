@@ -10,6 +10,7 @@
 mod acceptor;
 mod config;
 mod learner;
+mod learning;
 mod message;
 mod proposer;
 mod ready;

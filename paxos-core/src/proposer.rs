@@ -33,11 +33,11 @@ impl Replica {
             }
             if now.saturating_sub(leader.last_heartbeat_tick) >= interval {
                 leader.last_heartbeat_tick = now;
-                leader.announced_commit = self.applied_upto;
+                leader.announced_commit = self.learner.applied_upto();
                 let heartbeat = Message::Heartbeat {
                     ballot: leader.ballot,
-                    commit_upto: self.applied_upto,
-                    history_start: self.truncation.history_start,
+                    commit_upto: self.learner.applied_upto(),
+                    history_start: self.learner.history_start(),
                 };
                 self.broadcast(heartbeat);
             }
@@ -47,7 +47,7 @@ impl Replica {
             return;
         }
         if let Role::Candidate(candidate) = &self.role {
-            if candidate.waiting_for_gap && self.applied_upto > candidate.from_slot {
+            if candidate.waiting_for_gap && self.learner.applied_upto() > candidate.from_slot {
                 // Catch-up filled some of the gap: ask the quorum again from there.
                 self.prepare_again();
             }
@@ -70,7 +70,7 @@ impl Replica {
         self.reset_election_timer();
         self.role = Role::Candidate(CandidateState {
             ballot,
-            from_slot: self.applied_upto,
+            from_slot: self.learner.applied_upto(),
             promises: BTreeMap::new(),
             waiting_for_gap: false,
         });
@@ -82,7 +82,7 @@ impl Replica {
     /// A Prepare at a ballot already promised is answered again, so asking twice in one ballot
     /// is safe; Promises that answered an earlier, lower `from_slot` cover more and still count.
     fn prepare_again(&mut self) {
-        let from_slot = self.applied_upto;
+        let from_slot = self.learner.applied_upto();
         let own = self.promise_data(from_slot, Vec::new());
         let Role::Candidate(candidate) = &mut self.role else {
             return;
@@ -97,7 +97,7 @@ impl Replica {
     }
 
     pub(crate) fn on_promise(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot, data: PromiseData) {
-        self.note_member_progress(from, data.applied_upto);
+        self.learner.note_member_progress(from, data.applied_upto);
         let Role::Candidate(candidate) = &mut self.role else {
             return;
         };
@@ -136,11 +136,11 @@ impl Replica {
         }
         let from_slot = candidate.from_slot;
         for (slot, value) in chosen {
-            self.learn_chosen(slot, value);
+            self.learner.learn_chosen(slot, value);
         }
         self.apply_verbatim(history);
-        if self.applied_upto < max_applied_upto {
-            if self.applied_upto > from_slot {
+        if self.learner.applied_upto() < max_applied_upto {
+            if self.learner.applied_upto() > from_slot {
                 self.prepare_again();
             } else if let Role::Candidate(candidate) = &mut self.role {
                 // No promise could give the next slot (truncated there): catch-up will.
@@ -167,7 +167,10 @@ impl Replica {
         assert_eq!(self.promised, ballot, "a leader holds its own promise");
         let mut highest: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
         for (node, data) in candidate.promises {
-            assert!(data.applied_upto <= self.applied_upto, "phase 1 left a gap below {node}'s prefix");
+            assert!(
+                data.applied_upto <= self.learner.applied_upto(),
+                "phase 1 left a gap below {node}'s prefix"
+            );
             for entry in data.accepted {
                 let replace = match highest.get(&entry.slot) {
                     Some((ballot, _)) => entry.ballot > *ballot,
@@ -178,16 +181,16 @@ impl Replica {
                 }
             }
         }
-        let mut next_slot = self.applied_upto;
+        let mut next_slot = self.learner.applied_upto();
         if let Some((slot, _)) = highest.last_key_value() {
             next_slot = next_slot.max(slot + 1);
         }
-        if let Some((slot, _)) = self.chosen_pending.last_key_value() {
+        if let Some((slot, _)) = self.learner.chosen_pending().last_key_value() {
             next_slot = next_slot.max(slot + 1);
         }
         let mut proposals = Vec::new();
-        for slot in self.applied_upto..next_slot {
-            let value = if let Some(value) = self.chosen_pending.get(&slot) {
+        for slot in self.learner.applied_upto()..next_slot {
+            let value = if let Some(value) = self.learner.chosen_pending().get(&slot) {
                 value.clone()
             } else if let Some((_, value)) = highest.remove(&slot) {
                 value
@@ -207,7 +210,7 @@ impl Replica {
             in_flight_requests: BTreeMap::new(),
             last_heartbeat_tick: now,
             last_retransmit_tick: now,
-            announced_commit: self.applied_upto,
+            announced_commit: self.learner.applied_upto(),
             last_heard_tick: self.peers().map(|peer| (peer, now)).collect(),
         };
         for (slot, value) in &proposals {
@@ -228,8 +231,8 @@ impl Replica {
         // Announce leadership at once so followers stop their election timers.
         self.broadcast(Message::Heartbeat {
             ballot,
-            commit_upto: self.applied_upto,
-            history_start: self.truncation.history_start,
+            commit_upto: self.learner.applied_upto(),
+            history_start: self.learner.history_start(),
         });
         self.check_quorums();
         self.fill_window();
@@ -304,7 +307,7 @@ impl Replica {
         let lookup = if proposal.is_register() {
             Lookup::New
         } else {
-            self.requests.lookup(request_id, self.config.request_table)
+            self.learner.requests().lookup(request_id, self.config.request_table)
         };
         match lookup {
             Lookup::AppliedAt(slot) => {
@@ -317,7 +320,7 @@ impl Replica {
             }
             // A session registered at a slot this leader has not applied yet may well exist:
             // only the log can tell, when the request's slot is applied.
-            Lookup::SessionUnknown if request_id.client_id < self.applied_upto => {
+            Lookup::SessionUnknown if request_id.client_id < self.learner.applied_upto() => {
                 let error = ProposalError::SessionExpired(request_id.client_id);
                 self.reply(origin, request_id, Err(error));
                 return;
@@ -354,7 +357,7 @@ impl Replica {
     /// Returns whether any proposal got a slot.
     fn fill_window_once(&mut self) -> bool {
         let window = self.config.slots_in_flight_max;
-        let applied_upto = self.applied_upto;
+        let applied_upto = self.learner.applied_upto();
         let now = self.tick_now;
         let Role::Leader(leader) = &mut self.role else {
             return false;
@@ -385,9 +388,9 @@ impl Replica {
 
     /// Sends every slot proposed since the last Ready, batched into Accepts per peer.
     pub(crate) fn flush_accepts(&mut self) {
-        let applied_upto = self.applied_upto;
+        let applied_upto = self.learner.applied_upto();
         let now = self.tick_now;
-        let history_start = self.truncation.history_start;
+        let history_start = self.learner.history_start();
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -436,8 +439,11 @@ impl Replica {
         }
         for entries in batches {
             for peer in peers {
-                let message =
-                    Message::Accept { ballot, entries: entries.clone(), commit_upto: self.applied_upto };
+                let message = Message::Accept {
+                    ballot,
+                    entries: entries.clone(),
+                    commit_upto: self.learner.applied_upto(),
+                };
                 self.send(*peer, message);
             }
         }
@@ -472,7 +478,7 @@ impl Replica {
     }
 
     pub(crate) fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>, applied_upto: Slot) {
-        self.note_member_progress(from, applied_upto);
+        self.learner.note_member_progress(from, applied_upto);
         let now = self.tick_now;
         let Role::Leader(leader) = &mut self.role else {
             return;
@@ -495,7 +501,7 @@ impl Replica {
             }
         }
         for (slot, value) in chosen {
-            self.learn_chosen(slot, value);
+            self.learner.learn_chosen(slot, value);
         }
         self.apply_chosen();
         self.fill_window();
@@ -520,13 +526,13 @@ impl Replica {
             }
         }
         for (slot, value) in chosen {
-            self.learn_chosen(slot, value);
+            self.learner.learn_chosen(slot, value);
         }
         self.apply_chosen();
     }
 
     pub(crate) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, applied_upto: Slot) {
-        self.note_member_progress(from, applied_upto);
+        self.learner.note_member_progress(from, applied_upto);
         let now = self.tick_now;
         if let Role::Leader(leader) = &mut self.role {
             if leader.ballot == ballot {
@@ -570,7 +576,7 @@ impl Replica {
             return;
         }
         match outcome {
-            Ok(slot) if slot >= self.applied_upto => {
+            Ok(slot) if slot >= self.learner.applied_upto() => {
                 self.replies_after_apply.entry(slot).or_default().push(request_id);
             }
             outcome => self.reply(Origin::Local, request_id, outcome),
@@ -593,7 +599,7 @@ impl Replica {
 
     /// Drops in-flight bookkeeping for slots applied through catch-up rather than votes.
     pub(crate) fn forget_applied_in_flight(&mut self) {
-        let applied_upto = self.applied_upto;
+        let applied_upto = self.learner.applied_upto();
         let Role::Leader(leader) = &mut self.role else {
             return;
         };

@@ -2,12 +2,13 @@
 //!
 //! Inputs are [`Replica::tick`], [`Replica::step`], [`Replica::propose`] and
 //! [`Replica::compact`]; the output is [`Replica::take_ready`]. The role-specific rules live in
-//! `acceptor.rs`, `proposer.rs` and `learner.rs`, as further `impl Replica` blocks.
+//! `acceptor.rs` and `proposer.rs`, as further `impl Replica` blocks; the learner's state and
+//! rules are a [`Learner`] of their own (`learner.rs`), fed by `learning.rs`.
 
 use crate::config::Config;
-use crate::message::{Envelope, Message, Proposal, ProposalError, TruncationSnapshot};
+use crate::learner::Learner;
+use crate::message::{Envelope, Message, Proposal, ProposalError};
 use crate::ready::{DurableState, PersistOp, Ready, Reply};
-use crate::requests::RequestTable;
 use crate::rng::Rng;
 use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -78,13 +79,6 @@ pub(crate) enum Role {
     Leader(Box<LeaderState>),
 }
 
-/// An outstanding catch-up request.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CatchUpState {
-    pub(crate) peer: NodeId,
-    pub(crate) sent_tick: u64,
-}
-
 /// A public view of the replica, for status reports and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
@@ -143,20 +137,9 @@ pub struct Replica {
     pub(crate) promised: Ballot,
     pub(crate) accepted: BTreeMap<Slot, (Ballot, Value)>,
 
-    // Learner state. `applied_upto`, `truncation` and `requests` are durable.
-    pub(crate) applied_upto: Slot,
-    /// Values known chosen above `applied_upto`, waiting for the gap below them to fill.
-    pub(crate) chosen_pending: BTreeMap<Slot, Value>,
-    pub(crate) truncation: TruncationSnapshot,
-    pub(crate) requests: RequestTable,
-    /// The ballot of the leader followed last, and the highest commit point it announced
-    /// (announcements of other ballots do not count, see `learn_commit`).
-    pub(crate) commit_ballot: Ballot,
-    pub(crate) commit_upto_in_ballot: Slot,
-    /// Slots below this were already checked against `commit_ballot` for commit marking.
-    pub(crate) commit_marked_upto: Slot,
-    pub(crate) catch_up: Option<CatchUpState>,
-    pub(crate) member_applied_upto: BTreeMap<NodeId, Slot>,
+    /// What this member knows of the chosen history (applied prefix, truncation, duplicate
+    /// table, commit bookkeeping, catch-up).
+    pub(crate) learner: Learner,
 
     // Counters of rare events, for status reports and the simulation.
     /// Accepts for slots already applied here, refused because their value cannot be checked.
@@ -203,17 +186,9 @@ impl Replica {
             tick_now: 0,
             promised: durable.promised,
             accepted: durable.accepted,
-            applied_upto: durable.applied_upto,
-            chosen_pending: BTreeMap::new(),
-            truncation: durable.truncation,
-            requests: durable.requests,
-            commit_ballot: Ballot::ZERO,
-            commit_upto_in_ballot: 0,
+            learner: Learner::recover(config.id, durable.applied_upto, durable.truncation, durable.requests),
             stale_accepts_refused: 0,
             superseded_leaderships: 0,
-            commit_marked_upto: durable.applied_upto,
-            catch_up: None,
-            member_applied_upto: BTreeMap::new(),
             role: Role::Follower,
             leader_hint: None,
             round_seen,
@@ -363,19 +338,19 @@ impl Replica {
             Role::Candidate(candidate) => (RoleName::Candidate, Some(candidate.ballot)),
             Role::Leader(leader) => (RoleName::Leader, Some(leader.ballot)),
         };
-        let mut member_applied_upto = self.member_applied_upto.clone();
-        member_applied_upto.insert(self.config.id, self.applied_upto);
+        let mut member_applied_upto = self.learner.member_applied_upto().clone();
+        member_applied_upto.insert(self.config.id, self.learner.applied_upto());
         Status {
             id: self.config.id,
             role,
             leader: if role == RoleName::Leader { Some(self.config.id) } else { self.leader_hint },
             promised: self.promised,
             own_ballot,
-            applied_upto: self.applied_upto,
-            history_start: self.truncation.history_start,
+            applied_upto: self.learner.applied_upto(),
+            history_start: self.learner.history_start(),
             accepted_records: self.accepted.len(),
-            request_records: self.requests.len(),
-            sessions: self.requests.sessions(),
+            request_records: self.learner.requests().len(),
+            sessions: self.learner.requests().sessions(),
             stale_accepts_refused: self.stale_accepts_refused,
             superseded_leaderships: self.superseded_leaderships,
             member_applied_upto,
@@ -395,11 +370,11 @@ impl Replica {
         };
         format!(
             "catch_up={:?} pending={:?} table_upto={} commit={}@{}{leader}",
-            self.catch_up,
-            self.chosen_pending.keys().collect::<Vec<_>>(),
-            self.truncation.table_upto,
-            self.commit_upto_in_ballot,
-            self.commit_ballot
+            self.learner.catch_up(),
+            self.learner.chosen_pending().keys().collect::<Vec<_>>(),
+            self.learner.truncation().table_upto,
+            self.learner.commit_upto_in_ballot(),
+            self.learner.commit_ballot()
         )
     }
 
@@ -408,11 +383,11 @@ impl Replica {
     }
 
     pub fn applied_upto(&self) -> Slot {
-        self.applied_upto
+        self.learner.applied_upto()
     }
 
     pub fn history_start(&self) -> Slot {
-        self.truncation.history_start
+        self.learner.history_start()
     }
 
     pub fn promised(&self) -> Ballot {
