@@ -9,6 +9,7 @@ use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -27,6 +28,14 @@ struct ClientResult {
     latencies_us: Vec<u64>,
     errors: u64,
     last_error: Option<String>,
+}
+
+impl ClientResult {
+    fn merge(&mut self, other: ClientResult) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+        self.last_error = other.last_error.or(self.last_error.take());
+    }
 }
 
 /// The leader's status (fsync and apply counters), if some endpoint answers.
@@ -60,13 +69,82 @@ fn percentile(sorted: &[u64], fraction: f64) -> u64 {
     sorted[index]
 }
 
+/// What every lane of every client shares: how many proposals are done and when to stop.
+#[derive(Debug, Clone)]
+struct RunState {
+    done: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    deadline: Instant,
+    /// `BenchOptions::count`: with it the run ends on the count, not on the deadline.
+    total: Option<u64>,
+}
+
+/// The figures a run reports, in the units it prints them in.
+#[derive(Debug)]
+struct Figures {
+    writes: usize,
+    elapsed_secs: f64,
+    writes_per_second: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    errors: u64,
+    last_error: Option<String>,
+    fsyncs_per_chosen_value: Option<f64>,
+    values_per_fsync: Option<f64>,
+}
+
 pub async fn run(options: ClientOptions, bench: BenchOptions, json_output: bool) -> anyhow::Result<()> {
     let before = leader_status(&options).await.context("no leader reachable to benchmark")?;
-    let total = bench.count;
+    let (result, elapsed) = measure(&options, &bench, json_output).await?;
+    let after = leader_status(&options).await;
+    let figures = Figures::new(result, elapsed, &before, after.as_ref());
+    if json_output {
+        print_json(&bench, &figures);
+    } else {
+        print_text(&bench, &figures);
+    }
+    Ok(())
+}
+
+/// Runs the clients until `bench.count` proposals are done or `bench.duration` has passed, with
+/// a progress bar unless the output is JSON. Returns the clients' results merged, latencies
+/// sorted, and the time the run took.
+async fn measure(
+    options: &ClientOptions,
+    bench: &BenchOptions,
+    json_output: bool,
+) -> anyhow::Result<(ClientResult, Duration)> {
+    let progress = progress_bar(bench, json_output);
+    let started = Instant::now();
+    let run_state = RunState {
+        done: Arc::new(AtomicU64::new(0)),
+        stop: Arc::new(AtomicBool::new(false)),
+        deadline: started + bench.duration,
+        total: bench.count,
+    };
+    let tasks = spawn_clients(options, bench, &run_state)?;
+    let ticker = spawn_ticker(progress.clone(), run_state.clone(), started);
+    let results = join_all(tasks).await;
+    run_state.stop.store(true, Ordering::Relaxed);
+    ticker.abort();
+    progress.finish_and_clear();
+    let elapsed = started.elapsed();
+    let mut merged = ClientResult::default();
+    for result in results {
+        merged.merge(result.context("a client task failed")?);
+    }
+    merged.latencies_us.sort_unstable();
+    Ok((merged, elapsed))
+}
+
+/// A bar counting proposals (with `--count`) or seconds; hidden when the output is JSON.
+fn progress_bar(bench: &BenchOptions, json_output: bool) -> indicatif::ProgressBar {
     let progress = if json_output {
         indicatif::ProgressBar::hidden()
     } else {
-        match total {
+        match bench.count {
             Some(count) => indicatif::ProgressBar::new(count),
             None => indicatif::ProgressBar::new(bench.duration.as_secs().max(1)),
         }
@@ -75,95 +153,87 @@ pub async fn run(options: ClientOptions, bench: BenchOptions, json_output: bool)
         indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let deadline = started + bench.duration;
+    progress
+}
+
+/// One task per client, each with its own connection.
+fn spawn_clients(
+    options: &ClientOptions,
+    bench: &BenchOptions,
+    run_state: &RunState,
+) -> anyhow::Result<Vec<JoinHandle<ClientResult>>> {
     let mut tasks = Vec::new();
     for _ in 0..bench.clients {
         let client = Client::new(options.clone())?;
-        let done = done.clone();
-        let stop = stop.clone();
         let value = vec![b'x'; bench.value_bytes];
         let window = bench.window.max(1);
-        tasks.push(tokio::spawn(async move {
-            let mut result = ClientResult::default();
-            // `window` proposals in flight on this client's connection.
-            let lanes = (0..window).map(|_| {
-                let client = client.clone();
-                let done = done.clone();
-                let stop = stop.clone();
-                let value = value.clone();
-                async move {
-                    let mut lane = ClientResult::default();
-                    loop {
-                        if stop.load(Ordering::Relaxed) || Instant::now() >= deadline && total.is_none() {
-                            break;
-                        }
-                        if let Some(total) = total {
-                            if done.fetch_add(1, Ordering::Relaxed) >= total {
-                                break;
-                            }
-                        }
-                        let begin = Instant::now();
-                        match client.propose(value.clone()).await {
-                            Ok(_) => {
-                                lane.latencies_us.push(begin.elapsed().as_micros() as u64);
-                                if total.is_none() {
-                                    done.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            Err(error) => {
-                                lane.errors += 1;
-                                lane.last_error = Some(error.to_string());
-                            }
-                        }
-                    }
-                    lane
-                }
-            });
-            for lane in join_all(lanes).await {
-                result.latencies_us.extend(lane.latencies_us);
-                result.errors += lane.errors;
-                result.last_error = lane.last_error.or(result.last_error);
-            }
-            result
-        }));
+        tasks.push(tokio::spawn(run_client(client, value, window, run_state.clone())));
     }
-    // Progress: count (or seconds) until every client finishes.
-    let ticker = {
-        let progress = progress.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let finished = done.load(Ordering::Relaxed);
-                match total {
-                    Some(total) => progress.set_position(finished.min(total)),
-                    None => {
-                        progress.set_position(started.elapsed().as_secs());
-                        progress.set_message(format!("{finished} proposals"));
-                    }
+    Ok(tasks)
+}
+
+async fn run_client(client: Client, value: Vec<u8>, window: usize, run_state: RunState) -> ClientResult {
+    let mut result = ClientResult::default();
+    // `window` proposals in flight on this client's connection.
+    let lanes = (0..window).map(|_| run_lane(client.clone(), value.clone(), run_state.clone()));
+    for lane in join_all(lanes).await {
+        result.merge(lane);
+    }
+    result
+}
+
+/// Proposes `value` one proposal after another until the run is over.
+async fn run_lane(client: Client, value: Vec<u8>, run_state: RunState) -> ClientResult {
+    let mut lane = ClientResult::default();
+    loop {
+        if run_state.stop.load(Ordering::Relaxed)
+            || Instant::now() >= run_state.deadline && run_state.total.is_none()
+        {
+            break;
+        }
+        if let Some(total) = run_state.total {
+            if run_state.done.fetch_add(1, Ordering::Relaxed) >= total {
+                break;
+            }
+        }
+        let begin = Instant::now();
+        match client.propose(value.clone()).await {
+            Ok(_) => {
+                lane.latencies_us.push(begin.elapsed().as_micros() as u64);
+                if run_state.total.is_none() {
+                    run_state.done.fetch_add(1, Ordering::Relaxed);
                 }
             }
-        })
-    };
-    let results = join_all(tasks).await;
-    stop.store(true, Ordering::Relaxed);
-    ticker.abort();
-    progress.finish_and_clear();
-    let elapsed = started.elapsed();
-    let mut latencies = Vec::new();
-    let (mut errors, mut last_error) = (0, None);
-    for result in results {
-        let result = result.context("a client task failed")?;
-        latencies.extend(result.latencies_us);
-        errors += result.errors;
-        last_error = result.last_error.or(last_error);
+            Err(error) => {
+                lane.errors += 1;
+                lane.last_error = Some(error.to_string());
+            }
+        }
     }
-    latencies.sort_unstable();
-    let after = leader_status(&options).await;
-    let (fsyncs_per_value, batch_average) = match &after {
+    lane
+}
+
+/// Updates the progress bar (proposals with `--count`, else seconds) until aborted.
+fn spawn_ticker(progress: indicatif::ProgressBar, run_state: RunState, started: Instant) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let finished = run_state.done.load(Ordering::Relaxed);
+            match run_state.total {
+                Some(total) => progress.set_position(finished.min(total)),
+                None => {
+                    progress.set_position(started.elapsed().as_secs());
+                    progress.set_message(format!("{finished} proposals"));
+                }
+            }
+        }
+    })
+}
+
+/// The leader's fsyncs per chosen value and values per fsync over the run, if the same leader
+/// answered before and after and chose values in between.
+fn fsync_figures(before: &StatusReport, after: Option<&StatusReport>) -> (Option<f64>, Option<f64>) {
+    match after {
         Some(after)
             if after.node == before.node && after.applied_since_start > before.applied_since_start =>
         {
@@ -172,53 +242,74 @@ pub async fn run(options: ClientOptions, bench: BenchOptions, json_output: bool)
             (Some(fsyncs / applied), (fsyncs > 0.0).then(|| applied / fsyncs))
         }
         _ => (None, None),
-    };
-    let writes_per_second = latencies.len() as f64 / elapsed.as_secs_f64();
-    let ms = |us: u64| us as f64 / 1000.0;
+    }
+}
+
+impl Figures {
+    /// `result.latencies_us` must be sorted.
+    fn new(
+        result: ClientResult,
+        elapsed: Duration,
+        before: &StatusReport,
+        after: Option<&StatusReport>,
+    ) -> Figures {
+        let (fsyncs_per_chosen_value, values_per_fsync) = fsync_figures(before, after);
+        let latencies = &result.latencies_us;
+        let ms = |us: u64| us as f64 / 1000.0;
+        Figures {
+            writes: latencies.len(),
+            elapsed_secs: elapsed.as_secs_f64(),
+            writes_per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+            p50_ms: ms(percentile(latencies, 0.50)),
+            p90_ms: ms(percentile(latencies, 0.90)),
+            p99_ms: ms(percentile(latencies, 0.99)),
+            max_ms: ms(latencies.last().copied().unwrap_or(0)),
+            errors: result.errors,
+            last_error: result.last_error,
+            fsyncs_per_chosen_value,
+            values_per_fsync,
+        }
+    }
+}
+
+fn print_json(bench: &BenchOptions, figures: &Figures) {
     let report = json!({
         "clients": bench.clients,
         "window": bench.window,
         "value_bytes": bench.value_bytes,
-        "seconds": elapsed.as_secs_f64(),
-        "writes": latencies.len(),
-        "writes_per_second": writes_per_second,
+        "seconds": figures.elapsed_secs,
+        "writes": figures.writes,
+        "writes_per_second": figures.writes_per_second,
         "latency_ms": {
-            "p50": ms(percentile(&latencies, 0.50)),
-            "p90": ms(percentile(&latencies, 0.90)),
-            "p99": ms(percentile(&latencies, 0.99)),
-            "max": ms(latencies.last().copied().unwrap_or(0)),
+            "p50": figures.p50_ms,
+            "p90": figures.p90_ms,
+            "p99": figures.p99_ms,
+            "max": figures.max_ms,
         },
-        "errors": errors,
-        "last_error": last_error,
-        "leader_fsyncs_per_chosen_value": fsyncs_per_value,
-        "leader_values_per_fsync": batch_average,
+        "errors": figures.errors,
+        "last_error": figures.last_error,
+        "leader_fsyncs_per_chosen_value": figures.fsyncs_per_chosen_value,
+        "leader_values_per_fsync": figures.values_per_fsync,
     });
-    if json_output {
-        println!("{report}");
-    } else {
-        println!(
-            "{} writes in {:.1} s from {} clients (window {}), {} B values",
-            latencies.len(),
-            elapsed.as_secs_f64(),
-            bench.clients,
-            bench.window,
-            bench.value_bytes
-        );
-        println!("throughput: {writes_per_second:.0} writes/s");
-        println!(
-            "latency:    p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-            ms(percentile(&latencies, 0.50)),
-            ms(percentile(&latencies, 0.90)),
-            ms(percentile(&latencies, 0.99)),
-            ms(latencies.last().copied().unwrap_or(0))
-        );
-        println!("errors:     {errors}{}", last_error.map(|e| format!(" (last: {e})")).unwrap_or_default());
-        match (fsyncs_per_value, batch_average) {
-            (Some(f), Some(b)) => {
-                println!("leader:     {f:.3} fsyncs per chosen value ({b:.1} values per fsync)")
-            }
-            _ => println!("leader:     fsync figures unavailable (the leader changed during the run)"),
+    println!("{report}");
+}
+
+fn print_text(bench: &BenchOptions, figures: &Figures) {
+    println!(
+        "{} writes in {:.1} s from {} clients (window {}), {} B values",
+        figures.writes, figures.elapsed_secs, bench.clients, bench.window, bench.value_bytes
+    );
+    println!("throughput: {:.0} writes/s", figures.writes_per_second);
+    println!(
+        "latency:    p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        figures.p50_ms, figures.p90_ms, figures.p99_ms, figures.max_ms
+    );
+    let last_error = figures.last_error.as_ref().map(|e| format!(" (last: {e})")).unwrap_or_default();
+    println!("errors:     {}{last_error}", figures.errors);
+    match (figures.fsyncs_per_chosen_value, figures.values_per_fsync) {
+        (Some(f), Some(b)) => {
+            println!("leader:     {f:.3} fsyncs per chosen value ({b:.1} values per fsync)")
         }
+        _ => println!("leader:     fsync figures unavailable (the leader changed during the run)"),
     }
-    Ok(())
 }

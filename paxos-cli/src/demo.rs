@@ -87,6 +87,13 @@ struct Demo {
 }
 
 impl Demo {
+    /// A cluster of `NODES` nodes on free ports, none started yet, with its files in `dir`.
+    fn new(dir: PathBuf) -> anyhow::Result<Demo> {
+        let ports = free_ports(NODES)?;
+        let addrs = (1..=NODES).zip(ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
+        Ok(Demo { dir, binary: node_binary()?, addrs, pids: BTreeMap::new(), children: BTreeMap::new() })
+    }
+
     fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -150,6 +157,17 @@ impl Demo {
         }
     }
 
+    /// The histories of the nodes among `ids` that answer.
+    async fn histories(&self, ids: &[u64]) -> anyhow::Result<BTreeMap<u64, History>> {
+        let mut histories = BTreeMap::new();
+        for id in ids {
+            if let Ok(page) = self.client(&[*id])?.history(0, 10_000).await {
+                histories.insert(*id, page.entries);
+            }
+        }
+        Ok(histories)
+    }
+
     fn kill9(&mut self, id: u64) -> anyhow::Result<()> {
         self.pids.remove(&id);
         if let Some(mut child) = self.children.remove(&id) {
@@ -160,7 +178,30 @@ impl Demo {
     }
 }
 
+/// Values proposed in step 2.
+const VALUES_BEFORE_KILL: usize = 5;
+/// Values proposed in step 3 while the old leader is down, after the one that times the
+/// takeover; step 4 waits until every node's history holds all of them.
+const VALUES_WHILE_DOWN: usize = 3;
+
+/// One node's history: each slot with its value, `None` for slots that open a client session.
+type History = Vec<(paxos_core::Slot, Option<Vec<u8>>)>;
+
 pub async fn run(dir: &Path) -> anyhow::Result<()> {
+    let dir = prepare_dir(dir)?;
+    let mut demo = Demo::new(dir)?;
+    let all: Vec<u64> = (1..=NODES).collect();
+    let leader = start_nodes(&mut demo, &all).await?;
+    propose_through_each_node(&demo, &all).await?;
+    kill_leader(&mut demo, &all, leader).await?;
+    let histories = restart_and_catch_up(&mut demo, &all, leader).await?;
+    print_histories(&histories, &all);
+    print_instructions(&demo)
+}
+
+/// Empties `dir` for a new cluster, unless a demo cluster still runs there, and returns its
+/// canonical path.
+fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     if let Some(state) = read_state(dir) {
         if state_pids(&state).into_iter().any(pid_alive) {
             bail!(
@@ -174,34 +215,35 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dir = dir.canonicalize()?;
-    let ports = free_ports(NODES)?;
-    let addrs = (1..=NODES).zip(ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
-    let mut demo = Demo {
-        dir: dir.clone(),
-        binary: node_binary()?,
-        addrs,
-        pids: BTreeMap::new(),
-        children: BTreeMap::new(),
-    };
-    let all: Vec<u64> = (1..=NODES).collect();
+    Ok(dir.canonicalize()?)
+}
 
-    println!("1. starting {NODES} paxos-node processes, data in {}", dir.display());
-    for id in &all {
+/// Step 1; returns the elected leader.
+async fn start_nodes(demo: &mut Demo, all: &[u64]) -> anyhow::Result<u64> {
+    println!("1. starting {NODES} paxos-node processes, data in {}", demo.dir.display());
+    for id in all {
         demo.spawn(*id)?;
         println!("   node {id} on {} (pid {})", demo.addrs[id], demo.pids[id]);
     }
-    let leader = demo.leader(&all).await?;
+    let leader = demo.leader(all).await?;
     println!("   node {leader} was elected leader");
+    Ok(leader)
+}
 
-    println!("2. proposing 5 values, each through a different node");
-    for i in 1..=5u64 {
-        let through = all[(i as usize - 1) % all.len()];
+/// Step 2: any node takes proposals (a follower forwards them to the leader).
+async fn propose_through_each_node(demo: &Demo, all: &[u64]) -> anyhow::Result<()> {
+    println!("2. proposing {VALUES_BEFORE_KILL} values, each through a different node");
+    for i in 1..=VALUES_BEFORE_KILL {
+        let through = all[(i - 1) % all.len()];
         let value = format!("hello-{i}");
         let slot = demo.client(&[through])?.propose(value.clone().into_bytes()).await?;
         println!("   {value:<10} through node {through} -> chosen at slot {slot}");
     }
+    Ok(())
+}
 
+/// Step 3: the survivors elect a new leader and go on choosing values without the old one.
+async fn kill_leader(demo: &mut Demo, all: &[u64], leader: u64) -> anyhow::Result<()> {
     println!("3. kill -9 of the leader, node {leader}");
     demo.kill9(leader)?;
     let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
@@ -213,31 +255,42 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         "   node {new_leader} took over; \"after-the-kill\" chosen at slot {slot} ({} ms after the kill)",
         started.elapsed().as_millis()
     );
-    for i in 1..=3u64 {
+    // Values the restarted node missed and must catch up on in step 4.
+    for i in 1..=VALUES_WHILE_DOWN {
         client.propose(format!("while-{leader}-is-down-{i}").into_bytes()).await?;
     }
+    Ok(())
+}
 
-    println!("4. restarting node {leader} on its data directory");
-    demo.spawn(leader)?;
+/// Step 4: restarts `id` on its data directory and returns every node's history once all agree.
+async fn restart_and_catch_up(
+    demo: &mut Demo,
+    all: &[u64],
+    id: u64,
+) -> anyhow::Result<BTreeMap<u64, History>> {
+    println!("4. restarting node {id} on its data directory");
+    demo.spawn(id)?;
+    let values_expected = VALUES_BEFORE_KILL + 1 + VALUES_WHILE_DOWN;
     let deadline = Instant::now() + Duration::from_secs(20);
-    let histories = loop {
-        let mut histories = BTreeMap::new();
-        for id in &all {
-            if let Ok(page) = demo.client(&[*id])?.history(0, 10_000).await {
-                histories.insert(*id, page.entries);
-            }
-        }
+    loop {
+        let histories = demo.histories(all).await?;
         let first = histories.values().next().cloned().unwrap_or_default();
         let values = first.iter().filter(|(_, value)| value.is_some()).count();
-        if histories.len() == all.len() && histories.values().all(|h| *h == first) && values >= 9 {
-            break histories;
+        if histories.len() == all.len()
+            && histories.values().all(|h| *h == first)
+            && values >= values_expected
+        {
+            return Ok(histories);
         }
         if Instant::now() > deadline {
-            bail!("histories did not converge within 20 s; see the logs in {}", dir.display());
+            bail!("histories did not converge within 20 s; see the logs in {}", demo.dir.display());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+}
 
+/// Step 5: the values of the first node's history, then how every node's compares to it.
+fn print_histories(histories: &BTreeMap<u64, History>, all: &[u64]) {
     println!("5. every node holds the same history (slots without a value open client sessions):");
     let reference = &histories[&all[0]];
     for (slot, value) in reference {
@@ -245,7 +298,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
             println!("   {slot}\t{}", String::from_utf8_lossy(value));
         }
     }
-    for (id, history) in &histories {
+    for (id, history) in histories {
         let values = history.iter().filter(|(_, value)| value.is_some()).count();
         println!(
             "   node {id}: {values} values in {} slots, identical: {}",
@@ -253,7 +306,10 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
             history == reference
         );
     }
+}
 
+/// How to use and stop the cluster, which keeps running after this command.
+fn print_instructions(demo: &Demo) -> anyhow::Result<()> {
     let endpoints = demo.addrs.values().cloned().collect::<Vec<_>>().join(",");
     println!();
     println!("The cluster keeps running. To use it:");
@@ -265,8 +321,8 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     println!("(paxos-cli is {})", std::env::current_exe()?.display());
     println!(
         "Node logs: {}/node-N.log. To stop it: paxos-cli demo --stop --dir {}",
-        dir.display(),
-        dir.display()
+        demo.dir.display(),
+        demo.dir.display()
     );
     Ok(())
 }
