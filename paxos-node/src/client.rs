@@ -10,21 +10,19 @@
 //! whose session was evicted gets [`ClientError::SessionExpired`] for a proposal whose outcome
 //! can no longer be told, and opens a new session for the next one.
 
-use crate::codec::FrameCodec;
+use crate::connection::{write_batches, ConnectError, Connection, FrameStream};
 use crate::wire::{
     Caller, Frame, GcError, GcReport, Hello, HistoryError, HistoryPage, ProposeError, Request, Response,
     StatusReport, PROTOCOL_VERSION,
 };
-use futures::{SinkExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use paxos_core::{Proposal, ProposalError, RequestId, Slot};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::Framed;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
@@ -94,76 +92,48 @@ enum CallError {
     Timeout,
 }
 
-/// One connection to one node.
-struct Connection {
+/// Requests queued for one connection's writer; `call` waits when it is full.
+const REQUESTS_QUEUED_MAX: usize = 4096;
+/// Requests written before one flush.
+const REQUESTS_PER_FLUSH_MAX: usize = 512;
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+/// One connection to one node, with requests pipelined over it: a writer task batches them,
+/// a reader task hands each answer to the caller waiting for its id.
+struct Pipeline {
     endpoint: String,
-    frames: mpsc::UnboundedSender<Frame>,
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>,
+    frames: mpsc::Sender<Frame>,
+    pending: Waiters,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
 }
 
-impl Connection {
-    async fn open(endpoint: &str, cluster: &str) -> Result<Connection, String> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
-            .await
-            .map_err(|_| format!("{endpoint}: connect timed out"))?
-            .map_err(|e| format!("{endpoint}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, FrameCodec::default());
+impl Pipeline {
+    async fn open(endpoint: &str, cluster: &str) -> Result<Pipeline, String> {
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: cluster.to_owned(),
             caller: Caller::Client,
         };
-        framed.send(Frame::Hello(hello)).await.map_err(|e| format!("{endpoint}: {e}"))?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, framed.next()).await {
-            Ok(Some(Ok(Frame::Welcome(_)))) => {}
-            Ok(Some(Ok(Frame::Refused(reason)))) => {
-                return Err(format!("{endpoint} refused the connection: {reason}"))
-            }
-            Ok(Some(Ok(_))) => return Err(format!("{endpoint}: unexpected answer to Hello")),
-            Ok(Some(Err(e))) => return Err(format!("{endpoint}: {e}")),
-            Ok(None) => return Err(format!("{endpoint}: closed during handshake")),
-            Err(_) => return Err(format!("{endpoint}: no answer to Hello")),
-        }
-        let (mut sink, mut stream) = framed.split();
-        let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Frame>();
-        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>> = Arc::default();
+        let (connection, _welcome) = Connection::connect(endpoint, hello, CONNECT_TIMEOUT, CONNECT_TIMEOUT)
+            .await
+            .map_err(|error| match error {
+                ConnectError::Refused(reason) => format!("{endpoint} refused the connection: {reason}"),
+                error => format!("{endpoint}: {error}"),
+            })?;
+        let (mut sink, stream) = connection.split();
+        let (frames_tx, mut frames_rx) = mpsc::channel::<Frame>(REQUESTS_QUEUED_MAX);
+        let pending: Waiters = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let writer_alive = alive.clone();
         tokio::spawn(async move {
-            while let Some(frame) = frames_rx.recv().await {
-                if sink.feed(frame).await.is_err() {
-                    break;
-                }
-                while let Ok(frame) = frames_rx.try_recv() {
-                    if sink.feed(frame).await.is_err() {
-                        break;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    break;
-                }
-            }
+            let _ =
+                write_batches(&mut sink, &mut frames_rx, REQUESTS_PER_FLUSH_MAX, |frame| (frame, None)).await;
             writer_alive.store(false, Ordering::SeqCst);
         });
-        let reader_pending = pending.clone();
-        let reader_alive = alive.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(Frame::Response { id, response })) = stream.next().await {
-                let waiter = reader_pending.lock().map(|mut p| p.remove(&id)).ok().flatten();
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(response);
-                }
-            }
-            reader_alive.store(false, Ordering::SeqCst);
-            // Dropping the waiters tells every caller the connection is gone.
-            if let Ok(mut pending) = reader_pending.lock() {
-                pending.clear();
-            }
-        });
-        Ok(Connection {
+        tokio::spawn(read_responses(stream, pending.clone(), alive.clone()));
+        Ok(Pipeline {
             endpoint: endpoint.to_owned(),
             frames: frames_tx,
             pending,
@@ -179,12 +149,16 @@ impl Connection {
             Ok(mut pending) => pending.insert(id, tx),
             Err(_) => return Err(CallError::Closed("connection state poisoned".into())),
         };
-        if !self.alive.load(Ordering::SeqCst) || self.frames.send(Frame::Request { id, request }).is_err() {
-            return Err(CallError::Closed(format!("{}: connection closed", self.endpoint)));
+        let closed = || CallError::Closed(format!("{}: connection closed", self.endpoint));
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err(closed());
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(_)) => Err(CallError::Closed(format!("{}: connection closed", self.endpoint))),
+        let answer = async {
+            self.frames.send(Frame::Request { id, request }).await.map_err(|_| closed())?;
+            rx.await.map_err(|_| closed())
+        };
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(result) => result,
             Err(_) => {
                 if let Ok(mut pending) = self.pending.lock() {
                     pending.remove(&id);
@@ -195,12 +169,27 @@ impl Connection {
     }
 }
 
+/// Hands each answer to whoever waits for its id, until the connection ends.
+async fn read_responses(mut stream: FrameStream, pending: Waiters, alive: Arc<AtomicBool>) {
+    while let Some(Ok(Frame::Response { id, response })) = stream.next().await {
+        let waiter = pending.lock().map(|mut p| p.remove(&id)).ok().flatten();
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(response);
+        }
+    }
+    alive.store(false, Ordering::SeqCst);
+    // Dropping the waiters tells every caller the connection is gone.
+    if let Ok(mut pending) = pending.lock() {
+        pending.clear();
+    }
+}
+
 struct ConnectionState {
     /// Index of the endpoint to try next.
     next_endpoint: usize,
     /// A leader address learned from a hint, tried before the endpoints.
     preferred: Option<String>,
-    current: Option<Arc<Connection>>,
+    current: Option<Arc<Pipeline>>,
 }
 
 /// A client of the cluster. Cheap to clone; clones share the connection and the request ids.
@@ -277,7 +266,7 @@ impl Client {
     }
 
     /// The live connection, or a new one to the preferred address or the next endpoint.
-    async fn connection(&self) -> Result<Arc<Connection>, String> {
+    async fn connection(&self) -> Result<Arc<Pipeline>, String> {
         let mut state = self.state.lock().await;
         if let Some(connection) = &state.current {
             if connection.alive.load(Ordering::SeqCst) {
@@ -287,7 +276,7 @@ impl Client {
         state.current = None;
         let mut errors = Vec::new();
         if let Some(preferred) = state.preferred.take() {
-            match Connection::open(&preferred, &self.options.cluster).await {
+            match Pipeline::open(&preferred, &self.options.cluster).await {
                 Ok(connection) => {
                     let connection = Arc::new(connection);
                     state.current = Some(connection.clone());
@@ -315,8 +304,8 @@ impl Client {
     }
 
     /// Opens a connection to `endpoint`, or to the leader it names when `prefer_leader`.
-    async fn open(&self, endpoint: &str) -> Result<Connection, String> {
-        let connection = Connection::open(endpoint, &self.options.cluster).await?;
+    async fn open(&self, endpoint: &str) -> Result<Pipeline, String> {
+        let connection = Pipeline::open(endpoint, &self.options.cluster).await?;
         if !self.options.prefer_leader {
             return Ok(connection);
         }
@@ -328,13 +317,13 @@ impl Client {
             _ => None,
         };
         match leader_addr {
-            Some(addr) => Ok(Connection::open(&addr, &self.options.cluster).await.unwrap_or(connection)),
+            Some(addr) => Ok(Pipeline::open(&addr, &self.options.cluster).await.unwrap_or(connection)),
             None => Ok(connection),
         }
     }
 
     /// Drops `connection` (if still current) so the next call moves to the next endpoint.
-    async fn rotate(&self, connection: &Arc<Connection>) {
+    async fn rotate(&self, connection: &Arc<Pipeline>) {
         let mut state = self.state.lock().await;
         if state.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
             state.current = None;
@@ -342,7 +331,7 @@ impl Client {
         }
     }
 
-    async fn prefer(&self, addr: String, connection: &Arc<Connection>) {
+    async fn prefer(&self, addr: String, connection: &Arc<Pipeline>) {
         if addr == connection.endpoint {
             return;
         }

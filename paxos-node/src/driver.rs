@@ -46,14 +46,17 @@ pub enum Input {
 #[derive(Debug)]
 pub struct Responder {
     pub id: u64,
-    pub frames: mpsc::UnboundedSender<Frame>,
-    pub permit: Option<OwnedSemaphorePermit>,
+    /// The connection's answer queue; the permit travels with the answer and is released
+    /// when the writer has written it.
+    pub frames: mpsc::Sender<(Frame, Option<OwnedSemaphorePermit>)>,
+    pub permit: OwnedSemaphorePermit,
 }
 
 impl Responder {
     pub fn send(self, response: Response) {
-        // The client may have gone away; its answer is simply dropped.
-        let _ = self.frames.send(Frame::Response { id: self.id, response });
+        // Never full (one place per permit); the client may have gone away, and then its
+        // answer is simply dropped.
+        let _ = self.frames.try_send((Frame::Response { id: self.id, response }, Some(self.permit)));
     }
 }
 

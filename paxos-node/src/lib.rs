@@ -1,6 +1,7 @@
 //! The paxos-node daemon as a library, and the client library that talks to it.
 //!
-//! Layers, from the bottom: [`wire`] (what travels) and [`codec`] (its bytes); [`storage`]
+//! Layers, from the bottom: [`wire`] (what travels) and [`codec`] (its bytes), and
+//! [`connection`] (handshake, framed stream, batched writer); [`storage`]
 //! (RocksDB, whose records use the codec's encoding); [`driver`] owns the replica and the
 //! storage and runs the Ready contract; [`server`] and [`peer_link`] move frames between
 //! sockets and the driver; [`node`] wires them. [`client`] is what the CLI and the tests use
@@ -31,6 +32,7 @@
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod connection;
 pub mod wire;
 
 #[cfg(feature = "daemon")]

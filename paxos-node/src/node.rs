@@ -12,6 +12,11 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::task::TaskTracker;
+
+/// How long shutdown waits for connections to close (a closing client connection takes up to
+/// a second to write the answers already queued).
+const TASKS_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Inputs queued for the driver; beyond this, peers' messages are dropped and clients are told
 /// the node is overloaded.
@@ -26,6 +31,8 @@ pub struct NodeHandle {
     inputs: SyncSender<Input>,
     shutdown: watch::Sender<bool>,
     driver_done: oneshot::Receiver<Result<(), DriverError>>,
+    /// The server (which waits for its connection tasks) and the peer links.
+    tasks: TaskTracker,
 }
 
 /// Why a node could not start.
@@ -72,6 +79,7 @@ impl NodeHandle {
             listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let tasks = TaskTracker::new();
         let mut peers = BTreeMap::new();
         for (peer_id, peer_addr) in config.members.iter().filter(|(id, _)| **id != config.id) {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
@@ -82,7 +90,7 @@ impl NodeHandle {
                 peer_addr: peer_addr.clone(),
                 cluster: config.cluster.clone(),
             };
-            tokio::spawn(peer_link::run(identity, rx, shutdown_rx.clone()));
+            tasks.spawn(peer_link::run(identity, rx, shutdown_rx.clone()));
         }
 
         let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE_MAX);
@@ -102,9 +110,10 @@ impl NodeHandle {
             members: config.members.keys().copied().collect(),
             inputs: inputs_tx.clone(),
         };
-        tokio::spawn(server::serve(listener, context, shutdown_rx));
+        tasks.spawn(server::serve(listener, context, shutdown_rx));
+        tasks.close();
         tracing::info!(node = config.id, %local_addr, members = ?config.members, "serving");
-        Ok(NodeHandle { local_addr, inputs: inputs_tx, shutdown: shutdown_tx, driver_done: done_rx })
+        Ok(NodeHandle { local_addr, inputs: inputs_tx, shutdown: shutdown_tx, driver_done: done_rx, tasks })
     }
 
     /// Waits until the driver stops: after `shutdown`, or on a fatal storage error.
@@ -114,11 +123,16 @@ impl NodeHandle {
         result
     }
 
-    /// Stops accepting work, lets the driver finish its current batch, closes connections.
+    /// Stops accepting work, lets the driver finish its current batch, closes connections and
+    /// waits (a bounded time) for every connection task and peer link to end.
     pub async fn shutdown(mut self) -> Result<(), DriverError> {
         let _ = self.shutdown.send(true);
         // The queue may be full; the driver also stops when every sender is gone.
         let _ = self.inputs.try_send(Input::Shutdown);
-        self.wait().await
+        let result = self.wait().await;
+        if tokio::time::timeout(TASKS_STOP_TIMEOUT, self.tasks.wait()).await.is_err() {
+            tracing::warn!(tasks = self.tasks.len(), "connection tasks still running at shutdown");
+        }
+        result
     }
 }

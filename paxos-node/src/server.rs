@@ -4,10 +4,11 @@
 //! must be a member other than this node. Anything malformed or unexpected closes that one
 //! connection (and is logged); the node goes on serving everyone else.
 
-use crate::codec::{CodecError, FrameCodec};
+use crate::codec::CodecError;
+use crate::connection::{write_batches, ConnectError, Connection};
 use crate::driver::{Input, Responder};
 use crate::wire::{Caller, Frame, Hello, Response, Welcome, PROTOCOL_VERSION};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use paxos_core::NodeId;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -16,13 +17,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_util::codec::Framed;
+use tokio_util::task::TaskTracker;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Client requests in flight on one connection; the reader waits when it is reached.
+/// Client requests in flight on one connection, answers not yet written included; the reader
+/// waits when it is reached.
 const CLIENT_REQUESTS_IN_FLIGHT_MAX: usize = 8192;
+/// Answers written before one flush.
+const RESPONSES_PER_FLUSH_MAX: usize = 512;
 /// Connections served at once; further ones wait in the listen backlog.
 const CONNECTIONS_MAX: usize = 1024;
+/// How long a closing client connection may take to write the answers already queued.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What every connection handler needs.
 #[derive(Debug, Clone)]
@@ -34,34 +40,38 @@ pub struct ServerContext {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ConnectionError {
+enum SessionError {
     #[error(transparent)]
     Codec(#[from] CodecError),
     #[error("handshake: {0}")]
     Handshake(String),
+    #[error("handshake: {0}")]
+    Connect(#[from] ConnectError),
     #[error("unexpected frame: {0}")]
     Unexpected(&'static str),
     #[error("node is shutting down")]
     Closed,
 }
 
-/// Accepts connections until `shutdown` turns true.
+/// Accepts connections until `shutdown` turns true, then waits for every connection task to
+/// finish (each stops on the same signal).
 pub async fn serve(listener: TcpListener, context: ServerContext, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let tasks = TaskTracker::new();
     loop {
         let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
-            _ = shutdown.changed() => return,
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         };
         match accepted {
             Ok((stream, addr)) => {
                 let context = context.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     if let Err(error) = handle(stream, addr, context, shutdown).await {
                         tracing::info!(%addr, %error, "connection closed");
                     }
@@ -75,37 +85,33 @@ pub async fn serve(listener: TcpListener, context: ServerContext, mut shutdown: 
             }
         }
     }
+    drop(listener);
+    tasks.close();
+    tasks.wait().await;
 }
 
 async fn handle(
     stream: TcpStream,
     addr: SocketAddr,
     context: ServerContext,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), ConnectionError> {
-    let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(stream, FrameCodec::default());
-    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await {
-        Err(_) => return Err(ConnectionError::Handshake("no Hello within 5 s".into())),
-        Ok(None) => return Ok(()),
-        Ok(Some(frame)) => frame?,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let accepted = tokio::select! {
+        accepted = Connection::accept(stream, HANDSHAKE_TIMEOUT) => accepted?,
+        _ = shutdown.changed() => return Ok(()),
     };
-    let Frame::Hello(hello) = hello else {
-        return Err(ConnectionError::Handshake("the first frame is not a Hello".into()));
-    };
+    let Some((mut connection, hello)) = accepted else { return Ok(()) };
     if let Err(reason) = check_hello(&hello, &context) {
-        let _ = framed.send(Frame::Refused(reason.clone())).await;
-        return Err(ConnectionError::Handshake(reason));
+        connection.refuse(reason.clone()).await;
+        return Err(SessionError::Handshake(reason));
     }
-    framed
-        .send(Frame::Welcome(Welcome { node_id: context.node_id, cluster_id: context.cluster.clone() }))
-        .await?;
+    connection.welcome(Welcome { node_id: context.node_id, cluster_id: context.cluster.clone() }).await?;
     match hello.caller {
         Caller::Node(peer) => {
             tracing::debug!(%addr, peer, "peer connected");
-            peer_session(framed, peer, &context, shutdown).await
+            peer_session(connection, peer, &context, shutdown).await
         }
-        Caller::Client => client_session(framed, &context, shutdown).await,
+        Caller::Client => client_session(connection, &context, shutdown).await,
     }
 }
 
@@ -131,46 +137,45 @@ fn check_hello(hello: &Hello, context: &ServerContext) -> Result<(), String> {
 }
 
 async fn peer_session(
-    mut framed: Framed<TcpStream, FrameCodec>,
+    mut connection: Connection,
     peer: NodeId,
     context: &ServerContext,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), ConnectionError> {
+) -> Result<(), SessionError> {
     loop {
         let frame = tokio::select! {
-            frame = framed.next() => frame,
+            frame = connection.read_frame() => frame,
             _ = shutdown.changed() => return Ok(()),
         };
         let Some(frame) = frame else { return Ok(()) };
         let Frame::Peer(message) = frame? else {
-            return Err(ConnectionError::Unexpected("peers send only protocol messages"));
+            return Err(SessionError::Unexpected("peers send only protocol messages"));
         };
         match context.inputs.try_send(Input::Peer { from: peer, message }) {
             Ok(()) => {}
             // The protocol tolerates loss; a full queue means the driver is behind.
             Err(TrySendError::Full(_)) => tracing::debug!(peer, "input queue full; peer message dropped"),
-            Err(TrySendError::Disconnected(_)) => return Err(ConnectionError::Closed),
+            Err(TrySendError::Disconnected(_)) => return Err(SessionError::Closed),
         }
     }
 }
 
+/// Reads requests and hands them to the driver; a writer task sends the answers back.
+///
+/// Each request takes one of `CLIENT_REQUESTS_IN_FLIGHT_MAX` permits, given back when its
+/// answer is written: a client that pipelines requests and never reads the answers stops being
+/// read once that many are waiting, so it cannot make the node hold more than that.
 async fn client_session(
-    framed: Framed<TcpStream, FrameCodec>,
+    connection: Connection,
     context: &ServerContext,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), ConnectionError> {
-    let (mut sink, mut stream) = framed.split();
-    let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Frame>();
-    // The writer batches whatever answers are ready into one flush.
+) -> Result<(), SessionError> {
+    let (mut sink, mut stream) = connection.split();
+    // Never full: every queued answer holds one of the permits, and there are as many
+    // permits as places in the queue.
+    let (frames_tx, mut frames_rx) = mpsc::channel(CLIENT_REQUESTS_IN_FLIGHT_MAX);
     let writer = tokio::spawn(async move {
-        while let Some(frame) = frames_rx.recv().await {
-            sink.feed(frame).await?;
-            while let Ok(frame) = frames_rx.try_recv() {
-                sink.feed(frame).await?;
-            }
-            sink.flush().await?;
-        }
-        Ok::<_, CodecError>(())
+        write_batches(&mut sink, &mut frames_rx, RESPONSES_PER_FLUSH_MAX, |answer| answer).await
     });
     let in_flight = Arc::new(Semaphore::new(CLIENT_REQUESTS_IN_FLIGHT_MAX));
     let result = loop {
@@ -184,22 +189,23 @@ async fn client_session(
             Err(error) => break Err(error.into()),
         };
         let Frame::Request { id, request } = frame else {
-            break Err(ConnectionError::Unexpected("clients send only requests"));
+            break Err(SessionError::Unexpected("clients send only requests"));
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break Ok(());
+        let permit = tokio::select! {
+            permit = in_flight.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break Ok(()) },
+            _ = shutdown.changed() => break Ok(()),
         };
-        let respond = Responder { id, frames: frames_tx.clone(), permit: Some(permit) };
+        let respond = Responder { id, frames: frames_tx.clone(), permit };
         match context.inputs.try_send(Input::Client { request, respond }) {
             Ok(()) => {}
             Err(TrySendError::Full(Input::Client { respond, .. })) => {
                 respond.send(Response::Unavailable("node overloaded: input queue full".into()))
             }
-            Err(_) => break Err(ConnectionError::Closed),
+            Err(_) => break Err(SessionError::Closed),
         }
     };
     // Let answers already queued go out before closing.
     drop(frames_tx);
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, writer).await;
     result
 }
