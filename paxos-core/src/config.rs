@@ -21,9 +21,12 @@ pub struct Config {
     pub catch_up_timeout_ticks: u64,
     /// Slots the leader may have proposed but not yet applied (the pipeline window).
     pub slots_in_flight_max: u64,
-    /// Entries in one Accept, CatchUpEntries or Promise message.
+    /// Entries in one Accept or CatchUpEntries message, and history entries in one Promise. A
+    /// Promise's accepted records and pending chosen values are not capped: the candidate needs
+    /// all of them above the applied prefix (a leader's window bounds them in practice).
     pub entries_per_message_max: usize,
-    /// Bytes of values in one Accept or CatchUpEntries message (at least one entry is always sent).
+    /// Bytes of values in one Accept or CatchUpEntries message, or in a Promise's history (at
+    /// least one entry is always sent; see [`crate::page_has_room`]).
     pub message_bytes_max: usize,
     /// Proposals the leader queues while the window is full; beyond this they are refused.
     pub proposals_queued_max: usize,
@@ -36,6 +39,10 @@ pub struct Config {
 impl Config {
     /// The default largest client value, in bytes.
     pub const VALUE_BYTES_MAX_DEFAULT: usize = 1 << 20;
+    /// The default `entries_per_message_max`.
+    pub const ENTRIES_PER_MESSAGE_MAX_DEFAULT: usize = 1024;
+    /// The default `message_bytes_max`.
+    pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 4 << 20;
 
     /// A configuration with the default limits for the given members.
     pub fn new(id: NodeId, members: Vec<NodeId>) -> Self {
@@ -47,8 +54,8 @@ impl Config {
             forward_timeout_ticks: 50,
             catch_up_timeout_ticks: 5,
             slots_in_flight_max: 4096,
-            entries_per_message_max: 1024,
-            message_bytes_max: 4 << 20,
+            entries_per_message_max: Self::ENTRIES_PER_MESSAGE_MAX_DEFAULT,
+            message_bytes_max: Self::MESSAGE_BYTES_MAX_DEFAULT,
             proposals_queued_max: 65_536,
             value_bytes_max: Self::VALUE_BYTES_MAX_DEFAULT,
             request_table: TableLimits { clients_max: 4096, seqs_per_client_max: 1024 },

@@ -25,7 +25,7 @@ mod types;
 pub use config::Config;
 pub use learner::{Compaction, CompactionError, CompactionReport};
 pub use message::{AcceptedEntry, Envelope, Message, Proposal, ProposalError, TruncationSnapshot};
-pub use ready::{DurableState, HistoryRead, PersistOp, ReadPurpose, Ready, Reply};
+pub use ready::{page_has_room, DurableState, HistoryRead, PersistOp, ReadPurpose, Ready, Reply};
 pub use replica::{Replica, RoleName, Status};
 pub use requests::{Lookup, RequestTable, TableChange, TableLimits};
 pub use rng::Rng;

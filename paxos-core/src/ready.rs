@@ -76,6 +76,20 @@ pub struct HistoryRead {
     pub bytes_max: usize,
 }
 
+/// The one rule for pages of history (catch-up, Promise history, a client's `history`):
+/// whether a value of `value_bytes` still fits a page that holds `entries` entries of `bytes`
+/// bytes. A page never passes `entries_max`, and never passes `bytes_max` unless it holds a
+/// single entry (one value is always sent, however large: values have their own limit).
+pub fn page_has_room(
+    entries: usize,
+    bytes: usize,
+    value_bytes: usize,
+    entries_max: usize,
+    bytes_max: usize,
+) -> bool {
+    entries < entries_max && (entries == 0 || bytes + value_bytes <= bytes_max)
+}
+
 /// The answer to a local proposal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {

@@ -82,8 +82,7 @@ impl MemStorage {
         let mut entries = Vec::new();
         let mut bytes = 0;
         for (slot, value) in self.history.range(from_slot..upto_slot) {
-            if entries.len() >= entries_max || (!entries.is_empty() && bytes + value.size_bytes() > bytes_max)
-            {
+            if !crate::page_has_room(entries.len(), bytes, value.size_bytes(), entries_max, bytes_max) {
                 break;
             }
             bytes += value.size_bytes();

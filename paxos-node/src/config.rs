@@ -50,8 +50,12 @@ impl NodeConfig {
         if self.election_timeout_ticks <= self.heartbeat_interval_ticks {
             return Err("the election timeout must be longer than the heartbeat interval".into());
         }
-        if self.value_bytes_max > 4 << 20 {
-            return Err("values are limited to 4 MiB (frames are 16 MiB)".into());
+        if self.value_bytes_max > crate::wire::VALUE_BYTES_LIMIT {
+            return Err(format!(
+                "values are limited to {} MiB (frames are {} MiB)",
+                crate::wire::VALUE_BYTES_LIMIT >> 20,
+                crate::codec::FRAME_BYTES_MAX >> 20
+            ));
         }
         Ok(())
     }

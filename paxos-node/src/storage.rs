@@ -62,6 +62,9 @@ pub struct Storage {
     fsyncs: u64,
     /// What the read-only check at open recovered, for the first `load`.
     preloaded: Option<DurableState>,
+    /// The promise on disk: a write that lowers it is a bug in the replica (asserted, as
+    /// `MemStorage` does).
+    promised: Ballot,
 }
 
 impl std::fmt::Debug for Storage {
@@ -134,13 +137,15 @@ impl Storage {
                 sync: WriteOptions::default(),
                 fsyncs: 0,
                 preloaded: None,
+                promised: Ballot::ZERO,
             };
             read_only.check_identity(cluster, node, false)?;
             preloaded = Some(read_only.read_state()?);
         }
         let cfs = CF_NAMES.into_iter().map(|name| ColumnFamilyDescriptor::new(name, options.clone()));
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(db_error)?;
-        let storage = Storage { db, path: path.to_owned(), sync, fsyncs: 0, preloaded };
+        let promised = preloaded.as_ref().map_or(Ballot::ZERO, |state: &DurableState| state.promised);
+        let storage = Storage { db, path: path.to_owned(), sync, fsyncs: 0, preloaded, promised };
         storage.check_identity(cluster, node, true)?;
         Ok(storage)
     }
@@ -309,6 +314,7 @@ impl Storage {
         if ops.is_empty() {
             return Ok(());
         }
+        let mut promised = self.promised;
         let mut batch = WriteBatch::default();
         let meta = self.cf(CF_META);
         let accepted = self.cf(CF_ACCEPTED);
@@ -316,7 +322,11 @@ impl Storage {
         let requests = self.cf(CF_REQUESTS);
         for op in ops {
             match op {
-                PersistOp::Promise(ballot) => batch.put_cf(meta, KEY_PROMISED, seal(ballot)?),
+                PersistOp::Promise(ballot) => {
+                    assert!(*ballot >= promised, "promise went down: {promised} -> {ballot}");
+                    promised = *ballot;
+                    batch.put_cf(meta, KEY_PROMISED, seal(ballot)?)
+                }
                 PersistOp::Accept { slot, ballot, value } => {
                     batch.put_cf(accepted, slot_key(*slot), seal(&(ballot, value))?)
                 }
@@ -357,6 +367,7 @@ impl Storage {
         } else {
             self.db.write(batch).map_err(|source| self.db_error(source))?;
         }
+        self.promised = promised;
         Ok(())
     }
 
@@ -375,13 +386,13 @@ impl Storage {
         for item in self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::From(&start, Direction::Forward)) {
             let (key, record) = item.map_err(|source| self.db_error(source))?;
             let slot = self.slot_of(CF_HISTORY, &key)?;
-            if slot >= upto_slot
-                || entries.len() >= entries_max
-                || (!entries.is_empty() && bytes >= bytes_max)
-            {
+            if slot >= upto_slot {
                 break;
             }
             let value: Value = self.unseal(CF_HISTORY, &key, &record)?;
+            if !paxos_core::page_has_room(entries.len(), bytes, value.size_bytes(), entries_max, bytes_max) {
+                break;
+            }
             bytes += value.size_bytes();
             entries.push((slot, value));
         }

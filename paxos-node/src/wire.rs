@@ -16,6 +16,33 @@ pub const HISTORY_PAGE_ENTRIES_MAX: u64 = 10_000;
 /// Most value bytes one history page carries; a page stops before exceeding it (but always
 /// holds at least one entry, which a value's own limit keeps below the frame limit).
 pub const HISTORY_PAGE_BYTES_MAX: usize = 8 << 20;
+/// The largest `--value-bytes-max` a node accepts.
+pub const VALUE_BYTES_LIMIT: usize = 4 << 20;
+
+/// Bytes an entry costs on the wire besides its value (slot, ballot, request id, lengths and
+/// tags, all varints), and a frame besides its entries: generous upper bounds.
+const ENTRY_OVERHEAD_BYTES_MAX: usize = 64;
+const FRAME_OVERHEAD_BYTES_MAX: usize = 4096;
+
+/// The largest frame a page of at most `entries_max` entries and `bytes_max` value bytes can
+/// make: a page passes `bytes_max` only with a single entry, which a value's limit bounds.
+const fn page_frame_bytes_max(entries_max: usize, bytes_max: usize) -> usize {
+    let values = if bytes_max > VALUE_BYTES_LIMIT { bytes_max } else { VALUE_BYTES_LIMIT };
+    values + entries_max * ENTRY_OVERHEAD_BYTES_MAX + FRAME_OVERHEAD_BYTES_MAX
+}
+
+// Every page fits a frame: a client's history page, and the core's Accept, CatchUpEntries
+// and Promise history at their defaults (the node does not change them).
+const _: () = assert!(
+    page_frame_bytes_max(HISTORY_PAGE_ENTRIES_MAX as usize, HISTORY_PAGE_BYTES_MAX)
+        <= crate::codec::FRAME_BYTES_MAX
+);
+const _: () = assert!(
+    page_frame_bytes_max(
+        paxos_core::Config::ENTRIES_PER_MESSAGE_MAX_DEFAULT,
+        paxos_core::Config::MESSAGE_BYTES_MAX_DEFAULT
+    ) <= crate::codec::FRAME_BYTES_MAX
+);
 
 /// Who opens a connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
