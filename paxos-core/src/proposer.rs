@@ -165,8 +165,30 @@ impl Replica {
     fn become_leader(&mut self, candidate: CandidateState) {
         let ballot = candidate.ballot;
         assert_eq!(self.promised, ballot, "a leader holds its own promise");
+        let (next_slot, proposals) = self.phase_one_values(candidate.promises);
+        let leader = self.leader_state(ballot, next_slot, &proposals);
+        self.role = Role::Leader(Box::new(leader));
+        self.leader_hint = Some(self.config.id);
+        for (slot, value) in proposals {
+            self.accept_locally(slot, ballot, value);
+        }
+        // Announce leadership at once so followers stop their election timers.
+        self.broadcast(Message::Heartbeat {
+            ballot,
+            commit_upto: self.learner.applied_upto(),
+            history_start: self.learner.history_start(),
+        });
+        self.check_quorums();
+        self.fill_window();
+        self.maybe_catch_up();
+    }
+
+    /// The value to propose at every open slot after phase 1, and the first slot after them: a
+    /// value known chosen, else the highest-ballot accepted value among the promises, else a
+    /// no-op (a gap no one voted for).
+    fn phase_one_values(&self, promises: BTreeMap<NodeId, PromiseData>) -> (Slot, Vec<(Slot, Value)>) {
         let mut highest: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
-        for (node, data) in candidate.promises {
+        for (node, data) in promises {
             assert!(
                 data.applied_upto <= self.learner.applied_upto(),
                 "phase 1 left a gap below {node}'s prefix"
@@ -199,6 +221,11 @@ impl Replica {
             };
             proposals.push((slot, value));
         }
+        (next_slot, proposals)
+    }
+
+    /// A new leader's state, with `proposals` in flight (counting its own vote) and unsent.
+    fn leader_state(&self, ballot: Ballot, next_slot: Slot, proposals: &[(Slot, Value)]) -> LeaderState {
         let now = self.tick_now;
         let mut leader = LeaderState {
             ballot,
@@ -213,7 +240,7 @@ impl Replica {
             announced_commit: self.learner.applied_upto(),
             last_heard_tick: self.peers().map(|peer| (peer, now)).collect(),
         };
-        for (slot, value) in &proposals {
+        for (slot, value) in proposals {
             leader.in_flight.insert(
                 *slot,
                 InFlight { value: value.clone(), votes: BTreeSet::from([self.config.id]), sent_tick: now },
@@ -223,20 +250,7 @@ impl Replica {
             }
             leader.unsent.push(*slot);
         }
-        self.role = Role::Leader(Box::new(leader));
-        self.leader_hint = Some(self.config.id);
-        for (slot, value) in proposals {
-            self.accept_locally(slot, ballot, value);
-        }
-        // Announce leadership at once so followers stop their election timers.
-        self.broadcast(Message::Heartbeat {
-            ballot,
-            commit_upto: self.learner.applied_upto(),
-            history_start: self.learner.history_start(),
-        });
-        self.check_quorums();
-        self.fill_window();
-        self.maybe_catch_up();
+        leader
     }
 
     pub(crate) fn on_nack(&mut self, from: NodeId, ballot: Ballot, promised: Ballot) {
