@@ -82,6 +82,7 @@ impl Replica {
                 history: data.history,
                 chosen: data.chosen,
                 applied_upto: data.applied_upto,
+                covered_upto: data.covered_upto,
             },
         );
     }
@@ -90,32 +91,58 @@ impl Replica {
     ///
     /// Slots below `applied_upto` are applied (their accepted records may be collected): their
     /// values come from `history`, which may stop short of `applied_upto`. Every accepted record
-    /// at or above `max(from_slot, applied_upto)` is reported, which is what makes the
-    /// candidate's choice of value safe.
+    /// at or above `max(from_slot, applied_upto)` is reported, a page at a time (see
+    /// `promise_page`), which is what makes the candidate's choice of value safe.
     pub(crate) fn promise_data(&self, from_slot: Slot, history: Vec<(Slot, Value)>) -> PromiseData {
         let start = from_slot.max(self.learner.applied_upto());
-        let accepted = self
-            .accepted
-            .range(start..)
-            .map(|(slot, (ballot, value))| AcceptedEntry {
-                slot: *slot,
-                ballot: *ballot,
-                value: value.clone(),
-            })
-            .collect();
+        let (accepted, chosen, covered_upto) = self.promise_page(start);
         // Only an unbroken run from `from_slot`: a read that raced a truncation may start later,
         // and verbatim entries above a gap must never pass for raw chosen values.
         let history = unbroken_run(
             from_slot,
             history.into_iter().filter(|(slot, _)| *slot < self.learner.applied_upto()),
         );
-        let chosen = self
-            .learner
-            .chosen_pending()
-            .range(start..)
-            .map(|(slot, value)| (*slot, value.clone()))
-            .collect();
-        PromiseData { accepted, history, chosen, applied_upto: self.learner.applied_upto() }
+        PromiseData { accepted, history, chosen, applied_upto: self.learner.applied_upto(), covered_upto }
+    }
+
+    /// The accepted records and pending chosen values from `start` on, within the message
+    /// limits: every one below the returned `covered_upto` (`None`: every one). A slot's
+    /// records go into a page together, and a page holds at least one slot.
+    #[allow(clippy::type_complexity)]
+    fn promise_page(&self, start: Slot) -> (Vec<AcceptedEntry>, Vec<(Slot, Value)>, Option<Slot>) {
+        let mut accepted_records = self.accepted.range(start..).peekable();
+        let mut chosen_values = self.learner.chosen_pending().range(start..).peekable();
+        let (mut accepted, mut chosen) = (Vec::new(), Vec::new());
+        let (mut slots, mut bytes) = (0, 0);
+        loop {
+            let slot = match (accepted_records.peek(), chosen_values.peek()) {
+                (None, None) => return (accepted, chosen, None),
+                (Some((a, _)), Some((c, _))) => **a.min(c),
+                (Some((a, _)), None) => **a,
+                (None, Some((c, _))) => **c,
+            };
+            let record = accepted_records.next_if(|(s, _)| **s == slot);
+            let value = chosen_values.next_if(|(s, _)| **s == slot);
+            let size =
+                record.map_or(0, |(_, (_, v))| v.size_bytes()) + value.map_or(0, |(_, v)| v.size_bytes());
+            if !crate::page_has_room(
+                slots,
+                bytes,
+                size,
+                self.config.entries_per_message_max,
+                self.config.message_bytes_max,
+            ) {
+                return (accepted, chosen, Some(slot));
+            }
+            if let Some((slot, (ballot, value))) = record {
+                accepted.push(AcceptedEntry { slot: *slot, ballot: *ballot, value: value.clone() });
+            }
+            if let Some((slot, value)) = value {
+                chosen.push((*slot, value.clone()));
+            }
+            slots += 1;
+            bytes += size;
+        }
     }
 
     /// Phase 2b. Accepts every entry if `ballot` is at least the promise.
@@ -218,6 +245,38 @@ mod tests {
         let ready = acceptor.take_ready_persisted();
         assert_eq!(ready.persist, vec![PersistOp::Promise(Ballot::new(5, 2))]);
         assert_eq!(sent(&ready, |m| matches!(m, Message::Promise { .. })).len(), 1);
+    }
+
+    /// A long run of accepted records goes out a page at a time: the Promise says where its
+    /// page stopped, and the next Prepare (from there) gets the rest.
+    #[test]
+    fn a_promise_reports_accepted_records_a_page_at_a_time() {
+        let mut acceptor = replica(1, &[1, 2, 3]);
+        acceptor.config.entries_per_message_max = 8;
+        let entries: Vec<(u64, Value)> = (0..20).map(|slot| (slot, Value::Noop)).collect();
+        let accept = Message::Accept { ballot: Ballot::new(1, 2), entries, commit_upto: 0 };
+        acceptor.step(Envelope { from: 2, to: 1, message: accept });
+        acceptor.take_ready_persisted();
+        let mut reported = Vec::new();
+        let mut from_slot = 0;
+        for _ in 0..3 {
+            let prepare = Message::Prepare { ballot: Ballot::new(2, 3), from_slot };
+            acceptor.step(Envelope { from: 3, to: 1, message: prepare });
+            let ready = acceptor.take_ready_persisted();
+            let Message::Promise { accepted, covered_upto, .. } = &ready.persisted_messages[0].message else {
+                panic!("no promise: {ready:?}");
+            };
+            assert!(accepted.len() <= 8);
+            reported.extend(accepted.iter().map(|entry| entry.slot));
+            match covered_upto {
+                Some(covered) => {
+                    assert!(accepted.iter().all(|entry| entry.slot < *covered));
+                    from_slot = *covered;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(reported, (0..20).collect::<Vec<_>>(), "every record once, in order");
     }
 
     #[test]

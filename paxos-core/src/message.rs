@@ -101,9 +101,10 @@ pub enum Message {
     /// `history` is this acceptor's applied history from `from_slot` on, verbatim (as
     /// deduplicated when applied), one unbroken run bounded by the message limits (it may stop
     /// short of `applied_upto`). `chosen` holds raw chosen values it knows above `applied_upto`,
-    /// and `accepted` every entry it accepted at slots `>= max(from_slot, applied_upto)`.
-    /// Together they let a candidate finish phase 1 with any majority, never waiting on a
-    /// member that is gone.
+    /// and `accepted` every entry it accepted at slots `>= max(from_slot, applied_upto)`, both
+    /// below `covered_upto` (`None`: all of them; `Some`: the page was full, and the candidate
+    /// asks again from there). Together they let a candidate finish phase 1 with any majority,
+    /// never waiting on a member that is gone.
     Promise {
         ballot: Ballot,
         from_slot: Slot,
@@ -111,6 +112,7 @@ pub enum Message {
         history: Vec<(Slot, Value)>,
         chosen: Vec<(Slot, Value)>,
         applied_upto: Slot,
+        covered_upto: Option<Slot>,
     },
     /// The receiver promised a higher ballot; `promised` lets the sender retry above it.
     Nack { ballot: Ballot, promised: Ballot },

@@ -73,6 +73,7 @@ impl Replica {
             from_slot: self.learner.applied_upto(),
             promises: BTreeMap::new(),
             waiting_for_gap: false,
+            earlier_pages: BTreeMap::new(),
         });
         self.prepare_again();
     }
@@ -82,7 +83,12 @@ impl Replica {
     /// A Prepare at a ballot already promised is answered again, so asking twice in one ballot
     /// is safe; Promises that answered an earlier, lower `from_slot` cover more and still count.
     fn prepare_again(&mut self) {
-        let from_slot = self.learner.applied_upto();
+        self.prepare_from(self.learner.applied_upto());
+    }
+
+    /// Asks every member for a promise (again) covering the slots from `from_slot` on: from the
+    /// applied prefix, or from where the last page of promises stopped.
+    fn prepare_from(&mut self, from_slot: Slot) {
         let own = self.promise_data(from_slot, Vec::new());
         let Role::Candidate(candidate) = &mut self.role else {
             return;
@@ -102,8 +108,12 @@ impl Replica {
             return;
         };
         // A Promise that answered a later `from_slot` (a delayed answer to a Prepare of an
-        // earlier life of this ballot, from before a crash) does not cover the slots between.
-        if candidate.ballot != ballot || from_slot > candidate.from_slot {
+        // earlier life of this ballot, from before a crash) does not cover the slots between;
+        // one whose page stopped below `from_slot` (a delayed earlier page) covers nothing new.
+        if candidate.ballot != ballot
+            || from_slot > candidate.from_slot
+            || data.covered_upto.is_some_and(|covered| covered <= candidate.from_slot)
+        {
             return;
         }
         candidate.promises.insert(from, data);
@@ -140,7 +150,8 @@ impl Replica {
         }
         self.apply_verbatim(history);
         if self.learner.applied_upto() < max_applied_upto {
-            if self.learner.applied_upto() > from_slot {
+            // Not `==`: from the applied prefix (again), or back to it from a later page.
+            if self.learner.applied_upto() != from_slot {
                 self.prepare_again();
             } else if let Role::Candidate(candidate) = &mut self.role {
                 // No promise could give the next slot (truncated there): catch-up will.
@@ -149,10 +160,49 @@ impl Replica {
             }
             return;
         }
+        if self.next_promise_page() {
+            return;
+        }
         let Role::Candidate(candidate) = std::mem::replace(&mut self.role, Role::Follower) else {
             unreachable!("checked above")
         };
         self.become_leader(candidate);
+    }
+
+    /// If some promise of the quorum stopped at a full page, keeps what the quorum's pages say
+    /// below the lowest stop and asks for the next page from there. True if it did.
+    ///
+    /// # Correctness
+    /// Below the lowest stop every promise of the quorum is complete, and an acceptor's records
+    /// of ballots below this one are frozen by its promise: so the highest-ballot value over
+    /// the pages is what one complete answer of the quorum would have given. Taking it over
+    /// more acceptors than a quorum (pages answered by different majorities) is safe too:
+    /// every accepted value of a ballot at or above the one that chose a slot is the chosen one.
+    fn next_promise_page(&mut self) -> bool {
+        let Role::Candidate(candidate) = &mut self.role else {
+            return false;
+        };
+        let Some(covered_upto) = candidate.promises.values().filter_map(|data| data.covered_upto).min()
+        else {
+            return false;
+        };
+        assert!(covered_upto > candidate.from_slot, "a page covers at least one slot");
+        for data in candidate.promises.values_mut() {
+            for entry in std::mem::take(&mut data.accepted) {
+                if entry.slot >= covered_upto {
+                    continue;
+                }
+                let keep = candidate
+                    .earlier_pages
+                    .get(&entry.slot)
+                    .is_some_and(|(ballot, _)| *ballot >= entry.ballot);
+                if !keep {
+                    candidate.earlier_pages.insert(entry.slot, (entry.ballot, entry.value));
+                }
+            }
+        }
+        self.prepare_from(covered_upto);
+        true
     }
 
     /// Phase 1 is complete: choose a value for every open slot and start phase 2.
@@ -165,7 +215,7 @@ impl Replica {
     fn become_leader(&mut self, candidate: CandidateState) {
         let ballot = candidate.ballot;
         assert_eq!(self.promised, ballot, "a leader holds its own promise");
-        let (next_slot, proposals) = self.phase_one_values(candidate.promises);
+        let (next_slot, proposals) = self.phase_one_values(candidate.promises, candidate.earlier_pages);
         let leader = self.leader_state(ballot, next_slot, &proposals);
         self.role = Role::Leader(Box::new(leader));
         self.leader_hint = Some(self.config.id);
@@ -186,8 +236,12 @@ impl Replica {
     /// The value to propose at every open slot after phase 1, and the first slot after them: a
     /// value known chosen, else the highest-ballot accepted value among the promises, else a
     /// no-op (a gap no one voted for).
-    fn phase_one_values(&self, promises: BTreeMap<NodeId, PromiseData>) -> (Slot, Vec<(Slot, Value)>) {
-        let mut highest: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
+    fn phase_one_values(
+        &self,
+        promises: BTreeMap<NodeId, PromiseData>,
+        earlier_pages: BTreeMap<Slot, (Ballot, Value)>,
+    ) -> (Slot, Vec<(Slot, Value)>) {
+        let mut highest = earlier_pages;
         for (node, data) in promises {
             assert!(
                 data.applied_upto <= self.learner.applied_upto(),
@@ -679,6 +733,7 @@ mod tests {
             ],
             chosen: vec![],
             applied_upto: 0,
+            covered_upto: None,
         };
         cluster.node(candidate).step(Envelope { from: 2, to: 1, message: promise });
         let ready = cluster.node(candidate).take_ready_persisted();

@@ -37,6 +37,9 @@ pub(crate) struct CandidateState {
     /// A quorum answered but some member has applied slots whose values no promise carried:
     /// wait for them (catch-up), then ask again from the new applied prefix.
     pub(crate) waiting_for_gap: bool,
+    /// The highest-ballot accepted value of every slot below `from_slot` that earlier pages of
+    /// this candidacy reported (phase 1 pages through a long run of accepted records).
+    pub(crate) earlier_pages: BTreeMap<Slot, (Ballot, Value)>,
 }
 
 /// The content of one Promise, kept until the candidate has a quorum.
@@ -48,6 +51,8 @@ pub(crate) struct PromiseData {
     /// Raw values known chosen above the promiser's applied prefix.
     pub(crate) chosen: Vec<(Slot, Value)>,
     pub(crate) applied_upto: Slot,
+    /// `accepted` and `chosen` cover the slots below this only (`None`: every slot).
+    pub(crate) covered_upto: Option<Slot>,
 }
 
 #[derive(Debug)]
@@ -249,8 +254,8 @@ impl Replica {
         self.observe_ballot(&message);
         match message {
             Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
-            Message::Promise { ballot, from_slot, accepted, history, chosen, applied_upto } => {
-                let data = PromiseData { accepted, history, chosen, applied_upto };
+            Message::Promise { ballot, from_slot, accepted, history, chosen, applied_upto, covered_upto } => {
+                let data = PromiseData { accepted, history, chosen, applied_upto, covered_upto };
                 self.on_promise(from, ballot, from_slot, data)
             }
             Message::Nack { ballot, promised } => self.on_nack(from, ballot, promised),

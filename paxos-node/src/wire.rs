@@ -9,7 +9,7 @@ use paxos_core::{Ballot, Message, NodeId, ProposalError, RequestId, RoleName, Sl
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Most history entries one `History` request returns (the node caps a larger `limit`).
 pub const HISTORY_PAGE_ENTRIES_MAX: u64 = 10_000;
@@ -31,18 +31,19 @@ const fn page_frame_bytes_max(entries_max: usize, bytes_max: usize) -> usize {
     values + entries_max * ENTRY_OVERHEAD_BYTES_MAX + FRAME_OVERHEAD_BYTES_MAX
 }
 
-// Every page fits a frame: a client's history page, and the core's Accept, CatchUpEntries
-// and Promise history at their defaults (the node does not change them).
+// Every page fits a frame: a client's history page, and the core's messages at their defaults
+// (the node does not change them). An Accept or CatchUpEntries is one page; a Promise is two (its
+// history, and its page of accepted records and pending chosen values, where one slot may carry
+// two values, hence the doubled value limit).
 const _: () = assert!(
     page_frame_bytes_max(HISTORY_PAGE_ENTRIES_MAX as usize, HISTORY_PAGE_BYTES_MAX)
         <= crate::codec::FRAME_BYTES_MAX
 );
-const _: () = assert!(
-    page_frame_bytes_max(
-        paxos_core::Config::ENTRIES_PER_MESSAGE_MAX_DEFAULT,
-        paxos_core::Config::MESSAGE_BYTES_MAX_DEFAULT
-    ) <= crate::codec::FRAME_BYTES_MAX
+const CORE_PAGE_FRAME_BYTES_MAX: usize = page_frame_bytes_max(
+    paxos_core::Config::ENTRIES_PER_MESSAGE_MAX_DEFAULT,
+    paxos_core::Config::MESSAGE_BYTES_MAX_DEFAULT,
 );
+const _: () = assert!(2 * CORE_PAGE_FRAME_BYTES_MAX + VALUE_BYTES_LIMIT <= crate::codec::FRAME_BYTES_MAX);
 
 /// Who opens a connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

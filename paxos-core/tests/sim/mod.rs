@@ -260,6 +260,8 @@ pub struct Stats {
     pub sessions_expired: u64,
     pub superseded_leaderships: u64,
     pub stale_accepts_refused: u64,
+    /// Promises whose page of accepted records was full (the candidate asks for the next one).
+    pub promise_pages_cut: u64,
 }
 
 impl Stats {
@@ -280,6 +282,7 @@ impl Stats {
         self.sessions_expired += other.sessions_expired;
         self.superseded_leaderships += other.superseded_leaderships;
         self.stale_accepts_refused += other.stale_accepts_refused;
+        self.promise_pages_cut += other.promise_pages_cut;
     }
 }
 
@@ -590,6 +593,9 @@ impl Simulation {
                 }
             }
             for envelope in ready.persisted_messages {
+                if matches!(envelope.message, paxos_core::Message::Promise { covered_upto: Some(_), .. }) {
+                    self.stats.promise_pages_cut += 1;
+                }
                 self.checker.on_send(&envelope)?;
                 self.network.send(envelope, self.now, &mut self.rng);
             }
