@@ -21,12 +21,11 @@ pub struct Config {
     pub catch_up_timeout_ticks: u64,
     /// Slots the leader may have proposed but not yet applied (the pipeline window).
     pub slots_in_flight_max: u64,
-    /// Entries in one Accept or CatchUpEntries message, and history entries in one Promise. A
-    /// Promise's accepted records and pending chosen values are not capped: the candidate needs
-    /// all of them above the applied prefix (a leader's window bounds them in practice).
+    /// Entries in one Accept or CatchUpEntries message; in a Promise, history entries, and
+    /// slots of accepted records and pending chosen values (phase 1 pages through the rest).
     pub entries_per_message_max: usize,
-    /// Bytes of values in one Accept or CatchUpEntries message, or in a Promise's history (at
-    /// least one entry is always sent; see [`crate::page_has_room`]).
+    /// Bytes of values in one Accept or CatchUpEntries message, or in each of a Promise's two
+    /// pages (at least one entry is always sent; see [`crate::page_has_room`]).
     pub message_bytes_max: usize,
     /// Proposals the leader queues while the window is full; beyond this they are refused.
     pub proposals_queued_max: usize,

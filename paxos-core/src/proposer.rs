@@ -84,6 +84,8 @@ impl Replica {
     /// is safe; Promises that answered an earlier, lower `from_slot` cover more and still count.
     fn prepare_again(&mut self) {
         self.prepare_from(self.learner.applied_upto());
+        // A quorum of one holds its own promise already.
+        self.maybe_become_leader();
     }
 
     /// Asks every member for a promise (again) covering the slots from `from_slot` on: from the
@@ -99,7 +101,6 @@ impl Replica {
         candidate.promises.insert(self.config.id, own);
         let ballot = candidate.ballot;
         self.broadcast(Message::Prepare { ballot, from_slot });
-        self.maybe_become_leader();
     }
 
     pub(crate) fn on_promise(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot, data: PromiseData) {
@@ -130,43 +131,48 @@ impl Replica {
     /// catch-up) before this replica leads. Promises carry those values, so any live majority
     /// lets the candidate finish: it never waits on a member that is gone.
     fn maybe_become_leader(&mut self) {
-        let Role::Candidate(candidate) = &mut self.role else {
-            return;
-        };
-        if candidate.promises.len() < self.config.quorum() || candidate.waiting_for_gap {
-            return;
-        }
-        let mut max_applied_upto = 0;
-        let mut chosen = Vec::new();
-        let mut history = BTreeMap::new();
-        for data in candidate.promises.values_mut() {
-            max_applied_upto = max_applied_upto.max(data.applied_upto);
-            chosen.append(&mut data.chosen);
-            history.extend(std::mem::take(&mut data.history));
-        }
-        let from_slot = candidate.from_slot;
-        for (slot, value) in chosen {
-            self.learner.learn_chosen(slot, value);
-        }
-        self.apply_verbatim(history);
-        if self.learner.applied_upto() < max_applied_upto {
-            // Not `==`: from the applied prefix (again), or back to it from a later page.
-            if self.learner.applied_upto() != from_slot {
-                self.prepare_again();
-            } else if let Role::Candidate(candidate) = &mut self.role {
-                // No promise could give the next slot (truncated there): catch-up will.
-                candidate.waiting_for_gap = true;
-                self.maybe_catch_up();
+        // A loop, not recursion: with a quorum of one, every page is complete at once.
+        loop {
+            let Role::Candidate(candidate) = &mut self.role else {
+                return;
+            };
+            if candidate.promises.len() < self.config.quorum() || candidate.waiting_for_gap {
+                return;
             }
+            let mut max_applied_upto = 0;
+            let mut chosen = Vec::new();
+            let mut history = BTreeMap::new();
+            for data in candidate.promises.values_mut() {
+                max_applied_upto = max_applied_upto.max(data.applied_upto);
+                chosen.append(&mut data.chosen);
+                history.extend(std::mem::take(&mut data.history));
+            }
+            let from_slot = candidate.from_slot;
+            for (slot, value) in chosen {
+                self.learner.learn_chosen(slot, value);
+            }
+            self.apply_verbatim(history);
+            if self.learner.applied_upto() < max_applied_upto {
+                // Not `==`: from the applied prefix (again), or back to it from a later page.
+                if self.learner.applied_upto() != from_slot {
+                    self.prepare_from(self.learner.applied_upto());
+                    continue;
+                } else if let Role::Candidate(candidate) = &mut self.role {
+                    // No promise could give the next slot (truncated there): catch-up will.
+                    candidate.waiting_for_gap = true;
+                    self.maybe_catch_up();
+                }
+                return;
+            }
+            if self.next_promise_page() {
+                continue;
+            }
+            let Role::Candidate(candidate) = std::mem::replace(&mut self.role, Role::Follower) else {
+                unreachable!("checked above")
+            };
+            self.become_leader(candidate);
             return;
         }
-        if self.next_promise_page() {
-            return;
-        }
-        let Role::Candidate(candidate) = std::mem::replace(&mut self.role, Role::Follower) else {
-            unreachable!("checked above")
-        };
-        self.become_leader(candidate);
     }
 
     /// If some promise of the quorum stopped at a full page, keeps what the quorum's pages say
@@ -201,6 +207,9 @@ impl Replica {
                 }
             }
         }
+        // A page answered by a quorum is progress: give the next page a full
+        // election timeout, or a long run of records can never be paged through.
+        self.reset_election_timer();
         self.prepare_from(covered_upto);
         true
     }

@@ -677,3 +677,92 @@ fn a_history_read_that_races_a_truncation_does_not_let_a_leader_repropose_a_dedu
     );
     c.assert_agreement();
 }
+
+// ----- paged phase 1 (found by a review; the swarm mix now draws tiny message limits) -----
+
+/// Runs live nodes for `ticks` ticks with every message delayed `delay` ticks (a network whose
+/// round trip is `2 * delay`, well inside the election timeout). Returns whether some live
+/// node led at the end.
+fn run_with_delay(c: &mut Cluster, ticks: u64, delay: u64) -> bool {
+    let mut in_flight: Vec<(u64, Envelope)> = Vec::new();
+    for now in 0..ticks {
+        let live: Vec<NodeId> = c.nodes.keys().copied().filter(|id| !c.dead.contains(id)).collect();
+        for id in &live {
+            c.tick(*id);
+        }
+        for queue in c.links.values_mut() {
+            in_flight.extend(queue.drain(..).map(|e| (now + delay, e)));
+        }
+        let (due, later): (Vec<_>, Vec<_>) = in_flight.into_iter().partition(|(at, _)| *at <= now);
+        in_flight = later;
+        for (_, envelope) in due {
+            c.deliver(envelope);
+            // Whatever the delivery produced waits for the next tick's drain.
+        }
+    }
+    c.nodes.iter().any(|(id, n)| !c.dead.contains(id) && n.replica.is_leader())
+}
+
+/// Liveness regression of paged phase 1. Three nodes, `entries_per_message_max = 1`.
+///
+/// 1. Node 1 leads and proposes 30 values; nodes 2 and 3 accept all of them, every Accepted
+///    reply is lost, and node 1 dies for good. Nodes 2 and 3 now hold 30 accepted records above
+///    their applied prefix.
+/// 2. Nodes 2 and 3 run with a 2-tick message delay (round trip 4 < election timeout 10).
+///
+/// Phase 1 needs 30 pages, one round trip each (~120 ticks), but a candidate's own election
+/// timer (10..20 ticks) is never reset while it pages, so every candidacy is abandoned and the
+/// next one (new ballot, `earlier_pages` empty) starts again from the first page. Before paging,
+/// one round trip sufficed. A majority was up and connected and no node ever led; now each
+/// page a quorum answers restarts the candidate's election timer.
+#[test]
+fn paged_phase_one_finishes_although_it_takes_longer_than_an_election_timeout() {
+    let sessions: Vec<(RequestId, Slot)> = (1..=3).map(|client| (rid(client, 0), client)).collect();
+    let mut c = Cluster::build(3, sessions, |config| config.entries_per_message_max = 1);
+    c.campaign(1);
+    c.deliver_everything();
+    assert!(c.is_leader(1), "schedule: node 1 should lead{}", c.histories());
+    for seq in 1..=30 {
+        c.propose(1, rid(1, seq), "v");
+    }
+    for follower in [2, 3] {
+        c.deliver_where(1, follower, is_accept);
+        c.drop_all(follower, 1);
+    }
+    c.kill(1);
+    assert_eq!(c.node(2).replica.status().accepted_records, 30);
+    let led = run_with_delay(&mut c, 3_000, 2);
+    assert!(led, "no leader in 3000 ticks with nodes 2 and 3 up and connected{}", c.histories());
+}
+
+/// Control for the test above: the same schedule with a page large enough for all 30 records
+/// elects a leader at once, and so does `entries_per_message_max = 1` with instant delivery.
+#[test]
+fn paged_phase_one_controls_one_page_and_instant_delivery() {
+    for (entries_max, delay) in [(1024, 2), (1, 0)] {
+        let sessions: Vec<(RequestId, Slot)> = (1..=3).map(|client| (rid(client, 0), client)).collect();
+        let mut c = Cluster::build(3, sessions, |config| config.entries_per_message_max = entries_max);
+        c.campaign(1);
+        c.deliver_everything();
+        for seq in 1..=30 {
+            c.propose(1, rid(1, seq), "v");
+        }
+        for follower in [2, 3] {
+            c.deliver_where(1, follower, is_accept);
+            c.drop_all(follower, 1);
+        }
+        c.kill(1);
+        if delay == 0 {
+            c.run(300); // every message delivered within the tick it was sent in
+        } else {
+            assert!(
+                run_with_delay(&mut c, 300, delay),
+                "entries {entries_max} delay {delay}{}",
+                c.histories()
+            );
+            c.run(50);
+        }
+        assert_eq!(c.applied_upto(2), 30, "{}", c.histories());
+        c.assert_agreement();
+    }
+}

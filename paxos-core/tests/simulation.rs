@@ -129,6 +129,7 @@ fn teaching_scenario_five_nodes_two_down_thousand_values() {
         faults: Faults { delay_ticks_max: 4, duplicate_per_mille: 20, ..Faults::none() },
         config_tweak: |_| {},
         small_table: None,
+        tiny_messages: None,
     };
     let stats = run_seed(1, scenario).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stats.acknowledged, 1000);
@@ -152,6 +153,7 @@ fn fault_free_cluster_chooses_everything() {
         faults: Faults::none(),
         config_tweak: |_| {},
         small_table: None,
+        tiny_messages: None,
     };
     let stats = run_seed(7, scenario).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stats.acknowledged, 150);

@@ -136,3 +136,47 @@ impl NodeHandle {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::Connection;
+    use crate::wire::{Caller, Frame, Hello, Request, PROTOCOL_VERSION};
+    use futures::{SinkExt, StreamExt};
+    use std::time::Duration;
+
+    /// When `shutdown` returns, the connection tasks are gone: a client's connection is closed
+    /// by the node, not left to a task that outlives it.
+    #[tokio::test]
+    async fn shutdown_waits_for_connection_tasks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = NodeConfig {
+            id: 1,
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            members: BTreeMap::from([(1, "127.0.0.1:0".to_owned())]),
+            data_dir: dir.path().to_owned(),
+            cluster: "c".into(),
+            tick: Duration::from_millis(10),
+            heartbeat_interval_ticks: 2,
+            election_timeout_ticks: 10,
+            value_bytes_max: 1024,
+        };
+        let node = NodeHandle::start(config).await.expect("start");
+        let hello =
+            Hello { protocol_version: PROTOCOL_VERSION, cluster_id: "c".into(), caller: Caller::Client };
+        let timeout = Duration::from_secs(2);
+        let (connection, _) = Connection::connect(&node.local_addr.to_string(), hello, timeout, timeout)
+            .await
+            .expect("connect");
+        let (mut sink, mut stream) = connection.split();
+        sink.send(Frame::Request { id: 1, request: Request::Status }).await.expect("send");
+        assert!(matches!(stream.next().await, Some(Ok(Frame::Response { id: 1, .. }))));
+        tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+            .await
+            .expect("shutdown finishes")
+            .expect("clean shutdown");
+        // The server's side of the connection is closed: the next read ends at once.
+        let next = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
+        assert!(matches!(next, Ok(None) | Ok(Some(Err(_)))), "connection still open: {next:?}");
+    }
+}

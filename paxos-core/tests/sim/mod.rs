@@ -146,6 +146,10 @@ pub struct Scenario {
     /// Session-table limits smaller than the number of clients (sessions get evicted, so
     /// `SessionExpired` and `RequestExpired` are expected answers).
     pub small_table: Option<(usize, usize)>,
+    /// Tiny message limits `(entries_per_message_max, message_bytes_max)`, so that Accepts,
+    /// catch-up and phase 1 run in many small pages (a long run of accepted records takes
+    /// many round trips to report).
+    pub tiny_messages: Option<(usize, usize)>,
 }
 
 impl Scenario {
@@ -167,6 +171,7 @@ impl Scenario {
             faults: Faults::draw(rng),
             config_tweak: small_limits,
             small_table: None,
+            tiny_messages: None,
         }
     }
 
@@ -177,7 +182,7 @@ impl Scenario {
         let clients = rng.range(1, 9) as usize;
         let small_table =
             rng.chance(1, 3).then(|| (rng.range(1, clients as u64 + 1) as usize, rng.range(2, 10) as usize));
-        Scenario {
+        let mut scenario = Scenario {
             nodes,
             down_at_start: Vec::new(),
             heal_down: true,
@@ -191,7 +196,13 @@ impl Scenario {
             faults: Faults::draw_swarm(rng, nodes),
             config_tweak: small_limits,
             small_table,
-        }
+            tiny_messages: None,
+        };
+        // Drawn last, so every other part of a seed's scenario stays what it was before.
+        scenario.tiny_messages = rng
+            .chance(1, 4)
+            .then(|| ([1, 2, 3][rng.range(0, 3) as usize], [1, 64, 256][rng.range(0, 3) as usize]));
+        scenario
     }
 }
 
@@ -367,6 +378,10 @@ impl Simulation {
     fn config(scenario: &Scenario, members: &[NodeId], id: NodeId) -> Config {
         let mut config = Config::new(id, members.to_vec());
         (scenario.config_tweak)(&mut config);
+        if let Some((entries_max, bytes_max)) = scenario.tiny_messages {
+            config.entries_per_message_max = entries_max;
+            config.message_bytes_max = bytes_max;
+        }
         // Timeouts sit above the round trip, as an operator sets them (Raft's broadcast time
         // << election timeout): the slowest healthy round trip is twice the largest delay.
         let round_trip_ticks = 2 * scenario.faults.delay_ticks_max;

@@ -1,0 +1,38 @@
+//! Paged phase 1 with a quorum of one: a lone member once recursed per page (stack overflow at ~2k pages
+//! on a 2 MiB thread). Kept apart from `regressions.rs` because a stack overflow aborts the
+//! whole test binary.
+
+use paxos_core::{Config, MemStorage, Replica, RequestId, Value};
+
+fn rid(client_id: u64, seq: u64) -> RequestId {
+    RequestId { client_id, seq }
+}
+
+/// Quorum of one: `prepare_from` -> `maybe_become_leader` -> `next_promise_page` ->
+/// `prepare_from` recurses once per page. A lone member recovered with `n` accepted records
+/// above its applied prefix (e.g. a survivor of a larger cluster restarted alone) and
+/// `entries_per_message_max = 1` recurses `n` deep.
+#[test]
+fn a_single_member_pages_through_thousands_of_recovered_records() {
+    for n in [50u64, 4096] {
+        let mut storage = MemStorage::default();
+        for slot in 0..n {
+            let value = Value::Command { request_id: rid(1, slot + 1), payload: b"v".to_vec() };
+            storage.accepted.insert(slot, (paxos_core::Ballot::new(1, 2), value));
+        }
+        storage.promised = paxos_core::Ballot::new(1, 2);
+        let mut config = Config::new(1, vec![1]);
+        config.entries_per_message_max = 1;
+        let mut replica = Replica::recover(config, storage.durable_state(), 7);
+        for _ in 0..100 {
+            replica.tick();
+            let ready = replica.take_ready();
+            replica.on_persisted(ready.number);
+            if replica.is_leader() {
+                break;
+            }
+        }
+        assert!(replica.is_leader());
+        assert_eq!(replica.applied_upto(), n);
+    }
+}
