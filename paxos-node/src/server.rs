@@ -204,8 +204,12 @@ async fn client_session(
             Err(_) => break Err(SessionError::Closed),
         }
     };
-    // Let answers already queued go out before closing.
+    // Let answers already queued go out before closing, but not forever: a client that does
+    // not read would otherwise keep the writer, its socket and its answers alive.
     drop(frames_tx);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, writer).await;
+    let mut writer = writer;
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut writer).await.is_err() {
+        writer.abort();
+    }
     result
 }
