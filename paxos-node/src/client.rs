@@ -127,10 +127,18 @@ impl Pipeline {
         let pending: Waiters = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let writer_alive = alive.clone();
+        let writer_pending = pending.clone();
         tokio::spawn(async move {
             let _ =
                 write_batches(&mut sink, &mut frames_rx, REQUESTS_PER_FLUSH_MAX, |frame| (frame, None)).await;
             writer_alive.store(false, Ordering::SeqCst);
+            // Requests that will never be written fail now rather than at their timeout.
+            if let Ok(mut pending) = writer_pending.lock() {
+                pending.clear();
+            }
+            // The pipeline was dropped (or writing failed): close our side, so that the node
+            // ends the session and frees its slot, and our reader then sees the end too.
+            let _ = futures::SinkExt::close(&mut sink).await;
         });
         tokio::spawn(read_responses(stream, pending.clone(), alive.clone()));
         Ok(Pipeline {
@@ -144,28 +152,27 @@ impl Pipeline {
 
     async fn call(&self, request: Request, timeout: Duration) -> Result<Response, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let closed = || CallError::Closed(format!("{}: connection closed", self.endpoint));
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err(closed());
+        }
         let (tx, rx) = oneshot::channel();
         match self.pending.lock() {
             Ok(mut pending) => pending.insert(id, tx),
             Err(_) => return Err(CallError::Closed("connection state poisoned".into())),
         };
-        let closed = || CallError::Closed(format!("{}: connection closed", self.endpoint));
-        if !self.alive.load(Ordering::SeqCst) {
-            return Err(closed());
-        }
         let answer = async {
             self.frames.send(Frame::Request { id, request }).await.map_err(|_| closed())?;
             rx.await.map_err(|_| closed())
         };
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(result) => result,
-            Err(_) => {
-                if let Ok(mut pending) = self.pending.lock() {
-                    pending.remove(&id);
-                }
-                Err(CallError::Timeout)
+        let result = tokio::time::timeout(timeout, answer).await.unwrap_or(Err(CallError::Timeout));
+        if result.is_err() {
+            // No answer will come for this id: do not keep waiting for it.
+            if let Ok(mut pending) = self.pending.lock() {
+                pending.remove(&id);
             }
         }
+        result
     }
 }
 
@@ -501,5 +508,40 @@ fn interpret_proposed(response: Response) -> (Attempt<Slot>, Option<String>) {
             (Attempt::Done(Err(ClientError::Protocol(format!("unexpected refusal {error}")))), None)
         }
         other => (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Welcome;
+    use futures::SinkExt;
+
+    /// A dropped client closes its connection, so the node ends the session and frees its
+    /// slot (the node's side of the test is a bare listener speaking the protocol).
+    #[tokio::test]
+    async fn a_dropped_client_closes_its_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let node = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let (mut connection, _hello) =
+                Connection::accept(stream, Duration::from_secs(2)).await.expect("hello").expect("a hello");
+            connection.welcome(Welcome { node_id: 1, cluster_id: "paxos".into() }).await.expect("welcome");
+            let (mut sink, mut stream) = connection.split();
+            let Some(Ok(Frame::Request { id, .. })) = stream.next().await else { panic!("no request") };
+            let page = HistoryPage { entries: Vec::new(), history_start: 0, applied_upto: 0 };
+            sink.send(Frame::Response { id, response: Response::History(Ok(page)) }).await.expect("answer");
+            // What the node sees next, once the client is gone.
+            tokio::time::timeout(Duration::from_secs(2), stream.next()).await
+        });
+        let client = Client::new(ClientOptions::new(vec![addr])).expect("client");
+        client.history(0, 1).await.expect("history");
+        drop(client);
+        let after_drop = node.await.expect("node task");
+        assert!(
+            matches!(after_drop, Ok(None) | Ok(Some(Err(_)))),
+            "the connection stayed open after the client was dropped: {after_drop:?}"
+        );
     }
 }

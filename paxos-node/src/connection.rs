@@ -28,11 +28,15 @@ pub enum ConnectError {
     #[error("refused: {0}")]
     Refused(String),
     #[error("no answer to Hello")]
-    HandshakeTimeout,
+    NoWelcome,
+    #[error("no Hello within the handshake timeout")]
+    NoHello,
     #[error("closed during handshake")]
     ClosedInHandshake,
-    #[error("the first frame is not a {0}")]
-    Unexpected(&'static str),
+    #[error("unexpected answer to Hello")]
+    UnexpectedAnswer,
+    #[error("the first frame is not a Hello")]
+    NotHello,
 }
 
 /// A framed TCP connection to a peer or a client.
@@ -65,10 +69,10 @@ impl Connection {
         match tokio::time::timeout(handshake_timeout, connection.framed.next()).await {
             Ok(Some(Ok(Frame::Welcome(welcome)))) => Ok((connection, welcome)),
             Ok(Some(Ok(Frame::Refused(reason)))) => Err(ConnectError::Refused(reason)),
-            Ok(Some(Ok(_))) => Err(ConnectError::Unexpected("Welcome")),
+            Ok(Some(Ok(_))) => Err(ConnectError::UnexpectedAnswer),
             Ok(Some(Err(error))) => Err(error.into()),
             Ok(None) => Err(ConnectError::ClosedInHandshake),
-            Err(_) => Err(ConnectError::HandshakeTimeout),
+            Err(_) => Err(ConnectError::NoWelcome),
         }
     }
 
@@ -81,11 +85,11 @@ impl Connection {
     ) -> Result<Option<(Connection, Hello)>, ConnectError> {
         let mut connection = Connection::new(stream);
         match tokio::time::timeout(timeout, connection.framed.next()).await {
-            Err(_) => Err(ConnectError::HandshakeTimeout),
+            Err(_) => Err(ConnectError::NoHello),
             Ok(None) => Ok(None),
             Ok(Some(Err(error))) => Err(error.into()),
             Ok(Some(Ok(Frame::Hello(hello)))) => Ok(Some((connection, hello))),
-            Ok(Some(Ok(_))) => Err(ConnectError::Unexpected("Hello")),
+            Ok(Some(Ok(_))) => Err(ConnectError::NotHello),
         }
     }
 

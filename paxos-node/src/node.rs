@@ -28,7 +28,8 @@ const PEER_QUEUE_MAX: usize = 16_384;
 #[derive(Debug)]
 pub struct NodeHandle {
     pub local_addr: SocketAddr,
-    inputs: SyncSender<Input>,
+    /// Taken by `shutdown`: the driver also stops when every sender is gone.
+    inputs: Option<SyncSender<Input>>,
     shutdown: watch::Sender<bool>,
     driver_done: oneshot::Receiver<Result<(), DriverError>>,
     /// The server (which waits for its connection tasks) and the peer links.
@@ -113,7 +114,13 @@ impl NodeHandle {
         tasks.spawn(server::serve(listener, context, shutdown_rx));
         tasks.close();
         tracing::info!(node = config.id, %local_addr, members = ?config.members, "serving");
-        Ok(NodeHandle { local_addr, inputs: inputs_tx, shutdown: shutdown_tx, driver_done: done_rx, tasks })
+        Ok(NodeHandle {
+            local_addr,
+            inputs: Some(inputs_tx),
+            shutdown: shutdown_tx,
+            driver_done: done_rx,
+            tasks,
+        })
     }
 
     /// Waits until the driver stops: after `shutdown`, or on a fatal storage error.
@@ -127,8 +134,11 @@ impl NodeHandle {
     /// waits (a bounded time) for every connection task and peer link to end.
     pub async fn shutdown(mut self) -> Result<(), DriverError> {
         let _ = self.shutdown.send(true);
-        // The queue may be full; the driver also stops when every sender is gone.
-        let _ = self.inputs.try_send(Input::Shutdown);
+        // The queue may be full; the driver also stops when every sender is gone, and the
+        // connection tasks drop theirs as they stop on the signal above: drop ours too.
+        if let Some(inputs) = self.inputs.take() {
+            let _ = inputs.try_send(Input::Shutdown);
+        }
         let result = self.wait().await;
         if tokio::time::timeout(TASKS_STOP_TIMEOUT, self.tasks.wait()).await.is_err() {
             tracing::warn!(tasks = self.tasks.len(), "connection tasks still running at shutdown");

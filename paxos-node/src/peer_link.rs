@@ -36,7 +36,13 @@ pub async fn run(
     let mut backoff = BACKOFF_MIN;
     let mut last_error = String::new();
     loop {
-        match connect(&identity).await {
+        // Dialling takes up to the connect and handshake timeouts: not a reason to hold up
+        // shutdown.
+        let connected = tokio::select! {
+            connected = connect(&identity) => connected,
+            _ = shutdown.changed() => return,
+        };
+        match connected {
             Ok(connection) => {
                 tracing::debug!(peer = identity.peer_id, addr = %identity.peer_addr, "link up");
                 backoff = BACKOFF_MIN;

@@ -164,7 +164,8 @@ async fn peer_session(
 ///
 /// Each request takes one of `CLIENT_REQUESTS_IN_FLIGHT_MAX` permits, given back when its
 /// answer is written: a client that pipelines requests and never reads the answers stops being
-/// read once that many are waiting, so it cannot make the node hold more than that.
+/// read once that many are waiting. The bound counts answers, not bytes: a history page can
+/// be megabytes, so this alone does not bound the memory such a client holds.
 async fn client_session(
     connection: Connection,
     context: &ServerContext,
@@ -174,7 +175,7 @@ async fn client_session(
     // Never full: every queued answer holds one of the permits, and there are as many
     // permits as places in the queue.
     let (frames_tx, mut frames_rx) = mpsc::channel(CLIENT_REQUESTS_IN_FLIGHT_MAX);
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         write_batches(&mut sink, &mut frames_rx, RESPONSES_PER_FLUSH_MAX, |answer| answer).await
     });
     let in_flight = Arc::new(Semaphore::new(CLIENT_REQUESTS_IN_FLIGHT_MAX));
@@ -182,6 +183,11 @@ async fn client_session(
         let frame = tokio::select! {
             frame = stream.next() => frame,
             _ = shutdown.changed() => break Ok(()),
+            // Answers can no longer be written: stop reading requests that would go unanswered.
+            written = &mut writer => break match written {
+                Ok(Err(error)) => Err(error.into()),
+                _ => Err(SessionError::Closed),
+            },
         };
         let Some(frame) = frame else { break Ok(()) };
         let frame = match frame {
@@ -207,9 +213,10 @@ async fn client_session(
     // Let answers already queued go out before closing, but not forever: a client that does
     // not read would otherwise keep the writer, its socket and its answers alive.
     drop(frames_tx);
-    let mut writer = writer;
-    if tokio::time::timeout(DRAIN_TIMEOUT, &mut writer).await.is_err() {
+    if !writer.is_finished() && tokio::time::timeout(DRAIN_TIMEOUT, &mut writer).await.is_err() {
         writer.abort();
+        // Returns at once: the socket is closed when this returns.
+        let _ = writer.await;
     }
     result
 }
