@@ -41,6 +41,7 @@ pub fn status_json(status: &StatusReport) -> Value {
         "accepted_records": status.accepted_records,
         "sessions": status.sessions,
         "stale_accepts_refused": status.stale_accepts_refused,
+        "rejected_messages": status.rejected_messages,
         "superseded_leaderships": status.superseded_leaderships,
         "members": status.members.iter().map(|m| json!({
             "id": m.id, "addr": m.addr, "applied_upto": m.applied_upto,
@@ -55,7 +56,7 @@ pub fn status_json(status: &StatusReport) -> Value {
 pub fn status_text(status: &StatusReport) -> String {
     let leader = status.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
     let mut out = format!(
-        "node {} ({}) of cluster {:?}\nleader: {leader}\nballot: {}.{}\napplied up to: {} (history starts at {})\naccepted records: {}\nclient sessions: {}\nstale accepts refused: {}, leaderships superseded: {}\nmembers:\n",
+        "node {} ({}) of cluster {:?}\nleader: {leader}\nballot: {}.{}\napplied up to: {} (history starts at {})\naccepted records: {}\nclient sessions: {}\nstale accepts refused: {}, leaderships superseded: {}, peer messages rejected: {}\nmembers:\n",
         status.node,
         status.role,
         status.cluster_id,
@@ -67,6 +68,7 @@ pub fn status_text(status: &StatusReport) -> String {
         status.sessions,
         status.stale_accepts_refused,
         status.superseded_leaderships,
+        status.rejected_messages,
     );
     for member in &status.members {
         let upto = member.applied_upto.map(|u| u.to_string()).unwrap_or_else(|| "?".into());

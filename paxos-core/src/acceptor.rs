@@ -279,6 +279,40 @@ mod tests {
         assert_eq!(reported, (0..20).collect::<Vec<_>>(), "every record once, in order");
     }
 
+    /// A ballot at the top of the range (a hostile peer's) is dropped and counted: believing it
+    /// would leave no higher ballot for anyone, and the next election would overflow.
+    #[test]
+    fn a_ballot_above_the_round_limit_is_rejected_and_elections_go_on() {
+        let mut acceptor = replica(1, &[1, 2, 3]);
+        acceptor.step(prepare(Ballot::new(u64::MAX, 2)));
+        let nack =
+            Message::Nack { ballot: Ballot::new(1, 1), promised: Ballot::new(Ballot::ROUND_MAX + 1, 3) };
+        acceptor.step(Envelope { from: 3, to: 1, message: nack });
+        let ready = acceptor.take_ready_persisted();
+        assert!(ready.persist.is_empty() && ready.persisted_messages.is_empty(), "{ready:?}");
+        assert_eq!(acceptor.status().rejected_messages, 2);
+        assert_eq!(acceptor.promised(), Ballot::ZERO);
+        for _ in 0..50 {
+            acceptor.tick();
+            acceptor.take_ready_persisted();
+        }
+        assert!(acceptor.promised().round >= 1 && acceptor.promised().round <= 5, "{}", acceptor.promised());
+    }
+
+    /// A promise written at the very top of the range (before the limit existed) leaves no
+    /// higher ballot: the replica stops campaigning instead of overflowing.
+    #[test]
+    fn a_promise_at_the_top_of_the_range_does_not_overflow() {
+        let storage = crate::MemStorage { promised: Ballot::new(u64::MAX, 2), ..Default::default() };
+        let mut acceptor =
+            crate::Replica::recover(crate::Config::new(1, vec![1, 2, 3]), storage.durable_state(), 1);
+        for _ in 0..100 {
+            acceptor.tick();
+            acceptor.take_ready_persisted();
+        }
+        assert_eq!(acceptor.promised(), Ballot::new(u64::MAX, 2));
+    }
+
     #[test]
     fn lower_ballots_are_refused_with_the_promise() {
         let mut acceptor = replica(1, &[1, 2, 3]);

@@ -148,6 +148,27 @@ impl Message {
     /// statement about its disk, and the leader counts its own vote only when it processes
     /// replies, which the driver does after the write. This lets the leader's fsync overlap its
     /// followers'.
+    /// Whether every ballot in the message has a round of at most [`Ballot::ROUND_MAX`].
+    pub fn ballots_in_range(&self) -> bool {
+        let in_range = |ballot: &Ballot| ballot.round <= Ballot::ROUND_MAX;
+        match self {
+            Message::Prepare { ballot, .. }
+            | Message::Accept { ballot, .. }
+            | Message::Accepted { ballot, .. }
+            | Message::Heartbeat { ballot, .. }
+            | Message::HeartbeatAck { ballot, .. } => in_range(ballot),
+            Message::Promise { ballot, accepted, .. } => {
+                in_range(ballot) && accepted.iter().all(|entry| in_range(&entry.ballot))
+            }
+            Message::Nack { ballot, promised } => in_range(ballot) && in_range(promised),
+            Message::CatchUp { .. }
+            | Message::CatchUpEntries { .. }
+            | Message::CatchUpTruncated { .. }
+            | Message::Forward { .. }
+            | Message::ForwardReply { .. } => true,
+        }
+    }
+
     pub fn speaks_for_disk(&self) -> bool {
         matches!(self, Message::Promise { .. } | Message::Accepted { .. })
     }

@@ -60,9 +60,14 @@ impl Replica {
 
     /// Starts phase 1 with a ballot above every ballot seen.
     pub(crate) fn become_candidate(&mut self) {
+        // Rounds from the network stop at `Ballot::ROUND_MAX`; only a promise written before
+        // that check existed can sit at the very top, and then no higher ballot exists.
+        let Some(round) = self.round_seen.max(self.promised.round).checked_add(1) else {
+            self.reset_election_timer();
+            return;
+        };
         self.fail_leader_work(None);
         self.fail_forwarded(None);
-        let round = self.round_seen.max(self.promised.round) + 1;
         let ballot = Ballot::new(round, self.config.id);
         self.round_seen = round;
         self.raise_promise(ballot);

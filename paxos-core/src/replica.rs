@@ -103,6 +103,8 @@ pub struct Status {
     pub stale_accepts_refused: u64,
     /// Leaderships given up because another ballot chose at a slot this leader had in flight.
     pub superseded_leaderships: u64,
+    /// Messages dropped for breaking a rule no honest peer breaks.
+    pub rejected_messages: u64,
     /// How far each member has applied, as this replica last heard.
     pub member_applied_upto: BTreeMap<NodeId, Slot>,
 }
@@ -151,6 +153,9 @@ pub struct Replica {
     pub(crate) stale_accepts_refused: u64,
     /// Leaderships given up because another ballot chose at a slot this leader had in flight.
     pub(crate) superseded_leaderships: u64,
+    /// Messages dropped because they break a rule no honest peer breaks (a ballot above
+    /// `Ballot::ROUND_MAX`).
+    pub(crate) rejected_messages: u64,
 
     // Proposer state.
     pub(crate) role: Role,
@@ -194,6 +199,7 @@ impl Replica {
             learner: Learner::recover(config.id, durable.applied_upto, durable.truncation, durable.requests),
             stale_accepts_refused: 0,
             superseded_leaderships: 0,
+            rejected_messages: 0,
             role: Role::Follower,
             leader_hint: None,
             round_seen,
@@ -239,6 +245,10 @@ impl Replica {
     pub fn step(&mut self, envelope: Envelope) {
         let Envelope { from, to, message } = envelope;
         if to != self.config.id || from == self.config.id || !self.config.members.contains(&from) {
+            return;
+        }
+        if !message.ballots_in_range() {
+            self.rejected_messages += 1;
             return;
         }
         // Only a ballot's owner may prepare, accept or heartbeat in it; anything else is a
@@ -358,6 +368,7 @@ impl Replica {
             sessions: self.learner.requests().sessions(),
             stale_accepts_refused: self.stale_accepts_refused,
             superseded_leaderships: self.superseded_leaderships,
+            rejected_messages: self.rejected_messages,
             member_applied_upto,
         }
     }

@@ -23,6 +23,12 @@ impl Ballot {
     /// The ballot every acceptor starts promised to; no proposer ever uses it.
     pub const ZERO: Ballot = Ballot { round: 0, node: 0 };
 
+    /// The highest round a replica takes from the network. Honest rounds grow by one per
+    /// election and never come near it; a ballot above it is a confused or hostile peer's, and
+    /// believing it would leave no room for any later ballot (a candidate must go above every
+    /// round it has seen).
+    pub const ROUND_MAX: u64 = u64::MAX / 2;
+
     pub fn new(round: u64, node: NodeId) -> Self {
         Ballot { round, node }
     }

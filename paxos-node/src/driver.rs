@@ -65,6 +65,10 @@ impl Responder {
 pub enum DriverError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// An invariant broke (an assertion): the node stops rather than go on with a state it
+    /// cannot trust.
+    #[error("the driver thread panicked (an invariant broke; see the log above)")]
+    Panicked,
 }
 
 pub struct Driver {
@@ -274,6 +278,7 @@ impl Driver {
             accepted_records: status.accepted_records as u64,
             sessions: status.sessions as u64,
             stale_accepts_refused: status.stale_accepts_refused,
+            rejected_messages: status.rejected_messages,
             superseded_leaderships: status.superseded_leaderships,
             members,
             fsyncs: self.storage.fsyncs(),

@@ -113,7 +113,8 @@ async fn main() -> anyhow::Result<()> {
             node.shutdown().await.context("paxos-node stopped with an error")?;
         }
         result = node.wait() => {
-            // The driver stops on its own only on a fatal storage error.
+            // The driver stops on its own only on a fatal storage error or a broken invariant
+            // (a panic): either way the process exits non-zero.
             result.context("paxos-node stopped")?;
         }
     }

@@ -125,7 +125,8 @@ impl NodeHandle {
 
     /// Waits until the driver stops: after `shutdown`, or on a fatal storage error.
     pub async fn wait(&mut self) -> Result<(), DriverError> {
-        let result = (&mut self.driver_done).await.unwrap_or(Ok(()));
+        // The driver thread reports how it stopped; a thread that panicked never does.
+        let result = (&mut self.driver_done).await.unwrap_or(Err(DriverError::Panicked));
         let _ = self.shutdown.send(true);
         result
     }

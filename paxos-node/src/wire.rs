@@ -179,6 +179,9 @@ pub struct StatusReport {
     /// Accepts refused for slots this node had already applied (a stale leader's: its value
     /// cannot be checked against the history, so no vote is given).
     pub stale_accepts_refused: u64,
+    /// Peer messages dropped for breaking a rule no honest peer breaks (e.g. a ballot above
+    /// `Ballot::ROUND_MAX`).
+    pub rejected_messages: u64,
     /// Times this node gave up leading because another ballot chose a different value at a
     /// slot it had in flight.
     pub superseded_leaderships: u64,
