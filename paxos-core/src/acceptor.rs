@@ -169,6 +169,17 @@ impl Replica {
                 self.stale_accepts_refused += 1;
                 continue;
             }
+            if self
+                .accepted
+                .get(&slot)
+                .is_some_and(|(existing, existing_value)| *existing == ballot && *existing_value != value)
+            {
+                // One ballot proposes one value per slot: a second one is a confused or hostile
+                // peer's. No vote for it (and no crash: `accept_locally` asserts this for our
+                // own proposals).
+                self.rejected_messages += 1;
+                continue;
+            }
             slots.push(slot);
             self.accept_locally(slot, ballot, value);
         }

@@ -24,7 +24,7 @@ mod types;
 
 pub use config::Config;
 pub use learner::{Compaction, CompactionError, CompactionReport};
-pub use message::{AcceptedEntry, Envelope, Message, Proposal, ProposalError, TruncationSnapshot};
+pub use message::{AcceptedEntry, Envelope, Message, Proposal, ProposalError, TruncationSnapshot, SLOT_MAX};
 pub use ready::{page_has_room, DurableState, HistoryRead, PersistOp, ReadPurpose, Ready, Reply};
 pub use replica::{Replica, RoleName, Status};
 pub use requests::{Lookup, RequestTable, TableChange, TableLimits};

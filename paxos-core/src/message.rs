@@ -148,24 +148,42 @@ impl Message {
     /// statement about its disk, and the leader counts its own vote only when it processes
     /// replies, which the driver does after the write. This lets the leader's fsync overlap its
     /// followers'.
-    /// Whether every ballot in the message has a round of at most [`Ballot::ROUND_MAX`].
-    pub fn ballots_in_range(&self) -> bool {
-        let in_range = |ballot: &Ballot| ballot.round <= Ballot::ROUND_MAX;
+    /// Whether every ballot's round is at most [`Ballot::ROUND_MAX`] and every slot at most
+    /// [`SLOT_MAX`]. Honest peers never come near either; a message past them is dropped, since
+    /// believing it would leave no room above (the next ballot, the window after the slot).
+    pub fn within_limits(&self) -> bool {
+        let ballot_ok = |ballot: &Ballot| ballot.round <= Ballot::ROUND_MAX;
+        let slot_ok = |slot: &Slot| *slot <= SLOT_MAX;
+        let entries_ok = |entries: &[(Slot, Value)]| entries.iter().all(|(slot, _)| slot_ok(slot));
         match self {
-            Message::Prepare { ballot, .. }
-            | Message::Accept { ballot, .. }
-            | Message::Accepted { ballot, .. }
-            | Message::Heartbeat { ballot, .. }
-            | Message::HeartbeatAck { ballot, .. } => in_range(ballot),
-            Message::Promise { ballot, accepted, .. } => {
-                in_range(ballot) && accepted.iter().all(|entry| in_range(&entry.ballot))
+            Message::Prepare { ballot, from_slot } => ballot_ok(ballot) && slot_ok(from_slot),
+            Message::Promise { ballot, from_slot, accepted, history, chosen, applied_upto, covered_upto } => {
+                ballot_ok(ballot)
+                    && slot_ok(from_slot)
+                    && accepted.iter().all(|entry| ballot_ok(&entry.ballot) && slot_ok(&entry.slot))
+                    && entries_ok(history)
+                    && entries_ok(chosen)
+                    && slot_ok(applied_upto)
+                    && covered_upto.as_ref().is_none_or(slot_ok)
             }
-            Message::Nack { ballot, promised } => in_range(ballot) && in_range(promised),
-            Message::CatchUp { .. }
-            | Message::CatchUpEntries { .. }
-            | Message::CatchUpTruncated { .. }
-            | Message::Forward { .. }
-            | Message::ForwardReply { .. } => true,
+            Message::Nack { ballot, promised } => ballot_ok(ballot) && ballot_ok(promised),
+            Message::Accept { ballot, entries, commit_upto } => {
+                ballot_ok(ballot) && entries_ok(entries) && slot_ok(commit_upto)
+            }
+            Message::Accepted { ballot, slots, applied_upto } => {
+                ballot_ok(ballot) && slots.iter().all(slot_ok) && slot_ok(applied_upto)
+            }
+            Message::Heartbeat { ballot, commit_upto, history_start } => {
+                ballot_ok(ballot) && slot_ok(commit_upto) && slot_ok(history_start)
+            }
+            Message::HeartbeatAck { ballot, applied_upto } => ballot_ok(ballot) && slot_ok(applied_upto),
+            Message::CatchUp { from_slot } => slot_ok(from_slot),
+            Message::CatchUpEntries { entries, applied_upto } => entries_ok(entries) && slot_ok(applied_upto),
+            Message::CatchUpTruncated { snapshot } => {
+                slot_ok(&snapshot.history_start) && slot_ok(&snapshot.table_upto)
+            }
+            Message::Forward { .. } => true,
+            Message::ForwardReply { outcome, .. } => outcome.as_ref().map_or(true, slot_ok),
         }
     }
 
@@ -173,6 +191,9 @@ impl Message {
         matches!(self, Message::Promise { .. } | Message::Accepted { .. })
     }
 }
+
+/// The highest slot a replica takes from the network (see [`Message::within_limits`]).
+pub const SLOT_MAX: Slot = u64::MAX / 2;
 
 /// What a replica keeps of the history it truncated: where the history now starts, and the
 /// duplicate table that lets a node starting from there apply later slots exactly as everyone

@@ -229,7 +229,14 @@ impl Replica {
     fn become_leader(&mut self, candidate: CandidateState) {
         let ballot = candidate.ballot;
         assert_eq!(self.promised, ballot, "a leader holds its own promise");
-        let (next_slot, proposals) = self.phase_one_values(candidate.promises, candidate.earlier_pages);
+        let Some((next_slot, proposals)) = self.phase_one_values(candidate.promises, candidate.earlier_pages)
+        else {
+            // Some promise claims a vote absurdly far ahead (see `phase_one_slots_max`): give
+            // up this candidacy (the role is already Follower) and wait for the next election.
+            self.rejected_messages += 1;
+            self.reset_election_timer();
+            return;
+        };
         let leader = self.leader_state(ballot, next_slot, &proposals);
         self.role = Role::Leader(Box::new(leader));
         self.leader_hint = Some(self.config.id);
@@ -254,7 +261,7 @@ impl Replica {
         &self,
         promises: BTreeMap<NodeId, PromiseData>,
         earlier_pages: BTreeMap<Slot, (Ballot, Value)>,
-    ) -> (Slot, Vec<(Slot, Value)>) {
+    ) -> Option<(Slot, Vec<(Slot, Value)>)> {
         let mut highest = earlier_pages;
         for (node, data) in promises {
             assert!(
@@ -278,6 +285,9 @@ impl Replica {
         if let Some((slot, _)) = self.learner.chosen_pending().last_key_value() {
             next_slot = next_slot.max(slot + 1);
         }
+        if next_slot - self.learner.applied_upto() > self.config.phase_one_slots_max {
+            return None;
+        }
         let mut proposals = Vec::new();
         for slot in self.learner.applied_upto()..next_slot {
             let value = if let Some(value) = self.learner.chosen_pending().get(&slot) {
@@ -289,7 +299,7 @@ impl Replica {
             };
             proposals.push((slot, value));
         }
-        (next_slot, proposals)
+        Some((next_slot, proposals))
     }
 
     /// A new leader's state, with `proposals` in flight (counting its own vote) and unsent.

@@ -247,7 +247,7 @@ impl Replica {
         if to != self.config.id || from == self.config.id || !self.config.members.contains(&from) {
             return;
         }
-        if !message.ballots_in_range() {
+        if !message.within_limits() {
             self.rejected_messages += 1;
             return;
         }

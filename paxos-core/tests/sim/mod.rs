@@ -415,9 +415,16 @@ impl Simulation {
                 self.stats.ticks = self.now;
                 self.stats.acknowledged = self.checker.acknowledged() as u64;
                 self.stats.chosen_slots = self.checker.chosen_slots() as u64;
-                for node in self.nodes.values() {
+                for (id, node) in &self.nodes {
                     if let Some(replica) = &node.replica {
                         let status = replica.status();
+                        // Honest peers never send what a replica rejects.
+                        if status.rejected_messages > 0 {
+                            return Err(format!(
+                                "node {id} rejected {} messages from honest peers",
+                                status.rejected_messages
+                            ));
+                        }
                         self.stats.superseded_leaderships += status.superseded_leaderships;
                         self.stats.stale_accepts_refused += status.stale_accepts_refused;
                     }
