@@ -43,18 +43,30 @@ pub enum CompactionError {
     MemberBehind { node: NodeId, applied_upto: Option<Slot>, requested: Slot },
 }
 
+/// The answer owed for a request: its slot, or why it has none.
+pub(crate) type Answer = (RequestId, Result<Slot, ProposalError>);
+
 /// One slot applied by [`Learner::apply_next`]: what to write, and whom to answer.
 #[derive(Debug)]
 pub(crate) struct Applied {
     pub(crate) slot: Slot,
     /// The chosen value, as the ballot that chose it proposed it.
     pub(crate) chosen: Value,
-    /// What the history holds (a duplicate request becomes a no-op).
-    pub(crate) entry: Value,
-    /// Storage operations for the slot: its duplicate-table changes, then the history entry.
-    pub(crate) persist: Vec<PersistOp>,
+    /// The history holds a no-op instead (a duplicate or unverifiable request).
+    pub(crate) as_noop: bool,
     /// The answer owed to whoever waits for the request the slot carried.
-    pub(crate) answer: Option<(RequestId, Result<Slot, ProposalError>)>,
+    pub(crate) answer: Option<Answer>,
+}
+
+impl Applied {
+    /// What the history holds for the slot.
+    pub(crate) fn into_entry(self) -> Value {
+        if self.as_noop {
+            Value::Noop
+        } else {
+            self.chosen
+        }
+    }
 }
 
 /// An outstanding catch-up request.
@@ -192,57 +204,58 @@ impl Learner {
         }
     }
 
-    /// Applies the next slot if its chosen value is known: the value the history holds, the
-    /// duplicate-table changes and the answer owed. The caller writes `persist`, then the
-    /// applied prefix (`PersistOp::AppliedUpto`) once it has applied what it can. `limits`
-    /// bound the duplicate table.
-    pub(crate) fn apply_next(&mut self, limits: TableLimits) -> Option<Applied> {
+    /// Applies the next slot if its chosen value is known: appends its duplicate-table changes
+    /// and history entry to `persist`, and returns what was applied with the answer owed. The
+    /// caller writes the applied prefix (`PersistOp::AppliedUpto`) once it has applied what it
+    /// can. `limits` bound the duplicate table.
+    pub(crate) fn apply_next(
+        &mut self,
+        limits: TableLimits,
+        persist: &mut Vec<PersistOp>,
+    ) -> Option<Applied> {
         let slot = self.applied_upto;
         let chosen = self.chosen_pending.remove(&slot)?;
-        let mut persist = Vec::new();
-        let (entry, answer) = self.deduplicate(slot, chosen.clone(), limits, &mut persist);
-        persist.push(PersistOp::Apply { slot, value: entry.clone() });
+        let (as_noop, answer) = self.deduplicate(slot, &chosen, limits, persist);
+        let entry = if as_noop { Value::Noop } else { chosen.clone() };
+        persist.push(PersistOp::Apply { slot, value: entry });
         self.applied_upto += 1;
-        Some(Applied { slot, chosen, entry, persist, answer })
+        Some(Applied { slot, chosen, as_noop, answer })
     }
 
-    /// The value the history holds for a chosen `value` at `slot`: a request already applied at
-    /// an earlier slot, or one that cannot be checked (expired, unknown session), becomes a
-    /// no-op, so each request id appears at most once in the history.
+    /// Whether the history holds a no-op for a chosen `value` at `slot` (true for a request
+    /// already applied at an earlier slot, or one that cannot be checked: expired, unknown
+    /// session), so each request id appears at most once in the history; and the answer owed.
     ///
     /// Deterministic in the table and the value, and idempotent: a peer's history entry (already
     /// deduplicated) gives the same entry and the same table change as the raw chosen value.
-    #[allow(clippy::type_complexity)]
     fn deduplicate(
         &mut self,
         slot: Slot,
-        value: Value,
+        value: &Value,
         limits: TableLimits,
         persist: &mut Vec<PersistOp>,
-    ) -> (Value, Option<(RequestId, Result<Slot, ProposalError>)>) {
+    ) -> (bool, Option<Answer>) {
         let Some(request_id) = value.request_id() else {
-            return (value, None);
+            return (false, None);
         };
         if let Value::Register { .. } = value {
             let changes = self.requests.open_session(slot, limits);
             persist.extend(changes.into_iter().map(table_op));
-            return (value, Some((request_id, Ok(slot))));
+            return (false, Some((request_id, Ok(slot))));
         }
         match self.requests.lookup(request_id, limits) {
             Lookup::New => {
                 let changes = self.requests.insert(request_id, slot, limits);
                 persist.extend(changes.into_iter().map(table_op));
-                (value, Some((request_id, Ok(slot))))
+                (false, Some((request_id, Ok(slot))))
             }
             Lookup::AppliedAt(original) => {
                 assert!(original < slot, "the table only holds slots applied before this one");
-                (Value::Noop, Some((request_id, Ok(original))))
+                (true, Some((request_id, Ok(original))))
             }
-            Lookup::Expired => {
-                (Value::Noop, Some((request_id, Err(ProposalError::RequestExpired(request_id)))))
-            }
+            Lookup::Expired => (true, Some((request_id, Err(ProposalError::RequestExpired(request_id))))),
             Lookup::SessionUnknown => {
-                (Value::Noop, Some((request_id, Err(ProposalError::SessionExpired(request_id.client_id)))))
+                (true, Some((request_id, Err(ProposalError::SessionExpired(request_id.client_id)))))
             }
         }
     }
@@ -427,15 +440,17 @@ mod tests {
         Value::Command { request_id: RequestId { client_id, seq }, payload: b"v".to_vec() }
     }
 
-    fn apply_all(learner: &mut Learner) -> Vec<Applied> {
-        std::iter::from_fn(|| learner.apply_next(limits())).collect()
+    fn apply_all(learner: &mut Learner) -> (Vec<Applied>, Vec<PersistOp>) {
+        let mut persist = Vec::new();
+        let applied = std::iter::from_fn(|| learner.apply_next(limits(), &mut persist)).collect();
+        (applied, persist)
     }
 
     #[test]
     fn verbatim_entries_above_a_gap_are_dropped_not_kept_pending() {
         let mut learner = learner();
         learner.stage_verbatim(BTreeMap::from([(0, Value::Noop), (1, Value::Noop), (3, Value::Noop)]));
-        assert_eq!(apply_all(&mut learner).len(), 2);
+        assert_eq!(apply_all(&mut learner).0.len(), 2);
         assert_eq!(learner.applied_upto(), 2);
         assert!(learner.chosen_pending().is_empty(), "{:?}", learner.chosen_pending());
     }
@@ -446,13 +461,16 @@ mod tests {
         learner.learn_chosen(0, Value::Register { nonce: 7 });
         learner.learn_chosen(1, command(0, 1));
         learner.learn_chosen(2, command(0, 1));
-        let applied = apply_all(&mut learner);
+        let (applied, persist) = apply_all(&mut learner);
         assert_eq!(applied.len(), 3);
-        assert_eq!(applied[1].entry, command(0, 1));
-        assert_eq!(applied[2].entry, Value::Noop);
+        assert!(!applied[1].as_noop);
+        assert!(applied[2].as_noop);
         assert_eq!(applied[2].chosen, command(0, 1), "the chosen value is kept for the leader's check");
         assert_eq!(applied[2].answer, Some((RequestId { client_id: 0, seq: 1 }, Ok(1))));
-        assert!(applied[2].persist.iter().all(|op| !matches!(op, PersistOp::RequestInsert { .. })));
+        assert!(persist.iter().all(|op| !matches!(op, PersistOp::RequestInsert { slot: 2, .. })));
+        assert!(persist.contains(&PersistOp::Apply { slot: 2, value: Value::Noop }));
+        let applied: Vec<Value> = applied.into_iter().map(Applied::into_entry).collect();
+        assert_eq!(applied[1..], [command(0, 1), Value::Noop]);
     }
 
     #[test]

@@ -31,19 +31,18 @@ impl Replica {
     pub(crate) fn apply_chosen(&mut self) {
         let start = self.learner.applied_upto();
         let mut superseded = false;
-        while let Some(applied) = self.learner.apply_next(self.config.request_table) {
+        while let Some(mut applied) =
+            self.learner.apply_next(self.config.request_table, &mut self.ready.persist)
+        {
             if let Role::Leader(leader) = &mut self.role {
                 if let Some(in_flight) = leader.in_flight.remove(&applied.slot) {
                     superseded |= in_flight.value != applied.chosen;
                 }
             }
-            for op in applied.persist {
-                self.persist(op);
-            }
-            if let Some((request_id, outcome)) = applied.answer {
+            if let Some((request_id, outcome)) = applied.answer.take() {
                 self.answer_waiters(request_id, outcome);
             }
-            self.ready.chosen.push((applied.slot, applied.entry));
+            self.ready.chosen.push((applied.slot, applied.into_entry()));
         }
         if self.learner.applied_upto() > start {
             self.persist(PersistOp::AppliedUpto(self.learner.applied_upto()));

@@ -1,6 +1,6 @@
 //! Proposer rules: elections (phase 1), the stable leader's pipelined phase 2, forwarding.
 
-use crate::message::{Message, Proposal, ProposalError};
+use crate::message::{AcceptedEntry, Message, Proposal, ProposalError};
 use crate::replica::{CandidateState, InFlight, LeaderState, Origin, PromiseData, Replica, Role};
 use crate::requests::Lookup;
 use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
@@ -203,13 +203,7 @@ impl Replica {
                 if entry.slot >= covered_upto {
                     continue;
                 }
-                let keep = candidate
-                    .earlier_pages
-                    .get(&entry.slot)
-                    .is_some_and(|(ballot, _)| *ballot >= entry.ballot);
-                if !keep {
-                    candidate.earlier_pages.insert(entry.slot, (entry.ballot, entry.value));
-                }
+                keep_highest(&mut candidate.earlier_pages, entry);
             }
         }
         // A page answered by a quorum is progress: give the next page a full
@@ -269,13 +263,7 @@ impl Replica {
                 "phase 1 left a gap below {node}'s prefix"
             );
             for entry in data.accepted {
-                let replace = match highest.get(&entry.slot) {
-                    Some((ballot, _)) => entry.ballot > *ballot,
-                    None => true,
-                };
-                if replace {
-                    highest.insert(entry.slot, (entry.ballot, entry.value));
-                }
+                keep_highest(&mut highest, entry);
             }
         }
         let mut next_slot = self.learner.applied_upto();
@@ -704,6 +692,18 @@ impl Replica {
         if leader.next_slot < applied_upto {
             leader.next_slot = applied_upto;
         }
+    }
+}
+
+/// Phase 1's rule for one slot: of the votes the promises report, the highest ballot's value
+/// is the one that may have been chosen.
+fn keep_highest(highest: &mut BTreeMap<Slot, (Ballot, Value)>, entry: AcceptedEntry) {
+    let replace = match highest.get(&entry.slot) {
+        Some((ballot, _)) => entry.ballot > *ballot,
+        None => true,
+    };
+    if replace {
+        highest.insert(entry.slot, (entry.ballot, entry.value));
     }
 }
 
