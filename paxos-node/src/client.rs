@@ -162,7 +162,16 @@ impl Pipeline {
             Err(_) => return Err(CallError::Closed("connection state poisoned".into())),
         };
         let answer = async {
-            self.frames.send(Frame::Request { id, request }).await.map_err(|_| closed())?;
+            // Queued at once when there is room (as calls are made, so pipelined proposals go
+            // out in order: an awaited send can yield to the scheduler and let a later call
+            // pass it); waits for room only when the queue is full.
+            match self.frames.try_send(Frame::Request { id, request }) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(frame)) => {
+                    self.frames.send(frame).await.map_err(|_| closed())?
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
+            }
             rx.await.map_err(|_| closed())
         };
         let result = tokio::time::timeout(timeout, answer).await.unwrap_or(Err(CallError::Timeout));
