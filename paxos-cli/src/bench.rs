@@ -41,7 +41,7 @@ impl ClientResult {
 /// The leader's status (fsync and apply counters), if some endpoint answers.
 async fn leader_status(options: &ClientOptions) -> Option<StatusReport> {
     for endpoint in &options.endpoints {
-        let mut one = ClientOptions::new(vec![endpoint.clone()]);
+        let mut one = ClientOptions::new(vec![endpoint.clone()], options.security.clone());
         one.cluster = options.cluster.clone();
         one.timeout = Duration::from_secs(2);
         if let Ok(status) = Client::new(one).ok()?.status().await {
@@ -49,7 +49,7 @@ async fn leader_status(options: &ClientOptions) -> Option<StatusReport> {
                 return Some(status);
             }
             if let Some(addr) = status.leader.and_then(|l| status.members.iter().find(|m| m.id == l)) {
-                let mut leader = ClientOptions::new(vec![addr.addr.clone()]);
+                let mut leader = ClientOptions::new(vec![addr.addr.clone()], options.security.clone());
                 leader.cluster = options.cluster.clone();
                 leader.timeout = Duration::from_secs(2);
                 if let Ok(status) = Client::new(leader).ok()?.status().await {

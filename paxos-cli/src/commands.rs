@@ -1,7 +1,7 @@
 //! What each subcommand does.
 
 use crate::output;
-use crate::{Cli, Command};
+use crate::{Cli, Command, Encoding};
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use paxos_node::client::Client;
@@ -12,6 +12,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Command::Demo { dir, stop } = &cli.command {
         return if *stop { crate::demo::stop(dir) } else { crate::demo::run(dir).await };
     }
+    if let Command::Certs { nodes, no_clients, overwrite } = &cli.command {
+        return certs(cli, nodes, !no_clients, *overwrite);
+    }
     if let Command::Bench { clients, window, value_bytes, duration_secs, count } = &cli.command {
         let bench = crate::bench::BenchOptions {
             clients: (*clients).max(1),
@@ -20,13 +23,20 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             duration: std::time::Duration::from_secs(*duration_secs),
             count: *count,
         };
-        return crate::bench::run(cli.options(), bench, cli.json).await;
+        return crate::bench::run(cli.options()?, bench, cli.json).await;
     }
-    let client = Client::new(cli.options())?;
+    let client = Client::new(cli.options()?)?;
     let stdout = std::io::stdout();
     match &cli.command {
-        Command::Propose { value: Some(value), stdin: false, .. } => {
-            let slot = client.propose(value.clone().into_bytes()).await?;
+        Command::Propose { value, stdin: false, file, encoding, .. } => {
+            let value = match (value, file) {
+                (Some(value), None) => decode(value.as_bytes(), *encoding).context("VALUE")?,
+                (None, Some(path)) => {
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+                }
+                _ => bail!("give a VALUE, --file PATH or --stdin"),
+            };
+            let slot = client.propose(value).await?;
             let mut out = stdout.lock();
             if cli.json {
                 writeln!(out, "{}", output::slot_json(slot))?;
@@ -34,9 +44,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 writeln!(out, "{slot}")?;
             }
         }
-        Command::Propose { stdin: true, window, .. } => propose_stdin(&client, *window, cli.json).await?,
-        Command::Propose { .. } => bail!("give a VALUE or --stdin"),
-        Command::History { from, limit } => history(&client, *from, *limit, cli.json).await?,
+        Command::Propose { stdin: true, window, encoding, .. } => {
+            propose_stdin(&client, *window, *encoding, cli.json).await?
+        }
+        Command::History { from, limit, encoding } => {
+            history(&client, *from, *limit, *encoding, cli.json).await?
+        }
         Command::Status => {
             let status = client.status().await?;
             let mut out = stdout.lock();
@@ -46,7 +59,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 write!(out, "{}", output::status_text(&status))?;
             }
         }
-        Command::Demo { .. } | Command::Bench { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::Bench { .. } | Command::Certs { .. } => unreachable!("handled above"),
         Command::Gc { truncate_below, force } => {
             let report = client.gc(*truncate_below, *force).await?;
             let mut out = stdout.lock();
@@ -62,17 +75,26 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
 
 /// Streams standard input through one pipelined connection; prints slots in input order as
 /// they are answered. Stops at the first failure (after printing what succeeded before it).
-async fn propose_stdin(client: &Client, window: usize, json: bool) -> anyhow::Result<()> {
+async fn propose_stdin(client: &Client, window: usize, encoding: Encoding, json: bool) -> anyhow::Result<()> {
     let read_error = std::cell::RefCell::new(None);
-    let lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let values = futures::stream::unfold(lines, |mut lines| async {
-        match lines.next_line().await {
-            Ok(Some(line)) => Some((line.into_bytes(), lines)),
-            Ok(None) => None,
-            Err(error) => {
-                *read_error.borrow_mut() = Some(error);
-                None
-            }
+    // Lines of bytes, not of text: a value is any bytes but a newline.
+    let lines = tokio::io::BufReader::new(tokio::io::stdin()).split(b'\n');
+    let mut line_number = 0u64;
+    let values = futures::stream::unfold(lines, |mut lines| {
+        line_number += 1;
+        let line_number = line_number;
+        let read_error = &read_error;
+        async move {
+            let error = match lines.next_segment().await {
+                Ok(Some(line)) => match decode(&line, encoding) {
+                    Ok(value) => return Some((value, lines)),
+                    Err(error) => anyhow::anyhow!("line {line_number}: {error}"),
+                },
+                Ok(None) => return None,
+                Err(error) => anyhow::anyhow!("reading standard input: {error}"),
+            };
+            *read_error.borrow_mut() = Some(error);
+            None
         }
     });
     let mut results = std::pin::pin!(client.propose_stream(values, window));
@@ -89,12 +111,47 @@ async fn propose_stdin(client: &Client, window: usize, json: bool) -> anyhow::Re
     }
     out.flush()?;
     if let Some(error) = read_error.borrow_mut().take() {
-        bail!("reading standard input: {error}");
+        return Err(error);
     }
     Ok(())
 }
 
-async fn history(client: &Client, from: u64, limit: Option<u64>, json: bool) -> anyhow::Result<()> {
+/// A value as given on the command line or a line of input.
+fn decode(bytes: &[u8], encoding: Encoding) -> anyhow::Result<Vec<u8>> {
+    match encoding {
+        Encoding::Text => Ok(bytes.to_vec()),
+        Encoding::Base64 => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.decode(bytes.trim_ascii()).context("not valid base64")
+        }
+    }
+}
+
+fn certs(cli: &Cli, nodes: &[u64], clients: bool, overwrite: bool) -> anyhow::Result<()> {
+    let request = paxos_node::certs::IssueRequest {
+        cluster: cli.cluster.clone(),
+        nodes: nodes.to_vec(),
+        client: clients,
+        admin: clients,
+        overwrite,
+    };
+    let issued = paxos_node::certs::issue(&cli.certs_dir, &request)?;
+    let mut out = std::io::stdout().lock();
+    if cli.json {
+        writeln!(out, "{}", output::certs_json(&cli.certs_dir, &issued))?;
+    } else {
+        write!(out, "{}", output::certs_text(&cli.certs_dir, &issued))?;
+    }
+    Ok(())
+}
+
+async fn history(
+    client: &Client,
+    from: u64,
+    limit: Option<u64>,
+    encoding: Encoding,
+    json: bool,
+) -> anyhow::Result<()> {
     let mut entries = Vec::new();
     let mut next = from;
     let mut remaining = limit.unwrap_or(u64::MAX);
@@ -110,7 +167,7 @@ async fn history(client: &Client, from: u64, limit: Option<u64>, json: bool) -> 
             entries.extend(page.entries);
         } else {
             let mut text = String::new();
-            output::history_lines(&page, &mut text);
+            output::history_lines(&page, encoding, &mut text);
             out.write_all(text.as_bytes())?;
         }
         if next >= page.applied_upto {
@@ -118,7 +175,7 @@ async fn history(client: &Client, from: u64, limit: Option<u64>, json: bool) -> 
         }
     }
     if json {
-        writeln!(out, "{}", output::history_json(&entries))?;
+        writeln!(out, "{}", output::history_json(&entries, encoding))?;
     }
     out.flush()?;
     Ok(())

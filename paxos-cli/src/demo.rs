@@ -5,11 +5,14 @@
 //! histories agree, and leaves the cluster running with instructions to use and stop it.
 
 use anyhow::{bail, Context};
+use paxos_node::certs::IssueRequest;
 use paxos_node::client::{Client, ClientOptions};
+use paxos_node::tls::{CertFiles, Security, Tls};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const NODES: u64 = 3;
@@ -84,6 +87,7 @@ struct Demo {
     pids: BTreeMap<u64, u32>,
     /// Children started by this run (killing one needs its handle to reap it).
     children: BTreeMap<u64, std::process::Child>,
+    security: Security,
 }
 
 impl Demo {
@@ -91,7 +95,14 @@ impl Demo {
     fn new(dir: PathBuf) -> anyhow::Result<Demo> {
         let ports = free_ports(NODES)?;
         let addrs = (1..=NODES).zip(ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
-        Ok(Demo { dir, binary: node_binary()?, addrs, pids: BTreeMap::new(), children: BTreeMap::new() })
+        Ok(Demo {
+            dir,
+            binary: node_binary()?,
+            addrs,
+            pids: BTreeMap::new(),
+            children: BTreeMap::new(),
+            security: Security::InsecurePlaintext,
+        })
     }
 
     fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
@@ -105,6 +116,7 @@ impl Demo {
             command.arg("--peer").arg(format!("{peer}={addr}"));
         }
         command.arg("--data-dir").arg(self.dir.join(format!("node-{id}")));
+        command.arg("--certs-dir").arg(self.certs_dir());
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -129,8 +141,30 @@ impl Demo {
         Ok(())
     }
 
+    /// The cluster's CA and every holder's certificate: the demo is what newcomers copy, so it
+    /// runs with TLS like a real cluster.
+    fn certs_dir(&self) -> PathBuf {
+        self.dir.join("certs")
+    }
+
+    fn create_certs(&mut self) -> anyhow::Result<()> {
+        let request = IssueRequest {
+            cluster: paxos_node::config::DEFAULT_CLUSTER.into(),
+            nodes: self.addrs.keys().copied().collect(),
+            client: true,
+            admin: true,
+            overwrite: false,
+        };
+        paxos_node::certs::issue(&self.certs_dir(), &request).context("creating the demo's certificates")?;
+        let files = CertFiles::named(&self.certs_dir(), "client");
+        let tls = Tls::for_client(&files, paxos_node::config::DEFAULT_CLUSTER)?;
+        self.security = Security::Tls(Arc::new(tls));
+        Ok(())
+    }
+
     fn client(&self, ids: &[u64]) -> anyhow::Result<Client> {
-        let mut options = ClientOptions::new(ids.iter().map(|id| self.addrs[id].clone()).collect());
+        let mut options =
+            ClientOptions::new(ids.iter().map(|id| self.addrs[id].clone()).collect(), self.security.clone());
         options.timeout = Duration::from_secs(15);
         Ok(Client::new(options)?)
     }
@@ -140,7 +174,7 @@ impl Demo {
         loop {
             let mut seen = Vec::new();
             for id in among {
-                let mut options = ClientOptions::new(vec![self.addrs[id].clone()]);
+                let mut options = ClientOptions::new(vec![self.addrs[id].clone()], self.security.clone());
                 options.timeout = Duration::from_millis(500);
                 seen.push(Client::new(options)?.status().await.ok().and_then(|s| s.leader));
             }
@@ -220,7 +254,12 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Step 1; returns the elected leader.
 async fn start_nodes(demo: &mut Demo, all: &[u64]) -> anyhow::Result<u64> {
-    println!("1. starting {NODES} paxos-node processes, data in {}", demo.dir.display());
+    demo.create_certs()?;
+    println!(
+        "1. starting {NODES} paxos-node processes, data in {}; links are mutual TLS with certificates in {}",
+        demo.dir.display(),
+        demo.certs_dir().display()
+    );
     for id in all {
         demo.spawn(*id)?;
         println!("   node {id} on {} (pid {})", demo.addrs[id], demo.pids[id]);
@@ -295,7 +334,7 @@ fn print_histories(histories: &BTreeMap<u64, History>, all: &[u64]) {
     let reference = &histories[&all[0]];
     for (slot, value) in reference {
         if let Some(value) = value {
-            println!("   {slot}\t{}", String::from_utf8_lossy(value));
+            println!("   {slot}\t{}", crate::output::escaped(value));
         }
     }
     for (id, history) in histories {
@@ -314,6 +353,7 @@ fn print_instructions(demo: &Demo) -> anyhow::Result<()> {
     println!();
     println!("The cluster keeps running. To use it:");
     println!("   export PAXOS_ENDPOINTS={endpoints}");
+    println!("   export PAXOS_CERTS_DIR={}", demo.certs_dir().display());
     println!("   paxos-cli propose 'my value'");
     println!("   seq 1 1000 | paxos-cli propose --stdin");
     println!("   paxos-cli history --json");

@@ -6,7 +6,11 @@ mod commands;
 mod demo;
 mod output;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use paxos_node::tls::{CertFiles, Security, Tls};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Command-line client of a paxos cluster.
@@ -35,6 +39,21 @@ pub struct Cli {
     #[arg(long, global = true, env = "PAXOS_TIMEOUT_MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
 
+    /// Directory of the cluster's certificates (`paxos-cli certs` creates it): ca.pem and the
+    /// --identity's certificate and key.
+    #[arg(long, global = true, env = "PAXOS_CERTS_DIR", default_value = "paxos-certs")]
+    pub certs_dir: PathBuf,
+
+    /// Whose certificate to present, as CERTS_DIR/NAME.pem and NAME.key: `client` may propose
+    /// and read, `admin` may also collect garbage. Default: admin for gc, client otherwise.
+    #[arg(long, global = true, env = "PAXOS_IDENTITY", value_name = "NAME")]
+    pub identity: Option<String>,
+
+    /// Talk plaintext, to nodes started with --insecure-plaintext (no authentication, no
+    /// encryption).
+    #[arg(long, global = true, env = "PAXOS_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+
     /// Largest value to send, in bytes: the nodes' --value-bytes-max (refused before sending).
     #[arg(long, global = true, env = "PAXOS_VALUE_BYTES_MAX", default_value_t = paxos_core::Config::VALUE_BYTES_MAX_DEFAULT)]
     pub value_bytes_max: usize,
@@ -45,21 +64,35 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Propose a value (or, with --stdin, one value per input line); prints the chosen slot.
+    /// Propose a value (or, with --stdin, one value per input line; with --file, a file's
+    /// bytes); prints the chosen slot.
     Propose {
-        /// The value, as UTF-8 text.
-        #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
+        /// The value: text, or base64 with --encoding base64.
+        #[arg(required_unless_present_any = ["stdin", "file"], conflicts_with_all = ["stdin", "file"])]
         value: Option<String>,
-        /// Read one value per line from standard input and pipeline them over one connection;
-        /// prints one slot per line, in input order.
-        #[arg(long)]
+        /// Read one value per line from standard input (any bytes but a newline; base64 with
+        /// --encoding base64) and pipeline them over one connection; prints one slot per line,
+        /// in input order.
+        #[arg(long, conflicts_with = "file")]
         stdin: bool,
+        /// Propose the whole content of PATH as one value, byte for byte.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// How VALUE and standard input lines are written.
+        #[arg(long, value_enum, default_value_t = Encoding::Text)]
+        encoding: Encoding,
         /// Proposals in flight at once with --stdin.
         #[arg(long, default_value_t = 256)]
         window: usize,
     },
     /// Print the chosen history of the node asked: "SLOT<TAB>VALUE" lines (a no-op has no value).
+    /// Text output escapes backslashes, control characters (\n, \t, \u{..}) and bytes that
+    /// are not UTF-8 (\xNN), so every value stays on its line; --encoding base64 prints base64.
+    /// With --json, a value that is not UTF-8 comes as "value_base64".
     History {
+        /// How values are printed: escaped text, or base64.
+        #[arg(long, value_enum, default_value_t = Encoding::Text)]
+        encoding: Encoding,
         /// First slot to print.
         #[arg(long, default_value_t = 0)]
         from: u64,
@@ -97,6 +130,20 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Create the cluster's certificate authority in --certs-dir (unless it has one) and issue
+    /// certificates from it: node-ID.pem for each --nodes id, client.pem and admin.pem. Keys
+    /// are written readable by their owner only; existing files are kept unless --overwrite.
+    Certs {
+        /// Node ids to issue certificates for, e.g. 1,2,3.
+        #[arg(long, value_delimiter = ',', value_name = "ID")]
+        nodes: Vec<u64>,
+        /// Do not issue client.pem and admin.pem.
+        #[arg(long)]
+        no_clients: bool,
+        /// Replace certificates that exist already (the CA is always kept).
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Start a local 3-node cluster of real paxos-node processes, show it working (proposals,
     /// a kill -9 and a restart, histories compared) and leave it running.
     Demo {
@@ -109,22 +156,49 @@ pub enum Command {
     },
 }
 
+/// How values are written on the command line and printed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// As text (printed with escapes where needed).
+    Text,
+    /// Standard base64, with padding.
+    Base64,
+}
+
 impl Cli {
-    pub fn options(&self) -> paxos_node::client::ClientOptions {
+    /// TLS with the certificate of `--identity` (admin for gc), or plaintext if asked.
+    pub fn security(&self) -> anyhow::Result<Security> {
+        if self.insecure_plaintext {
+            return Ok(Security::InsecurePlaintext);
+        }
+        let default = if matches!(self.command, Command::Gc { .. }) { "admin" } else { "client" };
+        let identity = self.identity.as_deref().unwrap_or(default);
+        let files = CertFiles::named(&self.certs_dir, identity);
+        let tls = Tls::for_client(&files, &self.cluster).with_context(|| {
+            format!(
+                "no usable {identity} certificate in {} (create one with `paxos-cli certs`, point --certs-dir at the cluster's, or --insecure-plaintext for nodes without TLS)",
+                self.certs_dir.display()
+            )
+        })?;
+        Ok(Security::Tls(Arc::new(tls)))
+    }
+
+    pub fn options(&self) -> anyhow::Result<paxos_node::client::ClientOptions> {
         let endpoints = if self.endpoints.is_empty() {
             vec!["127.0.0.1:7401".to_owned()]
         } else {
             self.endpoints.clone()
         };
-        paxos_node::client::ClientOptions {
+        Ok(paxos_node::client::ClientOptions {
             endpoints,
+            security: self.security()?,
             cluster: self.cluster.clone(),
             timeout: Duration::from_millis(self.timeout_ms.max(1)),
             // propose and bench go to the leader directly; history and status answer from the
             // node asked.
             prefer_leader: matches!(self.command, Command::Propose { .. } | Command::Bench { .. }),
             value_bytes_max: self.value_bytes_max,
-        }
+        })
     }
 }
 

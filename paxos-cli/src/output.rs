@@ -1,29 +1,67 @@
 //! Human and JSON renderings of every answer. JSON shapes are part of the interface.
 
+use crate::Encoding;
+use base64::Engine;
+use paxos_node::certs::Issued;
 use paxos_node::wire::{GcReport, HistoryPage, StatusReport};
 use serde_json::{json, Value};
+use std::fmt::Write;
+use std::path::Path;
 
-/// Values are bytes; the CLI shows them as UTF-8 text (invalid sequences replaced).
-pub fn text(value: &[u8]) -> String {
-    String::from_utf8_lossy(value).into_owned()
+/// A value as one line of text, losing nothing: UTF-8 as it is, except backslashes (`\\`) and
+/// control characters (`\n`, `\t`, `\r`, `\u{1b}`), which would break the line or fake another;
+/// bytes that are not UTF-8 as `\xNN`.
+pub fn escaped(value: &[u8]) -> String {
+    let mut out = String::with_capacity(value.len());
+    for chunk in value.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() => {
+                    let _ = write!(out, "\\u{{{:x}}}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out
+}
+
+pub fn base64(value: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(value)
 }
 
 pub fn slot_json(slot: u64) -> Value {
     json!({ "slot": slot })
 }
 
-pub fn history_json(entries: &[(u64, Option<Vec<u8>>)]) -> Value {
-    Value::Array(
-        entries
-            .iter()
-            .map(|(slot, value)| json!({ "slot": slot, "value": value.as_deref().map(text) }))
-            .collect(),
-    )
+/// `{"slot", "value"}` with the value as a string when it is UTF-8 (null for a no-op), or
+/// `{"slot", "value_base64"}` when it is not, or always with `--encoding base64`: never lossy.
+pub fn history_json(entries: &[(u64, Option<Vec<u8>>)], encoding: Encoding) -> Value {
+    let entry = |slot: &u64, value: &Option<Vec<u8>>| match value {
+        None => json!({ "slot": slot, "value": null }),
+        Some(bytes) => match (encoding, std::str::from_utf8(bytes)) {
+            (Encoding::Text, Ok(text)) => json!({ "slot": slot, "value": text }),
+            _ => json!({ "slot": slot, "value_base64": base64(bytes) }),
+        },
+    };
+    Value::Array(entries.iter().map(|(slot, value)| entry(slot, value)).collect())
 }
 
-pub fn history_lines(page: &HistoryPage, out: &mut String) {
+pub fn history_lines(page: &HistoryPage, encoding: Encoding, out: &mut String) {
     for (slot, value) in &page.entries {
-        out.push_str(&format!("{slot}\t{}\n", value.as_deref().map(text).unwrap_or_default()));
+        let value = match (value, encoding) {
+            (None, _) => String::new(),
+            (Some(bytes), Encoding::Text) => escaped(bytes),
+            (Some(bytes), Encoding::Base64) => base64(bytes),
+        };
+        let _ = writeln!(out, "{slot}\t{value}");
     }
 }
 
@@ -94,4 +132,58 @@ pub fn gc_text(report: &GcReport) -> String {
         report.history_start,
         report.applied_upto
     )
+}
+
+pub fn certs_json(dir: &Path, issued: &Issued) -> Value {
+    json!({
+        "dir": dir.display().to_string(),
+        "ca_created": issued.ca_created,
+        "written": issued.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "kept": issued.kept.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+    })
+}
+
+pub fn certs_text(dir: &Path, issued: &Issued) -> String {
+    let mut out = String::new();
+    let ca = dir.join("ca.pem");
+    if issued.ca_created {
+        let _ = writeln!(out, "created a new CA: {} (keep ca.key safe: it can issue members)", ca.display());
+    } else {
+        let _ = writeln!(out, "issued by the existing CA {}", ca.display());
+    }
+    for path in &issued.written {
+        if *path != ca {
+            let _ = writeln!(out, "wrote {}", path.display());
+        }
+    }
+    for path in &issued.kept {
+        let _ = writeln!(out, "kept {} (exists; --overwrite replaces it)", path.display());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_keeps_every_value_on_one_line_and_loses_nothing() {
+        assert_eq!(escaped(b"plain text, \xc3\xa9t\xc3\xa9"), "plain text, \u{e9}t\u{e9}");
+        assert_eq!(escaped(b"two\nlines\t\\"), "two\\nlines\\t\\\\");
+        assert_eq!(escaped(b"\x00\x1b[31m"), "\\u{0}\\u{1b}[31m");
+        assert_eq!(escaped(&[0xff, b'a', 0xc3]), "\\xffa\\xc3");
+        // A value that looks like an escape is told apart by its escaped backslash.
+        assert_ne!(escaped(b"\\n"), escaped(b"\n"));
+    }
+
+    #[test]
+    fn json_is_lossless() {
+        let entries = vec![(1, Some(b"text".to_vec())), (2, Some(vec![0xff, 0])), (3, None)];
+        let json = history_json(&entries, Encoding::Text);
+        assert_eq!(json[0]["value"], "text");
+        assert_eq!(json[1]["value_base64"], "/wA=");
+        assert!(json[1].get("value").is_none());
+        assert!(json[2]["value"].is_null());
+        assert_eq!(history_json(&entries, Encoding::Base64)[0]["value_base64"], "dGV4dA==");
+    }
 }

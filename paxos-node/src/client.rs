@@ -11,6 +11,7 @@
 //! can no longer be told, and opens a new session for the next one.
 
 use crate::connection::{write_batches, ConnectError, Connection, FrameStream};
+use crate::tls::Security;
 use crate::wire::{
     Caller, Frame, GcError, GcReport, Hello, HistoryError, HistoryPage, ProposeError, Request, Response,
     StatusReport, PROTOCOL_VERSION,
@@ -42,13 +43,22 @@ pub struct ClientOptions {
     /// Largest value the client sends, checked before anything goes out (the nodes check
     /// their own limit too): set it to the nodes' `--value-bytes-max`.
     pub value_bytes_max: usize,
+    /// TLS with this client's certificate, or plaintext to nodes that run without TLS.
+    pub security: Security,
 }
 
 impl ClientOptions {
-    pub fn new(endpoints: Vec<String>) -> Self {
+    /// Options for the default cluster name. With TLS, the cluster is the one `security` was
+    /// set up for.
+    pub fn new(endpoints: Vec<String>, security: Security) -> Self {
+        let cluster = match &security {
+            Security::Tls(tls) => tls.cluster().to_owned(),
+            Security::InsecurePlaintext => crate::config::DEFAULT_CLUSTER.to_owned(),
+        };
         ClientOptions {
             endpoints,
-            cluster: crate::config::DEFAULT_CLUSTER.to_owned(),
+            security,
+            cluster,
             timeout: Duration::from_secs(10),
             prefer_leader: false,
             value_bytes_max: paxos_core::Config::VALUE_BYTES_MAX_DEFAULT,
@@ -76,6 +86,12 @@ pub enum ClientError {
     Truncated { requested: Slot, history_start: Slot },
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The node refused this client: its certificate, cluster or version is not accepted.
+    #[error("{0}")]
+    Rejected(String),
+    /// This client's certificate does not allow the request.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("value of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
     TooLarge { size_bytes: usize, limit_bytes: usize },
     /// The session was evicted from the cluster's session table before the proposal was
@@ -85,6 +101,13 @@ pub enum ClientError {
         "session {session} expired before the proposal was answered: it may or may not have been chosen"
     )]
     SessionExpired { session: u64 },
+}
+
+/// Why no connection could be opened; `permanent` when retrying cannot help.
+#[derive(Debug)]
+struct OpenError {
+    message: String,
+    permanent: bool,
 }
 
 enum CallError {
@@ -110,18 +133,29 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    async fn open(endpoint: &str, cluster: &str) -> Result<Pipeline, String> {
+    async fn open(endpoint: &str, options: &ClientOptions) -> Result<Pipeline, OpenError> {
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
-            cluster_id: cluster.to_owned(),
+            cluster_id: options.cluster.clone(),
             caller: Caller::Client,
         };
-        let (connection, _welcome) = Connection::connect(endpoint, hello, CONNECT_TIMEOUT, CONNECT_TIMEOUT)
-            .await
-            .map_err(|error| match error {
-                ConnectError::Refused(reason) => format!("{endpoint} refused the connection: {reason}"),
+        let server_name = crate::tls::any_node_name(&options.cluster);
+        let connected = Connection::connect(
+            endpoint,
+            hello,
+            &options.security,
+            &server_name,
+            CONNECT_TIMEOUT,
+            CONNECT_TIMEOUT,
+        )
+        .await;
+        let (connection, _welcome) = connected.map_err(|error| OpenError {
+            permanent: error.is_permanent(),
+            message: match error {
+                ConnectError::Refused(reason) => format!("{endpoint} refused this client: {reason}"),
                 error => format!("{endpoint}: {error}"),
-            })?;
+            },
+        })?;
         let (mut sink, stream) = connection.split();
         let (frames_tx, mut frames_rx) = mpsc::channel::<Frame>(REQUESTS_QUEUED_MAX);
         let pending: Waiters = Arc::default();
@@ -129,8 +163,13 @@ impl Pipeline {
         let writer_alive = alive.clone();
         let writer_pending = pending.clone();
         tokio::spawn(async move {
+            // A node that reads nothing for a minute is as good as gone.
+            let flush_timeout = crate::config::DEFAULT_TIMEOUTS.idle;
             let _ =
-                write_batches(&mut sink, &mut frames_rx, REQUESTS_PER_FLUSH_MAX, |frame| (frame, None)).await;
+                write_batches(&mut sink, &mut frames_rx, REQUESTS_PER_FLUSH_MAX, flush_timeout, |frame| {
+                    (frame, None::<()>)
+                })
+                .await;
             writer_alive.store(false, Ordering::SeqCst);
             // Requests that will never be written fail now rather than at their timeout.
             if let Ok(mut pending) = writer_pending.lock() {
@@ -282,7 +321,7 @@ impl Client {
     }
 
     /// The live connection, or a new one to the preferred address or the next endpoint.
-    async fn connection(&self) -> Result<Arc<Pipeline>, String> {
+    async fn connection(&self) -> Result<Arc<Pipeline>, OpenError> {
         let mut state = self.state.lock().await;
         if let Some(connection) = &state.current {
             if connection.alive.load(Ordering::SeqCst) {
@@ -292,7 +331,7 @@ impl Client {
         state.current = None;
         let mut errors = Vec::new();
         if let Some(preferred) = state.preferred.take() {
-            match Pipeline::open(&preferred, &self.options.cluster).await {
+            match Pipeline::open(&preferred, &self.options).await {
                 Ok(connection) => {
                     let connection = Arc::new(connection);
                     state.current = Some(connection.clone());
@@ -316,12 +355,16 @@ impl Client {
                 Err(error) => errors.push(error),
             }
         }
-        Err(errors.join("; "))
+        Err(OpenError {
+            // Every endpoint refused for good: retrying until the timeout would only hide why.
+            permanent: errors.iter().all(|e| e.permanent),
+            message: errors.into_iter().map(|e| e.message).collect::<Vec<_>>().join("; "),
+        })
     }
 
     /// Opens a connection to `endpoint`, or to the leader it names when `prefer_leader`.
-    async fn open(&self, endpoint: &str) -> Result<Pipeline, String> {
-        let connection = Pipeline::open(endpoint, &self.options.cluster).await?;
+    async fn open(&self, endpoint: &str) -> Result<Pipeline, OpenError> {
+        let connection = Pipeline::open(endpoint, &self.options).await?;
         if !self.options.prefer_leader {
             return Ok(connection);
         }
@@ -333,7 +376,7 @@ impl Client {
             _ => None,
         };
         match leader_addr {
-            Some(addr) => Ok(Pipeline::open(&addr, &self.options.cluster).await.unwrap_or(connection)),
+            Some(addr) => Ok(Pipeline::open(&addr, &self.options).await.unwrap_or(connection)),
             None => Ok(connection),
         }
     }
@@ -380,8 +423,9 @@ impl Client {
             }
             let connection = match self.connection().await {
                 Ok(connection) => connection,
+                Err(error) if error.permanent => return Err(ClientError::Rejected(error.message)),
                 Err(error) => {
-                    last_error = error;
+                    last_error = error.message;
                     tokio::time::sleep(backoff.min(remaining)).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
@@ -389,6 +433,7 @@ impl Client {
             };
             ever_connected = true;
             match connection.call(request.clone(), remaining).await {
+                Ok(Response::Forbidden(reason)) => return Err(ClientError::Forbidden(reason)),
                 Ok(Response::Unavailable(reason)) => {
                     last_error = format!("{}: {reason}", connection.endpoint);
                     self.rotate(&connection).await;
@@ -534,8 +579,11 @@ mod tests {
         let addr = listener.local_addr().expect("addr").to_string();
         let node = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.expect("accept");
-            let (mut connection, _hello) =
-                Connection::accept(stream, Duration::from_secs(2)).await.expect("hello").expect("a hello");
+            let (mut connection, _hello, _) =
+                Connection::accept(stream, &Security::InsecurePlaintext, Duration::from_secs(2))
+                    .await
+                    .expect("hello")
+                    .expect("a hello");
             connection.welcome(Welcome { node_id: 1, cluster_id: "paxos".into() }).await.expect("welcome");
             let (mut sink, mut stream) = connection.split();
             let Some(Ok(Frame::Request { id, .. })) = stream.next().await else { panic!("no request") };
@@ -544,7 +592,8 @@ mod tests {
             // What the node sees next, once the client is gone.
             tokio::time::timeout(Duration::from_secs(2), stream.next()).await
         });
-        let client = Client::new(ClientOptions::new(vec![addr])).expect("client");
+        let client =
+            Client::new(ClientOptions::new(vec![addr], Security::InsecurePlaintext)).expect("client");
         client.history(0, 1).await.expect("history");
         drop(client);
         let after_drop = node.await.expect("node task");

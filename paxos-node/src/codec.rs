@@ -6,8 +6,8 @@
 //! more than the limit. Trailing bytes after a decoded frame are an error.
 
 use crate::wire::Frame;
-use bytes::{Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use bytes::{Buf, BufMut, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
 
 /// Largest frame accepted or sent: a few batches of maximum-size values.
 pub const FRAME_BYTES_MAX: usize = 16 << 20;
@@ -48,21 +48,17 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecEr
     Ok(value)
 }
 
-/// Frames over a byte stream, for `tokio_util::codec::Framed`.
-#[derive(Debug)]
-pub struct FrameCodec {
-    inner: LengthDelimitedCodec,
-}
+/// Bytes of the length field in front of every frame.
+const LENGTH_BYTES: usize = 4;
 
-impl Default for FrameCodec {
-    fn default() -> Self {
-        FrameCodec {
-            inner: LengthDelimitedCodec::builder()
-                .length_field_length(4)
-                .max_frame_length(FRAME_BYTES_MAX)
-                .new_codec(),
-        }
-    }
+/// Frames over a byte stream, for `tokio_util::codec::Framed`.
+///
+/// Decoding never reserves room for the length a header claims: the read buffer grows with the
+/// bytes that actually arrive (the framed reader doubles it as they come), so a peer that sends
+/// a header claiming 16 MiB and then stalls holds only what it sent.
+#[derive(Debug, Default)]
+pub struct FrameCodec {
+    _private: (),
 }
 
 impl Decoder for FrameCodec {
@@ -70,15 +66,19 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        // The length-delimited codec checks the length field before reserving the frame.
-        match self.inner.decode(src) {
-            Ok(Some(bytes)) => decode(&bytes).map(Some),
-            Ok(None) => Ok(None),
-            Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
-                Err(CodecError::Malformed(format!("bad length field: {error}")))
-            }
-            Err(error) => Err(error.into()),
+        let Some(header) = src.get(..LENGTH_BYTES) else { return Ok(None) };
+        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if length > FRAME_BYTES_MAX {
+            return Err(CodecError::Malformed(format!(
+                "bad length field: a frame of {length} bytes exceeds the limit of {FRAME_BYTES_MAX}"
+            )));
         }
+        if src.len() < LENGTH_BYTES + length {
+            return Ok(None);
+        }
+        src.advance(LENGTH_BYTES);
+        let payload = src.split_to(length);
+        decode(&payload).map(Some)
     }
 }
 
@@ -90,7 +90,10 @@ impl Encoder<Frame> for FrameCodec {
         if bytes.len() > FRAME_BYTES_MAX {
             return Err(CodecError::TooLarge { size_bytes: bytes.len() });
         }
-        self.inner.encode(Bytes::from(bytes), dst).map_err(CodecError::from)
+        dst.reserve(LENGTH_BYTES + bytes.len());
+        dst.put_u32(bytes.len() as u32);
+        dst.put_slice(&bytes);
+        Ok(())
     }
 }
 
@@ -152,6 +155,16 @@ mod tests {
         let result = FrameCodec::default().decode(&mut buffer);
         assert!(matches!(result, Err(CodecError::Malformed(_))), "{result:?}");
         assert!(buffer.capacity() <= capacity_before.max(64));
+    }
+
+    #[test]
+    fn a_header_claiming_a_large_frame_reserves_nothing() {
+        // The limit itself: legal, so the codec waits for the bytes, but without reserving them.
+        let mut buffer = BytesMut::with_capacity(64);
+        buffer.extend_from_slice(&(FRAME_BYTES_MAX as u32).to_be_bytes());
+        buffer.extend_from_slice(&[0; 16]);
+        assert!(matches!(FrameCodec::default().decode(&mut buffer), Ok(None)));
+        assert!(buffer.capacity() <= 64, "reserved {} bytes", buffer.capacity());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The node's configuration, as given on the command line.
 
+use crate::connection::ReadTimeouts;
+use crate::tls::Security;
 use paxos_core::NodeId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,6 +23,11 @@ pub struct NodeConfig {
     pub heartbeat_interval_ticks: u64,
     pub election_timeout_ticks: u64,
     pub value_bytes_max: usize,
+    /// TLS (the default) or `--insecure-plaintext`.
+    pub security: Security,
+    /// A connection must begin a frame within `idle` of the last one and finish it within
+    /// `frame`, and read what it is sent within `frame`.
+    pub timeouts: ReadTimeouts,
 }
 
 impl NodeConfig {
@@ -57,9 +64,25 @@ impl NodeConfig {
                 crate::codec::FRAME_BYTES_MAX >> 20
             ));
         }
+        if let Security::Tls(tls) = &self.security {
+            if tls.cluster() != self.cluster {
+                return Err(format!(
+                    "the TLS set-up is for cluster {:?}, not {:?}",
+                    tls.cluster(),
+                    self.cluster
+                ));
+            }
+        }
+        if self.timeouts.idle.is_zero() || self.timeouts.frame.is_zero() {
+            return Err("the idle and frame timeouts must be positive".into());
+        }
         Ok(())
     }
 }
+
+/// How long connections may stay silent, and take over one frame, by default.
+pub const DEFAULT_TIMEOUTS: ReadTimeouts =
+    ReadTimeouts { idle: Duration::from_secs(60), frame: Duration::from_secs(20) };
 
 /// The cluster name used when none is given.
 pub const DEFAULT_CLUSTER: &str = "paxos";

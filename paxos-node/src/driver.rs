@@ -6,6 +6,7 @@
 //! chosen entries and client answers.
 
 use crate::config::NodeConfig;
+use crate::server::AnswerPermit;
 use crate::storage::{Storage, StorageError};
 use crate::wire::{
     Frame, GcError, GcReport, HistoryError, HistoryPage, MemberInfo, ProposeError, Request, Response,
@@ -15,7 +16,7 @@ use paxos_core::{Compaction, CompactionError, Message, NodeId, Proposal, Replica
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 
 /// Inputs processed per loop iteration before the Ready is written: bounds latency while
 /// letting one fsync cover many requests.
@@ -48,8 +49,8 @@ pub struct Responder {
     pub id: u64,
     /// The connection's answer queue; the permit travels with the answer and is released
     /// when the writer has written it.
-    pub frames: mpsc::Sender<(Frame, Option<OwnedSemaphorePermit>)>,
-    pub permit: OwnedSemaphorePermit,
+    pub frames: mpsc::Sender<(Frame, Option<AnswerPermit>)>,
+    pub permit: AnswerPermit,
 }
 
 impl Responder {

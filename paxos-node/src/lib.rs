@@ -19,9 +19,14 @@
 //!
 //! ```no_run
 //! use paxos_node::client::{Client, ClientOptions};
+//! use paxos_node::tls::{CertFiles, Security, Tls};
+//! use std::sync::Arc;
 //!
-//! # async fn example() -> Result<(), paxos_node::client::ClientError> {
-//! let client = Client::new(ClientOptions::new(vec!["127.0.0.1:7001".into()]))?;
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! // The certificates `paxos-cli certs` issued: ca.pem, client.pem and client.key.
+//! let files = CertFiles::named(std::path::Path::new("paxos-certs"), "client");
+//! let security = Security::Tls(Arc::new(Tls::for_client(&files, "paxos")?));
+//! let client = Client::new(ClientOptions::new(vec!["127.0.0.1:7001".into()], security))?;
 //! let slot = client.propose(b"hello".to_vec()).await?;
 //! let page = client.history(slot, 1).await?;
 //! assert_eq!(page.entries[0], (slot, Some(b"hello".to_vec())));
@@ -29,10 +34,12 @@
 //! # }
 //! ```
 
+pub mod certs;
 pub mod client;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod tls;
 pub mod wire;
 
 #[cfg(feature = "daemon")]

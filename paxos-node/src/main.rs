@@ -2,14 +2,21 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use paxos_node::certs::IssueRequest;
+use paxos_node::connection::ReadTimeouts;
+use paxos_node::tls::{CertFiles, Security, Tls};
 use paxos_node::{NodeConfig, NodeHandle};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A durable Multi-Paxos node. With no flags it runs a single-member cluster on 127.0.0.1:7401
-/// with its data in ./paxos-data-1.
+/// with its data in ./paxos-data-1, and certificates in ./paxos-certs (created if missing).
+///
+/// Links are mutual TLS: the node presents CERTS_DIR/node-<ID>.pem and trusts only
+/// CERTS_DIR/ca.pem. Create them with `paxos-cli certs --nodes 1,2,3`.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
@@ -51,6 +58,72 @@ struct Args {
     /// Largest value accepted, in bytes.
     #[arg(long, env = "PAXOS_VALUE_BYTES_MAX", default_value_t = 1 << 20)]
     value_bytes_max: usize,
+
+    /// Directory of the cluster's certificates, as `paxos-cli certs` lays it out: ca.pem,
+    /// node-<ID>.pem and node-<ID>.key. A node alone in its cluster creates the directory (a new
+    /// CA, its own certificate, client.pem and admin.pem) if it does not exist.
+    #[arg(long, env = "PAXOS_CERTS_DIR", default_value = "paxos-certs")]
+    certs_dir: PathBuf,
+
+    /// Run without TLS: no authentication, no encryption. Anyone who can reach the port can
+    /// pose as a member or an admin, forge votes and delete history. For experiments only.
+    #[arg(long, env = "PAXOS_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
+
+    /// A connection that sends nothing for this long is closed (clients reconnect on their own;
+    /// peers send heartbeats far more often).
+    #[arg(long, env = "PAXOS_IDLE_TIMEOUT_MS", default_value_t = paxos_node::config::DEFAULT_TIMEOUTS.idle.as_millis() as u64)]
+    idle_timeout_ms: u64,
+
+    /// A frame begun must arrive within this long, and a caller must read what it is sent within
+    /// this long, or its connection is closed.
+    #[arg(long, env = "PAXOS_FRAME_TIMEOUT_MS", default_value_t = paxos_node::config::DEFAULT_TIMEOUTS.frame.as_millis() as u64)]
+    frame_timeout_ms: u64,
+}
+
+/// TLS from the certificates directory; a lone node creates one if there is none, so that
+/// `paxos-node` with no flags keeps working.
+fn security(args: &Args, members: &BTreeMap<u64, String>) -> anyhow::Result<Security> {
+    if args.insecure_plaintext {
+        tracing::warn!("--insecure-plaintext: links are neither authenticated nor encrypted");
+        return Ok(Security::InsecurePlaintext);
+    }
+    let files = CertFiles::node(&args.certs_dir, args.id);
+    if !args.certs_dir.exists() {
+        if members.len() > 1 {
+            bail!(
+                "no certificates in {dir}: create them with `paxos-cli certs --dir {dir} --cluster {cluster} --nodes {ids}` \
+                 and give every node the same directory (or a copy), or run with --insecure-plaintext",
+                dir = args.certs_dir.display(),
+                cluster = args.cluster,
+                ids = members.keys().map(|id| id.to_string()).collect::<Vec<_>>().join(",")
+            );
+        }
+        let request = IssueRequest {
+            cluster: args.cluster.clone(),
+            nodes: vec![args.id],
+            client: true,
+            admin: true,
+            overwrite: false,
+        };
+        paxos_node::certs::issue(&args.certs_dir, &request)
+            .with_context(|| format!("cannot create certificates in {}", args.certs_dir.display()))?;
+        tracing::info!(
+            "created a new CA and certificates in {} (clients use client.pem; admin.pem for gc)",
+            args.certs_dir.display()
+        );
+    }
+    let tls = Tls::for_node(&files, &args.cluster, args.id).with_context(|| {
+        format!(
+            "TLS: node {} has no usable certificate in {} (`paxos-cli certs --dir {} --cluster {} --nodes {}` issues one)",
+            args.id,
+            args.certs_dir.display(),
+            args.certs_dir.display(),
+            args.cluster,
+            args.id
+        )
+    })?;
+    Ok(Security::Tls(Arc::new(tls)))
 }
 
 fn parse_peers(args: &Args) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -95,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let members = parse_peers(&args)?;
+    let security = security(&args, &members)?;
     let config = NodeConfig {
         id: args.id,
         listen: args.listen,
@@ -105,6 +179,11 @@ async fn main() -> anyhow::Result<()> {
         heartbeat_interval_ticks: args.heartbeat_ticks,
         election_timeout_ticks: args.election_ticks,
         value_bytes_max: args.value_bytes_max,
+        security,
+        timeouts: ReadTimeouts {
+            idle: Duration::from_millis(args.idle_timeout_ms),
+            frame: Duration::from_millis(args.frame_timeout_ms),
+        },
     };
     let mut node = NodeHandle::start(config).await.context("paxos-node cannot start")?;
     tokio::select! {

@@ -90,6 +90,8 @@ impl NodeHandle {
                 peer_id: *peer_id,
                 peer_addr: peer_addr.clone(),
                 cluster: config.cluster.clone(),
+                security: config.security.clone(),
+                flush_timeout: config.timeouts.frame,
             };
             tasks.spawn(peer_link::run(identity, rx, shutdown_rx.clone()));
         }
@@ -110,6 +112,8 @@ impl NodeHandle {
             cluster: config.cluster.clone(),
             members: config.members.keys().copied().collect(),
             inputs: inputs_tx.clone(),
+            security: config.security.clone(),
+            timeouts: config.timeouts,
         };
         tasks.spawn(server::serve(listener, context, shutdown_rx));
         tasks.close();
@@ -152,8 +156,9 @@ impl NodeHandle {
 mod tests {
     use super::*;
     use crate::connection::Connection;
+    use crate::tls::Security;
     use crate::wire::{Caller, Frame, Hello, Request, PROTOCOL_VERSION};
-    use futures::{SinkExt, StreamExt};
+    use futures::SinkExt;
     use std::time::Duration;
 
     /// When `shutdown` returns, the connection tasks are gone, even one whose client stopped
@@ -172,18 +177,28 @@ mod tests {
             heartbeat_interval_ticks: 2,
             election_timeout_ticks: 10,
             value_bytes_max: 1 << 20,
+            security: Security::InsecurePlaintext,
+            timeouts: crate::config::DEFAULT_TIMEOUTS,
         };
         let node = NodeHandle::start(config).await.expect("start");
-        let mut options = crate::client::ClientOptions::new(vec![node.local_addr.to_string()]);
+        let mut options =
+            crate::client::ClientOptions::new(vec![node.local_addr.to_string()], Security::InsecurePlaintext);
         options.cluster = "c".into();
         let client = crate::client::Client::new(options).expect("client");
         let slot = client.propose(vec![7; 1 << 20]).await.expect("proposed");
         let hello =
             Hello { protocol_version: PROTOCOL_VERSION, cluster_id: "c".into(), caller: Caller::Client };
         let timeout = Duration::from_secs(2);
-        let (connection, _) = Connection::connect(&node.local_addr.to_string(), hello, timeout, timeout)
-            .await
-            .expect("connect");
+        let (connection, _) = Connection::connect(
+            &node.local_addr.to_string(),
+            hello,
+            &Security::InsecurePlaintext,
+            "node.c",
+            timeout,
+            timeout,
+        )
+        .await
+        .expect("connect");
         let (mut sink, mut stream) = connection.split();
         // 64 MiB of answers that this client never reads: the node's writer blocks.
         for id in 0..64 {

@@ -5,6 +5,7 @@
 
 use crate::codec::CodecError;
 use crate::connection::{write_batches, Connection};
+use crate::tls::Security;
 use crate::wire::{Caller, Frame, Hello, PROTOCOL_VERSION};
 use paxos_core::{Message, NodeId};
 use std::time::Duration;
@@ -25,6 +26,9 @@ pub struct LinkIdentity {
     pub peer_id: NodeId,
     pub peer_addr: String,
     pub cluster: String,
+    pub security: Security,
+    /// A peer that reads nothing for this long is disconnected (and dialled again).
+    pub flush_timeout: Duration,
 }
 
 /// Runs the link to one peer until shutdown.
@@ -48,7 +52,7 @@ pub async fn run(
                 backoff = BACKOFF_MIN;
                 last_error.clear();
                 tokio::select! {
-                    result = pump(connection, &mut messages) => {
+                    result = pump(connection, &mut messages, identity.flush_timeout) => {
                         match result {
                             Ok(()) => return, // the driver is gone
                             Err(error) => tracing::debug!(peer = identity.peer_id, %error, "link down"),
@@ -81,10 +85,16 @@ async fn connect(identity: &LinkIdentity) -> Result<Connection, String> {
         cluster_id: identity.cluster.clone(),
         caller: Caller::Node(identity.node_id),
     };
-    let (connection, welcome) =
-        Connection::connect(&identity.peer_addr, hello, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
+    let (connection, welcome) = Connection::connect(
+        &identity.peer_addr,
+        hello,
+        &identity.security,
+        &crate::tls::node_name(&identity.cluster, identity.peer_id),
+        CONNECT_TIMEOUT,
+        HANDSHAKE_TIMEOUT,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     if welcome.node_id != identity.peer_id || welcome.cluster_id != identity.cluster {
         return Err(format!(
             "{} is node {} of cluster {:?}, expected node {} of {:?}",
@@ -96,8 +106,15 @@ async fn connect(identity: &LinkIdentity) -> Result<Connection, String> {
 
 /// Sends queued messages, batching whatever is queued into one flush. Ok(()) when the queue's
 /// sender is gone (shutdown).
-async fn pump(connection: Connection, messages: &mut mpsc::Receiver<Message>) -> Result<(), CodecError> {
+async fn pump(
+    connection: Connection,
+    messages: &mut mpsc::Receiver<Message>,
+    flush_timeout: Duration,
+) -> Result<(), CodecError> {
     // Peer links are one-way: the read half is not used.
     let (mut sink, _stream) = connection.split();
-    write_batches(&mut sink, messages, MESSAGES_PER_FLUSH_MAX, |message| (Frame::Peer(message), None)).await
+    write_batches(&mut sink, messages, MESSAGES_PER_FLUSH_MAX, flush_timeout, |message| {
+        (Frame::Peer(message), None::<()>)
+    })
+    .await
 }

@@ -1,34 +1,68 @@
 //! Accepts connections from peers and clients.
 //!
-//! Every connection must open with a Hello of the right protocol version and cluster; a peer
-//! must be a member other than this node. Anything malformed or unexpected closes that one
+//! Every connection completes TLS with a certificate of the cluster's CA (unless the node runs
+//! with `--insecure-plaintext`) and opens with a Hello of the right protocol version and
+//! cluster. A peer's Hello must name the node its certificate names; a client needs a client
+//! certificate, and an admin one for gc. Anything malformed or unexpected closes that one
 //! connection (and is logged); the node goes on serving everyone else.
+//!
+//! # Limits
+//!
+//! Every resource a connection can hold has a bound, so no caller (authenticated or not) can
+//! exhaust the node:
+//! - handshakes in progress: at most `HANDSHAKES_MAX`, each for at most `HANDSHAKE_TIMEOUT`;
+//!   when full, the oldest is closed to make room, so a flood of silent connections delays
+//!   honest callers by a TLS handshake, not by the flood's timeout;
+//! - established connections: clients at most `CLIENT_CONNECTIONS_MAX` (when full, the client
+//!   idle the longest is closed); members have their own `PEER_CONNECTIONS_PER_MEMBER` slots,
+//!   which clients cannot take;
+//! - reading: a frame must begin within the idle timeout and, once begun, end within the frame
+//!   timeout; read buffers grow with the bytes that arrive (see the codec);
+//! - answers: each request reserves the most bytes its answer can take, from its connection's
+//!   `CONNECTION_ANSWER_BYTES_MAX` and from the node's `NODE_ANSWER_BYTES_MAX`, and gives them
+//!   back once the answer is written; a client that does not read stops being read, and one
+//!   that reads nothing for the frame timeout is closed.
 
-use crate::codec::CodecError;
-use crate::connection::{write_batches, ConnectError, Connection};
+use crate::connection::{write_batches, ConnectError, Connection, ReadError, ReadTimeouts};
 use crate::driver::{Input, Responder};
-use crate::wire::{Caller, Frame, Hello, Response, Welcome, PROTOCOL_VERSION};
-use futures::StreamExt;
+use crate::tls::{Credentials, Security};
+use crate::wire::{Caller, Frame, Hello, Request, Response, Welcome, PROTOCOL_VERSION};
 use paxos_core::NodeId;
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Client requests in flight on one connection, answers not yet written included; the reader
-/// waits when it is reached.
-const CLIENT_REQUESTS_IN_FLIGHT_MAX: usize = 8192;
+/// TCP and TLS handshakes in progress at once; the oldest is closed to make room.
+const HANDSHAKES_MAX: usize = 256;
+/// Client connections established at once; the one idle longest is closed to make room.
+const CLIENT_CONNECTIONS_MAX: usize = 1024;
+/// Connections one member may hold to this node (a restarted member's old connection may not
+/// have timed out yet when it dials again).
+const PEER_CONNECTIONS_PER_MEMBER: usize = 4;
+/// Answers waiting to be written on one client connection, in bytes reserved (see
+/// [`Request::answer_bytes_max`]).
+const CONNECTION_ANSWER_BYTES_MAX: usize = 32 << 20;
+/// The same, for all client connections together.
+const NODE_ANSWER_BYTES_MAX: usize = 256 << 20;
+/// Reservations count in units of this many bytes (semaphores count in u32).
+const ANSWER_UNIT_BYTES: usize = 4 << 10;
+/// Client requests in flight on one connection: every request reserves at least one unit.
+const CLIENT_REQUESTS_IN_FLIGHT_MAX: usize = CONNECTION_ANSWER_BYTES_MAX / ANSWER_UNIT_BYTES;
 /// Answers written before one flush.
 const RESPONSES_PER_FLUSH_MAX: usize = 512;
-/// Connections served at once; further ones wait in the listen backlog.
-const CONNECTIONS_MAX: usize = 1024;
 /// How long a closing client connection may take to write the answers already queued.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+const _: () = assert!(crate::wire::HISTORY_PAGE_FRAME_BYTES_MAX * 2 <= CONNECTION_ANSWER_BYTES_MAX);
+const _: () = assert!(CONNECTION_ANSWER_BYTES_MAX <= NODE_ANSWER_BYTES_MAX);
 
 /// What every connection handler needs.
 #[derive(Debug, Clone)]
@@ -37,53 +71,174 @@ pub struct ServerContext {
     pub cluster: String,
     pub members: BTreeSet<NodeId>,
     pub inputs: SyncSender<Input>,
+    pub security: Security,
+    pub timeouts: ReadTimeouts,
+}
+
+/// Bytes reserved for one answer, from its connection and from the node; given back when the
+/// answer is written (or dropped).
+#[derive(Debug)]
+pub struct AnswerPermit {
+    _connection: OwnedSemaphorePermit,
+    _node: OwnedSemaphorePermit,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error(transparent)]
-    Codec(#[from] CodecError),
+    Read(#[from] ReadError),
+    #[error("writing answers: {0}")]
+    Write(#[from] crate::codec::CodecError),
     #[error("handshake: {0}")]
     Handshake(String),
     #[error("handshake: {0}")]
     Connect(#[from] ConnectError),
     #[error("unexpected frame: {0}")]
     Unexpected(&'static str),
+    #[error("closed to make room for a newer connection")]
+    Evicted,
     #[error("node is shutting down")]
     Closed,
+}
+
+/// Connections of one kind that may be closed to make room for a newer one: the one with the
+/// oldest `last_active` among those `idle`.
+#[derive(Debug, Default)]
+struct Roster {
+    entries: Mutex<BTreeMap<u64, RosterEntry>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct RosterEntry {
+    last_active: Arc<Mutex<Instant>>,
+    /// The connection's answer budget: full means nothing is in flight.
+    budget: Option<Arc<Semaphore>>,
+    evict: CancellationToken,
+}
+
+/// A connection's place in a [`Roster`]; leaves it when dropped.
+struct RosterPlace {
+    roster: Arc<Roster>,
+    id: u64,
+    last_active: Arc<Mutex<Instant>>,
+    evicted: CancellationToken,
+}
+
+impl Roster {
+    fn join(self: &Arc<Self>, budget: Option<Arc<Semaphore>>) -> RosterPlace {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let last_active = Arc::new(Mutex::new(Instant::now()));
+        let evicted = CancellationToken::new();
+        let entry = RosterEntry { last_active: last_active.clone(), budget, evict: evicted.clone() };
+        lock(&self.entries).insert(id, entry);
+        RosterPlace { roster: self.clone(), id, last_active, evicted }
+    }
+
+    /// Closes the connection idle the longest (nothing in flight); false if every one is busy.
+    fn evict_one(&self) -> bool {
+        let entries = lock(&self.entries);
+        let idle = entries.values().filter(|entry| {
+            !entry.evict.is_cancelled()
+                && entry
+                    .budget
+                    .as_ref()
+                    .is_none_or(|b| b.available_permits() == budget_units(CONNECTION_ANSWER_BYTES_MAX))
+        });
+        match idle.min_by_key(|entry| *lock(&entry.last_active)) {
+            Some(entry) => {
+                entry.evict.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl RosterPlace {
+    fn touch(&self) {
+        *lock(&self.last_active) = Instant::now();
+    }
+}
+
+impl Drop for RosterPlace {
+    fn drop(&mut self) {
+        lock(&self.roster.entries).remove(&self.id);
+    }
+}
+
+/// The lock holders never panic while holding these locks, so a poisoned one is still sound.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn budget_units(bytes: usize) -> usize {
+    bytes.div_ceil(ANSWER_UNIT_BYTES)
+}
+
+/// The node's connection slots and answer budget.
+#[derive(Debug)]
+struct Slots {
+    handshakes: Arc<Semaphore>,
+    handshaking: Arc<Roster>,
+    clients: Arc<Semaphore>,
+    client_roster: Arc<Roster>,
+    peers: BTreeMap<NodeId, Arc<Semaphore>>,
+    answer_budget: Arc<Semaphore>,
 }
 
 /// Accepts connections until `shutdown` turns true, then waits for every connection task to
 /// finish (each stops on the same signal).
 pub async fn serve(listener: TcpListener, context: ServerContext, mut shutdown: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let slots = Arc::new(Slots {
+        handshakes: Arc::new(Semaphore::new(HANDSHAKES_MAX)),
+        handshaking: Arc::default(),
+        clients: Arc::new(Semaphore::new(CLIENT_CONNECTIONS_MAX)),
+        client_roster: Arc::default(),
+        peers: context
+            .members
+            .iter()
+            .map(|&id| (id, Arc::new(Semaphore::new(PEER_CONNECTIONS_PER_MEMBER))))
+            .collect(),
+        answer_budget: Arc::new(Semaphore::new(budget_units(NODE_ANSWER_BYTES_MAX))),
+    });
+    let context = Arc::new(context);
     let tasks = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => break,
         };
-        match accepted {
-            Ok((stream, addr)) => {
-                let context = context.clone();
-                let shutdown = shutdown.clone();
-                tasks.spawn(async move {
-                    if let Err(error) = handle(stream, addr, context, shutdown).await {
-                        tracing::info!(%addr, %error, "connection closed");
-                    }
-                    drop(permit);
-                });
-            }
+        let (stream, addr) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: wait a little instead of spinning.
                 tracing::warn!(%error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
-        }
+        };
+        // Never wait for a handshake slot: close the oldest handshake instead. An honest caller
+        // finishes its handshake in milliseconds, so only a flood far faster than that can
+        // displace one.
+        let handshake = match slots.handshakes.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                slots.handshaking.evict_one();
+                tokio::select! {
+                    permit = slots.handshakes.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+                    _ = shutdown.changed() => break,
+                }
+            }
+        };
+        let context = context.clone();
+        let slots = slots.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(error) = handle(stream, handshake, &slots, &context, shutdown).await {
+                tracing::info!(%addr, %error, "connection closed");
+            }
+        });
     }
     drop(listener);
     tasks.close();
@@ -92,30 +247,71 @@ pub async fn serve(listener: TcpListener, context: ServerContext, mut shutdown: 
 
 async fn handle(
     stream: TcpStream,
-    addr: SocketAddr,
-    context: ServerContext,
+    handshake: OwnedSemaphorePermit,
+    slots: &Slots,
+    context: &ServerContext,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
+    let place = slots.handshaking.join(None);
     let accepted = tokio::select! {
-        accepted = Connection::accept(stream, HANDSHAKE_TIMEOUT) => accepted?,
+        accepted = Connection::accept(stream, &context.security, HANDSHAKE_TIMEOUT) => accepted?,
+        _ = place.evicted.cancelled() => return Err(SessionError::Evicted),
         _ = shutdown.changed() => return Ok(()),
     };
-    let Some((mut connection, hello)) = accepted else { return Ok(()) };
-    if let Err(reason) = check_hello(&hello, &context) {
+    drop(place);
+    drop(handshake);
+    let Some((mut connection, hello, credentials)) = accepted else { return Ok(()) };
+    if let Err(reason) = check_hello(&hello, &credentials, context) {
         connection.refuse(reason.clone()).await;
         return Err(SessionError::Handshake(reason));
     }
-    connection.welcome(Welcome { node_id: context.node_id, cluster_id: context.cluster.clone() }).await?;
     match hello.caller {
         Caller::Node(peer) => {
-            tracing::debug!(%addr, peer, "peer connected");
-            peer_session(connection, peer, &context, shutdown).await
+            // check_hello made sure the peer is a member.
+            let Some(Ok(slot)) = slots.peers.get(&peer).map(|s| s.clone().try_acquire_owned()) else {
+                let reason = format!("node {peer} already holds {PEER_CONNECTIONS_PER_MEMBER} connections");
+                connection.refuse(reason.clone()).await;
+                return Err(SessionError::Handshake(reason));
+            };
+            connection.welcome(welcome(context)).await?;
+            tracing::debug!(peer, "peer connected");
+            let result = peer_session(connection, peer, context, shutdown).await;
+            drop(slot);
+            result
         }
-        Caller::Client => client_session(connection, &context, shutdown).await,
+        Caller::Client => {
+            let slot = match slots.clients.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                // Full: make room by closing the client idle the longest, if one is idle.
+                Err(_) if slots.client_roster.evict_one() => {
+                    let waited =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, slots.clients.clone().acquire_owned());
+                    tokio::select! {
+                        waited = waited => waited.ok().and_then(|slot| slot.ok()),
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
+                Err(_) => None,
+            };
+            let Some(slot) = slot else {
+                let reason =
+                    format!("too many client connections ({CLIENT_CONNECTIONS_MAX}), all busy: retry later");
+                connection.busy(reason.clone()).await;
+                return Err(SessionError::Handshake(reason));
+            };
+            connection.welcome(welcome(context)).await?;
+            let result = client_session(connection, credentials, slots, context, shutdown).await;
+            drop(slot);
+            result
+        }
     }
 }
 
-fn check_hello(hello: &Hello, context: &ServerContext) -> Result<(), String> {
+fn welcome(context: &ServerContext) -> Welcome {
+    Welcome { node_id: context.node_id, cluster_id: context.cluster.clone() }
+}
+
+fn check_hello(hello: &Hello, credentials: &Credentials, context: &ServerContext) -> Result<(), String> {
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(format!(
             "protocol version {} is not supported (this node speaks {PROTOCOL_VERSION})",
@@ -128,9 +324,26 @@ fn check_hello(hello: &Hello, context: &ServerContext) -> Result<(), String> {
             context.cluster, hello.cluster_id
         ));
     }
-    if let Caller::Node(peer) = hello.caller {
-        if peer == context.node_id || !context.members.contains(&peer) {
-            return Err(format!("node {peer} is not a peer of node {} in this cluster", context.node_id));
+    match hello.caller {
+        Caller::Node(peer) => {
+            if peer == context.node_id || !context.members.contains(&peer) {
+                return Err(format!("node {peer} is not a peer of node {} in this cluster", context.node_id));
+            }
+            if !credentials.is_node(&context.cluster, peer) {
+                return Err(format!(
+                    "the certificate presented is not node {peer}'s (it does not name {})",
+                    crate::tls::node_name(&context.cluster, peer)
+                ));
+            }
+        }
+        Caller::Client => {
+            if !credentials.is_client(&context.cluster) {
+                return Err(format!(
+                    "the certificate presented is not a client's of cluster {:?} (it does not name {})",
+                    context.cluster,
+                    crate::tls::client_name(&context.cluster)
+                ));
+            }
         }
     }
     Ok(())
@@ -144,7 +357,7 @@ async fn peer_session(
 ) -> Result<(), SessionError> {
     loop {
         let frame = tokio::select! {
-            frame = connection.read_frame() => frame,
+            frame = connection.read_frame(context.timeouts) => frame,
             _ = shutdown.changed() => return Ok(()),
         };
         let Some(frame) = frame else { return Ok(()) };
@@ -160,29 +373,47 @@ async fn peer_session(
     }
 }
 
+/// May `credentials` make `request`? `Err` is the refusal the client prints.
+fn authorise(request: &Request, credentials: &Credentials, cluster: &str) -> Result<(), String> {
+    match request {
+        Request::Gc { .. } if !credentials.is_admin(cluster) => Err(format!(
+            "gc and truncation need an admin certificate (one naming {}); this one is a client's",
+            crate::tls::admin_name(cluster)
+        )),
+        // The handshake already required a client certificate for everything else.
+        _ => Ok(()),
+    }
+}
+
 /// Reads requests and hands them to the driver; a writer task sends the answers back.
 ///
-/// Each request takes one of `CLIENT_REQUESTS_IN_FLIGHT_MAX` permits, given back when its
-/// answer is written: a client that pipelines requests and never reads the answers stops being
-/// read once that many are waiting. The bound counts answers, not bytes: a history page can
-/// be megabytes, so this alone does not bound the memory such a client holds.
+/// Each request first reserves the bytes its answer may take (see the module's limits),
+/// given back when its answer is written: a client that pipelines requests and never reads
+/// the answers stops being read once its budget is spent, and is closed when it has read
+/// nothing for the frame timeout.
 async fn client_session(
     connection: Connection,
+    credentials: Credentials,
+    slots: &Slots,
     context: &ServerContext,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
     let (mut sink, mut stream) = connection.split();
-    // Never full: every queued answer holds one of the permits, and there are as many
-    // permits as places in the queue.
+    let budget = Arc::new(Semaphore::new(budget_units(CONNECTION_ANSWER_BYTES_MAX)));
+    let place = slots.client_roster.join(Some(budget.clone()));
+    // Never full: every queued answer holds at least one unit of the budget, and there are as
+    // many places in the queue as units.
     let (frames_tx, mut frames_rx) = mpsc::channel(CLIENT_REQUESTS_IN_FLIGHT_MAX);
+    let flush_timeout = context.timeouts.frame;
     let mut writer = tokio::spawn(async move {
-        write_batches(&mut sink, &mut frames_rx, RESPONSES_PER_FLUSH_MAX, |answer| answer).await
+        write_batches(&mut sink, &mut frames_rx, RESPONSES_PER_FLUSH_MAX, flush_timeout, |answer| answer)
+            .await
     });
-    let in_flight = Arc::new(Semaphore::new(CLIENT_REQUESTS_IN_FLIGHT_MAX));
     let result = loop {
         let frame = tokio::select! {
-            frame = stream.next() => frame,
+            frame = stream.next_within(context.timeouts) => frame,
             _ = shutdown.changed() => break Ok(()),
+            _ = place.evicted.cancelled() => break Err(SessionError::Evicted),
             // Answers can no longer be written: stop reading requests that would go unanswered.
             written = &mut writer => break match written {
                 Ok(Err(error)) => Err(error.into()),
@@ -194,14 +425,25 @@ async fn client_session(
             Ok(frame) => frame,
             Err(error) => break Err(error.into()),
         };
+        place.touch();
         let Frame::Request { id, request } = frame else {
             break Err(SessionError::Unexpected("clients send only requests"));
         };
+        let units = budget_units(request.answer_bytes_max()) as u32;
         let permit = tokio::select! {
-            permit = in_flight.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break Ok(()) },
+            permit = reserve(&budget, &slots.answer_budget, units) => match permit { Some(p) => p, None => break Ok(()) },
             _ = shutdown.changed() => break Ok(()),
+            written = &mut writer => break match written {
+                Ok(Err(error)) => Err(error.into()),
+                _ => Err(SessionError::Closed),
+            },
         };
         let respond = Responder { id, frames: frames_tx.clone(), permit };
+        if let Err(reason) = authorise(&request, &credentials, &context.cluster) {
+            tracing::info!(request = request_name(&request), %reason, "request forbidden");
+            respond.send(Response::Forbidden(reason));
+            continue;
+        }
         match context.inputs.try_send(Input::Client { request, respond }) {
             Ok(()) => {}
             Err(TrySendError::Full(Input::Client { respond, .. })) => {
@@ -219,4 +461,21 @@ async fn client_session(
         let _ = writer.await;
     }
     result
+}
+
+/// Reserves `units` from the connection's budget, then from the node's (always in this order,
+/// so two connections cannot wait for each other). `None`: the node is closing.
+async fn reserve(connection: &Arc<Semaphore>, node: &Arc<Semaphore>, units: u32) -> Option<AnswerPermit> {
+    let connection = connection.clone().acquire_many_owned(units).await.ok()?;
+    let node = node.clone().acquire_many_owned(units).await.ok()?;
+    Some(AnswerPermit { _connection: connection, _node: node })
+}
+
+fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Propose { .. } => "propose",
+        Request::History { .. } => "history",
+        Request::Status => "status",
+        Request::Gc { .. } => "gc",
+    }
 }

@@ -9,7 +9,7 @@ use paxos_core::{Ballot, Message, NodeId, ProposalError, RequestId, RoleName, Sl
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Most history entries one `History` request returns (the node caps a larger `limit`).
 pub const HISTORY_PAGE_ENTRIES_MAX: u64 = 10_000;
@@ -35,10 +35,10 @@ const fn page_frame_bytes_max(entries_max: usize, bytes_max: usize) -> usize {
 // (the node does not change them). An Accept or CatchUpEntries is one page; a Promise is two (its
 // history, and its page of accepted records and pending chosen values, where one slot may carry
 // two values, hence the doubled value limit).
-const _: () = assert!(
-    page_frame_bytes_max(HISTORY_PAGE_ENTRIES_MAX as usize, HISTORY_PAGE_BYTES_MAX)
-        <= crate::codec::FRAME_BYTES_MAX
-);
+/// The largest answer to a `History` request.
+pub const HISTORY_PAGE_FRAME_BYTES_MAX: usize =
+    page_frame_bytes_max(HISTORY_PAGE_ENTRIES_MAX as usize, HISTORY_PAGE_BYTES_MAX);
+const _: () = assert!(HISTORY_PAGE_FRAME_BYTES_MAX <= crate::codec::FRAME_BYTES_MAX);
 const CORE_PAGE_FRAME_BYTES_MAX: usize = page_frame_bytes_max(
     paxos_core::Config::ENTRIES_PER_MESSAGE_MAX_DEFAULT,
     paxos_core::Config::MESSAGE_BYTES_MAX_DEFAULT,
@@ -70,8 +70,11 @@ pub struct Welcome {
 pub enum Frame {
     Hello(Hello),
     Welcome(Welcome),
-    /// The handshake failed; the reason is for logs and for the client's error line.
+    /// The handshake failed for good (wrong cluster, certificate or version); the reason is for
+    /// logs and for the client's error line.
     Refused(String),
+    /// The node cannot take this connection now (every slot busy): retry later.
+    Busy(String),
     /// A protocol message from the peer that opened this connection (the sender is the id the
     /// handshake established, never a field of the frame).
     Peer(Message),
@@ -104,6 +107,20 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// An upper bound on the bytes of this request's answer on the wire, which the server
+    /// reserves before it takes the request: what a connection's unread answers may hold is
+    /// bounded in bytes, not only in number. A status report is bounded by the members it
+    /// lists (a few dozen bytes each), the others by their fixed fields and an address.
+    pub fn answer_bytes_max(&self) -> usize {
+        match self {
+            Request::Propose { .. } | Request::Gc { .. } => 4 << 10,
+            Request::Status => 64 << 10,
+            Request::History { .. } => HISTORY_PAGE_FRAME_BYTES_MAX,
+        }
+    }
+}
+
 /// The answer to a [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -113,6 +130,9 @@ pub enum Response {
     Gc(Result<GcReport, GcError>),
     /// The node could not take the request (overloaded, shutting down): retry, maybe elsewhere.
     Unavailable(String),
+    /// The caller's certificate does not allow this request (e.g. gc without an admin
+    /// certificate). Final: retrying cannot help.
+    Forbidden(String),
 }
 
 /// Why a proposal has no slot (yet).

@@ -1,13 +1,16 @@
 //! Start, kill and restart real node processes.
 
 use anyhow::{bail, Context};
+use paxos_node::certs::IssueRequest;
 use paxos_node::client::{Client, ClientOptions};
+use paxos_node::tls::{CertFiles, Security, Tls};
 use paxos_node::wire::StatusReport;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary (`paxos-node`, `paxos-cli`), built by `cargo build --bins`.
@@ -68,7 +71,12 @@ pub struct Cluster {
     proxies: BTreeMap<(u64, u64), crate::proxy::Proxy>,
     nodes: BTreeMap<u64, NodeProcess>,
     extra_args: Vec<String>,
+    /// How clients and nodes talk: TLS with certificates in `certs_dir()` unless plaintext.
+    pub security: Security,
 }
+
+/// The cluster name every test cluster uses (certificates name it).
+pub const CLUSTER: &str = paxos_node::config::DEFAULT_CLUSTER;
 
 impl Cluster {
     /// Starts `size` nodes (ids 1..=size) and waits for a leader.
@@ -81,12 +89,52 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// A cluster with addresses and directories, nothing running.
+    /// A cluster with addresses, directories and certificates (nodes 1..=size, a client and
+    /// an admin), nothing running.
     pub fn new(size: u64) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("paxos-test-").tempdir()?;
+        let certs_dir = dir.path().join("certs");
+        let request = IssueRequest {
+            cluster: CLUSTER.into(),
+            nodes: (1..=size).collect(),
+            client: true,
+            admin: true,
+            overwrite: false,
+        };
+        paxos_node::certs::issue(&certs_dir, &request)?;
+        let tls = Tls::for_client(&CertFiles::named(&certs_dir, "client"), CLUSTER)?;
         let ports = free_ports(size as usize);
         let addrs = (1..=size).zip(ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
-        Ok(Cluster { dir, addrs, proxies: BTreeMap::new(), nodes: BTreeMap::new(), extra_args: Vec::new() })
+        Ok(Cluster {
+            dir,
+            addrs,
+            proxies: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            extra_args: Vec::new(),
+            security: Security::Tls(Arc::new(tls)),
+        })
+    }
+
+    /// Like `new`, for nodes and clients that run with `--insecure-plaintext`.
+    pub fn new_plaintext(size: u64) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster::new(size)?;
+        cluster.security = Security::InsecurePlaintext;
+        Ok(cluster)
+    }
+
+    /// The certificates of nodes 1..=size, `client` and `admin`, and the CA's key.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// `paxos-cli` with this cluster's client certificates (or plaintext) in its environment.
+    pub fn cli_command(&self) -> Command {
+        let mut command = Command::new(binary("paxos-cli"));
+        command.env("PAXOS_CERTS_DIR", self.certs_dir());
+        if !self.security.is_tls() {
+            command.env("PAXOS_INSECURE_PLAINTEXT", "true");
+        }
+        command
     }
 
     /// Like `start`, with a TCP proxy on every directed peer link, so tests can partition.
@@ -179,6 +227,10 @@ impl Cluster {
             command.arg("--peer").arg(format!("{peer}={addr}"));
         }
         command.arg("--data-dir").arg(data_dir);
+        match self.security {
+            Security::Tls(_) => command.arg("--certs-dir").arg(self.certs_dir()),
+            Security::InsecurePlaintext => command.arg("--insecure-plaintext"),
+        };
         command.args(&self.extra_args);
         command.env("RUST_LOG", std::env::var("PAXOS_TEST_LOG").unwrap_or_else(|_| "info".into()));
         command
@@ -222,6 +274,19 @@ impl Cluster {
         self.start_node(id)
     }
 
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes.get(&id).and_then(|n| n.child.as_ref()).map(|c| c.id())
+    }
+
+    /// Resident memory of node `id`'s process, in bytes (Linux).
+    pub fn rss_bytes(&self, id: u64) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(id)?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.nodes.get(&id).is_some_and(|n| n.child.is_some())
     }
@@ -237,7 +302,19 @@ impl Cluster {
     /// A client that talks to the given nodes only.
     pub fn client_for(&self, ids: &[u64]) -> Client {
         let endpoints = ids.iter().map(|id| self.addrs[id].clone()).collect();
-        let mut options = ClientOptions::new(endpoints);
+        let mut options = ClientOptions::new(endpoints, self.security.clone());
+        options.timeout = Duration::from_secs(20);
+        Client::new(options).expect("endpoints given")
+    }
+
+    /// A client with the admin certificate (gc and truncation), knowing every node.
+    pub fn admin_client(&self) -> Client {
+        let mut options = ClientOptions::new(self.addrs.values().cloned().collect(), self.security.clone());
+        if self.security.is_tls() {
+            let files = CertFiles::named(&self.certs_dir(), "admin");
+            let tls = Tls::for_client(&files, CLUSTER).expect("the admin certificate loads");
+            options.security = Security::Tls(Arc::new(tls));
+        }
         options.timeout = Duration::from_secs(20);
         Client::new(options).expect("endpoints given")
     }
@@ -248,7 +325,7 @@ impl Cluster {
     }
 
     pub async fn status(&self, id: u64) -> anyhow::Result<StatusReport> {
-        let mut options = ClientOptions::new(vec![self.addrs[&id].clone()]);
+        let mut options = ClientOptions::new(vec![self.addrs[&id].clone()], self.security.clone());
         options.timeout = Duration::from_secs(2);
         Ok(Client::new(options)?.status().await?)
     }

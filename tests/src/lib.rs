@@ -7,4 +7,4 @@ pub mod cluster;
 pub mod proxy;
 pub mod workload;
 
-pub use cluster::{binary, wait_until, Cluster};
+pub use cluster::{binary, wait_until, Cluster, CLUSTER};

@@ -7,16 +7,18 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-fn cli(endpoints: &str, args: &[&str]) -> Output {
-    Command::new(binary("paxos-cli"))
-        .env("PAXOS_ENDPOINTS", endpoints)
-        .args(args)
-        .output()
-        .expect("run paxos-cli")
+fn cli(cluster: &Cluster, endpoints: &str, args: &[&str]) -> Output {
+    cluster.cli_command().env("PAXOS_ENDPOINTS", endpoints).args(args).output().expect("run paxos-cli")
 }
 
-fn cli_stdin(endpoints: &str, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(binary("paxos-cli"))
+/// paxos-cli with exactly `env` (no cluster's certificates).
+fn run_cli(env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(binary("paxos-cli")).envs(env.iter().copied()).args(args).output().expect("run paxos-cli")
+}
+
+fn cli_stdin(cluster: &Cluster, endpoints: &str, args: &[&str], input: &[u8]) -> Output {
+    let mut child = cluster
+        .cli_command()
         .env("PAXOS_ENDPOINTS", endpoints)
         .args(args)
         .stdin(Stdio::piped())
@@ -24,7 +26,7 @@ fn cli_stdin(endpoints: &str, args: &[&str], input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn paxos-cli");
-    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
     child.wait_with_output().expect("paxos-cli output")
 }
 
@@ -53,22 +55,23 @@ async fn every_command_in_human_and_json_form() {
 
     // Each paxos-cli process opens a client session through the log first (a registration
     // slot, which history prints like a no-op), then proposes.
-    assert_eq!(stdout(&cli(&all, &["propose", "first"])).trim(), "1");
+    assert_eq!(stdout(&cli(&cluster, &all, &["propose", "first"])).trim(), "1");
     let json: Value =
-        serde_json::from_str(&stdout(&cli(&all, &["propose", "second", "--json"]))).expect("json");
+        serde_json::from_str(&stdout(&cli(&cluster, &all, &["propose", "second", "--json"]))).expect("json");
     assert_eq!(json, serde_json::json!({ "slot": 3 }));
     // --endpoint before or after the command, repeated.
-    let out = Command::new(binary("paxos-cli"))
+    let out = cluster
+        .cli_command()
         .args(["--endpoint", &node2, "propose", "third", "--endpoint", &cluster.addrs[&3]])
         .output()
         .expect("run");
     assert_eq!(stdout(&out).trim(), "5");
 
     let lines: String = (0..500).map(|i| format!("line-{i}\n")).collect();
-    let out = stdout(&cli_stdin(&all, &["propose", "--stdin"], &lines));
+    let out = stdout(&cli_stdin(&cluster, &all, &["propose", "--stdin"], lines.as_bytes()));
     let slots: Vec<u64> = out.lines().map(|l| l.parse().expect("slot")).collect();
     assert_eq!(slots, (7..507).collect::<Vec<u64>>(), "one slot per input line, in input order");
-    let out = stdout(&cli_stdin(&all, &["propose", "--stdin", "--json"], "a\nb\n"));
+    let out = stdout(&cli_stdin(&cluster, &all, &["propose", "--stdin", "--json"], b"a\nb\n"));
     let objects: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
     assert_eq!(objects, vec![serde_json::json!({"slot": 508}), serde_json::json!({"slot": 509})]);
 
@@ -78,23 +81,25 @@ async fn every_command_in_human_and_json_form() {
     })
     .await
     .expect("caught up");
-    let history = stdout(&cli(&node2, &["history", "--from", "1", "--limit", "3"]));
+    let history = stdout(&cli(&cluster, &node2, &["history", "--from", "1", "--limit", "3"]));
     assert_eq!(history, "1\tfirst\n2\t\n3\tsecond\n");
     let json: Value =
-        serde_json::from_str(&stdout(&cli(&node2, &["history", "--json", "--from", "507"]))).expect("json");
+        serde_json::from_str(&stdout(&cli(&cluster, &node2, &["history", "--json", "--from", "507"])))
+            .expect("json");
     assert_eq!(
         json,
         serde_json::json!([{"slot": 507, "value": null}, {"slot": 508, "value": "a"}, {"slot": 509, "value": "b"}])
     );
-    let all_history = stdout(&cli(&node2, &["history"]));
+    let all_history = stdout(&cli(&cluster, &node2, &["history"]));
     assert_eq!(all_history.lines().count(), 510);
 
-    let status = stdout(&cli(&node2, &["status"]));
+    let status = stdout(&cli(&cluster, &node2, &["status"]));
     assert!(
         status.contains("node 2") && status.contains("leader:") && status.contains("applied up to: 510"),
         "{status}"
     );
-    let json: Value = serde_json::from_str(&stdout(&cli(&node2, &["status", "--json"]))).expect("json");
+    let json: Value =
+        serde_json::from_str(&stdout(&cli(&cluster, &node2, &["status", "--json"]))).expect("json");
     assert_eq!(json["node"], 2);
     assert_eq!(json["applied_upto"], 510);
     assert_eq!(json["history_start"], 0);
@@ -104,7 +109,7 @@ async fn every_command_in_human_and_json_form() {
     assert_eq!(json["members"].as_array().expect("members").len(), 3);
 
     // gc: human, then JSON with truncation, through whichever node (it goes to the leader).
-    let out = stdout(&cli(&node2, &["gc"]));
+    let out = stdout(&cli(&cluster, &node2, &["gc"]));
     assert!(out.starts_with("removed ") && out.contains("history starts at 0"), "{out}");
     wait_until("the leader hears every member at 510", Duration::from_secs(10), || async {
         let leader = cluster.wait_for_leader(Duration::from_secs(5)).await?;
@@ -114,7 +119,7 @@ async fn every_command_in_human_and_json_form() {
     .await
     .expect("progress known");
     let json: Value =
-        serde_json::from_str(&stdout(&cli(&node2, &["gc", "--truncate-below", "100", "--json"])))
+        serde_json::from_str(&stdout(&cli(&cluster, &node2, &["gc", "--truncate-below", "100", "--json"])))
             .expect("json");
     assert_eq!(json["history_start"], 100);
     assert_eq!(json["history_entries_removed"], 100);
@@ -127,10 +132,13 @@ async fn every_command_in_human_and_json_form() {
     })
     .await
     .expect("truncated");
-    assert_eq!(stdout(&cli(&node2, &["history", "--from", "100", "--limit", "1"])), "100\tline-93\n");
-    let error = one_line_error(&cli(&node2, &["history", "--from", "5"]));
+    assert_eq!(
+        stdout(&cli(&cluster, &node2, &["history", "--from", "100", "--limit", "1"])),
+        "100\tline-93\n"
+    );
+    let error = one_line_error(&cli(&cluster, &node2, &["history", "--from", "5"]));
     assert!(error.contains("truncated") && error.contains("100"), "{error}");
-    let error = one_line_error(&cli(&node2, &["history"]));
+    let error = one_line_error(&cli(&cluster, &node2, &["history"]));
     assert!(error.contains("truncated") && error.contains("100"), "{error}");
 }
 
@@ -138,8 +146,11 @@ async fn every_command_in_human_and_json_form() {
 async fn bench_reports_throughput_latency_and_fsyncs() {
     let cluster = Cluster::start(3).await.expect("cluster");
     let all = endpoints(&cluster);
-    let out =
-        stdout(&cli(&all, &["bench", "--clients", "4", "--count", "400", "--value-bytes", "50", "--json"]));
+    let out = stdout(&cli(
+        &cluster,
+        &all,
+        &["bench", "--clients", "4", "--count", "400", "--value-bytes", "50", "--json"],
+    ));
     let report: Value = serde_json::from_str(out.trim()).expect("json");
     assert_eq!(report["writes"], 400);
     assert_eq!(report["errors"], 0);
@@ -157,24 +168,24 @@ async fn bench_reports_throughput_latency_and_fsyncs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_paths_exit_non_zero_with_one_line() {
+    let mut cluster = Cluster::start(3).await.expect("cluster");
     // Nothing listens on a port we just released.
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let dead = format!("127.0.0.1:{port}");
-    let error = one_line_error(&cli(&dead, &["propose", "x", "--timeout-ms", "500"]));
+    let error = one_line_error(&cli(&cluster, &dead, &["propose", "x", "--timeout-ms", "500"]));
     assert!(error.contains("no endpoint reachable"), "{error}");
-    let error = one_line_error(&cli(&dead, &["status", "--timeout-ms", "500"]));
+    let error = one_line_error(&cli(&cluster, &dead, &["status", "--timeout-ms", "500"]));
     assert!(error.contains("no endpoint reachable"), "{error}");
 
     // Bad arguments: one line too (clap's usage text is behind --help).
-    let output = cli(&dead, &["propose"]);
+    let output = cli(&cluster, &dead, &["propose"]);
     assert_eq!(output.status.code(), Some(2));
     one_line_error(&output);
-    one_line_error(&cli(&dead, &["history", "--from", "minus-one"]));
-    one_line_error(&cli(&dead, &["frobnicate"]));
-    one_line_error(&cli(&dead, &["gc", "--force"]));
+    one_line_error(&cli(&cluster, &dead, &["history", "--from", "minus-one"]));
+    one_line_error(&cli(&cluster, &dead, &["frobnicate"]));
+    one_line_error(&cli(&cluster, &dead, &["gc", "--force"]));
 
     // A majority down: no quorum within the timeout.
-    let mut cluster = Cluster::start(3).await.expect("cluster");
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
     let survivor = (1..=3).find(|id| *id != leader).expect("survivor");
     for id in 1..=3 {
@@ -182,13 +193,18 @@ async fn error_paths_exit_non_zero_with_one_line() {
             cluster.kill(id).expect("kill");
         }
     }
-    let output = cli(&cluster.addrs[&survivor], &["propose", "lonely", "--timeout-ms", "2000"]);
+    let output = cli(&cluster, &cluster.addrs[&survivor], &["propose", "lonely", "--timeout-ms", "2000"]);
     let error = one_line_error(&output);
     assert!(error.contains("no quorum"), "{error}");
 
     // A value over the limit is refused before it reaches the log.
     let big = format!("{}\n", "x".repeat((1 << 20) + 1));
-    let output = cli_stdin(&cluster.addrs[&survivor], &["propose", "--stdin", "--timeout-ms", "2000"], &big);
+    let output = cli_stdin(
+        &cluster,
+        &cluster.addrs[&survivor],
+        &["propose", "--stdin", "--timeout-ms", "2000"],
+        big.as_bytes(),
+    );
     let error = one_line_error(&output);
     assert!(error.contains("exceeds the limit"), "{error}");
 }
@@ -198,7 +214,7 @@ async fn demo_starts_a_cluster_shows_it_working_and_leaves_it_running() {
     let dir = tempfile::tempdir().expect("tempdir");
     let demo_dir = dir.path().join("demo");
     let demo_dir_text = demo_dir.to_str().expect("utf-8 path");
-    let out = stdout(&cli("", &["demo", "--dir", demo_dir_text]));
+    let out = stdout(&run_cli(&[], &["demo", "--dir", demo_dir_text]));
     assert!(out.contains("was elected leader"), "{out}");
     assert!(out.contains("kill -9 of the leader"), "{out}");
     for id in 1..=3 {
@@ -209,10 +225,87 @@ async fn demo_starts_a_cluster_shows_it_working_and_leaves_it_running() {
         .find_map(|l| l.trim().strip_prefix("export PAXOS_ENDPOINTS="))
         .expect("endpoints line")
         .to_owned();
+    let certs_dir = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export PAXOS_CERTS_DIR="))
+        .expect("certificates line")
+        .to_owned();
+    let env = [("PAXOS_ENDPOINTS", endpoints.as_str()), ("PAXOS_CERTS_DIR", certs_dir.as_str())];
     // Still running: usable with the printed endpoints.
     // 9 values and 6 session registrations so far; this process registers one more first.
-    assert_eq!(stdout(&cli(&endpoints, &["propose", "more"])).trim(), "16");
-    let out = stdout(&cli("", &["demo", "--stop", "--dir", demo_dir_text]));
+    assert_eq!(stdout(&run_cli(&env, &["propose", "more"])).trim(), "16");
+    // Without the demo's certificates the nodes refuse the client, in one line.
+    let error = one_line_error(&run_cli(&env[..1], &["status", "--timeout-ms", "300"]));
+    assert!(error.contains("certificate"), "{error}");
+    let out = stdout(&run_cli(&[], &["demo", "--stop", "--dir", demo_dir_text]));
     assert!(out.contains("stopped 3 node(s)"), "{out}");
-    one_line_error(&cli(&endpoints, &["status", "--timeout-ms", "300"]));
+    one_line_error(&run_cli(&env, &["status", "--timeout-ms", "300"]));
+}
+
+/// Values are bytes end to end: a file's bytes, non-UTF-8 input lines and base64 all arrive
+/// intact; text output keeps each value on its line (escaped), JSON output loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_values_survive_every_path() {
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let all = endpoints(&cluster);
+    let binary_value: Vec<u8> = (0..=255u8).collect();
+    let file = cluster.dir.path().join("value.bin");
+    std::fs::write(&file, &binary_value).expect("write file");
+    let file_slot: u64 = stdout(&cli(&cluster, &all, &["propose", "--file", file.to_str().expect("path")]))
+        .trim()
+        .parse()
+        .expect("slot");
+    // A line that is not UTF-8, and one with a tab; then base64 of "two\nlines".
+    let input = b"\xff\xfe raw\nwith\ttab\n";
+    let out = stdout(&cli_stdin(&cluster, &all, &["propose", "--stdin"], input));
+    let stdin_slots: Vec<u64> = out.lines().map(|l| l.parse().expect("slot")).collect();
+    let newline_slot: u64 =
+        stdout(&cli(&cluster, &all, &["propose", "--encoding", "base64", "dHdvCmxpbmVz"]))
+            .trim()
+            .parse()
+            .expect("slot");
+    let bad = one_line_error(&cli(&cluster, &all, &["propose", "--encoding", "base64", "not base64!"]));
+    assert!(bad.contains("base64"), "{bad}");
+
+    let node1 = cluster.addrs[&1].clone();
+    wait_until("node 1 applied everything", Duration::from_secs(10), || async {
+        Ok((cluster.status(1).await?.applied_upto > newline_slot).then_some(()))
+    })
+    .await
+    .expect("applied");
+    let expected: Vec<(u64, Vec<u8>)> = vec![
+        (file_slot, binary_value.clone()),
+        (stdin_slots[0], b"\xff\xfe raw".to_vec()),
+        (stdin_slots[1], b"with\ttab".to_vec()),
+        (newline_slot, b"two\nlines".to_vec()),
+    ];
+    let held = cluster.history(1).await.expect("history");
+    for (slot, value) in &expected {
+        assert_eq!(held[*slot as usize].1.as_deref(), Some(&value[..]), "slot {slot}");
+    }
+    // JSON: text where it is UTF-8, base64 where it is not; decoding gives the bytes back.
+    let json: Value =
+        serde_json::from_str(&stdout(&cli(&cluster, &node1, &["history", "--json"]))).expect("json");
+    let entry = |slot: u64| {
+        json.as_array().expect("array").iter().find(|e| e["slot"] == slot).expect("entry").clone()
+    };
+    assert_eq!(entry(newline_slot)["value"], "two\nlines");
+    assert!(entry(file_slot).get("value").is_none());
+    assert_eq!(entry(file_slot)["value_base64"].as_str().map(str::len), Some(344));
+    // Text: one line per slot, whatever the values hold.
+    let text = stdout(&cli(&cluster, &node1, &["history"]));
+    assert_eq!(text.lines().count() as u64, cluster.status(1).await.expect("status").applied_upto);
+    assert!(text.contains(&format!("{newline_slot}\ttwo\\nlines\n")), "{text}");
+    assert!(text.contains(&format!("{}\t\\xff\\xfe raw\n", stdin_slots[0])), "{text}");
+    // base64 output round-trips the binary value.
+    let b64 = stdout(&cli(
+        &cluster,
+        &node1,
+        &["history", "--encoding", "base64", "--from", &file_slot.to_string(), "--limit", "1"],
+    ));
+    let (_, encoded) = b64.trim_end().split_once('\t').expect("slot and value");
+    let resent = stdout(&cli(&cluster, &all, &["propose", "--encoding", "base64", encoded]));
+    let resent_slot: u64 = resent.trim().parse().expect("slot");
+    let again = cluster.client_for(&[1]).history(resent_slot, 1).await.expect("history");
+    assert_eq!(again.entries[0].1.as_deref(), Some(&binary_value[..]));
 }

@@ -7,15 +7,18 @@
 use paxos_core::Rng;
 use paxos_node::client::{Client, ClientOptions};
 use paxos_tests::workload::{check, run_clients, Operation, Recorder};
-use paxos_tests::{binary, wait_until, Cluster};
+use paxos_tests::{wait_until, Cluster};
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const SETTLE: Duration = Duration::from_secs(40);
 
 fn client_with_timeout(cluster: &Cluster, ids: &[u64], timeout: Duration) -> Client {
-    let mut options = ClientOptions::new(ids.iter().map(|id| cluster.addrs[id].clone()).collect());
+    let mut options = ClientOptions::new(
+        ids.iter().map(|id| cluster.addrs[id].clone()).collect(),
+        cluster.security.clone(),
+    );
     options.timeout = timeout;
     Client::new(options).expect("client")
 }
@@ -81,9 +84,10 @@ async fn b_five_nodes_two_down_thousand_values_through_the_cli() {
     for (stream, through) in [(0, 1u64), (1, 2u64)] {
         let values: Vec<String> = (0..500).map(|i| format!("b-s{stream}-{i}")).collect();
         let addr = cluster.addrs[&through].clone();
+        let mut command = cluster.cli_command();
         streams.push(tokio::task::spawn_blocking(move || {
             let invoked = Instant::now();
-            let mut child = Command::new(binary("paxos-cli"))
+            let mut child = command
                 .args(["--endpoint", &addr, "propose", "--stdin", "--timeout-ms", "30000"])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -302,9 +306,10 @@ async fn f_truncation_under_load_and_a_node_down_across_it() {
     };
     wait_acknowledged(&recorder, 120).await;
     // Refused while a member has not applied past the cut, then forced.
-    let refused = client.gc(Some(100), false).await.expect_err("member behind");
+    let admin = cluster.admin_client();
+    let refused = admin.gc(Some(100), false).await.expect_err("member behind");
     assert!(refused.to_string().contains(&format!("member {down}")), "{refused}");
-    let report = client.gc(Some(100), true).await.expect("forced truncation");
+    let report = admin.gc(Some(100), true).await.expect("forced truncation");
     assert_eq!(report.history_start, 100);
     load.await.expect("load");
     cluster.start_node(down).expect("restart");

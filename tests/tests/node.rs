@@ -80,7 +80,7 @@ async fn bad_connections_are_closed_and_the_node_keeps_serving() {
         let _ = stream.read_to_end(&mut sink); // the node closes it
     }
     // A client of another cluster and an unknown peer are refused with a reason.
-    let mut options = paxos_node::client::ClientOptions::new(vec![addr.clone()]);
+    let mut options = paxos_node::client::ClientOptions::new(vec![addr.clone()], cluster.security.clone());
     options.cluster = "someone-else".into();
     options.timeout = Duration::from_secs(2);
     let error =

@@ -1,0 +1,225 @@
+//! Creating a cluster's certificate authority and the certificates it issues, in the directory
+//! layout [`crate::tls::CertFiles`] reads: `ca.pem`/`ca.key`, `node-N.pem`/`.key`,
+//! `client.pem`/`.key`, `admin.pem`/`.key`.
+//!
+//! An existing CA in the directory is reused (so `paxos-cli certs --nodes 4` later issues node
+//! 4's certificate for the same cluster); existing holder files are left alone unless asked.
+//! Private keys are written readable by their owner only.
+
+use crate::tls::{admin_name, any_node_name, check_cluster_name, client_name, node_name, TlsError};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// How long issued certificates are valid, in days.
+const VALIDITY_DAYS: i64 = 3650;
+
+/// What to issue.
+#[derive(Clone, Debug, Default)]
+pub struct IssueRequest {
+    pub cluster: String,
+    pub nodes: Vec<paxos_core::NodeId>,
+    /// Also issue `client.pem` (propose and read).
+    pub client: bool,
+    /// Also issue `admin.pem` (gc and truncation too).
+    pub admin: bool,
+    /// Replace holder files that exist already (the CA is always kept).
+    pub overwrite: bool,
+}
+
+/// What was written, for the caller to report.
+#[derive(Clone, Debug, Default)]
+pub struct Issued {
+    pub ca_created: bool,
+    pub written: Vec<PathBuf>,
+    pub kept: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {reason}", path.display())]
+    BadCa { path: PathBuf, reason: String },
+    #[error("generating a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("node id 0 is reserved; ids start at 1")]
+    NodeZero,
+}
+
+/// Creates the CA in `dir` if it has none, then issues what `request` asks for.
+pub fn issue(dir: &Path, request: &IssueRequest) -> Result<Issued, CertsError> {
+    check_cluster_name(&request.cluster)?;
+    if request.nodes.contains(&0) {
+        return Err(CertsError::NodeZero);
+    }
+    std::fs::create_dir_all(dir).map_err(|source| CertsError::Io { path: dir.to_owned(), source })?;
+    let mut issued = Issued::default();
+    let (ca_cert, ca_key) = load_or_create_ca(dir, &request.cluster, &mut issued)?;
+    let cluster = &request.cluster;
+    let mut holders: Vec<(String, Vec<String>, bool)> = Vec::new();
+    for &id in &request.nodes {
+        holders.push((format!("node-{id}"), vec![node_name(cluster, id), any_node_name(cluster)], true));
+    }
+    if request.client {
+        holders.push(("client".into(), vec![client_name(cluster)], false));
+    }
+    if request.admin {
+        holders.push(("admin".into(), vec![admin_name(cluster), client_name(cluster)], false));
+    }
+    for (name, dns_names, is_node) in holders {
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}.key"));
+        if !request.overwrite && (cert_path.exists() || key_path.exists()) {
+            issued.kept.push(cert_path);
+            continue;
+        }
+        let mut params = CertificateParams::new(dns_names)?;
+        params.distinguished_name = distinguished_name(&format!("{name} of cluster {cluster}"));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // Nodes both accept (server) and dial (client) links; clients only dial.
+        params.extended_key_usages = if is_node {
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
+        set_validity(&mut params);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
+        write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
+        write_file(&cert_path, cert.pem().as_bytes(), false)?;
+        issued.written.push(cert_path);
+    }
+    Ok(issued)
+}
+
+fn load_or_create_ca(
+    dir: &Path,
+    cluster: &str,
+    issued: &mut Issued,
+) -> Result<(rcgen::Certificate, KeyPair), CertsError> {
+    let cert_path = dir.join("ca.pem");
+    let key_path = dir.join("ca.key");
+    if cert_path.exists() {
+        let bad = |reason: String| CertsError::BadCa { path: cert_path.clone(), reason };
+        let pem = std::fs::read_to_string(&cert_path)
+            .map_err(|source| CertsError::Io { path: cert_path.clone(), source })?;
+        let key_pem = std::fs::read_to_string(&key_path)
+            .map_err(|source| CertsError::Io { path: key_path.clone(), source })?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(format!("ca.key: {e}")))?;
+        let params = CertificateParams::from_ca_cert_pem(&pem).map_err(|e| bad(e.to_string()))?;
+        // Re-signing the parsed parameters gives an issuer with the CA's name and key, which is
+        // all that signing needs; the file on disk stays as it is.
+        let ca = params.self_signed(&key)?;
+        return Ok((ca, key));
+    }
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(&format!("paxos cluster {cluster} CA"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    set_validity(&mut params);
+    let key = KeyPair::generate()?;
+    let ca = params.self_signed(&key)?;
+    write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
+    write_file(&cert_path, ca.pem().as_bytes(), false)?;
+    issued.ca_created = true;
+    issued.written.push(cert_path);
+    Ok((ca, key))
+}
+
+fn distinguished_name(common_name: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, common_name);
+    name
+}
+
+fn set_validity(params: &mut CertificateParams) {
+    let now = time::OffsetDateTime::now_utc();
+    // A day of slack for clocks that disagree a little.
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(VALIDITY_DAYS);
+}
+
+/// Writes `bytes` to a new file at `path` (replacing one that exists), private keys with mode
+/// 0600 from the start so they are never readable by others, not even briefly.
+fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertsError> {
+    let io = |source| CertsError::Io { path: path.to_owned(), source };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{CertFiles, Tls};
+
+    #[test]
+    fn issued_certificates_load_and_name_their_holders() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let request = IssueRequest {
+            cluster: "c1".into(),
+            nodes: vec![1, 2],
+            client: true,
+            admin: true,
+            overwrite: false,
+        };
+        let issued = issue(dir.path(), &request).expect("issue");
+        assert!(issued.ca_created);
+        assert_eq!(issued.written.len(), 5);
+        Tls::for_node(&CertFiles::node(dir.path(), 1), "c1", 1).expect("node 1");
+        // Node 2's files do not make node 1, and a client's files make no node.
+        assert!(matches!(
+            Tls::for_node(&CertFiles::node(dir.path(), 2), "c1", 1),
+            Err(TlsError::WrongHolder { .. })
+        ));
+        assert!(Tls::for_node(&CertFiles::named(dir.path(), "client"), "c1", 1).is_err());
+        Tls::for_client(&CertFiles::named(dir.path(), "client"), "c1").expect("client");
+        Tls::for_client(&CertFiles::named(dir.path(), "admin"), "c1").expect("admin");
+        // Another cluster's name does not match.
+        assert!(Tls::for_client(&CertFiles::named(dir.path(), "client"), "c2").is_err());
+
+        // Issuing later reuses the CA: node 3's certificate is trusted by node 1's CA file.
+        let later = IssueRequest { cluster: "c1".into(), nodes: vec![3], ..Default::default() };
+        let issued = issue(dir.path(), &later).expect("issue again");
+        assert!(!issued.ca_created);
+        let node3 = CertFiles::node(dir.path(), 3);
+        Tls::for_node(&node3, "c1", 3).expect("node 3 chains to the same CA");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&node3.key).expect("key").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "private keys are not readable by others");
+        }
+    }
+
+    #[test]
+    fn another_clusters_ca_is_not_trusted() {
+        let a = tempfile::tempdir().expect("tempdir");
+        let b = tempfile::tempdir().expect("tempdir");
+        for dir in [&a, &b] {
+            let request = IssueRequest { cluster: "c1".into(), nodes: vec![1], ..Default::default() };
+            issue(dir.path(), &request).expect("issue");
+        }
+        // b's node certificate with a's CA: the chain does not verify.
+        let mixed = CertFiles {
+            ca: a.path().join("ca.pem"),
+            cert: b.path().join("node-1.pem"),
+            key: b.path().join("node-1.key"),
+        };
+        assert!(matches!(Tls::for_node(&mixed, "c1", 1), Err(TlsError::WrongHolder { .. })));
+    }
+}
