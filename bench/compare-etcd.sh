@@ -54,6 +54,10 @@ done
 peers=()
 for i in 0 1 2; do peers+=(--peer "$((i + 1))=127.0.0.1:${ports[$((i + 6))]}"); done
 paxos_endpoints="127.0.0.1:${ports[6]},127.0.0.1:${ports[7]},127.0.0.1:${ports[8]}"
+# Mutual TLS, as the nodes run by default (etcd here runs plaintext: bench/tls-cost.sh says what
+# TLS costs ours).
+export PAXOS_CERTS_DIR="$work/certs"
+"$cli" certs --nodes 1,2,3 >/dev/null
 for i in 0 1 2; do
   RUST_LOG=warn "$node" --id $((i + 1)) --listen "127.0.0.1:${ports[$((i + 6))]}" "${peers[@]}" \
     --data-dir "$work/paxos-$((i + 1))" >"$work/paxos-$((i + 1)).log" 2>&1 &

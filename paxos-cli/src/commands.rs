@@ -86,10 +86,16 @@ async fn propose_stdin(client: &Client, window: usize, encoding: Encoding, json:
         let read_error = &read_error;
         async move {
             let error = match lines.next_segment().await {
-                Ok(Some(line)) => match decode(&line, encoding) {
-                    Ok(value) => return Some((value, lines)),
-                    Err(error) => anyhow::anyhow!("line {line_number}: {error}"),
-                },
+                Ok(Some(mut line)) => {
+                    // A CRLF line ends before its CR, as text tools read it.
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    match decode(&line, encoding) {
+                        Ok(value) => return Some((value, lines)),
+                        Err(error) => anyhow::anyhow!("line {line_number}: {error}"),
+                    }
+                }
                 Ok(None) => return None,
                 Err(error) => anyhow::anyhow!("reading standard input: {error}"),
             };

@@ -20,7 +20,12 @@ pub fn escaped(value: &[u8]) -> String {
                 '\n' => out.push_str("\\n"),
                 '\t' => out.push_str("\\t"),
                 '\r' => out.push_str("\\r"),
-                c if c.is_control() => {
+                // Control characters, and the invisible ones that can reorder or hide text in
+                // a terminal: bidirectional controls, zero-width characters, line and
+                // paragraph separators.
+                c if c.is_control()
+                    || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}') =>
+                {
                     let _ = write!(out, "\\u{{{:x}}}", c as u32);
                 }
                 c => out.push(c),
@@ -172,6 +177,7 @@ mod tests {
         assert_eq!(escaped(b"two\nlines\t\\"), "two\\nlines\\t\\\\");
         assert_eq!(escaped(b"\x00\x1b[31m"), "\\u{0}\\u{1b}[31m");
         assert_eq!(escaped(&[0xff, b'a', 0xc3]), "\\xffa\\xc3");
+        assert_eq!(escaped("a\u{202e}b\u{2028}".as_bytes()), "a\\u{202e}b\\u{2028}");
         // A value that looks like an escape is told apart by its escaped backslash.
         assert_ne!(escaped(b"\\n"), escaped(b"\n"));
     }

@@ -106,6 +106,12 @@ fn load_or_create_ca(
 ) -> Result<(rcgen::Certificate, KeyPair), CertsError> {
     let cert_path = dir.join("ca.pem");
     let key_path = dir.join("ca.key");
+    if !cert_path.exists() && key_path.exists() {
+        return Err(CertsError::BadCa {
+            path: cert_path,
+            reason: "missing, but ca.key exists: restore ca.pem rather than replace the CA".into(),
+        });
+    }
     if cert_path.exists() {
         let bad = |reason: String| CertsError::BadCa { path: cert_path.clone(), reason };
         let pem = std::fs::read_to_string(&cert_path)
@@ -158,6 +164,12 @@ fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertsError
         options.mode(0o600);
     }
     let mut file = options.open(path).map_err(io)?;
+    // The mode above applies only to a new file; an existing key file keeps its own.
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)
 }

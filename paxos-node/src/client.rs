@@ -153,6 +153,10 @@ impl Pipeline {
             permanent: error.is_permanent(),
             message: match error {
                 ConnectError::Refused(reason) => format!("{endpoint} refused this client: {reason}"),
+                error if error.is_permanent() => format!(
+                    "{endpoint}: {error} (is it a node of cluster {:?}, whose CA issued this client's certificate?)",
+                    options.cluster
+                ),
                 error => format!("{endpoint}: {error}"),
             },
         })?;

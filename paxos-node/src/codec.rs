@@ -56,9 +56,28 @@ const LENGTH_BYTES: usize = 4;
 /// Decoding never reserves room for the length a header claims: the read buffer grows with the
 /// bytes that actually arrive (the framed reader doubles it as they come), so a peer that sends
 /// a header claiming 16 MiB and then stalls holds only what it sent.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameCodec {
-    _private: (),
+    /// Largest frame this reader takes now, at most `FRAME_BYTES_MAX`: a connection that has
+    /// not said Hello yet may send only a small frame.
+    frame_bytes_max: usize,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec { frame_bytes_max: FRAME_BYTES_MAX }
+    }
+}
+
+impl FrameCodec {
+    /// A codec that decodes frames of at most `frame_bytes_max` (capped at `FRAME_BYTES_MAX`).
+    pub fn with_limit(frame_bytes_max: usize) -> FrameCodec {
+        FrameCodec { frame_bytes_max: frame_bytes_max.min(FRAME_BYTES_MAX) }
+    }
+
+    pub fn set_limit(&mut self, frame_bytes_max: usize) {
+        self.frame_bytes_max = frame_bytes_max.min(FRAME_BYTES_MAX);
+    }
 }
 
 impl Decoder for FrameCodec {
@@ -68,9 +87,10 @@ impl Decoder for FrameCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         let Some(header) = src.get(..LENGTH_BYTES) else { return Ok(None) };
         let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if length > FRAME_BYTES_MAX {
+        if length > self.frame_bytes_max {
             return Err(CodecError::Malformed(format!(
-                "bad length field: a frame of {length} bytes exceeds the limit of {FRAME_BYTES_MAX}"
+                "bad length field: a frame of {length} bytes exceeds the limit of {}",
+                self.frame_bytes_max
             )));
         }
         if src.len() < LENGTH_BYTES + length {
@@ -165,6 +185,13 @@ mod tests {
         buffer.extend_from_slice(&[0; 16]);
         assert!(matches!(FrameCodec::default().decode(&mut buffer), Ok(None)));
         assert!(buffer.capacity() <= 64, "reserved {} bytes", buffer.capacity());
+    }
+
+    #[test]
+    fn a_lower_limit_refuses_larger_frames() {
+        let mut buffer = encode_frame(sample_frames()[2].clone());
+        assert!(buffer.len() > 100);
+        assert!(FrameCodec::with_limit(100).decode(&mut buffer).is_err());
     }
 
     #[test]

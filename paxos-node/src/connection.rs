@@ -86,37 +86,64 @@ pub struct ReadTimeouts {
     pub frame: Duration,
 }
 
+/// A read buffer larger than this is given back once it is empty.
+const READ_BUFFER_KEPT_BYTES_MAX: usize = 1 << 20;
+/// Largest frame before the Hello: a Hello is a few dozen bytes.
+const HELLO_FRAME_BYTES_MAX: usize = 4 << 10;
+
 /// The read half of a connection.
 #[derive(Debug)]
 pub struct FrameStream {
     framed: FramedRead<ReadHalf<BoxedTransport>, FrameCodec>,
+    /// Checks the timeouts of [`FrameStream::next_within`]. One timer for the connection's
+    /// life, not one per frame: reading a frame costs a clock read, not a timer registration.
+    check: Option<tokio::time::Interval>,
+    last_frame: Instant,
+    partial_since: Option<Instant>,
 }
 
 impl FrameStream {
+    fn new(framed: FramedRead<ReadHalf<BoxedTransport>, FrameCodec>) -> FrameStream {
+        FrameStream { framed, check: None, last_frame: Instant::now(), partial_since: None }
+    }
+
     /// The next frame; `None` when the other end closed.
     pub async fn next(&mut self) -> Option<Result<Frame, CodecError>> {
         self.framed.next().await
     }
 
-    /// The next frame, but no waiting longer than `timeouts.idle` for one to begin, or longer
-    /// than `timeouts.frame` for a begun one to end: a peer that sends half a frame and stalls,
-    /// or connects and says nothing, gives its slot back.
+    /// The next frame, but no waiting longer than `timeouts.idle` (since the last frame) for one
+    /// to begin, or longer than `timeouts.frame` for a begun one to end: a peer that sends half
+    /// a frame and stalls, or connects and says nothing, gives its slot back. Each limit is
+    /// enforced within a quarter of itself.
     pub async fn next_within(&mut self, timeouts: ReadTimeouts) -> Option<Result<Frame, ReadError>> {
-        let started = Instant::now();
-        let mut partial_since: Option<Instant> = None;
-        // Checked a few times per timeout: the read itself cannot tell "nothing yet" from
-        // "half a frame", the buffer can.
-        let check_every = timeouts.idle.min(timeouts.frame) / 4;
+        let period = (timeouts.idle.min(timeouts.frame) / 4).max(Duration::from_millis(1));
+        let check = self.check.get_or_insert_with(|| {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
         loop {
             tokio::select! {
-                frame = self.framed.next() => return frame.map(|f| f.map_err(ReadError::from)),
-                _ = tokio::time::sleep(check_every) => {
+                frame = self.framed.next() => {
+                    self.last_frame = Instant::now();
+                    self.partial_since = None;
+                    // One large frame must not leave a large buffer for the connection's life.
+                    let buffer = self.framed.read_buffer_mut();
+                    if buffer.is_empty() && buffer.capacity() > READ_BUFFER_KEPT_BYTES_MAX {
+                        *buffer = bytes::BytesMut::new();
+                    }
+                    return frame.map(|f| f.map_err(ReadError::from));
+                }
+                // The read cannot tell "nothing yet" from "half a frame"; the buffer can.
+                _ = check.tick() => {
                     let now = Instant::now();
                     if self.framed.read_buffer().is_empty() {
-                        if now - started >= timeouts.idle {
+                        self.partial_since = None;
+                        if now - self.last_frame >= timeouts.idle {
                             return Some(Err(ReadError::Idle(timeouts.idle)));
                         }
-                    } else if now - *partial_since.get_or_insert(now) >= timeouts.frame {
+                    } else if now - *self.partial_since.get_or_insert(now) >= timeouts.frame {
                         return Some(Err(ReadError::SlowFrame(timeouts.frame)));
                     }
                 }
@@ -148,7 +175,7 @@ impl Connection {
         let (read, write) = tokio::io::split(transport);
         Connection {
             sink: FramedWrite::new(write, FrameCodec::default()),
-            stream: FrameStream { framed: FramedRead::new(read, FrameCodec::default()) },
+            stream: FrameStream::new(FramedRead::new(read, FrameCodec::default())),
         }
     }
 
@@ -224,11 +251,16 @@ impl Connection {
             }
         };
         let mut connection = Connection::new(transport);
+        connection.stream.framed.decoder_mut().set_limit(HELLO_FRAME_BYTES_MAX);
         match tokio::time::timeout_at(deadline, connection.stream.next()).await {
             Err(_) => Err(ConnectError::NoHello),
             Ok(None) => Ok(None),
             Ok(Some(Err(error))) => Err(error.into()),
-            Ok(Some(Ok(Frame::Hello(hello)))) => Ok(Some((connection, hello, credentials))),
+            Ok(Some(Ok(Frame::Hello(hello)))) => {
+                // The server lowers it again for clients (see `set_frame_limit`).
+                connection.stream.framed.decoder_mut().set_limit(crate::codec::FRAME_BYTES_MAX);
+                Ok(Some((connection, hello, credentials)))
+            }
             Ok(Some(Ok(_))) => Err(ConnectError::NotHello),
         }
     }
@@ -245,6 +277,12 @@ impl Connection {
     /// Tells the caller to come back later; the connection is dropped afterwards.
     pub async fn busy(mut self, reason: String) {
         let _ = self.sink.send(Frame::Busy(reason)).await;
+    }
+
+    /// From now on, refuse frames larger than `frame_bytes_max` (a client's requests are at
+    /// most a value and a little overhead).
+    pub fn set_frame_limit(&mut self, frame_bytes_max: usize) {
+        self.stream.framed.decoder_mut().set_limit(frame_bytes_max);
     }
 
     /// The next frame within `timeouts`; `None` when the other end closed.
@@ -274,24 +312,35 @@ pub async fn write_batches<T, P>(
     assert!(frames_per_flush_max >= 1);
     let mut written = Vec::new();
     while let Some(first) = queue.recv().await {
-        let batch = async {
-            let (frame, permit) = to_frame(first);
-            sink.feed(frame).await?;
-            written.extend(permit);
-            for _ in 1..frames_per_flush_max {
-                let Ok(item) = queue.try_recv() else { break };
-                let (frame, permit) = to_frame(item);
+        let result = {
+            let batch = async {
+                let (frame, permit) = to_frame(first);
                 sink.feed(frame).await?;
                 written.extend(permit);
+                for _ in 1..frames_per_flush_max {
+                    let Ok(item) = queue.try_recv() else { break };
+                    let (frame, permit) = to_frame(item);
+                    sink.feed(frame).await?;
+                    written.extend(permit);
+                }
+                sink.flush().await
+            };
+            // Most batches go straight into the socket's buffer: only one that has to wait for the
+            // other end to read arms the timer.
+            let mut batch = std::pin::pin!(batch);
+            match futures::poll!(batch.as_mut()) {
+                std::task::Poll::Ready(result) => result,
+                std::task::Poll::Pending => {
+                    tokio::time::timeout(flush_timeout, batch).await.unwrap_or_else(|_| {
+                        Err(CodecError::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("the other end read nothing for {flush_timeout:?}"),
+                        )))
+                    })
+                }
             }
-            sink.flush().await
         };
-        tokio::time::timeout(flush_timeout, batch).await.map_err(|_| {
-            CodecError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("the other end read nothing for {flush_timeout:?}"),
-            ))
-        })??;
+        result?;
         written.clear();
     }
     Ok(())

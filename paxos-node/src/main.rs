@@ -92,8 +92,8 @@ fn security(args: &Args, members: &BTreeMap<u64, String>) -> anyhow::Result<Secu
     if !args.certs_dir.exists() {
         if members.len() > 1 {
             bail!(
-                "no certificates in {dir}: create them with `paxos-cli certs --dir {dir} --cluster {cluster} --nodes {ids}` \
-                 and give every node the same directory (or a copy), or run with --insecure-plaintext",
+                "no certificates in {dir}: create them with `paxos-cli certs --certs-dir {dir} --cluster {cluster} --nodes {ids}` \
+                 and give node N a directory with ca.pem, node-N.pem and node-N.key only (keep ca.key and the other keys off it), or run with --insecure-plaintext",
                 dir = args.certs_dir.display(),
                 cluster = args.cluster,
                 ids = members.keys().map(|id| id.to_string()).collect::<Vec<_>>().join(",")
@@ -115,7 +115,7 @@ fn security(args: &Args, members: &BTreeMap<u64, String>) -> anyhow::Result<Secu
     }
     let tls = Tls::for_node(&files, &args.cluster, args.id).with_context(|| {
         format!(
-            "TLS: node {} has no usable certificate in {} (`paxos-cli certs --dir {} --cluster {} --nodes {}` issues one)",
+            "TLS: node {} has no usable certificate in {} (`paxos-cli certs --certs-dir {} --cluster {} --nodes {}` issues one)",
             args.id,
             args.certs_dir.display(),
             args.certs_dir.display(),

@@ -114,6 +114,7 @@ impl NodeHandle {
             inputs: inputs_tx.clone(),
             security: config.security.clone(),
             timeouts: config.timeouts,
+            client_frame_bytes_max: config.value_bytes_max + (64 << 10),
         };
         tasks.spawn(server::serve(listener, context, shutdown_rx));
         tasks.close();

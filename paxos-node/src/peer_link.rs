@@ -111,10 +111,16 @@ async fn pump(
     messages: &mut mpsc::Receiver<Message>,
     flush_timeout: Duration,
 ) -> Result<(), CodecError> {
-    // Peer links are one-way: the read half is not used.
-    let (mut sink, _stream) = connection.split();
-    write_batches(&mut sink, messages, MESSAGES_PER_FLUSH_MAX, flush_timeout, |message| {
-        (Frame::Peer(message), None::<()>)
-    })
-    .await
+    // Peer links are one-way: the peer never writes, so anything on the read half means the
+    // link is gone (closed, reset). Noticing at once beats finding out by losing a message.
+    let (mut sink, mut stream) = connection.split();
+    tokio::select! {
+        written = write_batches(&mut sink, messages, MESSAGES_PER_FLUSH_MAX, flush_timeout, |message| {
+            (Frame::Peer(message), None::<()>)
+        }) => written,
+        _ = stream.next() => Err(CodecError::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the peer closed the link",
+        ))),
+    }
 }

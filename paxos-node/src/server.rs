@@ -10,18 +10,22 @@
 //!
 //! Every resource a connection can hold has a bound, so no caller (authenticated or not) can
 //! exhaust the node:
-//! - handshakes in progress: at most `HANDSHAKES_MAX`, each for at most `HANDSHAKE_TIMEOUT`;
-//!   when full, the oldest is closed to make room, so a flood of silent connections delays
-//!   honest callers by a TLS handshake, not by the flood's timeout;
+//! - handshakes in progress: at most `HANDSHAKES_MAX`, each for at most `HANDSHAKE_TIMEOUT`,
+//!   with a first frame (the Hello) of at most 4 KiB; when full, one chosen at random is closed
+//!   to make room, so a flood of silent connections cannot keep honest callers out for its
+//!   timeout;
 //! - established connections: clients at most `CLIENT_CONNECTIONS_MAX` (when full, the client
 //!   idle the longest is closed); members have their own `PEER_CONNECTIONS_PER_MEMBER` slots,
 //!   which clients cannot take;
-//! - reading: a frame must begin within the idle timeout and, once begun, end within the frame
-//!   timeout; read buffers grow with the bytes that arrive (see the codec);
+//! - reading: a client's frame must begin within the idle timeout (members have no idle limit:
+//!   a follower's link to another follower is silent between elections) and, once begun, end
+//!   within the frame timeout; a client's frames are at most a value and its request; read
+//!   buffers grow with the bytes that arrive (see the codec) and shrink after a large frame;
 //! - answers: each request reserves the most bytes its answer can take, from its connection's
-//!   `CONNECTION_ANSWER_BYTES_MAX` and from the node's `NODE_ANSWER_BYTES_MAX`, and gives them
-//!   back once the answer is written; a client that does not read stops being read, and one
-//!   that reads nothing for the frame timeout is closed.
+//!   `CONNECTION_ANSWER_BYTES_MAX` (waiting) and from the node's `NODE_ANSWER_BYTES_MAX` (not
+//!   waiting: `Unavailable` when spent), and gives them back once the answer is written; a
+//!   client that does not read stops being read, and one that cannot take a batch of answers
+//!   within the frame timeout is closed.
 
 use crate::connection::{write_batches, ConnectError, Connection, ReadError, ReadTimeouts};
 use crate::driver::{Input, Responder};
@@ -73,6 +77,8 @@ pub struct ServerContext {
     pub inputs: SyncSender<Input>,
     pub security: Security,
     pub timeouts: ReadTimeouts,
+    /// Largest frame a client may send: a value at the node's limit and the request around it.
+    pub client_frame_bytes_max: usize,
 }
 
 /// Bytes reserved for one answer, from its connection and from the node; given back when the
@@ -80,7 +86,7 @@ pub struct ServerContext {
 #[derive(Debug)]
 pub struct AnswerPermit {
     _connection: OwnedSemaphorePermit,
-    _node: OwnedSemaphorePermit,
+    _node: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +103,8 @@ enum SessionError {
     Unexpected(&'static str),
     #[error("closed to make room for a newer connection")]
     Evicted,
+    #[error("handshake closed to make room for a newer connection")]
+    HandshakeEvicted,
     #[error("node is shutting down")]
     Closed,
 }
@@ -136,14 +144,11 @@ impl Roster {
     }
 
     /// Closes the connection idle the longest (nothing in flight); false if every one is busy.
-    fn evict_one(&self) -> bool {
+    fn evict_idlest(&self) -> bool {
         let entries = lock(&self.entries);
+        let full = budget_units(CONNECTION_ANSWER_BYTES_MAX);
         let idle = entries.values().filter(|entry| {
-            !entry.evict.is_cancelled()
-                && entry
-                    .budget
-                    .as_ref()
-                    .is_none_or(|b| b.available_permits() == budget_units(CONNECTION_ANSWER_BYTES_MAX))
+            !entry.evict.is_cancelled() && entry.budget.as_ref().is_none_or(|b| b.available_permits() == full)
         });
         match idle.min_by_key(|entry| *lock(&entry.last_active)) {
             Some(entry) => {
@@ -152,6 +157,22 @@ impl Roster {
             }
             None => false,
         }
+    }
+
+    /// Closes one connection chosen at random. Oldest-first would let a flood faster than one
+    /// handshake per slot per round trip close every honest handshake before it ends; at random,
+    /// an honest one survives with a fair chance however fast the flood is.
+    fn evict_random(&self) -> bool {
+        use std::hash::{BuildHasher, Hasher};
+        let entries = lock(&self.entries);
+        let open: Vec<&RosterEntry> = entries.values().filter(|entry| !entry.evict.is_cancelled()).collect();
+        if open.is_empty() {
+            return false;
+        }
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(self.next_id.load(Ordering::Relaxed));
+        open[hasher.finish() as usize % open.len()].evict.cancel();
+        true
     }
 }
 
@@ -224,19 +245,31 @@ pub async fn serve(listener: TcpListener, context: ServerContext, mut shutdown: 
         let handshake = match slots.handshakes.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                slots.handshaking.evict_one();
+                slots.handshaking.evict_random();
                 tokio::select! {
                     permit = slots.handshakes.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
                     _ = shutdown.changed() => break,
                 }
             }
         };
+        // Joined here, not in the task, so the next accept can already evict it.
+        let place = slots.handshaking.join(None);
         let context = context.clone();
         let slots = slots.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(error) = handle(stream, handshake, &slots, &context, shutdown).await {
-                tracing::info!(%addr, %error, "connection closed");
+            match handle(stream, (handshake, place), &slots, &context, shutdown).await {
+                Ok(()) => {}
+                // A flood of silent connections makes one of these per connection: not worth a
+                // line each by default. A handshake that fails (a wrong certificate, garbage)
+                // is worth one: it is how an operator finds a misconfigured client.
+                Err(
+                    error @ (SessionError::HandshakeEvicted
+                    | SessionError::Connect(ConnectError::NoHello | ConnectError::TlsTimeout)),
+                ) => {
+                    tracing::debug!(%addr, %error, "connection closed")
+                }
+                Err(error) => tracing::info!(%addr, %error, "connection closed"),
             }
         });
     }
@@ -247,15 +280,14 @@ pub async fn serve(listener: TcpListener, context: ServerContext, mut shutdown: 
 
 async fn handle(
     stream: TcpStream,
-    handshake: OwnedSemaphorePermit,
+    (handshake, place): (OwnedSemaphorePermit, RosterPlace),
     slots: &Slots,
     context: &ServerContext,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
-    let place = slots.handshaking.join(None);
     let accepted = tokio::select! {
         accepted = Connection::accept(stream, &context.security, HANDSHAKE_TIMEOUT) => accepted?,
-        _ = place.evicted.cancelled() => return Err(SessionError::Evicted),
+        _ = place.evicted.cancelled() => return Err(SessionError::HandshakeEvicted),
         _ = shutdown.changed() => return Ok(()),
     };
     drop(place);
@@ -283,7 +315,7 @@ async fn handle(
             let slot = match slots.clients.clone().try_acquire_owned() {
                 Ok(slot) => Some(slot),
                 // Full: make room by closing the client idle the longest, if one is idle.
-                Err(_) if slots.client_roster.evict_one() => {
+                Err(_) if slots.client_roster.evict_idlest() => {
                     let waited =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, slots.clients.clone().acquire_owned());
                     tokio::select! {
@@ -299,6 +331,7 @@ async fn handle(
                 connection.busy(reason.clone()).await;
                 return Err(SessionError::Handshake(reason));
             };
+            connection.set_frame_limit(context.client_frame_bytes_max);
             connection.welcome(welcome(context)).await?;
             let result = client_session(connection, credentials, slots, context, shutdown).await;
             drop(slot);
@@ -356,8 +389,12 @@ async fn peer_session(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
     loop {
+        // No idle limit for members: a follower's link to another follower carries nothing
+        // between elections, and closing it would lose the next election's first message.
+        // Members have their own slots, and a begun frame must still end in time.
+        let timeouts = ReadTimeouts { idle: Duration::MAX / 4, frame: context.timeouts.frame };
         let frame = tokio::select! {
-            frame = connection.read_frame(context.timeouts) => frame,
+            frame = connection.read_frame(timeouts) => frame,
             _ = shutdown.changed() => return Ok(()),
         };
         let Some(frame) = frame else { return Ok(()) };
@@ -431,7 +468,16 @@ async fn client_session(
         };
         let units = budget_units(request.answer_bytes_max()) as u32;
         let permit = tokio::select! {
-            permit = reserve(&budget, &slots.answer_budget, units) => match permit { Some(p) => p, None => break Ok(()) },
+            permit = reserve(&budget, &slots.answer_budget, units) => match permit {
+                Ok(permit) => permit,
+                Err(Reserve::Closed) => break Ok(()),
+                Err(Reserve::NodeBusy(connection)) => {
+                    let permit = AnswerPermit { _connection: connection, _node: None };
+                    let busy = "node busy: its answer budget is spent by other clients; retry".to_owned();
+                    Responder { id, frames: frames_tx.clone(), permit }.send(Response::Unavailable(busy));
+                    continue;
+                }
+            },
             _ = shutdown.changed() => break Ok(()),
             written = &mut writer => break match written {
                 Ok(Err(error)) => Err(error.into()),
@@ -463,12 +509,30 @@ async fn client_session(
     result
 }
 
-/// Reserves `units` from the connection's budget, then from the node's (always in this order,
-/// so two connections cannot wait for each other). `None`: the node is closing.
-async fn reserve(connection: &Arc<Semaphore>, node: &Arc<Semaphore>, units: u32) -> Option<AnswerPermit> {
-    let connection = connection.clone().acquire_many_owned(units).await.ok()?;
-    let node = node.clone().acquire_many_owned(units).await.ok()?;
-    Some(AnswerPermit { _connection: connection, _node: node })
+/// Why no answer bytes could be reserved.
+enum Reserve {
+    /// The node is closing.
+    Closed,
+    /// The node's budget is spent: the request is answered `Unavailable` at once, with the
+    /// connection's own units.
+    NodeBusy(OwnedSemaphorePermit),
+}
+
+/// Reserves `units` from the connection's budget (waiting: a connection that does not read its
+/// answers stops being read), then from the node's without waiting. Waiting there would queue
+/// every connection behind the largest request in line (tokio's semaphore is fair), so a few
+/// clients reading slowly could stall everyone's proposals.
+async fn reserve(
+    connection: &Arc<Semaphore>,
+    node: &Arc<Semaphore>,
+    units: u32,
+) -> Result<AnswerPermit, Reserve> {
+    let connection = connection.clone().acquire_many_owned(units).await.map_err(|_| Reserve::Closed)?;
+    match node.clone().try_acquire_many_owned(units) {
+        Ok(node) => Ok(AnswerPermit { _connection: connection, _node: Some(node) }),
+        Err(tokio::sync::TryAcquireError::Closed) => Err(Reserve::Closed),
+        Err(tokio::sync::TryAcquireError::NoPermits) => Err(Reserve::NodeBusy(connection)),
+    }
 }
 
 fn request_name(request: &Request) -> &'static str {

@@ -78,7 +78,7 @@ pub enum TlsError {
     Missing { path: PathBuf, what: &'static str },
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
-    #[error("cluster name {0:?} cannot be used with TLS: use lowercase letters, digits and '-' (it goes into certificate names)")]
+    #[error("cluster name {0:?} cannot be used with TLS: use lowercase letters, digits and '-', not only digits (it goes into certificate names)")]
     ClusterName(String),
     #[error("{} is not a certificate of {expected} (issued by {}?)", path.display(), ca.display())]
     WrongHolder { path: PathBuf, expected: String, ca: PathBuf },
@@ -113,7 +113,11 @@ pub fn check_cluster_name(cluster: &str) -> Result<(), TlsError> {
         && cluster.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !cluster.starts_with('-')
         && !cluster.ends_with('-');
-    if valid {
+    // rustls refuses names whose last label looks numeric ("42", "0x1f"): ask it.
+    if valid
+        && ServerName::try_from(any_node_name(cluster)).is_ok()
+        && !cluster.bytes().all(|b| b.is_ascii_digit())
+    {
         Ok(())
     } else {
         Err(TlsError::ClusterName(cluster.to_owned()))
@@ -173,6 +177,18 @@ impl Tls {
             });
         }
         Ok(Tls { cluster: cluster.to_owned(), connector: material.connector(files)?, acceptor: None })
+    }
+
+    /// A client's TLS from a rustls configuration of the caller's own (its own PKI, a hardware
+    /// key): it must present a certificate naming `client.<cluster>` (or `admin.<cluster>`),
+    /// and should verify nodes as `node.<cluster>`.
+    pub fn from_client_config(cluster: &str, config: ClientConfig) -> Result<Tls, TlsError> {
+        check_cluster_name(cluster)?;
+        Ok(Tls {
+            cluster: cluster.to_owned(),
+            connector: TlsConnector::from(Arc::new(config)),
+            acceptor: None,
+        })
     }
 
     pub fn cluster(&self) -> &str {

@@ -122,3 +122,52 @@ async fn sigterm_stops_a_node_gracefully() {
     // Slot 0 opened the client's session (no value); slot 1 holds its proposal.
     assert_eq!(history, vec![(0, None), (1, Some(b"x".to_vec()))]);
 }
+
+/// `paxos-node` with no TLS flags still works: a node alone in its cluster creates
+/// ./paxos-certs (a CA, its certificate, client.pem and admin.pem) and `paxos-cli`, run from
+/// the same directory, uses them. A member of a larger cluster without certificates refuses
+/// to start, in one line naming the command that makes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_creates_its_certificates_and_a_member_without_them_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut node = std::process::Command::new(paxos_tests::binary("paxos-node"))
+        .current_dir(dir.path())
+        .args(["--listen", &addr])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start paxos-node");
+    let propose = || {
+        std::process::Command::new(paxos_tests::binary("paxos-cli"))
+            .current_dir(dir.path())
+            .args(["--endpoint", &addr, "propose", "no-flags", "--timeout-ms", "1000"])
+            .output()
+            .expect("paxos-cli")
+    };
+    let proposed = paxos_tests::wait_until("the lone node answers", Duration::from_secs(15), || async {
+        let output = propose();
+        Ok(output.status.success().then_some(output))
+    })
+    .await;
+    let _ = node.kill();
+    let _ = node.wait();
+    let output = proposed.expect("proposed through a node started without flags");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1");
+    for file in ["ca.pem", "node-1.pem", "node-1.key", "client.pem", "admin.pem"] {
+        assert!(dir.path().join("paxos-certs").join(file).exists(), "{file}");
+    }
+
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(paxos_tests::binary("paxos-node"))
+        .current_dir(elsewhere.path())
+        .args(["--listen", &addr, "--peer", &format!("1={addr}"), "--peer", "2=127.0.0.1:1"])
+        .output()
+        .expect("paxos-node");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("paxos-cli certs --certs-dir paxos-certs --cluster paxos --nodes 1,2"),
+        "{stderr}"
+    );
+}

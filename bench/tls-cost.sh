@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# What mutual TLS costs: two 3-node clusters on 127.0.0.1 (fsync on), one with TLS (the default)
+# and one with --insecure-plaintext, driven by `paxos-cli bench` in alternation after a warm-up;
+# one table with writes/s, p50 and p99 of both.
+#   DURATION=10 WARMUP=3 VALUE_BYTES=100 CLIENT_COUNTS="1 64" bench/tls-cost.sh
+# CI does not run it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-3}
+VALUE_BYTES=${VALUE_BYTES:-100}
+CLIENT_COUNTS=${CLIENT_COUNTS:-"1 64"}
+scripts/install-deps
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo build --release --bins -q
+cli="$target/release/paxos-cli"
+node="$target/release/paxos-node"
+source bench/common.sh
+read -r -a ports <<<"$(free_ports 6)"
+"$cli" --certs-dir "$work/certs" certs --nodes 1,2,3 >/dev/null
+
+# start_cluster NAME FIRST_PORT_INDEX FLAGS...: three nodes; prints the endpoints.
+start_cluster() {
+  local name=$1 first=$2; shift 2
+  local peers=() endpoints=()
+  for i in 0 1 2; do
+    peers+=(--peer "$((i + 1))=127.0.0.1:${ports[$((first + i))]}")
+    endpoints+=("127.0.0.1:${ports[$((first + i))]}")
+  done
+  for i in 0 1 2; do
+    RUST_LOG=warn "$node" --id $((i + 1)) --listen "127.0.0.1:${ports[$((first + i))]}" "${peers[@]}" \
+      --data-dir "$work/$name-$((i + 1))" "$@" >"$work/$name-$((i + 1)).log" 2>&1 &
+    pids[$name-$i]=$!
+  done
+  (IFS=,; echo "${endpoints[*]}")
+}
+tls_endpoints=$(start_cluster tls 0 --certs-dir "$work/certs")
+plain_endpoints=$(start_cluster plain 3 --insecure-plaintext)
+run_tls() { "$cli" --certs-dir "$work/certs" --endpoint "$tls_endpoints" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
+run_plain() { "$cli" --insecure-plaintext --endpoint "$plain_endpoints" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
+for _ in $(seq 1 100); do
+  "$cli" --certs-dir "$work/certs" --endpoint "$tls_endpoints" status --json --timeout-ms 500 2>/dev/null | grep -q '"leader":[0-9]' &&
+    "$cli" --insecure-plaintext --endpoint "$plain_endpoints" status --json --timeout-ms 500 2>/dev/null | grep -q '"leader":[0-9]' && break
+  sleep 0.1
+done
+
+echo "warm-up: ${WARMUP}s each" >&2
+run_tls 64 "$WARMUP" >/dev/null
+run_plain 64 "$WARMUP" >/dev/null
+results="$work/results.jsonl"
+for clients in $CLIENT_COUNTS; do
+  echo "tls,       $clients clients, ${DURATION}s" >&2
+  printf '{"system":"tls","run":%s}\n' "$(run_tls "$clients" "$DURATION")" >>"$results"
+  echo "plaintext, $clients clients, ${DURATION}s" >&2
+  printf '{"system":"plain","run":%s}\n' "$(run_plain "$clients" "$DURATION")" >>"$results"
+done
+
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+python3 - "$results" "$commit" "$VALUE_BYTES" "$DURATION" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+commit, value_bytes, duration = sys.argv[2], sys.argv[3], sys.argv[4]
+by = {(row["system"], row["run"]["clients"]): row["run"] for row in rows}
+print(f"commit {commit}; 3 nodes each on 127.0.0.1, fsync on; {value_bytes} B values; {duration} s per run")
+print("| clients | plaintext writes/s | TLS writes/s | TLS/plaintext | plaintext p50 ms | TLS p50 ms | plaintext p99 ms | TLS p99 ms |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+for clients in sorted({c for (_, c) in by}):
+    p, t = by.get(("plain", clients)), by.get(("tls", clients))
+    if not p or not t:
+        continue
+    ratio = t["writes_per_second"] / p["writes_per_second"] if p["writes_per_second"] else float("nan")
+    print(f'| {clients} | {p["writes_per_second"]:.0f} | {t["writes_per_second"]:.0f} | {ratio:.2f} '
+          f'| {p["latency_ms"]["p50"]:.2f} | {t["latency_ms"]["p50"]:.2f} '
+          f'| {p["latency_ms"]["p99"]:.2f} | {t["latency_ms"]["p99"]:.2f} |')
+errors = {f"{k[0]}/{k[1]}": v["errors"] for k, v in by.items() if v["errors"]}
+if errors:
+    print(f"errors: {errors}")
+PY
