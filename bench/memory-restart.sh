@@ -16,6 +16,9 @@ source bench/common.sh
 ports=($(free_ports 3))
 peers=()
 for i in 1 2 3; do peers+=(--peer "$i=127.0.0.1:${ports[$((i - 1))]}"); done
+# Nodes and paxos-cli read the certificates' directory from the environment.
+export PAXOS_CERTS_DIR="$work/certs"
+"$cli" certs --nodes 1,2,3 >/dev/null
 start() {
   RUST_LOG=warn "$node" --id "$1" --listen "127.0.0.1:${ports[$(($1 - 1))]}" "${peers[@]}" \
     --data-dir "$work/node-$1" >>"$work/node-$1.log" 2>&1 &
