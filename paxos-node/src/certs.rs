@@ -42,8 +42,8 @@ pub struct Issued {
 pub enum CertsError {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{}: {reason}", path.display())]
     BadCa { path: PathBuf, reason: String },
     #[error("generating a certificate: {0}")]
@@ -58,7 +58,7 @@ pub fn issue(dir: &Path, request: &IssueRequest) -> Result<Issued, CertsError> {
     if request.nodes.contains(&0) {
         return Err(CertsError::NodeZero);
     }
-    std::fs::create_dir_all(dir).map_err(|source| CertsError::Io { path: dir.to_owned(), source })?;
+    std::fs::create_dir_all(dir).map_err(|error| CertsError::Io { path: dir.to_owned(), error })?;
     let mut issued = Issued::default();
     let (ca_cert, ca_key) = load_or_create_ca(dir, &request.cluster, &mut issued)?;
     let cluster = &request.cluster;
@@ -115,9 +115,9 @@ fn load_or_create_ca(
     if cert_path.exists() {
         let bad = |reason: String| CertsError::BadCa { path: cert_path.clone(), reason };
         let pem = std::fs::read_to_string(&cert_path)
-            .map_err(|source| CertsError::Io { path: cert_path.clone(), source })?;
+            .map_err(|error| CertsError::Io { path: cert_path.clone(), error })?;
         let key_pem = std::fs::read_to_string(&key_path)
-            .map_err(|source| CertsError::Io { path: key_path.clone(), source })?;
+            .map_err(|error| CertsError::Io { path: key_path.clone(), error })?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(format!("ca.key: {e}")))?;
         let params = CertificateParams::from_ca_cert_pem(&pem).map_err(|e| bad(e.to_string()))?;
         // Re-signing the parsed parameters gives an issuer with the CA's name and key, which is
@@ -155,7 +155,7 @@ fn set_validity(params: &mut CertificateParams) {
 /// Writes `bytes` to a new file at `path` (replacing one that exists), private keys with mode
 /// 0600 from the start so they are never readable by others, not even briefly.
 fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertsError> {
-    let io = |source| CertsError::Io { path: path.to_owned(), source };
+    let io = |error| CertsError::Io { path: path.to_owned(), error };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]

@@ -72,8 +72,8 @@ impl CertFiles {
 /// Why TLS could not be set up. All fatal: the files or the cluster name must change.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{} holds no PEM {what}", path.display())]
     Missing { path: PathBuf, what: &'static str },
     #[error("{}: {reason}", path.display())]
@@ -311,7 +311,7 @@ impl Material {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|error| TlsError::Read { path: path.to_owned(), error })
 }
 
 fn invalid(path: &Path, error: impl std::fmt::Display) -> TlsError {
