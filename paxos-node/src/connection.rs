@@ -5,7 +5,7 @@
 use crate::codec::{CodecError, FrameCodec};
 use crate::tls::{Credentials, Security};
 use crate::wire::{Frame, Hello, Welcome};
-use futures::{Sink, SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
@@ -88,6 +88,8 @@ pub struct ReadTimeouts {
 
 /// A read buffer larger than this is given back once it is empty.
 const READ_BUFFER_KEPT_BYTES_MAX: usize = 1 << 20;
+/// The same, for write buffers.
+const WRITE_BUFFER_KEPT_BYTES_MAX: usize = 1 << 20;
 /// Largest frame before the Hello: a Hello is a few dozen bytes.
 const HELLO_FRAME_BYTES_MAX: usize = 4 << 10;
 
@@ -303,7 +305,7 @@ impl Connection {
 /// A flush that takes longer than `flush_timeout` fails the writer: the other end is not
 /// reading, and what waits for it must not stay in memory for ever.
 pub async fn write_batches<T, P>(
-    sink: &mut (impl Sink<Frame, Error = CodecError> + Unpin),
+    sink: &mut FrameSink,
     queue: &mut mpsc::Receiver<T>,
     frames_per_flush_max: usize,
     flush_timeout: Duration,
@@ -342,6 +344,11 @@ pub async fn write_batches<T, P>(
         };
         result?;
         written.clear();
+        // One large answer must not leave a large buffer for the connection's life.
+        let buffer = sink.write_buffer_mut();
+        if buffer.is_empty() && buffer.capacity() > WRITE_BUFFER_KEPT_BYTES_MAX {
+            *buffer = bytes::BytesMut::new();
+        }
     }
     Ok(())
 }

@@ -427,3 +427,51 @@ async fn idle_clients_do_not_lock_out_new_ones() {
     let evicted = cluster.log(1).matches("closed to make room for a newer connection").count();
     assert!(evicted >= 76, "only {evicted} idle clients were closed for 1,100 + 1 connections");
 }
+
+/// Many clients with certificates pipelining history pages they never read spend the node's
+/// answer budget (256 MiB): further history reads are refused at once ("node busy"), memory
+/// stays bounded, and proposals, whose answers are small, still go through. (Had the budget
+/// been waited for, every request would queue behind the first large one still waiting.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_answer_budget_refuses_rather_than_queues() {
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let client = cluster.client_for(&[1]);
+    for i in 0..8u8 {
+        client.propose(vec![i; 1 << 20]).await.expect("propose 1 MiB");
+    }
+    let rss_before = cluster.rss_bytes(1).expect("rss");
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let connection = dial(&cluster.addrs[&1], Caller::Client, &cluster.security).await.expect("client");
+        let (mut sink, stream) = connection.split();
+        for id in 0..10 {
+            let request = Request::History { from_slot: 0, limit: 10_000 };
+            match tokio::time::timeout(Duration::from_millis(200), sink.send(Frame::Request { id, request }))
+                .await
+            {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+        held.push((sink, stream));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grown_mib = cluster.rss_bytes(1).expect("rss").saturating_sub(rss_before) as f64 / MIB;
+    // An honest history read is refused quickly rather than queued for ever...
+    let mut options =
+        paxos_node::client::ClientOptions::new(vec![cluster.addrs[&1].clone()], cluster.security.clone());
+    options.timeout = Duration::from_secs(2);
+    let reader = paxos_node::client::Client::new(options).expect("client");
+    let refused = reader.history(0, 10_000).await.expect_err("no budget left for a page");
+    assert!(refused.to_string().contains("node busy"), "{refused}");
+    // ...and a proposal still goes through.
+    let started = Instant::now();
+    cluster.client_for(&[1]).propose(b"honest".to_vec()).await.expect("honest proposal");
+    let latency = started.elapsed();
+    eprintln!(
+        "16 connections x 10 unread history pages: RSS +{grown_mib:.0} MiB; honest history read: {refused}; honest proposal in {latency:?}"
+    );
+    assert!(latency < Duration::from_secs(5), "{latency:?}");
+    assert!(grown_mib < 400.0, "node 1 grew by {grown_mib:.0} MiB");
+    drop(held);
+}
