@@ -87,7 +87,8 @@ async fn propose_stdin(client: &Client, window: usize, encoding: Encoding, json:
         async move {
             let error = match lines.next_segment().await {
                 Ok(Some(mut line)) => {
-                    // A CRLF line ends before its CR, as text tools read it.
+                    // A CRLF line ends before its CR, as text tools read it (so does a last
+                    // line ending in CR without a newline).
                     if line.last() == Some(&b'\r') {
                         line.pop();
                     }

@@ -70,8 +70,8 @@ pub enum Command {
         /// The value: text, or base64 with --encoding base64.
         #[arg(required_unless_present_any = ["stdin", "file"], conflicts_with_all = ["stdin", "file"])]
         value: Option<String>,
-        /// Read one value per line from standard input (any bytes but a newline; base64 with
-        /// --encoding base64) and pipeline them over one connection; prints one slot per line,
+        /// Read one value per line from standard input (any bytes but a newline, and a CR that
+        /// ends a line is dropped; base64 with --encoding base64) and pipeline them over one connection; prints one slot per line,
         /// in input order.
         #[arg(long, conflicts_with = "file")]
         stdin: bool,

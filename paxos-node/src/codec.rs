@@ -61,18 +61,27 @@ pub struct FrameCodec {
     /// Largest frame this reader takes now, at most `FRAME_BYTES_MAX`: a connection that has
     /// not said Hello yet may send only a small frame.
     frame_bytes_max: usize,
+    /// The largest frame decoded or encoded since it was last taken: the buffer under this codec
+    /// kept an allocation at least that large.
+    largest_frame_bytes: usize,
 }
 
 impl Default for FrameCodec {
     fn default() -> Self {
-        FrameCodec { frame_bytes_max: FRAME_BYTES_MAX }
+        FrameCodec::with_limit(FRAME_BYTES_MAX)
     }
 }
 
 impl FrameCodec {
     /// A codec that decodes frames of at most `frame_bytes_max` (capped at `FRAME_BYTES_MAX`).
     pub fn with_limit(frame_bytes_max: usize) -> FrameCodec {
-        FrameCodec { frame_bytes_max: frame_bytes_max.min(FRAME_BYTES_MAX) }
+        FrameCodec { frame_bytes_max: frame_bytes_max.min(FRAME_BYTES_MAX), largest_frame_bytes: 0 }
+    }
+
+    /// The largest frame since the last call (and forget it). A `BytesMut`'s `capacity()` does
+    /// not say how large its allocation is once bytes were consumed; this does.
+    pub fn take_largest_frame_bytes(&mut self) -> usize {
+        std::mem::take(&mut self.largest_frame_bytes)
     }
 
     pub fn set_limit(&mut self, frame_bytes_max: usize) {
@@ -97,6 +106,7 @@ impl Decoder for FrameCodec {
             return Ok(None);
         }
         src.advance(LENGTH_BYTES);
+        self.largest_frame_bytes = self.largest_frame_bytes.max(LENGTH_BYTES + length);
         let payload = src.split_to(length);
         decode(&payload).map(Some)
     }
@@ -110,6 +120,7 @@ impl Encoder<Frame> for FrameCodec {
         if bytes.len() > FRAME_BYTES_MAX {
             return Err(CodecError::TooLarge { size_bytes: bytes.len() });
         }
+        self.largest_frame_bytes = self.largest_frame_bytes.max(LENGTH_BYTES + bytes.len());
         dst.reserve(LENGTH_BYTES + bytes.len());
         dst.put_u32(bytes.len() as u32);
         dst.put_slice(&bytes);

@@ -90,6 +90,8 @@ pub struct ReadTimeouts {
 const READ_BUFFER_KEPT_BYTES_MAX: usize = 1 << 20;
 /// The same, for write buffers.
 const WRITE_BUFFER_KEPT_BYTES_MAX: usize = 1 << 20;
+/// What a replaced buffer starts with (tokio-util's own initial capacity).
+const BUFFER_START_BYTES: usize = 8 << 10;
 /// Largest frame before the Hello: a Hello is a few dozen bytes.
 const HELLO_FRAME_BYTES_MAX: usize = 4 << 10;
 
@@ -131,9 +133,10 @@ impl FrameStream {
                     self.last_frame = Instant::now();
                     self.partial_since = None;
                     // One large frame must not leave a large buffer for the connection's life.
-                    let buffer = self.framed.read_buffer_mut();
-                    if buffer.is_empty() && buffer.capacity() > READ_BUFFER_KEPT_BYTES_MAX {
-                        *buffer = bytes::BytesMut::new();
+                    if self.framed.read_buffer().is_empty()
+                        && self.framed.decoder_mut().take_largest_frame_bytes() > READ_BUFFER_KEPT_BYTES_MAX
+                    {
+                        *self.framed.read_buffer_mut() = bytes::BytesMut::with_capacity(BUFFER_START_BYTES);
                     }
                     return frame.map(|f| f.map_err(ReadError::from));
                 }
@@ -345,9 +348,10 @@ pub async fn write_batches<T, P>(
         result?;
         written.clear();
         // One large answer must not leave a large buffer for the connection's life.
-        let buffer = sink.write_buffer_mut();
-        if buffer.is_empty() && buffer.capacity() > WRITE_BUFFER_KEPT_BYTES_MAX {
-            *buffer = bytes::BytesMut::new();
+        if sink.write_buffer().is_empty()
+            && sink.encoder_mut().take_largest_frame_bytes() > WRITE_BUFFER_KEPT_BYTES_MAX
+        {
+            *sink.write_buffer_mut() = bytes::BytesMut::with_capacity(BUFFER_START_BYTES);
         }
     }
     Ok(())

@@ -114,7 +114,9 @@ impl NodeHandle {
             inputs: inputs_tx.clone(),
             security: config.security.clone(),
             timeouts: config.timeouts,
-            client_frame_bytes_max: config.value_bytes_max + (64 << 10),
+            // Not the node's own value limit: a larger value must reach the core to be refused
+            // as too large, not close the connection as a malformed frame.
+            client_frame_bytes_max: crate::wire::VALUE_BYTES_LIMIT + (64 << 10),
         };
         tasks.spawn(server::serve(listener, context, shutdown_rx));
         tasks.close();

@@ -16,7 +16,8 @@
 //!   timeout;
 //! - established connections: clients at most `CLIENT_CONNECTIONS_MAX` (when full, the client
 //!   idle the longest is closed); members have their own `PEER_CONNECTIONS_PER_MEMBER` slots,
-//!   which clients cannot take;
+//!   which clients cannot take (when a member's are full, its connection silent the longest is
+//!   closed: a member dials again only when its old link is dead to it);
 //! - reading: a client's frame must begin within the idle timeout (members have no idle limit:
 //!   a follower's link to another follower is silent between elections) and, once begun, end
 //!   within the frame timeout; a client's frames are at most a value and its request; read
@@ -44,12 +45,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// TCP and TLS handshakes in progress at once; the oldest is closed to make room.
+/// TCP and TLS handshakes in progress at once; one chosen at random is closed to make room.
 const HANDSHAKES_MAX: usize = 256;
 /// Client connections established at once; the one idle longest is closed to make room.
 const CLIENT_CONNECTIONS_MAX: usize = 1024;
-/// Connections one member may hold to this node (a restarted member's old connection may not
-/// have timed out yet when it dials again).
+/// Connections one member may hold to this node (a restarted member's old connection may still
+/// look open when it dials again: when full, the one silent the longest is closed).
 const PEER_CONNECTIONS_PER_MEMBER: usize = 4;
 /// Answers waiting to be written on one client connection, in bytes reserved (see
 /// [`Request::answer_bytes_max`]).
@@ -103,7 +104,7 @@ enum SessionError {
     Unexpected(&'static str),
     #[error("closed to make room for a newer connection")]
     Evicted,
-    #[error("handshake closed to make room for a newer connection")]
+    #[error("handshake cut short to make room for a newer connection")]
     HandshakeEvicted,
     #[error("node is shutting down")]
     Closed,
@@ -204,7 +205,7 @@ struct Slots {
     handshaking: Arc<Roster>,
     clients: Arc<Semaphore>,
     client_roster: Arc<Roster>,
-    peers: BTreeMap<NodeId, Arc<Semaphore>>,
+    peers: BTreeMap<NodeId, (Arc<Semaphore>, Arc<Roster>)>,
     answer_budget: Arc<Semaphore>,
 }
 
@@ -219,7 +220,7 @@ pub async fn serve(listener: TcpListener, context: ServerContext, mut shutdown: 
         peers: context
             .members
             .iter()
-            .map(|&id| (id, Arc::new(Semaphore::new(PEER_CONNECTIONS_PER_MEMBER))))
+            .map(|&id| (id, (Arc::new(Semaphore::new(PEER_CONNECTIONS_PER_MEMBER)), Arc::default())))
             .collect(),
         answer_budget: Arc::new(Semaphore::new(budget_units(NODE_ANSWER_BYTES_MAX))),
     });
@@ -239,7 +240,7 @@ pub async fn serve(listener: TcpListener, context: ServerContext, mut shutdown: 
                 continue;
             }
         };
-        // Never wait for a handshake slot: close the oldest handshake instead. An honest caller
+        // Never wait for a handshake slot: close a handshake chosen at random instead. An honest caller
         // finishes its handshake in milliseconds, so only a flood far faster than that can
         // displace one.
         let handshake = match slots.handshakes.clone().try_acquire_owned() {
@@ -300,14 +301,34 @@ async fn handle(
     match hello.caller {
         Caller::Node(peer) => {
             // check_hello made sure the peer is a member.
-            let Some(Ok(slot)) = slots.peers.get(&peer).map(|s| s.clone().try_acquire_owned()) else {
+            let Some((member_slots, roster)) = slots.peers.get(&peer) else {
+                return Err(SessionError::Unexpected("a member without slots"));
+            };
+            let slot = match member_slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                // Full: the member's certificate proved who dials, and a member dials again
+                // only when its old link is dead to it, however alive it looks here (its host
+                // rebooted, a NAT forgot the flow). The newest connection is the live one: close
+                // the one silent the longest rather than refuse the member for good.
+                Err(_) if roster.evict_idlest() => {
+                    let waited =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, member_slots.clone().acquire_owned());
+                    tokio::select! {
+                        waited = waited => waited.ok().and_then(|slot| slot.ok()),
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
+                Err(_) => None,
+            };
+            let Some(slot) = slot else {
                 let reason = format!("node {peer} already holds {PEER_CONNECTIONS_PER_MEMBER} connections");
-                connection.refuse(reason.clone()).await;
+                connection.busy(reason.clone()).await;
                 return Err(SessionError::Handshake(reason));
             };
+            let place = roster.join(None);
             connection.welcome(welcome(context)).await?;
             tracing::debug!(peer, "peer connected");
-            let result = peer_session(connection, peer, context, shutdown).await;
+            let result = peer_session(connection, peer, &place, context, shutdown).await;
             drop(slot);
             result
         }
@@ -385,6 +406,7 @@ fn check_hello(hello: &Hello, credentials: &Credentials, context: &ServerContext
 async fn peer_session(
     mut connection: Connection,
     peer: NodeId,
+    place: &RosterPlace,
     context: &ServerContext,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
@@ -396,8 +418,10 @@ async fn peer_session(
         let frame = tokio::select! {
             frame = connection.read_frame(timeouts) => frame,
             _ = shutdown.changed() => return Ok(()),
+            _ = place.evicted.cancelled() => return Err(SessionError::Evicted),
         };
         let Some(frame) = frame else { return Ok(()) };
+        place.touch();
         let Frame::Peer(message) = frame? else {
             return Err(SessionError::Unexpected("peers send only protocol messages"));
         };

@@ -475,3 +475,24 @@ async fn the_node_answer_budget_refuses_rather_than_queues() {
     assert!(grown_mib < 400.0, "node 1 grew by {grown_mib:.0} MiB");
     drop(held);
 }
+
+/// A member's connections that look open but are dead to it (its host rebooted, a NAT forgot the
+/// flow) must not lock it out: member links have no idle limit, so when a member's slots are
+/// full the one silent the longest is closed for the newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_is_never_locked_out_by_its_own_dead_connections() {
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let recorder = Recorder::default();
+    let client = cluster.client();
+    honest(&recorder, &client, "before", 3).await;
+    let member2 = node_tls(&cluster.certs_dir(), 2);
+    let mut silent = Vec::new();
+    for attempt in 0..8 {
+        let connection = dial(&cluster.addrs[&1], Caller::Node(2), &member2).await;
+        let connection =
+            connection.unwrap_or_else(|e| panic!("member 2's connection {attempt} refused: {e}"));
+        silent.push(connection);
+    }
+    honest(&recorder, &client, "after", 3).await;
+    check_histories(&cluster, &recorder).await;
+}
