@@ -19,10 +19,12 @@ source bench/common.sh
 read -r -a ports <<<"$(free_ports 6)"
 "$cli" --certs-dir "$work/certs" certs --nodes 1,2,3 >/dev/null
 
-# start_cluster NAME FIRST_PORT_INDEX FLAGS...: three nodes; prints the endpoints.
+# start_cluster NAME FIRST_PORT_INDEX FLAGS...: three nodes; sets `endpoints`. Not run in a
+# command substitution: the pids must reach the cleanup's `pids` in this shell.
 start_cluster() {
   local name=$1 first=$2; shift 2
-  local peers=() endpoints=()
+  local peers=()
+  endpoints=()
   for i in 0 1 2; do
     peers+=(--peer "$((i + 1))=127.0.0.1:${ports[$((first + i))]}")
     endpoints+=("127.0.0.1:${ports[$((first + i))]}")
@@ -32,10 +34,11 @@ start_cluster() {
       --data-dir "$work/$name-$((i + 1))" "$@" >"$work/$name-$((i + 1)).log" 2>&1 &
     pids[$name-$i]=$!
   done
-  (IFS=,; echo "${endpoints[*]}")
 }
-tls_endpoints=$(start_cluster tls 0 --certs-dir "$work/certs")
-plain_endpoints=$(start_cluster plain 3 --insecure-plaintext)
+start_cluster tls 0 --certs-dir "$work/certs"
+tls_endpoints=$(IFS=,; echo "${endpoints[*]}")
+start_cluster plain 3 --insecure-plaintext
+plain_endpoints=$(IFS=,; echo "${endpoints[*]}")
 run_tls() { "$cli" --certs-dir "$work/certs" --endpoint "$tls_endpoints" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
 run_plain() { "$cli" --insecure-plaintext --endpoint "$plain_endpoints" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
 for _ in $(seq 1 100); do
