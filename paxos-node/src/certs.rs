@@ -152,26 +152,36 @@ fn set_validity(params: &mut CertificateParams) {
     params.not_after = now + time::Duration::days(VALIDITY_DAYS);
 }
 
-/// Writes `bytes` to a new file at `path` (replacing one that exists), private keys with mode
-/// 0600 from the start so they are never readable by others, not even briefly.
+/// Writes `bytes` at `path` (replacing a file that exists) through a new file beside it,
+/// created with mode 0600 for private keys, synced, then renamed over `path`: no process can
+/// have the new key open under old permissions, and a crash leaves the old file or the new
+/// one, never half of one.
 fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertsError> {
     let io = |error| CertsError::Io { path: path.to_owned(), error };
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    let temporary = path.with_file_name(name);
+    let _ = std::fs::remove_file(&temporary); // left by a crashed run of this process id
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     if private {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).map_err(io)?;
-    // The mode above applies only to a new file; an existing key file keeps its own.
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    let written = options.open(&temporary).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(error) = written.and_then(|()| std::fs::rename(&temporary, path)) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(io(error));
     }
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)
+    // The rename is durable once the directory is.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -215,6 +225,14 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&node3.key).expect("key").permissions().mode();
             assert_eq!(mode & 0o077, 0, "private keys are not readable by others");
+            // Replacing a key that someone made readable gives a private one again.
+            std::fs::set_permissions(&node3.key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            let again =
+                IssueRequest { cluster: "c1".into(), nodes: vec![3], overwrite: true, ..Default::default() };
+            issue(dir.path(), &again).expect("overwrite");
+            let mode = std::fs::metadata(&node3.key).expect("key").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "an overwritten key is private");
+            Tls::for_node(&node3, "c1", 3).expect("the new pair matches");
         }
     }
 

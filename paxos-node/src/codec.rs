@@ -25,7 +25,7 @@ fn config() -> Limit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
-    #[error("i/o: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("malformed frame: {0}")]
     Malformed(String),

@@ -27,7 +27,7 @@ pub type FrameSink = FramedWrite<WriteHalf<BoxedTransport>, FrameCodec>;
 pub enum ConnectError {
     #[error("connect timed out")]
     ConnectTimeout,
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("TLS: {0}")]
     Tls(std::io::Error),

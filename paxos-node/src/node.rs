@@ -41,21 +41,21 @@ pub struct NodeHandle {
 pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr}: {error}")]
+    Listen { addr: SocketAddr, error: std::io::Error },
 }
 
 impl NodeHandle {
     /// Opens storage, recovers the replica and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
         config.validate().map_err(StartError::Config)?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::Io {
+        std::fs::create_dir_all(&config.data_dir).map_err(|error| StartError::Io {
             what: format!("cannot create data directory {}", config.data_dir.display()),
-            source,
+            error,
         })?;
         let mut storage = Storage::open(&config.data_dir, &config.cluster, config.id)?;
         let durable = storage.load()?;
@@ -75,9 +75,9 @@ impl NodeHandle {
         let replica = Replica::recover(config.core(), durable, seed);
         let listener = TcpListener::bind(config.listen)
             .await
-            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+            .map_err(|error| StartError::Listen { addr: config.listen, error })?;
         let local_addr =
-            listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+            listener.local_addr().map_err(|error| StartError::Listen { addr: config.listen, error })?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let tasks = TaskTracker::new();
@@ -105,7 +105,7 @@ impl NodeHandle {
                 let result = driver.run(inputs_rx);
                 let _ = done_tx.send(result);
             })
-            .map_err(|source| StartError::Io { what: "cannot start the driver thread".into(), source })?;
+            .map_err(|error| StartError::Io { what: "cannot start the driver thread".into(), error })?;
 
         let context = ServerContext {
             node_id: config.id,

@@ -35,8 +35,8 @@ const KEY_TRUNCATION: &[u8] = b"truncation";
 /// Storage failures. All are fatal for the node: it must not answer anything it cannot store.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("rocksdb at {path}: {source}")]
-    Db { path: PathBuf, source: rocksdb::Error },
+    #[error("rocksdb at {path}: {error}")]
+    Db { path: PathBuf, error: rocksdb::Error },
     #[error("corrupt record in {path} (column family {cf}, key {key}): {reason}")]
     Corrupt { path: PathBuf, cf: &'static str, key: String, reason: String },
     #[error(
@@ -127,7 +127,7 @@ impl Storage {
         options.set_block_based_table_factory(&table);
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        let db_error = |source| StorageError::Db { path: path.to_owned(), source };
+        let db_error = |error| StorageError::Db { path: path.to_owned(), error };
         let mut preloaded = None;
         if path.join("CURRENT").exists() {
             let db = DB::open_cf_for_read_only(&options, path, CF_NAMES, false).map_err(db_error)?;
@@ -176,7 +176,7 @@ impl Storage {
                 let mut batch = WriteBatch::default();
                 batch.put_cf(self.cf(CF_META), KEY_CLUSTER_ID, seal(&cluster.to_owned())?);
                 batch.put_cf(self.cf(CF_META), KEY_NODE_ID, seal(&node)?);
-                self.db.write_opt(batch, &self.sync).map_err(|source| self.db_error(source))
+                self.db.write_opt(batch, &self.sync).map_err(|error| self.db_error(error))
             }
             _ => Err(StorageError::Corrupt {
                 path: self.path.clone(),
@@ -192,8 +192,8 @@ impl Storage {
         self.db.cf_handle(name).expect("column family created at open")
     }
 
-    fn db_error(&self, source: rocksdb::Error) -> StorageError {
-        StorageError::Db { path: self.path.clone(), source }
+    fn db_error(&self, error: rocksdb::Error) -> StorageError {
+        StorageError::Db { path: self.path.clone(), error }
     }
 
     fn unseal<T: serde::de::DeserializeOwned>(
@@ -224,7 +224,7 @@ impl Storage {
         cf: &'static str,
         key: &[u8],
     ) -> Result<Option<T>, StorageError> {
-        match self.db.get_cf(self.cf(cf), key).map_err(|source| self.db_error(source))? {
+        match self.db.get_cf(self.cf(cf), key).map_err(|error| self.db_error(error))? {
             Some(record) => self.unseal(cf, key, &record).map(Some),
             None => Ok(None),
         }
@@ -247,14 +247,14 @@ impl Storage {
         let truncation: TruncationSnapshot = self.get(CF_META, KEY_TRUNCATION)?.unwrap_or_default();
         let mut accepted = BTreeMap::new();
         for item in self.db.iterator_cf(self.cf(CF_ACCEPTED), IteratorMode::Start) {
-            let (key, record) = item.map_err(|source| self.db_error(source))?;
+            let (key, record) = item.map_err(|error| self.db_error(error))?;
             let slot = self.slot_of(CF_ACCEPTED, &key)?;
             let entry: (Ballot, Value) = self.unseal(CF_ACCEPTED, &key, &record)?;
             accepted.insert(slot, entry);
         }
         let mut records = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_REQUESTS), IteratorMode::Start) {
-            let (key, record) = item.map_err(|source| self.db_error(source))?;
+            let (key, record) = item.map_err(|error| self.db_error(error))?;
             if key.len() != 16 {
                 return Err(StorageError::Corrupt {
                     path: self.path.clone(),
@@ -362,10 +362,10 @@ impl Storage {
             }
         }
         if sync {
-            self.db.write_opt(batch, &self.sync).map_err(|source| self.db_error(source))?;
+            self.db.write_opt(batch, &self.sync).map_err(|error| self.db_error(error))?;
             self.fsyncs += 1;
         } else {
-            self.db.write(batch).map_err(|source| self.db_error(source))?;
+            self.db.write(batch).map_err(|error| self.db_error(error))?;
         }
         self.promised = promised;
         Ok(())
@@ -384,7 +384,7 @@ impl Storage {
         let mut bytes = 0;
         let start = slot_key(from_slot);
         for item in self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::From(&start, Direction::Forward)) {
-            let (key, record) = item.map_err(|source| self.db_error(source))?;
+            let (key, record) = item.map_err(|error| self.db_error(error))?;
             let slot = self.slot_of(CF_HISTORY, &key)?;
             if slot >= upto_slot {
                 break;
@@ -411,13 +411,13 @@ impl Storage {
     /// Test hook: one raw record as stored (checksum included).
     #[doc(hidden)]
     pub fn raw_record_for_test(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db.get_cf(self.cf(cf), key).map_err(|source| self.db_error(source))
+        self.db.get_cf(self.cf(cf), key).map_err(|error| self.db_error(error))
     }
 
     /// Test hook: overwrites one raw record, to simulate corruption on disk.
     #[doc(hidden)]
     pub fn corrupt_for_test(&self, cf: &'static str, key: &[u8], bytes: &[u8]) -> Result<(), StorageError> {
-        self.db.put_cf(self.cf(cf), key, bytes).map_err(|source| self.db_error(source))
+        self.db.put_cf(self.cf(cf), key, bytes).map_err(|error| self.db_error(error))
     }
 }
 
