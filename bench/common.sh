@@ -16,3 +16,29 @@ s = [socket.socket() for _ in range(int(sys.argv[1]))]
 [x.bind(("127.0.0.1", 0)) for x in s]
 print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
 }
+
+# wait_for_leader ARGS...: waits (10 s at most) until `paxos-cli ARGS status` names a leader.
+wait_for_leader() {
+  for _ in $(seq 1 100); do
+    "$cli" "$@" status --json --timeout-ms 500 2>/dev/null | grep -q '"leader":[0-9]' && return 0
+    sleep 0.1
+  done
+  echo "no leader reachable with: paxos-cli $*" >&2
+  return 1
+}
+
+# alternate NAME_A RUN_A NAME_B RUN_B: RUN_X CLIENTS SECONDS prints one run's JSON. A warm-up of
+# each (64 clients, WARMUP s), then for each of CLIENT_COUNTS a run of A and one of B, in turn;
+# each run is a line {"system": NAME, "run": ...} of $work/results.jsonl.
+alternate() {
+  local names=("$1" "$3") runs=("$2" "$4") i clients
+  echo "warm-up: ${WARMUP}s each" >&2
+  for i in 0 1; do "${runs[$i]}" 64 "$WARMUP" >/dev/null; done
+  for clients in $CLIENT_COUNTS; do
+    for i in 0 1; do
+      echo "${names[$i]}, $clients clients, ${DURATION}s" >&2
+      printf '{"system":"%s","run":%s}\n' "${names[$i]}" "$("${runs[$i]}" "$clients" "$DURATION")" \
+        >>"$work/results.jsonl"
+    done
+  done
+}

@@ -69,25 +69,13 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" endpoint health >/dev/null
-for _ in $(seq 1 100); do
-  "$cli" --endpoint "$paxos_endpoints" status --json --timeout-ms 500 2>/dev/null | grep -q '"leader":[0-9]' && break
-  sleep 0.1
-done
+wait_for_leader --endpoint "$paxos_endpoints"
 
 run_etcd() { "$etcd_bench" --endpoints "$etcd_endpoints" --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
 run_paxos() { "$cli" --endpoint "$paxos_endpoints" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
 
-echo "warm-up: ${WARMUP}s each" >&2
-run_etcd 64 "$WARMUP" >/dev/null
-run_paxos 64 "$WARMUP" >/dev/null
-
+alternate etcd run_etcd paxos run_paxos
 results="$work/results.jsonl"
-for clients in $CLIENT_COUNTS; do
-  echo "etcd,  $clients clients, ${DURATION}s" >&2
-  printf '{"system":"etcd","run":%s}\n' "$(run_etcd "$clients" "$DURATION")" >>"$results"
-  echo "paxos, $clients clients, ${DURATION}s" >&2
-  printf '{"system":"paxos","run":%s}\n' "$(run_paxos "$clients" "$DURATION")" >>"$results"
-done
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 - "$results" "$commit" "$VALUE_BYTES" "$DURATION" <<'PY'

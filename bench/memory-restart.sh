@@ -26,10 +26,7 @@ start() {
 }
 for i in 1 2 3; do start "$i"; done
 endpoints="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
-for _ in $(seq 1 100); do
-  "$cli" --endpoint "$endpoints" status --json --timeout-ms 500 2>/dev/null | grep -q '"leader":[0-9]' && break
-  sleep 0.1
-done
+wait_for_leader --endpoint "$endpoints"
 
 echo "writing $ENTRIES values with $CLIENTS clients..."
 "$cli" --endpoint "$endpoints" bench --clients "$CLIENTS" --count "$ENTRIES"

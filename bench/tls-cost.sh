@@ -41,22 +41,10 @@ start_cluster plain 3 --insecure-plaintext
 plain_endpoints=$(IFS=,; echo "${endpoints[*]}")
 run_tls() { "$cli" --certs-dir "$work/certs" --endpoint "$tls_endpoints" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
 run_plain() { "$cli" --insecure-plaintext --endpoint "$plain_endpoints" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
-for _ in $(seq 1 100); do
-  "$cli" --certs-dir "$work/certs" --endpoint "$tls_endpoints" status --json --timeout-ms 500 2>/dev/null | grep -q '"leader":[0-9]' &&
-    "$cli" --insecure-plaintext --endpoint "$plain_endpoints" status --json --timeout-ms 500 2>/dev/null | grep -q '"leader":[0-9]' && break
-  sleep 0.1
-done
-
-echo "warm-up: ${WARMUP}s each" >&2
-run_tls 64 "$WARMUP" >/dev/null
-run_plain 64 "$WARMUP" >/dev/null
+wait_for_leader --certs-dir "$work/certs" --endpoint "$tls_endpoints"
+wait_for_leader --insecure-plaintext --endpoint "$plain_endpoints"
+alternate tls run_tls plain run_plain
 results="$work/results.jsonl"
-for clients in $CLIENT_COUNTS; do
-  echo "tls,       $clients clients, ${DURATION}s" >&2
-  printf '{"system":"tls","run":%s}\n' "$(run_tls "$clients" "$DURATION")" >>"$results"
-  echo "plaintext, $clients clients, ${DURATION}s" >&2
-  printf '{"system":"plain","run":%s}\n' "$(run_plain "$clients" "$DURATION")" >>"$results"
-done
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 - "$results" "$commit" "$VALUE_BYTES" "$DURATION" <<'PY'

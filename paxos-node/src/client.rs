@@ -149,16 +149,17 @@ impl Pipeline {
             CONNECT_TIMEOUT,
         )
         .await;
-        let (connection, _welcome) = connected.map_err(|error| OpenError {
-            permanent: error.is_permanent(),
-            message: match error {
+        let (connection, _welcome) = connected.map_err(|error| {
+            let permanent = error.is_permanent();
+            let message = match error {
                 ConnectError::Refused(reason) => format!("{endpoint} refused this client: {reason}"),
-                error if error.is_permanent() => format!(
+                error if permanent => format!(
                     "{endpoint}: {error} (is it a node of cluster {:?}, whose CA issued this client's certificate?)",
                     options.cluster
                 ),
                 error => format!("{endpoint}: {error}"),
-            },
+            };
+            OpenError { message, permanent }
         })?;
         let (mut sink, stream) = connection.split();
         let (frames_tx, mut frames_rx) = mpsc::channel::<Frame>(REQUESTS_QUEUED_MAX);

@@ -5,7 +5,7 @@
 use futures::SinkExt;
 use paxos_core::{Ballot, Message, RequestId, Value};
 use paxos_node::certs::IssueRequest;
-use paxos_node::connection::{ConnectError, Connection, FrameSink};
+use paxos_node::connection::{ConnectError, Connection, FrameSink, FrameStream};
 use paxos_node::tls::{CertFiles, Security, Tls};
 use paxos_node::wire::{Caller, Frame, Hello, Request, PROTOCOL_VERSION};
 use paxos_tests::workload::{check, Recorder};
@@ -116,6 +116,44 @@ async fn honest(recorder: &Recorder, client: &paxos_node::client::Client, tag: &
     for i in 0..count {
         recorder.propose(client, format!("{tag}-{i}")).await.expect("honest proposal chosen");
     }
+}
+
+/// A cluster whose node 1 holds 8 MiB of history (eight 1 MiB values), so that a history
+/// page from slot 0 is a full page.
+async fn cluster_with_full_pages() -> Cluster {
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let client = cluster.client_for(&[1]);
+    for i in 0..8u8 {
+        client.propose(vec![i; 1 << 20]).await.expect("propose 1 MiB");
+    }
+    cluster
+}
+
+/// Opens `connections` client connections to node 1, each pipelining up to `per_connection`
+/// history requests for a full page and reading none of the answers (the node stops reading a
+/// connection once its budget is spent: sending stops there). The connections stay open while
+/// the returned value lives.
+async fn pipeline_unread_pages(
+    cluster: &Cluster,
+    connections: usize,
+    per_connection: u64,
+) -> Vec<(FrameSink, FrameStream)> {
+    let mut held = Vec::new();
+    for _ in 0..connections {
+        let connection = dial(&cluster.addrs[&1], Caller::Client, &cluster.security).await.expect("client");
+        let (mut sink, stream) = connection.split();
+        for id in 0..per_connection {
+            let request = Request::History { from_slot: 0, limit: 10_000 };
+            let sent =
+                tokio::time::timeout(Duration::from_millis(200), sink.send(Frame::Request { id, request }));
+            if !matches!(sent.await, Ok(Ok(()))) {
+                break;
+            }
+        }
+        held.push((sink, stream));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    held
 }
 
 async fn check_histories(cluster: &Cluster, recorder: &Recorder) {
@@ -260,30 +298,9 @@ async fn gc_needs_an_admin_certificate() {
 /// many it sends. Before the budget, 220 such requests grew a node by 1.6 GiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_answers_are_bounded_in_bytes() {
-    let cluster = Cluster::start(3).await.expect("cluster");
-    let client = cluster.client_for(&[1]);
-    // 8 MiB of history: every page is a full 8 MiB page.
-    for i in 0..8u8 {
-        client.propose(vec![i; 1 << 20]).await.expect("propose 1 MiB");
-    }
+    let cluster = cluster_with_full_pages().await;
     let rss_before = cluster.rss_bytes(1).expect("rss");
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let connection = dial(&cluster.addrs[&1], Caller::Client, &cluster.security).await.expect("client");
-        let (mut sink, stream) = connection.split();
-        for id in 0..220 {
-            let request = Request::History { from_slot: 0, limit: 10_000 };
-            // The node stops reading once the budget is spent: stop sending when it does.
-            match tokio::time::timeout(Duration::from_millis(200), sink.send(Frame::Request { id, request }))
-                .await
-            {
-                Ok(Ok(())) => {}
-                _ => break,
-            }
-        }
-        held.push((sink, stream));
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = pipeline_unread_pages(&cluster, 2, 220).await;
     let rss_during = cluster.rss_bytes(1).expect("rss");
     let grown_mib = (rss_during.saturating_sub(rss_before)) as f64 / MIB;
     eprintln!(
@@ -434,28 +451,9 @@ async fn idle_clients_do_not_lock_out_new_ones() {
 /// been waited for, every request would queue behind the first large one still waiting.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_answer_budget_refuses_rather_than_queues() {
-    let cluster = Cluster::start(3).await.expect("cluster");
-    let client = cluster.client_for(&[1]);
-    for i in 0..8u8 {
-        client.propose(vec![i; 1 << 20]).await.expect("propose 1 MiB");
-    }
+    let cluster = cluster_with_full_pages().await;
     let rss_before = cluster.rss_bytes(1).expect("rss");
-    let mut held = Vec::new();
-    for _ in 0..16 {
-        let connection = dial(&cluster.addrs[&1], Caller::Client, &cluster.security).await.expect("client");
-        let (mut sink, stream) = connection.split();
-        for id in 0..10 {
-            let request = Request::History { from_slot: 0, limit: 10_000 };
-            match tokio::time::timeout(Duration::from_millis(200), sink.send(Frame::Request { id, request }))
-                .await
-            {
-                Ok(Ok(())) => {}
-                _ => break,
-            }
-        }
-        held.push((sink, stream));
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = pipeline_unread_pages(&cluster, 16, 10).await;
     let grown_mib = cluster.rss_bytes(1).expect("rss").saturating_sub(rss_before) as f64 / MIB;
     // An honest history read is refused quickly rather than queued for ever...
     let mut options =
