@@ -29,11 +29,12 @@ pub struct Config {
     pub message_bytes_max: usize,
     /// Proposals the leader queues while the window is full; beyond this they are refused.
     pub proposals_queued_max: usize,
-    /// Open slots a new leader takes over from phase 1 (re-proposed values and no-ops for the
-    /// holes between them). Honest clusters stay far below it; a promise claiming a vote far
-    /// beyond would make the candidate fill every slot up to it, so above this it does not
+    /// Holes a new leader fills with no-ops after phase 1: open slots below the highest vote
+    /// reported for which no promise reports a vote or a chosen value. Honest clusters have few
+    /// (slots whose every voter is down); a promise claiming a vote far beyond the rest would
+    /// make the candidate invent a no-op for every slot up to it, so above this it does not
     /// lead (never a safety risk: it only gives up this candidacy).
-    pub phase_one_slots_max: u64,
+    pub phase_one_holes_max: u64,
     /// Largest client value, in bytes.
     pub value_bytes_max: usize,
     /// Limits of the duplicate-request table.
@@ -61,7 +62,7 @@ impl Config {
             entries_per_message_max: Self::ENTRIES_PER_MESSAGE_MAX_DEFAULT,
             message_bytes_max: Self::MESSAGE_BYTES_MAX_DEFAULT,
             proposals_queued_max: 65_536,
-            phase_one_slots_max: 1 << 20,
+            phase_one_holes_max: 1 << 20,
             value_bytes_max: Self::VALUE_BYTES_MAX_DEFAULT,
             request_table: TableLimits { clients_max: 4096, seqs_per_client_max: 1024 },
         }

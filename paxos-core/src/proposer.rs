@@ -225,7 +225,7 @@ impl Replica {
         assert_eq!(self.promised, ballot, "a leader holds its own promise");
         let Some((next_slot, proposals)) = self.phase_one_values(candidate.promises, candidate.earlier_pages)
         else {
-            // Some promise claims a vote absurdly far ahead (see `phase_one_slots_max`): give
+            // Some promise claims a vote absurdly far ahead (see `phase_one_holes_max`): give
             // up this candidacy (the role is already Follower) and wait for the next election.
             self.rejected_messages += 1;
             self.reset_election_timer();
@@ -273,7 +273,20 @@ impl Replica {
         if let Some((slot, _)) = self.learner.chosen_pending().last_key_value() {
             next_slot = next_slot.max(slot + 1);
         }
-        if next_slot - self.learner.applied_upto() > self.config.phase_one_slots_max {
+        // What must stay bounded is what a forged far vote would make the candidate invent: a
+        // no-op for every hole (an open slot no promise reports a vote or a chosen value for).
+        // Open slots with a record are no limit's business: their values are in memory already,
+        // and a lagging honest majority can have a million of them (a limit on the span kept
+        // such a cluster from ever electing a leader).
+        let applied = self.learner.applied_upto();
+        let reported = highest.range(applied..).count() as u64
+            + self
+                .learner
+                .chosen_pending()
+                .range(applied..)
+                .filter(|(slot, _)| !highest.contains_key(slot))
+                .count() as u64;
+        if (next_slot - applied).saturating_sub(reported) > self.config.phase_one_holes_max {
             return None;
         }
         let mut proposals = Vec::new();
@@ -733,6 +746,31 @@ mod tests {
         let ready = cluster.node(leader).take_ready_persisted();
         assert!(sent(&ready, |m| matches!(m, Message::Prepare { .. })).is_empty());
         assert_eq!(sent(&ready, |m| matches!(m, Message::Accept { .. })).len(), 2);
+    }
+
+    /// A promise (forged, or from a broken member) claiming one vote far beyond the rest would
+    /// make the candidate invent a no-op for every slot up to it: past `phase_one_holes_max`
+    /// holes it gives up this candidacy instead, and counts the message as rejected.
+    #[test]
+    fn a_vote_far_beyond_the_rest_does_not_make_a_leader_fill_a_million_holes() {
+        let mut cluster = Cluster::new(3);
+        cluster.node(1).become_candidate();
+        let ballot = cluster.node(1).promised();
+        cluster.node(1).take_ready_persisted();
+        let far = crate::Config::new(1, vec![1]).phase_one_holes_max + 5;
+        let promise = Message::Promise {
+            ballot,
+            from_slot: 0,
+            history: vec![],
+            accepted: vec![AcceptedEntry { slot: far, ballot: Ballot::new(0, 2), value: Value::Noop }],
+            chosen: vec![],
+            applied_upto: 0,
+            covered_upto: None,
+        };
+        cluster.node(1).step(Envelope { from: 2, to: 1, message: promise });
+        let ready = cluster.node(1).take_ready_persisted();
+        assert!(sent(&ready, |m| matches!(m, Message::Accept { .. })).is_empty());
+        assert_eq!(cluster.node(1).status().rejected_messages, 1);
     }
 
     #[test]

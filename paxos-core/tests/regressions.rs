@@ -766,3 +766,86 @@ fn paged_phase_one_controls_one_page_and_instant_delivery() {
         c.assert_agreement();
     }
 }
+
+// An honest schedule found by a review (no forged message: lost catch-up traffic, crashes).
+// Both followers vote on every slot, but each misses one early Accept, so neither applies; the
+// leader chooses 40 slots and dies; both followers restart, forgetting which of their records
+// were chosen. Together they hold every chosen value, so a leader must emerge. Phase 1 used to
+// refuse to lead over more than `phase_one_*_max` open slots (a defence against a forged far
+// vote), and the 40 open slots here exceed a limit of 16: no leader, ever. The limit now counts
+// only the holes (open slots no promise reports a vote for), which here are none.
+
+/// Delivers everything among `group`, but loses every CatchUp / CatchUpEntries on the way.
+fn deliver_all_but_catch_up(c: &mut Cluster, group: &[NodeId]) {
+    loop {
+        for from in group {
+            for to in group {
+                c.drop_where(*from, *to, is_catch_up);
+                c.drop_where(*from, *to, is_catch_up_entries);
+            }
+        }
+        let link = c
+            .links
+            .iter()
+            .find(|((from, to), q)| !q.is_empty() && group.contains(from) && group.contains(to))
+            .map(|(link, _)| *link);
+        let Some(link) = link else { return };
+        let envelope = c.links.get_mut(&link).and_then(VecDeque::pop_front).expect("non-empty");
+        c.deliver(envelope);
+    }
+}
+
+/// Leader 1 chooses `proposals` slots that nodes 2 and 3 vote for but never apply (each
+/// missed one early Accept, and catch-up is lost), then dies; nodes 2 and 3 restart.
+fn lagging_followers_then_leader_dies(holes_max: u64, proposals: u64, batch: u64) -> Cluster {
+    let sessions: Vec<(RequestId, Slot)> = (1..=3).map(|client| (rid(client, 0), client)).collect();
+    let mut c = Cluster::build(3, sessions, |config| config.phase_one_holes_max = holes_max);
+    c.campaign(1);
+    c.deliver_everything();
+    assert!(c.is_leader(1));
+    // Slot 0: only node 3 gets the Accept. Slot 1: only node 2.
+    c.propose(1, rid(1, 1), "p0");
+    c.drop_where(1, 2, is_accept);
+    deliver_all_but_catch_up(&mut c, &[1, 2, 3]);
+    c.propose(1, rid(1, 2), "p1");
+    c.drop_where(1, 3, is_accept);
+    deliver_all_but_catch_up(&mut c, &[1, 2, 3]);
+    let mut seq = 3;
+    while seq < proposals + 1 {
+        for _ in 0..batch {
+            if seq >= proposals + 1 {
+                break;
+            }
+            let client = 1 + seq % 3;
+            c.replica(1).propose(Proposal { request_id: rid(client, seq), payload: b"v".to_vec() });
+            seq += 1;
+        }
+        c.flush(1);
+        deliver_all_but_catch_up(&mut c, &[1, 2, 3]);
+    }
+    c.kill(1);
+    // Both survivors restart (a power cut): their accepted records are on disk, the knowledge
+    // of which of them are chosen (`chosen_pending`) was only in memory.
+    for id in [2, 3] {
+        restart(&mut c, id);
+    }
+    c
+}
+
+fn restart(c: &mut Cluster, id: NodeId) {
+    let node = c.nodes.get_mut(&id).expect("member");
+    let config = node.replica.config().clone();
+    node.replica = Replica::recover(config, node.storage.durable_state(), 7000 + id);
+    c.links.retain(|(from, to), _| *from != id && *to != id);
+}
+
+#[test]
+fn a_lagging_majority_that_forgot_what_was_chosen_still_elects_a_leader() {
+    let mut c = lagging_followers_then_leader_dies(16, 40, 1);
+    c.run(2000);
+    let leaders: Vec<NodeId> = [2, 3].into_iter().filter(|id| c.is_leader(*id)).collect();
+    assert_eq!(leaders.len(), 1, "no leader among the survivors: {leaders:?}");
+    assert_eq!(c.applied_upto(2), 40);
+    assert_eq!(c.applied_upto(3), 40);
+    c.assert_agreement();
+}
