@@ -36,6 +36,17 @@ impl Replica {
     /// the history read that leads to it), so the driver makes it durable before the candidate
     /// can count on it.
     pub(crate) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
+        if !self.can_vote() {
+            // A learner, a removed member or a node whose disk the configuration does not
+            // know: no promise. The candidate's configuration says this replica votes, so one
+            // of them has not applied the latest configuration: say how far this one has
+            // applied (the candidate catches up if behind) and ask for what it has (this one
+            // catches up if behind, maybe to find it was promoted).
+            let applied_upto = self.learner.applied_upto();
+            self.send(from, Message::HeartbeatAck { ballot, applied_upto });
+            self.send(from, Message::CatchUp { from_slot: applied_upto });
+            return;
+        }
         if ballot < self.promised {
             self.send(from, Message::Nack { ballot, promised: self.promised });
             return;
@@ -158,6 +169,12 @@ impl Replica {
             return;
         }
         self.follow(from, ballot);
+        if !self.can_vote() {
+            // Not a voter (or not the incarnation the configuration knows): no vote, but the
+            // commit point still lets it learn.
+            self.learn_commit(from, ballot, commit_upto);
+            return;
+        }
         let mut slots = Vec::with_capacity(entries.len());
         for (slot, value) in entries {
             if slot < self.learner.applied_upto() {
@@ -246,7 +263,7 @@ mod tests {
     use crate::{Ballot, Envelope, Message, PersistOp, Value};
 
     fn prepare(ballot: Ballot) -> Envelope {
-        Envelope { from: ballot.node, to: 1, message: Message::Prepare { ballot, from_slot: 0 } }
+        Envelope { from: ballot.node, to: 1, incarnation: ballot.node, message: Message::Prepare { ballot, from_slot: 0 } }
     }
 
     #[test]
@@ -266,13 +283,13 @@ mod tests {
         acceptor.config.entries_per_message_max = 8;
         let entries: Vec<(u64, Value)> = (0..20).map(|slot| (slot, Value::Noop)).collect();
         let accept = Message::Accept { ballot: Ballot::new(1, 2), entries, commit_upto: 0 };
-        acceptor.step(Envelope { from: 2, to: 1, message: accept });
+        acceptor.step(Envelope { from: 2, to: 1, incarnation: 2, message: accept });
         acceptor.take_ready_persisted();
         let mut reported = Vec::new();
         let mut from_slot = 0;
         for _ in 0..3 {
             let prepare = Message::Prepare { ballot: Ballot::new(2, 3), from_slot };
-            acceptor.step(Envelope { from: 3, to: 1, message: prepare });
+            acceptor.step(Envelope { from: 3, to: 1, incarnation: 3, message: prepare });
             let ready = acceptor.take_ready_persisted();
             let Message::Promise { accepted, covered_upto, .. } = &ready.persisted_messages[0].message else {
                 panic!("no promise: {ready:?}");
@@ -298,7 +315,7 @@ mod tests {
         acceptor.step(prepare(Ballot::new(u64::MAX, 2)));
         let nack =
             Message::Nack { ballot: Ballot::new(1, 1), promised: Ballot::new(Ballot::ROUND_MAX + 1, 3) };
-        acceptor.step(Envelope { from: 3, to: 1, message: nack });
+        acceptor.step(Envelope { from: 3, to: 1, incarnation: 3, message: nack });
         let ready = acceptor.take_ready_persisted();
         assert!(ready.persist.is_empty() && ready.persisted_messages.is_empty(), "{ready:?}");
         assert_eq!(acceptor.status().rejected_messages, 2);
@@ -332,7 +349,7 @@ mod tests {
         acceptor.step(prepare(Ballot::new(4, 3)));
         let accept =
             Message::Accept { ballot: Ballot::new(4, 3), entries: vec![(0, Value::Noop)], commit_upto: 0 };
-        acceptor.step(Envelope { from: 3, to: 1, message: accept });
+        acceptor.step(Envelope { from: 3, to: 1, incarnation: 3, message: accept });
         let ready = acceptor.take_ready_persisted();
         assert!(ready.persist.is_empty(), "nothing may be stored for a refused ballot");
         let nacks =
@@ -345,7 +362,7 @@ mod tests {
         let mut acceptor = replica(1, &[1, 2, 3]);
         let accept =
             Message::Accept { ballot: Ballot::new(1, 2), entries: vec![(0, Value::Noop)], commit_upto: 0 };
-        acceptor.step(Envelope { from: 2, to: 1, message: accept });
+        acceptor.step(Envelope { from: 2, to: 1, incarnation: 2, message: accept });
         acceptor.take_ready_persisted();
         acceptor.step(prepare(Ballot::new(2, 3)));
         let ready = acceptor.take_ready_persisted();
@@ -367,10 +384,10 @@ mod tests {
         let mut acceptor = replica(1, &[1, 2, 3]);
         let (a, b) = (Ballot::new(1, 2), Ballot::new(2, 3));
         let heartbeat = Message::Heartbeat { ballot: a, commit_upto: 2, history_start: 0 };
-        acceptor.step(Envelope { from: 2, to: 1, message: heartbeat });
+        acceptor.step(Envelope { from: 2, to: 1, incarnation: 2, message: heartbeat });
         for slot in 0..2 {
             let accept = Message::Accept { ballot: b, entries: vec![(slot, Value::Noop)], commit_upto: 0 };
-            acceptor.step(Envelope { from: 3, to: 1, message: accept });
+            acceptor.step(Envelope { from: 3, to: 1, incarnation: 3, message: accept });
         }
         acceptor.take_ready_persisted();
         assert!(
@@ -381,7 +398,7 @@ mod tests {
         assert_eq!(acceptor.applied_upto(), 0);
         // Ballot b's own announcement does mark them.
         let heartbeat = Message::Heartbeat { ballot: b, commit_upto: 2, history_start: 0 };
-        acceptor.step(Envelope { from: 3, to: 1, message: heartbeat });
+        acceptor.step(Envelope { from: 3, to: 1, incarnation: 3, message: heartbeat });
         assert_eq!(acceptor.applied_upto(), 2);
     }
 
@@ -389,7 +406,7 @@ mod tests {
     fn a_recovered_acceptor_keeps_its_promise() {
         let mut acceptor = replica(1, &[1, 2, 3]);
         acceptor.step(prepare(Ballot::new(5, 2)));
-        let mut storage = crate::MemStorage::default();
+        let mut storage = crate::MemStorage::bootstrapped(&[1, 2, 3]);
         storage.apply(&acceptor.take_ready_persisted().persist);
         let mut recovered = crate::Replica::recover(acceptor.config().clone(), storage.durable_state(), 1);
         recovered.step(prepare(Ballot::new(4, 3)));

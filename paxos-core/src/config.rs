@@ -1,15 +1,25 @@
 //! Static configuration of a replica: who the members are and every limit, in ticks and bytes.
 
+use crate::membership::Incarnation;
 use crate::requests::TableLimits;
 use crate::types::NodeId;
+use std::collections::BTreeMap;
 
 /// Configuration of one replica. All durations are in ticks of the driver's logical clock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// This replica's id; must be in `members`.
+    /// This replica's id; must be in `members` unless `join_existing`.
     pub id: NodeId,
-    /// Every member of the cluster, this replica included. A quorum is a strict majority.
+    /// This replica's data directory's incarnation (see [`crate::Incarnation`]); never 0.
+    pub incarnation: Incarnation,
+    /// The bootstrap configuration's voters (the `--peer` flags). Only a replica whose storage
+    /// holds no chosen configuration uses it; the log's configuration wins afterwards.
     pub members: Vec<NodeId>,
+    /// The bootstrap configuration's addresses, by member (opaque to the core).
+    pub addresses: BTreeMap<NodeId, String>,
+    /// This replica joins a cluster that exists already (`--initial-cluster-state existing`):
+    /// until it has learned a chosen configuration from its peers it neither votes nor leads.
+    pub join_existing: bool,
     /// The leader sends a heartbeat when it has sent nothing for this many ticks.
     pub heartbeat_interval_ticks: u64,
     /// A follower that hears from no leader for a random time in
@@ -53,7 +63,10 @@ impl Config {
     pub fn new(id: NodeId, members: Vec<NodeId>) -> Self {
         Config {
             id,
+            incarnation: id,
             members,
+            addresses: BTreeMap::new(),
+            join_existing: false,
             heartbeat_interval_ticks: 2,
             election_timeout_ticks: 10,
             forward_timeout_ticks: 50,
@@ -68,15 +81,15 @@ impl Config {
         }
     }
 
-    /// Number of members whose votes make a majority.
-    pub fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
-    }
-
     /// Panics on a configuration no cluster can run with: these are programming errors.
     pub fn validate(&self) {
         assert!(!self.members.is_empty(), "a cluster needs members");
-        assert!(self.members.contains(&self.id), "replica {} is not a member", self.id);
+        assert!(
+            self.join_existing || self.members.contains(&self.id),
+            "replica {} is not a member",
+            self.id
+        );
+        assert_ne!(self.incarnation, 0, "incarnation 0 means unbound");
         let mut sorted = self.members.clone();
         sorted.sort_unstable();
         sorted.dedup();

@@ -5,6 +5,7 @@
 //! and the rules over them. It knows nothing of the acceptor or the proposer: the replica
 //! (`learning.rs`) hands it what they know and carries out what it decides.
 
+use crate::membership::{ChangeError, Membership};
 use crate::message::{ProposalError, TruncationSnapshot};
 use crate::ready::PersistOp;
 use crate::requests::{Lookup, RequestTable, TableChange, TableLimits};
@@ -56,6 +57,9 @@ pub(crate) struct Applied {
     pub(crate) as_noop: bool,
     /// The answer owed to whoever waits for the request the slot carried.
     pub(crate) answer: Option<Answer>,
+    /// A configuration entry: `Ok` if it is now in force, `Err` if it could not follow the
+    /// configuration in force (applied as a no-op).
+    pub(crate) config: Option<Result<(), ChangeError>>,
 }
 
 impl Applied {
@@ -95,6 +99,9 @@ pub(crate) struct Learner {
     truncation: TruncationSnapshot,
     /// Durable: the duplicate table as of `applied_upto`.
     requests: RequestTable,
+    /// Durable: the configuration as of `applied_upto` (it governs every slot from there on
+    /// until the next configuration entry is applied).
+    membership: Membership,
     /// The ballot of the leader followed last, and the highest commit point it announced
     /// (announcements of other ballots do not count, see `learn_commit`).
     commit_ballot: Ballot,
@@ -112,6 +119,7 @@ impl Learner {
         applied_upto: Slot,
         truncation: TruncationSnapshot,
         requests: RequestTable,
+        membership: Membership,
     ) -> Learner {
         assert!(applied_upto >= truncation.history_start, "applied prefix below the history start");
         Learner {
@@ -120,6 +128,7 @@ impl Learner {
             chosen_pending: BTreeMap::new(),
             truncation,
             requests,
+            membership,
             commit_ballot: Ballot::ZERO,
             commit_upto_in_ballot: 0,
             commit_marked_upto: applied_upto,
@@ -142,6 +151,10 @@ impl Learner {
 
     pub(crate) fn requests(&self) -> &RequestTable {
         &self.requests
+    }
+
+    pub(crate) fn membership(&self) -> &Membership {
+        &self.membership
     }
 
     /// Raw values known chosen above the applied prefix.
@@ -215,11 +228,23 @@ impl Learner {
     ) -> Option<Applied> {
         let slot = self.applied_upto;
         let chosen = self.chosen_pending.remove(&slot)?;
-        let (as_noop, answer) = self.deduplicate(slot, &chosen, limits, persist);
+        let (mut as_noop, answer) = self.deduplicate(slot, &chosen, limits, persist);
+        let mut config = None;
+        if let Value::Config(next) = &chosen {
+            // The same check on every replica, against the configuration in force at `slot`:
+            // an entry that fails it (a forged one) is a no-op everywhere.
+            let checked = self.membership.check_successor(next);
+            if checked.is_ok() {
+                self.membership = Membership { chosen_at: Some(slot), ..next.clone() };
+                persist.push(PersistOp::Membership(self.membership.clone()));
+            }
+            as_noop = checked.is_err();
+            config = Some(checked);
+        }
         let entry = if as_noop { Value::Noop } else { chosen.clone() };
         persist.push(PersistOp::Apply { slot, value: entry });
         self.applied_upto += 1;
-        Some(Applied { slot, chosen, as_noop, answer })
+        Some(Applied { slot, chosen, as_noop, answer, config })
     }
 
     /// Whether the history holds a no-op for a chosen `value` at `slot` (true for a request
@@ -304,6 +329,10 @@ impl Learner {
         *entry = (*entry).max(applied_upto);
     }
 
+    pub(crate) fn forget_member_progress(&mut self, node: NodeId) {
+        self.member_applied_upto.remove(&node);
+    }
+
     /// Forgets an outstanding catch-up request that went unanswered for `timeout_ticks`.
     pub(crate) fn expire_catch_up(&mut self, now_tick: u64, timeout_ticks: u64) {
         if let Some(catch_up) = self.catch_up {
@@ -369,9 +398,16 @@ impl Learner {
             return None;
         }
         let start = snapshot.table_upto;
-        let snapshot =
-            TruncationSnapshot { history_start: start, table_upto: start, requests: snapshot.requests };
+        let snapshot = TruncationSnapshot {
+            history_start: start,
+            table_upto: start,
+            requests: snapshot.requests,
+            membership: snapshot.membership,
+        };
         self.note_member_progress(from, start);
+        if let Some(membership) = &snapshot.membership {
+            self.membership = membership.clone();
+        }
         self.applied_upto = start;
         self.requests = snapshot.requests.clone();
         self.chosen_pending = self.chosen_pending.split_off(&start);
@@ -389,6 +425,7 @@ impl Learner {
             history_start,
             table_upto: self.applied_upto,
             requests: self.requests.clone(),
+            membership: self.membership.is_bound().then(|| self.membership.clone()),
         };
         self.truncation = snapshot.clone();
         (snapshot, removed)
@@ -429,7 +466,7 @@ mod tests {
     use super::*;
 
     fn learner() -> Learner {
-        Learner::recover(1, 0, TruncationSnapshot::default(), RequestTable::default())
+        Learner::recover(1, 0, TruncationSnapshot::default(), RequestTable::default(), Membership::bound(&[1], |id| id))
     }
 
     fn limits() -> TableLimits {

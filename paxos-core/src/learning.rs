@@ -42,6 +42,10 @@ impl Replica {
             if let Some((request_id, outcome)) = applied.answer.take() {
                 self.answer_waiters(request_id, outcome);
             }
+            if let Some(checked) = applied.config.take() {
+                self.membership_changed = true;
+                self.answer_change(applied.slot, checked);
+            }
             self.ready.chosen.push((applied.slot, applied.into_entry()));
         }
         if self.learner.applied_upto() > start {
@@ -123,7 +127,9 @@ impl Replica {
     /// since the request came in: an answer is only ever an unbroken run from the slot asked
     /// for, and a request now below the history's start gets the truncation snapshot.
     pub fn serve_history_read(&mut self, read: &HistoryRead, entries: Vec<(Slot, Value)>) {
-        if read.to == self.config.id || !self.config.members.contains(&read.to) {
+        // Anyone the transport let in is a node of this cluster, and the history is one: a
+        // node this configuration does not list yet (or any more) may read it.
+        if read.to == self.config.id {
             return;
         }
         match read.purpose {
@@ -305,7 +311,7 @@ mod tests {
             Value::Command { request_id: proposal(client, 2, "").request_id, payload: b"theirs".to_vec() };
         let entries =
             crate::Message::CatchUpEntries { entries: vec![(slot, theirs)], applied_upto: slot + 1 };
-        cluster.node(leader).step(crate::Envelope { from: peer, to: leader, message: entries });
+        cluster.node(leader).step(crate::Envelope { from: peer, to: leader, incarnation: peer, message: entries });
         let mut announced = Vec::new();
         for _ in 0..5 {
             cluster.node(leader).tick();
@@ -347,7 +353,7 @@ mod tests {
         }
         cluster.settle();
         let catch_up = crate::Message::CatchUp { from_slot: 0 };
-        cluster.node(leader).step(crate::Envelope { from: peer, to: leader, message: catch_up });
+        cluster.node(leader).step(crate::Envelope { from: peer, to: leader, incarnation: peer, message: catch_up });
         cluster.node(leader).compact(Compaction { truncate_below: Some(2), force: true }).expect("cut");
         let ready = cluster.node(leader).take_ready_persisted();
         let storage = cluster.storage.get_mut(&leader).expect("member");
@@ -380,7 +386,7 @@ mod tests {
     fn history_entries_above_a_gap_are_dropped_not_kept_as_chosen() {
         let mut follower = crate::test_support::replica(1, &[1, 2, 3]);
         let entries = crate::Message::CatchUpEntries { entries: vec![(1, Value::Noop)], applied_upto: 2 };
-        follower.step(crate::Envelope { from: 2, to: 1, message: entries });
+        follower.step(crate::Envelope { from: 2, to: 1, incarnation: 2, message: entries });
         assert!(
             follower.learner.chosen_pending().is_empty(),
             "kept above a gap: {:?}",
@@ -390,7 +396,7 @@ mod tests {
             entries: vec![(0, Value::Noop), (1, Value::Noop)],
             applied_upto: 2,
         };
-        follower.step(crate::Envelope { from: 2, to: 1, message: entries });
+        follower.step(crate::Envelope { from: 2, to: 1, incarnation: 2, message: entries });
         assert_eq!(follower.applied_upto(), 2);
     }
 

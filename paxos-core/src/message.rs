@@ -6,11 +6,14 @@ use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
 use serde::{Deserialize, Serialize};
 
 /// A message with its sender and receiver. The transport must deliver `from` truthfully (the
-/// node daemon takes it from the authenticated Hello of the connection, never from the payload).
+/// node daemon takes it from the authenticated Hello of the connection, never from the payload),
+/// and `incarnation` as the sender's Hello gave it: a replica counts votes only from the
+/// incarnation its configuration admits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     pub from: NodeId,
     pub to: NodeId,
+    pub incarnation: crate::membership::Incarnation,
     pub message: Message,
 }
 
@@ -82,12 +85,25 @@ pub enum ProposalError {
     /// The value is larger than the configured limit.
     #[error("value of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
     TooLarge { size_bytes: usize, limit_bytes: usize },
+    /// Another configuration change is not applied yet (or the bootstrap configuration is not
+    /// bound yet): one change at a time.
+    #[error("a configuration change is in progress; retry when it is applied")]
+    ChangeInProgress,
+    /// The change cannot follow the configuration in force.
+    #[error("configuration change refused: {0}")]
+    ChangeRefused(crate::membership::ChangeError),
 }
 
 impl ProposalError {
     /// Whether the same request may be sent again.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ProposalError::NotLeader { .. } | ProposalError::Timeout | ProposalError::Overloaded)
+        matches!(
+            self,
+            ProposalError::NotLeader { .. }
+                | ProposalError::Timeout
+                | ProposalError::Overloaded
+                | ProposalError::ChangeInProgress
+        )
     }
 }
 
@@ -137,6 +153,10 @@ pub enum Message {
     Forward { proposal: Proposal },
     /// The leader's answer to a forwarded proposal.
     ForwardReply { request_id: RequestId, outcome: Result<Slot, ProposalError> },
+    /// The receiver's configuration (chosen at `chosen_at`) admits another incarnation of the
+    /// sender, so it ignored the sender's message: the sender lost its disk, or was replaced or
+    /// removed. `applied_upto` lets the sender catch up and see the configuration itself.
+    NotAdmitted { admitted: Option<crate::membership::Incarnation>, chosen_at: Slot, applied_upto: Slot },
 }
 
 impl Message {
@@ -184,6 +204,7 @@ impl Message {
             }
             Message::Forward { .. } => true,
             Message::ForwardReply { outcome, .. } => outcome.as_ref().map_or(true, slot_ok),
+            Message::NotAdmitted { chosen_at, applied_upto, .. } => slot_ok(chosen_at) && slot_ok(applied_upto),
         }
     }
 
@@ -208,4 +229,6 @@ pub struct TruncationSnapshot {
     pub history_start: Slot,
     pub table_upto: Slot,
     pub requests: RequestTable,
+    /// The configuration as of `table_upto` (`None`: the bootstrap one).
+    pub membership: Option<crate::membership::Membership>,
 }

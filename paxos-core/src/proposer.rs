@@ -1,5 +1,6 @@
 //! Proposer rules: elections (phase 1), the stable leader's pipelined phase 2, forwarding.
 
+use crate::membership::Incarnation;
 use crate::message::{AcceptedEntry, Message, Proposal, ProposalError};
 use crate::replica::{CandidateState, InFlight, LeaderState, Origin, PromiseData, Replica, Role};
 use crate::requests::Lookup;
@@ -10,8 +11,11 @@ impl Replica {
     pub(crate) fn tick_proposer(&mut self) {
         let now = self.tick_now;
         let interval = self.config.heartbeat_interval_ticks;
-        let quorum = self.config.quorum();
+        // Hearing a majority is what keeps a leader useful; the bootstrap configuration's
+        // unanimity is for choosing, not for staying leader while a member is still down.
+        let quorum = self.learner.membership().majority();
         let election_timeout = self.config.election_timeout_ticks;
+        self.maybe_change_membership_automatically();
         if let Role::Leader(leader) = &mut self.role {
             // Check quorum: a leader cut off from the majority cannot commit anything; stepping
             // down answers its clients (retryable) instead of leaving them waiting forever.
@@ -54,12 +58,21 @@ impl Replica {
         }
         self.election_elapsed_ticks += 1;
         if self.election_elapsed_ticks >= self.election_deadline_ticks {
-            self.become_candidate();
+            if self.can_vote() {
+                self.become_candidate();
+            } else {
+                // A learner, a removed member or a node whose incarnation the configuration
+                // does not admit never campaigns: its own vote would count for nothing, or for
+                // promises it no longer remembers.
+                self.reset_election_timer();
+                self.maybe_catch_up();
+            }
         }
     }
 
     /// Starts phase 1 with a ballot above every ballot seen.
     pub(crate) fn become_candidate(&mut self) {
+        assert!(self.can_vote(), "only an admitted voter campaigns");
         // Rounds from the network stop at `Ballot::ROUND_MAX`; only a promise written before
         // that check existed can sit at the very top, and then no higher ballot exists.
         let Some(round) = self.round_seen.max(self.promised.round).checked_add(1) else {
@@ -79,6 +92,7 @@ impl Replica {
             promises: BTreeMap::new(),
             waiting_for_gap: false,
             earlier_pages: BTreeMap::new(),
+            configuration: self.learner.membership().chosen_at,
         });
         self.prepare_again();
     }
@@ -105,11 +119,24 @@ impl Replica {
         candidate.promises.clear();
         candidate.promises.insert(self.config.id, own);
         let ballot = candidate.ballot;
-        self.broadcast(Message::Prepare { ballot, from_slot });
+        let voters: Vec<NodeId> = self.voter_peers().collect();
+        for voter in voters {
+            self.send(voter, Message::Prepare { ballot, from_slot });
+        }
     }
 
-    pub(crate) fn on_promise(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot, data: PromiseData) {
+    pub(crate) fn on_promise(
+        &mut self,
+        from: NodeId,
+        incarnation: Incarnation,
+        ballot: Ballot,
+        from_slot: Slot,
+        data: PromiseData,
+    ) {
         self.learner.note_member_progress(from, data.applied_upto);
+        if !self.learner.membership().counts_vote(from, incarnation) {
+            return;
+        }
         let Role::Candidate(candidate) = &mut self.role else {
             return;
         };
@@ -138,10 +165,17 @@ impl Replica {
     fn maybe_become_leader(&mut self) {
         // A loop, not recursion: with a quorum of one, every page is complete at once.
         loop {
+            let majority = self.learner.membership().majority();
+            let configuration = self.learner.membership().chosen_at;
             let Role::Candidate(candidate) = &mut self.role else {
                 return;
             };
-            if candidate.promises.len() < self.config.quorum() || candidate.waiting_for_gap {
+            // A configuration entry applied during this candidacy (from a promise's history)
+            // changed who must promise: `settle_membership` starts over once this input ends.
+            if self.membership_changed || candidate.configuration != configuration {
+                return;
+            }
+            if candidate.promises.len() < majority || candidate.waiting_for_gap {
                 return;
             }
             let mut max_applied_upto = 0;
@@ -223,7 +257,8 @@ impl Replica {
     fn become_leader(&mut self, candidate: CandidateState) {
         let ballot = candidate.ballot;
         assert_eq!(self.promised, ballot, "a leader holds its own promise");
-        let Some((next_slot, proposals)) = self.phase_one_values(candidate.promises, candidate.earlier_pages)
+        let Some((next_slot, proposals, config_slot)) =
+            self.phase_one_values(candidate.promises, candidate.earlier_pages)
         else {
             // Some promise claims a vote absurdly far ahead (see `phase_one_holes_max`): give
             // up this candidacy (the role is already Follower) and wait for the next election.
@@ -231,7 +266,8 @@ impl Replica {
             self.reset_election_timer();
             return;
         };
-        let leader = self.leader_state(ballot, next_slot, &proposals);
+        let mut leader = self.leader_state(ballot, next_slot, &proposals);
+        leader.config_slot = config_slot;
         self.role = Role::Leader(Box::new(leader));
         self.leader_hint = Some(self.config.id);
         for (slot, value) in proposals {
@@ -246,16 +282,28 @@ impl Replica {
         self.check_quorums();
         self.fill_window();
         self.maybe_catch_up();
+        self.maybe_change_membership_automatically();
     }
 
     /// The value to propose at every open slot after phase 1, and the first slot after them: a
     /// value known chosen, else the highest-ballot accepted value among the promises, else a
-    /// no-op (a gap no one voted for).
+    /// no-op (a gap no one voted for). The third element is the slot of a configuration entry,
+    /// if one is among them: the proposals stop there.
+    ///
+    /// # Correctness
+    /// A configuration entry at slot `c` governs the slots above it, and this phase 1 asked the
+    /// configuration in force below `c`: what its promises say about the slots above `c` is
+    /// not what the new configuration's quorums may have chosen there. So the leader proposes
+    /// up to `c` only, and once `c` is applied, campaigns again with the new configuration
+    /// (`settle_membership`), whose promises report those slots. Whoever proposed the entry
+    /// proposed nothing above it before it was applied, so votes above `c` exist only in
+    /// ballots that knew the entry chosen, or in lower ballots whose leaders never had it.
+    #[allow(clippy::type_complexity)]
     fn phase_one_values(
         &self,
         promises: BTreeMap<NodeId, PromiseData>,
         earlier_pages: BTreeMap<Slot, (Ballot, Value)>,
-    ) -> Option<(Slot, Vec<(Slot, Value)>)> {
+    ) -> Option<(Slot, Vec<(Slot, Value)>, Option<Slot>)> {
         let mut highest = earlier_pages;
         for (node, data) in promises {
             assert!(
@@ -298,9 +346,13 @@ impl Replica {
             } else {
                 Value::Noop
             };
+            let is_config = matches!(value, Value::Config(_));
             proposals.push((slot, value));
+            if is_config {
+                return Some((slot + 1, proposals, Some(slot)));
+            }
         }
-        Some((next_slot, proposals))
+        Some((next_slot, proposals, None))
     }
 
     /// A new leader's state, with `proposals` in flight (counting its own vote) and unsent.
@@ -317,7 +369,10 @@ impl Replica {
             last_heartbeat_tick: now,
             last_retransmit_tick: now,
             announced_commit: self.learner.applied_upto(),
-            last_heard_tick: self.peers().map(|peer| (peer, now)).collect(),
+            last_heard_tick: self.voter_peers().map(|peer| (peer, now)).collect(),
+            config_slot: None,
+            pending_change: None,
+            change_waiter: None,
         };
         for (slot, value) in proposals {
             leader.in_flight.insert(
@@ -452,9 +507,18 @@ impl Replica {
         let window = self.config.slots_in_flight_max;
         let applied_upto = self.learner.applied_upto();
         let now = self.tick_now;
+        let bound = self.learner.membership().is_bound();
         let Role::Leader(leader) = &mut self.role else {
             return false;
         };
+        if leader.pending_change.is_some() && leader.config_slot.is_none() && leader.next_slot == applied_upto {
+            return self.propose_pending_change();
+        }
+        // Nothing above a configuration entry in flight, nothing while a change waits for the
+        // window to drain, and nothing but the binding entry under the bootstrap configuration.
+        if leader.config_slot.is_some() || leader.pending_change.is_some() || !bound {
+            return false;
+        }
         let ballot = leader.ballot;
         let mut accepted = Vec::new();
         while leader.next_slot < applied_upto + window {
@@ -507,7 +571,7 @@ impl Replica {
             .filter_map(|slot| leader.in_flight.get(slot).map(|f| (*slot, f.value.clone())))
             .collect();
         leader.last_heartbeat_tick = self.tick_now;
-        let peers: Vec<NodeId> = self.peers().collect();
+        let peers: Vec<NodeId> = self.voter_peers().collect();
         self.send_accepts(&peers, ballot, entries);
     }
 
@@ -552,13 +616,14 @@ impl Replica {
             return;
         };
         let ballot = leader.ballot;
+        let voters: Vec<NodeId> = self.learner.membership().voters().filter(|id| *id != self.config.id).collect();
         let mut per_peer: BTreeMap<NodeId, Vec<(Slot, Value)>> = BTreeMap::new();
         for (slot, in_flight) in leader.in_flight.iter_mut() {
             if now.saturating_sub(in_flight.sent_tick) < interval {
                 continue;
             }
             in_flight.sent_tick = now;
-            for peer in self.config.members.iter().filter(|id| !in_flight.votes.contains(id)) {
+            for peer in voters.iter().filter(|id| !in_flight.votes.contains(id)) {
                 let entries = per_peer.entry(*peer).or_default();
                 if entries.len() < limit {
                     entries.push((*slot, in_flight.value.clone()));
@@ -570,8 +635,18 @@ impl Replica {
         }
     }
 
-    pub(crate) fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>, applied_upto: Slot) {
+    pub(crate) fn on_accepted(
+        &mut self,
+        from: NodeId,
+        incarnation: Incarnation,
+        ballot: Ballot,
+        slots: Vec<Slot>,
+        applied_upto: Slot,
+    ) {
         self.learner.note_member_progress(from, applied_upto);
+        if !self.learner.membership().counts_vote(from, incarnation) {
+            return;
+        }
         let now = self.tick_now;
         let Role::Leader(leader) = &mut self.role else {
             return;
@@ -581,7 +656,9 @@ impl Replica {
         }
         leader.last_heard_tick.insert(from, now);
         // Only the slots in this message can have reached a quorum: no scan of the window.
-        let quorum = self.config.quorum();
+        // Every slot in flight lies above the last configuration entry applied and at most at
+        // the one in flight, so the configuration in force is the one that governs them.
+        let quorum = self.learner.membership().quorum();
         let mut chosen = Vec::new();
         for slot in slots {
             if let Some(in_flight) = leader.in_flight.get_mut(&slot) {
@@ -602,7 +679,7 @@ impl Replica {
 
     /// Moves every in-flight slot with a quorum of votes to chosen, then applies.
     pub(crate) fn check_quorums(&mut self) {
-        let quorum = self.config.quorum();
+        let quorum = self.learner.membership().quorum();
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -628,7 +705,7 @@ impl Replica {
         self.learner.note_member_progress(from, applied_upto);
         let now = self.tick_now;
         if let Role::Leader(leader) = &mut self.role {
-            if leader.ballot == ballot {
+            if leader.ballot == ballot && leader.last_heard_tick.contains_key(&from) {
                 leader.last_heard_tick.insert(from, now);
             }
         }
@@ -767,7 +844,7 @@ mod tests {
             applied_upto: 0,
             covered_upto: None,
         };
-        cluster.node(1).step(Envelope { from: 2, to: 1, message: promise });
+        cluster.node(1).step(Envelope { from: 2, to: 1, incarnation: 2, message: promise });
         let ready = cluster.node(1).take_ready_persisted();
         assert!(sent(&ready, |m| matches!(m, Message::Accept { .. })).is_empty());
         assert_eq!(cluster.node(1).status().rejected_messages, 1);
@@ -797,7 +874,7 @@ mod tests {
             applied_upto: 0,
             covered_upto: None,
         };
-        cluster.node(candidate).step(Envelope { from: 2, to: 1, message: promise });
+        cluster.node(candidate).step(Envelope { from: 2, to: 1, incarnation: 2, message: promise });
         let ready = cluster.node(candidate).take_ready_persisted();
         // Quorum of 2 reached with the candidate's own empty promise; the accepted values win.
         let accepts = sent(&ready, |m| matches!(m, Message::Accept { .. }));

@@ -41,6 +41,8 @@ pub enum PersistOp {
     /// every older history entry, accepted record and request record is dropped, and the request
     /// table becomes `snapshot.requests`.
     InstallSnapshot(TruncationSnapshot),
+    /// A configuration entry was applied (with its `Apply`): the configuration in force.
+    Membership(crate::membership::Membership),
 }
 
 impl PersistOp {
@@ -165,4 +167,6 @@ pub struct DurableState {
     pub truncation: TruncationSnapshot,
     /// The duplicate table as of `applied_upto`.
     pub requests: RequestTable,
+    /// The configuration as of `applied_upto` (`None`: the bootstrap one, from the flags).
+    pub membership: Option<crate::membership::Membership>,
 }

@@ -7,6 +7,7 @@
 
 use crate::config::Config;
 use crate::learner::Learner;
+use crate::membership::{Incarnation, MemberRole, Membership, MembershipChange};
 use crate::message::{Envelope, Message, Proposal, ProposalError};
 use crate::ready::{DurableState, PersistOp, Ready, Reply};
 use crate::rng::Rng;
@@ -40,6 +41,9 @@ pub(crate) struct CandidateState {
     /// The highest-ballot accepted value of every slot below `from_slot` that earlier pages of
     /// this candidacy reported (phase 1 pages through a long run of accepted records).
     pub(crate) earlier_pages: BTreeMap<Slot, (Ballot, Value)>,
+    /// The configuration this candidacy asks (its `chosen_at`): a candidacy whose
+    /// configuration changed under it never leads (see `Replica::settle_membership`).
+    pub(crate) configuration: Option<Slot>,
 }
 
 /// The content of one Promise, kept until the candidate has a quorum.
@@ -75,6 +79,13 @@ pub(crate) struct LeaderState {
     pub(crate) announced_commit: Slot,
     /// Last tick each peer answered us: a leader that cannot hear a quorum steps down.
     pub(crate) last_heard_tick: BTreeMap<NodeId, u64>,
+    /// The slot of a configuration entry in flight: nothing is proposed above it until it is
+    /// applied, and then this leadership ends (see `Replica::propose_membership`).
+    pub(crate) config_slot: Option<Slot>,
+    /// A change waiting for the window to drain, and whom to answer.
+    pub(crate) pending_change: Option<(MembershipChange, Option<RequestId>)>,
+    /// Who waits for the configuration entry in flight.
+    pub(crate) change_waiter: Option<RequestId>,
 }
 
 #[derive(Debug)]
@@ -107,6 +118,19 @@ pub struct Status {
     pub rejected_messages: u64,
     /// How far each member has applied, as this replica last heard.
     pub member_applied_upto: BTreeMap<NodeId, Slot>,
+    /// This replica's incarnation.
+    pub incarnation: Incarnation,
+    /// The configuration in force here (as of `applied_upto`).
+    pub membership: Membership,
+    /// Whether this replica may vote: a voter of the configuration, with the incarnation it
+    /// admits (and not a joining node that has yet to learn the configuration).
+    pub can_vote: bool,
+    /// Members whose messages this replica ignores because they present another incarnation
+    /// than the configuration admits: node -> incarnation presented.
+    pub refused_incarnations: BTreeMap<NodeId, Incarnation>,
+    /// Peers that refused this replica's messages: node -> (incarnation they admit, slot of
+    /// their configuration).
+    pub refused_by: BTreeMap<NodeId, (Option<Incarnation>, Slot)>,
 }
 
 /// What a replica is doing now; crosses the wire in status reports (as `"leader"` etc. in JSON).
@@ -170,6 +194,17 @@ pub struct Replica {
     /// reads the history of the node it proposed through sees its own write.
     pub(crate) replies_after_apply: BTreeMap<Slot, Vec<RequestId>>,
 
+    // Membership.
+    /// The incarnation each member last presented (what `member replace` admits).
+    pub(crate) seen_incarnations: BTreeMap<NodeId, Incarnation>,
+    /// Members whose messages were ignored for their incarnation, and the last tick this
+    /// replica told each of them so.
+    pub(crate) refused_incarnations: BTreeMap<NodeId, (Incarnation, u64)>,
+    /// Peers that told this replica its incarnation is not admitted.
+    pub(crate) refused_by: BTreeMap<NodeId, (Option<Incarnation>, Slot)>,
+    /// A configuration entry was applied since the last input finished.
+    pub(crate) membership_changed: bool,
+
     pub(crate) ready: Ready,
     /// Number of the last Ready handed out.
     ready_number: u64,
@@ -196,7 +231,13 @@ impl Replica {
             tick_now: 0,
             promised: durable.promised,
             accepted: durable.accepted,
-            learner: Learner::recover(config.id, durable.applied_upto, durable.truncation, durable.requests),
+            learner: Learner::recover(
+                config.id,
+                durable.applied_upto,
+                durable.truncation,
+                durable.requests,
+                durable.membership.unwrap_or_else(|| Membership::bootstrap(&config.members, &config.addresses)),
+            ),
             stale_accepts_refused: 0,
             superseded_leaderships: 0,
             rejected_messages: 0,
@@ -207,6 +248,10 @@ impl Replica {
             election_deadline_ticks,
             forwarded: BTreeMap::new(),
             replies_after_apply: BTreeMap::new(),
+            seen_incarnations: BTreeMap::new(),
+            refused_incarnations: BTreeMap::new(),
+            refused_by: BTreeMap::new(),
+            membership_changed: false,
             ready: Ready::default(),
             ready_number: 0,
             ready_unpersisted: None,
@@ -238,17 +283,54 @@ impl Replica {
             self.forwarded.remove(&request_id);
             self.reply(Origin::Local, request_id, Err(ProposalError::Timeout));
         }
+        self.settle_membership();
     }
 
     /// Handles one message from a peer. Messages from non-members or for another replica are
     /// dropped: the transport should have refused them already.
     pub fn step(&mut self, envelope: Envelope) {
-        let Envelope { from, to, message } = envelope;
-        if to != self.config.id || from == self.config.id || !self.config.members.contains(&from) {
+        self.step_message(envelope);
+        self.settle_membership();
+    }
+
+    fn step_message(&mut self, envelope: Envelope) {
+        let Envelope { from, to, incarnation, message } = envelope;
+        if to != self.config.id || from == self.config.id {
             return;
         }
         if !message.within_limits() {
             self.rejected_messages += 1;
+            return;
+        }
+        if self.seen_incarnations.insert(from, incarnation).is_some_and(|before| before != incarnation) {
+            // What the member's former incarnation had applied says nothing of this one.
+            self.learner.forget_member_progress(from);
+        }
+        let membership = self.learner.membership();
+        if !membership.contains(from) || !membership.admits(from, incarnation) {
+            if self.can_vote() && membership.contains(from) {
+                // A voter of the configuration in force speaks for it: this is a member with a
+                // disk the configuration does not know.
+                self.refuse_incarnation(from, incarnation, &message);
+            } else {
+                // Not a member as far as this replica knows: this replica's configuration may
+                // be behind (a node added since, a learner or joining node that has not caught
+                // up), or the sender was removed. Learn from it; vote for nothing it says.
+                self.learn_from_stranger(from, message);
+            }
+            return;
+        }
+        // Only voters prepare, lead and vote; a learner's (or a confused peer's) attempt is
+        // ignored rather than believed.
+        if matches!(
+            message,
+            Message::Prepare { .. }
+                | Message::Accept { .. }
+                | Message::Heartbeat { .. }
+                | Message::Promise { .. }
+                | Message::Accepted { .. }
+        ) && !self.learner.membership().is_voter(from)
+        {
             return;
         }
         // Only a ballot's owner may prepare, accept or heartbeat in it; anything else is a
@@ -266,14 +348,14 @@ impl Replica {
             Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
             Message::Promise { ballot, from_slot, accepted, history, chosen, applied_upto, covered_upto } => {
                 let data = PromiseData { accepted, history, chosen, applied_upto, covered_upto };
-                self.on_promise(from, ballot, from_slot, data)
+                self.on_promise(from, incarnation, ballot, from_slot, data)
             }
             Message::Nack { ballot, promised } => self.on_nack(from, ballot, promised),
             Message::Accept { ballot, entries, commit_upto } => {
                 self.on_accept(from, ballot, entries, commit_upto)
             }
             Message::Accepted { ballot, slots, applied_upto } => {
-                self.on_accepted(from, ballot, slots, applied_upto)
+                self.on_accepted(from, incarnation, ballot, slots, applied_upto)
             }
             Message::Heartbeat { ballot, commit_upto, history_start } => {
                 self.on_heartbeat(from, ballot, commit_upto, history_start)
@@ -288,6 +370,100 @@ impl Replica {
             Message::CatchUpTruncated { snapshot } => self.on_catch_up_truncated(from, snapshot),
             Message::Forward { proposal } => self.on_forward(from, proposal),
             Message::ForwardReply { request_id, outcome } => self.on_forward_reply(request_id, outcome),
+            Message::NotAdmitted { admitted, chosen_at, applied_upto } => {
+                self.on_not_admitted(from, admitted, chosen_at, applied_upto)
+            }
+        }
+    }
+
+    /// A member presented an incarnation the configuration does not admit (it lost its disk,
+    /// or was replaced or removed): none of its messages count, except a request for the
+    /// history, which lets it see the configuration itself. It is told why, at most once per
+    /// election timeout.
+    fn refuse_incarnation(&mut self, from: NodeId, incarnation: Incarnation, message: &Message) {
+        if let Message::CatchUp { from_slot } = message {
+            self.on_catch_up(from, *from_slot);
+        }
+        let now = self.tick_now;
+        let quiet = self.config.election_timeout_ticks;
+        let last_told = self.refused_incarnations.get(&from).map(|(_, tick)| *tick);
+        if last_told.is_some_and(|tick| now.saturating_sub(tick) < quiet) {
+            return;
+        }
+        self.refused_incarnations.insert(from, (incarnation, now));
+        let membership = self.learner.membership();
+        let message = Message::NotAdmitted {
+            admitted: membership.get(from).map(|member| member.incarnation),
+            chosen_at: membership.chosen_at.unwrap_or(0),
+            applied_upto: self.learner.applied_upto(),
+        };
+        self.send(from, message);
+    }
+
+    /// What a replica takes from a node outside its configuration: the history (every node of
+    /// the cluster holds a prefix of the one chosen history) and how far the node has got.
+    /// Nothing that counts as a vote or makes it follow a leader.
+    fn learn_from_stranger(&mut self, from: NodeId, message: Message) {
+        match message {
+            Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
+            Message::CatchUpEntries { entries, applied_upto } => {
+                self.on_catch_up_entries(from, entries, applied_upto)
+            }
+            Message::CatchUpTruncated { snapshot } => self.on_catch_up_truncated(from, snapshot),
+            Message::NotAdmitted { admitted, chosen_at, applied_upto } => {
+                self.on_not_admitted(from, admitted, chosen_at, applied_upto)
+            }
+            Message::Heartbeat { commit_upto: upto, .. }
+            | Message::Accept { commit_upto: upto, .. }
+            | Message::HeartbeatAck { applied_upto: upto, .. }
+            | Message::Accepted { applied_upto: upto, .. }
+            | Message::Promise { applied_upto: upto, .. } => {
+                self.learner.note_member_progress(from, upto);
+                self.maybe_catch_up();
+            }
+            Message::Prepare { .. } | Message::Nack { .. } | Message::Forward { .. } | Message::ForwardReply { .. } => {}
+        }
+    }
+
+    fn on_not_admitted(&mut self, from: NodeId, admitted: Option<Incarnation>, chosen_at: Slot, applied_upto: Slot) {
+        if admitted == Some(self.config.incarnation) {
+            return;
+        }
+        self.refused_by.insert(from, (admitted, chosen_at));
+        self.learner.note_member_progress(from, applied_upto);
+        self.maybe_catch_up();
+    }
+
+    /// Whether this replica may vote (and so lead): a voter of the configuration in force,
+    /// with the incarnation it admits, and not a joining node still learning the configuration.
+    pub(crate) fn can_vote(&self) -> bool {
+        let membership = self.learner.membership();
+        membership.counts_vote(self.config.id, self.config.incarnation)
+            && !(self.config.join_existing && !membership.is_bound())
+    }
+
+    /// Ends whatever candidacy or leadership the configuration changed under: a leader's phase
+    /// 1 covered the slots above the entry with the old configuration's quorum, and the new one
+    /// must promise before anything is proposed there. A replica that may still vote starts a
+    /// new candidacy at once (no election timeout: usually the same leader wins again).
+    pub(crate) fn settle_membership(&mut self) {
+        if !std::mem::take(&mut self.membership_changed) {
+            return;
+        }
+        let applied = self.learner.membership().chosen_at;
+        if self.learner.membership().get(self.config.id).is_some_and(|m| m.incarnation == self.config.incarnation) {
+            self.refused_by.clear();
+        }
+        match &self.role {
+            Role::Follower => {}
+            Role::Candidate(candidate) if candidate.configuration == applied => {}
+            Role::Candidate(_) | Role::Leader(_) => {
+                if self.can_vote() {
+                    self.become_candidate();
+                } else {
+                    self.step_down(None);
+                }
+            }
         }
     }
 
@@ -317,6 +493,19 @@ impl Replica {
                 Err(ProposalError::NotLeader { leader_hint: None }),
             ),
         }
+        self.settle_membership();
+    }
+
+    /// Asks for a configuration change, answered in a later `Ready::replies` with the slot of
+    /// the entry once it is applied (or why not). Only the leader takes changes.
+    pub fn change_membership(&mut self, request_id: RequestId, change: MembershipChange) {
+        if !self.is_leader() {
+            let error = ProposalError::NotLeader { leader_hint: self.leader_hint };
+            self.reply(Origin::Local, request_id, Err(error));
+            return;
+        }
+        self.propose_membership(change, Some(request_id));
+        self.settle_membership();
     }
 
     /// Hands the driver everything decided since the last call. See [`Ready`] for the contract.
@@ -370,6 +559,11 @@ impl Replica {
             superseded_leaderships: self.superseded_leaderships,
             rejected_messages: self.rejected_messages,
             member_applied_upto,
+            incarnation: self.config.incarnation,
+            membership: self.learner.membership().clone(),
+            can_vote: self.can_vote(),
+            refused_incarnations: self.refused_incarnations.iter().map(|(id, (inc, _))| (*id, *inc)).collect(),
+            refused_by: self.refused_by.clone(),
         }
     }
 
@@ -416,7 +610,7 @@ impl Replica {
         debug_assert_ne!(to, self.config.id, "messages to self are handled in place");
         // Sorted here so that no driver re-derives the rule: a Promise or Accepted waits for
         // the write it speaks for.
-        let envelope = Envelope { from: self.config.id, to, message };
+        let envelope = Envelope { from: self.config.id, to, incarnation: self.config.incarnation, message };
         if envelope.message.speaks_for_disk() {
             self.ready.persisted_messages.push(envelope);
         } else {
@@ -431,8 +625,23 @@ impl Replica {
         }
     }
 
+    /// Every other member, learners included (heartbeats, truncation).
     pub(crate) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.config.members.iter().copied().filter(move |id| *id != self.config.id)
+        self.learner.membership().members.keys().copied().filter(move |id| *id != self.config.id)
+    }
+
+    /// Every other voter (Prepare, Accept).
+    pub(crate) fn voter_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.learner.membership().voters().filter(move |id| *id != self.config.id)
+    }
+
+    pub fn membership(&self) -> &Membership {
+        self.learner.membership()
+    }
+
+    /// This replica's role in the configuration in force (`None`: not a member).
+    pub fn member_role(&self) -> Option<MemberRole> {
+        self.learner.membership().get(self.config.id).map(|member| member.role)
     }
 
     pub(crate) fn persist(&mut self, op: PersistOp) {

@@ -4,6 +4,7 @@
 use crate::message::TruncationSnapshot;
 use crate::ready::{DurableState, PersistOp};
 use crate::requests::RequestTable;
+use crate::membership::Membership;
 use crate::types::{Ballot, RequestId, Slot, Value};
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ pub struct MemStorage {
     pub applied_upto: Slot,
     pub truncation: TruncationSnapshot,
     pub requests: BTreeMap<RequestId, Slot>,
+    pub membership: Option<Membership>,
 }
 
 impl MemStorage {
@@ -53,8 +55,12 @@ impl MemStorage {
                     self.accepted = self.accepted.split_off(&snapshot.history_start);
                     self.applied_upto = snapshot.history_start;
                     self.requests = snapshot.requests.records().into_iter().collect();
+                    if snapshot.membership.is_some() {
+                        self.membership = snapshot.membership.clone();
+                    }
                     self.truncation = snapshot.clone();
                 }
+                PersistOp::Membership(membership) => self.membership = Some(membership.clone()),
             }
         }
     }
@@ -67,7 +73,14 @@ impl MemStorage {
             applied_upto: self.applied_upto,
             truncation: self.truncation.clone(),
             requests: RequestTable::from_records(self.requests.iter().map(|(r, s)| (*r, *s))),
+            membership: self.membership.clone(),
         }
+    }
+
+    /// A store whose cluster was bootstrapped already, binding member `id` to incarnation `id`
+    /// (what `Config::new` gives each replica): for tests that start from a bound cluster.
+    pub fn bootstrapped(members: &[crate::types::NodeId]) -> Self {
+        MemStorage { membership: Some(Membership::bound(members, |id| id)), ..MemStorage::default() }
     }
 
     /// Reads applied history in `[from_slot, upto_slot)`, bounded by count and bytes (at least

@@ -4,7 +4,8 @@ use crate::{Config, Envelope, MemStorage, Message, Proposal, Ready, Replica, Req
 use std::collections::{BTreeMap, VecDeque};
 
 pub(crate) fn replica(id: u64, members: &[u64]) -> Replica {
-    Replica::new(Config::new(id, members.to_vec()), 42)
+    // A bound cluster, as if its bootstrap were done: the rules under test come after it.
+    Replica::recover(Config::new(id, members.to_vec()), MemStorage::bootstrapped(members).durable_state(), 42)
 }
 
 pub(crate) fn proposal(client_id: u64, seq: u64, text: &str) -> Proposal {
@@ -36,7 +37,7 @@ impl Cluster {
         let members: Vec<u64> = (1..=size).collect();
         Cluster {
             replicas: members.iter().map(|id| (*id, replica(*id, &members))).collect(),
-            storage: members.iter().map(|id| (*id, MemStorage::default())).collect(),
+            storage: members.iter().map(|id| (*id, MemStorage::bootstrapped(&members))).collect(),
             down: Vec::new(),
             replies: Vec::new(),
             queue: VecDeque::new(),

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A member of the cluster. Every member is proposer, acceptor and learner.
+/// A member of the cluster (see [`crate::Membership`] for what each may do).
 pub type NodeId = u64;
 
 /// A position in the replicated log. Slot numbers start at 0 and have no gaps.
@@ -70,12 +70,15 @@ pub enum Value {
     /// Opens a client session whose id is this entry's slot. `nonce` routes the answer back to
     /// the client that asked; a retried registration may open a second, unused session.
     Register { nonce: u64 },
+    /// The configuration for every slot above this one (see [`crate::Membership`]). Applied as
+    /// a no-op when it may not follow the configuration in force (the same check everywhere).
+    Config(crate::membership::Membership),
 }
 
 impl Value {
     pub fn request_id(&self) -> Option<RequestId> {
         match self {
-            Value::Noop => None,
+            Value::Noop | Value::Config(_) => None,
             Value::Command { request_id, .. } => Some(*request_id),
             Value::Register { nonce } => {
                 Some(RequestId { client_id: RequestId::REGISTER_CLIENT_ID, seq: *nonce })
@@ -89,6 +92,9 @@ impl Value {
             Value::Noop => 1,
             Value::Command { payload, .. } => 17 + payload.len(),
             Value::Register { .. } => 9,
+            Value::Config(membership) => {
+                membership.members.values().map(|member| 32 + member.address.len()).sum::<usize>() + 16
+            }
         }
     }
 }
@@ -98,6 +104,14 @@ impl fmt::Debug for Value {
         match self {
             Value::Noop => write!(f, "Noop"),
             Value::Register { nonce } => write!(f, "Register({nonce:x})"),
+            Value::Config(membership) => {
+                let members: Vec<String> = membership
+                    .members
+                    .iter()
+                    .map(|(id, m)| format!("{id}:{}@{:x}", m.role, m.incarnation))
+                    .collect();
+                write!(f, "Config({})", members.join(","))
+            }
             Value::Command { request_id, payload } => match std::str::from_utf8(payload) {
                 Ok(text) if text.len() <= 32 => write!(f, "Command({request_id}, {text:?})"),
                 _ => write!(f, "Command({request_id}, {} bytes)", payload.len()),

@@ -7,7 +7,7 @@
 //!                           replays one seed (with RUST_BACKTRACE=1 for where it panicked).
 
 use paxos_core::{
-    AcceptedEntry, Ballot, Config, Envelope, MemStorage, Message, Proposal, ProposalError, Replica,
+    AcceptedEntry, Ballot, Config, Envelope, MemStorage, MemberRole, Membership, Message, Proposal, ProposalError, Replica,
     RequestId, Rng, TruncationSnapshot, Value,
 };
 
@@ -33,9 +33,10 @@ fn ballot(rng: &mut Rng, from: u64, known: &[Ballot]) -> Ballot {
 }
 
 fn value(rng: &mut Rng) -> Value {
-    match rng.range(0, 4) {
+    match rng.range(0, 5) {
         0 => Value::Noop,
         1 => Value::Register { nonce: number(rng) },
+        4 => Value::Config(forged_membership(rng)),
         _ => Value::Command {
             request_id: RequestId { client_id: number(rng), seq: number(rng) },
             payload: vec![7; rng.range(0, 40) as usize],
@@ -48,7 +49,7 @@ fn entries(rng: &mut Rng) -> Vec<(u64, Value)> {
 }
 
 fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
-    match rng.range(0, 13) {
+    match rng.range(0, 14) {
         0 => Message::Prepare { ballot: ballot(rng, from, known), from_slot: number(rng) },
         1 => Message::Promise {
             ballot: ballot(rng, from, known),
@@ -89,6 +90,7 @@ fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
                 history_start: number(rng),
                 table_upto: number(rng),
                 requests: Default::default(),
+                membership: rng.chance(1, 2).then(|| forged_membership(rng)),
             },
         },
         10 => Message::Forward {
@@ -101,16 +103,37 @@ fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
             request_id: RequestId { client_id: number(rng), seq: number(rng) },
             outcome: if rng.chance(1, 2) { Ok(number(rng)) } else { Err(ProposalError::Timeout) },
         },
+        12 => Message::NotAdmitted {
+            admitted: rng.chance(1, 2).then(|| number(rng)),
+            chosen_at: number(rng),
+            applied_upto: number(rng),
+        },
         _ => Message::CatchUp { from_slot: 0 },
     }
 }
+
+/// A configuration no honest leader proposes: any members, roles and incarnations.
+fn forged_membership(rng: &mut Rng) -> Membership {
+    let ids: Vec<u64> = (0..rng.range(0, 5)).map(|_| rng.range(0, 6)).collect();
+    // Member 4 unbound, which no chosen configuration allows for a voter.
+    let mut membership = Membership::bound(&ids, |id| if id == 4 { 0 } else { id });
+    for member in membership.members.values_mut() {
+        if member.incarnation % 2 == 1 {
+            member.role = MemberRole::Learner;
+        }
+    }
+    membership.chosen_at = rng.chance(1, 2).then(|| number(rng));
+    membership
+}
+
 
 /// One replica (node 1 of 3) fed arbitrary messages from nodes 2 and 3, ticks and proposals,
 /// driven as a node drives it.
 fn run(seed: u64) -> (u64, u64, bool) {
     let mut rng = Rng::new(seed);
-    let mut storage = MemStorage::default();
-    let mut replica = Replica::new(Config::new(1, vec![1, 2, 3]), seed);
+    // Half the seeds start from a bound cluster, half from the bootstrap configuration.
+    let mut storage = if seed % 2 == 0 { MemStorage::bootstrapped(&[1, 2, 3]) } else { MemStorage::default() };
+    let mut replica = Replica::recover(Config::new(1, vec![1, 2, 3]), storage.durable_state(), seed);
     let (mut persisted, mut sent) = (0, 0);
     let mut known: Vec<Ballot> = Vec::new();
     let mut led = false;
@@ -118,7 +141,7 @@ fn run(seed: u64) -> (u64, u64, bool) {
         match rng.range(0, 10) {
             0..=5 => {
                 let from = rng.range(2, 4);
-                replica.step(Envelope { from, to: 1, message: message(&mut rng, from, &known) });
+                replica.step(Envelope { from, to: 1, incarnation: from, message: message(&mut rng, from, &known) });
             }
             6..=8 => replica.tick(),
             _ => replica.propose(Proposal {

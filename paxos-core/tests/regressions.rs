@@ -81,7 +81,7 @@ impl Cluster {
                 let mut config = Config::new(*id, members.clone());
                 adjust(&mut config);
                 let storage =
-                    MemStorage { requests: sessions.iter().copied().collect(), ..MemStorage::default() };
+                    MemStorage { requests: sessions.iter().copied().collect(), ..MemStorage::bootstrapped(&members) };
                 let node = Node {
                     replica: Replica::recover(config, storage.durable_state(), 1000 + id),
                     storage,

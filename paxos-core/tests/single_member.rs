@@ -15,7 +15,7 @@ fn rid(client_id: u64, seq: u64) -> RequestId {
 #[test]
 fn a_single_member_pages_through_thousands_of_recovered_records() {
     for n in [50u64, 4096] {
-        let mut storage = MemStorage::default();
+        let mut storage = MemStorage::bootstrapped(&[1]);
         for slot in 0..n {
             let value = Value::Command { request_id: rid(1, slot + 1), payload: b"v".to_vec() };
             storage.accepted.insert(slot, (paxos_core::Ballot::new(1, 2), value));

@@ -5,11 +5,16 @@
 //! a majority voted for it in one ballot. Two ballots choosing different values at one slot is
 //! an agreement violation even if no node ever applies either.
 
-use paxos_core::{Ballot, Envelope, MemStorage, Message, NodeId, RequestId, Slot, Value};
+use paxos_core::{Ballot, Envelope, Incarnation, MemStorage, Membership, Message, NodeId, RequestId, Slot, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub struct Checker {
-    quorum: usize,
+    /// The configuration the cluster started with (bootstrap or bound).
+    initial: Membership,
+    /// Every configuration entry applied: slot -> the configuration for the slots above it.
+    configs: BTreeMap<Slot, Membership>,
+    /// Every slot below this is in `history`, so the configuration of any slot up to it is known.
+    contiguous_upto: Slot,
     /// What was proposed under each request id (validity).
     proposed: BTreeMap<RequestId, Vec<u8>>,
     /// Registration nonces clients sent (validity of `Register` entries).
@@ -20,18 +25,21 @@ pub struct Checker {
     request_slots: BTreeMap<RequestId, Slot>,
     /// Every acknowledgement given (durability).
     acknowledged: BTreeMap<RequestId, Slot>,
-    /// Highest ballot each node answered in a Promise or Accepted, across crashes.
-    answered: BTreeMap<NodeId, Ballot>,
-    /// Durable votes: (slot, ballot) -> (value, voters).
-    votes: BTreeMap<(Slot, Ballot), (Value, BTreeSet<NodeId>)>,
+    /// Highest ballot each incarnation of a node answered in a Promise or Accepted, across
+    /// crashes (a wiped node's new incarnation starts from nothing, rightly).
+    answered: BTreeMap<(NodeId, Incarnation), Ballot>,
+    /// Durable votes: (slot, ballot) -> (value, voters with their incarnations).
+    votes: BTreeMap<(Slot, Ballot), (Value, BTreeSet<(NodeId, Incarnation)>)>,
     /// The value chosen at each slot by a majority of votes in one ballot, with that ballot.
     chosen_by_votes: BTreeMap<Slot, (Ballot, Value)>,
 }
 
 impl Checker {
-    pub fn new(quorum: usize) -> Self {
+    pub fn new(initial: Membership) -> Self {
         Checker {
-            quorum,
+            initial,
+            configs: BTreeMap::new(),
+            contiguous_upto: 0,
             proposed: BTreeMap::new(),
             registrations: BTreeSet::new(),
             history: BTreeMap::new(),
@@ -58,7 +66,7 @@ impl Checker {
             Message::Promise { ballot, .. } | Message::Accepted { ballot, .. } => *ballot,
             _ => return Ok(()),
         };
-        let highest = self.answered.entry(envelope.from).or_default();
+        let highest = self.answered.entry((envelope.from, envelope.incarnation)).or_default();
         if ballot < *highest {
             return Err(format!(
                 "promise broken: node {} answered ballot {ballot} after answering {highest}: {:?}",
@@ -69,8 +77,79 @@ impl Checker {
         Ok(())
     }
 
-    /// A node durably accepted `value` at `slot` in `ballot`.
-    pub fn on_vote(&mut self, node: NodeId, slot: Slot, ballot: Ballot, value: &Value) -> Result<(), String> {
+    /// The configuration that governs `slot`, once every slot below it is known.
+    pub fn config_at(&self, slot: Slot) -> Option<&Membership> {
+        if slot > self.contiguous_upto {
+            return None;
+        }
+        Some(self.configs.range(..slot).next_back().map_or(&self.initial, |(_, m)| m))
+    }
+
+    pub fn initial_config(&self) -> &Membership {
+        &self.initial
+    }
+
+    pub fn configs_applied(&self) -> usize {
+        self.configs.len()
+    }
+
+    /// The latest configuration applied anywhere.
+    pub fn latest_config(&self) -> &Membership {
+        self.configs.values().next_back().unwrap_or(&self.initial)
+    }
+
+    /// Whether the votes at `slot` in `ballot` are a quorum of the configuration that governs
+    /// the slot (counting only the incarnation it admits). `None`: not known yet.
+    fn is_quorum(&self, slot: Slot, voters: &BTreeSet<(NodeId, Incarnation)>) -> Option<bool> {
+        let config = self.config_at(slot)?;
+        let counted: BTreeSet<NodeId> = voters
+            .iter()
+            .filter(|(node, incarnation)| config.counts_vote(*node, *incarnation))
+            .map(|(node, _)| *node)
+            .collect();
+        Some(counted.len() >= config.quorum())
+    }
+
+    /// Checks every slot whose votes form a quorum of its configuration (known once the
+    /// history below is): one value per slot, and the applied one.
+    pub fn check_votes(&mut self) -> Result<(), String> {
+        let keys: Vec<(Slot, Ballot)> = self.votes.keys().copied().collect();
+        for (slot, ballot) in keys {
+            self.check_chosen(slot, ballot)?;
+        }
+        Ok(())
+    }
+
+    fn check_chosen(&mut self, slot: Slot, ballot: Ballot) -> Result<(), String> {
+        let Some((value, voters)) = self.votes.get(&(slot, ballot)) else {
+            return Ok(());
+        };
+        if self.is_quorum(slot, voters) != Some(true) {
+            return Ok(());
+        }
+        let value = value.clone();
+        match self.chosen_by_votes.get(&slot) {
+            Some((other_ballot, other)) if *other != value => Err(format!(
+                "agreement (votes): slot {slot} chosen as {other:?} in ballot {other_ballot} and as {value:?} in \
+                 ballot {ballot}"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.chosen_by_votes.insert(slot, (ballot, value));
+                self.check_applied_matches_votes(slot)
+            }
+        }
+    }
+
+    /// A node (incarnation) durably accepted `value` at `slot` in `ballot`.
+    pub fn on_vote(
+        &mut self,
+        node: NodeId,
+        incarnation: Incarnation,
+        slot: Slot,
+        ballot: Ballot,
+        value: &Value,
+    ) -> Result<(), String> {
         let (voted, voters) =
             self.votes.entry((slot, ballot)).or_insert_with(|| (value.clone(), BTreeSet::new()));
         if voted != value {
@@ -78,21 +157,8 @@ impl Checker {
                 "two values in one ballot: slot {slot} ballot {ballot}: {voted:?} and {value:?} (node {node})"
             ));
         }
-        voters.insert(node);
-        if voters.len() < self.quorum {
-            return Ok(());
-        }
-        match self.chosen_by_votes.get(&slot) {
-            Some((other_ballot, other)) if other != value => Err(format!(
-                "agreement (votes): slot {slot} chosen as {other:?} in ballot {other_ballot} and as {value:?} in \
-                 ballot {ballot}"
-            )),
-            Some(_) => Ok(()),
-            None => {
-                self.chosen_by_votes.insert(slot, (ballot, value.clone()));
-                self.check_applied_matches_votes(slot)
-            }
-        }
+        voters.insert((node, incarnation));
+        self.check_chosen(slot, ballot)
     }
 
     /// What a node applied at a slot is what a majority voted for there (or its deduplicated
@@ -139,6 +205,12 @@ impl Checker {
                     }
                 }
                 self.history.insert(slot, value.clone());
+                if let Value::Config(next) = value {
+                    self.configs.insert(slot, Membership { chosen_at: Some(slot), ..next.clone() });
+                }
+                while self.history.contains_key(&self.contiguous_upto) {
+                    self.contiguous_upto += 1;
+                }
                 self.check_applied_matches_votes(slot)?;
             }
         }

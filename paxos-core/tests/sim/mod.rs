@@ -16,11 +16,14 @@
 
 pub mod checker;
 pub mod network;
+pub mod operator;
 
 use checker::Checker;
 use network::Network;
+use operator::Operator;
 use paxos_core::{
-    Compaction, Config, MemStorage, NodeId, PersistOp, Proposal, ProposalError, Replica, RequestId, Rng, Slot,
+    Compaction, Config, Incarnation, MemStorage, Membership, NodeId, PersistOp, Proposal, ProposalError,
+    Replica, RequestId, Rng, Slot,
 };
 use std::collections::BTreeMap;
 
@@ -61,6 +64,12 @@ pub struct Faults {
     /// deliveries, for a long while; then it resumes with its stale state (a leader that still
     /// believes it leads) and everything sent to it meanwhile.
     pub pause_per_mille: u64,
+    /// Chance per tick that the operator changes the configuration: adds a member (voter or
+    /// learner), removes one (the leader sometimes), or wipes a member's disk (it restarts
+    /// with a new incarnation, half the time claiming a brand-new cluster) and replaces it.
+    pub reconfigure_per_mille: u64,
+    /// Chance that the leader crashes a few ticks after taking a change.
+    pub crash_mid_change_per_mille: u64,
 }
 
 impl Faults {
@@ -82,6 +91,8 @@ impl Faults {
             late_retry_per_mille: 0,
             storm_per_mille: 0,
             pause_per_mille: 0,
+            reconfigure_per_mille: 0,
+            crash_mid_change_per_mille: 0,
         }
     }
 
@@ -120,6 +131,8 @@ impl Faults {
             late_retry_per_mille: on(rng, 1, 50),
             storm_per_mille: on(rng, 1, 300),
             pause_per_mille: on(rng, 1, 10),
+            reconfigure_per_mille: on(rng, 1, 8),
+            crash_mid_change_per_mille: on(rng, 100, 1000),
         }
     }
 }
@@ -239,6 +252,10 @@ struct SimClient {
 
 struct SimNode {
     replica: Option<Replica>,
+    /// The incarnation of its data directory (a wipe draws a new one).
+    incarnation: Incarnation,
+    /// Started with `--initial-cluster-state existing` (an added node; half the wiped ones).
+    join_existing: bool,
     /// What survives a crash.
     storage: MemStorage,
     /// What the running node sees: `storage` plus the unsynced batches.
@@ -273,6 +290,14 @@ pub struct Stats {
     pub stale_accepts_refused: u64,
     /// Promises whose page of accepted records was full (the candidate asks for the next one).
     pub promise_pages_cut: u64,
+    /// Runs that started from the bootstrap configuration (bound through the log).
+    pub bootstraps: u64,
+    /// Configuration entries applied, and the operator's changes by kind.
+    pub configurations_applied: u64,
+    pub members_added: u64,
+    pub members_removed: u64,
+    pub disks_wiped: u64,
+    pub members_replaced: u64,
 }
 
 impl Stats {
@@ -294,13 +319,23 @@ impl Stats {
         self.superseded_leaderships += other.superseded_leaderships;
         self.stale_accepts_refused += other.stale_accepts_refused;
         self.promise_pages_cut += other.promise_pages_cut;
+        self.bootstraps += other.bootstraps;
+        self.configurations_applied += other.configurations_applied;
+        self.members_added += other.members_added;
+        self.members_removed += other.members_removed;
+        self.disks_wiped += other.disks_wiped;
+        self.members_replaced += other.members_replaced;
     }
 }
 
 pub struct Simulation {
     rng: Rng,
     scenario: Scenario,
+    /// Every node id that ever ran (members added later included).
     members: Vec<NodeId>,
+    /// The bootstrap configuration's members (every node's `--peer` flags).
+    bootstrap_members: Vec<NodeId>,
+    operator: Operator,
     nodes: BTreeMap<NodeId, SimNode>,
     network: Network,
     clients: Vec<SimClient>,
@@ -326,19 +361,33 @@ impl Simulation {
     pub fn new(seed: u64, scenario: Scenario) -> Self {
         let mut rng = Rng::new(seed);
         let members: Vec<NodeId> = (1..=scenario.nodes).collect();
+        // Half the runs bootstrap through the log (binding every incarnation needs every
+        // member, so not with members down from the start or dying for good); the others start
+        // bound, as if the bootstrap were done.
+        let bootstrap = scenario.down_at_start.is_empty()
+            && scenario.faults.permanent_failures == 0
+            && rng.chance(1, 2);
+        let (storage, initial) = if bootstrap {
+            (MemStorage::default(), Membership::bootstrap(&members, &BTreeMap::new()))
+        } else {
+            (MemStorage::bootstrapped(&members), Membership::bound(&members, |id| id))
+        };
         let mut nodes = BTreeMap::new();
         for id in &members {
             let mut node = SimNode {
                 replica: None,
-                storage: MemStorage::default(),
-                volatile: MemStorage::default(),
+                incarnation: *id,
+                join_existing: false,
+                storage: storage.clone(),
+                volatile: storage.clone(),
                 unsynced: Vec::new(),
                 restart_at: None,
                 dead: false,
                 paused_until: None,
             };
             if !scenario.down_at_start.contains(id) {
-                node.replica = Some(Replica::new(Self::config(&scenario, &members, *id), rng.next_u64()));
+                let config = Self::config(&scenario, &members, *id, &node);
+                node.replica = Some(Replica::recover(config, storage.durable_state(), rng.next_u64()));
             }
             nodes.insert(*id, node);
         }
@@ -361,22 +410,26 @@ impl Simulation {
         Simulation {
             rng,
             network: Network::new(scenario.faults.clone()),
-            checker: Checker::new(members.len() / 2 + 1),
+            checker: Checker::new(initial),
             scenario,
+            bootstrap_members: members.clone(),
             members,
+            operator: Operator::default(),
             nodes,
             clients,
             session_owner: BTreeMap::new(),
             now: 0,
-            stats: Stats::default(),
+            stats: Stats { bootstraps: bootstrap as u64, ..Stats::default() },
             healed: false,
             permanent_at,
             trace_from: std::env::var("PAXOS_SIM_TRACE_FROM").ok().and_then(|v| v.parse().ok()),
         }
     }
 
-    fn config(scenario: &Scenario, members: &[NodeId], id: NodeId) -> Config {
+    fn config(scenario: &Scenario, members: &[NodeId], id: NodeId, node: &SimNode) -> Config {
         let mut config = Config::new(id, members.to_vec());
+        config.incarnation = node.incarnation;
+        config.join_existing = node.join_existing;
         (scenario.config_tweak)(&mut config);
         if let Some((entries_max, bytes_max)) = scenario.tiny_messages {
             config.entries_per_message_max = entries_max;
@@ -411,6 +464,7 @@ impl Simulation {
         while self.now < deadline {
             self.step()?;
             if self.converged() {
+                self.checker.check_votes()?;
                 self.checker.check_final(&self.final_views())?;
                 self.stats.ticks = self.now;
                 self.stats.acknowledged = self.checker.acknowledged() as u64;
@@ -448,8 +502,12 @@ impl Simulation {
                 Some(r) => {
                     let s = r.status();
                     format!(
-                        "n{id}:{:?} upto={} start={} promised={} leader={:?} members={:?} {}",
+                        "n{id}:{:?} vote={} config@{:?}={:?} refused_by={:?} upto={} start={} promised={} leader={:?} members={:?} {}",
                         s.role,
+                        s.can_vote,
+                        s.membership.chosen_at,
+                        s.membership.members.iter().map(|(id, m)| format!("{id}:{}@{}", m.role, m.incarnation)).collect::<Vec<_>>(),
+                        s.refused_by,
                         s.applied_upto,
                         s.history_start,
                         s.promised,
@@ -501,8 +559,19 @@ impl Simulation {
         if !all_done {
             return false;
         }
-        let uptos: Vec<Slot> =
-            self.nodes.values().filter_map(|n| n.replica.as_ref()).map(|r| r.applied_upto()).collect();
+        if !self.operator.is_idle() {
+            return false;
+        }
+        // Members of the latest configuration, with the incarnation it admits: a removed node
+        // (or one not admitted) no longer hears the history.
+        let latest = self.checker.latest_config();
+        let uptos: Vec<Slot> = self
+            .nodes
+            .iter()
+            .filter(|(id, n)| latest.get(**id).is_some_and(|m| m.incarnation == 0 || m.incarnation == n.incarnation))
+            .filter_map(|(_, n)| n.replica.as_ref())
+            .map(|r| r.applied_upto())
+            .collect();
         let max = uptos.iter().copied().max().unwrap_or(0);
         uptos.iter().all(|u| *u == max) && self.checker.max_acknowledged_slot().is_none_or(|s| s < max)
     }
@@ -553,6 +622,7 @@ impl Simulation {
             self.inject_compaction()?;
         }
         self.run_clients();
+        self.run_operator();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             if self.nodes[&id].paused_until.is_some_and(|until| until > self.now) {
@@ -611,7 +681,8 @@ impl Simulation {
             // Accepts are synced: each is a durable vote from here on.
             for op in &ready.persist {
                 if let PersistOp::Accept { slot, ballot, value } = op {
-                    self.checker.on_vote(id, *slot, *ballot, value)?;
+                    let incarnation = self.nodes[&id].incarnation;
+                    self.checker.on_vote(id, incarnation, *slot, *ballot, value)?;
                 }
             }
             for envelope in ready.persisted_messages {
@@ -635,6 +706,9 @@ impl Simulation {
             }
             for (slot, value) in &ready.chosen {
                 self.checker.on_apply(id, *slot, value)?;
+                if matches!(value, paxos_core::Value::Config(_)) && self.checker.latest_config().chosen_at == Some(*slot) {
+                    self.stats.configurations_applied = self.checker.configs_applied() as u64;
+                }
             }
             for reply in ready.replies {
                 self.on_reply(id, reply.request_id, reply.outcome)?;
@@ -651,6 +725,10 @@ impl Simulation {
     ) -> Result<(), String> {
         if request_id.client_id == RequestId::REGISTER_CLIENT_ID {
             return self.on_registration_reply(node, request_id, outcome);
+        }
+        if request_id.client_id == operator::OPERATOR_CLIENT_ID {
+            self.on_operator_reply(request_id, outcome);
+            return Ok(());
         }
         let Some(index) = self.session_owner.get(&request_id.client_id).copied() else {
             return Err(format!("reply for unknown session {request_id}"));
@@ -931,6 +1009,9 @@ impl Simulation {
             let until = now + self.rng.range(50, 400);
             self.network.bridge(&left, &right, until);
         }
+        if self.rng.chance(faults.reconfigure_per_mille, 1000) {
+            self.plan_reconfiguration();
+        }
         if self.rng.chance(faults.slow_link_per_mille, 1000) {
             let from = self.random_member();
             let to = self.random_member();
@@ -985,8 +1066,8 @@ impl Simulation {
 
     fn restart(&mut self, id: NodeId) {
         let seed = self.rng.next_u64();
-        let config = Self::config(&self.scenario, &self.members, id);
         let node = self.nodes.get_mut(&id).expect("node exists");
+        let config = Self::config(&self.scenario, &self.bootstrap_members, id, node);
         node.restart_at = None;
         let durable = node.storage.durable_state();
         node.replica = Some(Replica::recover(config, durable, seed));

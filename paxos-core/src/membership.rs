@@ -1,0 +1,366 @@
+//! Who the members are, what each may do, and which incarnation of each the cluster admits.
+//!
+//! The configuration is part of the chosen history: a [`Value::Config`](crate::Value::Config)
+//! entry at slot `c` holds the whole next [`Membership`], and it governs every slot above `c`
+//! (never `c` itself, and never before it is chosen). The rules that make a change safe while
+//! leaders crash and messages are late are in `proposer.rs` (`# Correctness` of
+//! `Replica::propose_membership` and `phase_one_values`); this file holds the data and the
+//! one check every replica applies in the same way: [`Membership::check_successor`].
+
+use crate::types::{NodeId, Slot};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A random number a data directory gets when it is created, never changed afterwards. A
+/// member that lost its disk comes back with a new one, which is how the cluster tells it from
+/// the member that made promises and cast votes before.
+pub type Incarnation = u64;
+
+/// What a member does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    /// Proposer, acceptor and learner: counted in quorums, may lead.
+    Voter,
+    /// Receives the history; never votes, never leads.
+    Learner,
+}
+
+impl fmt::Display for MemberRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MemberRole::Voter => "voter",
+            MemberRole::Learner => "learner",
+        })
+    }
+}
+
+/// One member of a configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// Where peers and clients reach it (opaque to the core).
+    pub address: String,
+    /// The incarnation whose votes count. `0` means not bound yet: every member of the
+    /// bootstrap configuration, and a learner added before it ever connected. A voter of a
+    /// chosen configuration is always bound.
+    pub incarnation: Incarnation,
+    pub role: MemberRole,
+    /// A learner the leader promotes to voter once it has caught up (`member add` without
+    /// `--learner`, and `member replace`).
+    pub promote: bool,
+}
+
+/// The configuration of the cluster at some point of the history.
+///
+/// # Correctness
+/// - A chosen configuration (`chosen_at` is `Some`) binds every voter to one incarnation, and
+///   only that incarnation's votes count.
+/// - The bootstrap configuration (`chosen_at` is `None`, built from the `--peer` flags) binds
+///   nobody: it needs the vote of every voter (whatever incarnation) to choose anything, and
+///   the only entry its leaders propose is the one that binds every voter (see
+///   [`Membership::quorum`]). So nothing is ever chosen with the vote of an incarnation the
+///   cluster does not remember, and a member that lost its disk can vote again only after the
+///   log admits its new incarnation.
+/// - Two configurations one after the other differ by at most one voter (an `(id,
+///   incarnation)` pair added or removed): any majority of one meets any majority of the other.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Membership {
+    pub members: BTreeMap<NodeId, Member>,
+    /// The slot of the entry that made this configuration; `None` for the bootstrap one.
+    pub chosen_at: Option<Slot>,
+}
+
+/// Why a configuration cannot follow another.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+pub enum ChangeError {
+    #[error("a configuration needs at least one voter")]
+    NoVoter,
+    #[error("node id 0 is reserved")]
+    ReservedId,
+    #[error("voter {0} has no incarnation bound")]
+    Unbound(NodeId),
+    #[error("a change may add or remove one voter at a time (this one changes {0})")]
+    TooManyVoters(usize),
+    #[error("the bootstrap configuration can only be followed by one binding every voter")]
+    NotABinding,
+    #[error("node {0} is not a member")]
+    NotAMember(NodeId),
+    #[error("node {0} is a member already")]
+    AlreadyAMember(NodeId),
+    #[error("node {0} has not been heard from since it started: start it first (with --initial-cluster-state existing)")]
+    NotHeardFrom(NodeId),
+    #[error("node {id} presents incarnation {incarnation}, the one already admitted: nothing to replace")]
+    SameIncarnation { id: NodeId, incarnation: Incarnation },
+    #[error("removing voter {0} would leave no voter")]
+    LastVoter(NodeId),
+    #[error("address {0:?} is not a host:port")]
+    BadAddress(String),
+}
+
+impl Membership {
+    /// The bootstrap configuration: every listed member a voter, none bound.
+    pub fn bootstrap(members: &[NodeId], addresses: &BTreeMap<NodeId, String>) -> Membership {
+        let members = members
+            .iter()
+            .map(|id| {
+                let address = addresses.get(id).cloned().unwrap_or_default();
+                (*id, Member { address, incarnation: 0, role: MemberRole::Voter, promote: false })
+            })
+            .collect();
+        Membership { members, chosen_at: None }
+    }
+
+    /// A configuration as if the binding entry had been chosen before slot 0, with
+    /// `incarnation(id)` for every member: for tests and simulations that start from a bound
+    /// cluster.
+    pub fn bound(members: &[NodeId], incarnation: impl Fn(NodeId) -> Incarnation) -> Membership {
+        let mut membership = Membership::bootstrap(members, &BTreeMap::new());
+        for (id, member) in membership.members.iter_mut() {
+            member.incarnation = incarnation(*id);
+        }
+        membership.chosen_at = Some(0);
+        membership
+    }
+
+    pub fn is_bound(&self) -> bool {
+        self.chosen_at.is_some()
+    }
+
+    pub fn get(&self, id: NodeId) -> Option<&Member> {
+        self.members.get(&id)
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.members.contains_key(&id)
+    }
+
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.members.get(&id).is_some_and(|m| m.role == MemberRole::Voter)
+    }
+
+    pub fn voters(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.iter().filter(|(_, m)| m.role == MemberRole::Voter).map(|(id, _)| *id)
+    }
+
+    pub fn voter_count(&self) -> usize {
+        self.voters().count()
+    }
+
+    /// Votes that choose a value: a majority of the voters, or every voter while the
+    /// configuration is the bootstrap one.
+    ///
+    /// # Correctness
+    /// Unanimity is what makes the bootstrap safe without knowing incarnations: whatever the
+    /// bootstrap configuration chose, every voter accepted, so every later majority reports it
+    /// in phase 1 although one voter may have lost its disk since. A majority of voters still
+    /// suffices for phase 1 (it meets every unanimous set).
+    pub fn quorum(&self) -> usize {
+        let voters = self.voter_count();
+        if self.is_bound() {
+            voters / 2 + 1
+        } else {
+            voters
+        }
+    }
+
+    /// A majority of the voters: what phase 1 needs.
+    pub fn majority(&self) -> usize {
+        self.voter_count() / 2 + 1
+    }
+
+    /// Whether `incarnation` of `id` is the one this configuration knows (or none is bound).
+    pub fn admits(&self, id: NodeId, incarnation: Incarnation) -> bool {
+        self.members.get(&id).is_some_and(|m| m.incarnation == 0 || m.incarnation == incarnation)
+    }
+
+    /// Whether a vote of `incarnation` of `id` counts.
+    pub fn counts_vote(&self, id: NodeId, incarnation: Incarnation) -> bool {
+        self.is_voter(id) && self.admits(id, incarnation)
+    }
+
+    /// Checks that `next` may follow this configuration (the same check on every replica, so
+    /// an entry that fails it is applied as a no-op everywhere).
+    pub fn check_successor(&self, next: &Membership) -> Result<(), ChangeError> {
+        if next.voter_count() == 0 {
+            return Err(ChangeError::NoVoter);
+        }
+        if next.members.contains_key(&0) {
+            return Err(ChangeError::ReservedId);
+        }
+        if let Some(id) = next.voters().find(|id| next.members[id].incarnation == 0) {
+            return Err(ChangeError::Unbound(id));
+        }
+        if !self.is_bound() {
+            let same_voters = self.voters().eq(next.voters());
+            let same_members = self.members.keys().eq(next.members.keys());
+            return if same_voters && same_members { Ok(()) } else { Err(ChangeError::NotABinding) };
+        }
+        let voters = |m: &Membership| -> Vec<(NodeId, Incarnation)> {
+            m.voters().map(|id| (id, m.members[&id].incarnation)).collect()
+        };
+        let (before, after) = (voters(self), voters(next));
+        let changed = before.iter().filter(|v| !after.contains(v)).count()
+            + after.iter().filter(|v| !before.contains(v)).count();
+        if changed > 1 {
+            return Err(ChangeError::TooManyVoters(changed));
+        }
+        Ok(())
+    }
+
+    /// The configuration after applying `change`, which must pass [`Membership::check_successor`].
+    /// `seen` is the incarnation each member last presented to the leader.
+    pub fn after(
+        &self,
+        change: &MembershipChange,
+        seen: &BTreeMap<NodeId, Incarnation>,
+    ) -> Result<Membership, ChangeError> {
+        let mut next = Membership { members: self.members.clone(), chosen_at: None };
+        match change {
+            MembershipChange::Add { id, address, learner } => {
+                if self.contains(*id) {
+                    return Err(ChangeError::AlreadyAMember(*id));
+                }
+                if *id == 0 {
+                    return Err(ChangeError::ReservedId);
+                }
+                if !address.contains(':') {
+                    return Err(ChangeError::BadAddress(address.clone()));
+                }
+                let member = Member {
+                    address: address.clone(),
+                    incarnation: 0,
+                    role: MemberRole::Learner,
+                    promote: !learner,
+                };
+                next.members.insert(*id, member);
+            }
+            MembershipChange::Remove { id } => {
+                if next.members.remove(id).is_none() {
+                    return Err(ChangeError::NotAMember(*id));
+                }
+                if next.voter_count() == 0 {
+                    return Err(ChangeError::LastVoter(*id));
+                }
+            }
+            MembershipChange::Replace { id } => {
+                let member = next.members.get_mut(id).ok_or(ChangeError::NotAMember(*id))?;
+                let incarnation = *seen.get(id).ok_or(ChangeError::NotHeardFrom(*id))?;
+                if incarnation == member.incarnation {
+                    return Err(ChangeError::SameIncarnation { id: *id, incarnation });
+                }
+                // Out as a voter, in as a learner with the new incarnation: one voter less, and
+                // the promotion later is one voter more.
+                member.promote = member.role == MemberRole::Voter || member.promote;
+                member.role = MemberRole::Learner;
+                member.incarnation = incarnation;
+                if next.voter_count() == 0 {
+                    return Err(ChangeError::LastVoter(*id));
+                }
+            }
+            MembershipChange::Promote { id, incarnation } => {
+                let member = next.members.get_mut(id).ok_or(ChangeError::NotAMember(*id))?;
+                member.role = MemberRole::Voter;
+                member.promote = false;
+                member.incarnation = *incarnation;
+            }
+            MembershipChange::Bind { incarnations } => {
+                for (id, member) in next.members.iter_mut() {
+                    if let Some(incarnation) = incarnations.get(id) {
+                        member.incarnation = *incarnation;
+                    }
+                }
+            }
+        }
+        self.check_successor(&next)?;
+        Ok(next)
+    }
+
+    /// Learners waiting to be promoted.
+    pub fn promotable(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.iter().filter(|(_, m)| m.role == MemberRole::Learner && m.promote).map(|(id, _)| *id)
+    }
+}
+
+/// A change an operator (or the leader itself) asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// A new member, first a learner; promoted once caught up unless `learner`.
+    Add { id: NodeId, address: String, learner: bool },
+    Remove { id: NodeId },
+    /// Admit the incarnation `id` presents now (after losing its disk) as a learner, and
+    /// promote it once caught up if it was a voter.
+    Replace { id: NodeId },
+    /// (leader) A caught-up learner becomes a voter bound to `incarnation`.
+    Promote { id: NodeId, incarnation: Incarnation },
+    /// (leader) The bootstrap configuration's voters get their incarnations.
+    Bind { incarnations: BTreeMap<NodeId, Incarnation> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(pairs: &[(NodeId, Incarnation)]) -> BTreeMap<NodeId, Incarnation> {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn the_bootstrap_needs_every_voter_and_a_chosen_configuration_a_majority() {
+        let bootstrap = Membership::bootstrap(&[1, 2, 3], &BTreeMap::new());
+        assert_eq!(bootstrap.quorum(), 3);
+        assert_eq!(bootstrap.majority(), 2);
+        assert!(bootstrap.counts_vote(2, 99));
+        let bound = Membership::bound(&[1, 2, 3], |id| id * 10);
+        assert_eq!(bound.quorum(), 2);
+        assert!(bound.counts_vote(2, 20));
+        assert!(!bound.counts_vote(2, 21), "a new incarnation's vote does not count");
+    }
+
+    #[test]
+    fn only_a_binding_may_follow_the_bootstrap() {
+        let bootstrap = Membership::bootstrap(&[1, 2, 3], &BTreeMap::new());
+        let all = seen(&[(1, 11), (2, 22), (3, 33)]);
+        let bound = bootstrap.after(&MembershipChange::Bind { incarnations: all }, &BTreeMap::new()).unwrap();
+        assert!(bootstrap.check_successor(&bound).is_ok());
+        let partial = seen(&[(1, 11), (2, 22)]);
+        assert_eq!(
+            bootstrap.after(&MembershipChange::Bind { incarnations: partial }, &BTreeMap::new()),
+            Err(ChangeError::Unbound(3))
+        );
+        let mut grown = bound.clone();
+        grown.members.insert(4, grown.members[&1].clone());
+        assert_eq!(bootstrap.check_successor(&grown), Err(ChangeError::NotABinding));
+    }
+
+    #[test]
+    fn a_change_moves_at_most_one_voter() {
+        let bound = Membership::bound(&[1, 2, 3], |id| id);
+        let mut two_out = bound.clone();
+        two_out.members.remove(&2);
+        two_out.members.remove(&3);
+        assert_eq!(bound.check_successor(&two_out), Err(ChangeError::TooManyVoters(2)));
+        // A new incarnation as a voter at once is two changes: the old one out, the new one in.
+        let mut swapped = bound.clone();
+        swapped.members.get_mut(&2).unwrap().incarnation = 7;
+        assert_eq!(bound.check_successor(&swapped), Err(ChangeError::TooManyVoters(2)));
+        let mut replaced = bound.after(&MembershipChange::Replace { id: 2 }, &seen(&[(2, 7)])).unwrap();
+        replaced.chosen_at = Some(5);
+        assert_eq!(replaced.get(2).unwrap().role, MemberRole::Learner);
+        assert_eq!(replaced.quorum(), 2);
+        let promoted =
+            replaced.after(&MembershipChange::Promote { id: 2, incarnation: 7 }, &BTreeMap::new()).unwrap();
+        assert!(promoted.counts_vote(2, 7));
+    }
+
+    #[test]
+    fn replace_needs_a_new_incarnation_heard_from_the_node() {
+        let bound = Membership::bound(&[1, 2, 3], |id| id);
+        let replace = MembershipChange::Replace { id: 2 };
+        assert_eq!(bound.after(&replace, &BTreeMap::new()), Err(ChangeError::NotHeardFrom(2)));
+        assert_eq!(
+            bound.after(&replace, &seen(&[(2, 2)])),
+            Err(ChangeError::SameIncarnation { id: 2, incarnation: 2 })
+        );
+    }
+}

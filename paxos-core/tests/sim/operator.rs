@@ -1,0 +1,235 @@
+//! The simulated operator: changes the configuration while the faults go on (adds members,
+//! removes them, wipes a member's disk and replaces it), retrying through whichever node
+//! leads, as `paxos-cli member` does.
+
+use super::{SimNode, Simulation};
+use paxos_core::{ChangeError, MemStorage, MembershipChange, NodeId, ProposalError, RequestId, Slot};
+use std::collections::VecDeque;
+
+/// The client id of the operator's requests (no session has it: sessions are slots).
+pub const OPERATOR_CLIENT_ID: u64 = u64::MAX - 1;
+/// A change with no answer after this long is asked again (its leader may have died).
+const OPERATOR_TIMEOUT_TICKS: u64 = 300;
+/// Nodes a run may grow to.
+const NODES_MAX: u64 = 9;
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Add { id: NodeId, learner: bool },
+    Remove { id: NodeId },
+    Replace { id: NodeId },
+}
+
+impl Op {
+    fn change(&self) -> MembershipChange {
+        match self {
+            Op::Add { id, learner } => {
+                MembershipChange::Add { id: *id, address: format!("sim:{id}"), learner: *learner }
+            }
+            Op::Remove { id } => MembershipChange::Remove { id: *id },
+            Op::Replace { id } => MembershipChange::Replace { id: *id },
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Operator {
+    queue: VecDeque<Op>,
+    /// The change asked for: (seq, op, tick asked).
+    in_flight: Option<(u64, Op, u64)>,
+    next_seq: u64,
+    /// The leader crashes at this tick (a crash in the middle of a change).
+    crash_leader_at: Option<u64>,
+}
+
+impl Operator {
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.in_flight.is_none()
+    }
+}
+
+impl Simulation {
+    /// Sends the next change to the leader, every few ticks, one at a time.
+    pub(super) fn run_operator(&mut self) {
+        if self.operator.crash_leader_at.is_some_and(|tick| tick <= self.now) {
+            self.operator.crash_leader_at = None;
+            if let Some(leader) = self.leader() {
+                self.crash(leader);
+            }
+        }
+        if let Some((_, op, asked)) = &self.operator.in_flight {
+            if self.now.saturating_sub(*asked) < OPERATOR_TIMEOUT_TICKS {
+                return;
+            }
+            let op = op.clone();
+            self.operator.in_flight = None;
+            self.operator.queue.push_front(op);
+        }
+        if self.now % 5 != 0 {
+            return;
+        }
+        let Some(op) = self.operator.queue.pop_front() else {
+            return;
+        };
+        if self.is_done(&op) {
+            // An answer lost with its leader: the change went through all the same.
+            return;
+        }
+        let Some(leader) = self.leader() else {
+            self.operator.queue.push_front(op);
+            return;
+        };
+        self.operator.next_seq += 1;
+        let seq = self.operator.next_seq;
+        let request_id = RequestId { client_id: OPERATOR_CLIENT_ID, seq };
+        self.operator.in_flight = Some((seq, op.clone(), self.now));
+        if !self.healed && self.rng.chance(self.scenario.faults.crash_mid_change_per_mille, 1000) {
+            self.operator.crash_leader_at = Some(self.now + self.rng.range(0, 12));
+        }
+        let replica = self.nodes.get_mut(&leader).and_then(|n| n.replica.as_mut()).expect("leader runs");
+        replica.change_membership(request_id, op.change());
+    }
+
+    pub(super) fn on_operator_reply(&mut self, request_id: RequestId, outcome: Result<Slot, ProposalError>) {
+        let Some((seq, op, _)) = self.operator.in_flight.clone() else {
+            return;
+        };
+        if seq != request_id.seq {
+            return;
+        }
+        self.operator.in_flight = None;
+        match outcome {
+            Ok(_) => match op {
+                Op::Add { .. } => self.stats.members_added += 1,
+                Op::Remove { .. } => self.stats.members_removed += 1,
+                Op::Replace { .. } => self.stats.members_replaced += 1,
+            },
+            Err(ProposalError::ChangeRefused(ChangeError::NotHeardFrom(_) | ChangeError::SameIncarnation { .. })) => {
+                // The wiped node has not restarted (or spoken to the leader) yet.
+                self.operator.queue.push_back(op);
+            }
+            Err(error) if error.is_retryable() => self.operator.queue.push_back(op),
+            // Refused for good (done already, or no longer valid): an operator reads and moves on.
+            Err(_) => {}
+        }
+    }
+
+    /// A new data directory. Runs that start bound model a cluster whose binding was made
+    /// before slot 0 (not in the log), so a new disk knows that binding, as every disk did.
+    fn empty_disk(&self) -> MemStorage {
+        let initial = self.checker.initial_config();
+        MemStorage { membership: initial.is_bound().then(|| initial.clone()), ..MemStorage::default() }
+    }
+
+    /// Whether the latest configuration applied anywhere already reflects `op`.
+    fn is_done(&self, op: &Op) -> bool {
+        let latest = self.checker.latest_config();
+        match op {
+            Op::Add { id, .. } => latest.contains(*id),
+            Op::Remove { id } => !latest.contains(*id),
+            Op::Replace { id } => {
+                latest.get(*id).is_none_or(|member| member.incarnation == self.nodes[id].incarnation)
+            }
+        }
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.nodes.iter().find(|(_, n)| n.replica.as_ref().is_some_and(|r| r.is_leader())).map(|(id, _)| *id)
+    }
+
+    /// Plans one change against the latest configuration applied anywhere.
+    pub(super) fn plan_reconfiguration(&mut self) {
+        if !self.operator.is_idle() {
+            return;
+        }
+        let latest = self.checker.latest_config().clone();
+        if !latest.is_bound() {
+            return;
+        }
+        // Members that die for good take a minority of the voters; a wipe or the removal of a
+        // live member on top could take the majority, and then no change can ever be chosen:
+        // such runs only add members and remove dead ones.
+        let permanent = self.scenario.faults.permanent_failures > 0;
+        let voters: Vec<NodeId> = latest.voters().collect();
+        let dead = |id: &NodeId| self.nodes.get(id).is_none_or(|n| n.dead);
+        // A voter that can vote: alive, with the disk the configuration admits.
+        let admitted = |id: &NodeId| {
+            self.nodes.get(id).is_some_and(|n| !n.dead && latest.admits(*id, n.incarnation))
+        };
+        // Whether the voters other than `id` that can vote are still a majority of them all.
+        let majority_without = |id: NodeId, removed: bool| {
+            let rest: Vec<&NodeId> = voters.iter().filter(|v| !removed || **v != id).collect();
+            let able = rest.iter().filter(|v| ***v != id && admitted(v)).count();
+            !rest.is_empty() && able > rest.len() / 2
+        };
+        match self.rng.range(0, 3) {
+            _ if permanent && self.rng.chance(1, 2) => {
+                if let Some(id) = latest.members.keys().copied().find(|id| dead(id) && majority_without(*id, true)) {
+                    self.operator.queue.push_back(Op::Remove { id });
+                }
+            }
+            _ if permanent => {}
+            0 if (self.members.len() as u64) < NODES_MAX => {
+                let id = self.members.iter().max().copied().unwrap_or(0) + 1;
+                let node = SimNode {
+                    replica: None,
+                    incarnation: self.rng.next_u64() | 1,
+                    join_existing: true,
+                    storage: self.empty_disk(),
+                    volatile: self.empty_disk(),
+                    unsynced: Vec::new(),
+                    restart_at: Some(self.now + 1),
+                    dead: false,
+                    paused_until: None,
+                };
+                self.nodes.insert(id, node);
+                self.members.push(id);
+                let learner = self.rng.chance(1, 4);
+                self.operator.queue.push_back(Op::Add { id, learner });
+            }
+            1 => {
+                // A dead member first (what operators remove); else any member whose removal
+                // leaves a live majority of the voters.
+                let candidates: Vec<NodeId> = latest
+                    .members
+                    .keys()
+                    .copied()
+                    .filter(|id| majority_without(*id, true))
+                    .collect();
+                let pick = candidates.iter().copied().find(|id| dead(id)).or_else(|| {
+                    (!candidates.is_empty())
+                        .then(|| candidates[self.rng.range(0, candidates.len() as u64) as usize])
+                });
+                if let Some(id) = pick {
+                    self.operator.queue.push_back(Op::Remove { id });
+                }
+            }
+            _ => {
+                // A disk lost: the node restarts empty with a new incarnation, half the time
+                // claiming a brand-new cluster (the dangerous restart).
+                let live: Vec<NodeId> =
+                    latest.members.keys().copied().filter(|id| !dead(id) && majority_without(*id, false)).collect();
+                if live.is_empty() {
+                    return;
+                }
+                let id = live[self.rng.range(0, live.len() as u64) as usize];
+                if self.nodes[&id].replica.is_some() {
+                    self.crash(id);
+                }
+                let incarnation = self.rng.next_u64() | 1;
+                // A node the bootstrap did not list must say it joins an existing cluster.
+                let join_existing = self.rng.chance(1, 2) || !self.bootstrap_members.contains(&id);
+                let empty = self.empty_disk();
+                let node = self.nodes.get_mut(&id).expect("member runs");
+                node.storage = empty.clone();
+                node.volatile = empty;
+                node.unsynced.clear();
+                node.incarnation = incarnation;
+                node.join_existing = join_existing;
+                node.restart_at = Some(self.now + 1 + self.rng.range(0, 100));
+                self.stats.disks_wiped += 1;
+                self.operator.queue.push_back(Op::Replace { id });
+            }
+        }
+    }
+}
