@@ -320,8 +320,9 @@ impl Replica {
             }
             return;
         }
-        // Only voters prepare, lead and vote; a learner's (or a confused peer's) attempt is
-        // ignored rather than believed.
+        // Only voters prepare, lead and vote. One this replica knows as a learner may have been
+        // promoted since (this replica's configuration is behind): learn from it, believe none
+        // of it.
         if matches!(
             message,
             Message::Prepare { .. }
@@ -331,6 +332,7 @@ impl Replica {
                 | Message::Accepted { .. }
         ) && !self.learner.membership().is_voter(from)
         {
+            self.learn_from_stranger(from, message);
             return;
         }
         // Only a ballot's owner may prepare, accept or heartbeat in it; anything else is a

@@ -35,8 +35,9 @@ impl Op {
 #[derive(Default)]
 pub struct Operator {
     queue: VecDeque<Op>,
-    /// The change asked for: (seq, op, tick asked).
-    in_flight: Option<(u64, Op, u64)>,
+    /// The changes asked for: (seq, op, tick asked). Usually one; sometimes a second operator
+    /// asks for another at the same time (the leader must refuse it until the first is applied).
+    in_flight: Vec<(u64, Op, u64)>,
     next_seq: u64,
     /// The leader crashes at this tick (a crash in the middle of a change).
     crash_leader_at: Option<u64>,
@@ -44,7 +45,7 @@ pub struct Operator {
 
 impl Operator {
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.in_flight.is_none()
+        self.queue.is_empty() && self.in_flight.is_empty()
     }
 }
 
@@ -57,47 +58,49 @@ impl Simulation {
                 self.crash(leader);
             }
         }
-        if let Some((_, op, asked)) = &self.operator.in_flight {
-            if self.now.saturating_sub(*asked) < OPERATOR_TIMEOUT_TICKS {
-                return;
-            }
-            let op = op.clone();
-            self.operator.in_flight = None;
+        let now = self.now;
+        let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.operator.in_flight)
+            .into_iter()
+            .partition(|(_, _, asked)| now.saturating_sub(*asked) >= OPERATOR_TIMEOUT_TICKS);
+        self.operator.in_flight = waiting;
+        for (_, op, _) in expired {
             self.operator.queue.push_front(op);
         }
-        if self.now % 5 != 0 {
-            return;
-        }
-        let Some(op) = self.operator.queue.pop_front() else {
-            return;
-        };
-        if self.is_done(&op) {
-            // An answer lost with its leader: the change went through all the same.
+        if !self.operator.in_flight.is_empty() || self.now % 5 != 0 {
             return;
         }
         let Some(leader) = self.leader() else {
-            self.operator.queue.push_front(op);
             return;
         };
-        self.operator.next_seq += 1;
-        let seq = self.operator.next_seq;
-        let request_id = RequestId { client_id: OPERATOR_CLIENT_ID, seq };
-        self.operator.in_flight = Some((seq, op.clone(), self.now));
-        if !self.healed && self.rng.chance(self.scenario.faults.crash_mid_change_per_mille, 1000) {
-            self.operator.crash_leader_at = Some(self.now + self.rng.range(0, 12));
+        // Now and then two operators at once: the second change must wait for the first.
+        let concurrent = if self.rng.chance(1, 4) { 2 } else { 1 };
+        for _ in 0..concurrent {
+            let Some(op) = self.operator.queue.pop_front() else {
+                return;
+            };
+            if self.is_done(&op) {
+                // An answer lost with its leader: the change went through all the same.
+                continue;
+            }
+            self.operator.next_seq += 1;
+            let seq = self.operator.next_seq;
+            let request_id = RequestId { client_id: OPERATOR_CLIENT_ID, seq };
+            self.operator.in_flight.push((seq, op.clone(), self.now));
+            if !self.healed && self.rng.chance(self.scenario.faults.crash_mid_change_per_mille, 1000) {
+                self.operator.crash_leader_at = Some(self.now + self.rng.range(0, 12));
+            }
+            let Some(replica) = self.nodes.get_mut(&leader).and_then(|n| n.replica.as_mut()) else {
+                return;
+            };
+            replica.change_membership(request_id, op.change());
         }
-        let replica = self.nodes.get_mut(&leader).and_then(|n| n.replica.as_mut()).expect("leader runs");
-        replica.change_membership(request_id, op.change());
     }
 
     pub(super) fn on_operator_reply(&mut self, request_id: RequestId, outcome: Result<Slot, ProposalError>) {
-        let Some((seq, op, _)) = self.operator.in_flight.clone() else {
+        let Some(index) = self.operator.in_flight.iter().position(|(seq, _, _)| *seq == request_id.seq) else {
             return;
         };
-        if seq != request_id.seq {
-            return;
-        }
-        self.operator.in_flight = None;
+        let (_, op, _) = self.operator.in_flight.remove(index);
         match outcome {
             Ok(_) => match op {
                 Op::Add { .. } => self.stats.members_added += 1,
@@ -150,6 +153,16 @@ impl Simulation {
         // live member on top could take the majority, and then no change can ever be chosen:
         // such runs only add members and remove dead ones.
         let permanent = self.scenario.faults.permanent_failures > 0;
+        let kind = self.rng.range(0, 3);
+        self.plan_one_change(&latest, permanent, kind);
+        // Sometimes a second operator adds a member at the same time (an addition keeps every
+        // liveness assumption the first change was planned with).
+        if self.rng.chance(1, 4) {
+            self.plan_one_change(&latest, permanent, 0);
+        }
+    }
+
+    fn plan_one_change(&mut self, latest: &paxos_core::Membership, permanent: bool, kind: u64) {
         let voters: Vec<NodeId> = latest.voters().collect();
         let dead = |id: &NodeId| self.nodes.get(id).is_none_or(|n| n.dead);
         // A voter that can vote: alive, with the disk the configuration admits.
@@ -162,7 +175,7 @@ impl Simulation {
             let able = rest.iter().filter(|v| ***v != id && admitted(v)).count();
             !rest.is_empty() && able > rest.len() / 2
         };
-        match self.rng.range(0, 3) {
+        match kind {
             _ if permanent && self.rng.chance(1, 2) => {
                 if let Some(id) = latest.members.keys().copied().find(|id| dead(id) && majority_without(*id, true)) {
                     self.operator.queue.push_back(Op::Remove { id });
