@@ -60,6 +60,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo { .. } | Command::Bench { .. } | Command::Certs { .. } => unreachable!("handled above"),
+        Command::Member(command) => crate::member::run(&client, command, cli.json).await?,
         Command::Gc { truncate_below, force } => {
             let report = client.gc(*truncate_below, *force).await?;
             let mut out = stdout.lock();

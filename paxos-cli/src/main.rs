@@ -4,6 +4,7 @@
 mod bench;
 mod commands;
 mod demo;
+mod member;
 mod output;
 
 use anyhow::Context;
@@ -63,6 +64,37 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// Every member with its address, role, incarnation and progress (from the node asked).
+    List,
+    /// Add a member, ID=HOST:PORT. It joins as a learner, catches up, and the leader promotes
+    /// it to voter (unless --learner). Start it with `paxos-node --initial-cluster-state
+    /// existing` (and a node certificate of this cluster: `paxos-cli certs --nodes ID`).
+    Add {
+        /// The new member, as ID=HOST:PORT.
+        #[arg(value_name = "ID=ADDR")]
+        member: String,
+        /// Keep it a learner: it receives the history, never votes or leads.
+        #[arg(long)]
+        learner: bool,
+        /// Return once the entry adding it is chosen, without waiting for the promotion.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Remove a member (the leader too: it steps down once the change is applied).
+    Remove { id: u64 },
+    /// Admit the data directory member ID runs with now (after it lost its disk and was
+    /// restarted empty): its old votes no longer count, it catches up as a learner and is
+    /// promoted back to voter.
+    Replace {
+        id: u64,
+        /// Return once the entry is chosen, without waiting for the promotion.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Command {
     /// Propose a value (or, with --stdin, one value per input line; with --file, a file's
     /// bytes); prints the chosen slot.
@@ -102,6 +134,11 @@ pub enum Command {
     },
     /// Show the node's id, the leader, the ballot, watermarks and members.
     Status,
+    /// Show or change the configuration: who the members are, their roles, and which data
+    /// directory (incarnation) of each the cluster admits. Changes go through the leader, one
+    /// at a time, as entries of the log; they need the admin certificate.
+    #[command(subcommand)]
+    Member(MemberCommand),
     /// Collect accepted records of chosen slots; optionally truncate history below a slot.
     Gc {
         /// Drop history below this slot (refused while a member has not chosen past it).
@@ -171,7 +208,14 @@ impl Cli {
         if self.insecure_plaintext {
             return Ok(Security::InsecurePlaintext);
         }
-        let default = if matches!(self.command, Command::Gc { .. }) { "admin" } else { "client" };
+        let admin = matches!(
+            self.command,
+            Command::Gc { .. }
+                | Command::Member(
+                    MemberCommand::Add { .. } | MemberCommand::Remove { .. } | MemberCommand::Replace { .. }
+                )
+        );
+        let default = if admin { "admin" } else { "client" };
         let identity = self.identity.as_deref().unwrap_or(default);
         let files = CertFiles::named(&self.certs_dir, identity);
         let tls = Tls::for_client(&files, &self.cluster).with_context(|| {

@@ -87,8 +87,13 @@ pub fn status_json(status: &StatusReport) -> Value {
         "rejected_messages": status.rejected_messages,
         "superseded_leaderships": status.superseded_leaderships,
         "members": status.members.iter().map(|m| json!({
-            "id": m.id, "addr": m.addr, "applied_upto": m.applied_upto,
+            "id": m.id, "addr": m.addr, "applied_upto": m.applied_upto, "role": m.role,
+            "incarnation": format!("{:016x}", m.incarnation), "promote": m.promote,
         })).collect::<Vec<_>>(),
+        "configuration_chosen_at": status.configuration_chosen_at,
+        "incarnation": format!("{:016x}", status.incarnation),
+        "can_vote": status.can_vote,
+        "problems": status.problems,
         "fsyncs": status.fsyncs,
         "applied_since_start": status.applied_since_start,
         "proposals_since_start": status.proposals_since_start,
@@ -115,7 +120,17 @@ pub fn status_text(status: &StatusReport) -> String {
     );
     for member in &status.members {
         let upto = member.applied_upto.map(|u| u.to_string()).unwrap_or_else(|| "?".into());
-        out.push_str(&format!("  {} {} applied up to {upto}\n", member.id, member.addr));
+        let promote = if member.promote { ", promoted once caught up" } else { "" };
+        out.push_str(&format!(
+            "  {} {} {}{promote}, applied up to {upto}\n",
+            member.id, member.addr, member.role
+        ));
+    }
+    if !status.can_vote {
+        out.push_str("this node does not vote (a learner, removed, or a data directory the configuration does not admit)\n");
+    }
+    for problem in &status.problems {
+        out.push_str(&format!("problem: {problem}\n"));
     }
     out
 }

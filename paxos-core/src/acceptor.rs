@@ -263,7 +263,12 @@ mod tests {
     use crate::{Ballot, Envelope, Message, PersistOp, Value};
 
     fn prepare(ballot: Ballot) -> Envelope {
-        Envelope { from: ballot.node, to: 1, incarnation: ballot.node, message: Message::Prepare { ballot, from_slot: 0 } }
+        Envelope {
+            from: ballot.node,
+            to: 1,
+            incarnation: ballot.node,
+            message: Message::Prepare { ballot, from_slot: 0 },
+        }
     }
 
     #[test]

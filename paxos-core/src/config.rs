@@ -84,11 +84,7 @@ impl Config {
     /// Panics on a configuration no cluster can run with: these are programming errors.
     pub fn validate(&self) {
         assert!(!self.members.is_empty(), "a cluster needs members");
-        assert!(
-            self.join_existing || self.members.contains(&self.id),
-            "replica {} is not a member",
-            self.id
-        );
+        assert!(self.join_existing || self.members.contains(&self.id), "replica {} is not a member", self.id);
         assert_ne!(self.incarnation, 0, "incarnation 0 means unbound");
         let mut sorted = self.members.clone();
         sorted.sort_unstable();

@@ -466,7 +466,13 @@ mod tests {
     use super::*;
 
     fn learner() -> Learner {
-        Learner::recover(1, 0, TruncationSnapshot::default(), RequestTable::default(), Membership::bound(&[1], |id| id))
+        Learner::recover(
+            1,
+            0,
+            TruncationSnapshot::default(),
+            RequestTable::default(),
+            Membership::bound(&[1], |id| id),
+        )
     }
 
     fn limits() -> TableLimits {

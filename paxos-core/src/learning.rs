@@ -311,7 +311,12 @@ mod tests {
             Value::Command { request_id: proposal(client, 2, "").request_id, payload: b"theirs".to_vec() };
         let entries =
             crate::Message::CatchUpEntries { entries: vec![(slot, theirs)], applied_upto: slot + 1 };
-        cluster.node(leader).step(crate::Envelope { from: peer, to: leader, incarnation: peer, message: entries });
+        cluster.node(leader).step(crate::Envelope {
+            from: peer,
+            to: leader,
+            incarnation: peer,
+            message: entries,
+        });
         let mut announced = Vec::new();
         for _ in 0..5 {
             cluster.node(leader).tick();
@@ -353,7 +358,12 @@ mod tests {
         }
         cluster.settle();
         let catch_up = crate::Message::CatchUp { from_slot: 0 };
-        cluster.node(leader).step(crate::Envelope { from: peer, to: leader, incarnation: peer, message: catch_up });
+        cluster.node(leader).step(crate::Envelope {
+            from: peer,
+            to: leader,
+            incarnation: peer,
+            message: catch_up,
+        });
         cluster.node(leader).compact(Compaction { truncate_below: Some(2), force: true }).expect("cut");
         let ready = cluster.node(leader).take_ready_persisted();
         let storage = cluster.storage.get_mut(&leader).expect("member");

@@ -286,15 +286,28 @@ impl Membership {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MembershipChange {
     /// A new member, first a learner; promoted once caught up unless `learner`.
-    Add { id: NodeId, address: String, learner: bool },
-    Remove { id: NodeId },
+    Add {
+        id: NodeId,
+        address: String,
+        learner: bool,
+    },
+    Remove {
+        id: NodeId,
+    },
     /// Admit the incarnation `id` presents now (after losing its disk) as a learner, and
     /// promote it once caught up if it was a voter.
-    Replace { id: NodeId },
+    Replace {
+        id: NodeId,
+    },
     /// (leader) A caught-up learner becomes a voter bound to `incarnation`.
-    Promote { id: NodeId, incarnation: Incarnation },
+    Promote {
+        id: NodeId,
+        incarnation: Incarnation,
+    },
     /// (leader) The bootstrap configuration's voters get their incarnations.
-    Bind { incarnations: BTreeMap<NodeId, Incarnation> },
+    Bind {
+        incarnations: BTreeMap<NodeId, Incarnation>,
+    },
 }
 
 #[cfg(test)]

@@ -204,7 +204,9 @@ impl Message {
             }
             Message::Forward { .. } => true,
             Message::ForwardReply { outcome, .. } => outcome.as_ref().map_or(true, slot_ok),
-            Message::NotAdmitted { chosen_at, applied_upto, .. } => slot_ok(chosen_at) && slot_ok(applied_upto),
+            Message::NotAdmitted { chosen_at, applied_upto, .. } => {
+                slot_ok(chosen_at) && slot_ok(applied_upto)
+            }
         }
     }
 

@@ -511,7 +511,8 @@ impl Replica {
         let Role::Leader(leader) = &mut self.role else {
             return false;
         };
-        if leader.pending_change.is_some() && leader.config_slot.is_none() && leader.next_slot == applied_upto {
+        if leader.pending_change.is_some() && leader.config_slot.is_none() && leader.next_slot == applied_upto
+        {
             return self.propose_pending_change();
         }
         // Nothing above a configuration entry in flight, nothing while a change waits for the
@@ -616,7 +617,8 @@ impl Replica {
             return;
         };
         let ballot = leader.ballot;
-        let voters: Vec<NodeId> = self.learner.membership().voters().filter(|id| *id != self.config.id).collect();
+        let voters: Vec<NodeId> =
+            self.learner.membership().voters().filter(|id| *id != self.config.id).collect();
         let mut per_peer: BTreeMap<NodeId, Vec<(Slot, Value)>> = BTreeMap::new();
         for (slot, in_flight) in leader.in_flight.iter_mut() {
             if now.saturating_sub(in_flight.sent_tick) < interval {

@@ -13,9 +13,9 @@
 //! 3. Consecutive configurations differ by at most one voter ([`Membership::check_successor`]),
 //!    so a stale leader's quorum of the old configuration meets every quorum of the new one.
 
+use crate::membership::ChangeError;
 use crate::membership::{Incarnation, MembershipChange};
 use crate::message::ProposalError;
-use crate::membership::ChangeError;
 use crate::replica::{InFlight, Origin, Replica, Role};
 use crate::types::{NodeId, RequestId, Slot, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,7 +85,9 @@ impl Replica {
         let slot = leader.next_slot;
         leader.next_slot += 1;
         let value = Value::Config(next);
-        leader.in_flight.insert(slot, InFlight { value: value.clone(), votes: BTreeSet::from([id]), sent_tick: now });
+        leader
+            .in_flight
+            .insert(slot, InFlight { value: value.clone(), votes: BTreeSet::from([id]), sent_tick: now });
         leader.unsent.push(slot);
         leader.config_slot = Some(slot);
         leader.change_waiter = request_id;

@@ -236,7 +236,9 @@ impl Replica {
                 durable.applied_upto,
                 durable.truncation,
                 durable.requests,
-                durable.membership.unwrap_or_else(|| Membership::bootstrap(&config.members, &config.addresses)),
+                durable
+                    .membership
+                    .unwrap_or_else(|| Membership::bootstrap(&config.members, &config.addresses)),
             ),
             stale_accepts_refused: 0,
             superseded_leaderships: 0,
@@ -423,11 +425,20 @@ impl Replica {
                 self.learner.note_member_progress(from, upto);
                 self.maybe_catch_up();
             }
-            Message::Prepare { .. } | Message::Nack { .. } | Message::Forward { .. } | Message::ForwardReply { .. } => {}
+            Message::Prepare { .. }
+            | Message::Nack { .. }
+            | Message::Forward { .. }
+            | Message::ForwardReply { .. } => {}
         }
     }
 
-    fn on_not_admitted(&mut self, from: NodeId, admitted: Option<Incarnation>, chosen_at: Slot, applied_upto: Slot) {
+    fn on_not_admitted(
+        &mut self,
+        from: NodeId,
+        admitted: Option<Incarnation>,
+        chosen_at: Slot,
+        applied_upto: Slot,
+    ) {
         if admitted == Some(self.config.incarnation) {
             return;
         }
@@ -453,7 +464,12 @@ impl Replica {
             return;
         }
         let applied = self.learner.membership().chosen_at;
-        if self.learner.membership().get(self.config.id).is_some_and(|m| m.incarnation == self.config.incarnation) {
+        if self
+            .learner
+            .membership()
+            .get(self.config.id)
+            .is_some_and(|m| m.incarnation == self.config.incarnation)
+        {
             self.refused_by.clear();
         }
         match &self.role {
@@ -564,7 +580,11 @@ impl Replica {
             incarnation: self.config.incarnation,
             membership: self.learner.membership().clone(),
             can_vote: self.can_vote(),
-            refused_incarnations: self.refused_incarnations.iter().map(|(id, (inc, _))| (*id, *inc)).collect(),
+            refused_incarnations: self
+                .refused_incarnations
+                .iter()
+                .map(|(id, (inc, _))| (*id, *inc))
+                .collect(),
             refused_by: self.refused_by.clone(),
         }
     }

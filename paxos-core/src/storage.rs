@@ -1,10 +1,10 @@
 //! The reference meaning of [`PersistOp`]s: an in-memory store that the simulation uses as its
 //! "disk" and that durable stores (RocksDB in paxos-node) must behave like.
 
+use crate::membership::Membership;
 use crate::message::TruncationSnapshot;
 use crate::ready::{DurableState, PersistOp};
 use crate::requests::RequestTable;
-use crate::membership::Membership;
 use crate::types::{Ballot, RequestId, Slot, Value};
 use std::collections::BTreeMap;
 

@@ -7,8 +7,8 @@
 //!                           replays one seed (with RUST_BACKTRACE=1 for where it panicked).
 
 use paxos_core::{
-    AcceptedEntry, Ballot, Config, Envelope, MemStorage, MemberRole, Membership, Message, Proposal, ProposalError, Replica,
-    RequestId, Rng, TruncationSnapshot, Value,
+    AcceptedEntry, Ballot, Config, Envelope, MemStorage, MemberRole, Membership, Message, Proposal,
+    ProposalError, Replica, RequestId, Rng, TruncationSnapshot, Value,
 };
 
 /// Mostly small numbers, so messages meet the replica's state; sometimes the edges.
@@ -126,13 +126,13 @@ fn forged_membership(rng: &mut Rng) -> Membership {
     membership
 }
 
-
 /// One replica (node 1 of 3) fed arbitrary messages from nodes 2 and 3, ticks and proposals,
 /// driven as a node drives it.
 fn run(seed: u64) -> (u64, u64, bool) {
     let mut rng = Rng::new(seed);
     // Half the seeds start from a bound cluster, half from the bootstrap configuration.
-    let mut storage = if seed % 2 == 0 { MemStorage::bootstrapped(&[1, 2, 3]) } else { MemStorage::default() };
+    let mut storage =
+        if seed % 2 == 0 { MemStorage::bootstrapped(&[1, 2, 3]) } else { MemStorage::default() };
     let mut replica = Replica::recover(Config::new(1, vec![1, 2, 3]), storage.durable_state(), seed);
     let (mut persisted, mut sent) = (0, 0);
     let mut known: Vec<Ballot> = Vec::new();
@@ -141,7 +141,12 @@ fn run(seed: u64) -> (u64, u64, bool) {
         match rng.range(0, 10) {
             0..=5 => {
                 let from = rng.range(2, 4);
-                replica.step(Envelope { from, to: 1, incarnation: from, message: message(&mut rng, from, &known) });
+                replica.step(Envelope {
+                    from,
+                    to: 1,
+                    incarnation: from,
+                    message: message(&mut rng, from, &known),
+                });
             }
             6..=8 => replica.tick(),
             _ => replica.propose(Proposal {

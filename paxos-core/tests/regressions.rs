@@ -80,8 +80,10 @@ impl Cluster {
             .map(|id| {
                 let mut config = Config::new(*id, members.clone());
                 adjust(&mut config);
-                let storage =
-                    MemStorage { requests: sessions.iter().copied().collect(), ..MemStorage::bootstrapped(&members) };
+                let storage = MemStorage {
+                    requests: sessions.iter().copied().collect(),
+                    ..MemStorage::bootstrapped(&members)
+                };
                 let node = Node {
                     replica: Replica::recover(config, storage.durable_state(), 1000 + id),
                     storage,

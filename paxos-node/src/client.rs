@@ -525,6 +525,21 @@ impl Client {
         .await
     }
 
+    /// A configuration change through the leader; the slot of the configuration entry once
+    /// the leader has applied it. One change at a time: while another is in progress the
+    /// leader says so and this retries until the timeout.
+    pub async fn change_membership(&self, change: paxos_core::MembershipChange) -> Result<Slot, ClientError> {
+        // Not a session's request: the id only routes the answer (the log does not
+        // deduplicate configuration entries, and a retry of an applied change is refused as
+        // such: "already a member", "not a member").
+        let seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()) << 40;
+        let request_id = RequestId { client_id: ADMIN_CLIENT_ID, seq };
+        self.run(Request::ChangeMembership { request_id, change }, interpret_proposed).await
+    }
+
     /// Garbage collection through the leader (truncation needs the leader's view of members).
     pub async fn gc(&self, truncate_below: Option<Slot>, force: bool) -> Result<GcReport, ClientError> {
         self.run(Request::Gc { truncate_below, force }, |response| match response {
@@ -541,6 +556,9 @@ impl Client {
         .await
     }
 }
+
+/// The client id of configuration changes (no session has it: a session's id is a slot).
+const ADMIN_CLIENT_ID: u64 = u64::MAX - 1;
 
 /// What a `Proposed` answer means for a proposal (or a registration): done, or retry where.
 fn interpret_proposed(response: Response) -> (Attempt<Slot>, Option<String>) {

@@ -28,12 +28,27 @@ pub struct NodeConfig {
     /// A connection must begin a frame within `idle` of the last one and finish it within
     /// `frame`, and read what it is sent within `frame`.
     pub timeouts: ReadTimeouts,
+    /// Whether an empty data directory takes part in a brand-new cluster's bootstrap (`New`)
+    /// or joins a cluster that exists (`Existing`: it only learns until the configuration it
+    /// learns admits it). Ignored once the directory holds state.
+    pub initial_cluster_state: ClusterState,
+}
+
+/// `--initial-cluster-state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
 }
 
 impl NodeConfig {
     /// The protocol configuration for this node.
-    pub fn core(&self) -> paxos_core::Config {
+    /// `incarnation` is the data directory's (see [`crate::storage::Storage::incarnation`]).
+    pub fn core(&self, incarnation: paxos_core::Incarnation) -> paxos_core::Config {
         let mut config = paxos_core::Config::new(self.id, self.members.keys().copied().collect());
+        config.incarnation = incarnation;
+        config.addresses = self.members.clone();
+        config.join_existing = self.initial_cluster_state == ClusterState::Existing;
         config.heartbeat_interval_ticks = self.heartbeat_interval_ticks;
         config.election_timeout_ticks = self.election_timeout_ticks;
         // A forwarded proposal waits at most ~5 s for the leader.
@@ -48,8 +63,12 @@ impl NodeConfig {
         if self.id == 0 {
             return Err("node id 0 is reserved; ids start at 1".into());
         }
-        if !self.members.contains_key(&self.id) {
-            return Err(format!("node {} is not among the members given with --peer", self.id));
+        if !self.members.contains_key(&self.id) && self.initial_cluster_state == ClusterState::New {
+            return Err(format!(
+                "node {} is not among the members given with --peer (a node joining a running cluster \
+                 starts with --initial-cluster-state existing)",
+                self.id
+            ));
         }
         if self.members.contains_key(&0) {
             return Err("node id 0 is reserved; ids start at 1".into());

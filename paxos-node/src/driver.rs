@@ -6,13 +6,14 @@
 //! chosen entries and client answers.
 
 use crate::config::NodeConfig;
+use crate::peer_link::PeerLinks;
 use crate::server::AnswerPermit;
 use crate::storage::{Storage, StorageError};
 use crate::wire::{
     Frame, GcError, GcReport, HistoryError, HistoryPage, MemberInfo, ProposeError, Request, Response,
     StatusReport, HISTORY_PAGE_BYTES_MAX, HISTORY_PAGE_ENTRIES_MAX,
 };
-use paxos_core::{Compaction, CompactionError, Message, NodeId, Proposal, Replica, RequestId, Value};
+use paxos_core::{Compaction, CompactionError, NodeId, Proposal, Replica, RequestId, Value};
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
@@ -27,13 +28,56 @@ const PENDING_PROPOSALS_MAX: usize = 200_000;
 const GC_ACCEPTED_RECORDS_MIN: usize = 2_048;
 const GC_INTERVAL_TICKS: u64 = 10;
 
+/// Every member with the address to dial it at, for the peer links: the one this node's
+/// `--peer` flags give for it, if any (how this node reaches that member: a proxy, a NAT),
+/// else the configuration's. Who is a member is the configuration's word alone.
+fn members_of(
+    membership: &paxos_core::Membership,
+    flags: &BTreeMap<NodeId, String>,
+) -> Vec<(NodeId, String)> {
+    membership
+        .members
+        .iter()
+        .map(|(id, m)| (*id, flags.get(id).cloned().unwrap_or_else(|| m.address.clone())))
+        .collect()
+}
+
+/// What needs an operator, one line each with the command that fixes it.
+fn problems(id: NodeId, status: &paxos_core::Status) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (peer, (admitted, chosen_at)) in &status.refused_by {
+        let admitted = match admitted {
+            Some(incarnation) => format!("admits incarnation {incarnation:016x} of node {id}"),
+            None => format!("does not list node {id}"),
+        };
+        problems.push(format!(
+            "this node (id {id}, data directory incarnation {:016x}) is not admitted: node {peer} says the \
+             configuration chosen at slot {chosen_at} {admitted}. If this node lost its data directory, it \
+             waits as a non-voter until an operator runs `paxos-cli member replace {id}`; if it was removed, \
+             stop it",
+            status.incarnation
+        ));
+    }
+    for (peer, incarnation) in &status.refused_incarnations {
+        let admitted = status.membership.get(*peer).map_or(0, |m| m.incarnation);
+        problems.push(format!(
+            "node {peer} came back with data directory incarnation {incarnation:016x}, but the configuration \
+             admits {admitted:016x}: it lost its disk (or it is another node's directory) and its votes are \
+             refused; admit it with `paxos-cli member replace {peer}`"
+        ));
+    }
+    problems
+}
+
 /// Something for the driver to do.
 #[derive(Debug)]
 pub enum Input {
     /// A message from a peer; `from` comes from the connection's handshake.
     Peer {
         from: NodeId,
-        message: Message,
+        /// As the peer's Hello gave it.
+        incarnation: paxos_core::Incarnation,
+        message: paxos_core::Message,
     },
     Client {
         request: Request,
@@ -76,7 +120,9 @@ pub struct Driver {
     config: NodeConfig,
     replica: Replica,
     storage: Storage,
-    peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    links: PeerLinks,
+    /// The problems last logged (see `StatusReport::problems`): each is logged once.
+    problems_logged: Vec<String>,
     pending: BTreeMap<RequestId, Vec<Responder>>,
     pending_count: usize,
     applied_since_start: u64,
@@ -93,17 +139,14 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
-    pub fn new(
-        config: NodeConfig,
-        replica: Replica,
-        storage: Storage,
-        peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
-    ) -> Self {
+    pub fn new(config: NodeConfig, replica: Replica, storage: Storage, mut links: PeerLinks) -> Self {
+        links.follow(members_of(replica.membership(), &config.members));
         Driver {
             config,
             replica,
             storage,
-            peers,
+            links,
+            problems_logged: Vec::new(),
             pending: BTreeMap::new(),
             pending_count: 0,
             applied_since_start: 0,
@@ -174,8 +217,8 @@ impl Driver {
     /// Returns true on shutdown.
     fn handle(&mut self, input: Input) -> bool {
         match input {
-            Input::Peer { from, message } => {
-                self.replica.step(paxos_core::Envelope { from, to: self.config.id, message });
+            Input::Peer { from, incarnation, message } => {
+                self.replica.step(paxos_core::Envelope { from, to: self.config.id, incarnation, message });
             }
             Input::Client { request, respond } => self.on_request(request, respond),
             Input::Shutdown => return true,
@@ -200,6 +243,16 @@ impl Driver {
                 respond.send(Response::History(result));
             }
             Request::Status => respond.send(Response::Status(Box::new(self.status()))),
+            Request::ChangeMembership { request_id, change } => {
+                if self.pending_count >= PENDING_PROPOSALS_MAX {
+                    respond.send(Response::Proposed(Err(ProposeError::Overloaded)));
+                    return;
+                }
+                tracing::info!(?change, "configuration change asked for");
+                self.pending_count += 1;
+                self.pending.entry(request_id).or_default().push(respond);
+                self.replica.change_membership(request_id, change);
+            }
             Request::Gc { truncate_below, force } => {
                 if !self.replica.is_leader() {
                     // gc goes through the leader: it alone knows how far every member applied.
@@ -226,7 +279,11 @@ impl Driver {
     }
 
     fn addr_of(&self, node: Option<NodeId>) -> Option<String> {
-        node.and_then(|id| self.config.members.get(&id).cloned())
+        let id = node?;
+        match self.replica.membership().get(id) {
+            Some(member) if !member.address.is_empty() => Some(member.address.clone()),
+            _ => self.config.members.get(&id).cloned(),
+        }
     }
 
     fn history(&mut self, from_slot: u64, limit: u64) -> Result<HistoryPage, HistoryError> {
@@ -249,7 +306,7 @@ impl Driver {
             .into_iter()
             .map(|(slot, value)| match value {
                 // Registrations open client sessions; they hold no user value.
-                Value::Noop | Value::Register { .. } => (slot, None),
+                Value::Noop | Value::Register { .. } | Value::Config(_) => (slot, None),
                 Value::Command { payload, .. } => (slot, Some(payload)),
             })
             .collect();
@@ -258,14 +315,17 @@ impl Driver {
 
     fn status(&self) -> StatusReport {
         let status = self.replica.status();
-        let members = self
-            .config
+        let members = status
+            .membership
             .members
             .iter()
-            .map(|(id, addr)| MemberInfo {
+            .map(|(id, member)| MemberInfo {
                 id: *id,
-                addr: addr.clone(),
+                addr: member.address.clone(),
                 applied_upto: status.member_applied_upto.get(id).copied(),
+                role: member.role,
+                incarnation: member.incarnation,
+                promote: member.promote,
             })
             .collect();
         StatusReport {
@@ -282,6 +342,10 @@ impl Driver {
             rejected_messages: status.rejected_messages,
             superseded_leaderships: status.superseded_leaderships,
             members,
+            configuration_chosen_at: status.membership.chosen_at,
+            incarnation: status.incarnation,
+            can_vote: status.can_vote,
+            problems: problems(self.config.id, &status),
             fsyncs: self.storage.fsyncs(),
             applied_since_start: self.applied_since_start,
             proposals_since_start: self.proposals_since_start,
@@ -290,13 +354,37 @@ impl Driver {
 
     fn send(&self, envelopes: Vec<paxos_core::Envelope>) {
         for envelope in envelopes {
-            if let Some(link) = self.peers.get(&envelope.to) {
-                // A full link queue drops the message: the protocol retransmits.
-                if link.try_send(envelope.message).is_err() {
-                    tracing::debug!(peer = envelope.to, "peer queue full or closed; message dropped");
-                }
+            let to = envelope.to;
+            // No link (not a member here), or a full queue: dropped, the protocol retransmits.
+            if !self.links.send(to, envelope.message) {
+                tracing::debug!(peer = to, "no link, or its queue is full; message dropped");
             }
         }
+    }
+
+    /// After a Ready that changed the configuration: links follow it, and what changed is
+    /// logged. Problems (a disk the cluster does not know, here or at a member) are logged once
+    /// each, loudly: they need an operator.
+    fn after_configuration_change(&mut self, changed: bool) {
+        if changed {
+            let membership = self.replica.membership().clone();
+            self.links.follow(members_of(&membership, &self.config.members));
+            let members: Vec<String> = membership
+                .members
+                .iter()
+                .map(|(id, m)| {
+                    format!("{id}={} ({}{})", m.address, m.role, if m.promote { ", to promote" } else { "" })
+                })
+                .collect();
+            tracing::info!(chosen_at = ?membership.chosen_at, "configuration: {}", members.join(", "));
+        }
+        let problems = problems(self.config.id, &self.replica.status());
+        for problem in &problems {
+            if !self.problems_logged.contains(problem) {
+                tracing::warn!("{problem}");
+            }
+        }
+        self.problems_logged = problems;
     }
 
     /// The Ready contract: persist (one synced batch), then send, read, apply, answer.
@@ -313,6 +401,12 @@ impl Driver {
             // Fatal on error: nothing that speaks for this batch may leave the process.
             self.storage.write_batch(&ready.persist, needs_sync)?;
             self.replica.on_persisted(ready.number);
+            let changed = ready.persist.iter().any(|op| {
+                matches!(op, paxos_core::PersistOp::Membership(_) | paxos_core::PersistOp::InstallSnapshot(_))
+            });
+            if changed || self.ticks % 50 == 0 {
+                self.after_configuration_change(changed);
+            }
             self.send(ready.persisted_messages);
             for read in ready.history_reads {
                 let entries = self.storage.read_history(

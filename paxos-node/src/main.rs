@@ -3,6 +3,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use paxos_node::certs::IssueRequest;
+use paxos_node::config::ClusterState;
 use paxos_node::connection::ReadTimeouts;
 use paxos_node::tls::{CertFiles, Security, Tls};
 use paxos_node::{NodeConfig, NodeHandle};
@@ -17,6 +18,12 @@ use std::time::Duration;
 ///
 /// Links are mutual TLS: the node presents CERTS_DIR/node-<ID>.pem and trusts only
 /// CERTS_DIR/ca.pem. Create them with `paxos-cli certs --nodes 1,2,3`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum InitialClusterState {
+    New,
+    Existing,
+}
+
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
@@ -32,6 +39,17 @@ struct Args {
     /// Default: this node alone, at its --listen address.
     #[arg(long = "peer", env = "PAXOS_PEERS", value_delimiter = ',', value_name = "ID=ADDR")]
     peers: Vec<String>,
+
+    /// `new`: this node takes part in the bootstrap of a brand-new cluster (the --peer list);
+    /// the first configuration is chosen only once every listed member has answered, and binds
+    /// each one's data directory. `existing`: this node joins a cluster that is running (after
+    /// `paxos-cli member add`, or after losing its disk and `paxos-cli member replace`): it
+    /// learns the history and votes only once the configuration admits it. Matters only for an
+    /// empty data directory; afterwards the chosen configuration decides. A member restarted
+    /// with an empty directory never votes under its old id until `member replace` admits the
+    /// new directory, whichever state it is started with.
+    #[arg(long, env = "PAXOS_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
+    initial_cluster_state: InitialClusterState,
 
     /// Directory of this node's RocksDB database. Created on first start, then bound to this
     /// node id and cluster. Default: ./paxos-data-<ID>.
@@ -183,6 +201,10 @@ async fn main() -> anyhow::Result<()> {
         timeouts: ReadTimeouts {
             idle: Duration::from_millis(args.idle_timeout_ms),
             frame: Duration::from_millis(args.frame_timeout_ms),
+        },
+        initial_cluster_state: match args.initial_cluster_state {
+            InitialClusterState::New => ClusterState::New,
+            InitialClusterState::Existing => ClusterState::Existing,
         },
     };
     let mut node = NodeHandle::start(config).await.context("paxos-node cannot start")?;

@@ -2,7 +2,7 @@
 
 use crate::config::NodeConfig;
 use crate::driver::{Driver, DriverError, Input};
-use crate::peer_link::{self, LinkIdentity};
+use crate::peer_link::{LinkIdentity, PeerLinks};
 use crate::server::{self, ServerContext};
 use crate::storage::Storage;
 use paxos_core::Replica;
@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 /// How long shutdown waits for connections to close (a closing client connection takes up to
@@ -59,20 +59,35 @@ impl NodeHandle {
         })?;
         let mut storage = Storage::open(&config.data_dir, &config.cluster, config.id)?;
         let durable = storage.load()?;
+        let incarnation = storage.incarnation();
         tracing::info!(
             node = config.id,
+            incarnation = format_args!("{incarnation:016x}"),
             promised = %durable.promised,
             applied_upto = durable.applied_upto,
             history_start = durable.truncation.history_start,
             accepted_records = durable.accepted.len(),
+            configuration = ?durable.membership.as_ref().and_then(|m| m.chosen_at),
             "recovered from {}",
             config.data_dir.display()
         );
+        if let Some(membership) = &durable.membership {
+            let chosen: BTreeMap<u64, String> =
+                membership.members.iter().map(|(id, m)| (*id, m.address.clone())).collect();
+            if chosen != config.members {
+                tracing::warn!(
+                    flags = ?config.members,
+                    configuration = ?chosen,
+                    "the --peer flags differ from the configuration chosen at slot {:?}: following the configuration (--peer only bootstraps a new cluster)",
+                    membership.chosen_at
+                );
+            }
+        }
         // Election jitter only needs to differ between nodes and runs.
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
             ^ u64::from(std::process::id()) << 32
             ^ config.id;
-        let replica = Replica::recover(config.core(), durable, seed);
+        let replica = Replica::recover(config.core(incarnation), durable, seed);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|error| StartError::Listen { addr: config.listen, error })?;
@@ -81,24 +96,26 @@ impl NodeHandle {
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let tasks = TaskTracker::new();
-        let mut peers = BTreeMap::new();
-        for (peer_id, peer_addr) in config.members.iter().filter(|(id, _)| **id != config.id) {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            peers.insert(*peer_id, tx);
-            let identity = LinkIdentity {
-                node_id: config.id,
-                peer_id: *peer_id,
-                peer_addr: peer_addr.clone(),
-                cluster: config.cluster.clone(),
-                security: config.security.clone(),
-                flush_timeout: config.timeouts.frame,
-            };
-            tasks.spawn(peer_link::run(identity, rx, shutdown_rx.clone()));
-        }
+        let template = LinkIdentity {
+            node_id: config.id,
+            incarnation,
+            peer_id: 0,
+            peer_addr: String::new(),
+            cluster: config.cluster.clone(),
+            security: config.security.clone(),
+            flush_timeout: config.timeouts.frame,
+        };
+        let links = PeerLinks::new(
+            template,
+            tokio::runtime::Handle::current(),
+            tasks.clone(),
+            shutdown_rx.clone(),
+            PEER_QUEUE_MAX,
+        );
 
         let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE_MAX);
         let (done_tx, done_rx) = oneshot::channel();
-        let driver = Driver::new(config.clone(), replica, storage, peers);
+        let driver = Driver::new(config.clone(), replica, storage, links);
         std::thread::Builder::new()
             .name(format!("paxos-driver-{}", config.id))
             .spawn(move || {
@@ -110,7 +127,6 @@ impl NodeHandle {
         let context = ServerContext {
             node_id: config.id,
             cluster: config.cluster.clone(),
-            members: config.members.keys().copied().collect(),
             inputs: inputs_tx.clone(),
             security: config.security.clone(),
             timeouts: config.timeouts,
@@ -182,6 +198,7 @@ mod tests {
             value_bytes_max: 1 << 20,
             security: Security::InsecurePlaintext,
             timeouts: crate::config::DEFAULT_TIMEOUTS,
+            initial_cluster_state: crate::config::ClusterState::New,
         };
         let node = NodeHandle::start(config).await.expect("start");
         let mut options =

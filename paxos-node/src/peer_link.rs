@@ -23,12 +23,75 @@ const MESSAGES_PER_FLUSH_MAX: usize = 512;
 #[derive(Debug, Clone)]
 pub struct LinkIdentity {
     pub node_id: NodeId,
+    /// This node's data directory's incarnation, presented in the Hello.
+    pub incarnation: paxos_core::Incarnation,
     pub peer_id: NodeId,
     pub peer_addr: String,
     pub cluster: String,
     pub security: Security,
     /// A peer that reads nothing for this long is disconnected (and dialled again).
     pub flush_timeout: Duration,
+}
+
+/// The outbound links of a node, one per other member of the configuration in force: the
+/// driver makes and drops them as the configuration changes.
+pub struct PeerLinks {
+    /// This node's side of every link (the peer's id and address are filled in per link).
+    template: LinkIdentity,
+    runtime: tokio::runtime::Handle,
+    tasks: tokio_util::task::TaskTracker,
+    shutdown: watch::Receiver<bool>,
+    queue_max: usize,
+    links: std::collections::BTreeMap<NodeId, (String, mpsc::Sender<Message>)>,
+}
+
+impl std::fmt::Debug for PeerLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerLinks").field("peers", &self.links.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl PeerLinks {
+    pub fn new(
+        template: LinkIdentity,
+        runtime: tokio::runtime::Handle,
+        tasks: tokio_util::task::TaskTracker,
+        shutdown: watch::Receiver<bool>,
+        queue_max: usize,
+    ) -> Self {
+        PeerLinks { template, runtime, tasks, shutdown, queue_max, links: Default::default() }
+    }
+
+    /// Makes the set of links match `members` (id, address): a link per member but this node,
+    /// redialled when its address changed; links of nodes no longer members close.
+    pub fn follow(&mut self, members: impl IntoIterator<Item = (NodeId, String)>) {
+        let wanted: std::collections::BTreeMap<NodeId, String> = members
+            .into_iter()
+            .filter(|(id, addr)| *id != self.template.node_id && !addr.is_empty())
+            .collect();
+        self.links.retain(|id, (addr, _)| wanted.get(id) == Some(addr));
+        for (id, addr) in wanted {
+            if self.links.contains_key(&id) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(self.queue_max);
+            let identity = LinkIdentity { peer_id: id, peer_addr: addr.clone(), ..self.template.clone() };
+            let _guard = self.runtime.enter();
+            self.tasks.spawn(run(identity, rx, self.shutdown.clone()));
+            self.links.insert(id, (addr, tx));
+        }
+    }
+
+    /// Queues `message` for `to`; false if there is no link or its queue is full (the protocol
+    /// tolerates loss).
+    pub fn send(&self, to: NodeId, message: Message) -> bool {
+        self.links.get(&to).is_some_and(|(_, link)| link.try_send(message).is_ok())
+    }
+
+    /// The address of a member this node links to.
+    pub fn address(&self, id: NodeId) -> Option<&str> {
+        self.links.get(&id).map(|(addr, _)| addr.as_str())
+    }
 }
 
 /// Runs the link to one peer until shutdown.
@@ -69,8 +132,15 @@ pub async fn run(
                 }
             }
         }
-        // Messages queued while down are stale: drop them rather than replay them late.
-        while messages.try_recv().is_ok() {}
+        // Messages queued while down are stale: drop them rather than replay them late. A
+        // closed queue means the driver dropped this link (the peer left the configuration).
+        loop {
+            match messages.try_recv() {
+                Ok(_) => continue,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.changed() => return,
@@ -83,7 +153,7 @@ async fn connect(identity: &LinkIdentity) -> Result<Connection, String> {
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         cluster_id: identity.cluster.clone(),
-        caller: Caller::Node(identity.node_id),
+        caller: Caller::Node(identity.node_id, identity.incarnation),
     };
     let (connection, welcome) = Connection::connect(
         &identity.peer_addr,

@@ -33,7 +33,7 @@ use crate::driver::{Input, Responder};
 use crate::tls::{Credentials, Security};
 use crate::wire::{Caller, Frame, Hello, Request, Response, Welcome, PROTOCOL_VERSION};
 use paxos_core::NodeId;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -74,7 +74,6 @@ const _: () = assert!(CONNECTION_ANSWER_BYTES_MAX <= NODE_ANSWER_BYTES_MAX);
 pub struct ServerContext {
     pub node_id: NodeId,
     pub cluster: String,
-    pub members: BTreeSet<NodeId>,
     pub inputs: SyncSender<Input>,
     pub security: Security,
     pub timeouts: ReadTimeouts,
@@ -205,8 +204,26 @@ struct Slots {
     handshaking: Arc<Roster>,
     clients: Arc<Semaphore>,
     client_roster: Arc<Roster>,
-    peers: BTreeMap<NodeId, (Arc<Semaphore>, Arc<Roster>)>,
+    /// Per node id, made at its first connection: members come and go with the configuration,
+    /// and any node of the cluster (its certificate says so) may be one the configuration this
+    /// node has applied does not list yet. At most `PEER_IDS_MAX` ids.
+    peers: std::sync::Mutex<BTreeMap<NodeId, (Arc<Semaphore>, Arc<Roster>)>>,
     answer_budget: Arc<Semaphore>,
+}
+
+/// Distinct node ids this node keeps connection slots for (members, and nodes about to be).
+const PEER_IDS_MAX: usize = 64;
+
+/// The connection slots of node `peer`, made at its first connection.
+fn peer_slots(slots: &Slots, peer: NodeId) -> Option<(Arc<Semaphore>, Arc<Roster>)> {
+    let mut peers = slots.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !peers.contains_key(&peer) && peers.len() >= PEER_IDS_MAX {
+        return None;
+    }
+    let (semaphore, roster) = peers
+        .entry(peer)
+        .or_insert_with(|| (Arc::new(Semaphore::new(PEER_CONNECTIONS_PER_MEMBER)), Arc::default()));
+    Some((semaphore.clone(), roster.clone()))
 }
 
 /// Accepts connections until `shutdown` turns true, then waits for every connection task to
@@ -217,11 +234,7 @@ pub async fn serve(listener: TcpListener, context: ServerContext, mut shutdown: 
         handshaking: Arc::default(),
         clients: Arc::new(Semaphore::new(CLIENT_CONNECTIONS_MAX)),
         client_roster: Arc::default(),
-        peers: context
-            .members
-            .iter()
-            .map(|&id| (id, (Arc::new(Semaphore::new(PEER_CONNECTIONS_PER_MEMBER)), Arc::default())))
-            .collect(),
+        peers: std::sync::Mutex::default(),
         answer_budget: Arc::new(Semaphore::new(budget_units(NODE_ANSWER_BYTES_MAX))),
     });
     let context = Arc::new(context);
@@ -299,11 +312,13 @@ async fn handle(
         return Err(SessionError::Handshake(reason));
     }
     match hello.caller {
-        Caller::Node(peer) => {
-            // check_hello made sure the peer is a member.
-            let Some((member_slots, roster)) = slots.peers.get(&peer) else {
-                return Err(SessionError::Unexpected("a member without slots"));
+        Caller::Node(peer, incarnation) => {
+            let Some((member_slots, roster)) = peer_slots(slots, peer) else {
+                let reason = format!("this node already knows {PEER_IDS_MAX} other node ids");
+                connection.refuse(reason.clone()).await;
+                return Err(SessionError::Handshake(reason));
             };
+            let (member_slots, roster) = (&member_slots, &roster);
             let slot = match member_slots.clone().try_acquire_owned() {
                 Ok(slot) => Some(slot),
                 // Full: the member's certificate proved who dials, and a member dials again
@@ -328,7 +343,7 @@ async fn handle(
             let place = roster.join(None);
             connection.welcome(welcome(context)).await?;
             tracing::debug!(peer, "peer connected");
-            let result = peer_session(connection, peer, &place, context, shutdown).await;
+            let result = peer_session(connection, peer, incarnation, &place, context, shutdown).await;
             drop(slot);
             result
         }
@@ -379,9 +394,12 @@ fn check_hello(hello: &Hello, credentials: &Credentials, context: &ServerContext
         ));
     }
     match hello.caller {
-        Caller::Node(peer) => {
-            if peer == context.node_id || !context.members.contains(&peer) {
-                return Err(format!("node {peer} is not a peer of node {} in this cluster", context.node_id));
+        Caller::Node(peer, _) => {
+            // Not a check of membership: the configuration changes, and a node this one has not
+            // heard of yet may be a member already (the core learns from it, and counts only
+            // the votes its configuration admits).
+            if peer == context.node_id || peer == 0 {
+                return Err(format!("node {peer} cannot be a peer of node {}", context.node_id));
             }
             if !credentials.is_node(&context.cluster, peer) {
                 return Err(format!(
@@ -406,6 +424,7 @@ fn check_hello(hello: &Hello, credentials: &Credentials, context: &ServerContext
 async fn peer_session(
     mut connection: Connection,
     peer: NodeId,
+    incarnation: paxos_core::Incarnation,
     place: &RosterPlace,
     context: &ServerContext,
     mut shutdown: watch::Receiver<bool>,
@@ -425,7 +444,7 @@ async fn peer_session(
         let Frame::Peer(message) = frame? else {
             return Err(SessionError::Unexpected("peers send only protocol messages"));
         };
-        match context.inputs.try_send(Input::Peer { from: peer, message }) {
+        match context.inputs.try_send(Input::Peer { from: peer, incarnation, message }) {
             Ok(()) => {}
             // The protocol tolerates loss; a full queue means the driver is behind.
             Err(TrySendError::Full(_)) => tracing::debug!(peer, "input queue full; peer message dropped"),
@@ -439,6 +458,10 @@ fn authorise(request: &Request, credentials: &Credentials, cluster: &str) -> Res
     match request {
         Request::Gc { .. } if !credentials.is_admin(cluster) => Err(format!(
             "gc and truncation need an admin certificate (one naming {}); this one is a client's",
+            crate::tls::admin_name(cluster)
+        )),
+        Request::ChangeMembership { .. } if !credentials.is_admin(cluster) => Err(format!(
+            "membership changes need an admin certificate (one naming {}); this one is a client's",
             crate::tls::admin_name(cluster)
         )),
         // The handshake already required a client certificate for everything else.
@@ -565,5 +588,6 @@ fn request_name(request: &Request) -> &'static str {
         Request::History { .. } => "history",
         Request::Status => "status",
         Request::Gc { .. } => "gc",
+        Request::ChangeMembership { .. } => "member",
     }
 }

@@ -31,6 +31,10 @@ const KEY_PROMISED: &[u8] = b"promised";
 /// written before the field was renamed still open.
 const KEY_APPLIED_UPTO: &[u8] = b"chosen_upto";
 const KEY_TRUNCATION: &[u8] = b"truncation";
+/// Written once with the identity: what tells this directory from a new one under the same id.
+const KEY_INCARNATION: &[u8] = b"incarnation";
+/// The configuration in force as of the applied prefix (absent: the bootstrap one).
+const KEY_MEMBERSHIP: &[u8] = b"membership";
 
 /// Storage failures. All are fatal for the node: it must not answer anything it cannot store.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,7 @@ pub struct Storage {
     /// The promise on disk: a write that lowers it is a bug in the replica (asserted, as
     /// `MemStorage` does).
     promised: Ballot,
+    incarnation: paxos_core::Incarnation,
 }
 
 impl std::fmt::Debug for Storage {
@@ -138,6 +143,7 @@ impl Storage {
                 fsyncs: 0,
                 preloaded: None,
                 promised: Ballot::ZERO,
+                incarnation: 0,
             };
             read_only.check_identity(cluster, node, false)?;
             preloaded = Some(read_only.read_state()?);
@@ -145,9 +151,39 @@ impl Storage {
         let cfs = CF_NAMES.into_iter().map(|name| ColumnFamilyDescriptor::new(name, options.clone()));
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(db_error)?;
         let promised = preloaded.as_ref().map_or(Ballot::ZERO, |state: &DurableState| state.promised);
-        let storage = Storage { db, path: path.to_owned(), sync, fsyncs: 0, preloaded, promised };
+        let mut storage =
+            Storage { db, path: path.to_owned(), sync, fsyncs: 0, preloaded, promised, incarnation: 0 };
         storage.check_identity(cluster, node, true)?;
+        storage.incarnation = storage.load_incarnation()?;
         Ok(storage)
+    }
+
+    /// This directory's incarnation: drawn at random when the identity is first written (and,
+    /// for a directory from before incarnations existed, at its first open: the same disk,
+    /// with every promise it made).
+    fn load_incarnation(&self) -> Result<paxos_core::Incarnation, StorageError> {
+        if let Some(incarnation) = self.get::<paxos_core::Incarnation>(CF_META, KEY_INCARNATION)? {
+            return Ok(incarnation);
+        }
+        let mut bytes = [0u8; 8];
+        let random = rustls::crypto::ring::default_provider().secure_random;
+        random.fill(&mut bytes).map_err(|_| StorageError::Corrupt {
+            path: self.path.clone(),
+            cf: CF_META,
+            key: "incarnation".into(),
+            reason: "no randomness available to draw this directory's incarnation".into(),
+        })?;
+        // 0 means "not bound" in a configuration.
+        let incarnation = u64::from_le_bytes(bytes).max(1);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), KEY_INCARNATION, seal(&incarnation)?);
+        self.db.write_opt(batch, &self.sync).map_err(|error| self.db_error(error))?;
+        Ok(incarnation)
+    }
+
+    /// The incarnation of this data directory (see [`paxos_core::Incarnation`]).
+    pub fn incarnation(&self) -> paxos_core::Incarnation {
+        self.incarnation
     }
 
     fn check_identity(
@@ -245,6 +281,7 @@ impl Storage {
         let promised: Ballot = self.get(CF_META, KEY_PROMISED)?.unwrap_or(Ballot::ZERO);
         let applied_upto: Slot = self.get(CF_META, KEY_APPLIED_UPTO)?.unwrap_or(0);
         let truncation: TruncationSnapshot = self.get(CF_META, KEY_TRUNCATION)?.unwrap_or_default();
+        let membership: Option<paxos_core::Membership> = self.get(CF_META, KEY_MEMBERSHIP)?;
         let mut accepted = BTreeMap::new();
         for item in self.db.iterator_cf(self.cf(CF_ACCEPTED), IteratorMode::Start) {
             let (key, record) = item.map_err(|error| self.db_error(error))?;
@@ -285,6 +322,7 @@ impl Storage {
             applied_upto,
             truncation,
             requests: RequestTable::from_records(records),
+            membership,
         })
     }
 
@@ -358,7 +396,11 @@ impl Storage {
                     }
                     batch.put_cf(meta, KEY_APPLIED_UPTO, seal(&snapshot.history_start)?);
                     batch.put_cf(meta, KEY_TRUNCATION, seal(snapshot)?);
+                    if let Some(membership) = &snapshot.membership {
+                        batch.put_cf(meta, KEY_MEMBERSHIP, seal(membership)?);
+                    }
                 }
+                PersistOp::Membership(membership) => batch.put_cf(meta, KEY_MEMBERSHIP, seal(membership)?),
             }
         }
         if sync {
@@ -480,8 +522,12 @@ mod tests {
         }
         ops.push(PersistOp::AppliedUpto(10));
         ops.push(PersistOp::DeleteAcceptedBelow(5));
-        let snapshot =
-            TruncationSnapshot { history_start: 3, table_upto: 10, requests: RequestTable::default() };
+        let snapshot = TruncationSnapshot {
+            history_start: 3,
+            table_upto: 10,
+            requests: RequestTable::default(),
+            membership: None,
+        };
         ops.push(PersistOp::Truncate(snapshot));
         storage.write(&ops).expect("write");
         reference.apply(&ops);
@@ -500,6 +546,7 @@ mod tests {
             history_start: 20,
             table_upto: 25,
             requests: table,
+            membership: Some(paxos_core::Membership::bound(&[1, 2, 3], |id| id + 100)),
         })];
         storage.write(&install).expect("write");
         reference.apply(&install);
@@ -515,7 +562,7 @@ mod tests {
             let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
             let mut replica = Replica::new(config.clone(), 1);
             let prepare = Message::Prepare { ballot: Ballot::new(7, 2), from_slot: 0 };
-            replica.step(Envelope { from: 2, to: 1, message: prepare });
+            replica.step(Envelope { from: 2, to: 1, incarnation: 2, message: prepare });
             let ready = replica.take_ready();
             storage.write(&ready.persist).expect("write");
             replica.on_persisted(ready.number);
@@ -523,7 +570,7 @@ mod tests {
         let mut storage = Storage::open(dir.path(), "c", 1).expect("reopen");
         let mut replica = Replica::recover(config, storage.load().expect("load"), 2);
         let prepare = Message::Prepare { ballot: Ballot::new(6, 3), from_slot: 0 };
-        replica.step(Envelope { from: 3, to: 1, message: prepare });
+        replica.step(Envelope { from: 3, to: 1, incarnation: 3, message: prepare });
         let ready = replica.take_ready();
         assert!(ready.persist.is_empty());
         assert!(matches!(

@@ -9,7 +9,7 @@ use paxos_core::{Ballot, Message, NodeId, ProposalError, RequestId, RoleName, Sl
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Most history entries one `History` request returns (the node caps a larger `limit`).
 pub const HISTORY_PAGE_ENTRIES_MAX: u64 = 10_000;
@@ -48,7 +48,8 @@ const _: () = assert!(2 * CORE_PAGE_FRAME_BYTES_MAX + VALUE_BYTES_LIMIT <= crate
 /// Who opens a connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Caller {
-    Node(NodeId),
+    /// A node, with the incarnation of its data directory (see [`paxos_core::Incarnation`]).
+    Node(NodeId, paxos_core::Incarnation),
     Client,
 }
 
@@ -105,6 +106,12 @@ pub enum Request {
         truncate_below: Option<Slot>,
         force: bool,
     },
+    /// A configuration change (admin only), answered with `Proposed`: the slot of the entry
+    /// once it is applied on the leader.
+    ChangeMembership {
+        request_id: RequestId,
+        change: paxos_core::MembershipChange,
+    },
 }
 
 impl Request {
@@ -114,7 +121,7 @@ impl Request {
     /// lists (a few dozen bytes each), the others by their fixed fields and an address.
     pub fn answer_bytes_max(&self) -> usize {
         match self {
-            Request::Propose { .. } | Request::Gc { .. } => 4 << 10,
+            Request::Propose { .. } | Request::Gc { .. } | Request::ChangeMembership { .. } => 4 << 10,
             Request::Status => 64 << 10,
             Request::History { .. } => HISTORY_PAGE_FRAME_BYTES_MAX,
         }
@@ -181,6 +188,11 @@ pub struct MemberInfo {
     pub addr: String,
     /// How far it has applied, as this node last heard (None: never heard).
     pub applied_upto: Option<Slot>,
+    pub role: paxos_core::MemberRole,
+    /// The incarnation whose votes count (0: not bound yet).
+    pub incarnation: paxos_core::Incarnation,
+    /// A learner that will be promoted to voter once it has caught up.
+    pub promote: bool,
 }
 
 /// A node's view of itself and the cluster.
@@ -205,7 +217,16 @@ pub struct StatusReport {
     /// Times this node gave up leading because another ballot chose a different value at a
     /// slot it had in flight.
     pub superseded_leaderships: u64,
+    /// The configuration in force on this node (`Membership::chosen_at`: the slot of its entry,
+    /// none for the bootstrap configuration from the `--peer` flags).
     pub members: Vec<MemberInfo>,
+    pub configuration_chosen_at: Option<Slot>,
+    /// This node's data directory's incarnation, and whether the configuration lets it vote.
+    pub incarnation: paxos_core::Incarnation,
+    pub can_vote: bool,
+    /// What is wrong, in one line with the command that fixes it: this node's disk is not the
+    /// one the cluster knows, or a member came back with another disk.
+    pub problems: Vec<String>,
     /// Synced batches written since start, and values applied since start: their ratio is the
     /// fsyncs per chosen value (group commit at work).
     pub fsyncs: u64,

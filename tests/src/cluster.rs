@@ -237,10 +237,37 @@ impl Cluster {
     }
 
     pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
+        let command = self.node_command(id);
+        self.spawn_node(id, command)
+    }
+
+    /// Starts node `id` with these `--peer` flags instead of every node's, and `extra` flags
+    /// (a node that joins later: its flags list the members it was told of).
+    pub fn start_node_with_peers(
+        &mut self,
+        id: u64,
+        peers: &[(u64, String)],
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
+        let mut command = Command::new(binary("paxos-node"));
+        command.arg("--id").arg(id.to_string()).arg("--listen").arg(&self.addrs[&id]);
+        for (peer, addr) in peers {
+            command.arg("--peer").arg(format!("{peer}={addr}"));
+        }
+        command.arg("--data-dir").arg(self.data_dir(id));
+        match self.security {
+            Security::Tls(_) => command.arg("--certs-dir").arg(self.certs_dir()),
+            Security::InsecurePlaintext => command.arg("--insecure-plaintext"),
+        };
+        command.args(extra);
+        command.env("RUST_LOG", std::env::var("PAXOS_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        self.spawn_node(id, command)
+    }
+
+    fn spawn_node(&mut self, id: u64, mut command: Command) -> anyhow::Result<()> {
         let log = self.dir.path().join(format!("node-{id}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let child = self
-            .node_command(id)
+        let child = command
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -307,9 +334,15 @@ impl Cluster {
         Client::new(options).expect("endpoints given")
     }
 
-    /// A client with the admin certificate (gc and truncation), knowing every node.
+    /// A client with the admin certificate (gc, truncation, membership), knowing every node.
     pub fn admin_client(&self) -> Client {
-        let mut options = ClientOptions::new(self.addrs.values().cloned().collect(), self.security.clone());
+        self.admin_client_for(&self.addrs.keys().copied().collect::<Vec<_>>())
+    }
+
+    /// A client with the admin certificate that talks to the given nodes only.
+    pub fn admin_client_for(&self, ids: &[u64]) -> Client {
+        let endpoints = ids.iter().map(|id| self.addrs[id].clone()).collect();
+        let mut options = ClientOptions::new(endpoints, self.security.clone());
         if self.security.is_tls() {
             let files = CertFiles::named(&self.certs_dir(), "admin");
             let tls = Tls::for_client(&files, CLUSTER).expect("the admin certificate loads");

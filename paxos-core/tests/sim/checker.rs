@@ -5,7 +5,9 @@
 //! a majority voted for it in one ballot. Two ballots choosing different values at one slot is
 //! an agreement violation even if no node ever applies either.
 
-use paxos_core::{Ballot, Envelope, Incarnation, MemStorage, Membership, Message, NodeId, RequestId, Slot, Value};
+use paxos_core::{
+    Ballot, Envelope, Incarnation, MemStorage, Membership, Message, NodeId, RequestId, Slot, Value,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub struct Checker {

@@ -364,9 +364,8 @@ impl Simulation {
         // Half the runs bootstrap through the log (binding every incarnation needs every
         // member, so not with members down from the start or dying for good); the others start
         // bound, as if the bootstrap were done.
-        let bootstrap = scenario.down_at_start.is_empty()
-            && scenario.faults.permanent_failures == 0
-            && rng.chance(1, 2);
+        let bootstrap =
+            scenario.down_at_start.is_empty() && scenario.faults.permanent_failures == 0 && rng.chance(1, 2);
         let (storage, initial) = if bootstrap {
             (MemStorage::default(), Membership::bootstrap(&members, &BTreeMap::new()))
         } else {
@@ -568,7 +567,9 @@ impl Simulation {
         let uptos: Vec<Slot> = self
             .nodes
             .iter()
-            .filter(|(id, n)| latest.get(**id).is_some_and(|m| m.incarnation == 0 || m.incarnation == n.incarnation))
+            .filter(|(id, n)| {
+                latest.get(**id).is_some_and(|m| m.incarnation == 0 || m.incarnation == n.incarnation)
+            })
             .filter_map(|(_, n)| n.replica.as_ref())
             .map(|r| r.applied_upto())
             .collect();
@@ -706,7 +707,9 @@ impl Simulation {
             }
             for (slot, value) in &ready.chosen {
                 self.checker.on_apply(id, *slot, value)?;
-                if matches!(value, paxos_core::Value::Config(_)) && self.checker.latest_config().chosen_at == Some(*slot) {
+                if matches!(value, paxos_core::Value::Config(_))
+                    && self.checker.latest_config().chosen_at == Some(*slot)
+                {
                     self.stats.configurations_applied = self.checker.configs_applied() as u64;
                 }
             }

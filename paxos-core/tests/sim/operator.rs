@@ -97,7 +97,8 @@ impl Simulation {
     }
 
     pub(super) fn on_operator_reply(&mut self, request_id: RequestId, outcome: Result<Slot, ProposalError>) {
-        let Some(index) = self.operator.in_flight.iter().position(|(seq, _, _)| *seq == request_id.seq) else {
+        let Some(index) = self.operator.in_flight.iter().position(|(seq, _, _)| *seq == request_id.seq)
+        else {
             return;
         };
         let (_, op, _) = self.operator.in_flight.remove(index);
@@ -107,7 +108,9 @@ impl Simulation {
                 Op::Remove { .. } => self.stats.members_removed += 1,
                 Op::Replace { .. } => self.stats.members_replaced += 1,
             },
-            Err(ProposalError::ChangeRefused(ChangeError::NotHeardFrom(_) | ChangeError::SameIncarnation { .. })) => {
+            Err(ProposalError::ChangeRefused(
+                ChangeError::NotHeardFrom(_) | ChangeError::SameIncarnation { .. },
+            )) => {
                 // The wiped node has not restarted (or spoken to the leader) yet.
                 self.operator.queue.push_back(op);
             }
@@ -166,9 +169,8 @@ impl Simulation {
         let voters: Vec<NodeId> = latest.voters().collect();
         let dead = |id: &NodeId| self.nodes.get(id).is_none_or(|n| n.dead);
         // A voter that can vote: alive, with the disk the configuration admits.
-        let admitted = |id: &NodeId| {
-            self.nodes.get(id).is_some_and(|n| !n.dead && latest.admits(*id, n.incarnation))
-        };
+        let admitted =
+            |id: &NodeId| self.nodes.get(id).is_some_and(|n| !n.dead && latest.admits(*id, n.incarnation));
         // Whether the voters other than `id` that can vote are still a majority of them all.
         let majority_without = |id: NodeId, removed: bool| {
             let rest: Vec<&NodeId> = voters.iter().filter(|v| !removed || **v != id).collect();
@@ -177,7 +179,9 @@ impl Simulation {
         };
         match kind {
             _ if permanent && self.rng.chance(1, 2) => {
-                if let Some(id) = latest.members.keys().copied().find(|id| dead(id) && majority_without(*id, true)) {
+                if let Some(id) =
+                    latest.members.keys().copied().find(|id| dead(id) && majority_without(*id, true))
+                {
                     self.operator.queue.push_back(Op::Remove { id });
                 }
             }
@@ -203,12 +207,8 @@ impl Simulation {
             1 => {
                 // A dead member first (what operators remove); else any member whose removal
                 // leaves a live majority of the voters.
-                let candidates: Vec<NodeId> = latest
-                    .members
-                    .keys()
-                    .copied()
-                    .filter(|id| majority_without(*id, true))
-                    .collect();
+                let candidates: Vec<NodeId> =
+                    latest.members.keys().copied().filter(|id| majority_without(*id, true)).collect();
                 let pick = candidates.iter().copied().find(|id| dead(id)).or_else(|| {
                     (!candidates.is_empty())
                         .then(|| candidates[self.rng.range(0, candidates.len() as u64) as usize])
@@ -220,8 +220,12 @@ impl Simulation {
             _ => {
                 // A disk lost: the node restarts empty with a new incarnation, half the time
                 // claiming a brand-new cluster (the dangerous restart).
-                let live: Vec<NodeId> =
-                    latest.members.keys().copied().filter(|id| !dead(id) && majority_without(*id, false)).collect();
+                let live: Vec<NodeId> = latest
+                    .members
+                    .keys()
+                    .copied()
+                    .filter(|id| !dead(id) && majority_without(*id, false))
+                    .collect();
                 if live.is_empty() {
                     return;
                 }
