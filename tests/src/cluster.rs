@@ -79,14 +79,30 @@ pub struct Cluster {
 pub const CLUSTER: &str = paxos_node::config::DEFAULT_CLUSTER;
 
 impl Cluster {
-    /// Starts `size` nodes (ids 1..=size) and waits for a leader.
+    /// Starts `size` nodes (ids 1..=size) and waits for a leader and for the bootstrap
+    /// configuration to be bound (chosen at slot 0 once every member answered).
     pub async fn start(size: u64) -> anyhow::Result<Cluster> {
         let mut cluster = Cluster::new(size)?;
         for id in 1..=size {
             cluster.start_node(id)?;
         }
-        cluster.wait_for_leader(Duration::from_secs(15)).await?;
+        cluster.wait_bootstrapped().await?;
         Ok(cluster)
+    }
+
+    /// Waits until every running node has applied the configuration that binds the bootstrap.
+    pub async fn wait_bootstrapped(&self) -> anyhow::Result<()> {
+        self.wait_for_leader(Duration::from_secs(15)).await?;
+        let running = self.running();
+        wait_until("the bootstrap configuration bound on every node", Duration::from_secs(15), || async {
+            for id in &running {
+                if self.status(*id).await?.configuration_chosen_at.is_none() {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        })
+        .await
     }
 
     /// A cluster with addresses, directories and certificates (nodes 1..=size, a client and
@@ -149,7 +165,7 @@ impl Cluster {
         for id in 1..=size {
             cluster.start_node(id)?;
         }
-        cluster.wait_for_leader(Duration::from_secs(15)).await?;
+        cluster.wait_bootstrapped().await?;
         Ok(cluster)
     }
 
