@@ -160,14 +160,6 @@ pub enum Message {
 }
 
 impl Message {
-    /// Whether this message speaks for the sender's disk: an acceptor's Promise or Accepted.
-    ///
-    /// # Correctness
-    /// Only these must wait until the Ready's `persist` is durable. Every other message may go
-    /// out before the write (see [`crate::Ready`]): a leader's Accept is a request, not a
-    /// statement about its disk, and the leader counts its own vote only when it processes
-    /// replies, which the driver does after the write. This lets the leader's fsync overlap its
-    /// followers'.
     /// Whether every ballot's round is at most [`Ballot::ROUND_MAX`] and every slot at most
     /// [`SLOT_MAX`]. Honest peers never come near either; a message past them is dropped, since
     /// believing it would leave no room above (the next ballot, the window after the slot).
@@ -210,8 +202,26 @@ impl Message {
         }
     }
 
+    /// Whether this message speaks for the sender's disk: an acceptor's Promise or Accepted,
+    /// and a leader's answer that a forwarded proposal was chosen.
+    ///
+    /// # Correctness
+    /// Only these must wait until the Ready's `persist` is durable. Every other message may go
+    /// out before the write (see [`crate::Ready`]): a leader's Accept is a request, not a
+    /// statement about its disk. This lets the leader's fsync overlap its followers'.
+    ///
+    /// A `ForwardReply` that says "chosen" rests on votes, and when the configuration has a
+    /// single voter the leader's own vote, written in this very batch, is the whole quorum: the
+    /// answer must not leave before it is durable (a crash would lose the only vote, and the
+    /// slot could then be chosen with another value). With two voters or more the other votes
+    /// arrive as replies, which the driver processes only after the write, so commit points in
+    /// Accepts and Heartbeats may still leave early. (Found by the simulation: a cluster shrunk
+    /// to one voter and learners, swarm seed 3967.)
     pub fn speaks_for_disk(&self) -> bool {
-        matches!(self, Message::Promise { .. } | Message::Accepted { .. })
+        matches!(
+            self,
+            Message::Promise { .. } | Message::Accepted { .. } | Message::ForwardReply { outcome: Ok(_), .. }
+        )
     }
 }
 

@@ -464,14 +464,12 @@ impl Replica {
             return;
         }
         let applied = self.learner.membership().chosen_at;
-        if self
-            .learner
-            .membership()
-            .get(self.config.id)
-            .is_some_and(|m| m.incarnation == self.config.incarnation)
-        {
+        let membership = self.learner.membership();
+        if membership.get(self.config.id).is_some_and(|m| m.incarnation == self.config.incarnation) {
             self.refused_by.clear();
         }
+        // A member replaced since: its new incarnation is the admitted one now.
+        self.refused_incarnations.retain(|id, (incarnation, _)| !membership.admits(*id, *incarnation));
         match &self.role {
             Role::Follower => {}
             Role::Candidate(candidate) if candidate.configuration == applied => {}

@@ -27,6 +27,8 @@ const PENDING_PROPOSALS_MAX: usize = 200_000;
 /// Accepted records of applied slots are collected when there are more than this many.
 const GC_ACCEPTED_RECORDS_MIN: usize = 2_048;
 const GC_INTERVAL_TICKS: u64 = 10;
+/// How often the driver looks for new problems to log (see `StatusReport::problems`).
+const PROBLEMS_CHECK_INTERVAL_TICKS: u64 = 50;
 
 /// Every member with the address to dial it at, for the peer links: the one this node's
 /// `--peer` flags give for it, if any (how this node reaches that member: a proxy, a NAT),
@@ -206,6 +208,10 @@ impl Driver {
     fn on_tick(&mut self) {
         self.ticks += 1;
         self.replica.tick();
+        if self.ticks % PROBLEMS_CHECK_INTERVAL_TICKS == 0 {
+            // Problems come from messages, not only from configuration changes.
+            self.after_configuration_change(false);
+        }
         if self.ticks % GC_INTERVAL_TICKS == 0
             && self.replica.status().accepted_records > GC_ACCEPTED_RECORDS_MIN
         {
@@ -404,8 +410,8 @@ impl Driver {
             let changed = ready.persist.iter().any(|op| {
                 matches!(op, paxos_core::PersistOp::Membership(_) | paxos_core::PersistOp::InstallSnapshot(_))
             });
-            if changed || self.ticks % 50 == 0 {
-                self.after_configuration_change(changed);
+            if changed {
+                self.after_configuration_change(true);
             }
             self.send(ready.persisted_messages);
             for read in ready.history_reads {

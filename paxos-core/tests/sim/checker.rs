@@ -34,6 +34,8 @@ pub struct Checker {
     votes: BTreeMap<(Slot, Ballot), (Value, BTreeSet<(NodeId, Incarnation)>)>,
     /// The value chosen at each slot by a majority of votes in one ballot, with that ballot.
     chosen_by_votes: BTreeMap<Slot, (Ballot, Value)>,
+    /// `PAXOS_SIM_WATCH_SLOT=N`: print every apply and acknowledgement of slot N.
+    watched_slot: Option<Slot>,
 }
 
 impl Checker {
@@ -50,6 +52,7 @@ impl Checker {
             answered: BTreeMap::new(),
             votes: BTreeMap::new(),
             chosen_by_votes: BTreeMap::new(),
+            watched_slot: std::env::var("PAXOS_SIM_WATCH_SLOT").ok().and_then(|v| v.parse().ok()),
         }
     }
 
@@ -181,6 +184,9 @@ impl Checker {
     }
 
     pub fn on_apply(&mut self, node: NodeId, slot: Slot, value: &Value) -> Result<(), String> {
+        if self.watched_slot == Some(slot) {
+            eprintln!("slot {slot}: node {node} applies {value:?}");
+        }
         match value {
             Value::Command { request_id, payload } => match self.proposed.get(request_id) {
                 Some(proposed) if proposed == payload => {}
@@ -229,6 +235,9 @@ impl Checker {
     }
 
     pub fn on_acknowledged(&mut self, request_id: RequestId, slot: Slot) -> Result<(), String> {
+        if self.watched_slot == Some(slot) {
+            eprintln!("slot {slot}: {request_id} acknowledged");
+        }
         if let Some(previous) = self.acknowledged.insert(request_id, slot) {
             if previous != slot {
                 return Err(format!("exactly-once: {request_id} acknowledged at {previous} and at {slot}"));
