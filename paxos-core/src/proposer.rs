@@ -58,7 +58,7 @@ impl Replica {
         }
         self.election_elapsed_ticks += 1;
         if self.election_elapsed_ticks >= self.election_deadline_ticks {
-            if self.can_vote() {
+            if self.can_lead() {
                 self.become_candidate();
             } else {
                 // A learner, a removed member or a node whose incarnation the configuration
@@ -72,7 +72,7 @@ impl Replica {
 
     /// Starts phase 1 with a ballot above every ballot seen.
     pub(crate) fn become_candidate(&mut self) {
-        assert!(self.can_vote(), "only an admitted voter campaigns");
+        assert!(self.can_lead(), "only an admitted voter campaigns");
         // Rounds from the network stop at `Ballot::ROUND_MAX`; only a promise written before
         // that check existed can sit at the very top, and then no higher ballot exists.
         let Some(round) = self.round_seen.max(self.promised.round).checked_add(1) else {

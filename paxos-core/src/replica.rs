@@ -447,12 +447,19 @@ impl Replica {
         self.maybe_catch_up();
     }
 
-    /// Whether this replica may vote (and so lead): a voter of the configuration in force,
-    /// with the incarnation it admits, and not a joining node still learning the configuration.
+    /// Whether this replica may vote: a voter of the configuration in force, with the
+    /// incarnation it admits.
     pub(crate) fn can_vote(&self) -> bool {
-        let membership = self.learner.membership();
-        membership.counts_vote(self.config.id, self.config.incarnation)
-            && !(self.config.join_existing && !membership.is_bound())
+        self.learner.membership().counts_vote(self.config.id, self.config.incarnation)
+    }
+
+    /// Whether this replica may campaign: it may vote, and it is not a node joining a running
+    /// cluster that has yet to learn the configuration (its flags' bootstrap configuration is
+    /// not the cluster's). Such a node still votes when asked: only a node that counts it as
+    /// a voter asks, and an unbound configuration needs every voter's vote, so a bootstrap
+    /// that a member restarted with `existing` joined can still finish.
+    pub(crate) fn can_lead(&self) -> bool {
+        self.can_vote() && !(self.config.join_existing && !self.learner.membership().is_bound())
     }
 
     /// Ends whatever candidacy or leadership the configuration changed under: a leader's phase
@@ -474,7 +481,7 @@ impl Replica {
             Role::Follower => {}
             Role::Candidate(candidate) if candidate.configuration == applied => {}
             Role::Candidate(_) | Role::Leader(_) => {
-                if self.can_vote() {
+                if self.can_lead() {
                     self.become_candidate();
                 } else {
                     self.step_down(None);

@@ -149,7 +149,24 @@ impl Simulation {
             return;
         }
         let latest = self.checker.latest_config().clone();
+        // An operator waits until every running member has applied the last change before the
+        // next one (`member list` shows it): until then the configuration before it is what a
+        // new leader must learn it through, and a wipe or removal planned against the new one
+        // could take that one's majority.
+        let settled = latest.chosen_at.is_none_or(|slot| {
+            self.nodes
+                .iter()
+                .filter(|(id, _)| latest.contains(**id))
+                .filter_map(|(_, n)| n.replica.as_ref())
+                .all(|replica| replica.applied_upto() > slot)
+        });
+        if !settled {
+            return;
+        }
         if !latest.is_bound() {
+            // During the bootstrap, a disk can be lost too: the binding entry may name the old
+            // incarnation (if it had voted for it) or the new one.
+            self.plan_one_change(&latest, false, 2);
             return;
         }
         // Members that die for good take a minority of the voters; a wipe or the removal of a
@@ -234,8 +251,15 @@ impl Simulation {
                     self.crash(id);
                 }
                 let incarnation = self.rng.next_u64() | 1;
-                // A node the bootstrap did not list must say it joins an existing cluster.
-                let join_existing = self.rng.chance(1, 2) || !self.bootstrap_members.contains(&id);
+                // A node the bootstrap did not list must say it joins an existing cluster; during
+                // the bootstrap a member restarts with its old command line (one started as
+                // joining an existing cluster would never vote for the binding entry, which
+                // needs every member: a bootstrap an operator must start over).
+                let join_existing = if latest.is_bound() {
+                    self.rng.chance(1, 2) || !self.bootstrap_members.contains(&id)
+                } else {
+                    false
+                };
                 let empty = self.empty_disk();
                 let node = self.nodes.get_mut(&id).expect("member runs");
                 node.storage = empty.clone();
