@@ -38,13 +38,8 @@ impl Replica {
     pub(crate) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
         if !self.can_vote() {
             // A learner, a removed member or a node whose disk the configuration does not
-            // know: no promise. The candidate's configuration says this replica votes, so one
-            // of them has not applied the latest configuration: say how far this one has
-            // applied (the candidate catches up if behind) and ask for what it has (this one
-            // catches up if behind, maybe to find it was promoted).
-            let applied_upto = self.learner.applied_upto();
-            self.send(from, Message::HeartbeatAck { ballot, applied_upto });
-            self.send(from, Message::CatchUp { from_slot: applied_upto });
+            // know: no promise.
+            self.answer_prepare_without_promise(from, ballot);
             return;
         }
         if ballot < self.promised {
@@ -68,6 +63,17 @@ impl Replica {
             return;
         }
         self.send_promise(from, ballot, from_slot, Vec::new());
+    }
+
+    /// A Prepare this replica will not promise because the two disagree on who votes (the
+    /// candidate counts this replica as a voter, or this replica does not count the candidate
+    /// as one): one of them has not applied the latest configuration. Says how far this one
+    /// has applied (the candidate catches up if behind) and asks for what the candidate has
+    /// (this one catches up if behind, maybe to find the candidate or itself promoted).
+    pub(crate) fn answer_prepare_without_promise(&mut self, from: NodeId, ballot: Ballot) {
+        let applied_upto = self.learner.applied_upto();
+        self.send(from, Message::HeartbeatAck { ballot, applied_upto });
+        self.send(from, Message::CatchUp { from_slot: applied_upto });
     }
 
     /// Sends the Promise of `ballot`, with `history` (applied entries from `from_slot` on).

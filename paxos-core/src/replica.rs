@@ -313,7 +313,7 @@ impl Replica {
             if self.can_vote() && membership.contains(from) {
                 // A voter of the configuration in force speaks for it: this is a member with a
                 // disk the configuration does not know.
-                self.refuse_incarnation(from, incarnation, &message);
+                self.refuse_incarnation(from, incarnation, message);
             } else {
                 // Not a member as far as this replica knows: this replica's configuration may
                 // be behind (a node added since, a learner or joining node that has not caught
@@ -381,13 +381,12 @@ impl Replica {
     }
 
     /// A member presented an incarnation the configuration does not admit (it lost its disk,
-    /// or was replaced or removed): none of its messages count, except a request for the
-    /// history, which lets it see the configuration itself. It is told why, at most once per
-    /// election timeout.
-    fn refuse_incarnation(&mut self, from: NodeId, incarnation: Incarnation, message: &Message) {
-        if let Message::CatchUp { from_slot } = message {
-            self.on_catch_up(from, *from_slot);
-        }
+    /// or it was replaced by a configuration this replica has not applied yet): no vote of it
+    /// counts and it is not followed, but history and progress still flow both ways (the one
+    /// history is the same whoever holds it), so whichever of the two is behind catches up. It
+    /// is told why, at most once per election timeout.
+    fn refuse_incarnation(&mut self, from: NodeId, incarnation: Incarnation, message: Message) {
+        self.learn_from_stranger(from, message);
         let now = self.tick_now;
         let quiet = self.config.election_timeout_ticks;
         let last_told = self.refused_incarnations.get(&from).map(|(_, tick)| *tick);
@@ -425,10 +424,8 @@ impl Replica {
                 self.learner.note_member_progress(from, upto);
                 self.maybe_catch_up();
             }
-            Message::Prepare { .. }
-            | Message::Nack { .. }
-            | Message::Forward { .. }
-            | Message::ForwardReply { .. } => {}
+            Message::Prepare { ballot, .. } => self.answer_prepare_without_promise(from, ballot),
+            Message::Nack { .. } | Message::Forward { .. } | Message::ForwardReply { .. } => {}
         }
     }
 
@@ -440,6 +437,15 @@ impl Replica {
         applied_upto: Slot,
     ) {
         if admitted == Some(self.config.incarnation) {
+            return;
+        }
+        let ours = self.learner.membership().chosen_at;
+        if ours.is_some_and(|ours| ours > chosen_at) && self.learner.applied_upto() > applied_upto {
+            // The refuser's configuration is older than this replica's, which admits this
+            // incarnation (a replacement it has not applied yet): not a problem, a peer behind.
+            // An empty page of history says how far this replica is, and it catches up.
+            let applied_upto = self.learner.applied_upto();
+            self.send(from, Message::CatchUpEntries { entries: Vec::new(), applied_upto });
             return;
         }
         self.refused_by.insert(from, (admitted, chosen_at));

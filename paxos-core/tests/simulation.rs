@@ -123,6 +123,13 @@ const SWARM_REGRESSION_SEEDS: &[u64] = &[
     // A learner (in its own view) ignored a Prepare in silence: the candidate, which counted it
     // as a voter, never learned that one of them was behind, and never won.
     60,
+    // A voter whose configuration was behind refused a replaced member's new disk, and the
+    // replaced member (whose newer configuration admits it) only recorded the refusal: neither
+    // caught up. Now a refused node that knows a newer configuration says how far it is.
+    2480,
+    // A candidate whose configuration had promoted it Prepared a voter that still counted it a
+    // learner and ignored the Prepare in silence: the voter never caught up.
+    17551,
 ];
 
 /// The teaching implementation's own test: 5 acceptors of which 2 are down, 2 nodes proposing,

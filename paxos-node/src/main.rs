@@ -44,7 +44,8 @@ struct Args {
     /// the first configuration is chosen only once every listed member has answered, and binds
     /// each one's data directory. `existing`: this node joins a cluster that is running (after
     /// `paxos-cli member add`, or after losing its disk and `paxos-cli member replace`): it
-    /// learns the history and votes only once the configuration admits it. Matters only for an
+    /// learns the history and never campaigns before it knows the cluster's configuration
+    /// (the --peer list then only says where to find peers). Matters only for an
     /// empty data directory; afterwards the chosen configuration decides. A member restarted
     /// with an empty directory never votes under its old id until `member replace` admits the
     /// new directory, whichever state it is started with.
