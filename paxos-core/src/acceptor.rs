@@ -100,6 +100,7 @@ impl Replica {
                 chosen: data.chosen,
                 applied_upto: data.applied_upto,
                 covered_upto: data.covered_upto,
+                log_id: self.learner.membership().log_id,
             },
         );
     }

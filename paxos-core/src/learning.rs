@@ -115,7 +115,8 @@ impl Replica {
                 bytes_max: self.config.message_bytes_max,
             });
         } else {
-            self.send(from, Message::CatchUpEntries { entries: Vec::new(), applied_upto });
+            let log_id = self.learner.membership().log_id;
+            self.send(from, Message::CatchUpEntries { entries: Vec::new(), applied_upto, log_id });
         }
     }
 
@@ -140,7 +141,8 @@ impl Replica {
             ReadPurpose::CatchUp => {
                 let entries = unbroken_run(read.from_slot, entries);
                 let applied_upto = self.learner.applied_upto();
-                self.send(read.to, Message::CatchUpEntries { entries, applied_upto })
+                let log_id = self.learner.membership().log_id;
+                self.send(read.to, Message::CatchUpEntries { entries, applied_upto, log_id })
             }
             ReadPurpose::Promise { ballot } => self.send_promise(read.to, ballot, read.from_slot, entries),
         }
@@ -171,6 +173,9 @@ impl Replica {
             return;
         };
         let start = installed.history_start;
+        // A snapshot may jump over configuration entries: whoever leads or campaigns under
+        // the old configuration starts over (`settle_membership`).
+        self.membership_changed |= installed.membership.is_some();
         self.persist(PersistOp::InstallSnapshot(installed));
         self.accepted = self.accepted.split_off(&start);
         let jumped_in_flight = match &self.role {
@@ -309,8 +314,11 @@ mod tests {
         assert!(cluster.replies.is_empty(), "the proposal is in flight");
         let theirs =
             Value::Command { request_id: proposal(client, 2, "").request_id, payload: b"theirs".to_vec() };
-        let entries =
-            crate::Message::CatchUpEntries { entries: vec![(slot, theirs)], applied_upto: slot + 1 };
+        let entries = crate::Message::CatchUpEntries {
+            entries: vec![(slot, theirs)],
+            applied_upto: slot + 1,
+            log_id: 1,
+        };
         cluster.node(leader).step(crate::Envelope {
             from: peer,
             to: leader,
@@ -395,7 +403,8 @@ mod tests {
     #[test]
     fn history_entries_above_a_gap_are_dropped_not_kept_as_chosen() {
         let mut follower = crate::test_support::replica(1, &[1, 2, 3]);
-        let entries = crate::Message::CatchUpEntries { entries: vec![(1, Value::Noop)], applied_upto: 2 };
+        let entries =
+            crate::Message::CatchUpEntries { entries: vec![(1, Value::Noop)], applied_upto: 2, log_id: 1 };
         follower.step(crate::Envelope { from: 2, to: 1, incarnation: 2, message: entries });
         assert!(
             follower.learner.chosen_pending().is_empty(),
@@ -405,6 +414,7 @@ mod tests {
         let entries = crate::Message::CatchUpEntries {
             entries: vec![(0, Value::Noop), (1, Value::Noop)],
             applied_upto: 2,
+            log_id: 1,
         };
         follower.step(crate::Envelope { from: 2, to: 1, incarnation: 2, message: entries });
         assert_eq!(follower.applied_upto(), 2);

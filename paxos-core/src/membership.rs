@@ -69,6 +69,11 @@ pub struct Membership {
     pub members: BTreeMap<NodeId, Member>,
     /// The slot of the entry that made this configuration; `None` for the bootstrap one.
     pub chosen_at: Option<Slot>,
+    /// Which log this is: the incarnation of the leader that bound the bootstrap, copied into
+    /// every later configuration (0 while unbound). Histories of different logs never mix: a
+    /// node wiped and restarted as a brand-new single-member cluster starts a log of its own,
+    /// and must not take the old cluster's entries after its own (see `Replica::same_log`).
+    pub log_id: u64,
 }
 
 /// Why a configuration cannot follow another.
@@ -82,8 +87,6 @@ pub enum ChangeError {
     Unbound(NodeId),
     #[error("a change may add or remove one voter at a time (this one changes {0})")]
     TooManyVoters(usize),
-    #[error("the bootstrap configuration can only be followed by one binding every voter")]
-    NotABinding,
     #[error("node {0} is not a member")]
     NotAMember(NodeId),
     #[error("node {0} is a member already")]
@@ -96,6 +99,8 @@ pub enum ChangeError {
     LastVoter(NodeId),
     #[error("address {0:?} is not a host:port")]
     BadAddress(String),
+    #[error("the configuration belongs to log {found:x}, not {expected:x}")]
+    OtherLog { expected: u64, found: u64 },
 }
 
 impl Membership {
@@ -108,7 +113,7 @@ impl Membership {
                 (*id, Member { address, incarnation: 0, role: MemberRole::Voter, promote: false })
             })
             .collect();
-        Membership { members, chosen_at: None }
+        Membership { members, chosen_at: None, log_id: 0 }
     }
 
     /// A configuration as if the binding entry had been chosen before slot 0, with
@@ -120,6 +125,7 @@ impl Membership {
             member.incarnation = incarnation(*id);
         }
         membership.chosen_at = Some(0);
+        membership.log_id = 1;
         membership
     }
 
@@ -192,9 +198,19 @@ impl Membership {
             return Err(ChangeError::Unbound(id));
         }
         if !self.is_bound() {
-            let same_voters = self.voters().eq(next.voters());
-            let same_members = self.members.keys().eq(next.members.keys());
-            return if same_voters && same_members { Ok(()) } else { Err(ChangeError::NotABinding) };
+            // Whatever binds first: the bootstrap configuration comes from each node's own
+            // flags (a node joining later lists other members than the bootstrap did), so
+            // judging the entry by it would let nodes apply the same entry differently. What
+            // the bootstrap leader proposed was accepted by every voter it knew, and every
+            // later configuration is checked against this one.
+            return if next.log_id == 0 {
+                Err(ChangeError::OtherLog { expected: 1, found: 0 })
+            } else {
+                Ok(())
+            };
+        }
+        if next.log_id != self.log_id {
+            return Err(ChangeError::OtherLog { expected: self.log_id, found: next.log_id });
         }
         let voters = |m: &Membership| -> Vec<(NodeId, Incarnation)> {
             m.voters().map(|id| (id, m.members[&id].incarnation)).collect()
@@ -215,7 +231,7 @@ impl Membership {
         change: &MembershipChange,
         seen: &BTreeMap<NodeId, Incarnation>,
     ) -> Result<Membership, ChangeError> {
-        let mut next = Membership { members: self.members.clone(), chosen_at: None };
+        let mut next = Membership { members: self.members.clone(), chosen_at: None, log_id: self.log_id };
         match change {
             MembershipChange::Add { id, address, learner } => {
                 if self.contains(*id) {
@@ -264,7 +280,8 @@ impl Membership {
                 member.promote = false;
                 member.incarnation = *incarnation;
             }
-            MembershipChange::Bind { incarnations } => {
+            MembershipChange::Bind { incarnations, log_id } => {
+                next.log_id = *log_id;
                 for (id, member) in next.members.iter_mut() {
                     if let Some(incarnation) = incarnations.get(id) {
                         member.incarnation = *incarnation;
@@ -304,9 +321,10 @@ pub enum MembershipChange {
         id: NodeId,
         incarnation: Incarnation,
     },
-    /// (leader) The bootstrap configuration's voters get their incarnations.
+    /// (leader) The bootstrap configuration's voters get their incarnations, and the log its id.
     Bind {
         incarnations: BTreeMap<NodeId, Incarnation>,
+        log_id: u64,
     },
 }
 
@@ -334,16 +352,20 @@ mod tests {
     fn only_a_binding_may_follow_the_bootstrap() {
         let bootstrap = Membership::bootstrap(&[1, 2, 3], &BTreeMap::new());
         let all = seen(&[(1, 11), (2, 22), (3, 33)]);
-        let bound = bootstrap.after(&MembershipChange::Bind { incarnations: all }, &BTreeMap::new()).unwrap();
+        let bound = bootstrap
+            .after(&MembershipChange::Bind { incarnations: all, log_id: 11 }, &BTreeMap::new())
+            .unwrap();
         assert!(bootstrap.check_successor(&bound).is_ok());
         let partial = seen(&[(1, 11), (2, 22)]);
         assert_eq!(
-            bootstrap.after(&MembershipChange::Bind { incarnations: partial }, &BTreeMap::new()),
+            bootstrap.after(&MembershipChange::Bind { incarnations: partial, log_id: 11 }, &BTreeMap::new()),
             Err(ChangeError::Unbound(3))
         );
+        // A node's bootstrap configuration is its own flags: the first binding is taken as it
+        // comes, so that every node applies it alike whatever its flags say.
         let mut grown = bound.clone();
         grown.members.insert(4, grown.members[&1].clone());
-        assert_eq!(bootstrap.check_successor(&grown), Err(ChangeError::NotABinding));
+        assert!(Membership::bootstrap(&[1, 2], &BTreeMap::new()).check_successor(&grown).is_ok());
     }
 
     #[test]

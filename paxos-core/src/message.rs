@@ -129,6 +129,8 @@ pub enum Message {
         chosen: Vec<(Slot, Value)>,
         applied_upto: Slot,
         covered_upto: Option<Slot>,
+        /// The sender's log (see [`crate::Membership::log_id`]; 0 while unbound).
+        log_id: u64,
     },
     /// The receiver promised a higher ballot; `promised` lets the sender retry above it.
     Nack { ballot: Ballot, promised: Ballot },
@@ -145,7 +147,8 @@ pub enum Message {
     /// Asks for chosen entries from `from_slot`.
     CatchUp { from_slot: Slot },
     /// Chosen entries, in slot order, exactly as the sender's history holds them.
-    CatchUpEntries { entries: Vec<(Slot, Value)>, applied_upto: Slot },
+    /// `log_id`: the sender's log (see [`crate::Membership::log_id`]; 0 while unbound).
+    CatchUpEntries { entries: Vec<(Slot, Value)>, applied_upto: Slot, log_id: u64 },
     /// The requested range was truncated: the receiver restarts its history at `history_start`
     /// with the duplicate table the sender kept when it truncated.
     CatchUpTruncated { snapshot: TruncationSnapshot },
@@ -169,7 +172,16 @@ impl Message {
         let entries_ok = |entries: &[(Slot, Value)]| entries.iter().all(|(slot, _)| slot_ok(slot));
         match self {
             Message::Prepare { ballot, from_slot } => ballot_ok(ballot) && slot_ok(from_slot),
-            Message::Promise { ballot, from_slot, accepted, history, chosen, applied_upto, covered_upto } => {
+            Message::Promise {
+                ballot,
+                from_slot,
+                accepted,
+                history,
+                chosen,
+                applied_upto,
+                covered_upto,
+                ..
+            } => {
                 ballot_ok(ballot)
                     && slot_ok(from_slot)
                     && accepted.iter().all(|entry| ballot_ok(&entry.ballot) && slot_ok(&entry.slot))
@@ -190,7 +202,9 @@ impl Message {
             }
             Message::HeartbeatAck { ballot, applied_upto } => ballot_ok(ballot) && slot_ok(applied_upto),
             Message::CatchUp { from_slot } => slot_ok(from_slot),
-            Message::CatchUpEntries { entries, applied_upto } => entries_ok(entries) && slot_ok(applied_upto),
+            Message::CatchUpEntries { entries, applied_upto, .. } => {
+                entries_ok(entries) && slot_ok(applied_upto)
+            }
             Message::CatchUpTruncated { snapshot } => {
                 slot_ok(&snapshot.history_start) && slot_ok(&snapshot.table_upto)
             }
@@ -217,6 +231,15 @@ impl Message {
     /// arrive as replies, which the driver processes only after the write, so commit points in
     /// Accepts and Heartbeats may still leave early. (Found by the simulation: a cluster shrunk
     /// to one voter and learners, swarm seed 3967.)
+    /// The log a message of history speaks for (see [`crate::Membership::log_id`]).
+    pub fn log_id(&self) -> Option<u64> {
+        match self {
+            Message::Promise { log_id, .. } | Message::CatchUpEntries { log_id, .. } => Some(*log_id),
+            Message::CatchUpTruncated { snapshot } => snapshot.membership.as_ref().map(|m| m.log_id),
+            _ => None,
+        }
+    }
+
     pub fn speaks_for_disk(&self) -> bool {
         matches!(
             self,

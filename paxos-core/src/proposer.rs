@@ -64,6 +64,9 @@ impl Replica {
                 // A learner, a removed member or a node whose incarnation the configuration
                 // does not admit never campaigns: its own vote would count for nothing, or for
                 // promises it no longer remembers.
+                if matches!(self.role, Role::Candidate(_)) {
+                    self.step_down(None);
+                }
                 self.reset_election_timer();
                 self.maybe_catch_up();
             }
@@ -191,6 +194,12 @@ impl Replica {
                 self.learner.learn_chosen(slot, value);
             }
             self.apply_verbatim(history);
+            if self.membership_changed {
+                // The promises carried configuration entries, now applied: this phase 1 asked
+                // the wrong voters for the slots above them (two changes can leave its quorum
+                // disjoint from theirs). `settle_membership` starts over once this input ends.
+                return;
+            }
             if self.learner.applied_upto() < max_applied_upto {
                 // Not `==`: from the applied prefix (again), or back to it from a later page.
                 if self.learner.applied_upto() != from_slot {
@@ -508,6 +517,12 @@ impl Replica {
         let applied_upto = self.learner.applied_upto();
         let now = self.tick_now;
         let bound = self.learner.membership().is_bound();
+        if self.membership_changed {
+            // A configuration entry was applied during this input (maybe one another leader
+            // got chosen, learned by catch-up): nothing more is proposed under this phase 1;
+            // `settle_membership` starts a new candidacy once the input ends.
+            return false;
+        }
         let Role::Leader(leader) = &mut self.role else {
             return false;
         };
@@ -845,6 +860,7 @@ mod tests {
             chosen: vec![],
             applied_upto: 0,
             covered_upto: None,
+            log_id: 1,
         };
         cluster.node(1).step(Envelope { from: 2, to: 1, incarnation: 2, message: promise });
         let ready = cluster.node(1).take_ready_persisted();
@@ -875,6 +891,7 @@ mod tests {
             chosen: vec![],
             applied_upto: 0,
             covered_upto: None,
+            log_id: 1,
         };
         cluster.node(candidate).step(Envelope { from: 2, to: 1, incarnation: 2, message: promise });
         let ready = cluster.node(candidate).take_ready_persisted();

@@ -127,7 +127,8 @@ impl Replica {
                 return;
             }
             let incarnations = membership.voters().map(|id| (id, seen[&id])).collect();
-            MembershipChange::Bind { incarnations }
+            // The log is named after the disk of the leader that binds it.
+            MembershipChange::Bind { incarnations, log_id: self.config.incarnation }
         } else {
             let slack = self.config.entries_per_message_max as Slot;
             let applied_upto = self.learner.applied_upto();

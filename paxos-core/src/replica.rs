@@ -131,6 +131,9 @@ pub struct Status {
     /// Peers that refused this replica's messages: node -> (incarnation they admit, slot of
     /// their configuration).
     pub refused_by: BTreeMap<NodeId, (Option<Incarnation>, Slot)>,
+    /// Nodes whose history belongs to another log than this replica's (node -> their log):
+    /// one of the two bootstrapped a cluster of its own.
+    pub foreign_logs: BTreeMap<NodeId, u64>,
 }
 
 /// What a replica is doing now; crosses the wire in status reports (as `"leader"` etc. in JSON).
@@ -204,6 +207,8 @@ pub struct Replica {
     pub(crate) refused_by: BTreeMap<NodeId, (Option<Incarnation>, Slot)>,
     /// A configuration entry was applied since the last input finished.
     pub(crate) membership_changed: bool,
+    /// Nodes whose history belongs to another log than this replica's: node -> their log.
+    pub(crate) foreign_logs: BTreeMap<NodeId, u64>,
 
     pub(crate) ready: Ready,
     /// Number of the last Ready handed out.
@@ -254,6 +259,7 @@ impl Replica {
             refused_incarnations: BTreeMap::new(),
             refused_by: BTreeMap::new(),
             membership_changed: false,
+            foreign_logs: BTreeMap::new(),
             ready: Ready::default(),
             ready_number: 0,
             ready_unpersisted: None,
@@ -304,6 +310,11 @@ impl Replica {
             self.rejected_messages += 1;
             return;
         }
+        if let Some(theirs) = message.log_id() {
+            if !self.same_log(from, theirs) {
+                return;
+            }
+        }
         if self.seen_incarnations.insert(from, incarnation).is_some_and(|before| before != incarnation) {
             // What the member's former incarnation had applied says nothing of this one.
             self.learner.forget_member_progress(from);
@@ -350,7 +361,16 @@ impl Replica {
         self.observe_ballot(&message);
         match message {
             Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
-            Message::Promise { ballot, from_slot, accepted, history, chosen, applied_upto, covered_upto } => {
+            Message::Promise {
+                ballot,
+                from_slot,
+                accepted,
+                history,
+                chosen,
+                applied_upto,
+                covered_upto,
+                ..
+            } => {
                 let data = PromiseData { accepted, history, chosen, applied_upto, covered_upto };
                 self.on_promise(from, incarnation, ballot, from_slot, data)
             }
@@ -368,7 +388,7 @@ impl Replica {
                 self.on_heartbeat_ack(from, ballot, applied_upto)
             }
             Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
-            Message::CatchUpEntries { entries, applied_upto } => {
+            Message::CatchUpEntries { entries, applied_upto, .. } => {
                 self.on_catch_up_entries(from, entries, applied_upto)
             }
             Message::CatchUpTruncated { snapshot } => self.on_catch_up_truncated(from, snapshot),
@@ -403,13 +423,26 @@ impl Replica {
         self.send(from, message);
     }
 
+    /// Whether `from`'s history (of log `theirs`) may be taken: both logs unbound, or the same
+    /// one. A node wiped and restarted as a brand-new single-member cluster has bound a log of
+    /// its own; taking the old cluster's entries after its own would mix two histories, so it
+    /// takes nothing, and says so (`status`).
+    fn same_log(&mut self, from: NodeId, theirs: u64) -> bool {
+        let ours = self.learner.membership().log_id;
+        if ours == 0 || theirs == 0 || ours == theirs {
+            return true;
+        }
+        self.foreign_logs.insert(from, theirs);
+        false
+    }
+
     /// What a replica takes from a node outside its configuration: the history (every node of
     /// the cluster holds a prefix of the one chosen history) and how far the node has got.
     /// Nothing that counts as a vote or makes it follow a leader.
     fn learn_from_stranger(&mut self, from: NodeId, message: Message) {
         match message {
             Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
-            Message::CatchUpEntries { entries, applied_upto } => {
+            Message::CatchUpEntries { entries, applied_upto, .. } => {
                 self.on_catch_up_entries(from, entries, applied_upto)
             }
             Message::CatchUpTruncated { snapshot } => self.on_catch_up_truncated(from, snapshot),
@@ -445,7 +478,8 @@ impl Replica {
             // incarnation (a replacement it has not applied yet): not a problem, a peer behind.
             // An empty page of history says how far this replica is, and it catches up.
             let applied_upto = self.learner.applied_upto();
-            self.send(from, Message::CatchUpEntries { entries: Vec::new(), applied_upto });
+            let log_id = self.learner.membership().log_id;
+            self.send(from, Message::CatchUpEntries { entries: Vec::new(), applied_upto, log_id });
             return;
         }
         self.refused_by.insert(from, (admitted, chosen_at));
@@ -597,6 +631,7 @@ impl Replica {
                 .map(|(id, (inc, _))| (*id, *inc))
                 .collect(),
             refused_by: self.refused_by.clone(),
+            foreign_logs: self.foreign_logs.clone(),
         }
     }
 

@@ -65,6 +65,7 @@ fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
             chosen: entries(rng),
             applied_upto: number(rng),
             covered_upto: rng.chance(1, 2).then(|| number(rng)),
+            log_id: if rng.chance(1, 2) { 1 } else { number(rng) },
         },
         2 => Message::Nack { ballot: ballot(rng, from, known), promised: ballot(rng, from, known) },
         3 => Message::Accept {
@@ -84,7 +85,9 @@ fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
         },
         6 => Message::HeartbeatAck { ballot: ballot(rng, from, known), applied_upto: number(rng) },
         7 => Message::CatchUp { from_slot: number(rng) },
-        8 => Message::CatchUpEntries { entries: entries(rng), applied_upto: number(rng) },
+        8 => {
+            Message::CatchUpEntries { entries: entries(rng), applied_upto: number(rng), log_id: number(rng) }
+        }
         9 => Message::CatchUpTruncated {
             snapshot: TruncationSnapshot {
                 history_start: number(rng),

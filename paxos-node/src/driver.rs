@@ -68,6 +68,16 @@ fn problems(id: NodeId, status: &paxos_core::Status) -> Vec<String> {
              refused; admit it with `paxos-cli member replace {peer}`"
         ));
     }
+    for (peer, theirs) in &status.foreign_logs {
+        problems.push(format!(
+            "node {peer} holds another log ({theirs:016x}) than this node ({:016x}): one of the two was \
+             started as a brand-new cluster of its own (a member wiped and restarted with \
+             --initial-cluster-state new and a --peer list that needs no one else). Neither takes the \
+             other's history. Stop the one that is not the cluster, delete its data directory, start it \
+             with --initial-cluster-state existing, and run `paxos-cli member replace ID`",
+            status.membership.log_id
+        ));
+    }
     problems
 }
 

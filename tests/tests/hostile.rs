@@ -108,7 +108,7 @@ fn forged_catch_up() -> Message {
         request_id: RequestId { client_id: 999, seq: i },
         payload: format!("forged-{i}").into_bytes(),
     };
-    Message::CatchUpEntries { entries: (1..6).map(|i| (i, value(i))).collect(), applied_upto: 6 }
+    Message::CatchUpEntries { entries: (1..6).map(|i| (i, value(i))).collect(), applied_upto: 6, log_id: 0 }
 }
 
 /// Proposes `count` values through `client`, recording them.

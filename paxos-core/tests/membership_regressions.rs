@@ -1,0 +1,695 @@
+//! Hand-routed schedules found by an adversarial review of the membership change; each broke
+//! the core before its fix (the test says which rule was missing).
+//!
+//! The harness is the one of `regressions.rs` (copied: test files share no code), extended so
+//! that nodes may start with their own `Config` and disk (joining nodes, wiped nodes, nodes of
+//! a cluster that bootstraps through the log).
+
+use paxos_core::{
+    Config, Envelope, MemStorage, MembershipChange, Message, NodeId, Proposal, ProposalError, Replica,
+    RequestId, RoleName, Slot, Value,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+// ----- harness -----
+
+type Kind = fn(&Message) -> bool;
+
+fn is_prepare(m: &Message) -> bool {
+    matches!(m, Message::Prepare { .. })
+}
+fn is_promise(m: &Message) -> bool {
+    matches!(m, Message::Promise { .. })
+}
+fn is_accept(m: &Message) -> bool {
+    matches!(m, Message::Accept { .. })
+}
+fn is_accepted(m: &Message) -> bool {
+    matches!(m, Message::Accepted { .. })
+}
+#[allow(dead_code)]
+fn any(_: &Message) -> bool {
+    true
+}
+
+struct Node {
+    replica: Replica,
+    storage: MemStorage,
+    applied: Vec<(Slot, Value)>,
+    replies: Vec<(RequestId, Result<Slot, ProposalError>)>,
+}
+
+struct Cluster {
+    nodes: BTreeMap<NodeId, Node>,
+    links: BTreeMap<(NodeId, NodeId), VecDeque<Envelope>>,
+    cut: BTreeSet<(NodeId, NodeId)>,
+    dead: BTreeSet<NodeId>,
+}
+
+fn rid(client_id: u64, seq: u64) -> RequestId {
+    RequestId { client_id, seq }
+}
+
+/// Sessions 1, 2 and 3 open (as if registered before slot 0).
+fn sessions() -> BTreeMap<RequestId, Slot> {
+    (1..=3).map(|client| (rid(client, 0), client)).collect()
+}
+
+impl Cluster {
+    fn empty() -> Self {
+        Cluster {
+            nodes: BTreeMap::new(),
+            links: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            dead: BTreeSet::new(),
+        }
+    }
+
+    /// Adds (or replaces, e.g. after a wipe) node `config.id`, recovered from `storage`.
+    fn start(&mut self, config: Config, storage: MemStorage) {
+        let id = config.id;
+        let replica = Replica::recover(config, storage.durable_state(), 1000 + id);
+        self.links.retain(|(from, to), _| *from != id && *to != id);
+        self.dead.remove(&id);
+        self.nodes.insert(id, Node { replica, storage, applied: Vec::new(), replies: Vec::new() });
+    }
+
+    fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[&id]
+    }
+
+    fn replica(&mut self, id: NodeId) -> &mut Replica {
+        &mut self.nodes.get_mut(&id).expect("member").replica
+    }
+
+    fn is_leader(&self, id: NodeId) -> bool {
+        self.node(id).replica.is_leader()
+    }
+
+    fn applied_upto(&self, id: NodeId) -> Slot {
+        self.node(id).replica.applied_upto()
+    }
+
+    fn flush(&mut self, id: NodeId) {
+        loop {
+            let node = self.nodes.get_mut(&id).expect("member");
+            let ready = node.replica.take_ready();
+            if ready.is_empty() {
+                return;
+            }
+            node.storage.apply(&ready.persist);
+            node.replica.on_persisted(ready.number);
+            node.applied.extend(ready.chosen);
+            node.replies.extend(ready.replies.into_iter().map(|r| (r.request_id, r.outcome)));
+            for read in &ready.history_reads {
+                let entries = node.storage.read_history(
+                    read.from_slot,
+                    read.upto_slot,
+                    read.entries_max,
+                    read.bytes_max,
+                );
+                node.replica.serve_history_read(read, entries);
+            }
+            for envelope in ready.messages.into_iter().chain(ready.persisted_messages) {
+                let link = (envelope.from, envelope.to);
+                if self.cut.contains(&link)
+                    || self.dead.contains(&envelope.from)
+                    || self.dead.contains(&envelope.to)
+                    || !self.nodes.contains_key(&envelope.to)
+                {
+                    continue;
+                }
+                self.links.entry(link).or_default().push_back(envelope);
+            }
+        }
+    }
+
+    fn tick(&mut self, id: NodeId) {
+        assert!(!self.dead.contains(&id), "node {id} is dead");
+        self.replica(id).tick();
+        self.flush(id);
+    }
+
+    fn campaign(&mut self, id: NodeId) {
+        for _ in 0..1000 {
+            self.tick(id);
+            if self.node(id).replica.status().role != RoleName::Follower {
+                return;
+            }
+        }
+        panic!("node {id} never campaigned");
+    }
+
+    fn tick_until_sent(&mut self, id: NodeId, to: NodeId, kind: Kind) {
+        for _ in 0..1000 {
+            if self.queued(id, to, kind) > 0 {
+                return;
+            }
+            self.tick(id);
+        }
+        panic!("node {id} never sent the expected message to {to}");
+    }
+
+    fn propose(&mut self, id: NodeId, request_id: RequestId, payload: &str) {
+        self.replica(id).propose(Proposal { request_id, payload: payload.as_bytes().to_vec() });
+        self.flush(id);
+    }
+
+    fn change(&mut self, id: NodeId, seq: u64, change: MembershipChange) {
+        self.replica(id).change_membership(rid(u64::MAX - 1, seq), change);
+        self.flush(id);
+    }
+
+    fn queued(&self, from: NodeId, to: NodeId, kind: Kind) -> usize {
+        self.links.get(&(from, to)).map_or(0, |q| q.iter().filter(|e| kind(&e.message)).count())
+    }
+
+    fn deliver(&mut self, envelope: Envelope) {
+        if self.dead.contains(&envelope.from) || self.dead.contains(&envelope.to) {
+            return;
+        }
+        let to = envelope.to;
+        self.replica(to).step(envelope);
+        self.flush(to);
+    }
+
+    fn take_where(&mut self, from: NodeId, to: NodeId, kind: Kind) -> Vec<Envelope> {
+        let Some(queue) = self.links.get_mut(&(from, to)) else {
+            return Vec::new();
+        };
+        let (taken, kept): (Vec<Envelope>, Vec<Envelope>) = queue.drain(..).partition(|e| kind(&e.message));
+        queue.extend(kept);
+        taken
+    }
+
+    fn deliver_where(&mut self, from: NodeId, to: NodeId, kind: Kind) -> usize {
+        let taken = self.take_where(from, to, kind);
+        let count = taken.len();
+        for envelope in taken {
+            self.deliver(envelope);
+        }
+        count
+    }
+
+    fn deliver_all_among(&mut self, group: &[NodeId]) {
+        for _ in 0..1_000_000 {
+            let link = self
+                .links
+                .iter()
+                .find(|((from, to), q)| !q.is_empty() && group.contains(from) && group.contains(to))
+                .map(|(link, _)| *link);
+            let Some((from, to)) = link else {
+                return;
+            };
+            let envelope = self.links.get_mut(&(from, to)).and_then(VecDeque::pop_front).expect("non-empty");
+            self.deliver(envelope);
+        }
+        panic!("messages among {group:?} never stopped");
+    }
+
+    fn cut(&mut self, a: NodeId, b: NodeId) {
+        for link in [(a, b), (b, a)] {
+            self.cut.insert(link);
+            self.links.remove(&link);
+        }
+    }
+
+    fn heal(&mut self, a: NodeId, b: NodeId) {
+        self.cut.remove(&(a, b));
+        self.cut.remove(&(b, a));
+    }
+
+    /// Ticks every node of `group` once per round and delivers everything inside `group`.
+    fn run_among(&mut self, group: &[NodeId], ticks: u64) {
+        for _ in 0..ticks {
+            for id in group {
+                self.tick(*id);
+            }
+            self.deliver_all_among(group);
+        }
+    }
+
+    fn leader_among(&self, group: &[NodeId]) -> Option<NodeId> {
+        group.iter().copied().find(|id| self.is_leader(*id))
+    }
+
+    fn reply(&self, node: NodeId, request_id: RequestId) -> Option<&Result<Slot, ProposalError>> {
+        self.node(node).replies.iter().rev().find(|(r, _)| *r == request_id).map(|(_, outcome)| outcome)
+    }
+
+    fn assert_agreement(&self) {
+        let mut first: BTreeMap<Slot, (NodeId, &Value)> = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            for (slot, value) in &node.applied {
+                match first.get(slot) {
+                    Some((other, earlier)) if *earlier != value => panic!(
+                        "agreement violated at slot {slot}: node {other} applied {earlier:?}, node {id} applied {value:?}{}",
+                        self.histories()
+                    ),
+                    Some(_) => {}
+                    None => {
+                        first.insert(*slot, (*id, value));
+                    }
+                }
+            }
+        }
+    }
+
+    fn histories(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(id, node)| {
+                let s = node.replica.status();
+                format!(
+                    "\n  node {id}: {:?} promised {} applied_upto {} voters {:?} applied {:?}",
+                    s.role,
+                    s.promised,
+                    s.applied_upto,
+                    s.membership.voters().collect::<Vec<_>>(),
+                    node.applied
+                )
+            })
+            .collect()
+    }
+}
+
+fn voters(c: &Cluster, id: NodeId) -> Vec<NodeId> {
+    c.node(id).replica.membership().voters().collect()
+}
+
+/// A bound cluster {1,2,3} (member id has incarnation id), plus `extra` nodes that start
+/// empty (the bound configuration on disk, as the simulation's new disks) and join.
+fn bound_cluster(extra: &[NodeId]) -> Cluster {
+    let mut c = Cluster::empty();
+    let members = [1, 2, 3];
+    for id in members {
+        let storage = MemStorage { requests: sessions(), ..MemStorage::bootstrapped(&members) };
+        c.start(Config::new(id, members.to_vec()), storage);
+    }
+    for id in extra {
+        let storage = MemStorage { requests: sessions(), ..MemStorage::bootstrapped(&members) };
+        let mut config = Config::new(*id, members.to_vec());
+        config.join_existing = true;
+        c.start(config, storage);
+    }
+    c
+}
+
+// ----- 1. a candidate applies two configuration changes from a Promise and leads at once -----
+
+/// Five nodes eventually; the cluster starts bound as {1,2,3} and grows to {1,2,3,4,5}.
+///
+/// 1. Node 1 leads ballot b1 in {1,2,3} and proposes x_0..x_19 at slots 0..19: it accepts
+///    them itself, every Accept is lost, and node 1 is cut off from everyone.
+/// 2. Node 2 leads and the operator adds 4 and then 5 (each: Add learner, Promote): the
+///    configuration entries Add4, Promote4, Add5, Promote5 are chosen at slots 0..3 and
+///    applied by 2, 3, 4, 5. The configuration in force is now {1,2,3,4,5} (majority 3).
+/// 3. Node 2 is cut from 3, 4, 5. Node 3 leads with {3,4,5} and chooses w at slot 4; node 3
+///    applies it and answers the client Ok(4). Nodes 4 and 5 voted but never hear the commit.
+/// 4. Node 1, isolated, has campaigned again and again (its round is now above node 3's). The
+///    link 1-2 (and 1-4) heals. Node 1 campaigns with ballot b in its configuration {1,2,3}:
+///    node 2 promises (a majority of {1,2,3} with node 1), its Promise carrying the history
+///    0..3 (the four configuration entries). Node 1 applies them, and IN THE SAME INPUT goes
+///    on to `become_leader`: its phase 1 (answered by {1,2}, a majority of {1,2,3} but not of
+///    {1,2,3,4,5}) makes it propose its own x_4..x_19 in ballot b > node 3's ballot, and it
+///    accepts them locally. Only after that input does `settle_membership` start a new
+///    candidacy.
+/// 5. Node 1's new candidacy (ballot b' > b) is answered by {1,2,4}, a majority of the new
+///    configuration. At slot 4 node 4 reports (ballot of node 3, w) and node 1 its own
+///    (b, x_4): b wins, and node 1 gets x_4 chosen at slot 4.
+///
+/// Slot 4 is chosen twice: w (applied by node 3, answered to its client) and x_4.
+#[test]
+fn a_candidate_that_applies_two_configuration_changes_from_a_promise_does_not_lead_on_the_old_phase_one() {
+    let mut c = bound_cluster(&[4, 5]);
+    let all = [1, 2, 3, 4, 5];
+
+    // 1. Node 1 leads b1 and accepts x_0..x_19 alone.
+    c.campaign(1);
+    c.deliver_all_among(&[1, 2, 3]);
+    assert!(c.is_leader(1), "schedule: node 1 should lead{}", c.histories());
+    for other in [2, 3, 4, 5] {
+        c.cut(1, other);
+    }
+    for seq in 0..20 {
+        c.propose(1, rid(1, 100 + seq), &format!("x{seq}"));
+    }
+    assert_eq!(c.node(1).storage.accepted.len(), 20);
+
+    // 2. Node 2 leads and grows the cluster to five voters.
+    c.campaign(2);
+    c.deliver_all_among(&[2, 3, 4, 5]);
+    assert!(c.is_leader(2), "schedule: node 2 should lead{}", c.histories());
+    c.change(2, 1, MembershipChange::Add { id: 4, address: "n4:1".into(), learner: false });
+    for _ in 0..200 {
+        c.run_among(&[2, 3, 4, 5], 1);
+        if voters(&c, 2).contains(&4) && voters(&c, 4).contains(&4) {
+            break;
+        }
+    }
+    for _ in 0..200 {
+        if c.leader_among(&[2, 3, 4, 5]).is_some() {
+            break;
+        }
+        c.run_among(&[2, 3, 4, 5], 1);
+    }
+    let leader = c.leader_among(&[2, 3, 4, 5]).unwrap_or_else(|| panic!("no leader{}", c.histories()));
+    c.change(leader, 2, MembershipChange::Add { id: 5, address: "n5:1".into(), learner: false });
+    for _ in 0..200 {
+        c.run_among(&[2, 3, 4, 5], 1);
+        if [2, 3, 4, 5].iter().all(|id| voters(&c, *id) == all) && c.leader_among(&[2, 3, 4, 5]).is_some() {
+            break;
+        }
+    }
+    let configured = c.applied_upto(2);
+    assert!(
+        [2, 3, 4, 5].iter().all(|id| voters(&c, *id) == all && c.applied_upto(*id) == configured),
+        "schedule: 2..5 should have applied {{1,2,3,4,5}}{}",
+        c.histories()
+    );
+    assert!(configured < 20, "schedule: node 1's records should reach above {configured}");
+
+    // 3. Node 3 leads {1..5} with {3,4,5} and chooses w at slot `configured`.
+    for other in [3, 4, 5] {
+        c.cut(2, other);
+    }
+    c.campaign(3);
+    c.deliver_all_among(&[3, 4, 5]);
+    assert!(c.is_leader(3), "schedule: node 3 should lead{}", c.histories());
+    let w = rid(2, 1);
+    c.propose(3, w, "w");
+    c.deliver_where(3, 4, is_accept);
+    c.deliver_where(3, 5, is_accept);
+    c.deliver_where(4, 3, is_accepted);
+    c.deliver_where(5, 3, is_accepted);
+    assert_eq!(c.reply(3, w), Some(&Ok(configured)), "schedule: w chosen{}", c.histories());
+    c.cut(3, 4);
+    c.cut(3, 5);
+    assert_eq!(c.applied_upto(4), configured, "schedule: node 4 must not know w chosen");
+    let ballot_w = c.node(3).replica.status().own_ballot.expect("leads");
+
+    // 4. Node 1 (isolated, round above node 3's) campaigns; node 2 promises with the history.
+    for _ in 0..5000 {
+        if c.node(1).replica.promised().round > ballot_w.round {
+            break;
+        }
+        c.tick(1);
+    }
+    c.heal(1, 2);
+    c.heal(1, 4);
+    c.tick_until_sent(1, 2, is_prepare);
+    c.deliver_where(1, 2, is_prepare);
+    c.deliver_where(2, 1, is_promise);
+    let record = c.node(1).storage.accepted.get(&configured).cloned();
+    eprintln!("node 1's record at slot {configured} after the promise: {record:?} (w chosen in {ballot_w})");
+
+    // 5. Node 1's next candidacy, answered by {1,2,4}.
+    for _ in 0..50 {
+        c.deliver_all_among(&[1, 2, 4]);
+        if c.applied_upto(1) > configured {
+            break;
+        }
+        c.tick(1);
+    }
+    c.assert_agreement();
+}
+
+// ----- 2. a lone voter answers a forwarded proposal before its own vote is on disk -----
+
+/// A configuration with one voter and a learner (a single-member cluster that added a
+/// learner, or a cluster shrunk to one voter).
+///
+/// 1. Node 1 is the only voter and leads; node 2 is added as a learner and follows it.
+/// 2. A client asks node 2, which forwards the proposal to node 1. Node 1 proposes it at slot
+///    s; its own vote is a quorum of one, so it chooses, applies and answers at once: the
+///    ForwardReply Ok(s) is in `Ready::messages`, which the Ready contract lets the driver send
+///    BEFORE writing the batch (step 0). The batch holds node 1's vote (the Accept record).
+/// 3. Node 1 crashes before the write: the ForwardReply is out, the vote is not on disk.
+/// 4. Node 1 restarts, leads again and chooses another value at slot s. Node 2 applies it and
+///    answers its client Ok(s) for the first proposal, whose value is nowhere in the log.
+#[test]
+fn a_lone_voter_does_not_answer_a_forwarded_proposal_before_its_vote_is_durable() {
+    let mut c = Cluster::empty();
+    let storage = || MemStorage { requests: sessions(), ..MemStorage::bootstrapped(&[1]) };
+    c.start(Config::new(1, vec![1]), storage());
+    let mut joining = Config::new(2, vec![1]);
+    joining.join_existing = true;
+    c.start(joining, storage());
+
+    // 1. Node 1 leads alone and adds node 2 as a learner.
+    c.campaign(1);
+    assert!(c.is_leader(1), "schedule: node 1 should lead{}", c.histories());
+    c.change(1, 1, MembershipChange::Add { id: 2, address: "n2:1".into(), learner: true });
+    for _ in 0..100 {
+        c.run_among(&[1, 2], 1);
+        if c.is_leader(1)
+            && c.node(2).replica.membership().contains(2)
+            && c.node(2).replica.status().leader == Some(1)
+        {
+            break;
+        }
+    }
+    assert!(
+        c.node(2).replica.membership().contains(2),
+        "schedule: node 2 should be a learner{}",
+        c.histories()
+    );
+
+    // 2. A proposal through node 2, forwarded to node 1.
+    let acked = rid(1, 1);
+    c.propose(2, acked, "acked");
+    let forward = c.take_where(2, 1, |m| matches!(m, Message::Forward { .. })).pop().expect("forwarded");
+    c.replica(1).step(forward);
+    let ready = c.replica(1).take_ready();
+    // Node 1 chose the slot on its own vote; its answer waits for the batch holding that vote.
+    let slot = match ready.messages.iter().chain(&ready.persisted_messages).find_map(|e| match &e.message {
+        Message::ForwardReply { outcome, .. } => Some(outcome.clone()),
+        _ => None,
+    }) {
+        Some(Ok(slot)) => slot,
+        other => panic!("schedule: node 1 should have chosen at once, got {other:?}: {ready:?}"),
+    };
+    assert!(
+        ready
+            .persist
+            .iter()
+            .any(|op| matches!(op, paxos_core::PersistOp::Accept { slot: s, .. } if *s == slot)),
+        "schedule: the batch should hold node 1's vote: {ready:?}"
+    );
+
+    // 3. The driver sends `messages` (allowed before the write), then node 1 crashes.
+    for envelope in ready.messages {
+        c.links.entry((envelope.from, envelope.to)).or_default().push_back(envelope);
+    }
+    c.deliver_where(1, 2, |m| matches!(m, Message::ForwardReply { .. }));
+    let storage = c.node(1).storage.clone();
+    c.start(Config::new(1, vec![1]), storage);
+
+    // 4. Node 1 leads again and chooses another value at the same slot.
+    c.campaign(1);
+    c.propose(1, rid(2, 1), "other");
+    c.run_among(&[1, 2], 20);
+    let answered = c.reply(2, acked).cloned();
+    let at_slot = c.node(2).applied.iter().find(|(s, _)| *s == slot).map(|(_, v)| v.clone());
+    assert!(
+        answered != Some(Ok(slot)) || at_slot.as_ref().and_then(Value::request_id) == Some(acked),
+        "durability: node 2 answered {acked} with {answered:?}, but slot {slot} holds {at_slot:?}{}",
+        c.histories()
+    );
+}
+
+// ----- 3. a stale leader that learns, by catch-up, a configuration without it keeps choosing -----
+
+/// Three nodes, bound {1,2,3}.
+///
+/// 0. Node 2 leads and chooses u at slot 0 with node 3. Node 1 hears the commit point and asks
+///    node 2 for slot 0 (CatchUp{0}); the network duplicates that request and holds the copy.
+/// 1. Node 1 leads ballot b1 with all three and proposes v at slot 1: node 2 accepts, every
+///    other Accept/Accepted is lost. The operator asks node 1 to add learner 4: the change waits
+///    for the window to drain. Node 1 is cut off (and not ticked: it still believes it leads).
+/// 2. Node 2 leads (ballot b2 > b1) with node 3, re-proposes v at slot 1, then removes node 1
+///    (slot 2) and node 3 (slot 3): the configuration is {2}, quorum one.
+/// 3. The late duplicate CatchUp{0} reaches node 2, which serves it (node 1 is now a stranger,
+///    and strangers may read the history). Node 1, still leader of b1, applies slots 1..3
+///    (v matches its own proposal, so it is not "superseded") and in the same input
+///    `fill_window` proposes the waiting change at slot 4 and counts it chosen: the quorum of
+///    {2} is one, and node 1 counts its OWN vote although it is not a voter of {2}. It applies
+///    the entry and answers the operator Ok(4).
+/// 4. Node 2, the only voter, chooses w at slot 4.
+#[test]
+fn a_stale_leader_does_not_count_its_own_vote_in_a_configuration_it_learned_by_catch_up() {
+    let mut c = bound_cluster(&[]);
+
+    // 0. Node 2 chooses u at 0; node 1's CatchUp is duplicated.
+    c.campaign(2);
+    c.deliver_all_among(&[1, 2, 3]);
+    assert!(c.is_leader(2), "schedule: node 2 should lead{}", c.histories());
+    c.propose(2, rid(3, 1), "u");
+    c.take_where(2, 1, any);
+    c.deliver_all_among(&[2, 3]);
+    assert_eq!(c.applied_upto(2), 1, "schedule: u chosen{}", c.histories());
+    c.tick_until_sent(2, 1, |m| matches!(m, Message::Heartbeat { commit_upto: 1, .. }));
+    c.deliver_where(2, 1, |m| matches!(m, Message::Heartbeat { .. }));
+    let catch_up = c.take_where(1, 2, |m| matches!(m, Message::CatchUp { .. })).pop().expect("catch-up");
+    let duplicate = catch_up.clone();
+    c.deliver(catch_up);
+    c.deliver_all_among(&[1, 2, 3]);
+    assert_eq!(c.applied_upto(1), 1, "schedule: node 1 caught up{}", c.histories());
+
+    // 1. Node 1 leads b1; v reaches node 2 only; a change waits on node 1.
+    c.campaign(1);
+    c.deliver_all_among(&[1, 2, 3]);
+    assert!(c.is_leader(1), "schedule: node 1 should lead{}", c.histories());
+    c.propose(1, rid(1, 1), "v");
+    c.take_where(1, 3, any);
+    c.deliver_where(1, 2, is_accept);
+    c.take_where(2, 1, any);
+    c.change(1, 1, MembershipChange::Add { id: 4, address: "n4:1".into(), learner: true });
+    c.cut(1, 2);
+    c.cut(1, 3);
+
+    // 2. Node 2 leads, chooses v at 1, removes 1 then 3.
+    c.campaign(2);
+    c.deliver_all_among(&[2, 3]);
+    assert!(c.is_leader(2), "schedule: node 2 should lead{}", c.histories());
+    c.change(2, 2, MembershipChange::Remove { id: 1 });
+    c.run_among(&[2, 3], 30);
+    let leader = c.leader_among(&[2, 3]).unwrap_or_else(|| panic!("no leader{}", c.histories()));
+    c.change(leader, 3, MembershipChange::Remove { id: 3 });
+    c.run_among(&[2, 3], 30);
+    assert_eq!(voters(&c, 2), vec![2], "schedule: node 2 alone{}", c.histories());
+    assert!(c.is_leader(2), "schedule: node 2 should lead{}", c.histories());
+    let next = c.applied_upto(2);
+
+    // 3. The late duplicate reaches node 2; its answer reaches node 1.
+    c.heal(1, 2);
+    c.deliver(duplicate);
+    c.deliver_where(2, 1, |m| matches!(m, Message::CatchUpEntries { .. }));
+    eprintln!("operator's answer on node 1: {:?}", c.reply(1, rid(u64::MAX - 1, 1)));
+
+    // 4. Node 2 chooses w at the next slot.
+    c.cut(1, 2);
+    c.propose(2, rid(2, 1), "w");
+    c.run_among(&[2], 5);
+    assert!(c.applied_upto(2) > next, "schedule: w chosen{}", c.histories());
+    c.assert_agreement();
+}
+
+/// A cluster that bootstraps through the log: every node of `bootstrap` starts empty with the
+/// `--peer` list `bootstrap` (unbound), and a leader binds it.
+fn bootstrapping_cluster(bootstrap: &[NodeId]) -> Cluster {
+    let mut c = Cluster::empty();
+    for id in bootstrap {
+        let storage = MemStorage { requests: sessions(), ..MemStorage::default() };
+        c.start(Config::new(*id, bootstrap.to_vec()), storage);
+    }
+    c
+}
+
+fn bound_everywhere(c: &Cluster, group: &[NodeId]) -> bool {
+    group.iter().all(|id| c.node(*id).replica.membership().is_bound())
+}
+
+// ----- 4. a wiped member restarted with its bootstrap flags forms a cluster of its own -----
+
+/// `paxos-node` with no flags runs a single-member cluster; members are then added with
+/// `paxos-cli member add`. The README: "A member restarted with an empty directory never votes
+/// under its old id until `member replace` admits the new directory, whichever state it is
+/// started with."
+///
+/// 1. Node 1 bootstraps alone (--peer list {1}) and binds itself at slot 0.
+/// 2. Nodes 2 and 3 join (`existing`) and are added and promoted: voters {1,2,3}.
+/// 3. Node 1's disk is lost; it is restarted the way it was first started (no flags: `new`,
+///    peer list {1}). Its bootstrap configuration is {1}, so "every voter" is itself: it leads,
+///    binds its new incarnation at slot 0 and chooses whatever its clients send, while nodes 2
+///    and 3 (a majority of {1,2,3}) go on with the real history.
+///
+/// Nothing a node knows tells it, alone, that it is not a new cluster: that start makes a new
+/// log (with its own id, the binding leader's incarnation). What must hold is that the two
+/// logs never mix: when node 1 hears the cluster again, neither side takes the other's
+/// history (before log ids, node 1 took the cluster's entries after its own), the cluster
+/// goes on, and node 1 says it belongs to another log.
+#[test]
+fn a_wiped_member_restarted_as_a_new_cluster_never_mixes_its_log_with_the_clusters() {
+    let mut c = bootstrapping_cluster(&[1]);
+    c.campaign(1);
+    c.run_among(&[1], 3);
+    assert!(bound_everywhere(&c, &[1]) && c.is_leader(1), "schedule: node 1 bound{}", c.histories());
+
+    // 2. Nodes 2 and 3 join.
+    for id in [2, 3] {
+        let mut joining = Config::new(id, vec![1]);
+        joining.join_existing = true;
+        c.start(joining, MemStorage { requests: sessions(), ..MemStorage::default() });
+    }
+    for (seq, id) in [(1, 2), (2, 3)] {
+        let leader = c.leader_among(&[1, 2, 3]).unwrap_or_else(|| panic!("no leader{}", c.histories()));
+        c.change(leader, seq, MembershipChange::Add { id, address: format!("n{id}:1"), learner: false });
+        for _ in 0..100 {
+            c.run_among(&[1, 2, 3], 1);
+            if voters(&c, 1).contains(&id) && c.leader_among(&[1, 2, 3]).is_some() {
+                break;
+            }
+        }
+    }
+    assert_eq!(voters(&c, 2), vec![1, 2, 3], "schedule: three voters{}", c.histories());
+    let leader = c.leader_among(&[1, 2, 3]).expect("leader");
+    c.propose(leader, rid(1, 1), "real");
+    c.run_among(&[1, 2, 3], 5);
+
+    // 3. Node 1 loses its disk and restarts as it was first started; 2 and 3 go on.
+    let mut wiped = Config::new(1, vec![1]);
+    wiped.incarnation = 77;
+    c.start(wiped, MemStorage::default());
+    c.cut(1, 2);
+    c.cut(1, 3);
+    c.campaign(1);
+    c.run_among(&[1], 3);
+    let registration = Proposal::register(7);
+    c.replica(1).propose(registration.clone());
+    c.flush(1);
+    c.run_among(&[1], 3);
+    c.run_among(&[2, 3], 30);
+    eprintln!("wiped node 1 answered a registration: {:?}", c.reply(1, registration.request_id));
+    let own: Vec<(Slot, Value)> = c.node(1).applied.clone();
+    c.heal(1, 2);
+    c.heal(1, 3);
+    c.run_among(&[1, 2, 3], 60);
+    assert_eq!(c.node(1).applied, own, "node 1 took entries of another log{}", c.histories());
+    assert!(!c.node(1).replica.status().foreign_logs.is_empty(), "node 1 does not say{}", c.histories());
+    let cluster = Cluster { nodes: c.nodes.split_off(&2), ..Cluster::empty() };
+    cluster.assert_agreement();
+}
+
+// ----- 5. a joining node whose --peer list is not the bootstrap list -----
+
+/// The bootstrap binding is checked on every replica against "the configuration in force",
+/// which for a replica that has not applied it is the one built from ITS OWN --peer flags.
+///
+/// 1. Nodes 1, 2, 3 bootstrap ({1,2,3}) and bind at slot 0.
+/// 2. Node 4 is started with `--initial-cluster-state existing` and a --peer list that names
+///    every member including itself ({1,2,3,4}, as the README says of --peer), then added.
+/// 3. Node 4 catches up from slot 0: the binding fails `check_successor` against {1,2,3,4}
+///    (NotABinding), so node 4 writes a no-op at slot 0 where everyone else has the
+///    configuration, stays unbound for good (every later configuration entry is a no-op there
+///    too), serves that history to whoever catches up from it, and never votes although it is
+///    promoted.
+#[test]
+fn a_joining_node_applies_the_bootstrap_binding_whatever_its_peer_flags() {
+    let mut c = bootstrapping_cluster(&[1, 2, 3]);
+    c.campaign(1);
+    c.run_among(&[1, 2, 3], 10);
+    assert!(bound_everywhere(&c, &[1, 2, 3]), "schedule: bound{}", c.histories());
+    let mut joining = Config::new(4, vec![1, 2, 3, 4]);
+    joining.join_existing = true;
+    c.start(joining, MemStorage { requests: sessions(), ..MemStorage::default() });
+    let leader = c.leader_among(&[1, 2, 3]).unwrap_or_else(|| panic!("no leader{}", c.histories()));
+    c.change(leader, 1, MembershipChange::Add { id: 4, address: "n4:1".into(), learner: false });
+    c.run_among(&[1, 2, 3, 4], 50);
+    eprintln!(
+        "node 4: bound {} can_vote {}",
+        c.node(4).replica.membership().is_bound(),
+        c.node(4).replica.status().can_vote
+    );
+    c.assert_agreement();
+}
