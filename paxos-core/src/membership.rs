@@ -354,7 +354,7 @@ mod tests {
         let all = seen(&[(1, 11), (2, 22), (3, 33)]);
         let bound = bootstrap
             .after(&MembershipChange::Bind { incarnations: all, log_id: 11 }, &BTreeMap::new())
-            .unwrap();
+            .expect("test data");
         assert!(bootstrap.check_successor(&bound).is_ok());
         let partial = seen(&[(1, 11), (2, 22)]);
         assert_eq!(
@@ -377,14 +377,16 @@ mod tests {
         assert_eq!(bound.check_successor(&two_out), Err(ChangeError::TooManyVoters(2)));
         // A new incarnation as a voter at once is two changes: the old one out, the new one in.
         let mut swapped = bound.clone();
-        swapped.members.get_mut(&2).unwrap().incarnation = 7;
+        swapped.members.get_mut(&2).expect("test data").incarnation = 7;
         assert_eq!(bound.check_successor(&swapped), Err(ChangeError::TooManyVoters(2)));
-        let mut replaced = bound.after(&MembershipChange::Replace { id: 2 }, &seen(&[(2, 7)])).unwrap();
+        let mut replaced =
+            bound.after(&MembershipChange::Replace { id: 2 }, &seen(&[(2, 7)])).expect("test data");
         replaced.chosen_at = Some(5);
-        assert_eq!(replaced.get(2).unwrap().role, MemberRole::Learner);
+        assert_eq!(replaced.get(2).expect("test data").role, MemberRole::Learner);
         assert_eq!(replaced.quorum(), 2);
-        let promoted =
-            replaced.after(&MembershipChange::Promote { id: 2, incarnation: 7 }, &BTreeMap::new()).unwrap();
+        let promoted = replaced
+            .after(&MembershipChange::Promote { id: 2, incarnation: 7 }, &BTreeMap::new())
+            .expect("test data");
         assert!(promoted.counts_vote(2, 7));
     }
 

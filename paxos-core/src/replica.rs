@@ -499,7 +499,7 @@ impl Replica {
     /// a voter asks, and an unbound configuration needs every voter's vote, so a bootstrap
     /// that a member restarted with `existing` joined can still finish.
     pub(crate) fn can_lead(&self) -> bool {
-        self.can_vote() && !(self.config.join_existing && !self.learner.membership().is_bound())
+        self.can_vote() && (self.learner.membership().is_bound() || !self.config.join_existing)
     }
 
     /// Ends whatever candidacy or leadership the configuration changed under: a leader's phase

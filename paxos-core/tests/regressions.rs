@@ -815,7 +815,7 @@ fn lagging_followers_then_leader_dies(holes_max: u64, proposals: u64, batch: u64
     let mut seq = 3;
     while seq < proposals + 1 {
         for _ in 0..batch {
-            if seq >= proposals + 1 {
+            if seq > proposals {
                 break;
             }
             let client = 1 + seq % 3;

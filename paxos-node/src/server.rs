@@ -207,15 +207,18 @@ struct Slots {
     /// Per node id, made at its first connection: members come and go with the configuration,
     /// and any node of the cluster (its certificate says so) may be one the configuration this
     /// node has applied does not list yet. At most `PEER_IDS_MAX` ids.
-    peers: std::sync::Mutex<BTreeMap<NodeId, (Arc<Semaphore>, Arc<Roster>)>>,
+    peers: std::sync::Mutex<BTreeMap<NodeId, PeerSlots>>,
     answer_budget: Arc<Semaphore>,
 }
+
+/// A node's connection slots and the roster of its connections.
+type PeerSlots = (Arc<Semaphore>, Arc<Roster>);
 
 /// Distinct node ids this node keeps connection slots for (members, and nodes about to be).
 const PEER_IDS_MAX: usize = 64;
 
 /// The connection slots of node `peer`, made at its first connection.
-fn peer_slots(slots: &Slots, peer: NodeId) -> Option<(Arc<Semaphore>, Arc<Roster>)> {
+fn peer_slots(slots: &Slots, peer: NodeId) -> Option<PeerSlots> {
     let mut peers = slots.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !peers.contains_key(&peer) && peers.len() >= PEER_IDS_MAX {
         return None;

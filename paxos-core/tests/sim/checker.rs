@@ -10,6 +10,9 @@ use paxos_core::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Who voted, each with the incarnation it voted as.
+type Voters = BTreeSet<(NodeId, Incarnation)>;
+
 pub struct Checker {
     /// The configuration the cluster started with (bootstrap or bound).
     initial: Membership,
@@ -31,7 +34,7 @@ pub struct Checker {
     /// crashes (a wiped node's new incarnation starts from nothing, rightly).
     answered: BTreeMap<(NodeId, Incarnation), Ballot>,
     /// Durable votes: (slot, ballot) -> (value, voters with their incarnations).
-    votes: BTreeMap<(Slot, Ballot), (Value, BTreeSet<(NodeId, Incarnation)>)>,
+    votes: BTreeMap<(Slot, Ballot), (Value, Voters)>,
     /// The value chosen at each slot by a majority of votes in one ballot, with that ballot.
     chosen_by_votes: BTreeMap<Slot, (Ballot, Value)>,
     /// `PAXOS_SIM_WATCH_SLOT=N`: print every apply and acknowledgement of slot N.
@@ -105,7 +108,7 @@ impl Checker {
 
     /// Whether the votes at `slot` in `ballot` are a quorum of the configuration that governs
     /// the slot (counting only the incarnation it admits). `None`: not known yet.
-    fn is_quorum(&self, slot: Slot, voters: &BTreeSet<(NodeId, Incarnation)>) -> Option<bool> {
+    fn is_quorum(&self, slot: Slot, voters: &Voters) -> Option<bool> {
         let config = self.config_at(slot)?;
         let counted: BTreeSet<NodeId> = voters
             .iter()

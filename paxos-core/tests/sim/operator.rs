@@ -183,7 +183,9 @@ impl Simulation {
     }
 
     fn plan_one_change(&mut self, latest: &paxos_core::Membership, permanent: bool, kind: u64) {
-        let voters: Vec<NodeId> = latest.voters().collect();
+        // Learners about to be promoted count as voters: the leader promotes them on its own,
+        // with the incarnation it last heard, maybe just before the disk is lost.
+        let voters: Vec<NodeId> = latest.voters().chain(latest.promotable()).collect();
         let dead = |id: &NodeId| self.nodes.get(id).is_none_or(|n| n.dead);
         // A voter that can vote: alive, with the disk the configuration admits.
         let admitted =
