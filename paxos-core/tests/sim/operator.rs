@@ -183,18 +183,22 @@ impl Simulation {
     }
 
     fn plan_one_change(&mut self, latest: &paxos_core::Membership, permanent: bool, kind: u64) {
-        // Learners about to be promoted count as voters: the leader promotes them on its own,
-        // with the incarnation it last heard, maybe just before the disk is lost.
-        let voters: Vec<NodeId> = latest.voters().chain(latest.promotable()).collect();
+        // The voters now, and once the learners waiting for promotion are promoted (the leader
+        // promotes on its own, with the incarnation it last heard, maybe just before a disk is
+        // lost): a change must leave a majority able to vote in both.
+        let now_voters: Vec<NodeId> = latest.voters().collect();
+        let soon_voters: Vec<NodeId> = latest.voters().chain(latest.promotable()).collect();
         let dead = |id: &NodeId| self.nodes.get(id).is_none_or(|n| n.dead);
         // A voter that can vote: alive, with the disk the configuration admits.
         let admitted =
             |id: &NodeId| self.nodes.get(id).is_some_and(|n| !n.dead && latest.admits(*id, n.incarnation));
         // Whether the voters other than `id` that can vote are still a majority of them all.
         let majority_without = |id: NodeId, removed: bool| {
-            let rest: Vec<&NodeId> = voters.iter().filter(|v| !removed || **v != id).collect();
-            let able = rest.iter().filter(|v| ***v != id && admitted(v)).count();
-            !rest.is_empty() && able > rest.len() / 2
+            [&now_voters, &soon_voters].iter().all(|voters| {
+                let rest: Vec<&NodeId> = voters.iter().filter(|v| !removed || **v != id).collect();
+                let able = rest.iter().filter(|v| ***v != id && admitted(v)).count();
+                !rest.is_empty() && able > rest.len() / 2
+            })
         };
         match kind {
             _ if permanent && self.rng.chance(1, 2) => {
