@@ -510,7 +510,6 @@ impl Replica {
         if !std::mem::take(&mut self.membership_changed) {
             return;
         }
-        let applied = self.learner.membership().chosen_at;
         let membership = self.learner.membership();
         if membership.get(self.config.id).is_some_and(|m| m.incarnation == self.config.incarnation) {
             self.refused_by.clear();
@@ -519,7 +518,9 @@ impl Replica {
         self.refused_incarnations.retain(|id, (incarnation, _)| !membership.admits(*id, *incarnation));
         match &self.role {
             Role::Follower => {}
-            Role::Candidate(candidate) if candidate.configuration == applied => {}
+            // Even a candidacy that asked the configuration now in force: an entry can carry
+            // the same `chosen_at` as the one the candidacy started with (a cluster bound
+            // outside the log, at slot 0), and asking again costs one round trip.
             Role::Candidate(_) | Role::Leader(_) => {
                 if self.can_lead() {
                     self.become_candidate();
