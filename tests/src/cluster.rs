@@ -344,10 +344,28 @@ impl Cluster {
 
     /// A client that talks to the given nodes only.
     pub fn client_for(&self, ids: &[u64]) -> Client {
+        self.client_with_timeout(ids, Duration::from_secs(20))
+    }
+
+    /// A client that talks to the given nodes only and gives up after `timeout`.
+    pub fn client_with_timeout(&self, ids: &[u64], timeout: Duration) -> Client {
         let endpoints = ids.iter().map(|id| self.addrs[id].clone()).collect();
         let mut options = ClientOptions::new(endpoints, self.security.clone());
-        options.timeout = Duration::from_secs(20);
+        options.timeout = timeout;
         Client::new(options).expect("endpoints given")
+    }
+
+    /// Waits until the running nodes have applied every recorded slot alike, then checks the
+    /// recorded operations against their histories (panics on an anomaly) and returns the report.
+    pub async fn converge_and_check(&self, recorder: &crate::workload::Recorder) -> crate::workload::Report {
+        let operations = recorder.operations();
+        let max_slot = operations.iter().filter_map(|o| o.slot).max().map_or(0, |s| s + 1);
+        self.wait_converged(max_slot, Duration::from_secs(40)).await.expect("converged");
+        let histories = self.histories().await.expect("histories");
+        let report = crate::workload::check(&operations, &histories);
+        eprintln!("checker: {report:?}");
+        report.assert_clean();
+        report
     }
 
     /// A client with the admin certificate (gc, truncation, membership), knowing every node.

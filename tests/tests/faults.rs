@@ -5,23 +5,13 @@
 //! `PAXOS_SOAK_PROPOSALS=N` lengthens the kill loop into a soak (e.g. 20000).
 
 use paxos_core::Rng;
-use paxos_node::client::{Client, ClientOptions};
-use paxos_tests::workload::{check, run_clients, Operation, Recorder};
+use paxos_tests::workload::{run_clients, Operation, Recorder};
 use paxos_tests::{wait_until, Cluster};
 use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const SETTLE: Duration = Duration::from_secs(40);
-
-fn client_with_timeout(cluster: &Cluster, ids: &[u64], timeout: Duration) -> Client {
-    let mut options = ClientOptions::new(
-        ids.iter().map(|id| cluster.addrs[id].clone()).collect(),
-        cluster.security.clone(),
-    );
-    options.timeout = timeout;
-    Client::new(options).expect("client")
-}
 
 /// Waits until `recorder` has at least `count` acknowledged operations.
 async fn wait_acknowledged(recorder: &Recorder, count: usize) {
@@ -30,18 +20,6 @@ async fn wait_acknowledged(recorder: &Recorder, count: usize) {
     })
     .await
     .expect("progress");
-}
-
-/// Converges the running nodes, then checks the recorded operations against their histories.
-async fn converge_and_check(cluster: &Cluster, recorder: &Recorder) -> paxos_tests::workload::Report {
-    let operations = recorder.operations();
-    let max_slot = operations.iter().filter_map(|o| o.slot).max().map_or(0, |s| s + 1);
-    cluster.wait_converged(max_slot, SETTLE).await.expect("converged");
-    let histories = cluster.histories().await.expect("histories");
-    let report = check(&operations, &histories);
-    eprintln!("checker: {report:?}");
-    report.assert_clean();
-    report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -66,7 +44,7 @@ async fn a_kill_9_of_follower_and_of_leader_while_clients_stream() {
     wait_acknowledged(&recorder, 180).await;
     cluster.start_node(leader).expect("restart leader");
     clients.await.expect("clients");
-    let report = converge_and_check(&cluster, &recorder).await;
+    let report = cluster.converge_and_check(&recorder).await;
     assert_eq!(report.acknowledged, 300, "every proposal is acknowledged in the end: {report:?}");
 }
 
@@ -123,7 +101,7 @@ async fn b_five_nodes_two_down_thousand_values_through_the_cli() {
     }
     cluster.start_node(4).expect("start 4");
     cluster.start_node(5).expect("start 5");
-    let report = converge_and_check(&cluster, &recorder).await;
+    let report = cluster.converge_and_check(&recorder).await;
     assert_eq!(report.acknowledged, 1000);
     assert_eq!(cluster.histories().await.expect("histories").len(), 5);
 }
@@ -135,8 +113,8 @@ async fn c_leader_cut_off_from_the_majority() {
     let others: Vec<u64> = (1..=3).filter(|id| *id != old_leader).collect();
     let recorder = Recorder::default();
     // A client stuck on the old leader, with a short timeout, and clients on the majority.
-    let stuck = client_with_timeout(&cluster, &[old_leader], Duration::from_secs(3));
-    let majority = client_with_timeout(&cluster, &others, Duration::from_secs(20));
+    let stuck = cluster.client_with_timeout(&[old_leader], Duration::from_secs(3));
+    let majority = cluster.client_with_timeout(&others, Duration::from_secs(20));
     for i in 0..20 {
         recorder.propose(&majority, format!("c-before-{i}")).await;
     }
@@ -172,7 +150,7 @@ async fn c_leader_cut_off_from_the_majority() {
     for i in 0..20 {
         recorder.propose(&majority, format!("c-after-{i}")).await;
     }
-    let report = converge_and_check(&cluster, &recorder).await;
+    let report = cluster.converge_and_check(&recorder).await;
     assert!(report.acknowledged >= 90, "{report:?}");
 }
 
@@ -186,7 +164,7 @@ async fn c2_silent_partition_and_slow_links() {
     let follower = (1..=3).find(|id| *id != leader).expect("follower");
     let recorder = Recorder::default();
     let client =
-        client_with_timeout(&cluster, &(1..=3).filter(|id| *id != follower).collect::<Vec<_>>(), SETTLE);
+        cluster.client_with_timeout(&(1..=3).filter(|id| *id != follower).collect::<Vec<_>>(), SETTLE);
     cluster.set_delay(Duration::from_millis(2));
     for i in 0..30 {
         recorder.propose(&client, format!("c2-slow-{i}")).await;
@@ -200,7 +178,7 @@ async fn c2_silent_partition_and_slow_links() {
     for i in 0..30 {
         recorder.propose(&client, format!("c2-healed-{i}")).await;
     }
-    let report = converge_and_check(&cluster, &recorder).await;
+    let report = cluster.converge_and_check(&recorder).await;
     assert_eq!(report.acknowledged, 120, "{report:?}");
 }
 
@@ -228,7 +206,7 @@ async fn d_rolling_restart_under_load() {
         .expect("caught up");
     }
     clients.await.expect("clients");
-    let report = converge_and_check(&cluster, &recorder).await;
+    let report = cluster.converge_and_check(&recorder).await;
     assert_eq!(report.acknowledged, 450, "{report:?}");
 }
 
@@ -276,7 +254,7 @@ async fn e_kill_9_loop() {
         restarts += 1;
     }
     clients.await.expect("clients");
-    let report = converge_and_check(&cluster, &recorder).await;
+    let report = cluster.converge_and_check(&recorder).await;
     eprintln!(
         "kill loop done: {} proposals, {} acknowledged, {kills} kills, {restarts} restarts, {} anomalies",
         report.operations,
@@ -314,7 +292,7 @@ async fn f_truncation_under_load_and_a_node_down_across_it() {
     assert_eq!(report.history_start, 100);
     load.await.expect("load");
     cluster.start_node(down).expect("restart");
-    let report = converge_and_check(&cluster, &recorder).await;
+    let report = cluster.converge_and_check(&recorder).await;
     assert_eq!(report.acknowledged, 250);
     // The snapshot's session table stands where the leader had applied when it cut (at or
     // above 100): the installer's own history restarts there.
@@ -330,7 +308,7 @@ async fn g_whole_cluster_killed_at_once_loses_nothing_acknowledged() {
     let mut load = Vec::new();
     for index in 0..3 {
         let recorder = recorder.clone();
-        let client = client_with_timeout(&cluster, &[1, 2, 3], Duration::from_secs(2));
+        let client = cluster.client_with_timeout(&[1, 2, 3], Duration::from_secs(2));
         load.push(tokio::spawn(async move {
             for seq in 0.. {
                 if recorder.propose(&client, format!("g-c{index}-{seq}")).await.is_none() {
@@ -350,7 +328,7 @@ async fn g_whole_cluster_killed_at_once_loses_nothing_acknowledged() {
         cluster.start_node(id).expect("restart");
     }
     cluster.wait_for_leader(SETTLE).await.expect("leader after restart");
-    let report = converge_and_check(&cluster, &recorder).await;
+    let report = cluster.converge_and_check(&recorder).await;
     assert!(report.acknowledged >= 150, "{report:?}");
 }
 
@@ -426,8 +404,8 @@ async fn i_non_transitive_split_with_a_bridge_and_clients_on_both_sides() {
     let bridge = others[1];
     let right = vec![others[2], others[3]];
     let recorder = Recorder::default();
-    let left_client = client_with_timeout(&cluster, &left, Duration::from_secs(4));
-    let right_client = client_with_timeout(&cluster, &right, Duration::from_secs(4));
+    let left_client = cluster.client_with_timeout(&left, Duration::from_secs(4));
+    let right_client = cluster.client_with_timeout(&right, Duration::from_secs(4));
     for i in 0..10 {
         recorder.propose(&left_client, format!("i-before-{i}")).await;
     }
@@ -464,11 +442,11 @@ async fn i_non_transitive_split_with_a_bridge_and_clients_on_both_sides() {
     }
     cluster.set_delay(Duration::ZERO);
     cluster.heal();
-    let everyone = client_with_timeout(&cluster, &[1, 2, 3, 4, 5], SETTLE);
+    let everyone = cluster.client_with_timeout(&[1, 2, 3, 4, 5], SETTLE);
     for i in 0..20 {
         recorder.propose(&everyone, format!("i-after-{i}")).await;
     }
-    let report = converge_and_check(&cluster, &recorder).await;
+    let report = cluster.converge_and_check(&recorder).await;
     let during: Vec<_> = recorder
         .operations()
         .into_iter()

@@ -4,22 +4,13 @@
 //! the leader can remove itself.
 
 use paxos_core::{MemberRole, MembershipChange};
-use paxos_node::client::{Client, ClientOptions};
+use paxos_node::client::Client;
 use paxos_node::wire::StatusReport;
-use paxos_tests::workload::{check, run_clients, Recorder};
+use paxos_tests::workload::{run_clients, Recorder};
 use paxos_tests::{wait_until, Cluster};
 use std::time::Duration;
 
 const SETTLE: Duration = Duration::from_secs(40);
-
-fn client_with_timeout(cluster: &Cluster, ids: &[u64], timeout: Duration) -> Client {
-    let mut options = ClientOptions::new(
-        ids.iter().map(|id| cluster.addrs[id].clone()).collect(),
-        cluster.security.clone(),
-    );
-    options.timeout = timeout;
-    Client::new(options).expect("client")
-}
 
 /// Proposes `count` values through `client`, recording each; returns how many were acknowledged.
 async fn propose_many(recorder: &Recorder, client: &Client, prefix: &str, count: usize) -> usize {
@@ -30,17 +21,6 @@ async fn propose_many(recorder: &Recorder, client: &Client, prefix: &str, count:
         }
     }
     acknowledged
-}
-
-/// Every acknowledged value at its slot on every running node, identical histories, nothing twice.
-async fn converge_and_check(cluster: &Cluster, recorder: &Recorder) {
-    let operations = recorder.operations();
-    let max_slot = operations.iter().filter_map(|o| o.slot).max().map_or(0, |s| s + 1);
-    cluster.wait_converged(max_slot, SETTLE).await.expect("converged");
-    let histories = cluster.histories().await.expect("histories");
-    let report = check(&operations, &histories);
-    eprintln!("checker: {report:?}");
-    report.assert_clean();
 }
 
 /// Waits until node `id`'s status satisfies `check`.
@@ -74,7 +54,7 @@ async fn a_member_that_lost_its_disk_never_overwrites_acknowledged_values() {
     let others: Vec<u64> = (1..=3).filter(|id| *id != a).collect();
     let (b, c) = (others[0], others[1]);
     let recorder = Recorder::default();
-    let through_a = client_with_timeout(&cluster, &[a], Duration::from_secs(10));
+    let through_a = cluster.client_with_timeout(&[a], Duration::from_secs(10));
     assert_eq!(propose_many(&recorder, &through_a, "before", 5).await, 5);
     cluster.wait_converged(0, SETTLE).await.expect("converged");
 
@@ -90,7 +70,7 @@ async fn a_member_that_lost_its_disk_never_overwrites_acknowledged_values() {
     cluster.heal();
 
     // B and C are a majority by count, but B's votes are not the ones the configuration knows.
-    let through_b_and_c = client_with_timeout(&cluster, &[b, c], Duration::from_secs(4));
+    let through_b_and_c = cluster.client_with_timeout(&[b, c], Duration::from_secs(4));
     let chosen = propose_many(&recorder, &through_b_and_c, "b-and-c", 3).await;
     assert_eq!(chosen, 0, "a wiped member and a lagging one chose values on their own");
 
@@ -110,7 +90,7 @@ async fn a_member_that_lost_its_disk_never_overwrites_acknowledged_values() {
     // A returns: A and C are the majority the configuration knows.
     cluster.start_node(a).expect("restart a");
     let leader = cluster.wait_for_leader_among(&[a, c], SETTLE).await.expect("leader");
-    let through_leader = client_with_timeout(&cluster, &[a, c], Duration::from_secs(10));
+    let through_leader = cluster.client_with_timeout(&[a, c], Duration::from_secs(10));
     assert_eq!(propose_many(&recorder, &through_leader, "after", 5).await, 5);
 
     // The operator admits B's new disk; B catches up as a learner and is promoted.
@@ -121,7 +101,7 @@ async fn a_member_that_lost_its_disk_never_overwrites_acknowledged_values() {
         .await;
     wait_status(&cluster, b, "b voting", |s| s.can_vote && s.problems.is_empty()).await;
     assert_eq!(propose_many(&recorder, &through_leader, "replaced", 5).await, 5);
-    converge_and_check(&cluster, &recorder).await;
+    cluster.converge_and_check(&recorder).await;
 }
 
 /// A member's disk dies under load: the node is restarted empty (as a joining node) and
@@ -168,7 +148,7 @@ async fn member_replace_admits_a_new_disk_under_load() {
     eprintln!("node {victim} replaced at slot {slot}");
     wait_status(&cluster, victim, "the new disk votes", |s| s.can_vote).await;
     load.await.expect("clients");
-    converge_and_check(&cluster, &recorder).await;
+    cluster.converge_and_check(&recorder).await;
 }
 
 /// Grows 3 -> 5 and shrinks 5 -> 3 (removing the leader last) while clients write.
@@ -185,7 +165,7 @@ async fn the_cluster_grows_to_five_and_shrinks_to_three_under_load_and_the_leade
     let load = {
         let recorder = recorder.clone();
         let make = {
-            let client = client_with_timeout(&cluster, &[1, 2, 3], Duration::from_secs(20));
+            let client = cluster.client_with_timeout(&[1, 2, 3], Duration::from_secs(20));
             move |_| client.clone_fresh()
         };
         tokio::spawn(
@@ -232,5 +212,5 @@ async fn the_cluster_grows_to_five_and_shrinks_to_three_under_load_and_the_leade
         status.members
     );
     load.await.expect("clients");
-    converge_and_check(&cluster, &recorder).await;
+    cluster.converge_and_check(&recorder).await;
 }
