@@ -37,6 +37,19 @@ impl Replica {
     /// can count on it.
     pub(crate) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
         if !self.can_vote() {
+            if self.can_lead() && !self.learner.membership().votes(self.config.id) {
+                // A proposer has no promise to give, but a campaign is under way: like an
+                // acceptor that promises, it gives the candidate time to win (phase 1 can take
+                // many pages) instead of pre-empting it with a ballot of its own.
+                if ballot.round >= self.round_seen {
+                    self.step_down_below(ballot);
+                    if !self.is_leader() {
+                        self.reset_election_timer();
+                        self.leader_hint = None;
+                    }
+                }
+                return;
+            }
             // A learner, a removed member or a node whose disk the configuration does not
             // know: no promise.
             self.answer_prepare_without_promise(from, ballot);
@@ -214,6 +227,7 @@ impl Replica {
     /// Records an accepted value (the leader uses this for its own vote too).
     pub(crate) fn accept_locally(&mut self, slot: Slot, ballot: Ballot, value: Value) {
         assert!(ballot >= self.promised, "accepting below the promise");
+        assert!(self.can_vote(), "only a voting member keeps acceptor state");
         if let Some((existing, existing_value)) = self.accepted.get(&slot) {
             if *existing == ballot {
                 // One ballot proposes one value per slot: a retransmission.
@@ -274,6 +288,7 @@ mod tests {
             from: ballot.node,
             to: 1,
             incarnation: ballot.node,
+            role: Default::default(),
             message: Message::Prepare { ballot, from_slot: 0 },
         }
     }
@@ -295,13 +310,19 @@ mod tests {
         acceptor.config.entries_per_message_max = 8;
         let entries: Vec<(u64, Value)> = (0..20).map(|slot| (slot, Value::Noop)).collect();
         let accept = Message::Accept { ballot: Ballot::new(1, 2), entries, commit_upto: 0 };
-        acceptor.step(Envelope { from: 2, to: 1, incarnation: 2, message: accept });
+        acceptor.step(Envelope { from: 2, to: 1, incarnation: 2, role: Default::default(), message: accept });
         acceptor.take_ready_persisted();
         let mut reported = Vec::new();
         let mut from_slot = 0;
         for _ in 0..3 {
             let prepare = Message::Prepare { ballot: Ballot::new(2, 3), from_slot };
-            acceptor.step(Envelope { from: 3, to: 1, incarnation: 3, message: prepare });
+            acceptor.step(Envelope {
+                from: 3,
+                to: 1,
+                incarnation: 3,
+                role: Default::default(),
+                message: prepare,
+            });
             let ready = acceptor.take_ready_persisted();
             let Message::Promise { accepted, covered_upto, .. } = &ready.persisted_messages[0].message else {
                 panic!("no promise: {ready:?}");
@@ -327,7 +348,7 @@ mod tests {
         acceptor.step(prepare(Ballot::new(u64::MAX, 2)));
         let nack =
             Message::Nack { ballot: Ballot::new(1, 1), promised: Ballot::new(Ballot::ROUND_MAX + 1, 3) };
-        acceptor.step(Envelope { from: 3, to: 1, incarnation: 3, message: nack });
+        acceptor.step(Envelope { from: 3, to: 1, incarnation: 3, role: Default::default(), message: nack });
         let ready = acceptor.take_ready_persisted();
         assert!(ready.persist.is_empty() && ready.persisted_messages.is_empty(), "{ready:?}");
         assert_eq!(acceptor.status().rejected_messages, 2);
@@ -361,7 +382,7 @@ mod tests {
         acceptor.step(prepare(Ballot::new(4, 3)));
         let accept =
             Message::Accept { ballot: Ballot::new(4, 3), entries: vec![(0, Value::Noop)], commit_upto: 0 };
-        acceptor.step(Envelope { from: 3, to: 1, incarnation: 3, message: accept });
+        acceptor.step(Envelope { from: 3, to: 1, incarnation: 3, role: Default::default(), message: accept });
         let ready = acceptor.take_ready_persisted();
         assert!(ready.persist.is_empty(), "nothing may be stored for a refused ballot");
         let nacks =
@@ -374,7 +395,7 @@ mod tests {
         let mut acceptor = replica(1, &[1, 2, 3]);
         let accept =
             Message::Accept { ballot: Ballot::new(1, 2), entries: vec![(0, Value::Noop)], commit_upto: 0 };
-        acceptor.step(Envelope { from: 2, to: 1, incarnation: 2, message: accept });
+        acceptor.step(Envelope { from: 2, to: 1, incarnation: 2, role: Default::default(), message: accept });
         acceptor.take_ready_persisted();
         acceptor.step(prepare(Ballot::new(2, 3)));
         let ready = acceptor.take_ready_persisted();
@@ -396,10 +417,22 @@ mod tests {
         let mut acceptor = replica(1, &[1, 2, 3]);
         let (a, b) = (Ballot::new(1, 2), Ballot::new(2, 3));
         let heartbeat = Message::Heartbeat { ballot: a, commit_upto: 2, history_start: 0 };
-        acceptor.step(Envelope { from: 2, to: 1, incarnation: 2, message: heartbeat });
+        acceptor.step(Envelope {
+            from: 2,
+            to: 1,
+            incarnation: 2,
+            role: Default::default(),
+            message: heartbeat,
+        });
         for slot in 0..2 {
             let accept = Message::Accept { ballot: b, entries: vec![(slot, Value::Noop)], commit_upto: 0 };
-            acceptor.step(Envelope { from: 3, to: 1, incarnation: 3, message: accept });
+            acceptor.step(Envelope {
+                from: 3,
+                to: 1,
+                incarnation: 3,
+                role: Default::default(),
+                message: accept,
+            });
         }
         acceptor.take_ready_persisted();
         assert!(
@@ -410,7 +443,13 @@ mod tests {
         assert_eq!(acceptor.applied_upto(), 0);
         // Ballot b's own announcement does mark them.
         let heartbeat = Message::Heartbeat { ballot: b, commit_upto: 2, history_start: 0 };
-        acceptor.step(Envelope { from: 3, to: 1, incarnation: 3, message: heartbeat });
+        acceptor.step(Envelope {
+            from: 3,
+            to: 1,
+            incarnation: 3,
+            role: Default::default(),
+            message: heartbeat,
+        });
         assert_eq!(acceptor.applied_upto(), 2);
     }
 

@@ -1,6 +1,6 @@
 //! Static configuration of a replica: who the members are and every limit, in ticks and bytes.
 
-use crate::membership::Incarnation;
+use crate::membership::{Incarnation, MemberRole};
 use crate::requests::TableLimits;
 use crate::types::NodeId;
 use std::collections::BTreeMap;
@@ -12,7 +12,10 @@ pub struct Config {
     pub id: NodeId,
     /// This replica's data directory's incarnation (see [`crate::Incarnation`]); never 0.
     pub incarnation: Incarnation,
-    /// The bootstrap configuration's voters (the `--peer` flags). Only a replica whose storage
+    /// The role this replica announces (`--role`): it counts while the configuration is the
+    /// bootstrap one, and the binding entry keeps it. Afterwards the log's configuration wins.
+    pub role: MemberRole,
+    /// The bootstrap configuration's members (the `--peer` flags). Only a replica whose storage
     /// holds no chosen configuration uses it; the log's configuration wins afterwards.
     pub members: Vec<NodeId>,
     /// The bootstrap configuration's addresses, by member (opaque to the core).
@@ -64,6 +67,7 @@ impl Config {
         Config {
             id,
             incarnation: id,
+            role: MemberRole::Voter,
             members,
             addresses: BTreeMap::new(),
             join_existing: false,

@@ -157,6 +157,12 @@ impl Learner {
         &self.membership
     }
 
+    /// See [`Membership::announce_role`]: only the bootstrap configuration (never persisted)
+    /// changes. Returns whether anything changed.
+    pub(crate) fn announce_role(&mut self, id: NodeId, role: crate::membership::MemberRole) -> bool {
+        self.membership.announce_role(id, role)
+    }
+
     /// Raw values known chosen above the applied prefix.
     pub(crate) fn chosen_pending(&self) -> &BTreeMap<Slot, Value> {
         &self.chosen_pending

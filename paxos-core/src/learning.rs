@@ -323,6 +323,7 @@ mod tests {
             from: peer,
             to: leader,
             incarnation: peer,
+            role: Default::default(),
             message: entries,
         });
         let mut announced = Vec::new();
@@ -370,6 +371,7 @@ mod tests {
             from: peer,
             to: leader,
             incarnation: peer,
+            role: Default::default(),
             message: catch_up,
         });
         cluster.node(leader).compact(Compaction { truncate_below: Some(2), force: true }).expect("cut");
@@ -405,7 +407,13 @@ mod tests {
         let mut follower = crate::test_support::replica(1, &[1, 2, 3]);
         let entries =
             crate::Message::CatchUpEntries { entries: vec![(1, Value::Noop)], applied_upto: 2, log_id: 1 };
-        follower.step(crate::Envelope { from: 2, to: 1, incarnation: 2, message: entries });
+        follower.step(crate::Envelope {
+            from: 2,
+            to: 1,
+            incarnation: 2,
+            role: Default::default(),
+            message: entries,
+        });
         assert!(
             follower.learner.chosen_pending().is_empty(),
             "kept above a gap: {:?}",
@@ -416,7 +424,13 @@ mod tests {
             applied_upto: 2,
             log_id: 1,
         };
-        follower.step(crate::Envelope { from: 2, to: 1, incarnation: 2, message: entries });
+        follower.step(crate::Envelope {
+            from: 2,
+            to: 1,
+            incarnation: 2,
+            role: Default::default(),
+            message: entries,
+        });
         assert_eq!(follower.applied_upto(), 2);
     }
 

@@ -17,22 +17,56 @@ use std::fmt;
 /// the member that made promises and cast votes before.
 pub type Incarnation = u64;
 
-/// What a member does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// What a member does. Every member learns the chosen history; the role says whether it
+/// also votes (is an acceptor, counted in quorums) and whether it may lead (is a proposer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberRole {
     /// Proposer, acceptor and learner: counted in quorums, may lead.
+    #[default]
     Voter,
+    /// Votes and keeps promises and accepted values durably; never leads (a witness).
+    Acceptor,
+    /// May lead and proposes; keeps no acceptor state and is never counted in a quorum.
+    Proposer,
     /// Receives the history; never votes, never leads.
     Learner,
+}
+
+impl MemberRole {
+    pub const ALL: [MemberRole; 4] =
+        [MemberRole::Voter, MemberRole::Acceptor, MemberRole::Proposer, MemberRole::Learner];
+
+    /// Whether a member of this role is an acceptor: promises, accepts, counts in quorums.
+    pub fn votes(self) -> bool {
+        matches!(self, MemberRole::Voter | MemberRole::Acceptor)
+    }
+
+    /// Whether a member of this role stands for election.
+    pub fn may_lead(self) -> bool {
+        matches!(self, MemberRole::Voter | MemberRole::Proposer)
+    }
 }
 
 impl fmt::Display for MemberRole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             MemberRole::Voter => "voter",
+            MemberRole::Acceptor => "acceptor",
+            MemberRole::Proposer => "proposer",
             MemberRole::Learner => "learner",
         })
+    }
+}
+
+impl std::str::FromStr for MemberRole {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        MemberRole::ALL
+            .into_iter()
+            .find(|role| role.to_string() == text)
+            .ok_or_else(|| format!("unknown role {text:?}: one of voter, acceptor, proposer, learner"))
     }
 }
 
@@ -41,29 +75,34 @@ impl fmt::Display for MemberRole {
 pub struct Member {
     /// Where peers and clients reach it (opaque to the core).
     pub address: String,
-    /// The incarnation whose votes count. `0` means not bound yet: every member of the
-    /// bootstrap configuration, and a learner added before it ever connected. A voter of a
-    /// chosen configuration is always bound.
+    /// The incarnation whose votes count and that may lead. `0` means not bound yet: every
+    /// member of the bootstrap configuration, and a learner added before it ever connected. A
+    /// member of a chosen configuration that votes or may lead is always bound.
     pub incarnation: Incarnation,
     pub role: MemberRole,
-    /// A learner the leader promotes to voter once it has caught up (`member add` without
-    /// `--learner`, and `member replace`).
-    pub promote: bool,
+    /// The role a learner gets once it has caught up (`member add --role`, and `member
+    /// replace` of a member that voted or led); the leader promotes it.
+    pub promote_to: Option<MemberRole>,
 }
 
 /// The configuration of the cluster at some point of the history.
 ///
 /// # Correctness
-/// - A chosen configuration (`chosen_at` is `Some`) binds every voter to one incarnation, and
-///   only that incarnation's votes count.
+/// - A chosen configuration (`chosen_at` is `Some`) binds every member that votes or may lead
+///   to one incarnation, and only that incarnation's votes count, and only it may lead.
 /// - The bootstrap configuration (`chosen_at` is `None`, built from the `--peer` flags) binds
 ///   nobody: it needs the vote of every voter (whatever incarnation) to choose anything, and
 ///   the only entry its leaders propose is the one that binds every voter (see
 ///   [`Membership::quorum`]). So nothing is ever chosen with the vote of an incarnation the
 ///   cluster does not remember, and a member that lost its disk can vote again only after the
-///   log admits its new incarnation.
-/// - Two configurations one after the other differ by at most one voter (an `(id,
+///   log admits its new incarnation. While unbound, a member's role is the one it announces
+///   (`--role`, carried by every envelope): the binding entry fixes them.
+/// - "Voting members" are the voters and the acceptors; quorums are majorities of them.
+///   Proposers and learners never count.
+/// - Two configurations one after the other differ by at most one voting member (an `(id,
 ///   incarnation)` pair added or removed): any majority of one meets any majority of the other.
+///   Proposers and learners come and go freely: they hold no votes.
+/// - Some member may lead (a voter or a proposer), or nothing could ever be chosen again.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Membership {
     pub members: BTreeMap<NodeId, Member>,
@@ -79,13 +118,15 @@ pub struct Membership {
 /// Why a configuration cannot follow another.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 pub enum ChangeError {
-    #[error("a configuration needs at least one voter")]
+    #[error("a configuration needs at least one member that votes (a voter or an acceptor)")]
     NoVoter,
+    #[error("a configuration needs a member that may lead (a voter or a proposer): no leader could ever be elected")]
+    NoLeader,
     #[error("node id 0 is reserved")]
     ReservedId,
-    #[error("voter {0} has no incarnation bound")]
+    #[error("member {0} votes or may lead but has no incarnation bound")]
     Unbound(NodeId),
-    #[error("a change may add or remove one voter at a time (this one changes {0})")]
+    #[error("a change may add or remove one voting member at a time (this one changes {0})")]
     TooManyVoters(usize),
     #[error("node {0} is not a member")]
     NotAMember(NodeId),
@@ -95,8 +136,10 @@ pub enum ChangeError {
     NotHeardFrom(NodeId),
     #[error("node {id} presents incarnation {incarnation}, the one already admitted: nothing to replace")]
     SameIncarnation { id: NodeId, incarnation: Incarnation },
-    #[error("removing voter {0} would leave no voter")]
+    #[error("changing member {0} would leave no member that votes")]
     LastVoter(NodeId),
+    #[error("node {id} is a {role} already")]
+    SameRole { id: NodeId, role: MemberRole },
     #[error("address {0:?} is not a host:port")]
     BadAddress(String),
     #[error("the configuration belongs to log {found:x}, not {expected:x}")]
@@ -104,13 +147,14 @@ pub enum ChangeError {
 }
 
 impl Membership {
-    /// The bootstrap configuration: every listed member a voter, none bound.
+    /// The bootstrap configuration: every listed member a voter until it announces another
+    /// role, none bound.
     pub fn bootstrap(members: &[NodeId], addresses: &BTreeMap<NodeId, String>) -> Membership {
         let members = members
             .iter()
             .map(|id| {
                 let address = addresses.get(id).cloned().unwrap_or_default();
-                (*id, Member { address, incarnation: 0, role: MemberRole::Voter, promote: false })
+                (*id, Member { address, incarnation: 0, role: MemberRole::Voter, promote_to: None })
             })
             .collect();
         Membership { members, chosen_at: None, log_id: 0 }
@@ -141,20 +185,37 @@ impl Membership {
         self.members.contains_key(&id)
     }
 
-    pub fn is_voter(&self, id: NodeId) -> bool {
-        self.members.get(&id).is_some_and(|m| m.role == MemberRole::Voter)
+    /// Whether `id` is a voting member (a voter or an acceptor).
+    pub fn votes(&self, id: NodeId) -> bool {
+        self.members.get(&id).is_some_and(|m| m.role.votes())
     }
 
-    pub fn voters(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.members.iter().filter(|(_, m)| m.role == MemberRole::Voter).map(|(id, _)| *id)
+    /// Whether `id` may stand for election (a voter or a proposer).
+    pub fn may_lead(&self, id: NodeId) -> bool {
+        self.members.get(&id).is_some_and(|m| m.role.may_lead())
     }
 
-    pub fn voter_count(&self) -> usize {
-        self.voters().count()
+    /// The voting members: voters and acceptors.
+    pub fn voting(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.iter().filter(|(_, m)| m.role.votes()).map(|(id, _)| *id)
     }
 
-    /// Votes that choose a value: a majority of the voters, or every voter while the
-    /// configuration is the bootstrap one.
+    pub fn voting_count(&self) -> usize {
+        self.voting().count()
+    }
+
+    /// Members whose incarnation must be bound: they vote or may lead.
+    pub fn bound_roles(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.iter().filter(|(_, m)| m.role.votes() || m.role.may_lead()).map(|(id, _)| *id)
+    }
+
+    /// How many voting members may fail with the cluster still choosing (0 below three).
+    pub fn failures_tolerated(&self) -> usize {
+        self.voting_count().saturating_sub(1) / 2
+    }
+
+    /// Votes that choose a value: a majority of the voting members, or every one of them while
+    /// the configuration is the bootstrap one.
     ///
     /// # Correctness
     /// Unanimity is what makes the bootstrap safe without knowing incarnations: whatever the
@@ -162,7 +223,7 @@ impl Membership {
     /// in phase 1 although one voter may have lost its disk since. A majority of voters still
     /// suffices for phase 1 (it meets every unanimous set).
     pub fn quorum(&self) -> usize {
-        let voters = self.voter_count();
+        let voters = self.voting_count();
         if self.is_bound() {
             voters / 2 + 1
         } else {
@@ -170,9 +231,9 @@ impl Membership {
         }
     }
 
-    /// A majority of the voters: what phase 1 needs.
+    /// A majority of the voting members: what phase 1 needs.
     pub fn majority(&self) -> usize {
-        self.voter_count() / 2 + 1
+        self.voting_count() / 2 + 1
     }
 
     /// Whether `incarnation` of `id` is the one this configuration knows (or none is bound).
@@ -182,19 +243,42 @@ impl Membership {
 
     /// Whether a vote of `incarnation` of `id` counts.
     pub fn counts_vote(&self, id: NodeId, incarnation: Incarnation) -> bool {
-        self.is_voter(id) && self.admits(id, incarnation)
+        self.votes(id) && self.admits(id, incarnation)
+    }
+
+    /// Whether `incarnation` of `id` may lead.
+    pub fn admits_leader(&self, id: NodeId, incarnation: Incarnation) -> bool {
+        self.may_lead(id) && self.admits(id, incarnation)
+    }
+
+    /// A member that announces `role` while the configuration is unbound gets it (the binding
+    /// entry fixes roles). Returns whether anything changed.
+    pub fn announce_role(&mut self, id: NodeId, role: MemberRole) -> bool {
+        if self.is_bound() {
+            return false;
+        }
+        match self.members.get_mut(&id) {
+            Some(member) if member.role != role => {
+                member.role = role;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Checks that `next` may follow this configuration (the same check on every replica, so
     /// an entry that fails it is applied as a no-op everywhere).
     pub fn check_successor(&self, next: &Membership) -> Result<(), ChangeError> {
-        if next.voter_count() == 0 {
+        if next.voting_count() == 0 {
             return Err(ChangeError::NoVoter);
+        }
+        if !next.members.values().any(|member| member.role.may_lead()) {
+            return Err(ChangeError::NoLeader);
         }
         if next.members.contains_key(&0) {
             return Err(ChangeError::ReservedId);
         }
-        if let Some(id) = next.voters().find(|id| next.members[id].incarnation == 0) {
+        if let Some(id) = next.bound_roles().find(|id| next.members[id].incarnation == 0) {
             return Err(ChangeError::Unbound(id));
         }
         if !self.is_bound() {
@@ -213,7 +297,7 @@ impl Membership {
             return Err(ChangeError::OtherLog { expected: self.log_id, found: next.log_id });
         }
         let voters = |m: &Membership| -> Vec<(NodeId, Incarnation)> {
-            m.voters().map(|id| (id, m.members[&id].incarnation)).collect()
+            m.voting().map(|id| (id, m.members[&id].incarnation)).collect()
         };
         let (before, after) = (voters(self), voters(next));
         let changed = before.iter().filter(|v| !after.contains(v)).count()
@@ -233,7 +317,7 @@ impl Membership {
     ) -> Result<Membership, ChangeError> {
         let mut next = Membership { members: self.members.clone(), chosen_at: None, log_id: self.log_id };
         match change {
-            MembershipChange::Add { id, address, learner } => {
+            MembershipChange::Add { id, address, role } => {
                 if self.contains(*id) {
                     return Err(ChangeError::AlreadyAMember(*id));
                 }
@@ -247,7 +331,7 @@ impl Membership {
                     address: address.clone(),
                     incarnation: 0,
                     role: MemberRole::Learner,
-                    promote: !learner,
+                    promote_to: (*role != MemberRole::Learner).then_some(*role),
                 };
                 next.members.insert(*id, member);
             }
@@ -255,7 +339,7 @@ impl Membership {
                 if next.members.remove(id).is_none() {
                     return Err(ChangeError::NotAMember(*id));
                 }
-                if next.voter_count() == 0 {
+                if next.voting_count() == 0 {
                     return Err(ChangeError::LastVoter(*id));
                 }
             }
@@ -265,26 +349,47 @@ impl Membership {
                 if incarnation == member.incarnation {
                     return Err(ChangeError::SameIncarnation { id: *id, incarnation });
                 }
-                // Out as a voter, in as a learner with the new incarnation: one voter less, and
-                // the promotion later is one voter more.
-                member.promote = member.role == MemberRole::Voter || member.promote;
+                // Out as a voting member, in as a learner with the new incarnation: one voting
+                // member less, and the promotion later is one more. (A proposer goes the same
+                // way, so that it leads only once it has caught up.)
+                if member.role != MemberRole::Learner {
+                    member.promote_to = Some(member.role);
+                }
                 member.role = MemberRole::Learner;
                 member.incarnation = incarnation;
-                if next.voter_count() == 0 {
+                if next.voting_count() == 0 {
                     return Err(ChangeError::LastVoter(*id));
                 }
             }
             MembershipChange::Promote { id, incarnation } => {
                 let member = next.members.get_mut(id).ok_or(ChangeError::NotAMember(*id))?;
-                member.role = MemberRole::Voter;
-                member.promote = false;
+                member.role = member.promote_to.take().unwrap_or(MemberRole::Voter);
                 member.incarnation = *incarnation;
             }
-            MembershipChange::Bind { incarnations, log_id } => {
+            MembershipChange::SetRole { id, role } => {
+                let member = next.members.get_mut(id).ok_or(ChangeError::NotAMember(*id))?;
+                if member.role == *role {
+                    return Err(ChangeError::SameRole { id: *id, role: *role });
+                }
+                if member.incarnation == 0 && (role.votes() || role.may_lead()) {
+                    // Never heard from: it becomes that role once caught up.
+                    member.promote_to = Some(*role);
+                } else {
+                    member.role = *role;
+                    member.promote_to = None;
+                }
+                if next.voting_count() == 0 {
+                    return Err(ChangeError::LastVoter(*id));
+                }
+            }
+            MembershipChange::Bind { incarnations, roles, log_id } => {
                 next.log_id = *log_id;
                 for (id, member) in next.members.iter_mut() {
                     if let Some(incarnation) = incarnations.get(id) {
                         member.incarnation = *incarnation;
+                    }
+                    if let Some(role) = roles.get(id) {
+                        member.role = *role;
                     }
                 }
             }
@@ -295,35 +400,73 @@ impl Membership {
 
     /// Learners waiting to be promoted.
     pub fn promotable(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.members.iter().filter(|(_, m)| m.role == MemberRole::Learner && m.promote).map(|(id, _)| *id)
+        self.members
+            .iter()
+            .filter(|(_, m)| m.role == MemberRole::Learner && m.promote_to.is_some())
+            .map(|(id, _)| *id)
+    }
+
+    /// Voting members once every learner waiting for a promotion has it.
+    pub fn voting_once_promoted(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.role.votes() || m.promote_to.is_some_and(MemberRole::votes))
+            .map(|(id, _)| *id)
+    }
+
+    /// Why this configuration is weak though legal, if it is: what an operator should be
+    /// told when it is made.
+    pub fn weakness(&self) -> Option<String> {
+        let voting = self.voting_count();
+        if voting < 3 {
+            return Some(format!(
+                "only {voting} voting member{} (voters and acceptors): the cluster stops choosing if any of them fails; three or more tolerate a failure",
+                if voting == 1 { "" } else { "s" }
+            ));
+        }
+        let leaders = self.members.values().filter(|member| member.role.may_lead()).count();
+        if leaders == 1 {
+            return Some(
+                "only one member may lead (a voter or a proposer): while it is down nothing is chosen"
+                    .to_string(),
+            );
+        }
+        None
     }
 }
 
 /// A change an operator (or the leader itself) asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MembershipChange {
-    /// A new member, first a learner; promoted once caught up unless `learner`.
+    /// A new member, first a learner; promoted to `role` once caught up.
     Add {
         id: NodeId,
         address: String,
-        learner: bool,
+        role: MemberRole,
     },
     Remove {
         id: NodeId,
     },
     /// Admit the incarnation `id` presents now (after losing its disk) as a learner, and
-    /// promote it once caught up if it was a voter.
+    /// promote it to its old role once caught up.
     Replace {
         id: NodeId,
     },
-    /// (leader) A caught-up learner becomes a voter bound to `incarnation`.
+    /// Give a member another role. Changing whether it votes is one voting member in or out.
+    SetRole {
+        id: NodeId,
+        role: MemberRole,
+    },
+    /// (leader) A caught-up learner gets its `promote_to` role, bound to `incarnation`.
     Promote {
         id: NodeId,
         incarnation: Incarnation,
     },
-    /// (leader) The bootstrap configuration's voters get their incarnations, and the log its id.
+    /// (leader) The bootstrap configuration's members get their incarnations and the roles
+    /// they announced, and the log its id.
     Bind {
         incarnations: BTreeMap<NodeId, Incarnation>,
+        roles: BTreeMap<NodeId, MemberRole>,
         log_id: u64,
     },
 }
@@ -353,12 +496,18 @@ mod tests {
         let bootstrap = Membership::bootstrap(&[1, 2, 3], &BTreeMap::new());
         let all = seen(&[(1, 11), (2, 22), (3, 33)]);
         let bound = bootstrap
-            .after(&MembershipChange::Bind { incarnations: all, log_id: 11 }, &BTreeMap::new())
+            .after(
+                &MembershipChange::Bind { incarnations: all, roles: BTreeMap::new(), log_id: 11 },
+                &BTreeMap::new(),
+            )
             .expect("test data");
         assert!(bootstrap.check_successor(&bound).is_ok());
         let partial = seen(&[(1, 11), (2, 22)]);
         assert_eq!(
-            bootstrap.after(&MembershipChange::Bind { incarnations: partial, log_id: 11 }, &BTreeMap::new()),
+            bootstrap.after(
+                &MembershipChange::Bind { incarnations: partial, roles: BTreeMap::new(), log_id: 11 },
+                &BTreeMap::new()
+            ),
             Err(ChangeError::Unbound(3))
         );
         // A node's bootstrap configuration is its own flags: the first binding is taken as it

@@ -14,6 +14,10 @@ pub struct Envelope {
     pub from: NodeId,
     pub to: NodeId,
     pub incarnation: crate::membership::Incarnation,
+    /// The role the sender was started with (`--role`, taken from the authenticated Hello by
+    /// the transport, like `incarnation`). It counts only while the configuration is the
+    /// bootstrap one: the chosen configuration says who does what.
+    pub role: crate::membership::MemberRole,
     pub message: Message,
 }
 

@@ -5,7 +5,7 @@ use crate::message::{AcceptedEntry, Message, Proposal, ProposalError};
 use crate::replica::{CandidateState, InFlight, LeaderState, Origin, PromiseData, Replica, Role};
 use crate::requests::Lookup;
 use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 impl Replica {
     pub(crate) fn tick_proposer(&mut self) {
@@ -15,15 +15,17 @@ impl Replica {
         // unanimity is for choosing, not for staying leader while a member is still down.
         let quorum = self.learner.membership().majority();
         let election_timeout = self.config.election_timeout_ticks;
+        let own_votes = self.own_vote().len();
         self.maybe_change_membership_automatically();
         if let Role::Leader(leader) = &mut self.role {
             // Check quorum: a leader cut off from the majority cannot commit anything; stepping
             // down answers its clients (retryable) instead of leaving them waiting forever.
-            let heard = 1 + leader
-                .last_heard_tick
-                .values()
-                .filter(|tick| now.saturating_sub(**tick) <= 2 * election_timeout)
-                .count();
+            let heard = own_votes
+                + leader
+                    .last_heard_tick
+                    .values()
+                    .filter(|tick| now.saturating_sub(**tick) <= 2 * election_timeout)
+                    .count();
             if heard < quorum {
                 self.step_down(None);
                 return;
@@ -75,7 +77,7 @@ impl Replica {
 
     /// Starts phase 1 with a ballot above every ballot seen.
     pub(crate) fn become_candidate(&mut self) {
-        assert!(self.can_lead(), "only an admitted voter campaigns");
+        assert!(self.can_lead(), "only an admitted voter or proposer campaigns");
         // Rounds from the network stop at `Ballot::ROUND_MAX`; only a promise written before
         // that check existed can sit at the very top, and then no higher ballot exists.
         let Some(round) = self.round_seen.max(self.promised.round).checked_add(1) else {
@@ -113,18 +115,25 @@ impl Replica {
     /// Asks every member for a promise (again) covering the slots from `from_slot` on: from the
     /// applied prefix, or from where the last page of promises stopped.
     fn prepare_from(&mut self, from_slot: Slot) {
-        let own = self.promise_data(from_slot, Vec::new());
+        let own = self.can_vote().then(|| self.promise_data(from_slot, Vec::new()));
         let Role::Candidate(candidate) = &mut self.role else {
             return;
         };
         candidate.from_slot = from_slot;
         candidate.waiting_for_gap = false;
         candidate.promises.clear();
-        candidate.promises.insert(self.config.id, own);
+        // A proposer that does not vote has no promise of its own to count.
+        if let Some(own) = own {
+            candidate.promises.insert(self.config.id, own);
+        }
         let ballot = candidate.ballot;
-        let voters: Vec<NodeId> = self.voter_peers().collect();
-        for voter in voters {
-            self.send(voter, Message::Prepare { ballot, from_slot });
+        // The voting members promise; the proposers that do not vote are told too, so that
+        // they hold off their own campaigns while this one pages through phase 1.
+        let membership = self.learner.membership();
+        let peers: Vec<NodeId> =
+            self.peers().filter(|id| membership.votes(*id) || membership.may_lead(*id)).collect();
+        for peer in peers {
+            self.send(peer, Message::Prepare { ballot, from_slot });
         }
     }
 
@@ -280,7 +289,7 @@ impl Replica {
         self.role = Role::Leader(Box::new(leader));
         self.leader_hint = Some(self.config.id);
         for (slot, value) in proposals {
-            self.accept_locally(slot, ballot, value);
+            self.accept_own(slot, ballot, value);
         }
         // Announce leadership at once so followers stop their election timers.
         self.broadcast(Message::Heartbeat {
@@ -367,6 +376,7 @@ impl Replica {
     /// A new leader's state, with `proposals` in flight (counting its own vote) and unsent.
     fn leader_state(&self, ballot: Ballot, next_slot: Slot, proposals: &[(Slot, Value)]) -> LeaderState {
         let now = self.tick_now;
+        let own_vote = self.own_vote();
         let mut leader = LeaderState {
             ballot,
             next_slot,
@@ -384,10 +394,9 @@ impl Replica {
             change_waiter: None,
         };
         for (slot, value) in proposals {
-            leader.in_flight.insert(
-                *slot,
-                InFlight { value: value.clone(), votes: BTreeSet::from([self.config.id]), sent_tick: now },
-            );
+            leader
+                .in_flight
+                .insert(*slot, InFlight { value: value.clone(), votes: own_vote.clone(), sent_tick: now });
             if let Some(request_id) = value.request_id() {
                 leader.in_flight_requests.insert(request_id, *slot);
             }
@@ -517,6 +526,7 @@ impl Replica {
         let applied_upto = self.learner.applied_upto();
         let now = self.tick_now;
         let bound = self.learner.membership().is_bound();
+        let own_vote = self.own_vote();
         if self.membership_changed {
             // A configuration entry was applied during this input (maybe one another leader
             // got chosen, learned by catch-up): nothing more is proposed under this phase 1;
@@ -545,18 +555,25 @@ impl Replica {
             leader.next_slot += 1;
             leader.in_flight_requests.insert(proposal.request_id, slot);
             let value = proposal.into_value();
-            leader.in_flight.insert(
-                slot,
-                InFlight { value: value.clone(), votes: BTreeSet::from([self.config.id]), sent_tick: now },
-            );
+            leader
+                .in_flight
+                .insert(slot, InFlight { value: value.clone(), votes: own_vote.clone(), sent_tick: now });
             leader.unsent.push(slot);
             accepted.push((slot, value));
         }
         let any = !accepted.is_empty();
         for (slot, value) in accepted {
-            self.accept_locally(slot, ballot, value);
+            self.accept_own(slot, ballot, value);
         }
         any
+    }
+
+    /// The leader's own vote for its proposal, if it votes: a proposer keeps no acceptor
+    /// state (its `in_flight` holds the value until it is chosen).
+    pub(crate) fn accept_own(&mut self, slot: Slot, ballot: Ballot, value: Value) {
+        if self.can_vote() {
+            self.accept_locally(slot, ballot, value);
+        }
     }
 
     /// Sends every slot proposed since the last Ready, batched into Accepts per peer.
@@ -628,12 +645,12 @@ impl Replica {
         let now = self.tick_now;
         let interval = self.config.heartbeat_interval_ticks;
         let limit = self.config.entries_per_message_max;
+        let voters: Vec<NodeId> = self.voter_peers().collect();
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
         let ballot = leader.ballot;
-        let voters: Vec<NodeId> =
-            self.learner.membership().voters().filter(|id| *id != self.config.id).collect();
+
         let mut per_peer: BTreeMap<NodeId, Vec<(Slot, Value)>> = BTreeMap::new();
         for (slot, in_flight) in leader.in_flight.iter_mut() {
             if now.saturating_sub(in_flight.sent_tick) < interval {
@@ -862,7 +879,13 @@ mod tests {
             covered_upto: None,
             log_id: 1,
         };
-        cluster.node(1).step(Envelope { from: 2, to: 1, incarnation: 2, message: promise });
+        cluster.node(1).step(Envelope {
+            from: 2,
+            to: 1,
+            incarnation: 2,
+            role: Default::default(),
+            message: promise,
+        });
         let ready = cluster.node(1).take_ready_persisted();
         assert!(sent(&ready, |m| matches!(m, Message::Accept { .. })).is_empty());
         assert_eq!(cluster.node(1).status().rejected_messages, 1);
@@ -893,7 +916,13 @@ mod tests {
             covered_upto: None,
             log_id: 1,
         };
-        cluster.node(candidate).step(Envelope { from: 2, to: 1, incarnation: 2, message: promise });
+        cluster.node(candidate).step(Envelope {
+            from: 2,
+            to: 1,
+            incarnation: 2,
+            role: Default::default(),
+            message: promise,
+        });
         let ready = cluster.node(candidate).take_ready_persisted();
         // Quorum of 2 reached with the candidate's own empty promise; the accepted values win.
         let accepts = sent(&ready, |m| matches!(m, Message::Accept { .. }));

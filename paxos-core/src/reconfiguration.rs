@@ -18,7 +18,7 @@ use crate::membership::{Incarnation, MembershipChange};
 use crate::message::ProposalError;
 use crate::replica::{InFlight, Origin, Replica, Role};
 use crate::types::{NodeId, RequestId, Slot, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 impl Replica {
     /// The incarnation every member last presented, this replica's own included.
@@ -63,7 +63,7 @@ impl Replica {
     pub(crate) fn propose_pending_change(&mut self) -> bool {
         let seen = self.incarnations_seen();
         let now = self.tick_now;
-        let id = self.config.id;
+        let own_vote = self.own_vote();
         let checked_against = self.learner.membership().clone();
         let applied_upto = self.learner.applied_upto();
         let Role::Leader(leader) = &mut self.role else {
@@ -85,14 +85,12 @@ impl Replica {
         let slot = leader.next_slot;
         leader.next_slot += 1;
         let value = Value::Config(next);
-        leader
-            .in_flight
-            .insert(slot, InFlight { value: value.clone(), votes: BTreeSet::from([id]), sent_tick: now });
+        leader.in_flight.insert(slot, InFlight { value: value.clone(), votes: own_vote, sent_tick: now });
         leader.unsent.push(slot);
         leader.config_slot = Some(slot);
         leader.change_waiter = request_id;
         let ballot = leader.ballot;
-        self.accept_locally(slot, ballot, value);
+        self.accept_own(slot, ballot, value);
         true
     }
 
@@ -123,12 +121,14 @@ impl Replica {
         let seen = self.incarnations_seen();
         let membership = self.learner.membership();
         let change = if !membership.is_bound() {
-            if !membership.voters().all(|id| seen.contains_key(&id)) {
+            if !membership.bound_roles().all(|id| seen.contains_key(&id)) {
                 return;
             }
-            let incarnations = membership.voters().map(|id| (id, seen[&id])).collect();
+            let incarnations = membership.bound_roles().map(|id| (id, seen[&id])).collect();
+            // Every member has announced its role by now (it was heard from).
+            let roles = membership.members.iter().map(|(id, member)| (*id, member.role)).collect();
             // The log is named after the disk of the leader that binds it.
-            MembershipChange::Bind { incarnations, log_id: self.config.incarnation }
+            MembershipChange::Bind { incarnations, roles, log_id: self.config.incarnation }
         } else {
             let slack = self.config.entries_per_message_max as Slot;
             let applied_upto = self.learner.applied_upto();

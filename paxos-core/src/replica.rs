@@ -125,6 +125,9 @@ pub struct Status {
     /// Whether this replica may vote: a voter of the configuration, with the incarnation it
     /// admits (and not a joining node that has yet to learn the configuration).
     pub can_vote: bool,
+    /// Whether this replica may stand for election: a voter or a proposer of the
+    /// configuration, with the incarnation it admits.
+    pub can_lead: bool,
     /// Members whose messages this replica ignores because they present another incarnation
     /// than the configuration admits: node -> incarnation presented.
     pub refused_incarnations: BTreeMap<NodeId, Incarnation>,
@@ -241,9 +244,13 @@ impl Replica {
                 durable.applied_upto,
                 durable.truncation,
                 durable.requests,
-                durable
-                    .membership
-                    .unwrap_or_else(|| Membership::bootstrap(&config.members, &config.addresses)),
+                {
+                    let mut membership = durable
+                        .membership
+                        .unwrap_or_else(|| Membership::bootstrap(&config.members, &config.addresses));
+                    membership.announce_role(config.id, config.role);
+                    membership
+                },
             ),
             stale_accepts_refused: 0,
             superseded_leaderships: 0,
@@ -302,7 +309,7 @@ impl Replica {
     }
 
     fn step_message(&mut self, envelope: Envelope) {
-        let Envelope { from, to, incarnation, message } = envelope;
+        let Envelope { from, to, incarnation, role, message } = envelope;
         if to != self.config.id || from == self.config.id {
             return;
         }
@@ -315,13 +322,15 @@ impl Replica {
                 return;
             }
         }
+        // While the configuration is the bootstrap one, each member says what it is.
+        self.learner.announce_role(from, role);
         if self.seen_incarnations.insert(from, incarnation).is_some_and(|before| before != incarnation) {
             // What the member's former incarnation had applied says nothing of this one.
             self.learner.forget_member_progress(from);
         }
         let membership = self.learner.membership();
         if !membership.contains(from) || !membership.admits(from, incarnation) {
-            if self.can_vote() && membership.contains(from) {
+            if self.speaks_for_configuration() && membership.contains(from) {
                 // A voter of the configuration in force speaks for it: this is a member with a
                 // disk the configuration does not know.
                 self.refuse_incarnation(from, incarnation, message);
@@ -333,18 +342,17 @@ impl Replica {
             }
             return;
         }
-        // Only voters prepare, lead and vote. One this replica knows as a learner may have been
-        // promoted since (this replica's configuration is behind): learn from it, believe none
-        // of it.
-        if matches!(
-            message,
-            Message::Prepare { .. }
-                | Message::Accept { .. }
-                | Message::Heartbeat { .. }
-                | Message::Promise { .. }
-                | Message::Accepted { .. }
-        ) && !self.learner.membership().is_voter(from)
-        {
+        // Only members that may lead prepare, accept and heartbeat; only voting members promise
+        // and vote. One this replica knows in another role may have been promoted since (this
+        // replica's configuration is behind): learn from it, believe none of it.
+        let allowed = match &message {
+            Message::Prepare { .. } | Message::Accept { .. } | Message::Heartbeat { .. } => {
+                membership.may_lead(from)
+            }
+            Message::Promise { .. } | Message::Accepted { .. } => membership.votes(from),
+            _ => true,
+        };
+        if !allowed {
             self.learn_from_stranger(from, message);
             return;
         }
@@ -499,7 +507,24 @@ impl Replica {
     /// a voter asks, and an unbound configuration needs every voter's vote, so a bootstrap
     /// that a member restarted with `existing` joined can still finish.
     pub(crate) fn can_lead(&self) -> bool {
-        self.can_vote() && (self.learner.membership().is_bound() || !self.config.join_existing)
+        self.learner.membership().admits_leader(self.config.id, self.config.incarnation)
+            && (self.learner.membership().is_bound() || !self.config.join_existing)
+    }
+
+    /// Whether this replica's own vote counts in its quorums when it campaigns or leads (a
+    /// proposer's never does: it keeps no acceptor state).
+    pub(crate) fn own_vote(&self) -> BTreeSet<NodeId> {
+        if self.can_vote() {
+            BTreeSet::from([self.config.id])
+        } else {
+            BTreeSet::new()
+        }
+    }
+
+    /// Whether this replica speaks for the configuration in force: an admitted member that
+    /// votes or may lead, whose word on who is admitted others take.
+    pub(crate) fn speaks_for_configuration(&self) -> bool {
+        self.can_vote() || self.can_lead()
     }
 
     /// Ends whatever candidacy or leadership the configuration changed under: a leader's phase
@@ -626,6 +651,7 @@ impl Replica {
             incarnation: self.config.incarnation,
             membership: self.learner.membership().clone(),
             can_vote: self.can_vote(),
+            can_lead: self.can_lead(),
             refused_incarnations: self
                 .refused_incarnations
                 .iter()
@@ -679,7 +705,13 @@ impl Replica {
         debug_assert_ne!(to, self.config.id, "messages to self are handled in place");
         // Sorted here so that no driver re-derives the rule: a Promise or Accepted waits for
         // the write it speaks for.
-        let envelope = Envelope { from: self.config.id, to, incarnation: self.config.incarnation, message };
+        let envelope = Envelope {
+            from: self.config.id,
+            to,
+            incarnation: self.config.incarnation,
+            role: self.config.role,
+            message,
+        };
         if envelope.message.speaks_for_disk() {
             self.ready.persisted_messages.push(envelope);
         } else {
@@ -699,9 +731,9 @@ impl Replica {
         self.learner.membership().members.keys().copied().filter(move |id| *id != self.config.id)
     }
 
-    /// Every other voter (Prepare, Accept).
+    /// Every other voting member (Prepare, Accept).
     pub(crate) fn voter_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.learner.membership().voters().filter(move |id| *id != self.config.id)
+        self.learner.membership().voting().filter(move |id| *id != self.config.id)
     }
 
     pub fn membership(&self) -> &Membership {

@@ -148,6 +148,7 @@ fn run(seed: u64) -> (u64, u64, bool) {
                     from,
                     to: 1,
                     incarnation: from,
+                    role: Default::default(),
                     message: message(&mut rng, from, &known),
                 });
             }

@@ -4,12 +4,12 @@
 
 mod routed;
 
-use paxos_core::{Config, MemStorage, MembershipChange, Message, NodeId, Proposal, Slot, Value};
+use paxos_core::{Config, MemStorage, MemberRole, MembershipChange, Message, NodeId, Proposal, Slot, Value};
 
 use routed::*;
 
 fn voters(c: &Cluster, id: NodeId) -> Vec<NodeId> {
-    c.node(id).replica.membership().voters().collect()
+    c.node(id).replica.membership().voting().collect()
 }
 
 /// A bound cluster {1,2,3} (member id has incarnation id), plus `extra` nodes that start
@@ -75,7 +75,7 @@ fn a_candidate_that_applies_two_configuration_changes_from_a_promise_does_not_le
     c.campaign(2);
     c.deliver_all_among(&[2, 3, 4, 5]);
     assert!(c.is_leader(2), "schedule: node 2 should lead{}", c.histories());
-    c.change(2, 1, MembershipChange::Add { id: 4, address: "n4:1".into(), learner: false });
+    c.change(2, 1, MembershipChange::Add { id: 4, address: "n4:1".into(), role: MemberRole::Voter });
     for _ in 0..200 {
         c.run_among(&[2, 3, 4, 5], 1);
         if voters(&c, 2).contains(&4) && voters(&c, 4).contains(&4) {
@@ -89,7 +89,7 @@ fn a_candidate_that_applies_two_configuration_changes_from_a_promise_does_not_le
         c.run_among(&[2, 3, 4, 5], 1);
     }
     let leader = c.leader_among(&[2, 3, 4, 5]).unwrap_or_else(|| panic!("no leader{}", c.histories()));
-    c.change(leader, 2, MembershipChange::Add { id: 5, address: "n5:1".into(), learner: false });
+    c.change(leader, 2, MembershipChange::Add { id: 5, address: "n5:1".into(), role: MemberRole::Voter });
     for _ in 0..200 {
         c.run_among(&[2, 3, 4, 5], 1);
         if [2, 3, 4, 5].iter().all(|id| voters(&c, *id) == all) && c.leader_among(&[2, 3, 4, 5]).is_some() {
@@ -174,7 +174,7 @@ fn a_lone_voter_does_not_answer_a_forwarded_proposal_before_its_vote_is_durable(
     // 1. Node 1 leads alone and adds node 2 as a learner.
     c.campaign(1);
     assert!(c.is_leader(1), "schedule: node 1 should lead{}", c.histories());
-    c.change(1, 1, MembershipChange::Add { id: 2, address: "n2:1".into(), learner: true });
+    c.change(1, 1, MembershipChange::Add { id: 2, address: "n2:1".into(), role: MemberRole::Learner });
     for _ in 0..100 {
         c.run_among(&[1, 2], 1);
         if c.is_leader(1)
@@ -279,7 +279,7 @@ fn a_stale_leader_does_not_count_its_own_vote_in_a_configuration_it_learned_by_c
     c.take_where(1, 3, any);
     c.deliver_where(1, 2, is_accept);
     c.take_where(2, 1, any);
-    c.change(1, 1, MembershipChange::Add { id: 4, address: "n4:1".into(), learner: true });
+    c.change(1, 1, MembershipChange::Add { id: 4, address: "n4:1".into(), role: MemberRole::Learner });
     c.cut(1, 2);
     c.cut(1, 3);
 
@@ -359,7 +359,11 @@ fn a_wiped_member_restarted_as_a_new_cluster_never_mixes_its_log_with_the_cluste
     }
     for (seq, id) in [(1, 2), (2, 3)] {
         let leader = c.leader_among(&[1, 2, 3]).unwrap_or_else(|| panic!("no leader{}", c.histories()));
-        c.change(leader, seq, MembershipChange::Add { id, address: format!("n{id}:1"), learner: false });
+        c.change(
+            leader,
+            seq,
+            MembershipChange::Add { id, address: format!("n{id}:1"), role: MemberRole::Voter },
+        );
         for _ in 0..100 {
             c.run_among(&[1, 2, 3], 1);
             if voters(&c, 1).contains(&id) && c.leader_among(&[1, 2, 3]).is_some() {
@@ -419,7 +423,7 @@ fn a_joining_node_applies_the_bootstrap_binding_whatever_its_peer_flags() {
     joining.join_existing = true;
     c.start(joining, MemStorage { requests: sessions(), ..MemStorage::default() });
     let leader = c.leader_among(&[1, 2, 3]).unwrap_or_else(|| panic!("no leader{}", c.histories()));
-    c.change(leader, 1, MembershipChange::Add { id: 4, address: "n4:1".into(), learner: false });
+    c.change(leader, 1, MembershipChange::Add { id: 4, address: "n4:1".into(), role: MemberRole::Voter });
     c.run_among(&[1, 2, 3, 4], 50);
     eprintln!(
         "node 4: bound {} can_vote {}",

@@ -8,8 +8,8 @@
 
 mod sim;
 
-use paxos_core::Rng;
-use sim::{Faults, Scenario, Simulation, Stats};
+use paxos_core::{MemberRole, Rng};
+use sim::{small_limits, Faults, Scenario, Simulation, Stats};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 fn run_seed(seed: u64, scenario: Scenario) -> Result<Stats, String> {
@@ -130,6 +130,10 @@ const SWARM_REGRESSION_SEEDS: &[u64] = &[
     // A candidate whose configuration had promoted it Prepared a voter that still counted it a
     // learner and ignored the Prepare in silence: the voter never caught up.
     17551,
+    // Three proposers that do not vote, four acceptors, one-entry pages and slow links: phase
+    // 1 took longer than an election timeout, and the proposers, which got no Prepare to hold
+    // them off (only voting members promise), pre-empted each other's campaigns for ever.
+    423,
 ];
 
 /// The teaching implementation's own test: 5 acceptors of which 2 are down, 2 nodes proposing,
@@ -151,10 +155,50 @@ fn teaching_scenario_five_nodes_two_down_thousand_values() {
         config_tweak: |_| {},
         small_table: None,
         tiny_messages: None,
+        roles: Default::default(),
     };
     let stats = run_seed(1, scenario).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stats.acknowledged, 1000);
     assert!(stats.chosen_slots >= 1000);
+}
+
+/// The seed's topology with roles: 2 proposers that keep no acceptor state and 5 acceptors
+/// that never lead, 2 acceptors down from the start, 1000 values through both proposers, with
+/// crashes (the leading proposer among them), pauses and lossy links; the 2 acceptors start
+/// at healing and catch up.
+#[test]
+fn seed_topology_two_proposers_five_acceptors_two_down() {
+    let roles =
+        (1..=7).map(|id| (id, if id <= 2 { MemberRole::Proposer } else { MemberRole::Acceptor })).collect();
+    let scenario = Scenario {
+        nodes: 7,
+        down_at_start: vec![6, 7],
+        heal_down: true,
+        clients: 4,
+        requests_per_client: 250,
+        client_window: 8,
+        request_gap_ticks: 2,
+        entry_nodes: vec![1, 2],
+        fault_ticks: 3000,
+        heal_ticks_max: 8000,
+        faults: Faults {
+            delay_ticks_max: 4,
+            duplicate_per_mille: 20,
+            loss_per_mille: 20,
+            crash_per_mille: 4,
+            pause_per_mille: 2,
+            ..Faults::none()
+        },
+        config_tweak: small_limits,
+        small_table: None,
+        tiny_messages: None,
+        roles,
+    };
+    for seed in 1..=8 {
+        let stats = run_seed(seed, scenario.clone()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stats.acknowledged, 1000, "seed {seed}");
+        assert!(stats.crashes > 0, "seed {seed}: no crash");
+    }
 }
 
 /// A three-node cluster with no faults chooses every value, in a handful of ticks each.
@@ -175,6 +219,7 @@ fn fault_free_cluster_chooses_everything() {
         config_tweak: |_| {},
         small_table: None,
         tiny_messages: None,
+        roles: Default::default(),
     };
     let stats = run_seed(7, scenario).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stats.acknowledged, 150);

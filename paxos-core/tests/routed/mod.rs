@@ -382,7 +382,7 @@ impl Cluster {
                     status.role,
                     status.promised,
                     status.applied_upto,
-                    status.membership.voters().collect::<Vec<_>>(),
+                    status.membership.voting().collect::<Vec<_>>(),
                     node.replica.debug_summary(),
                     node.applied
                 )

@@ -22,8 +22,8 @@ use checker::Checker;
 use network::Network;
 use operator::Operator;
 use paxos_core::{
-    Compaction, Config, Incarnation, MemStorage, Membership, NodeId, PersistOp, Proposal, ProposalError,
-    Replica, RequestId, Rng, Slot,
+    Compaction, Config, Incarnation, MemStorage, MemberRole, Membership, NodeId, PersistOp, Proposal,
+    ProposalError, Replica, RequestId, Rng, Slot,
 };
 use std::collections::BTreeMap;
 
@@ -163,6 +163,29 @@ pub struct Scenario {
     /// catch-up and phase 1 run in many small pages (a long run of accepted records takes
     /// many round trips to report).
     pub tiny_messages: Option<(usize, usize)>,
+    /// The bootstrap members' roles (`--role`); a member not listed is a voter. Mixed roles
+    /// put proposers that keep no acceptor state apart from acceptors that never lead.
+    pub roles: BTreeMap<NodeId, MemberRole>,
+}
+
+/// Mixed roles for `nodes` members: one to three proposers that do not vote, and acceptors or
+/// voters for the rest (at least one member may lead; the seed's topology, 2 proposers and 5
+/// acceptors, is one of them).
+pub fn draw_roles(rng: &mut Rng, nodes: u64) -> BTreeMap<NodeId, MemberRole> {
+    let proposers = rng.range(1, 4).min(nodes - 1);
+    let acceptor_share = rng.range(1, 5);
+    let mut roles = BTreeMap::new();
+    for id in 1..=nodes {
+        let role = if id <= proposers {
+            MemberRole::Proposer
+        } else if rng.chance(acceptor_share, 4) {
+            MemberRole::Acceptor
+        } else {
+            MemberRole::Voter
+        };
+        roles.insert(id, role);
+    }
+    roles
 }
 
 impl Scenario {
@@ -185,6 +208,7 @@ impl Scenario {
             config_tweak: small_limits,
             small_table: None,
             tiny_messages: None,
+            roles: BTreeMap::new(),
         }
     }
 
@@ -210,11 +234,15 @@ impl Scenario {
             config_tweak: small_limits,
             small_table,
             tiny_messages: None,
+            roles: BTreeMap::new(),
         };
         // Drawn last, so every other part of a seed's scenario stays what it was before.
         scenario.tiny_messages = rng
             .chance(1, 4)
             .then(|| ([1, 2, 3][rng.range(0, 3) as usize], [1, 64, 256][rng.range(0, 3) as usize]));
+        if rng.chance(1, 3) {
+            scenario.roles = draw_roles(rng, nodes);
+        }
         scenario
     }
 }
@@ -298,6 +326,10 @@ pub struct Stats {
     pub members_removed: u64,
     pub disks_wiped: u64,
     pub members_replaced: u64,
+    /// Members given another role by the operator.
+    pub roles_changed: u64,
+    /// Runs with mixed roles (proposers apart from acceptors).
+    pub mixed_roles: u64,
 }
 
 impl Stats {
@@ -325,6 +357,8 @@ impl Stats {
         self.members_removed += other.members_removed;
         self.disks_wiped += other.disks_wiped;
         self.members_replaced += other.members_replaced;
+        self.roles_changed += other.roles_changed;
+        self.mixed_roles += other.mixed_roles;
     }
 }
 
@@ -367,9 +401,16 @@ impl Simulation {
         let bootstrap =
             scenario.down_at_start.is_empty() && scenario.faults.permanent_failures == 0 && rng.chance(1, 2);
         let (storage, initial) = if bootstrap {
+            // The checker learns the roles from the binding entry, as the replicas do.
             (MemStorage::default(), Membership::bootstrap(&members, &BTreeMap::new()))
         } else {
-            (MemStorage::bootstrapped(&members), Membership::bound(&members, |id| id))
+            let mut bound = Membership::bound(&members, |id| id);
+            for (id, role) in &scenario.roles {
+                if let Some(member) = bound.members.get_mut(id) {
+                    member.role = *role;
+                }
+            }
+            (MemStorage { membership: Some(bound.clone()), ..MemStorage::default() }, bound)
         };
         let mut nodes = BTreeMap::new();
         for id in &members {
@@ -406,6 +447,7 @@ impl Simulation {
         let permanent_at = (0..scenario.faults.permanent_failures)
             .map(|_| rng.range(1, scenario.fault_ticks.max(2)))
             .collect();
+        let mixed_roles = !scenario.roles.is_empty() as u64;
         Simulation {
             rng,
             network: Network::new(scenario.faults.clone()),
@@ -418,7 +460,7 @@ impl Simulation {
             clients,
             session_owner: BTreeMap::new(),
             now: 0,
-            stats: Stats { bootstraps: bootstrap as u64, ..Stats::default() },
+            stats: Stats { bootstraps: bootstrap as u64, mixed_roles, ..Stats::default() },
             healed: false,
             permanent_at,
             trace_from: std::env::var("PAXOS_SIM_TRACE_FROM").ok().and_then(|v| v.parse().ok()),
@@ -429,6 +471,7 @@ impl Simulation {
         let mut config = Config::new(id, members.to_vec());
         config.incarnation = node.incarnation;
         config.join_existing = node.join_existing;
+        config.role = scenario.roles.get(&id).copied().unwrap_or_default();
         (scenario.config_tweak)(&mut config);
         if let Some((entries_max, bytes_max)) = scenario.tiny_messages {
             config.entries_per_message_max = entries_max;
@@ -948,22 +991,31 @@ impl Simulation {
             }
         }
         if self.permanent_at.contains(&now) {
-            // A member that never comes back: the leader half of the time.
-            let candidates: Vec<NodeId> =
-                self.nodes.iter().filter(|(_, n)| !n.dead).map(|(id, _)| *id).collect();
+            // A member that never comes back: the leader half of the time. Never one whose
+            // loss leaves no live majority of the voting members or nobody that may lead: the
+            // run checks liveness after healing.
+            let candidates: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(id, n)| !n.dead && self.may_die_for_good(**id))
+                .map(|(id, _)| *id)
+                .collect();
             let leader = candidates
                 .iter()
                 .copied()
                 .find(|id| self.nodes[id].replica.as_ref().is_some_and(|r| r.is_leader()));
             let victim = match leader {
-                Some(leader) if self.rng.chance(1, 2) => leader,
-                _ => candidates[self.rng.range(0, candidates.len() as u64) as usize],
+                Some(leader) if self.rng.chance(1, 2) => Some(leader),
+                _ if candidates.is_empty() => None,
+                _ => Some(candidates[self.rng.range(0, candidates.len() as u64) as usize]),
             };
-            self.crash(victim);
-            let node = self.nodes.get_mut(&victim).expect("node exists");
-            node.dead = true;
-            node.restart_at = None;
-            self.stats.permanent_failures += 1;
+            if let Some(victim) = victim {
+                self.crash(victim);
+                let node = self.nodes.get_mut(&victim).expect("node exists");
+                node.dead = true;
+                node.restart_at = None;
+                self.stats.permanent_failures += 1;
+            }
         }
         if self.rng.chance(faults.pause_per_mille, 1000) {
             // The leader most of the time: a paused leader is the classic stale leader.

@@ -3,7 +3,9 @@
 //! leads, as `paxos-cli member` does.
 
 use super::{SimNode, Simulation};
-use paxos_core::{ChangeError, MemStorage, MembershipChange, NodeId, ProposalError, RequestId, Slot};
+use paxos_core::{
+    ChangeError, MemStorage, MemberRole, Membership, MembershipChange, NodeId, ProposalError, RequestId, Slot,
+};
 use std::collections::VecDeque;
 
 /// The client id of the operator's requests (no session has it: sessions are slots).
@@ -15,21 +17,34 @@ const NODES_MAX: u64 = 9;
 
 #[derive(Clone, Debug)]
 pub enum Op {
-    Add { id: NodeId, learner: bool },
+    Add { id: NodeId, role: MemberRole },
     Remove { id: NodeId },
     Replace { id: NodeId },
+    SetRole { id: NodeId, role: MemberRole },
 }
 
 impl Op {
     fn change(&self) -> MembershipChange {
         match self {
-            Op::Add { id, learner } => {
-                MembershipChange::Add { id: *id, address: format!("sim:{id}"), learner: *learner }
+            Op::Add { id, role } => {
+                MembershipChange::Add { id: *id, address: format!("sim:{id}"), role: *role }
             }
             Op::Remove { id } => MembershipChange::Remove { id: *id },
             Op::Replace { id } => MembershipChange::Replace { id: *id },
+            Op::SetRole { id, role } => MembershipChange::SetRole { id: *id, role: *role },
         }
     }
+}
+
+/// `config` once every learner waiting for a promotion has its role.
+fn promoted(config: &Membership) -> Membership {
+    let mut promoted = config.clone();
+    for member in promoted.members.values_mut() {
+        if let Some(role) = member.promote_to.take() {
+            member.role = role;
+        }
+    }
+    promoted
 }
 
 #[derive(Default)]
@@ -107,6 +122,7 @@ impl Simulation {
                 Op::Add { .. } => self.stats.members_added += 1,
                 Op::Remove { .. } => self.stats.members_removed += 1,
                 Op::Replace { .. } => self.stats.members_replaced += 1,
+                Op::SetRole { .. } => self.stats.roles_changed += 1,
             },
             Err(ProposalError::ChangeRefused(
                 ChangeError::NotHeardFrom(_) | ChangeError::SameIncarnation { .. },
@@ -136,7 +152,40 @@ impl Simulation {
             Op::Replace { id } => {
                 latest.get(*id).is_none_or(|member| member.incarnation == self.nodes[id].incarnation)
             }
+            Op::SetRole { id, role } => {
+                latest.get(*id).is_none_or(|member| member.role == *role || member.promote_to == Some(*role))
+            }
         }
+    }
+
+    /// Whether `config` (and `config` once its learners are promoted) keeps the cluster live
+    /// with the nodes in `lost` gone (dead, or wiped): a majority of its voting members alive
+    /// with the disks it admits, and one of them or a proposer able to lead. The run checks
+    /// liveness after healing, so the faults and the operator keep this between them.
+    pub(super) fn viable(&self, config: &Membership, lost: &[NodeId]) -> bool {
+        let able = |config: &Membership, id: &NodeId| {
+            !lost.contains(id)
+                && self.nodes.get(id).is_some_and(|n| !n.dead && config.admits(*id, n.incarnation))
+        };
+        [config.clone(), promoted(config)].iter().all(|config| {
+            let voting: Vec<NodeId> = config.voting().collect();
+            let live = voting.iter().filter(|id| able(config, id)).count();
+            let leader = config.members.keys().any(|id| config.may_lead(*id) && able(config, id));
+            !voting.is_empty() && live > voting.len() / 2 && leader
+        })
+    }
+
+    /// Whether the configuration after `change` stays viable with `lost` gone (see `viable`),
+    /// now and once the learners waiting for promotion are promoted (the leader promotes on its
+    /// own, with the incarnation it last heard, maybe just before a disk is lost).
+    fn viable_after(&self, latest: &Membership, change: MembershipChange, lost: &[NodeId]) -> bool {
+        let seen = self.nodes.iter().map(|(id, n)| (*id, n.incarnation)).collect();
+        latest.after(&change, &seen).is_ok_and(|next| self.viable(&next, lost))
+    }
+
+    /// Whether `id` may die for good (see `viable`).
+    pub(super) fn may_die_for_good(&self, id: NodeId) -> bool {
+        self.viable(self.checker.latest_config(), &[id])
     }
 
     fn leader(&self) -> Option<NodeId> {
@@ -183,28 +232,12 @@ impl Simulation {
     }
 
     fn plan_one_change(&mut self, latest: &paxos_core::Membership, permanent: bool, kind: u64) {
-        // The voters now, and once the learners waiting for promotion are promoted (the leader
-        // promotes on its own, with the incarnation it last heard, maybe just before a disk is
-        // lost): a change must leave a majority able to vote in both.
-        let now_voters: Vec<NodeId> = latest.voters().collect();
-        let soon_voters: Vec<NodeId> = latest.voters().chain(latest.promotable()).collect();
         let dead = |id: &NodeId| self.nodes.get(id).is_none_or(|n| n.dead);
-        // A voter that can vote: alive, with the disk the configuration admits.
-        let admitted =
-            |id: &NodeId| self.nodes.get(id).is_some_and(|n| !n.dead && latest.admits(*id, n.incarnation));
-        // Whether the voters other than `id` that can vote are still a majority of them all.
-        let majority_without = |id: NodeId, removed: bool| {
-            [&now_voters, &soon_voters].iter().all(|voters| {
-                let rest: Vec<&NodeId> = voters.iter().filter(|v| !removed || **v != id).collect();
-                let able = rest.iter().filter(|v| ***v != id && admitted(v)).count();
-                !rest.is_empty() && able > rest.len() / 2
-            })
-        };
         match kind {
             _ if permanent && self.rng.chance(1, 2) => {
-                if let Some(id) =
-                    latest.members.keys().copied().find(|id| dead(id) && majority_without(*id, true))
-                {
+                if let Some(id) = latest.members.keys().copied().find(|id| {
+                    dead(id) && self.viable_after(latest, MembershipChange::Remove { id: *id }, &[])
+                }) {
                     self.operator.queue.push_back(Op::Remove { id });
                 }
             }
@@ -224,14 +257,33 @@ impl Simulation {
                 };
                 self.nodes.insert(id, node);
                 self.members.push(id);
-                let learner = self.rng.chance(1, 4);
-                self.operator.queue.push_back(Op::Add { id, learner });
+                let role = if self.rng.chance(1, 4) {
+                    MemberRole::Learner
+                } else if self.scenario.roles.is_empty() {
+                    MemberRole::Voter
+                } else {
+                    MemberRole::ALL[self.rng.range(0, 3) as usize]
+                };
+                self.operator.queue.push_back(Op::Add { id, role });
+            }
+            1 if !self.scenario.roles.is_empty() && self.rng.chance(1, 2) => {
+                // Another role for a member (a voter becomes an acceptor or a proposer, ...).
+                let ids: Vec<NodeId> = latest.members.keys().copied().collect();
+                let id = ids[self.rng.range(0, ids.len() as u64) as usize];
+                let role = MemberRole::ALL[self.rng.range(0, 4) as usize];
+                if self.viable_after(latest, MembershipChange::SetRole { id, role }, &[]) {
+                    self.operator.queue.push_back(Op::SetRole { id, role });
+                }
             }
             1 => {
                 // A dead member first (what operators remove); else any member whose removal
-                // leaves a live majority of the voters.
-                let candidates: Vec<NodeId> =
-                    latest.members.keys().copied().filter(|id| majority_without(*id, true)).collect();
+                // leaves the cluster viable.
+                let candidates: Vec<NodeId> = latest
+                    .members
+                    .keys()
+                    .copied()
+                    .filter(|id| self.viable_after(latest, MembershipChange::Remove { id: *id }, &[]))
+                    .collect();
                 let pick = candidates.iter().copied().find(|id| dead(id)).or_else(|| {
                     (!candidates.is_empty())
                         .then(|| candidates[self.rng.range(0, candidates.len() as u64) as usize])
@@ -247,7 +299,7 @@ impl Simulation {
                     .members
                     .keys()
                     .copied()
-                    .filter(|id| !dead(id) && majority_without(*id, false))
+                    .filter(|id| !dead(id) && self.viable(latest, &[*id]))
                     .collect();
                 if live.is_empty() {
                     return;
