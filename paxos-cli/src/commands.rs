@@ -9,8 +9,8 @@ use std::io::Write;
 use tokio::io::AsyncBufReadExt;
 
 pub async fn run(cli: &Cli) -> anyhow::Result<()> {
-    if let Command::Demo { dir, stop } = &cli.command {
-        return if *stop { crate::demo::stop(dir) } else { crate::demo::run(dir).await };
+    if let Command::Demo { dir, stop, topology } = &cli.command {
+        return if *stop { crate::demo::stop(dir) } else { crate::demo::run(dir, *topology).await };
     }
     if let Command::Certs { nodes, no_clients, overwrite } = &cli.command {
         return certs(cli, nodes, !no_clients, *overwrite);

@@ -1,10 +1,13 @@
-//! `paxos-cli demo`: a local 3-node cluster in one command, for newcomers.
+//! `paxos-cli demo`: a local cluster in one command, for newcomers.
 //!
-//! Starts three real `paxos-node` processes on free 127.0.0.1 ports with data directories under
-//! one folder, proposes values, kills a node with SIGKILL and restarts it, shows that the
-//! histories agree, and leaves the cluster running with instructions to use and stop it.
+//! Starts real `paxos-node` processes on free 127.0.0.1 ports with data directories under one
+//! folder, proposes values, kills nodes with SIGKILL and restarts them, shows that the
+//! histories agree, and leaves the cluster running with instructions to use and stop it. Two
+//! topologies: three voters (the default), and the seed's: proposers apart from acceptors.
 
 use anyhow::{bail, Context};
+use futures::StreamExt;
+use paxos_core::MemberRole;
 use paxos_node::certs::IssueRequest;
 use paxos_node::client::{Client, ClientOptions};
 use paxos_node::tls::{CertFiles, Security, Tls};
@@ -15,8 +18,38 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const NODES: u64 = 3;
 const STATE_FILE: &str = "cluster.json";
+
+/// Which cluster `paxos-cli demo` starts.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// Three voters.
+    Three,
+    /// The seed's: 2 proposers (lead, keep no acceptor state) and 5 acceptors (vote, never lead).
+    Seed,
+}
+
+impl Topology {
+    fn roles(self) -> BTreeMap<u64, MemberRole> {
+        match self {
+            Topology::Three => (1..=3).map(|id| (id, MemberRole::Voter)).collect(),
+            Topology::Seed => (1..=7)
+                .map(|id| {
+                    (id, if id <= SEED_PROPOSERS { MemberRole::Proposer } else { MemberRole::Acceptor })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The seed topology: nodes 1 and 2 propose, nodes 3 to 7 accept.
+const SEED_PROPOSERS: u64 = 2;
+/// Acceptors the seed demo kills (the last two): 3 of 5 remain, a majority.
+const SEED_ACCEPTORS_KILLED: [u64; 2] = [6, 7];
+/// Values the seed demo proposes, half through each proposer.
+const SEED_VALUES: usize = 1000;
+/// Proposals each proposer's client keeps in flight.
+const SEED_WINDOW: usize = 16;
 
 fn node_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating paxos-cli")?;
@@ -84,6 +117,7 @@ struct Demo {
     dir: PathBuf,
     binary: PathBuf,
     addrs: BTreeMap<u64, String>,
+    roles: BTreeMap<u64, MemberRole>,
     pids: BTreeMap<u64, u32>,
     /// Children started by this run (killing one needs its handle to reap it).
     children: BTreeMap<u64, std::process::Child>,
@@ -91,14 +125,15 @@ struct Demo {
 }
 
 impl Demo {
-    /// A cluster of `NODES` nodes on free ports, none started yet, with its files in `dir`.
-    fn new(dir: PathBuf) -> anyhow::Result<Demo> {
-        let ports = free_ports(NODES)?;
-        let addrs = (1..=NODES).zip(ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
+    /// A cluster of nodes with `roles` on free ports, none started yet, with its files in `dir`.
+    fn new(dir: PathBuf, roles: BTreeMap<u64, MemberRole>) -> anyhow::Result<Demo> {
+        let ports = free_ports(roles.len() as u64)?;
+        let addrs = roles.keys().zip(ports).map(|(id, port)| (*id, format!("127.0.0.1:{port}"))).collect();
         Ok(Demo {
             dir,
             binary: node_binary()?,
             addrs,
+            roles,
             pids: BTreeMap::new(),
             children: BTreeMap::new(),
             security: Security::InsecurePlaintext,
@@ -116,6 +151,7 @@ impl Demo {
             command.arg("--peer").arg(format!("{peer}={addr}"));
         }
         command.arg("--data-dir").arg(self.dir.join(format!("node-{id}")));
+        command.arg("--role").arg(self.roles[&id].to_string());
         command.arg("--certs-dir").arg(self.certs_dir());
         let child = command
             .stdin(Stdio::null())
@@ -134,7 +170,7 @@ impl Demo {
         let nodes: Vec<_> = self
             .addrs
             .iter()
-            .map(|(id, addr)| json!({ "id": id, "addr": addr, "pid": self.pids.get(id) }))
+            .map(|(id, addr)| json!({ "id": id, "addr": addr, "role": self.roles[id], "pid": self.pids.get(id) }))
             .collect();
         let state = json!({ "nodes": nodes });
         std::fs::write(self.dir.join(STATE_FILE), serde_json::to_string_pretty(&state)?)?;
@@ -191,6 +227,24 @@ impl Demo {
         }
     }
 
+    /// Waits until every node of `ids` holds a chosen configuration.
+    async fn wait_bound(&self, ids: &[u64]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for id in ids {
+            let client = self.client(&[*id])?;
+            while client.status().await.ok().and_then(|s| s.configuration_chosen_at).is_none() {
+                if Instant::now() > deadline {
+                    bail!(
+                        "node {id} holds no chosen configuration after 20 s; see the logs in {}",
+                        self.dir.display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// The histories of the nodes among `ids` that answer.
     async fn histories(&self, ids: &[u64]) -> anyhow::Result<BTreeMap<u64, History>> {
         let mut histories = BTreeMap::new();
@@ -221,10 +275,13 @@ const VALUES_WHILE_DOWN: usize = 3;
 /// One node's history: each slot with its value, `None` for slots that open a client session.
 type History = Vec<(paxos_core::Slot, Option<Vec<u8>>)>;
 
-pub async fn run(dir: &Path) -> anyhow::Result<()> {
+pub async fn run(dir: &Path, topology: Topology) -> anyhow::Result<()> {
     let dir = prepare_dir(dir)?;
-    let mut demo = Demo::new(dir)?;
-    let all: Vec<u64> = (1..=NODES).collect();
+    let mut demo = Demo::new(dir, topology.roles())?;
+    if topology == Topology::Seed {
+        return run_seed(&mut demo).await;
+    }
+    let all: Vec<u64> = demo.addrs.keys().copied().collect();
     let leader = start_nodes(&mut demo, &all).await?;
     propose_through_each_node(&demo, &all).await?;
     kill_leader(&mut demo, &all, leader).await?;
@@ -256,16 +313,20 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 async fn start_nodes(demo: &mut Demo, all: &[u64]) -> anyhow::Result<u64> {
     demo.create_certs()?;
     println!(
-        "1. starting {NODES} paxos-node processes, data in {}; links are mutual TLS with certificates in {}",
+        "1. starting {} paxos-node processes, data in {}; links are mutual TLS with certificates in {}",
+        all.len(),
         demo.dir.display(),
         demo.certs_dir().display()
     );
     for id in all {
         demo.spawn(*id)?;
-        println!("   node {id} on {} (pid {})", demo.addrs[id], demo.pids[id]);
+        println!("   node {id} ({}) on {} (pid {})", demo.roles[id], demo.addrs[id], demo.pids[id]);
     }
     let leader = demo.leader(all).await?;
-    println!("   node {leader} was elected leader");
+    // The first configuration entry binds every member's data directory and needs every
+    // member's vote: nothing may be killed before it is chosen.
+    demo.wait_bound(all).await?;
+    println!("   node {leader} was elected leader, and the configuration is bound (slot 0)");
     Ok(leader)
 }
 
@@ -310,22 +371,7 @@ async fn restart_and_catch_up(
     println!("4. restarting node {id} on its data directory");
     demo.spawn(id)?;
     let values_expected = VALUES_BEFORE_KILL + 1 + VALUES_WHILE_DOWN;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let histories = demo.histories(all).await?;
-        let first = histories.values().next().cloned().unwrap_or_default();
-        let values = first.iter().filter(|(_, value)| value.is_some()).count();
-        if histories.len() == all.len()
-            && histories.values().all(|h| *h == first)
-            && values >= values_expected
-        {
-            return Ok(histories);
-        }
-        if Instant::now() > deadline {
-            bail!("histories did not converge within 20 s; see the logs in {}", demo.dir.display());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    converged_histories(demo, all, values_expected).await
 }
 
 /// Step 5: the values of the first node's history, then how every node's compares to it.
@@ -344,6 +390,117 @@ fn print_histories(histories: &BTreeMap<u64, History>, all: &[u64]) {
             history.len(),
             history == reference
         );
+    }
+}
+
+/// The seed's scenario: 2 proposers and 5 acceptors; 2 acceptors killed with SIGKILL; 1000
+/// values proposed through both proposers; the acceptors restarted; every member's history
+/// compared, and what each member holds shown.
+async fn run_seed(demo: &mut Demo) -> anyhow::Result<()> {
+    let all: Vec<u64> = demo.addrs.keys().copied().collect();
+    let proposers: Vec<u64> = (1..=SEED_PROPOSERS).collect();
+    let leader = start_nodes(demo, &all).await?;
+    println!("2. kill -9 of acceptors {:?}: 3 of the 5 acceptors remain, a majority", SEED_ACCEPTORS_KILLED);
+    for id in SEED_ACCEPTORS_KILLED {
+        demo.kill9(id)?;
+    }
+    println!(
+        "3. proposing {SEED_VALUES} values, half through each proposer ({SEED_WINDOW} in flight each); node {leader} leads, the other forwards"
+    );
+    let started = Instant::now();
+    let mut acknowledged: BTreeMap<Vec<u8>, paxos_core::Slot> = BTreeMap::new();
+    let per_proposer = SEED_VALUES / proposers.len();
+    let mut streams = Vec::new();
+    for proposer in &proposers {
+        let client = demo.client(&[*proposer])?;
+        let values: Vec<Vec<u8>> =
+            (1..=per_proposer).map(|i| format!("via-{proposer}-{i:04}").into_bytes()).collect();
+        streams.push(async move {
+            let slots: Vec<_> =
+                client.propose_stream(futures::stream::iter(values.clone()), SEED_WINDOW).collect().await;
+            (*proposer, values, slots)
+        });
+    }
+    for (proposer, values, slots) in futures::future::join_all(streams).await {
+        let mut chosen = 0;
+        for (value, slot) in values.into_iter().zip(slots) {
+            let slot = slot.with_context(|| format!("a proposal through node {proposer}"))?;
+            acknowledged.insert(value, slot);
+            chosen += 1;
+        }
+        println!("   {chosen} values through node {proposer} chosen");
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "   {} values chosen in {} ms ({:.0} values/s) with 2 of 5 acceptors down",
+        acknowledged.len(),
+        elapsed.as_millis(),
+        acknowledged.len() as f64 / elapsed.as_secs_f64()
+    );
+    println!("4. restarting acceptors {:?} on their data directories", SEED_ACCEPTORS_KILLED);
+    for id in SEED_ACCEPTORS_KILLED {
+        demo.spawn(id)?;
+    }
+    let histories = converged_histories(demo, &all, acknowledged.len()).await?;
+    println!("5. every member's history, compared with node 1's:");
+    let reference = &histories[&all[0]];
+    for (id, history) in &histories {
+        let values = history.iter().filter(|(_, value)| value.is_some()).count();
+        let status = demo.client(&[*id])?.status().await?;
+        let holds = match demo.roles[id] {
+            MemberRole::Proposer => format!(
+                "accepted records: {} (a proposer keeps no acceptor state; it learned the history from the acceptors)",
+                status.accepted_records
+            ),
+            _ => format!("promised ballot {}, accepted records kept: {}", status.ballot, status.accepted_records),
+        };
+        println!(
+            "   node {id} ({}): {values} values in {} slots, identical: {}; {holds}",
+            demo.roles[id],
+            history.len(),
+            history == reference
+        );
+    }
+    let misplaced = acknowledged
+        .iter()
+        .filter(|(value, slot)| {
+            reference.iter().filter(|(_, held)| held.as_deref() == Some(value.as_slice())).count() != 1
+                || !reference
+                    .iter()
+                    .any(|(at, held)| at == *slot && held.as_deref() == Some(value.as_slice()))
+        })
+        .count();
+    if misplaced > 0 {
+        bail!("{misplaced} acknowledged values are missing, repeated or not at their slot");
+    }
+    println!(
+        "   every one of the {} acknowledged values is in the history once, at the slot it was acknowledged at",
+        acknowledged.len()
+    );
+    print_instructions(demo)
+}
+
+/// Every node's history once all of `ids` answer with the same one holding `values` values.
+async fn converged_histories(
+    demo: &Demo,
+    ids: &[u64],
+    values_expected: usize,
+) -> anyhow::Result<BTreeMap<u64, History>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let histories = demo.histories(ids).await?;
+        let first = histories.values().next().cloned().unwrap_or_default();
+        let values = first.iter().filter(|(_, value)| value.is_some()).count();
+        if histories.len() == ids.len()
+            && histories.values().all(|h| *h == first)
+            && values >= values_expected
+        {
+            return Ok(histories);
+        }
+        if Instant::now() > deadline {
+            bail!("histories did not converge within 30 s; see the logs in {}", demo.dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -9,6 +9,7 @@ mod output;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use paxos_core::MemberRole;
 use paxos_node::tls::{CertFiles, Security, Tls};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,14 +69,19 @@ pub enum MemberCommand {
     /// Every member with its address, role, incarnation and progress (from the node asked).
     List,
     /// Add a member, ID=HOST:PORT. It joins as a learner, catches up, and the leader promotes
-    /// it to voter (unless --learner). Start it with `paxos-node --initial-cluster-state
-    /// existing` (and a node certificate of this cluster: `paxos-cli certs --nodes ID`).
+    /// it to its role (--role, voter by default). Start it with `paxos-node
+    /// --initial-cluster-state existing` (and a node certificate of this cluster: `paxos-cli
+    /// certs --nodes ID`).
     Add {
         /// The new member, as ID=HOST:PORT.
         #[arg(value_name = "ID=ADDR")]
         member: String,
-        /// Keep it a learner: it receives the history, never votes or leads.
-        #[arg(long)]
+        /// voter (votes, may lead), acceptor (votes, never leads), proposer (may lead, never
+        /// counted in a quorum, keeps no acceptor state) or learner (only receives the history).
+        #[arg(long, default_value = "voter", value_parser = parse_role)]
+        role: MemberRole,
+        /// The same as --role learner.
+        #[arg(long, conflicts_with = "role")]
         learner: bool,
         /// Return once the entry adding it is chosen, without waiting for the promotion.
         #[arg(long)]
@@ -83,6 +89,14 @@ pub enum MemberCommand {
     },
     /// Remove a member (the leader too: it steps down once the change is applied).
     Remove { id: u64 },
+    /// Give member ID another role (voter, acceptor, proposer or learner). Refused if no
+    /// member could lead or none could vote afterwards; a change of whether it votes moves one
+    /// voting member, like an addition or a removal.
+    Role {
+        id: u64,
+        #[arg(value_parser = parse_role)]
+        role: MemberRole,
+    },
     /// Admit the data directory member ID runs with now (after it lost its disk and was
     /// restarted empty): its old votes no longer count, it catches up as a learner and is
     /// promoted back to voter.
@@ -187,6 +201,11 @@ pub enum Command {
         /// Folder for the nodes' data directories, logs and pids (replaced if it exists).
         #[arg(long, default_value = "paxos-demo")]
         dir: std::path::PathBuf,
+        /// `three`: 3 voters; a leader is killed and restarted. `seed`: 2 proposers and 5
+        /// acceptors (roles apart); 2 acceptors are killed, 1000 values go through both
+        /// proposers, the acceptors come back.
+        #[arg(long, value_enum, default_value = "three")]
+        topology: demo::Topology,
         /// Stop the demo cluster running in --dir instead.
         #[arg(long)]
         stop: bool,
@@ -212,7 +231,10 @@ impl Cli {
             self.command,
             Command::Gc { .. }
                 | Command::Member(
-                    MemberCommand::Add { .. } | MemberCommand::Remove { .. } | MemberCommand::Replace { .. }
+                    MemberCommand::Add { .. }
+                        | MemberCommand::Remove { .. }
+                        | MemberCommand::Replace { .. }
+                        | MemberCommand::Role { .. }
                 )
         );
         let default = if admin { "admin" } else { "client" };
@@ -265,4 +287,8 @@ async fn main() {
         eprintln!("paxos-cli: {text}");
         std::process::exit(1);
     }
+}
+
+fn parse_role(text: &str) -> Result<MemberRole, String> {
+    text.parse()
 }

@@ -9,8 +9,8 @@ use serde_json::json;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-/// How long `member add` and `member replace` wait for the promotion to voter: catching up a
-/// long history takes a while, and the change itself is done already when this runs out.
+/// How long `member add` and `member replace` wait for the promotion: catching up a long
+/// history takes a while, and the change itself is done already when this runs out.
 const PROMOTION_WAIT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -25,12 +25,17 @@ pub async fn run(client: &Client, command: &MemberCommand, json: bool) -> anyhow
                 write!(out, "{}", list_text(&status))?;
             }
         }
-        MemberCommand::Add { member, learner, no_wait } => {
+        MemberCommand::Add { member, role, learner, no_wait } => {
             let (id, address) = parse_member(member)?;
-            let change = MembershipChange::Add { id, address: address.clone(), learner: *learner };
+            let role = if *learner { MemberRole::Learner } else { *role };
+            let change = MembershipChange::Add { id, address: address.clone(), role };
             let slot = client.change_membership(change).await?;
-            let voter_at = if *learner || *no_wait { None } else { wait_for_voter(client, id, json).await? };
-            report(&mut out, json, "added", id, slot, *learner, voter_at)?;
+            let promoted_at = if role == MemberRole::Learner || *no_wait {
+                None
+            } else {
+                wait_for_promotion(client, id, role, json).await?
+            };
+            report(&mut out, json, "added", id, slot, role, promoted_at)?;
         }
         MemberCommand::Remove { id } => {
             let slot = client.change_membership(MembershipChange::Remove { id: *id }).await?;
@@ -40,13 +45,48 @@ pub async fn run(client: &Client, command: &MemberCommand, json: bool) -> anyhow
                 writeln!(out, "node {id} removed by the configuration at slot {slot}")?;
             }
         }
+        MemberCommand::Role { id, role } => {
+            let slot = client.change_membership(MembershipChange::SetRole { id: *id, role: *role }).await?;
+            if json {
+                writeln!(out, "{}", json!({ "id": id, "role": role, "changed_at": slot }))?;
+            } else {
+                let article = if *role == MemberRole::Acceptor { "an" } else { "a" };
+                writeln!(out, "node {id} is {article} {role} since the configuration at slot {slot}")?;
+            }
+        }
         MemberCommand::Replace { id, no_wait } => {
+            let before = client.status().await?;
+            let role = before
+                .members
+                .iter()
+                .find(|m| m.id == *id)
+                .map(|m| m.promote_to.unwrap_or(m.role))
+                .unwrap_or(MemberRole::Voter);
             let slot = client.change_membership(MembershipChange::Replace { id: *id }).await?;
-            let voter_at = if *no_wait { None } else { wait_for_voter(client, *id, json).await? };
-            report(&mut out, json, "replaced", *id, slot, false, voter_at)?;
+            let promoted_at = if *no_wait || role == MemberRole::Learner {
+                None
+            } else {
+                wait_for_promotion(client, *id, role, json).await?
+            };
+            report(&mut out, json, "replaced", *id, slot, role, promoted_at)?;
         }
     }
+    drop(out);
+    warn_if_weak(client, json).await;
     Ok(())
+}
+
+/// After a change, says on stderr why the configuration is weak, if it is (legal, but a
+/// failure would stop the cluster).
+async fn warn_if_weak(client: &Client, json: bool) {
+    if json {
+        return;
+    }
+    if let Ok(status) = client.status().await {
+        for warning in &status.warnings {
+            eprintln!("warning: {warning}");
+        }
+    }
 }
 
 fn parse_member(member: &str) -> anyhow::Result<(NodeId, String)> {
@@ -64,19 +104,24 @@ fn parse_member(member: &str) -> anyhow::Result<(NodeId, String)> {
     Ok((id, address.to_owned()))
 }
 
-/// Waits until the node asked lists `id` as a voter; the slot of that configuration, or
+/// Waits until the node asked lists `id` as a `role`; the slot of that configuration, or
 /// `None` if it is still a learner when the wait ends.
-async fn wait_for_voter(client: &Client, id: NodeId, json: bool) -> anyhow::Result<Option<Slot>> {
+async fn wait_for_promotion(
+    client: &Client,
+    id: NodeId,
+    role: MemberRole,
+    json: bool,
+) -> anyhow::Result<Option<Slot>> {
     if !json {
         eprintln!(
-            "node {id} is a learner; waiting until it has caught up and the leader promotes it to voter..."
+            "node {id} is a learner; waiting until it has caught up and the leader promotes it to {role}..."
         );
     }
     let deadline = Instant::now() + PROMOTION_WAIT;
     while Instant::now() < deadline {
         let status = client.status().await?;
         if let Some(member) = status.members.iter().find(|m| m.id == id) {
-            if member.role == MemberRole::Voter && !member.promote {
+            if member.role == role && member.promote_to.is_none() {
                 return Ok(status.configuration_chosen_at);
             }
         }
@@ -91,21 +136,34 @@ fn report(
     what: &str,
     id: NodeId,
     slot: Slot,
-    learner: bool,
-    voter_at: Option<Slot>,
+    role: MemberRole,
+    promoted_at: Option<Slot>,
 ) -> anyhow::Result<()> {
     if json {
-        let role = if voter_at.is_some() { "voter" } else { "learner" };
-        writeln!(out, "{}", json!({ "id": id, "changed_at": slot, "role": role, "voter_at": voter_at }))?;
+        let now = if promoted_at.is_some() { role } else { MemberRole::Learner };
+        let line = json!({
+            "id": id, "changed_at": slot, "role": now, "promote_to": role, "promoted_at": promoted_at,
+            // The field of earlier versions, for scripts that read it.
+            "voter_at": promoted_at.filter(|_| role == MemberRole::Voter),
+        });
+        writeln!(out, "{line}")?;
         return Ok(());
     }
     writeln!(out, "node {id} {what} as a learner by the configuration at slot {slot}")?;
-    match voter_at {
-        Some(voter_at) => writeln!(out, "node {id} caught up and votes since the configuration at slot {voter_at}")?,
-        None if learner => writeln!(out, "node {id} stays a learner: it receives the history, never votes")?,
+    let does = match role {
+        MemberRole::Voter => "votes and may lead",
+        MemberRole::Acceptor => "votes (an acceptor: never leads)",
+        MemberRole::Proposer => "may lead (a proposer: never votes)",
+        MemberRole::Learner => "",
+    };
+    match promoted_at {
+        Some(at) => writeln!(out, "node {id} caught up and {does} since the configuration at slot {at}")?,
+        None if role == MemberRole::Learner => {
+            writeln!(out, "node {id} stays a learner: it receives the history, never votes or leads")?
+        }
         None => writeln!(
             out,
-            "node {id} is not a voter yet: the leader promotes it once it has caught up (watch `paxos-cli member list`)"
+            "node {id} is not a {role} yet: the leader promotes it once it has caught up (watch `paxos-cli member list`)"
         )?,
     }
     Ok(())
@@ -120,10 +178,11 @@ fn list_json(status: &StatusReport) -> serde_json::Value {
             "id": m.id,
             "addr": m.addr,
             "role": m.role,
-            "promote": m.promote,
+            "promote_to": m.promote_to,
             "incarnation": format!("{:016x}", m.incarnation),
             "applied_upto": m.applied_upto,
         })).collect::<Vec<_>>(),
+        "warnings": status.warnings,
         "problems": status.problems,
     })
 }
@@ -134,9 +193,12 @@ fn list_text(status: &StatusReport) -> String {
         None => "bootstrap (from --peer), not bound yet".into(),
     };
     let mut out = format!("configuration {chosen_at}, as node {} holds it\n", status.node);
-    out.push_str("ID  ADDRESS                ROLE      INCARNATION       APPLIED  NOTE\n");
+    out.push_str("ID  ADDRESS                ROLE             INCARNATION       APPLIED  NOTE\n");
     for member in &status.members {
-        let role = if member.promote { "learner*" } else { &member.role.to_string() };
+        let role = match member.promote_to {
+            Some(role) => format!("learner→{role}"),
+            None => member.role.to_string(),
+        };
         let incarnation =
             if member.incarnation == 0 { "-".to_owned() } else { format!("{:016x}", member.incarnation) };
         let applied = member.applied_upto.map_or("?".to_owned(), |u| u.to_string());
@@ -148,7 +210,7 @@ fn list_text(status: &StatusReport) -> String {
             notes.push("this node");
         }
         out.push_str(&format!(
-            "{:<3} {:<22} {:<9} {:<17} {:<8} {}\n",
+            "{:<3} {:<22} {:<16} {:<17} {:<8} {}\n",
             member.id,
             member.addr,
             role,
@@ -157,8 +219,11 @@ fn list_text(status: &StatusReport) -> String {
             notes.join(", ")
         ));
     }
-    if status.members.iter().any(|m| m.promote) {
-        out.push_str("* promoted to voter once caught up\n");
+    if status.members.iter().any(|m| m.promote_to.is_some()) {
+        out.push_str("learner→ROLE: promoted to ROLE once caught up\n");
+    }
+    for warning in &status.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
     }
     for problem in &status.problems {
         out.push_str(&format!("problem: {problem}\n"));

@@ -88,11 +88,15 @@ pub fn status_json(status: &StatusReport) -> Value {
         "superseded_leaderships": status.superseded_leaderships,
         "members": status.members.iter().map(|m| json!({
             "id": m.id, "addr": m.addr, "applied_upto": m.applied_upto, "role": m.role,
-            "incarnation": format!("{:016x}", m.incarnation), "promote": m.promote,
+            "incarnation": format!("{:016x}", m.incarnation), "promote_to": m.promote_to,
         })).collect::<Vec<_>>(),
         "configuration_chosen_at": status.configuration_chosen_at,
         "incarnation": format!("{:016x}", status.incarnation),
         "can_vote": status.can_vote,
+        "can_lead": status.can_lead,
+        "member_role": status.members.iter().find(|m| m.id == status.node).map(|m| m.role),
+        "started_as": status.started_as,
+        "warnings": status.warnings,
         "problems": status.problems,
         "fsyncs": status.fsyncs,
         "applied_since_start": status.applied_since_start,
@@ -120,14 +124,27 @@ pub fn status_text(status: &StatusReport) -> String {
     );
     for member in &status.members {
         let upto = member.applied_upto.map(|u| u.to_string()).unwrap_or_else(|| "?".into());
-        let promote = if member.promote { ", promoted once caught up" } else { "" };
+        let promote =
+            member.promote_to.map(|role| format!(", becomes {role} once caught up")).unwrap_or_default();
         out.push_str(&format!(
             "  {} {} {}{promote}, applied up to {upto}\n",
             member.id, member.addr, member.role
         ));
     }
-    if !status.can_vote {
-        out.push_str("this node does not vote (a learner, removed, or a data directory the configuration does not admit)\n");
+    let own_role = status.members.iter().find(|m| m.id == status.node).map(|m| m.role);
+    match own_role {
+        Some(role) => out.push_str(&format!(
+            "this node's role: {role} ({}, {})\n",
+            if status.can_vote { "votes" } else { "does not vote" },
+            if status.can_lead { "may lead" } else { "never leads" }
+        )),
+        None => out.push_str("this node is not a member of the configuration it holds\n"),
+    }
+    if !status.can_vote && own_role.is_some_and(|role| role.votes()) {
+        out.push_str("this node does not vote: a data directory the configuration does not admit, or a joining node that has yet to learn the configuration\n");
+    }
+    for warning in &status.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
     }
     for problem in &status.problems {
         out.push_str(&format!("problem: {problem}\n"));

@@ -137,7 +137,11 @@ mod tests {
 
     fn sample_frames() -> Vec<Frame> {
         vec![
-            Frame::Hello(Hello { protocol_version: 1, cluster_id: "c".into(), caller: Caller::Node(2, 2) }),
+            Frame::Hello(Hello {
+                protocol_version: 1,
+                cluster_id: "c".into(),
+                caller: Caller::Node(2, 2, paxos_core::MemberRole::Voter),
+            }),
             Frame::Peer(Message::Accept {
                 ballot: Ballot::new(3, 1),
                 entries: vec![

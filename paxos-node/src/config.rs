@@ -32,6 +32,9 @@ pub struct NodeConfig {
     /// or joins a cluster that exists (`Existing`: it only learns until the configuration it
     /// learns admits it). Ignored once the directory holds state.
     pub initial_cluster_state: ClusterState,
+    /// `--role`: what this node does in a brand-new cluster's bootstrap configuration (the
+    /// binding entry records it). Ignored once the cluster is bound: the configuration says.
+    pub role: paxos_core::MemberRole,
 }
 
 /// `--initial-cluster-state`.
@@ -49,6 +52,7 @@ impl NodeConfig {
         config.incarnation = incarnation;
         config.addresses = self.members.clone();
         config.join_existing = self.initial_cluster_state == ClusterState::Existing;
+        config.role = self.role;
         config.heartbeat_interval_ticks = self.heartbeat_interval_ticks;
         config.election_timeout_ticks = self.election_timeout_ticks;
         // A forwarded proposal waits at most ~5 s for the leader.

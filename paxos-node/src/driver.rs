@@ -87,8 +87,9 @@ pub enum Input {
     /// A message from a peer; `from` comes from the connection's handshake.
     Peer {
         from: NodeId,
-        /// As the peer's Hello gave it.
+        /// As the peer's Hello gave them.
         incarnation: paxos_core::Incarnation,
+        role: paxos_core::MemberRole,
         message: paxos_core::Message,
     },
     Client {
@@ -233,8 +234,9 @@ impl Driver {
     /// Returns true on shutdown.
     fn handle(&mut self, input: Input) -> bool {
         match input {
-            Input::Peer { from, incarnation, message } => {
-                self.replica.step(paxos_core::Envelope { from, to: self.config.id, incarnation, message });
+            Input::Peer { from, incarnation, role, message } => {
+                let to = self.config.id;
+                self.replica.step(paxos_core::Envelope { from, to, incarnation, role, message });
             }
             Input::Client { request, respond } => self.on_request(request, respond),
             Input::Shutdown => return true,
@@ -341,7 +343,7 @@ impl Driver {
                 applied_upto: status.member_applied_upto.get(id).copied(),
                 role: member.role,
                 incarnation: member.incarnation,
-                promote: member.promote,
+                promote_to: member.promote_to,
             })
             .collect();
         StatusReport {
@@ -361,6 +363,9 @@ impl Driver {
             configuration_chosen_at: status.membership.chosen_at,
             incarnation: status.incarnation,
             can_vote: status.can_vote,
+            can_lead: status.can_lead,
+            started_as: self.config.role,
+            warnings: status.membership.weakness().into_iter().collect(),
             problems: problems(self.config.id, &status),
             fsyncs: self.storage.fsyncs(),
             applied_since_start: self.applied_since_start,
@@ -389,7 +394,8 @@ impl Driver {
                 .members
                 .iter()
                 .map(|(id, m)| {
-                    format!("{id}={} ({}{})", m.address, m.role, if m.promote { ", to promote" } else { "" })
+                    let promote = m.promote_to.map(|role| format!(", to become {role}")).unwrap_or_default();
+                    format!("{id}={} ({}{promote})", m.address, m.role)
                 })
                 .collect();
             tracing::info!(chosen_at = ?membership.chosen_at, "configuration: {}", members.join(", "));

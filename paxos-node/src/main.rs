@@ -52,6 +52,15 @@ struct Args {
     #[arg(long, env = "PAXOS_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
     initial_cluster_state: InitialClusterState,
 
+    /// What this node does: `voter` (votes, may lead), `acceptor` (votes and keeps promises
+    /// and accepted values durably, never leads: a witness), `proposer` (may lead, keeps no
+    /// acceptor state, never counted in a quorum) or `learner` (only receives the history).
+    /// Quorums are majorities of the voters and acceptors. Counts for the bootstrap of a
+    /// brand-new cluster (every member announces its own); afterwards the configuration
+    /// decides, and `paxos-cli member role ID ROLE` changes it.
+    #[arg(long, env = "PAXOS_ROLE", default_value = "voter", value_parser = parse_role)]
+    role: paxos_core::MemberRole,
+
     /// Directory of this node's RocksDB database. Created on first start, then bound to this
     /// node id and cluster. Default: ./paxos-data-<ID>.
     #[arg(long, env = "PAXOS_DATA_DIR")]
@@ -167,6 +176,10 @@ fn parse_peers(args: &Args) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(members)
 }
 
+fn parse_role(text: &str) -> Result<paxos_core::MemberRole, String> {
+    text.parse()
+}
+
 async fn shutdown_signal() -> anyhow::Result<&'static str> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -207,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
             InitialClusterState::New => ClusterState::New,
             InitialClusterState::Existing => ClusterState::Existing,
         },
+        role: args.role,
     };
     let mut node = NodeHandle::start(config).await.context("paxos-node cannot start")?;
     tokio::select! {

@@ -72,6 +72,18 @@ impl NodeHandle {
             config.data_dir.display()
         );
         if let Some(membership) = &durable.membership {
+            let role = membership.get(config.id).map(|member| member.role);
+            if role.is_some_and(|role| role != config.role) {
+                tracing::warn!(
+                    "started with --role {}, but the configuration chosen at slot {:?} makes this node a {}: \
+                     following the configuration (--role only counts in a new cluster's bootstrap; change \
+                     roles with `paxos-cli member role {} ROLE`)",
+                    config.role,
+                    membership.chosen_at,
+                    role.map_or_else(String::new, |role| role.to_string()),
+                    config.id
+                );
+            }
             let chosen: BTreeMap<u64, String> =
                 membership.members.iter().map(|(id, m)| (*id, m.address.clone())).collect();
             if chosen != config.members {
@@ -99,6 +111,7 @@ impl NodeHandle {
         let template = LinkIdentity {
             node_id: config.id,
             incarnation,
+            role: config.role,
             peer_id: 0,
             peer_addr: String::new(),
             cluster: config.cluster.clone(),
@@ -199,6 +212,7 @@ mod tests {
             security: Security::InsecurePlaintext,
             timeouts: crate::config::DEFAULT_TIMEOUTS,
             initial_cluster_state: crate::config::ClusterState::New,
+            role: paxos_core::MemberRole::Voter,
         };
         let node = NodeHandle::start(config).await.expect("start");
         let mut options =

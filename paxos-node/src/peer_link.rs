@@ -25,6 +25,8 @@ pub struct LinkIdentity {
     pub node_id: NodeId,
     /// This node's data directory's incarnation, presented in the Hello.
     pub incarnation: paxos_core::Incarnation,
+    /// This node's `--role`, presented in the Hello.
+    pub role: paxos_core::MemberRole,
     pub peer_id: NodeId,
     pub peer_addr: String,
     pub cluster: String,
@@ -153,7 +155,7 @@ async fn connect(identity: &LinkIdentity) -> Result<Connection, String> {
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         cluster_id: identity.cluster.clone(),
-        caller: Caller::Node(identity.node_id, identity.incarnation),
+        caller: Caller::Node(identity.node_id, identity.incarnation, identity.role),
     };
     let (connection, welcome) = Connection::connect(
         &identity.peer_addr,

@@ -315,7 +315,7 @@ async fn handle(
         return Err(SessionError::Handshake(reason));
     }
     match hello.caller {
-        Caller::Node(peer, incarnation) => {
+        Caller::Node(peer, incarnation, role) => {
             let Some((member_slots, roster)) = peer_slots(slots, peer) else {
                 let reason = format!("this node already knows {PEER_IDS_MAX} other node ids");
                 connection.refuse(reason.clone()).await;
@@ -346,7 +346,7 @@ async fn handle(
             let place = roster.join(None);
             connection.welcome(welcome(context)).await?;
             tracing::debug!(peer, "peer connected");
-            let result = peer_session(connection, peer, incarnation, &place, context, shutdown).await;
+            let result = peer_session(connection, (peer, incarnation, role), &place, context, shutdown).await;
             drop(slot);
             result
         }
@@ -397,7 +397,7 @@ fn check_hello(hello: &Hello, credentials: &Credentials, context: &ServerContext
         ));
     }
     match hello.caller {
-        Caller::Node(peer, _) => {
+        Caller::Node(peer, ..) => {
             // Not a check of membership: the configuration changes, and a node this one has not
             // heard of yet may be a member already (the core learns from it, and counts only
             // the votes its configuration admits).
@@ -426,8 +426,7 @@ fn check_hello(hello: &Hello, credentials: &Credentials, context: &ServerContext
 
 async fn peer_session(
     mut connection: Connection,
-    peer: NodeId,
-    incarnation: paxos_core::Incarnation,
+    (peer, incarnation, role): (NodeId, paxos_core::Incarnation, paxos_core::MemberRole),
     place: &RosterPlace,
     context: &ServerContext,
     mut shutdown: watch::Receiver<bool>,
@@ -447,7 +446,7 @@ async fn peer_session(
         let Frame::Peer(message) = frame? else {
             return Err(SessionError::Unexpected("peers send only protocol messages"));
         };
-        match context.inputs.try_send(Input::Peer { from: peer, incarnation, message }) {
+        match context.inputs.try_send(Input::Peer { from: peer, incarnation, role, message }) {
             Ok(()) => {}
             // The protocol tolerates loss; a full queue means the driver is behind.
             Err(TrySendError::Full(_)) => tracing::debug!(peer, "input queue full; peer message dropped"),

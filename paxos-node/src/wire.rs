@@ -9,7 +9,7 @@ use paxos_core::{Ballot, Message, NodeId, ProposalError, RequestId, RoleName, Sl
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Most history entries one `History` request returns (the node caps a larger `limit`).
 pub const HISTORY_PAGE_ENTRIES_MAX: u64 = 10_000;
@@ -48,8 +48,9 @@ const _: () = assert!(2 * CORE_PAGE_FRAME_BYTES_MAX + VALUE_BYTES_LIMIT <= crate
 /// Who opens a connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Caller {
-    /// A node, with the incarnation of its data directory (see [`paxos_core::Incarnation`]).
-    Node(NodeId, paxos_core::Incarnation),
+    /// A node, with the incarnation of its data directory (see [`paxos_core::Incarnation`])
+    /// and the role it was started with (`--role`; counts only during the bootstrap).
+    Node(NodeId, paxos_core::Incarnation, paxos_core::MemberRole),
     Client,
 }
 
@@ -191,8 +192,8 @@ pub struct MemberInfo {
     pub role: paxos_core::MemberRole,
     /// The incarnation whose votes count (0: not bound yet).
     pub incarnation: paxos_core::Incarnation,
-    /// A learner that will be promoted to voter once it has caught up.
-    pub promote: bool,
+    /// The role a learner is promoted to once it has caught up.
+    pub promote_to: Option<paxos_core::MemberRole>,
 }
 
 /// A node's view of itself and the cluster.
@@ -224,6 +225,13 @@ pub struct StatusReport {
     /// This node's data directory's incarnation, and whether the configuration lets it vote.
     pub incarnation: paxos_core::Incarnation,
     pub can_vote: bool,
+    /// Whether the configuration lets this node stand for election (a voter or a proposer).
+    pub can_lead: bool,
+    /// The role this node was started with (`--role`): what it announced to the bootstrap.
+    pub started_as: paxos_core::MemberRole,
+    /// Why the configuration is weak though legal (too few voting members to survive a
+    /// failure, a single member that may lead), one line each.
+    pub warnings: Vec<String>,
     /// What is wrong, in one line with the command that fixes it: this node's disk is not the
     /// one the cluster knows, or a member came back with another disk.
     pub problems: Vec<String>,

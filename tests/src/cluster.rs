@@ -71,6 +71,8 @@ pub struct Cluster {
     proxies: BTreeMap<(u64, u64), crate::proxy::Proxy>,
     nodes: BTreeMap<u64, NodeProcess>,
     extra_args: Vec<String>,
+    /// `--role` of each node started (a voter when not listed).
+    roles: BTreeMap<u64, paxos_core::MemberRole>,
     /// How clients and nodes talk: TLS with certificates in `certs_dir()` unless plaintext.
     pub security: Security,
 }
@@ -127,6 +129,7 @@ impl Cluster {
             proxies: BTreeMap::new(),
             nodes: BTreeMap::new(),
             extra_args: Vec::new(),
+            roles: BTreeMap::new(),
             security: Security::Tls(Arc::new(tls)),
         })
     }
@@ -225,6 +228,11 @@ impl Cluster {
         self.extra_args = args.iter().map(|a| a.to_string()).collect();
     }
 
+    /// The `--role` each node starts with (the bootstrap records them).
+    pub fn set_roles(&mut self, roles: &[(u64, paxos_core::MemberRole)]) {
+        self.roles = roles.iter().copied().collect();
+    }
+
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("node-{id}"))
     }
@@ -247,6 +255,9 @@ impl Cluster {
             Security::Tls(_) => command.arg("--certs-dir").arg(self.certs_dir()),
             Security::InsecurePlaintext => command.arg("--insecure-plaintext"),
         };
+        if let Some(role) = self.roles.get(&id) {
+            command.arg("--role").arg(role.to_string());
+        }
         command.args(&self.extra_args);
         command.env("RUST_LOG", std::env::var("PAXOS_TEST_LOG").unwrap_or_else(|_| "info".into()));
         command
