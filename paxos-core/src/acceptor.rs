@@ -48,6 +48,10 @@ impl Replica {
                         self.leader_hint = None;
                     }
                 }
+                // How far this proposer has applied: a candidate whose configuration is older
+                // (it still counts this node as a voter) learns that it is behind.
+                let applied_upto = self.learner.applied_upto();
+                self.send(from, Message::HeartbeatAck { ballot, applied_upto });
                 return;
             }
             // A learner, a removed member or a node whose disk the configuration does not

@@ -382,14 +382,13 @@ impl Membership {
                     return Err(ChangeError::LastVoter(*id));
                 }
             }
-            MembershipChange::Bind { incarnations, roles, log_id } => {
+            MembershipChange::Bind { incarnations, log_id } => {
+                // The roles are the ones the members announced (`announce_role`), already in
+                // this unbound configuration.
                 next.log_id = *log_id;
                 for (id, member) in next.members.iter_mut() {
                     if let Some(incarnation) = incarnations.get(id) {
                         member.incarnation = *incarnation;
-                    }
-                    if let Some(role) = roles.get(id) {
-                        member.role = *role;
                     }
                 }
             }
@@ -462,11 +461,10 @@ pub enum MembershipChange {
         id: NodeId,
         incarnation: Incarnation,
     },
-    /// (leader) The bootstrap configuration's members get their incarnations and the roles
-    /// they announced, and the log its id.
+    /// (leader) The bootstrap configuration's members get their incarnations (and keep the
+    /// roles they announced), and the log its id.
     Bind {
         incarnations: BTreeMap<NodeId, Incarnation>,
-        roles: BTreeMap<NodeId, MemberRole>,
         log_id: u64,
     },
 }
@@ -496,18 +494,12 @@ mod tests {
         let bootstrap = Membership::bootstrap(&[1, 2, 3], &BTreeMap::new());
         let all = seen(&[(1, 11), (2, 22), (3, 33)]);
         let bound = bootstrap
-            .after(
-                &MembershipChange::Bind { incarnations: all, roles: BTreeMap::new(), log_id: 11 },
-                &BTreeMap::new(),
-            )
+            .after(&MembershipChange::Bind { incarnations: all, log_id: 11 }, &BTreeMap::new())
             .expect("test data");
         assert!(bootstrap.check_successor(&bound).is_ok());
         let partial = seen(&[(1, 11), (2, 22)]);
         assert_eq!(
-            bootstrap.after(
-                &MembershipChange::Bind { incarnations: partial, roles: BTreeMap::new(), log_id: 11 },
-                &BTreeMap::new()
-            ),
+            bootstrap.after(&MembershipChange::Bind { incarnations: partial, log_id: 11 }, &BTreeMap::new()),
             Err(ChangeError::Unbound(3))
         );
         // A node's bootstrap configuration is its own flags: the first binding is taken as it
@@ -537,6 +529,47 @@ mod tests {
             .after(&MembershipChange::Promote { id: 2, incarnation: 7 }, &BTreeMap::new())
             .expect("test data");
         assert!(promoted.counts_vote(2, 7));
+    }
+
+    #[test]
+    fn quorums_count_the_voting_members_and_someone_must_be_able_to_lead() {
+        let mut seed = Membership::bound(&[1, 2, 3, 4, 5, 6, 7], |id| id);
+        for id in 1..=7 {
+            seed.members.get_mut(&id).expect("test data").role =
+                if id <= 2 { MemberRole::Proposer } else { MemberRole::Acceptor };
+        }
+        assert_eq!((seed.voting_count(), seed.quorum(), seed.majority()), (5, 3, 3));
+        assert!(seed.weakness().is_none());
+        let one_leader = seed
+            .after(&MembershipChange::SetRole { id: 1, role: MemberRole::Acceptor }, &BTreeMap::new())
+            .expect("one proposer stays");
+        assert_eq!(one_leader.voting_count(), 6, "an acceptor more");
+        assert!(one_leader.weakness().is_some_and(|w| w.contains("only one member may lead")));
+        assert_eq!(
+            one_leader
+                .after(&MembershipChange::SetRole { id: 2, role: MemberRole::Acceptor }, &BTreeMap::new()),
+            Err(ChangeError::NoLeader)
+        );
+        assert_eq!(
+            one_leader.after(&MembershipChange::Remove { id: 2 }, &BTreeMap::new()),
+            Err(ChangeError::NoLeader)
+        );
+        // A replaced proposer waits as a learner and is promoted back to proposer.
+        let replaced = seed
+            .after(&MembershipChange::Replace { id: 2 }, &seen(&[(2, 99)]))
+            .expect("the other proposer stays");
+        assert_eq!(
+            replaced.get(2).map(|m| (m.role, m.promote_to)),
+            Some((MemberRole::Learner, Some(MemberRole::Proposer)))
+        );
+        let promoted = replaced
+            .after(&MembershipChange::Promote { id: 2, incarnation: 99 }, &BTreeMap::new())
+            .expect("promotion");
+        assert_eq!(promoted.get(2).map(|m| m.role), Some(MemberRole::Proposer));
+        assert!(!promoted.counts_vote(2, 99) && promoted.admits_leader(2, 99));
+        // Two voting members: legal, and warned about.
+        let small = Membership::bound(&[1, 2], |id| id);
+        assert!(small.weakness().is_some_and(|w| w.contains("only 2 voting members")));
     }
 
     #[test]

@@ -932,6 +932,26 @@ mod tests {
         assert_eq!(entries[2], (2, command("low")));
     }
 
+    /// A proposer leads without a vote of its own: it stores no accepted record, and a slot is
+    /// chosen only once a majority of the acceptors voted for it.
+    #[test]
+    fn a_proposer_leads_on_the_acceptors_votes_alone() {
+        use crate::MemberRole::{Acceptor, Proposer};
+        let mut cluster = Cluster::with_roles(&[(1, Proposer), (2, Acceptor), (3, Acceptor), (4, Acceptor)]);
+        assert_eq!(cluster.elect(), 1, "acceptors never campaign");
+        let client = cluster.session(1);
+        cluster.down = vec![3, 4];
+        cluster.node(1).propose(proposal(client, 1, "a"));
+        cluster.settle();
+        assert!(cluster.replies.is_empty(), "chosen with one acceptor's vote: {:?}", cluster.replies);
+        cluster.down = vec![4];
+        cluster.run_ticks(3);
+        cluster.settle();
+        assert_eq!(cluster.replies.len(), 1, "two of three acceptors choose it");
+        assert!(cluster.storage[&1].accepted.is_empty(), "a proposer keeps no acceptor state");
+        assert_eq!(cluster.storage[&2].accepted.len(), 2, "the session and the value");
+    }
+
     #[test]
     fn duelling_candidates_settle_on_one_leader() {
         let mut cluster = Cluster::new(3);

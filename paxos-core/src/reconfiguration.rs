@@ -125,10 +125,9 @@ impl Replica {
                 return;
             }
             let incarnations = membership.bound_roles().map(|id| (id, seen[&id])).collect();
-            // Every member has announced its role by now (it was heard from).
-            let roles = membership.members.iter().map(|(id, member)| (*id, member.role)).collect();
-            // The log is named after the disk of the leader that binds it.
-            MembershipChange::Bind { incarnations, roles, log_id: self.config.incarnation }
+            // Every member has announced its role by now (it was heard from): the entry keeps
+            // them. The log is named after the disk of the leader that binds it.
+            MembershipChange::Bind { incarnations, log_id: self.config.incarnation }
         } else {
             let slack = self.config.entries_per_message_max as Slot;
             let applied_upto = self.learner.applied_upto();

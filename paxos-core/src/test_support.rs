@@ -44,6 +44,28 @@ impl Cluster {
         }
     }
 
+    /// A bound cluster whose members have the given roles (ids in `roles`).
+    pub(crate) fn with_roles(roles: &[(u64, crate::MemberRole)]) -> Self {
+        let members: Vec<u64> = roles.iter().map(|(id, _)| *id).collect();
+        let mut membership = crate::Membership::bound(&members, |id| id);
+        for (id, role) in roles {
+            membership.members.get_mut(id).expect("listed").role = *role;
+        }
+        let storage = MemStorage { membership: Some(membership), ..MemStorage::default() };
+        let replica = |id: u64| {
+            let mut config = Config::new(id, members.clone());
+            config.role = roles.iter().find(|(member, _)| *member == id).expect("listed").1;
+            Replica::recover(config, storage.durable_state(), 42)
+        };
+        Cluster {
+            replicas: members.iter().map(|id| (*id, replica(*id))).collect(),
+            storage: members.iter().map(|id| (*id, storage.clone())).collect(),
+            down: Vec::new(),
+            replies: Vec::new(),
+            queue: VecDeque::new(),
+        }
+    }
+
     pub(crate) fn node(&mut self, id: u64) -> &mut Replica {
         self.replicas.get_mut(&id).expect("member")
     }

@@ -3,6 +3,8 @@
 //! `PAXOS_SIM_SEED=N cargo test -p paxos-core --test simulation` replays one seed (of both
 //! mixes); `PAXOS_SIM_SEEDS=N` runs seeds 0..N of the original mix (default 300) and
 //! `PAXOS_SWARM_SEEDS=N` of the swarm mix (default 4 times as many). A failure prints its seed.
+//! `PAXOS_SWARM_FROM=N` starts the swarm mix at seed N; `PAXOS_SIM_PROGRESS=1` prints each
+//! seed as it starts (to find one that never ends).
 //! Replaying, `PAXOS_SIM_TRACE_FROM=TICK` prints every message delivered from a tick on and
 //! `PAXOS_SIM_WATCH_SLOT=N` every apply and acknowledgement of slot N.
 
@@ -47,7 +49,11 @@ fn run_seeds(mix: &str, seeds: Vec<u64>, scenario: fn(u64) -> Scenario) {
     let started = std::time::Instant::now();
     let mut total = Stats::default();
     let mut failures = Vec::new();
+    let progress = std::env::var_os("PAXOS_SIM_PROGRESS").is_some();
     for seed in &seeds {
+        if progress {
+            eprintln!("{mix} seed {seed}");
+        }
         match run_seed(*seed, scenario(*seed)) {
             Ok(stats) => total.add(&stats),
             Err(error) => {
@@ -84,7 +90,8 @@ fn swarm_clusters_under_faults_stay_safe_and_live() {
         Some(seed) => vec![seed],
         None => {
             let default = 4 * env_u64("PAXOS_SIM_SEEDS").unwrap_or(300);
-            (0..env_u64("PAXOS_SWARM_SEEDS").unwrap_or(default)).collect()
+            (env_u64("PAXOS_SWARM_FROM").unwrap_or(0)..env_u64("PAXOS_SWARM_SEEDS").unwrap_or(default))
+                .collect()
         }
     };
     run_seeds("swarm", seeds, swarm_scenario);

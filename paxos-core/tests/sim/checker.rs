@@ -93,6 +93,11 @@ impl Checker {
         Some(self.configs.range(..slot).next_back().map_or(&self.initial, |(_, m)| m))
     }
 
+    /// The first configuration entry applied (the binding one, in a run that bootstraps).
+    pub fn first_config(&self) -> Option<&Membership> {
+        self.configs.values().next()
+    }
+
     pub fn initial_config(&self) -> &Membership {
         &self.initial
     }

@@ -386,6 +386,8 @@ pub struct Simulation {
 }
 
 const CLIENT_TIMEOUT_TICKS: u64 = 80;
+/// Messages the simulated network may hold at once (see `Simulation::step`).
+const NETWORK_IN_FLIGHT_MAX: usize = 1_000_000;
 /// A client whose session expires this often gives up on its remaining requests: with more
 /// clients than the table holds, re-registering evicts another client, which could go on for
 /// ever (a workload livelock, not the protocol's).
@@ -508,6 +510,7 @@ impl Simulation {
             if self.converged() {
                 self.checker.check_votes()?;
                 self.checker.check_final(&self.final_views())?;
+                self.check_bound_roles()?;
                 self.stats.ticks = self.now;
                 self.stats.acknowledged = self.checker.acknowledged() as u64;
                 self.stats.chosen_slots = self.checker.chosen_slots() as u64;
@@ -626,6 +629,15 @@ impl Simulation {
 
     fn step(&mut self) -> Result<(), String> {
         self.now += 1;
+        // A run whose messages multiply without bound fails as a run, not as the machine's
+        // memory: no honest schedule comes near this.
+        if self.network.in_flight() > NETWORK_IN_FLIGHT_MAX {
+            return Err(format!(
+                "runaway: {} messages in flight at tick {} (limit {NETWORK_IN_FLIGHT_MAX})",
+                self.network.in_flight(),
+                self.now
+            ));
+        }
         // A compaction lands before or after this tick's messages: the driver takes operator
         // requests and peer messages in one batch, in any order.
         let compact_late = self.rng.chance(1, 2);
@@ -687,6 +699,12 @@ impl Simulation {
                 return Ok(());
             };
             let mut ready = replica.take_ready();
+            if replica.is_leader() && !replica.membership().may_lead(id) {
+                return Err(format!(
+                    "node {id} leads, but its own configuration makes it a {:?}",
+                    replica.member_role()
+                ));
+            }
             if ready.is_empty() {
                 return Ok(());
             }
@@ -1117,6 +1135,27 @@ impl Simulation {
             self.stats.crashes += 1;
             node.restart_at = Some(self.now + self.rng.range(1, 100));
         }
+    }
+
+    /// A run that bootstraps through the log: the binding entry gives every member the role
+    /// it was started with (`--role`, announced in its envelopes).
+    fn check_bound_roles(&self) -> Result<(), String> {
+        if self.stats.bootstraps == 0 {
+            return Ok(());
+        }
+        let Some(bound) = self.checker.first_config() else {
+            return Ok(());
+        };
+        for id in &self.bootstrap_members {
+            let started_as = self.scenario.roles.get(id).copied().unwrap_or_default();
+            let bound_as = bound.get(*id).map(|member| member.role);
+            if bound_as != Some(started_as) {
+                return Err(format!(
+                    "the binding entry makes node {id} a {bound_as:?}, but it was started as a {started_as}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn restart(&mut self, id: NodeId) {

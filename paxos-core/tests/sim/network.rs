@@ -32,6 +32,11 @@ impl Network {
         }
     }
 
+    /// Messages sent and not yet delivered or dropped.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     pub fn send(&mut self, envelope: Envelope, now: u64, rng: &mut Rng) {
         if !self.healed && rng.chance(self.faults.loss_per_mille, 1000) {
             return;
