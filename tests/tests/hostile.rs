@@ -3,7 +3,7 @@
 //! honest client's latency) are printed with `--nocapture`.
 
 use futures::SinkExt;
-use paxos_core::{Ballot, Message, RequestId, Value};
+use paxos_core::{Ballot, MemberRole, Message, RequestId, Value};
 use paxos_node::certs::IssueRequest;
 use paxos_node::connection::{ConnectError, Connection, FrameSink, FrameStream};
 use paxos_node::tls::{CertFiles, Security, Tls};
@@ -203,7 +203,7 @@ async fn impersonating_a_member_is_refused() {
     for target in [1, 3] {
         for (what, security) in &attempts {
             // Member 3's own certificate is fine for member 3; claim 2 everywhere.
-            let result = dial(&cluster.addrs[&target], Caller::Node(2, 2), security).await;
+            let result = dial(&cluster.addrs[&target], Caller::Node(2, 2, MemberRole::Voter), security).await;
             match result {
                 Err(error) => eprintln!("posing as node 2 to node {target} with {what}: refused ({error})"),
                 Ok(connection) => {
@@ -216,7 +216,7 @@ async fn impersonating_a_member_is_refused() {
         }
     }
     // The real member 2 is welcomed (the refusals were about the credentials, not the id).
-    let real = dial(&cluster.addrs[&1], Caller::Node(2, 2), &node_tls(&certs, 2)).await;
+    let real = dial(&cluster.addrs[&1], Caller::Node(2, 2, MemberRole::Voter), &node_tls(&certs, 2)).await;
     assert!(real.is_ok(), "member 2 with its own certificate: {:?}", real.err());
     drop(real);
     honest(&recorder, &client, "after", 5).await;
@@ -241,7 +241,7 @@ async fn a_prepare_at_the_top_of_the_ballot_range_is_rejected() {
     let member2 = node_tls(&cluster.certs_dir(), 2);
     for target in [1, 3] {
         let connection =
-            dial(&cluster.addrs[&target], Caller::Node(2, 2), &member2).await.expect("handshake");
+            dial(&cluster.addrs[&target], Caller::Node(2, 2, MemberRole::Voter), &member2).await.expect("handshake");
         let (mut sink, _stream) = connection.split();
         sink.send(Frame::Peer(forged.clone())).await.expect("sent");
     }
@@ -487,7 +487,7 @@ async fn a_member_is_never_locked_out_by_its_own_dead_connections() {
     let member2 = node_tls(&cluster.certs_dir(), 2);
     let mut silent = Vec::new();
     for attempt in 0..8 {
-        let connection = dial(&cluster.addrs[&1], Caller::Node(2, 2), &member2).await;
+        let connection = dial(&cluster.addrs[&1], Caller::Node(2, 2, MemberRole::Voter), &member2).await;
         let connection =
             connection.unwrap_or_else(|e| panic!("member 2's connection {attempt} refused: {e}"));
         silent.push(connection);

@@ -39,7 +39,7 @@ async fn wait_status(
 }
 
 fn role_of(status: &StatusReport, id: u64) -> Option<(MemberRole, bool)> {
-    status.members.iter().find(|m| m.id == id).map(|m| (m.role, m.promote))
+    status.members.iter().find(|m| m.id == id).map(|m| (m.role, m.promote_to.is_some()))
 }
 
 /// The scenario. C is cut off while A (leader) and B acknowledge 20 values; A is killed;
@@ -179,7 +179,7 @@ async fn the_cluster_grows_to_five_and_shrinks_to_three_under_load_and_the_leade
             .expect("start joining node");
         let address = cluster.addrs[&id].clone();
         let slot = admin
-            .change_membership(MembershipChange::Add { id, address, learner: false })
+            .change_membership(MembershipChange::Add { id, address, role: MemberRole::Voter })
             .await
             .expect("add");
         eprintln!("node {id} added at slot {slot}");

@@ -402,16 +402,20 @@ impl Simulation {
         // bound, as if the bootstrap were done.
         let bootstrap =
             scenario.down_at_start.is_empty() && scenario.faults.permanent_failures == 0 && rng.chance(1, 2);
-        let (storage, initial) = if bootstrap {
-            // The checker learns the roles from the binding entry, as the replicas do.
-            (MemStorage::default(), Membership::bootstrap(&members, &BTreeMap::new()))
-        } else {
-            let mut bound = Membership::bound(&members, |id| id);
+        // The roles the members are started with: what they announce while unbound (so the
+        // operator's liveness guards know, during the bootstrap, who may lead and who votes).
+        let with_roles = |mut membership: Membership| {
             for (id, role) in &scenario.roles {
-                if let Some(member) = bound.members.get_mut(id) {
+                if let Some(member) = membership.members.get_mut(id) {
                     member.role = *role;
                 }
             }
+            membership
+        };
+        let (storage, initial) = if bootstrap {
+            (MemStorage::default(), with_roles(Membership::bootstrap(&members, &BTreeMap::new())))
+        } else {
+            let bound = with_roles(Membership::bound(&members, |id| id));
             (MemStorage { membership: Some(bound.clone()), ..MemStorage::default() }, bound)
         };
         let mut nodes = BTreeMap::new();
