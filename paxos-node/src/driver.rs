@@ -399,6 +399,9 @@ impl Driver {
                 })
                 .collect();
             tracing::info!(chosen_at = ?membership.chosen_at, "configuration: {}", members.join(", "));
+            if let Some(weakness) = membership.weakness().filter(|_| membership.is_bound()) {
+                tracing::warn!("the configuration is weak: {weakness}");
+            }
         }
         let problems = problems(self.config.id, &self.replica.status());
         for problem in &problems {

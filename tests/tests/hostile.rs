@@ -240,8 +240,9 @@ async fn a_prepare_at_the_top_of_the_ballot_range_is_rejected() {
     let forged = Message::Prepare { ballot: Ballot::new(u64::MAX, 2), from_slot: 0 };
     let member2 = node_tls(&cluster.certs_dir(), 2);
     for target in [1, 3] {
-        let connection =
-            dial(&cluster.addrs[&target], Caller::Node(2, 2, MemberRole::Voter), &member2).await.expect("handshake");
+        let connection = dial(&cluster.addrs[&target], Caller::Node(2, 2, MemberRole::Voter), &member2)
+            .await
+            .expect("handshake");
         let (mut sink, _stream) = connection.split();
         sink.send(Frame::Peer(forged.clone())).await.expect("sent");
     }
