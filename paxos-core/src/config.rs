@@ -12,8 +12,16 @@ pub struct Config {
     pub id: NodeId,
     /// This replica's data directory's incarnation (see [`crate::Incarnation`]); never 0.
     pub incarnation: Incarnation,
-    /// The role this replica announces (`--role`): it counts while the configuration is the
-    /// bootstrap one, and the binding entry keeps it. Afterwards the log's configuration wins.
+    /// The role this replica was started with (`--role`): announced while the configuration is
+    /// the bootstrap one, and kept by the binding entry. Afterwards the log's configuration wins.
+    ///
+    /// # Correctness
+    /// While unbound, every replica derives who must vote unanimously from the roles it has
+    /// heard announced; a member that announced a role that holds no vote (a proposer) and
+    /// later announces one that does would let two views choose two binding entries. So a
+    /// directory announces the role it was *first* started with: the driver keeps that role
+    /// beside the incarnation and hands it back in `DurableState::role`, which wins over this
+    /// field.
     pub role: MemberRole,
     /// The bootstrap configuration's members (the `--peer` flags). Only a replica whose storage
     /// holds no chosen configuration uses it; the log's configuration wins afterwards.

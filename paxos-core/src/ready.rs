@@ -169,4 +169,7 @@ pub struct DurableState {
     pub requests: RequestTable,
     /// The configuration as of `applied_upto` (`None`: the bootstrap one, from the flags).
     pub membership: Option<crate::membership::Membership>,
+    /// The role this data directory was first started with, kept by the driver beside the
+    /// incarnation (see `Config::role`); `None` for a directory that never kept one.
+    pub role: Option<crate::membership::MemberRole>,
 }

@@ -167,6 +167,9 @@ impl std::fmt::Display for RoleName {
 #[derive(Debug)]
 pub struct Replica {
     pub(crate) config: Config,
+    /// The role this replica announces while the configuration is unbound: the one its
+    /// directory was first started with (see `Config::role`).
+    pub(crate) announced_role: MemberRole,
     pub(crate) rng: Rng,
     pub(crate) tick_now: u64,
 
@@ -234,7 +237,10 @@ impl Replica {
         let election_deadline_ticks =
             rng.range(config.election_timeout_ticks, 2 * config.election_timeout_ticks);
         let round_seen = durable.promised.round;
+        // See `Config::role`: the role the directory was first started with.
+        let announced_role = durable.role.unwrap_or(config.role);
         Replica {
+            announced_role,
             rng,
             tick_now: 0,
             promised: durable.promised,
@@ -248,7 +254,7 @@ impl Replica {
                     let mut membership = durable
                         .membership
                         .unwrap_or_else(|| Membership::bootstrap(&config.members, &config.addresses));
-                    membership.announce_role(config.id, config.role);
+                    membership.announce_role(config.id, announced_role);
                     membership
                 },
             ),
@@ -322,8 +328,11 @@ impl Replica {
                 return;
             }
         }
-        // While the configuration is the bootstrap one, each member says what it is.
-        self.learner.announce_role(from, role);
+        // While the configuration is the bootstrap one, each member says what it is. A role
+        // that holds no vote shrinks the unanimity a binding entry in flight waits for.
+        if self.learner.announce_role(from, role) {
+            self.check_quorums();
+        }
         if self.seen_incarnations.insert(from, incarnation).is_some_and(|before| before != incarnation) {
             // What the member's former incarnation had applied says nothing of this one.
             self.learner.forget_member_progress(from);
@@ -709,7 +718,7 @@ impl Replica {
             from: self.config.id,
             to,
             incarnation: self.config.incarnation,
-            role: self.config.role,
+            role: self.announced_role,
             message,
         };
         if envelope.message.speaks_for_disk() {

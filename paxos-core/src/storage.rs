@@ -18,6 +18,8 @@ pub struct MemStorage {
     pub truncation: TruncationSnapshot,
     pub requests: BTreeMap<RequestId, Slot>,
     pub membership: Option<Membership>,
+    /// The role the directory was first started with (a driver keeps it beside the incarnation).
+    pub role: Option<crate::membership::MemberRole>,
 }
 
 impl MemStorage {
@@ -74,6 +76,7 @@ impl MemStorage {
             truncation: self.truncation.clone(),
             requests: RequestTable::from_records(self.requests.iter().map(|(r, s)| (*r, *s))),
             membership: self.membership.clone(),
+            role: self.role,
         }
     }
 

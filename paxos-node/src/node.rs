@@ -58,8 +58,20 @@ impl NodeHandle {
             error,
         })?;
         let mut storage = Storage::open(&config.data_dir, &config.cluster, config.id)?;
-        let durable = storage.load()?;
+        let mut durable = storage.load()?;
         let incarnation = storage.incarnation();
+        let first_role = storage.first_role(config.role)?;
+        if first_role != config.role && durable.membership.is_none() {
+            tracing::warn!(
+                "started with --role {}, but this data directory was first started with --role {first_role}: \
+                 it goes on announcing {first_role} until the cluster's first configuration is chosen (a role \
+                 changed during the bootstrap could let two nodes disagree on who must vote); change roles \
+                 afterwards with `paxos-cli member role {} ROLE`",
+                config.role,
+                config.id
+            );
+        }
+        durable.role = Some(first_role);
         tracing::info!(
             node = config.id,
             incarnation = format_args!("{incarnation:016x}"),

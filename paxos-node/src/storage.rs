@@ -33,6 +33,8 @@ const KEY_APPLIED_UPTO: &[u8] = b"chosen_upto";
 const KEY_TRUNCATION: &[u8] = b"truncation";
 /// Written once with the identity: what tells this directory from a new one under the same id.
 const KEY_INCARNATION: &[u8] = b"incarnation";
+/// The `--role` the directory was first started with (see `paxos_core::Config::role`).
+const KEY_ROLE: &[u8] = b"role";
 /// The configuration in force as of the applied prefix (absent: the bootstrap one).
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 
@@ -181,6 +183,19 @@ impl Storage {
         Ok(incarnation)
     }
 
+    /// The role this directory was first started with; `flag` is written as that role if none
+    /// is kept yet (synced). While the cluster is unbound the node announces this one, whatever
+    /// `--role` says now (see `paxos_core::Config::role`).
+    pub fn first_role(&self, flag: paxos_core::MemberRole) -> Result<paxos_core::MemberRole, StorageError> {
+        if let Some(role) = self.get::<paxos_core::MemberRole>(CF_META, KEY_ROLE)? {
+            return Ok(role);
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), KEY_ROLE, seal(&flag)?);
+        self.db.write_opt(batch, &self.sync).map_err(|error| self.db_error(error))?;
+        Ok(flag)
+    }
+
     /// The incarnation of this data directory (see [`paxos_core::Incarnation`]).
     pub fn incarnation(&self) -> paxos_core::Incarnation {
         self.incarnation
@@ -323,6 +338,7 @@ impl Storage {
             truncation,
             requests: RequestTable::from_records(records),
             membership,
+            role: None,
         })
     }
 
@@ -552,6 +568,20 @@ mod tests {
         reference.apply(&install);
         assert_eq!(storage.load().expect("load"), reference.durable_state());
         assert!(storage.read_history(0, 100, 100, 1 << 20).expect("read").is_empty());
+    }
+
+    /// The role a directory was first started with stays its role for the bootstrap: a
+    /// restart with another `--role` does not change what it announces.
+    #[test]
+    fn a_directory_keeps_the_role_it_was_first_started_with() {
+        use paxos_core::MemberRole;
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let storage = Storage::open(dir.path(), "c", 1).expect("open");
+            assert_eq!(storage.first_role(MemberRole::Proposer).expect("role"), MemberRole::Proposer);
+        }
+        let storage = Storage::open(dir.path(), "c", 1).expect("reopen");
+        assert_eq!(storage.first_role(MemberRole::Voter).expect("role"), MemberRole::Proposer);
     }
 
     #[test]

@@ -129,8 +129,10 @@ impl Cluster {
 
     /// Adds (or replaces, e.g. after a wipe or a crash) node `config.id`, recovered from
     /// `storage`; messages on its links are lost.
-    pub fn start(&mut self, config: Config, storage: MemStorage) {
+    pub fn start(&mut self, config: Config, mut storage: MemStorage) {
         let id = config.id;
+        // As a driver does: a directory keeps the role it was first started with.
+        storage.role.get_or_insert(config.role);
         let replica = Replica::recover(config, storage.durable_state(), 1000 + id);
         self.links.retain(|(from, to), _| *from != id && *to != id);
         self.dead.remove(&id);
