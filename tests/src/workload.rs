@@ -63,6 +63,16 @@ impl Recorder {
     pub fn acknowledged(&self) -> usize {
         self.operations().iter().filter(|o| o.slot.is_some()).count()
     }
+
+    /// Waits (at most `timeout`) until at least `count` operations are acknowledged; panics
+    /// otherwise.
+    pub async fn wait_acknowledged(&self, count: usize, timeout: Duration) {
+        crate::wait_until(&format!("{count} acknowledged proposals"), timeout, || async {
+            Ok((self.acknowledged() >= count).then_some(()))
+        })
+        .await
+        .expect("progress");
+    }
 }
 
 /// What the checker found; `anomalies` must be empty.

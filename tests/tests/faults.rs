@@ -13,15 +13,6 @@ use std::time::{Duration, Instant};
 
 const SETTLE: Duration = Duration::from_secs(40);
 
-/// Waits until `recorder` has at least `count` acknowledged operations.
-async fn wait_acknowledged(recorder: &Recorder, count: usize) {
-    wait_until(&format!("{count} acknowledged proposals"), SETTLE, || async {
-        Ok((recorder.acknowledged() >= count).then_some(()))
-    })
-    .await
-    .expect("progress");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kill_9_of_follower_and_of_leader_while_clients_stream() {
     let mut cluster = Cluster::start(3).await.expect("cluster");
@@ -34,14 +25,14 @@ async fn a_kill_9_of_follower_and_of_leader_while_clients_stream() {
         };
         tokio::spawn(async move { run_clients(&recorder, make, 3, 100, "a", Duration::ZERO).await })
     };
-    wait_acknowledged(&recorder, 40).await;
+    recorder.wait_acknowledged(40, SETTLE).await;
     let leader = cluster.wait_for_leader(SETTLE).await.expect("leader");
     let follower = (1..=3).find(|id| *id != leader).expect("follower");
     cluster.kill(follower).expect("kill follower");
-    wait_acknowledged(&recorder, 100).await;
+    recorder.wait_acknowledged(100, SETTLE).await;
     cluster.start_node(follower).expect("restart follower");
     cluster.kill(leader).expect("kill leader");
-    wait_acknowledged(&recorder, 180).await;
+    recorder.wait_acknowledged(180, SETTLE).await;
     cluster.start_node(leader).expect("restart leader");
     clients.await.expect("clients");
     let report = cluster.converge_and_check(&recorder).await;
@@ -194,7 +185,7 @@ async fn d_rolling_restart_under_load() {
         })
     };
     for id in 1..=3 {
-        wait_acknowledged(&recorder, recorder.acknowledged() + 20).await;
+        recorder.wait_acknowledged(recorder.acknowledged() + 20, SETTLE).await;
         let status = cluster.stop(id).expect("stop");
         assert!(status.success(), "graceful stop of node {id}: {status}");
         cluster.start_node(id).expect("start");
@@ -283,7 +274,7 @@ async fn f_truncation_under_load_and_a_node_down_across_it() {
             run_clients(&recorder, move |_| base.clone_fresh(), 2, 100, "f", Duration::ZERO).await
         })
     };
-    wait_acknowledged(&recorder, 120).await;
+    recorder.wait_acknowledged(120, SETTLE).await;
     // Refused while a member has not applied past the cut, then forced.
     let admin = cluster.admin_client();
     let refused = admin.gc(Some(100), false).await.expect_err("member behind");
@@ -317,7 +308,7 @@ async fn g_whole_cluster_killed_at_once_loses_nothing_acknowledged() {
             }
         }));
     }
-    wait_acknowledged(&recorder, 150).await;
+    recorder.wait_acknowledged(150, SETTLE).await;
     for id in 1..=3 {
         cluster.kill(id).expect("kill");
     }

@@ -5,7 +5,7 @@
 
 use paxos_core::MemberRole;
 use paxos_tests::workload::{run_clients, Recorder};
-use paxos_tests::{wait_until, Cluster};
+use paxos_tests::Cluster;
 use std::time::Duration;
 
 const SETTLE: Duration = Duration::from_secs(40);
@@ -15,14 +15,6 @@ const CLIENTS: usize = 4;
 const PER_CLIENT: usize = 150;
 /// Between a client's proposals, so the stream lasts long enough to be cut in the middle.
 const PAUSE: Duration = Duration::from_millis(5);
-
-async fn wait_acknowledged(recorder: &Recorder, count: usize) {
-    wait_until(&format!("{count} acknowledged proposals"), SETTLE, || async {
-        Ok((recorder.acknowledged() >= count).then_some(()))
-    })
-    .await
-    .expect("progress");
-}
 
 fn seed_roles() -> Vec<(u64, MemberRole)> {
     (1..=7)
@@ -58,7 +50,7 @@ async fn seed_topology_survives_kill_9_of_the_leading_proposer_mid_stream() {
         };
         tokio::spawn(async move { run_clients(&recorder, make, CLIENTS, PER_CLIENT, "seed", PAUSE).await })
     };
-    wait_acknowledged(&recorder, 150).await;
+    recorder.wait_acknowledged(150, SETTLE).await;
     let leader = cluster.wait_for_leader(SETTLE).await.expect("leader");
     assert!(PROPOSERS.contains(&leader), "an acceptor never leads (node {leader} does)");
     cluster.kill(leader).expect("kill the leading proposer");
@@ -71,7 +63,7 @@ async fn seed_topology_survives_kill_9_of_the_leading_proposer_mid_stream() {
     let survivors: Vec<u64> = (1..=7).filter(|id| *id != leader && !ACCEPTORS_DOWN.contains(id)).collect();
     let new_leader = cluster.wait_for_leader_among(&survivors, SETTLE).await.expect("a new leader");
     assert_eq!(new_leader, other, "the other proposer takes over");
-    wait_acknowledged(&recorder, 400).await;
+    recorder.wait_acknowledged(400, SETTLE).await;
     cluster.start_node(leader).expect("restart the proposer");
     for id in ACCEPTORS_DOWN {
         cluster.start_node(id).expect("restart acceptor");
