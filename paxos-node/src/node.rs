@@ -53,7 +53,7 @@ impl NodeHandle {
     /// Opens storage, recovers the replica and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
         config.validate().map_err(StartError::Config)?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|error| StartError::Io {
+        crate::storage::create_dir_durably(&config.data_dir).map_err(|error| StartError::Io {
             what: format!("cannot create data directory {}", config.data_dir.display()),
             error,
         })?;

@@ -58,6 +58,34 @@ pub enum StorageError {
     },
     #[error("encoding a record: {0}")]
     Encode(String),
+    #[error("data directory {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+}
+
+/// Creates `path` and whatever ancestors it lacks, each made durable in its parent (a
+/// directory fsync after each `mkdir`), and fsyncs `path`'s parent even if `path` existed.
+///
+/// # Correctness
+///
+/// A new directory's name is on disk only once its parent is fsynced. RocksDB fsyncs the data
+/// directory for the files it creates in it, never the directory's own parent: without this, a
+/// power cut after the first start (the power-loss tests found it) takes the whole data
+/// directory with it, every promise and accepted value included, and the node comes back as a
+/// new incarnation that the cluster must `member replace`.
+pub fn create_dir_durably(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if !parent.exists() {
+        create_dir_durably(parent)?;
+    }
+    match std::fs::create_dir(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
+        Err(error) => return Err(error),
+    }
+    std::fs::File::open(parent)?.sync_all()
 }
 
 /// The node's RocksDB database.
@@ -118,22 +146,9 @@ impl Storage {
     /// recovery needs: a refused start (wrong node, corrupt record) must leave the directory as
     /// it was, and a read-write open already writes (WAL replay, a new MANIFEST).
     pub fn open(path: &Path, cluster: &str, node: NodeId) -> Result<Self, StorageError> {
-        let mut options = Options::default();
-        options.create_if_missing(true);
-        options.create_missing_column_families(true);
-        // Memory must not grow with the log: small memtables and a small block cache.
-        options.set_write_buffer_size(8 << 20);
-        options.set_max_write_buffer_number(2);
-        options.set_max_background_jobs(2);
-        // `meta` gets a few bytes per batch and would almost never fill a memtable, pinning every
-        // WAL file since its last flush: hundreds of MiB replayed on restart. Past this total
-        // RocksDB flushes the column families that hold the oldest WAL.
-        options.set_max_total_wal_size(32 << 20);
-        let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_block_cache(&rocksdb::Cache::new_lru_cache(8 << 20));
-        options.set_block_based_table_factory(&table);
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
+        create_dir_durably(path).map_err(|error| StorageError::Io { path: path.to_owned(), error })?;
+        let options = Self::options();
+        let sync = Self::synced_writes();
         let db_error = |error| StorageError::Db { path: path.to_owned(), error };
         let mut preloaded = None;
         if path.join("CURRENT").exists() {
@@ -158,6 +173,54 @@ impl Storage {
         storage.check_identity(cluster, node, true)?;
         storage.incarnation = storage.load_incarnation()?;
         Ok(storage)
+    }
+
+    /// The database's options.
+    ///
+    /// # Correctness
+    ///
+    /// The node syncs only batches that hold a promise or an accepted value, and leaves the
+    /// rest (applied history, the duplicate table, GC) unsynced; `Ready`'s contract allows it
+    /// because a crash loses at most a *suffix* of unsynced batches, never one before a synced
+    /// batch. That rule is RocksDB's, and holds only with these settings (all defaults today,
+    /// named so that no later change drops one unnoticed; `tests::the_durability_options_are_
+    /// those_the_ready_contract_needs` reads them back from the OPTIONS file):
+    /// - one WAL for every column family, in the data directory (`wal_dir` unset): a batch
+    ///   that spans column families is one WAL record, and the WAL dies with its directory;
+    /// - `manual_wal_flush` off: each write reaches the WAL file before it returns, so the
+    ///   fsync of a later synced batch covers every batch before it;
+    /// - `wal_recovery_mode` point-in-time: recovery replays the WAL up to the first bad or
+    ///   missing record and stops, so a torn tail loses a suffix, and a hole is never skipped
+    ///   (skipping would apply a later batch without an earlier one);
+    /// - `unordered_write` off: batches enter the WAL in the order they are applied.
+    pub fn options() -> Options {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_manual_wal_flush(false);
+        options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+        options.set_unordered_write(false);
+        // Memory must not grow with the log: small memtables and a small block cache.
+        options.set_write_buffer_size(8 << 20);
+        options.set_max_write_buffer_number(2);
+        options.set_max_background_jobs(2);
+        // `meta` gets a few bytes per batch and would almost never fill a memtable, pinning every
+        // WAL file since its last flush: hundreds of MiB replayed on restart. Past this total
+        // RocksDB flushes the column families that hold the oldest WAL.
+        options.set_max_total_wal_size(32 << 20);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&rocksdb::Cache::new_lru_cache(8 << 20));
+        options.set_block_based_table_factory(&table);
+        options
+    }
+
+    /// The write options of a synced batch: through the WAL (never `disable_wal`), then an
+    /// fsync of the WAL before the write returns.
+    fn synced_writes() -> WriteOptions {
+        let mut sync = WriteOptions::default();
+        sync.disable_wal(false);
+        sync.set_sync(true);
+        sync
     }
 
     /// This directory's incarnation: drawn at random when the identity is first written (and,
@@ -572,6 +635,53 @@ mod tests {
 
     /// The role a directory was first started with stays its role for the bootstrap: a
     /// restart with another `--role` does not change what it announces.
+    /// The rules `Storage::options` documents, read back from the OPTIONS file RocksDB wrote:
+    /// a change to any of them (here or in a RocksDB default) fails this test.
+    #[test]
+    fn the_durability_options_are_those_the_ready_contract_needs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("data");
+        let storage = Storage::open(&path, "c", 1).expect("open");
+        drop(storage);
+        let mut options_files: Vec<_> = std::fs::read_dir(&path)
+            .expect("read dir")
+            .filter_map(|entry| entry.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|name| name.starts_with("OPTIONS-"))
+            .collect();
+        options_files.sort();
+        let latest = options_files.last().expect("RocksDB writes an OPTIONS file");
+        let text = std::fs::read_to_string(path.join(latest)).expect("read OPTIONS");
+        let db_options: BTreeMap<&str, &str> = text
+            .split("[CFOptions")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.trim().split_once('='))
+            .collect();
+        let expect = |key: &str, want: &str| {
+            assert_eq!(db_options.get(key).copied(), Some(want), "{key} in {latest}");
+        };
+        expect("wal_recovery_mode", "kPointInTimeRecovery");
+        expect("manual_wal_flush", "false");
+        expect("unordered_write", "false");
+        let wal_dir = db_options.get("wal_dir").copied().unwrap_or_default();
+        assert!(
+            wal_dir.is_empty() || Path::new(wal_dir) == path,
+            "the WAL must live in the data directory, found wal_dir={wal_dir}"
+        );
+    }
+
+    #[test]
+    fn a_data_directory_and_its_missing_parents_are_created() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a/b/data");
+        create_dir_durably(&path).expect("create");
+        assert!(path.is_dir());
+        create_dir_durably(&path).expect("an existing directory is fine");
+        std::fs::write(dir.path().join("file"), b"").expect("write");
+        assert!(create_dir_durably(&dir.path().join("file")).is_err(), "a file is not a directory");
+    }
+
     #[test]
     fn a_directory_keeps_the_role_it_was_first_started_with() {
         use paxos_core::MemberRole;
