@@ -73,6 +73,8 @@ pub struct Cluster {
     extra_args: Vec<String>,
     /// `--role` of each node started (a voter when not listed).
     roles: BTreeMap<u64, paxos_core::MemberRole>,
+    /// Data directories elsewhere than `dir/node-<id>` (e.g. on a lazy filesystem).
+    data_dirs: BTreeMap<u64, PathBuf>,
     /// How clients and nodes talk: TLS with certificates in `certs_dir()` unless plaintext.
     pub security: Security,
 }
@@ -130,6 +132,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             extra_args: Vec::new(),
             roles: BTreeMap::new(),
+            data_dirs: BTreeMap::new(),
             security: Security::Tls(Arc::new(tls)),
         })
     }
@@ -234,7 +237,12 @@ impl Cluster {
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
-        self.dir.path().join(format!("node-{id}"))
+        self.data_dirs.get(&id).cloned().unwrap_or_else(|| self.dir.path().join(format!("node-{id}")))
+    }
+
+    /// Node `id` keeps its data in `path` from its next start on.
+    pub fn set_data_dir(&mut self, id: u64, path: PathBuf) {
+        self.data_dirs.insert(id, path);
     }
 
     /// The command line that starts node `id` (the same as `start_node` runs).
