@@ -249,8 +249,10 @@ pub struct Load {
 }
 
 impl Load {
-    /// `clients` concurrent proposers through any node (each client finds the leader).
-    pub fn start(cluster: &Cluster, recorder: &Recorder, clients: usize, tag: &str) -> Load {
+    /// `clients` concurrent proposers through any node (each client finds the leader), each
+    /// value padded to `value_bytes` (large values fill memtables, so RocksDB flushes and
+    /// compacts, and SSTs and the MANIFEST are written, between cuts).
+    pub fn start(cluster: &Cluster, recorder: &Recorder, clients: usize, value_bytes: usize, tag: &str) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ids: Vec<u64> = cluster.addrs.keys().copied().collect();
         let tasks = (0..clients)
@@ -262,7 +264,10 @@ impl Load {
                 tokio::spawn(async move {
                     let mut seq = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        if recorder.propose(&client, format!("{tag}-{seq}")).await.is_none() {
+                        let mut value = format!("{tag}-{seq}-");
+                        let padding = value_bytes.saturating_sub(value.len());
+                        value.extend(std::iter::repeat_n('.', padding));
+                        if recorder.propose(&client, value).await.is_none() {
                             // The cluster is down or electing: do not spin.
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }

@@ -17,6 +17,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(40);
+/// Big enough that RocksDB flushes memtables (8 MiB) and compacts during a run.
+const VALUE_BYTES: usize = 1024;
 
 /// Skips (one line, success) where the machine has no FUSE.
 fn fuse_or_skip() -> bool {
@@ -91,7 +93,7 @@ async fn self_test_nodes_without_wal_fsync_lose_acknowledged_values_and_the_chec
     let options = DiskOptions { ignore_fsync_of: Some(FileKind::Wal) };
     let mut power = PowerCluster::start(3, options, seed()).await.expect("cluster on lazy disks");
     let recorder = Recorder::default();
-    let load = Load::start(&power.cluster, &recorder, 4, "nofsync");
+    let load = Load::start(&power.cluster, &recorder, 4, 64, "nofsync");
     wait_progress(&recorder, 300, PROGRESS_TIMEOUT).await.expect("proposals acknowledged");
     load.stop().await;
     let acknowledged = recorder.acknowledged();
@@ -195,7 +197,7 @@ async fn power_cuts_of_leader_follower_recovering_node_and_all_nodes_keep_every_
     let mut power =
         PowerCluster::start(3, DiskOptions::default(), seed()).await.expect("cluster on lazy disks");
     let recorder = Recorder::default();
-    let load = Load::start(&power.cluster, &recorder, 4, "power");
+    let load = Load::start(&power.cluster, &recorder, 4, VALUE_BYTES, "power");
     wait_progress(&recorder, 50, PROGRESS_TIMEOUT).await.expect("first proposals");
     let mut scenarios =
         vec![Scenario::Leader, Scenario::Follower, Scenario::DuringRecovery, Scenario::AllNodes];
