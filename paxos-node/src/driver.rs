@@ -143,6 +143,10 @@ pub struct Driver {
     ticks: u64,
     /// A storage failure met outside the Ready path; the loop stops on it.
     fatal: Option<StorageError>,
+    /// Status requests of this batch, answered once its Ready is persisted: a status shows
+    /// only a ballot that is on disk (the power-loss tests hold every node to the ballot its
+    /// status showed before a cut).
+    status_waiting: Vec<Responder>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -166,6 +170,7 @@ impl Driver {
             proposals_since_start: 0,
             ticks: 0,
             fatal: None,
+            status_waiting: Vec::new(),
         }
     }
 
@@ -200,6 +205,9 @@ impl Driver {
             }
             if let Err(error) = self.process_ready() {
                 break Err(error);
+            }
+            for respond in std::mem::take(&mut self.status_waiting) {
+                respond.send(Response::Status(Box::new(self.status())));
             }
             if let Some(error) = self.fatal.take() {
                 break Err(error.into());
@@ -260,7 +268,7 @@ impl Driver {
                 let result = self.history(from_slot, limit);
                 respond.send(Response::History(result));
             }
-            Request::Status => respond.send(Response::Status(Box::new(self.status()))),
+            Request::Status => self.status_waiting.push(respond),
             Request::ChangeMembership { request_id, change } => {
                 if self.pending_count >= PENDING_PROPOSALS_MAX {
                     respond.send(Response::Proposed(Err(ProposeError::Overloaded)));

@@ -183,8 +183,9 @@ impl Storage {
     /// rest (applied history, the duplicate table, GC) unsynced; `Ready`'s contract allows it
     /// because a crash loses at most a *suffix* of unsynced batches, never one before a synced
     /// batch. That rule is RocksDB's, and holds only with these settings (all defaults today,
-    /// named so that no later change drops one unnoticed; `tests::the_durability_options_are_
-    /// those_the_ready_contract_needs` reads them back from the OPTIONS file):
+    /// named so that no later change drops one unnoticed; a test,
+    /// `the_durability_options_are_those_the_ready_contract_needs`, reads them back from the
+    /// OPTIONS file RocksDB writes):
     /// - one WAL for every column family, in the data directory (`wal_dir` unset): a batch
     ///   that spans column families is one WAL record, and the WAL dies with its directory;
     /// - `manual_wal_flush` off: each write reaches the WAL file before it returns, so the
@@ -192,7 +193,9 @@ impl Storage {
     /// - `wal_recovery_mode` point-in-time: recovery replays the WAL up to the first bad or
     ///   missing record and stops, so a torn tail loses a suffix, and a hole is never skipped
     ///   (skipping would apply a later batch without an earlier one);
-    /// - `unordered_write` off: batches enter the WAL in the order they are applied.
+    /// - `unordered_write` off: batches enter the WAL in the order they are applied;
+    /// - no mmap writes: a mapped page reaches its file whenever the kernel writes it back, so
+    ///   neither the order of writes nor what an fsync covers would be ours.
     pub fn options() -> Options {
         let mut options = Options::default();
         options.create_if_missing(true);
@@ -200,6 +203,7 @@ impl Storage {
         options.set_manual_wal_flush(false);
         options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         options.set_unordered_write(false);
+        options.set_allow_mmap_writes(false);
         // Memory must not grow with the log: small memtables and a small block cache.
         options.set_write_buffer_size(8 << 20);
         options.set_max_write_buffer_number(2);
@@ -353,6 +357,27 @@ impl Storage {
             Some(state) => Ok(state),
             None => self.read_state(),
         }
+    }
+
+    /// What a node started on `path` would recover, read without writing anything to the
+    /// directory's database (RocksDB opened read-only; a directory with no database holds
+    /// nothing). For tests and tools that look at a stopped node's disk.
+    pub fn read_durable_state(path: &Path) -> Result<DurableState, StorageError> {
+        if !path.join("CURRENT").exists() {
+            return Ok(DurableState::default());
+        }
+        let db = DB::open_cf_for_read_only(&Self::options(), path, CF_NAMES, false)
+            .map_err(|error| StorageError::Db { path: path.to_owned(), error })?;
+        let read_only = Storage {
+            db,
+            path: path.to_owned(),
+            sync: WriteOptions::default(),
+            fsyncs: 0,
+            preloaded: None,
+            promised: Ballot::ZERO,
+            incarnation: 0,
+        };
+        read_only.read_state()
     }
 
     fn read_state(&self) -> Result<DurableState, StorageError> {
@@ -664,6 +689,7 @@ mod tests {
         expect("wal_recovery_mode", "kPointInTimeRecovery");
         expect("manual_wal_flush", "false");
         expect("unordered_write", "false");
+        expect("allow_mmap_writes", "false");
         let wal_dir = db_options.get("wal_dir").copied().unwrap_or_default();
         assert!(
             wal_dir.is_empty() || Path::new(wal_dir) == path,

@@ -177,10 +177,35 @@ impl DataOp {
     }
 }
 
+/// A change of names in one directory. A rename is one change (not an unlink and a link): a
+/// cut keeps it whole or not at all, as journaling filesystems do, and RocksDB relies on it to
+/// replace CURRENT.
 #[derive(Clone, Debug)]
 enum NameOp {
     Link(OsString, Ino),
     Unlink(OsString),
+    Rename { from: OsString, to: OsString, ino: Ino },
+}
+
+impl NameOp {
+    fn apply(&self, entries: &mut BTreeMap<OsString, Ino>) {
+        match self {
+            NameOp::Link(name, ino) => {
+                entries.insert(name.clone(), *ino);
+            }
+            NameOp::Unlink(name) => {
+                entries.remove(name);
+            }
+            NameOp::Rename { from, to, ino } => {
+                entries.remove(from);
+                entries.insert(to.clone(), *ino);
+            }
+        }
+    }
+
+    fn names(&self, ino: Ino) -> bool {
+        matches!(self, NameOp::Link(_, v) | NameOp::Rename { ino: v, .. } if *v == ino)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -210,8 +235,6 @@ struct Inode {
     mtime: SystemTime,
     /// The last name it was given (for the report's kind of file).
     name: OsString,
-    /// Open handles; an unlinked file lives while it is open.
-    opens: u32,
 }
 
 /// A file's or directory's attributes as `stat` shows them.
@@ -230,6 +253,14 @@ pub struct Attributes {
 pub struct Disk {
     inodes: HashMap<Ino, Inode>,
     next_ino: Ino,
+    /// Open file handles (handle -> inode); an unlinked file lives while one is open. Handles
+    /// are never reused, and a cut forgets them all: a release the kernel sends late for the
+    /// killed process must not close a file the restarted one opened.
+    handles: HashMap<u64, Ino>,
+    /// Open directory listings (handle -> entries as at `opendir`), so that a listing read in
+    /// several calls neither skips nor repeats an entry while names change.
+    listings: HashMap<u64, Vec<(OsString, Ino, bool)>>,
+    next_handle: u64,
     options: DiskOptions,
     rng: paxos_core::Rng,
 }
@@ -241,11 +272,13 @@ impl Disk {
             perm: 0o755,
             mtime: SystemTime::now(),
             name: OsString::from("/"),
-            opens: 0,
         };
         Disk {
             inodes: HashMap::from([(ROOT, root)]),
             next_ino: ROOT + 1,
+            handles: HashMap::new(),
+            listings: HashMap::new(),
+            next_handle: 1,
             options,
             rng: paxos_core::Rng::new(seed),
         }
@@ -338,7 +371,7 @@ impl Disk {
     fn new_inode(&mut self, name: &OsStr, body: Body, perm: u16) -> Ino {
         let ino = self.next_ino;
         self.next_ino += 1;
-        let inode = Inode { body, perm, mtime: SystemTime::now(), name: name.to_owned(), opens: 0 };
+        let inode = Inode { body, perm, mtime: SystemTime::now(), name: name.to_owned() };
         self.inodes.insert(ino, inode);
         ino
     }
@@ -388,8 +421,10 @@ impl Disk {
         Ok(())
     }
 
-    /// `rename(2)`: replaces the target name (a file, or an empty directory) unless
-    /// `no_replace`.
+    /// `rename(2)` within a directory: replaces the target name (a file, or an empty
+    /// directory) unless `no_replace`. Across directories it answers `EXDEV`, as between two
+    /// filesystems (callers copy instead): a rename in two directories would be durable only
+    /// when both are fsynced, which nothing here needs (RocksDB renames within its directory).
     pub fn rename(
         &mut self,
         parent: Ino,
@@ -400,7 +435,11 @@ impl Disk {
     ) -> Result<(), Errno> {
         let ino = self.lookup(parent, name)?;
         self.dir(new_parent)?;
-        if let Ok(existing) = self.lookup(new_parent, new_name) {
+        if new_parent != parent {
+            return Err(Errno::EXDEV);
+        }
+        let replaced = self.lookup(new_parent, new_name).ok();
+        if let Some(existing) = replaced {
             if existing == ino {
                 return Ok(());
             }
@@ -413,12 +452,15 @@ impl Disk {
                 (true, Ok(dir)) if !dir.volatile.is_empty() => return Err(Errno::ENOTEMPTY),
                 _ => {}
             }
-            self.remove_name(new_parent, new_name)?;
+        }
+        let op = NameOp::Rename { from: name.to_owned(), to: new_name.to_owned(), ino };
+        let dir = self.dir_mut(parent)?;
+        op.apply(&mut dir.volatile);
+        dir.unsynced.push(op);
+        self.inode_mut(ino)?.name = new_name.to_owned();
+        if let Some(existing) = replaced {
             self.forget_if_unused(existing);
         }
-        self.remove_name(parent, name)?;
-        self.add_name(new_parent, new_name, ino)?;
-        self.inode_mut(ino)?.name = new_name.to_owned();
         Ok(())
     }
 
@@ -439,16 +481,38 @@ impl Disk {
         Ok(())
     }
 
-    pub fn open(&mut self, ino: Ino) -> Result<(), Errno> {
-        self.inode_mut(ino)?.opens += 1;
-        Ok(())
+    /// Opens a file; returns its handle.
+    pub fn open(&mut self, ino: Ino) -> Result<u64, Errno> {
+        self.inode(ino)?;
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        self.handles.insert(handle, ino);
+        Ok(handle)
     }
 
-    pub fn release(&mut self, ino: Ino) {
-        if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.opens = inode.opens.saturating_sub(1);
+    /// Closes a handle (one the last cut forgot is ignored).
+    pub fn release(&mut self, handle: u64) {
+        if let Some(ino) = self.handles.remove(&handle) {
+            self.forget_if_unused(ino);
         }
-        self.forget_if_unused(ino);
+    }
+
+    /// Opens a directory listing; returns its handle.
+    pub fn open_listing(&mut self, ino: Ino) -> Result<u64, Errno> {
+        let entries = self.entries(ino)?;
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        self.listings.insert(handle, entries);
+        Ok(handle)
+    }
+
+    /// The entries of an open listing.
+    pub fn listing(&self, handle: u64) -> Result<&[(OsString, Ino, bool)], Errno> {
+        self.listings.get(&handle).map(Vec::as_slice).ok_or(Errno::EBADF)
+    }
+
+    pub fn release_listing(&mut self, handle: u64) {
+        self.listings.remove(&handle);
     }
 
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<&[u8], Errno> {
@@ -509,6 +573,7 @@ impl Disk {
         let ignored = self.options.ignore_fsync_of;
         let inode = self.inode_mut(ino)?;
         let kind = FileKind::of(&inode.name);
+        let mut unnamed = Vec::new();
         match &mut inode.body {
             Body::File(_) if ignored == Some(kind) => {}
             Body::File(file) => {
@@ -516,9 +581,20 @@ impl Disk {
                 file.unsynced.clear();
             }
             Body::Dir(dir) => {
+                unnamed = dir
+                    .durable
+                    .values()
+                    .copied()
+                    .filter(|i| !dir.volatile.values().any(|v| v == i))
+                    .collect();
                 dir.durable.clone_from(&dir.volatile);
                 dir.unsynced.clear();
             }
+        }
+        // Files whose last name just went for good (deleted SSTs and WALs) need no memory any
+        // more.
+        for ino in unnamed {
+            self.forget_if_unused(ino);
         }
         Ok(())
     }
@@ -530,14 +606,15 @@ impl Disk {
                 Body::Dir(dir) => {
                     dir.volatile.values().any(|v| *v == ino)
                         || dir.durable.values().any(|v| *v == ino)
-                        || dir.unsynced.iter().any(|op| matches!(op, NameOp::Link(_, v) if *v == ino))
+                        || dir.unsynced.iter().any(|op| op.names(ino))
                 }
                 Body::File(_) => false,
             })
     }
 
     fn forget_if_unused(&mut self, ino: Ino) {
-        if self.inodes.get(&ino).is_some_and(|inode| inode.opens == 0) && !self.referenced(ino) {
+        let open = self.handles.values().any(|open| *open == ino);
+        if self.inodes.contains_key(&ino) && !open && !self.referenced(ino) {
             self.inodes.remove(&ino);
         }
     }
@@ -546,6 +623,8 @@ impl Disk {
     /// have been killed and reaped: open handles are forgotten.
     pub fn power_cut(&mut self, mode: CutMode) -> CutReport {
         let mut report = CutReport { mode: Some(mode), ..CutReport::default() };
+        self.handles.clear();
+        self.listings.clear();
         let mut inos: Vec<Ino> = self.inodes.keys().copied().collect();
         // Sorted: the same seed cuts the same way.
         inos.sort_unstable();
@@ -555,7 +634,6 @@ impl Disk {
                 CutMode::KeepPrefix => rng.range(0, unsynced as u64 + 1) as usize,
             };
             let Some(inode) = self.inodes.get_mut(ino) else { continue };
-            inode.opens = 0;
             let kind = FileKind::of(&inode.name);
             match &mut inode.body {
                 Body::File(file) => {
@@ -567,8 +645,8 @@ impl Disk {
                                 op.apply(&mut durable);
                                 continue;
                             }
-                            // The last write kept is torn: the sectors before a random
-                            // boundary inside it reached the disk.
+                            // The first write not kept whole may be torn: the sectors before a
+                            // random boundary inside it reached the disk (or none of them).
                             (std::cmp::Ordering::Equal, DataOp::Write { offset, data })
                                 if mode == CutMode::KeepPrefix =>
                             {
@@ -576,10 +654,11 @@ impl Disk {
                                 let first_boundary = (offset / SECTOR_BYTES + 1) * SECTOR_BYTES;
                                 let boundaries: Vec<u64> =
                                     (first_boundary..end).step_by(SECTOR_BYTES as usize).collect();
-                                if boundaries.is_empty() {
+                                let pick = self.rng.range(0, boundaries.len() as u64 + 1) as usize;
+                                if pick == boundaries.len() {
                                     data.len() as u64
                                 } else {
-                                    let cut = boundaries[self.rng.range(0, boundaries.len() as u64) as usize];
+                                    let cut = boundaries[pick];
                                     let kept_bytes = (cut - offset) as usize;
                                     DataOp::Write { offset: *offset, data: data[..kept_bytes].to_vec() }
                                         .apply(&mut durable);
@@ -601,10 +680,7 @@ impl Disk {
                 Body::Dir(dir) => {
                     let kept = keep(&mut self.rng, dir.unsynced.len());
                     for op in &dir.unsynced[..kept] {
-                        match op {
-                            NameOp::Link(name, ino) => dir.durable.insert(name.clone(), *ino),
-                            NameOp::Unlink(name) => dir.durable.remove(name),
-                        };
+                        op.apply(&mut dir.durable);
                     }
                     report.names_dropped += (dir.unsynced.len() - kept) as u64;
                     dir.unsynced.clear();
@@ -726,16 +802,59 @@ mod tests {
     }
 
     #[test]
+    fn a_rename_over_a_name_survives_a_prefix_cut_whole_or_not_at_all() {
+        for seed in 0..100 {
+            let mut disk = Disk::new(DiskOptions::default(), seed);
+            let current = disk.create(ROOT, name("CURRENT"), 0o644, true).expect("create");
+            disk.write(current, 0, b"MANIFEST-000001").expect("write");
+            disk.fsync(current).expect("fsync");
+            disk.fsync(ROOT).expect("fsync");
+            // RocksDB's SetCurrentFile: a temporary file, fsynced, renamed over CURRENT.
+            let tmp = disk.create(ROOT, name("000002.dbtmp"), 0o644, true).expect("create");
+            disk.write(tmp, 0, b"MANIFEST-000002").expect("write");
+            disk.fsync(tmp).expect("fsync");
+            disk.rename(ROOT, name("000002.dbtmp"), ROOT, name("CURRENT"), false).expect("rename");
+            disk.power_cut(CutMode::KeepPrefix);
+            let left = content(&disk, ROOT, "CURRENT");
+            assert!(
+                left.as_deref() == Some(b"MANIFEST-000001") || left.as_deref() == Some(b"MANIFEST-000002"),
+                "seed {seed}: CURRENT is {left:?}"
+            );
+        }
+        let mut disk = Disk::new(DiskOptions::default(), 1);
+        let dir = disk.mkdir(ROOT, name("d"), 0o755).expect("mkdir");
+        disk.create(ROOT, name("f"), 0o644, true).expect("create");
+        assert_eq!(disk.rename(ROOT, name("f"), dir, name("f"), false), Err(Errno::EXDEV));
+    }
+
+    #[test]
+    fn a_release_after_a_cut_does_not_close_a_file_opened_since() {
+        let mut disk = Disk::new(DiskOptions::default(), 1);
+        let ino = disk.create(ROOT, name("000003.log"), 0o644, true).expect("create");
+        disk.fsync(ROOT).expect("fsync");
+        let before_cut = disk.open(ino).expect("open");
+        disk.power_cut(CutMode::DropUnsynced);
+        let after_cut = disk.open(ino).expect("open again");
+        // The kernel's late release for the killed process:
+        disk.release(before_cut);
+        disk.unlink(ROOT, name("000003.log")).expect("unlink");
+        disk.fsync(ROOT).expect("fsync");
+        assert!(disk.write(ino, 0, b"still open").is_ok(), "the open file must live");
+        disk.release(after_cut);
+        assert_eq!(disk.write(ino, 0, b"x"), Err(Errno::ENOENT), "closed and nameless: gone");
+    }
+
+    #[test]
     fn an_unlinked_open_file_lives_until_closed_and_a_durable_name_comes_back() {
         let mut disk = Disk::new(DiskOptions::default(), 1);
         let ino = disk.create(ROOT, name("MANIFEST-000001"), 0o644, true).expect("create");
         disk.write(ino, 0, b"m").expect("write");
         disk.fsync(ino).expect("fsync");
         disk.fsync(ROOT).expect("fsync");
-        disk.open(ino).expect("open");
+        let handle = disk.open(ino).expect("open");
         disk.unlink(ROOT, name("MANIFEST-000001")).expect("unlink");
         assert_eq!(disk.read(ino, 0, 10).expect("read"), b"m");
-        disk.release(ino);
+        disk.release(handle);
         // Unlinked but not durably: the cut brings it back.
         disk.power_cut(CutMode::DropUnsynced);
         assert_eq!(content(&disk, ROOT, "MANIFEST-000001").as_deref(), Some(&b"m"[..]));

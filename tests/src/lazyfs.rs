@@ -205,7 +205,7 @@ impl Filesystem for LazyFs {
         let mut disk = lock(&self.disk);
         // O_TRUNC arrives as a setattr of the size (no FUSE_ATOMIC_O_TRUNC is asked for).
         match disk.open(ino.0) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::empty()),
             Err(errno) => reply.error(errno),
         }
     }
@@ -223,18 +223,18 @@ impl Filesystem for LazyFs {
         let mut disk = lock(&self.disk);
         let exclusive = flags & libc::O_EXCL != 0;
         let result = disk.create(parent.0, name, perm(mode, umask), exclusive).and_then(|ino| {
-            disk.open(ino)?;
             if flags & libc::O_TRUNC != 0 {
                 disk.set_size(ino, 0)?;
             }
-            disk.attributes(ino)
+            let handle = disk.open(ino)?;
+            Ok((disk.attributes(ino)?, handle))
         });
         match result {
-            Ok(attributes) => reply.created(
+            Ok((attributes, handle)) => reply.created(
                 &TTL,
                 &file_attr(&attributes, request),
                 Generation(0),
-                FileHandle(0),
+                FileHandle(handle),
                 FopenFlags::empty(),
             ),
             Err(errno) => reply.error(errno),
@@ -291,14 +291,14 @@ impl Filesystem for LazyFs {
     fn release(
         &self,
         _request: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
+        _ino: INodeNo,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        lock(&self.disk).release(ino.0);
+        lock(&self.disk).release(fh.0);
         reply.ok();
     }
 
@@ -307,23 +307,35 @@ impl Filesystem for LazyFs {
     }
 
     fn opendir(&self, _request: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match lock(&self.disk).attributes(ino.0) {
-            Ok(attributes) if attributes.is_dir => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Ok(_) => reply.error(Errno::ENOTDIR),
+        match lock(&self.disk).open_listing(ino.0) {
+            Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::empty()),
             Err(errno) => reply.error(errno),
         }
+    }
+
+    fn releasedir(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.disk).release_listing(fh.0);
+        reply.ok();
     }
 
     fn readdir(
         &self,
         _request: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match lock(&self.disk).entries(ino.0) {
-            Ok(entries) => entries,
+        // The listing as it was at opendir: offsets stay positions in one list.
+        let entries = match lock(&self.disk).listing(fh.0) {
+            Ok(entries) => entries.to_vec(),
             Err(errno) => return reply.error(errno),
         };
         let dots = [(OsStr::new(".").to_owned(), ino.0, true), (OsStr::new("..").to_owned(), ino.0, true)];

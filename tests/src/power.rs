@@ -97,12 +97,17 @@ impl PowerCluster {
         let stop = self.stop_watcher.clone();
         self.watcher = Some(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                for (id, client) in &clients {
-                    // The status is served between the node's batches: a ballot it shows is on
-                    // disk (a promise is always a synced write).
-                    let Ok(status) = client.status().await else { continue };
+                // All at once: a node that is down must not slow the sampling of the others.
+                let answers = futures::future::join_all(
+                    clients.iter().map(|(id, client)| async move { (*id, client.status().await) }),
+                )
+                .await;
+                for (id, answer) in answers {
+                    // A node answers status once its batch is persisted: a ballot it shows is
+                    // on disk (a promise is always a synced write).
+                    let Ok(status) = answer else { continue };
                     let mut promises = promises.lock().expect("promises lock");
-                    let highest = promises.highest.entry(*id).or_default();
+                    let highest = promises.highest.entry(id).or_default();
                     if status.ballot < *highest {
                         let line = format!("node {id} reported ballot {} after {}", status.ballot, highest);
                         promises.broken.push(line);
@@ -142,10 +147,31 @@ impl PowerCluster {
     /// Cuts node `id`'s power: SIGKILL, reap, then its disk forgets what was not durable.
     pub fn power_cut(&mut self, id: u64, mode: CutMode) -> anyhow::Result<CutReport> {
         self.cluster.kill(id)?;
+        let report = self.cut_disk(id, mode)?;
+        eprintln!("power cut of node {id}: {report}");
+        Ok(report)
+    }
+
+    /// Drops what node `id`'s disk had not made durable, then reads what the node will recover
+    /// from (a copy of the durable image, RocksDB opened read-only) before anything can raise
+    /// it: a promise below one the node reported before is a broken promise.
+    fn cut_disk(&mut self, id: u64, mode: CutMode) -> anyhow::Result<CutReport> {
         let report = self.mounts[&id].power_cut(mode);
         self.totals.add(&report);
         self.cuts += 1;
-        eprintln!("power cut of node {id}: {report}");
+        let image = tempfile::Builder::new().prefix("paxos-power-image-").tempdir()?;
+        self.mounts[&id].write_durable_image(image.path())?;
+        let durable = paxos_node::storage::Storage::read_durable_state(&image.path().join("data"))
+            .with_context(|| format!("reading node {id}'s disk after a power cut"))?;
+        let mut promises = self.promises.lock().expect("promises lock");
+        let highest = promises.highest.get(&id).copied().unwrap_or_default();
+        if durable.promised < highest {
+            let line = format!(
+                "node {id}'s disk holds promise {} after a cut; it reported {highest} before",
+                durable.promised
+            );
+            promises.broken.push(line);
+        }
         Ok(report)
     }
 
@@ -167,9 +193,7 @@ impl PowerCluster {
         }
         for id in ids {
             let mode = mode.unwrap_or_else(|| self.draw_mode());
-            let report = self.mounts[&id].power_cut(mode);
-            self.totals.add(&report);
-            self.cuts += 1;
+            let report = self.cut_disk(id, mode)?;
             eprintln!("power cut of node {id} (all at once): {report}");
         }
         Ok(())
@@ -252,7 +276,13 @@ impl Load {
     /// `clients` concurrent proposers through any node (each client finds the leader), each
     /// value padded to `value_bytes` (large values fill memtables, so RocksDB flushes and
     /// compacts, and SSTs and the MANIFEST are written, between cuts).
-    pub fn start(cluster: &Cluster, recorder: &Recorder, clients: usize, value_bytes: usize, tag: &str) -> Load {
+    pub fn start(
+        cluster: &Cluster,
+        recorder: &Recorder,
+        clients: usize,
+        value_bytes: usize,
+        tag: &str,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ids: Vec<u64> = cluster.addrs.keys().copied().collect();
         let tasks = (0..clients)
