@@ -461,9 +461,15 @@ impl Cluster {
 
     /// The whole chosen history a node holds, as (slot, value) pairs.
     pub async fn history(&self, id: u64) -> anyhow::Result<crate::workload::History> {
+        self.history_from(id, 0).await
+    }
+
+    /// The chosen history a node holds from slot `from` on (from its history start if it
+    /// truncated above `from`).
+    pub async fn history_from(&self, id: u64, from: u64) -> anyhow::Result<crate::workload::History> {
         let client = self.client_for(&[id]);
         let mut entries = Vec::new();
-        let mut next = 0;
+        let mut next = from;
         loop {
             let page = match client.history(next, 10_000).await {
                 Ok(page) => page,

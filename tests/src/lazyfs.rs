@@ -414,7 +414,10 @@ impl LazyMount {
             .map_err(|error| {
                 let hint = "the power-loss tests mount FUSE directly, which needs root (or fusermount3, \
                             from Debian's fuse3, on the PATH)";
-                std::io::Error::new(error.kind(), format!("mounting at {}: {error}; {hint}", mountpoint.display()))
+                std::io::Error::new(
+                    error.kind(),
+                    format!("mounting at {}: {error}; {hint}", mountpoint.display()),
+                )
             })?
             .spawn()?;
         Ok(LazyMount { disk, mountpoint: mountpoint.to_owned(), session: Some(session) })
