@@ -269,6 +269,7 @@ impl Drop for PowerCluster {
 #[derive(Debug)]
 pub struct Load {
     stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -284,16 +285,22 @@ impl Load {
         tag: &str,
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
         let ids: Vec<u64> = cluster.addrs.keys().copied().collect();
         let tasks = (0..clients)
             .map(|index| {
                 let client = cluster.client_with_timeout(&ids, Duration::from_secs(5));
                 let recorder = recorder.clone();
                 let stop = stop.clone();
+                let paused = paused.clone();
                 let tag = format!("{tag}-c{index}");
                 tokio::spawn(async move {
                     let mut seq = 0u64;
                     while !stop.load(Ordering::Relaxed) {
+                        if paused.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue;
+                        }
                         let mut value = format!("{tag}-{seq}-");
                         let padding = value_bytes.saturating_sub(value.len());
                         value.extend(std::iter::repeat_n('.', padding));
@@ -306,7 +313,16 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, tasks }
+        Load { stop, paused, tasks }
+    }
+
+    /// Clients finish the proposal they are on and start no other until `resume`.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Relaxed);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Relaxed);
     }
 
     pub async fn stop(self) {
