@@ -166,14 +166,30 @@ fn parse_peers(args: &Args) -> anyhow::Result<BTreeMap<u64, String>> {
         };
         let id: u64 =
             id.trim().parse().with_context(|| format!("--peer {peer:?}: {id:?} is not a node id"))?;
-        if addr.trim().is_empty() {
-            bail!("--peer {peer:?} has no address");
-        }
-        if members.insert(id, addr.trim().to_owned()).is_some() {
+        let addr = addr.trim();
+        check_address(addr).with_context(|| format!("--peer {peer:?}"))?;
+        if members.insert(id, addr.to_owned()).is_some() {
             bail!("--peer gives node {id} twice");
         }
     }
     Ok(members)
+}
+
+/// A member's address must be HOST:PORT (a name is resolved when the link connects, so a
+/// member whose name does not resolve yet can still be listed). Anything else would start a
+/// node that can never reach that member.
+fn check_address(addr: &str) -> anyhow::Result<()> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        bail!("{addr:?} is not an address of the form HOST:PORT (e.g. 127.0.0.1:7402)");
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        bail!("{addr:?} has no host (the form is HOST:PORT, e.g. 127.0.0.1:7402)");
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(()),
+        _ => bail!("{port:?} is not a port (1-65535)"),
+    }
 }
 
 fn parse_role(text: &str) -> Result<paxos_core::MemberRole, String> {
@@ -188,8 +204,29 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Expected errors (a bad flag, a directory in use or of another node, no space) print their
+/// reason chain on one line and exit 1. Returning the error from `main` would print it with
+/// `Debug`, which appends a backtrace whenever RUST_BACKTRACE is set, as it is for many Rust
+/// users: backtraces are for bugs, and a bug panics (and still prints one).
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("paxos-node: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // After the log lines, so the reason is the last thing on the terminal.
+            eprintln!("paxos-node: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -222,7 +259,7 @@ async fn main() -> anyhow::Result<()> {
         },
         role: args.role,
     };
-    let mut node = NodeHandle::start(config).await.context("paxos-node cannot start")?;
+    let mut node = NodeHandle::start(config).await.context("cannot start")?;
     tokio::select! {
         signal = shutdown_signal() => {
             tracing::info!("{}: shutting down", signal?);

@@ -60,6 +60,26 @@ pub enum StorageError {
     Encode(String),
     #[error("data directory {path}: {error}")]
     Io { path: PathBuf, error: std::io::Error },
+    #[error(
+        "data directory {path} is in use by another paxos-node (it holds {path}/LOCK); stop that \
+         node, or give this one another --data-dir"
+    )]
+    InUse { path: PathBuf },
+}
+
+/// RocksDB's error when another process holds the directory's LOCK (an `fcntl` lock, released
+/// when that process exits), as a sentence a person can act on; other errors as they are.
+fn db_error(path: &Path, error: rocksdb::Error) -> StorageError {
+    let text = error.to_string();
+    // Another process: "While lock file: DIR/LOCK: Resource temporarily unavailable"; this one
+    // (a second open in the same process): "lock hold by current process".
+    if text.contains("lock file") && text.contains("unavailable")
+        || text.contains("lock hold by current process")
+    {
+        StorageError::InUse { path: path.to_owned() }
+    } else {
+        StorageError::Db { path: path.to_owned(), error }
+    }
 }
 
 /// Creates `path` and whatever ancestors it lacks, each made durable in its parent (a
@@ -149,7 +169,7 @@ impl Storage {
         create_dir_durably(path).map_err(|error| StorageError::Io { path: path.to_owned(), error })?;
         let options = Self::options();
         let sync = Self::synced_writes();
-        let db_error = |error| StorageError::Db { path: path.to_owned(), error };
+        let db_error = |error| db_error(path, error);
         let mut preloaded = None;
         if path.join("CURRENT").exists() {
             let db = DB::open_cf_for_read_only(&options, path, CF_NAMES, false).map_err(db_error)?;
@@ -695,6 +715,15 @@ mod tests {
             wal_dir.is_empty() || Path::new(wal_dir) == path,
             "the WAL must live in the data directory, found wal_dir={wal_dir}"
         );
+    }
+
+    #[test]
+    fn a_data_directory_in_use_is_named_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = Storage::open(dir.path(), "c", 1).expect("open");
+        let second = Storage::open(dir.path(), "c", 1).expect_err("the directory is locked");
+        assert!(matches!(second, StorageError::InUse { .. }), "{second}");
+        assert!(second.to_string().contains("in use by another paxos-node"), "{second}");
     }
 
     #[test]

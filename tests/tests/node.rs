@@ -172,3 +172,48 @@ async fn a_lone_node_creates_its_certificates_and_a_member_without_them_refuses_
         "{stderr}"
     );
 }
+
+/// Start-up errors a person can read: each is one line with its reason chain, exit code 1,
+/// and no backtrace even with RUST_BACKTRACE=1 set (backtraces are for bugs): a member
+/// address that is not HOST:PORT is refused naming the flag, and a data directory another
+/// node holds is named as such rather than as RocksDB's lock error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_errors_are_one_line_naming_the_problem_without_a_backtrace() {
+    let mut cluster = Cluster::new_plaintext(1).expect("cluster");
+    let run = |command: &mut std::process::Command| {
+        let output = command.env("RUST_BACKTRACE", "1").output().expect("paxos-node");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.to_lowercase().contains("backtrace"), "no backtrace for an expected error: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default().to_owned();
+        eprintln!("{last}");
+        last
+    };
+
+    for (flag, expected) in
+        [("1=bad", "\"bad\" is not an address of the form HOST:PORT"), ("1=host:99999", "is not a port")]
+    {
+        let mut command = cluster.node_command(1);
+        command.args(["--peer", flag]);
+        let last = run(&mut command);
+        assert!(last.starts_with("paxos-node: --peer") && last.contains(expected), "{last}");
+    }
+
+    cluster.start_node(1).expect("start");
+    cluster.wait_for_leader(Duration::from_secs(15)).await.expect("the node runs");
+    // Another port, the same directory.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let mut second = std::process::Command::new(paxos_tests::binary("paxos-node"));
+    second.args([
+        "--id",
+        "1",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--insecure-plaintext",
+        "--data-dir",
+    ]);
+    second.arg(cluster.data_dir(1));
+    let last = run(&mut second);
+    assert!(last.contains("is in use by another paxos-node"), "{last}");
+    assert!(cluster.status(1).await.is_ok(), "the first node keeps serving");
+}
