@@ -63,11 +63,17 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Member(command) => crate::member::run(&client, command, cli.json).await?,
         Command::Gc { truncate_below, force } => {
             let report = client.gc(*truncate_below, *force).await?;
+            // The leader truncated; the others follow from its heartbeats a moment later, and
+            // a person reading a follower right now would still see the old entries.
+            let followed = match truncate_below {
+                Some(cut) => Some(members_following(cli, &client, report.history_start.max(*cut)).await?),
+                None => None,
+            };
             let mut out = stdout.lock();
             if cli.json {
-                writeln!(out, "{}", output::gc_json(&report))?;
+                writeln!(out, "{}", output::gc_json(&report, followed.as_ref()))?;
             } else {
-                write!(out, "{}", output::gc_text(&report))?;
+                write!(out, "{}", output::gc_text(&report, followed.as_ref()))?;
             }
         }
     }
@@ -153,19 +159,61 @@ fn certs(cli: &Cli, nodes: &[u64], clients: bool, overwrite: bool) -> anyhow::Re
     Ok(())
 }
 
+/// How long `gc --truncate-below` waits for every member to follow the cut.
+const FOLLOW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Which members hold no history below `cut` (they followed the truncation) and which still do
+/// or could not be asked, waiting up to `FOLLOW_TIMEOUT` for all to follow.
+async fn members_following(cli: &Cli, client: &Client, cut: u64) -> anyhow::Result<output::Followed> {
+    let members = client.status().await?.members;
+    let deadline = std::time::Instant::now() + FOLLOW_TIMEOUT;
+    loop {
+        let mut followed = output::Followed::default();
+        for member in &members {
+            let mut options = cli.options()?;
+            options.endpoints = vec![member.addr.clone()];
+            options.timeout = std::time::Duration::from_secs(2);
+            let start = match Client::new(options)?.status().await {
+                Ok(status) => Some(status.history_start),
+                Err(_) => None,
+            };
+            match start {
+                Some(start) if start >= cut => followed.followed.push(member.id),
+                _ => followed.behind.push((member.id, start)),
+            }
+        }
+        if followed.behind.is_empty() || std::time::Instant::now() >= deadline {
+            return Ok(followed);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 async fn history(
     client: &Client,
-    from: u64,
+    from: Option<u64>,
     limit: Option<u64>,
     encoding: Encoding,
     json: bool,
 ) -> anyhow::Result<()> {
     let mut entries = Vec::new();
-    let mut next = from;
+    let mut next = from.unwrap_or(0);
+    let mut started = false;
     let mut remaining = limit.unwrap_or(u64::MAX);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while remaining > 0 {
-        let page = client.history(next, remaining.min(paxos_node::wire::HISTORY_PAGE_ENTRIES_MAX)).await?;
+        let asked = remaining.min(paxos_node::wire::HISTORY_PAGE_ENTRIES_MAX);
+        let page = match client.history(next, asked).await {
+            // Without --from, the history starts where the node's does.
+            Err(paxos_node::client::ClientError::Truncated { history_start, .. })
+                if from.is_none() && !started && history_start > next =>
+            {
+                next = history_start;
+                continue;
+            }
+            page => page?,
+        };
+        started = true;
         let Some((last, _)) = page.entries.last() else {
             break;
         };

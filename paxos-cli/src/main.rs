@@ -139,9 +139,10 @@ pub enum Command {
         /// How values are printed: escaped text, or base64.
         #[arg(long, value_enum, default_value_t = Encoding::Text)]
         encoding: Encoding,
-        /// First slot to print.
-        #[arg(long, default_value_t = 0)]
-        from: u64,
+        /// First slot to print (default: the first slot the node still holds; asking below
+        /// a truncation is an error).
+        #[arg(long)]
+        from: Option<u64>,
         /// Print at most this many slots (default: up to the end of the chosen prefix).
         #[arg(long)]
         limit: Option<u64>,

@@ -152,23 +152,59 @@ pub fn status_text(status: &StatusReport) -> String {
     out
 }
 
-pub fn gc_json(report: &GcReport) -> Value {
-    json!({
+/// After a truncation: the members that dropped the history below the cut, and the others
+/// (with their history start, `None` if they could not be asked).
+#[derive(Debug, Default)]
+pub struct Followed {
+    pub followed: Vec<u64>,
+    pub behind: Vec<(u64, Option<u64>)>,
+}
+
+pub fn gc_json(report: &GcReport, followed: Option<&Followed>) -> Value {
+    let mut value = json!({
         "accepted_records_removed": report.accepted_records_removed,
         "history_entries_removed": report.history_entries_removed,
         "history_start": report.history_start,
         "applied_upto": report.applied_upto,
-    })
+    });
+    if let Some(followed) = followed {
+        value["members_followed"] = json!(followed.followed);
+        value["members_not_followed"] = json!(followed
+            .behind
+            .iter()
+            .map(|(id, start)| json!({"id": id, "history_start": start}))
+            .collect::<Vec<_>>());
+    }
+    value
 }
 
-pub fn gc_text(report: &GcReport) -> String {
-    format!(
+pub fn gc_text(report: &GcReport, followed: Option<&Followed>) -> String {
+    let mut text = format!(
         "removed {} accepted records and {} history entries; history starts at {}, applied up to {}\n",
         report.accepted_records_removed,
         report.history_entries_removed,
         report.history_start,
         report.applied_upto
-    )
+    );
+    if let Some(followed) = followed {
+        if followed.behind.is_empty() {
+            text.push_str(&format!("every member has truncated below {}\n", report.history_start));
+        } else {
+            let behind: Vec<String> = followed
+                .behind
+                .iter()
+                .map(|(id, start)| match start {
+                    Some(start) => format!("node {id} (history starts at {start})"),
+                    None => format!("node {id} (not reachable)"),
+                })
+                .collect();
+            text.push_str(&format!(
+                "not followed yet: {}; members follow from the leader's heartbeats, one that is down when it returns\n",
+                behind.join(", ")
+            ));
+        }
+    }
+    text
 }
 
 pub fn certs_json(dir: &Path, issued: &Issued) -> Value {
@@ -201,6 +237,29 @@ pub fn certs_text(dir: &Path, issued: &Issued) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_truncation_names_the_members_that_have_not_followed() {
+        let report = GcReport {
+            accepted_records_removed: 3,
+            history_entries_removed: 100,
+            history_start: 100,
+            applied_upto: 511,
+        };
+        let followed = Followed { followed: vec![1, 2], behind: vec![(3, Some(0)), (4, None)] };
+        let text = gc_text(&report, Some(&followed));
+        assert!(
+            text.ends_with("not followed yet: node 3 (history starts at 0), node 4 (not reachable); members follow from the leader's heartbeats, one that is down when it returns\n"),
+            "{text}"
+        );
+        let json = gc_json(&report, Some(&followed));
+        assert_eq!(json["members_followed"], json!([1, 2]));
+        assert_eq!(
+            json["members_not_followed"],
+            json!([{"id": 3, "history_start": 0}, {"id": 4, "history_start": null}])
+        );
+        assert!(gc_json(&report, None).get("members_followed").is_none(), "plain gc says nothing of members");
+    }
     use super::*;
 
     #[test]
