@@ -50,7 +50,16 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::History { from, limit, encoding } => {
             history(&client, *from, *limit, *encoding, cli.json).await?
         }
-        Command::Status => {
+        Command::Status { all: true } => {
+            let rows = member_statuses(cli, &client).await?;
+            let mut out = stdout.lock();
+            if cli.json {
+                writeln!(out, "{}", output::cluster_status_json(&rows))?;
+            } else {
+                write!(out, "{}", output::cluster_status_text(&rows))?;
+            }
+        }
+        Command::Status { all: false } => {
             let status = client.status().await?;
             let mut out = stdout.lock();
             if cli.json {
@@ -157,6 +166,23 @@ fn certs(cli: &Cli, nodes: &[u64], clients: bool, overwrite: bool) -> anyhow::Re
         write!(out, "{}", output::certs_text(&cli.certs_dir, &issued))?;
     }
     Ok(())
+}
+
+/// How long one member may take to answer `status --all`.
+const MEMBER_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Every member of the configuration the node asked holds, with its own status (`None`: it did
+/// not answer, and why), asked all at once.
+async fn member_statuses(cli: &Cli, client: &Client) -> anyhow::Result<Vec<output::MemberRow>> {
+    let members = client.status().await?.members;
+    let asks = members.into_iter().map(|member| async move {
+        let mut options = cli.options()?;
+        options.endpoints = vec![member.addr.clone()];
+        options.timeout = MEMBER_STATUS_TIMEOUT;
+        let status = Client::new(options)?.status().await.map_err(|error| error.to_string());
+        anyhow::Ok(output::MemberRow { member, status })
+    });
+    futures::future::join_all(asks).await.into_iter().collect()
 }
 
 /// How long `gc --truncate-below` waits for every member to follow the cut.

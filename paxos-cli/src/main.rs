@@ -148,7 +148,13 @@ pub enum Command {
         limit: Option<u64>,
     },
     /// Show the node's id, the leader, the ballot, watermarks and members.
-    Status,
+    Status {
+        /// Ask every member of the configuration the node holds and print one table: id,
+        /// address, role, leader, ballot, applied prefix, history start, lag behind the most
+        /// advanced member, reachable or not.
+        #[arg(long)]
+        all: bool,
+    },
     /// Show or change the configuration: who the members are, their roles, and which data
     /// directory (incarnation) of each the cluster admits. Changes go through the leader, one
     /// at a time, as entries of the log; they need the admin certificate.

@@ -152,6 +152,92 @@ pub fn status_text(status: &StatusReport) -> String {
     out
 }
 
+/// One member for `status --all`: what the configuration says of it, and its own status.
+#[derive(Debug)]
+pub struct MemberRow {
+    pub member: paxos_node::wire::MemberInfo,
+    pub status: Result<StatusReport, String>,
+}
+
+/// How far each reachable member is behind the most advanced one.
+fn lags(rows: &[MemberRow]) -> Vec<Option<u64>> {
+    let ahead = rows.iter().filter_map(|row| row.status.as_ref().ok()).map(|s| s.applied_upto).max();
+    rows.iter().map(|row| Some(ahead? - row.status.as_ref().ok()?.applied_upto)).collect()
+}
+
+pub fn cluster_status_json(rows: &[MemberRow]) -> Value {
+    let members: Vec<Value> = rows
+        .iter()
+        .zip(lags(rows))
+        .map(|(row, lag)| match &row.status {
+            Ok(status) => json!({
+                "id": row.member.id,
+                "address": row.member.addr,
+                "role": row.member.role.to_string(),
+                "reachable": true,
+                "leader": status.leader,
+                "is_leader": status.leader == Some(row.member.id),
+                "ballot": format!("{}.{}", status.ballot.round, status.ballot.node),
+                "applied_upto": status.applied_upto,
+                "history_start": status.history_start,
+                "lag": lag,
+                "can_vote": status.can_vote,
+            }),
+            Err(error) => json!({
+                "id": row.member.id,
+                "address": row.member.addr,
+                "role": row.member.role.to_string(),
+                "reachable": false,
+                "error": error,
+            }),
+        })
+        .collect();
+    json!({ "members": members })
+}
+
+pub fn cluster_status_text(rows: &[MemberRow]) -> String {
+    let mut table =
+        vec![["ID", "ADDRESS", "ROLE", "LEADER", "BALLOT", "APPLIED", "HISTORY START", "LAG", "REACHABLE"]
+            .map(String::from)
+            .to_vec()];
+    for (row, lag) in rows.iter().zip(lags(rows)) {
+        let mut line = vec![row.member.id.to_string(), row.member.addr.clone(), row.member.role.to_string()];
+        match &row.status {
+            Ok(status) => {
+                let leader = match status.leader {
+                    Some(leader) if leader == row.member.id => "yes (self)".to_owned(),
+                    Some(leader) => format!("{leader}"),
+                    None => "none".to_owned(),
+                };
+                line.extend([
+                    leader,
+                    format!("{}.{}", status.ballot.round, status.ballot.node),
+                    status.applied_upto.to_string(),
+                    status.history_start.to_string(),
+                    lag.map(|l| l.to_string()).unwrap_or_default(),
+                    "yes".to_owned(),
+                ]);
+            }
+            Err(error) => {
+                line.extend(["-", "-", "-", "-", "-"].map(String::from));
+                line.push(format!("no: {error}"));
+            }
+        }
+        table.push(line);
+    }
+    let widths: Vec<usize> = (0..table[0].len())
+        .map(|column| table.iter().map(|line| line[column].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for line in &table {
+        let cells: Vec<String> =
+            line.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// After a truncation: the members that dropped the history below the cut, and the others
 /// (with their history start, `None` if they could not be asked).
 #[derive(Debug, Default)]

@@ -106,6 +106,23 @@ async fn every_command_in_human_and_json_form() {
     assert_eq!(json["history_start"], 0);
     assert_eq!(json["sessions"], 5, "one session per paxos-cli process that proposed");
     assert!(json["leader"].is_u64());
+
+    // status --all: every member in one table, asked through one node.
+    let leader = json["leader"].as_u64().expect("leader");
+    let table = stdout(&cli(&cluster, &node2, &["status", "--all"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID  ADDRESS") && lines[0].ends_with("REACHABLE"), "{table}");
+    assert_eq!(lines.len(), 4, "a header and 3 members: {table}");
+    assert_eq!(table.matches("yes (self)").count(), 1, "one leader: {table}");
+    assert!(lines[leader as usize].contains("yes (self)"), "{table}");
+    let all: Value =
+        serde_json::from_str(&stdout(&cli(&cluster, &node2, &["status", "--all", "--json"]))).expect("json");
+    let members = all["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3);
+    assert!(members
+        .iter()
+        .all(|m| m["reachable"] == true && m["applied_upto"].is_u64() && m["lag"].is_u64()));
+    assert_eq!(members.iter().filter(|m| m["is_leader"] == true).count(), 1);
     assert!(json["ballot"]["round"].is_u64() && json["ballot"]["node"].is_u64());
     assert_eq!(json["members"].as_array().expect("members").len(), 3);
     assert_eq!(json["configuration_chosen_at"], 0, "the bootstrap's binding entry is slot 0");
@@ -217,6 +234,16 @@ async fn error_paths_exit_non_zero_with_one_line() {
     let output = cli(&cluster, &cluster.addrs[&survivor], &["propose", "lonely", "--timeout-ms", "2000"]);
     let error = one_line_error(&output);
     assert!(error.contains("no quorum"), "{error}");
+    // status --all still answers, naming the members it could not reach.
+    let json: Value = serde_json::from_str(&stdout(&cli(
+        &cluster,
+        &cluster.addrs[&survivor],
+        &["status", "--all", "--json"],
+    )))
+    .expect("json");
+    let members = json["members"].as_array().expect("members");
+    assert_eq!(members.iter().filter(|m| m["reachable"] == false).count(), 2, "{json}");
+    assert!(members.iter().any(|m| m["id"] == survivor && m["reachable"] == true), "{json}");
 
     // A value over the limit is refused before it reaches the log.
     let big = format!("{}\n", "x".repeat((1 << 20) + 1));
