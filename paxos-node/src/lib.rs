@@ -45,6 +45,8 @@ pub mod wire;
 #[cfg(feature = "daemon")]
 pub mod driver;
 #[cfg(feature = "daemon")]
+pub mod inspect;
+#[cfg(feature = "daemon")]
 pub mod node;
 #[cfg(feature = "daemon")]
 pub mod peer_link;

@@ -24,9 +24,31 @@ enum InitialClusterState {
     Existing,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum NodeCommand {
+    /// Show what a data directory holds (identity, promised ballot, accepted records, applied
+    /// prefix, history and truncation, duplicate table, configuration) without starting a
+    /// node and without changing a byte. Works on a running node's directory too (read-only,
+    /// as of the moment it is read).
+    Inspect {
+        /// The data directory (the node's --data-dir).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// First check every record's checksum; exit 1 naming the first bad record.
+        #[arg(long)]
+        verify: bool,
+    },
+}
+
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<NodeCommand>,
+
     /// This node's id (a positive integer, unique in the cluster).
     #[arg(long, env = "PAXOS_NODE_ID", default_value_t = 1)]
     id: u64,
@@ -236,6 +258,15 @@ async fn run() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if let Some(NodeCommand::Inspect { data_dir, json, verify }) = &args.command {
+        let inspection = paxos_node::storage::Storage::inspect(data_dir, *verify)?;
+        if *json {
+            println!("{}", paxos_node::inspect::json(&inspection));
+        } else {
+            print!("{}", paxos_node::inspect::text(&inspection));
+        }
+        return Ok(());
+    }
     let members = parse_peers(&args)?;
     let security = security(&args, &members)?;
     let config = NodeConfig {
