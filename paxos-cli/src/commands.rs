@@ -47,7 +47,10 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Propose { stdin: true, window, encoding, .. } => {
             propose_stdin(&client, *window, *encoding, cli.json).await?
         }
-        Command::History { from, limit, encoding } => {
+        Command::History { from, follow: true, encoding, .. } => {
+            follow_history(&client, *from, *encoding, cli.json).await?
+        }
+        Command::History { from, limit, encoding, follow: false } => {
             history(&client, *from, *limit, *encoding, cli.json).await?
         }
         Command::Status { all: true } => {
@@ -212,6 +215,61 @@ async fn members_following(cli: &Cli, client: &Client, cut: u64) -> anyhow::Resu
             return Ok(followed);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// How often `history --follow` asks again once it has printed everything applied.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `history --follow`: pages from the slot after the last one printed, for ever. The client
+/// moves to another endpoint when the one it reads from fails, and asking from `next` means
+/// no slot is skipped or printed twice (every node holds the same value at a slot).
+async fn follow_history(
+    client: &Client,
+    from: Option<u64>,
+    encoding: Encoding,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut next = from.unwrap_or(0);
+    let mut started = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut out = std::io::stdout().lock();
+    loop {
+        let asked = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            page = client.history(next, paxos_node::wire::HISTORY_PAGE_ENTRIES_MAX) => page,
+        };
+        let page = match asked {
+            Err(paxos_node::client::ClientError::Truncated { history_start, .. })
+                if from.is_none() && !started && history_start > next =>
+            {
+                next = history_start;
+                continue;
+            }
+            page => page?,
+        };
+        started = true;
+        if json {
+            for entry in &page.entries {
+                let line = output::history_json(std::slice::from_ref(entry), encoding);
+                writeln!(out, "{}", line[0])?;
+            }
+        } else {
+            let mut text = String::new();
+            output::history_lines(&page, encoding, &mut text);
+            out.write_all(text.as_bytes())?;
+        }
+        out.flush()?;
+        if let Some((last, _)) = page.entries.last() {
+            next = last + 1;
+        }
+        if next >= page.applied_upto {
+            tokio::select! {
+                _ = &mut ctrl_c => return Ok(()),
+                _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            }
+        }
     }
 }
 

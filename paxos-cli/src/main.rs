@@ -144,8 +144,13 @@ pub enum Command {
         #[arg(long)]
         from: Option<u64>,
         /// Print at most this many slots (default: up to the end of the chosen prefix).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "follow")]
         limit: Option<u64>,
+        /// Keep printing entries as they are applied, like `tail -f` (with --json, one object
+        /// per line). If the node asked goes away, another endpoint takes over from the slot
+        /// after the last one printed; Ctrl-C stops.
+        #[arg(long)]
+        follow: bool,
     },
     /// Show the node's id, the leader, the ballot, watermarks and members.
     Status {

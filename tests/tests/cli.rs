@@ -358,3 +358,67 @@ async fn binary_values_survive_every_path() {
     let again = cluster.client_for(&[1]).history(resent_slot, 1).await.expect("history");
     assert_eq!(again.entries[0].1.as_deref(), Some(&binary_value[..]));
 }
+
+/// `history --follow --json` prints entries as they are applied, one object per line; when the
+/// node it reads from is killed it goes on through another endpoint from the slot after the
+/// last one printed (no gap, no repeat), and Ctrl-C (SIGINT) stops it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_follow_survives_the_node_it_reads_from_and_stops_on_ctrl_c() {
+    let mut cluster = Cluster::start(3).await.expect("cluster");
+    let mut follower = cluster
+        .cli_command()
+        .env("PAXOS_ENDPOINTS", endpoints(&cluster))
+        .args(["history", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn paxos-cli history --follow");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let stdout = follower.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().expect("lines").push(line);
+            }
+        })
+    };
+    let seen = |value: &str| lines.lock().expect("lines").iter().any(|l| l.contains(&format!("\"{value}\"")));
+    let client = cluster.client();
+    for i in 0..20 {
+        client.propose(format!("f-{i}").into_bytes()).await.expect("propose");
+    }
+    wait_until("the follower printed f-19", Duration::from_secs(15), || async {
+        Ok(seen("f-19").then_some(()))
+    })
+    .await
+    .expect("followed");
+    // The first endpoint is the one it reads from.
+    cluster.kill(1).expect("kill node 1");
+    let survivors = cluster.client_for(&[2, 3]);
+    for i in 20..40 {
+        survivors.propose(format!("f-{i}").into_bytes()).await.expect("propose");
+    }
+    wait_until("the follower printed f-39 after node 1 died", Duration::from_secs(30), || async {
+        Ok(seen("f-39").then_some(()))
+    })
+    .await
+    .expect("followed through another endpoint");
+    std::process::Command::new("kill")
+        .args(["-INT", &follower.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    let status = follower.wait().expect("wait");
+    reader.join().expect("reader");
+    assert!(status.success(), "Ctrl-C stops cleanly: {status:?}");
+    let lines = lines.lock().expect("lines").clone();
+    let entries: Vec<Value> =
+        lines.iter().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let slots: Vec<u64> = entries.iter().map(|e| e["slot"].as_u64().expect("slot")).collect();
+    assert_eq!(slots, (0..slots.len() as u64).collect::<Vec<_>>(), "no gap, no repeat");
+    for i in 0..40 {
+        let value = format!("f-{i}");
+        assert_eq!(entries.iter().filter(|e| e["value"] == value.as_str()).count(), 1, "{value} once");
+    }
+}
