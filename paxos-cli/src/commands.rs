@@ -174,15 +174,23 @@ fn certs(cli: &Cli, nodes: &[u64], clients: bool, overwrite: bool) -> anyhow::Re
 /// How long one member may take to answer `status --all`.
 const MEMBER_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The status of the one member at `addr`, asked directly (not through the leader).
+async fn member_status(
+    cli: &Cli,
+    addr: &str,
+) -> anyhow::Result<Result<paxos_node::wire::StatusReport, String>> {
+    let mut options = cli.options()?;
+    options.endpoints = vec![addr.to_owned()];
+    options.timeout = MEMBER_STATUS_TIMEOUT;
+    Ok(Client::new(options)?.status().await.map_err(|error| error.to_string()))
+}
+
 /// Every member of the configuration the node asked holds, with its own status (`None`: it did
 /// not answer, and why), asked all at once.
 async fn member_statuses(cli: &Cli, client: &Client) -> anyhow::Result<Vec<output::MemberRow>> {
     let members = client.status().await?.members;
     let asks = members.into_iter().map(|member| async move {
-        let mut options = cli.options()?;
-        options.endpoints = vec![member.addr.clone()];
-        options.timeout = MEMBER_STATUS_TIMEOUT;
-        let status = Client::new(options)?.status().await.map_err(|error| error.to_string());
+        let status = member_status(cli, &member.addr).await?;
         anyhow::Ok(output::MemberRow { member, status })
     });
     futures::future::join_all(asks).await.into_iter().collect()
@@ -199,13 +207,7 @@ async fn members_following(cli: &Cli, client: &Client, cut: u64) -> anyhow::Resu
     loop {
         let mut followed = output::Followed::default();
         for member in &members {
-            let mut options = cli.options()?;
-            options.endpoints = vec![member.addr.clone()];
-            options.timeout = std::time::Duration::from_secs(2);
-            let start = match Client::new(options)?.status().await {
-                Ok(status) => Some(status.history_start),
-                Err(_) => None,
-            };
+            let start = member_status(cli, &member.addr).await?.ok().map(|status| status.history_start);
             match start {
                 Some(start) if start >= cut => followed.followed.push(member.id),
                 _ => followed.behind.push((member.id, start)),
