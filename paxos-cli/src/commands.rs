@@ -206,8 +206,10 @@ async fn members_following(cli: &Cli, client: &Client, cut: u64) -> anyhow::Resu
     let deadline = std::time::Instant::now() + FOLLOW_TIMEOUT;
     loop {
         let mut followed = output::Followed::default();
-        for member in &members {
-            let start = member_status(cli, &member.addr).await?.ok().map(|status| status.history_start);
+        // All at once: members that are down cost one timeout, not one each.
+        let asks = members.iter().map(|member| member_status(cli, &member.addr));
+        for (member, answer) in members.iter().zip(futures::future::join_all(asks).await) {
+            let start = answer?.ok().map(|status| status.history_start);
             match start {
                 Some(start) if start >= cut => followed.followed.push(member.id),
                 _ => followed.behind.push((member.id, start)),
@@ -223,17 +225,23 @@ async fn members_following(cli: &Cli, client: &Client, cut: u64) -> anyhow::Resu
 /// How often `history --follow` asks again once it has printed everything applied.
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How long `history --follow` waits before asking again when no endpoint answered.
+const FOLLOW_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// `history --follow`: pages from the slot after the last one printed, for ever. The client
 /// moves to another endpoint when the one it reads from fails, and asking from `next` means
-/// no slot is skipped or printed twice (every node holds the same value at a slot).
+/// no slot is skipped or printed twice (every node holds the same value at a slot). An outage
+/// of every endpoint is waited out (said once on stderr); a refusal ends it.
 async fn follow_history(
     client: &Client,
     from: Option<u64>,
     encoding: Encoding,
     json: bool,
 ) -> anyhow::Result<()> {
+    use paxos_node::client::ClientError;
     let mut next = from.unwrap_or(0);
     let mut started = false;
+    let mut outage = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut out = std::io::stdout().lock();
@@ -243,30 +251,50 @@ async fn follow_history(
             page = client.history(next, paxos_node::wire::HISTORY_PAGE_ENTRIES_MAX) => page,
         };
         let page = match asked {
-            Err(paxos_node::client::ClientError::Truncated { history_start, .. })
+            Err(ClientError::Truncated { history_start, .. })
                 if from.is_none() && !started && history_start > next =>
             {
                 next = history_start;
                 continue;
             }
+            Err(error @ (ClientError::Unreachable(_) | ClientError::Timeout { .. })) => {
+                if !outage {
+                    eprintln!("paxos-cli: {error}; still following, from slot {next}");
+                    outage = true;
+                }
+                tokio::select! {
+                    _ = &mut ctrl_c => return Ok(()),
+                    _ = tokio::time::sleep(FOLLOW_RETRY) => {}
+                }
+                continue;
+            }
             page => page?,
         };
         started = true;
+        outage = false;
+        if let Some((first, _)) = page.entries.first() {
+            if *first != next {
+                bail!("asked the history from slot {next}, got it from slot {first}: refusing to skip");
+            }
+        }
+        let mut text = String::new();
         if json {
             for entry in &page.entries {
                 let line = output::history_json(std::slice::from_ref(entry), encoding);
-                writeln!(out, "{}", line[0])?;
+                text.push_str(&format!("{}\n", line[0]));
             }
         } else {
-            let mut text = String::new();
             output::history_lines(&page, encoding, &mut text);
-            out.write_all(text.as_bytes())?;
         }
-        out.flush()?;
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            // `history --follow | head`: the reader has had enough.
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            result => result?,
+        }
         if let Some((last, _)) = page.entries.last() {
             next = last + 1;
         }
-        if next >= page.applied_upto {
+        if page.entries.is_empty() || next >= page.applied_upto {
             tokio::select! {
                 _ = &mut ctrl_c => return Ok(()),
                 _ = tokio::time::sleep(FOLLOW_POLL) => {}

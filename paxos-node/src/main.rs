@@ -201,15 +201,22 @@ fn parse_peers(args: &Args) -> anyhow::Result<BTreeMap<u64, String>> {
 /// member whose name does not resolve yet can still be listed). Anything else would start a
 /// node that can never reach that member.
 fn check_address(addr: &str) -> anyhow::Result<()> {
+    if addr.parse::<SocketAddr>().is_ok_and(|socket| socket.port() > 0) {
+        return Ok(()); // 127.0.0.1:7402, [::1]:7402
+    }
     let Some((host, port)) = addr.rsplit_once(':') else {
         bail!("{addr:?} is not an address of the form HOST:PORT (e.g. 127.0.0.1:7402)");
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || host.contains(char::is_whitespace) {
-        bail!("{addr:?} has no host (the form is HOST:PORT, e.g. 127.0.0.1:7402)");
+    if host.contains(':') || host.contains('[') || host.contains(']') {
+        bail!(
+            "{addr:?} is not an address of the form HOST:PORT (an IPv6 address needs brackets: [::1]:7402)"
+        );
+    }
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        bail!("{addr:?} has no valid host (the form is HOST:PORT, e.g. node1.example:7402)");
     }
     match port.parse::<u16>() {
-        Ok(port) if port > 0 => Ok(()),
+        Ok(number) if number > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
         _ => bail!("{port:?} is not a port (1-65535)"),
     }
 }
@@ -242,7 +249,8 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             // After the log lines, so the reason is the last thing on the terminal.
-            eprintln!("paxos-node: {error:#}");
+            // One line even if a message in the chain has several.
+            eprintln!("paxos-node: {}", format!("{error:#}").replace('\n', " "));
             std::process::ExitCode::FAILURE
         }
     }
@@ -303,4 +311,33 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_address;
+
+    #[test]
+    fn member_addresses_must_be_host_and_port() {
+        for good in ["127.0.0.1:7402", "[::1]:7402", "node1.example:7402", "localhost:1"] {
+            assert!(check_address(good).is_ok(), "{good}");
+        }
+        let bad = [
+            "bad",
+            "::1",
+            "fe80::1",
+            "[::1",
+            "[::1:7401",
+            "[host]:7401",
+            "http://h:80",
+            "h:0",
+            "h:+80",
+            ":7402",
+            "h:99999",
+            "[::1]",
+        ];
+        for bad in bad {
+            assert!(check_address(bad).is_err(), "{bad}");
+        }
+    }
 }

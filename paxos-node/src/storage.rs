@@ -404,25 +404,24 @@ impl Storage {
         }
     }
 
-    /// Looks at the stopped (or running) node's directory `path` without changing a byte:
-    /// RocksDB opened read-only, its info LOG written to a temporary directory instead of
-    /// `path` (a read-only open still starts one). With `verify`, every record of every column
-    /// family has its checksum checked first, and the first bad one is the error.
+    /// Looks at a stopped node's directory `path` without changing a byte (RocksDB opened
+    /// read-only writes nothing, not even its info LOG). On a running node's directory it reads
+    /// as of the moment, and may fail or miss writes if the node flushes or compacts during the
+    /// open (RocksDB's read-only open reads the MANIFEST, then lists the WAL files). With
+    /// `verify`, every record of every column family has its checksum checked first, and the
+    /// first bad one is the error.
     pub fn inspect(path: &Path, verify: bool) -> Result<Inspection, StorageError> {
         if !path.join("CURRENT").exists() {
             let error =
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no database here (no CURRENT file)");
             return Err(StorageError::Io { path: path.to_owned(), error });
         }
-        let log_dir = std::env::temp_dir().join(format!("paxos-inspect-{}", std::process::id()));
         let mut options = Self::options();
         options.create_if_missing(false);
-        options.set_db_log_dir(&log_dir);
-        let opened = DB::open_cf_for_read_only(&options, path, CF_NAMES, false)
-            .map_err(|error| StorageError::Db { path: path.to_owned(), error });
-        let _ = std::fs::remove_dir_all(&log_dir);
+        let db = DB::open_cf_for_read_only(&options, path, CF_NAMES, false)
+            .map_err(|error| StorageError::Db { path: path.to_owned(), error })?;
         let storage = Storage {
-            db: opened?,
+            db,
             path: path.to_owned(),
             sync: WriteOptions::default(),
             fsyncs: 0,
