@@ -365,18 +365,28 @@ async fn binary_values_survive_every_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_follow_survives_the_node_it_reads_from_and_stops_on_ctrl_c() {
     let mut cluster = Cluster::start(3).await.expect("cluster");
-    let mut follower = cluster
-        .cli_command()
-        .env("PAXOS_ENDPOINTS", endpoints(&cluster))
-        .args(["history", "--follow", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn paxos-cli history --follow");
+    /// Killed if the test fails before it stops the follower itself.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut follower = KillOnDrop(
+        cluster
+            .cli_command()
+            .env("PAXOS_ENDPOINTS", endpoints(&cluster))
+            .args(["history", "--follow", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn paxos-cli history --follow"),
+    );
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let reader = {
         let lines = lines.clone();
-        let stdout = follower.stdout.take().expect("stdout");
+        let stdout = follower.0.stdout.take().expect("stdout");
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -406,10 +416,10 @@ async fn history_follow_survives_the_node_it_reads_from_and_stops_on_ctrl_c() {
     .await
     .expect("followed through another endpoint");
     std::process::Command::new("kill")
-        .args(["-INT", &follower.id().to_string()])
+        .args(["-INT", &follower.0.id().to_string()])
         .status()
         .expect("kill -INT");
-    let status = follower.wait().expect("wait");
+    let status = follower.0.wait().expect("wait");
     reader.join().expect("reader");
     assert!(status.success(), "Ctrl-C stops cleanly: {status:?}");
     let lines = lines.lock().expect("lines").clone();
