@@ -197,16 +197,7 @@ impl Storage {
         let db_error = |error| db_error(path, error);
         let mut preloaded = None;
         if path.join("CURRENT").exists() {
-            let db = DB::open_cf_for_read_only(&options, path, CF_NAMES, false).map_err(db_error)?;
-            let read_only = Storage {
-                db,
-                path: path.to_owned(),
-                sync: WriteOptions::default(),
-                fsyncs: 0,
-                preloaded: None,
-                promised: Ballot::ZERO,
-                incarnation: 0,
-            };
+            let read_only = Self::open_read_only(&options, path)?;
             read_only.check_identity(cluster, node, false)?;
             preloaded = Some(read_only.read_state()?);
         }
@@ -365,21 +356,13 @@ impl Storage {
         key: &[u8],
         record: &[u8],
     ) -> Result<T, StorageError> {
-        let corrupt = |reason: String| StorageError::Corrupt {
+        self.check_sum(cf, key, record)?;
+        codec::decode(&record[4..]).map_err(|e| StorageError::Corrupt {
             path: self.path.clone(),
             cf,
             key: key_text(cf, key),
-            reason,
-        };
-        if record.len() < 4 {
-            return Err(corrupt(format!("record of {} bytes is shorter than its checksum", record.len())));
-        }
-        let (checksum, body) = record.split_at(4);
-        let expected = u32::from_be_bytes([checksum[0], checksum[1], checksum[2], checksum[3]]);
-        if crc32fast::hash(body) != expected {
-            return Err(corrupt("checksum mismatch".into()));
-        }
-        codec::decode(body).map_err(|e| corrupt(e.to_string()))
+            reason: e.to_string(),
+        })
     }
 
     fn get<T: serde::de::DeserializeOwned>(
@@ -418,17 +401,7 @@ impl Storage {
         }
         let mut options = Self::options();
         options.create_if_missing(false);
-        let db = DB::open_cf_for_read_only(&options, path, CF_NAMES, false)
-            .map_err(|error| StorageError::Db { path: path.to_owned(), error })?;
-        let storage = Storage {
-            db,
-            path: path.to_owned(),
-            sync: WriteOptions::default(),
-            fsyncs: 0,
-            preloaded: None,
-            promised: Ballot::ZERO,
-            incarnation: 0,
-        };
+        let storage = Self::open_read_only(&options, path)?;
         let mut records_checked = 0;
         if verify {
             for cf in CF_NAMES {
@@ -498,9 +471,15 @@ impl Storage {
         if !path.join("CURRENT").exists() {
             return Ok(DurableState::default());
         }
-        let db = DB::open_cf_for_read_only(&Self::options(), path, CF_NAMES, false)
-            .map_err(|error| StorageError::Db { path: path.to_owned(), error })?;
-        let read_only = Storage {
+        Self::open_read_only(&Self::options(), path)?.read_state()
+    }
+
+    /// The database opened read-only (RocksDB writes nothing, takes no lock): for checks at
+    /// open, `inspect` and tests; it must never be written through.
+    fn open_read_only(options: &Options, path: &Path) -> Result<Storage, StorageError> {
+        let db = DB::open_cf_for_read_only(options, path, CF_NAMES, false)
+            .map_err(|error| db_error(path, error))?;
+        Ok(Storage {
             db,
             path: path.to_owned(),
             sync: WriteOptions::default(),
@@ -508,8 +487,7 @@ impl Storage {
             preloaded: None,
             promised: Ballot::ZERO,
             incarnation: 0,
-        };
-        read_only.read_state()
+        })
     }
 
     fn read_state(&self) -> Result<DurableState, StorageError> {
