@@ -117,6 +117,8 @@ struct Demo {
     dir: PathBuf,
     binary: PathBuf,
     addrs: BTreeMap<u64, String>,
+    /// Where each node serves Prometheus metrics (`--metrics-listen`).
+    metrics_addrs: BTreeMap<u64, String>,
     roles: BTreeMap<u64, MemberRole>,
     pids: BTreeMap<u64, u32>,
     /// Children started by this run (killing one needs its handle to reap it).
@@ -127,12 +129,17 @@ struct Demo {
 impl Demo {
     /// A cluster of nodes with `roles` on free ports, none started yet, with its files in `dir`.
     fn new(dir: PathBuf, roles: BTreeMap<u64, MemberRole>) -> anyhow::Result<Demo> {
-        let ports = free_ports(roles.len() as u64)?;
-        let addrs = roles.keys().zip(ports).map(|(id, port)| (*id, format!("127.0.0.1:{port}"))).collect();
+        let ports = free_ports(2 * roles.len() as u64)?;
+        let (node_ports, metrics_ports) = ports.split_at(roles.len());
+        let on_ports = |ports: &[u16]| -> BTreeMap<u64, String> {
+            roles.keys().zip(ports).map(|(id, port)| (*id, format!("127.0.0.1:{port}"))).collect()
+        };
+        let (addrs, metrics_addrs) = (on_ports(node_ports), on_ports(metrics_ports));
         Ok(Demo {
             dir,
             binary: node_binary()?,
             addrs,
+            metrics_addrs,
             roles,
             pids: BTreeMap::new(),
             children: BTreeMap::new(),
@@ -153,6 +160,7 @@ impl Demo {
         command.arg("--data-dir").arg(self.dir.join(format!("node-{id}")));
         command.arg("--role").arg(self.roles[&id].to_string());
         command.arg("--certs-dir").arg(self.certs_dir());
+        command.arg("--metrics-listen").arg(&self.metrics_addrs[&id]);
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -514,7 +522,12 @@ fn print_instructions(demo: &Demo) -> anyhow::Result<()> {
     println!("   paxos-cli propose 'my value'");
     println!("   seq 1 1000 | paxos-cli propose --stdin");
     println!("   paxos-cli history --json");
-    println!("   paxos-cli status");
+    println!("   paxos-cli status --all");
+    if let Some((id, addr)) = demo.metrics_addrs.iter().next() {
+        println!(
+            "   curl http://{addr}/metrics   (node {id}'s Prometheus metrics; each node serves its own)"
+        );
+    }
     println!("(paxos-cli is {})", std::env::current_exe()?.display());
     println!(
         "Node logs: {}/node-N.log. To stop it: paxos-cli demo --stop --dir {}",

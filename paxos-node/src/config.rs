@@ -35,6 +35,8 @@ pub struct NodeConfig {
     /// `--role`: what this node does in a brand-new cluster's bootstrap configuration (the
     /// binding entry records it). Ignored once the cluster is bound: the configuration says.
     pub role: paxos_core::MemberRole,
+    /// `--metrics-listen`: where to serve Prometheus metrics over HTTP (none: not served).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `--initial-cluster-state`.

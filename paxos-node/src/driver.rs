@@ -6,6 +6,7 @@
 //! chosen entries and client answers.
 
 use crate::config::NodeConfig;
+use crate::metrics::{Metrics, PeerLabels};
 use crate::peer_link::PeerLinks;
 use crate::server::AnswerPermit;
 use crate::storage::{Storage, StorageError};
@@ -13,9 +14,10 @@ use crate::wire::{
     Frame, GcError, GcReport, HistoryError, HistoryPage, MemberInfo, ProposeError, Request, Response,
     StatusReport, HISTORY_PAGE_BYTES_MAX, HISTORY_PAGE_ENTRIES_MAX,
 };
-use paxos_core::{Compaction, CompactionError, NodeId, Proposal, Replica, RequestId, Value};
-use std::collections::BTreeMap;
+use paxos_core::{Compaction, CompactionError, NodeId, PersistOp, Proposal, Replica, RequestId, Slot, Value};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
@@ -29,6 +31,9 @@ const GC_ACCEPTED_RECORDS_MIN: usize = 2_048;
 const GC_INTERVAL_TICKS: u64 = 10;
 /// How often the driver looks for new problems to log (see `StatusReport::problems`).
 const PROBLEMS_CHECK_INTERVAL_TICKS: u64 = 50;
+/// Slots whose accept time the driver keeps for the commit latency; beyond this (a leader
+/// that cannot reach a quorum) new ones are not timed.
+const COMMIT_TIMES_MAX: usize = 65_536;
 
 /// Every member with the address to dial it at, for the peer links: the one this node's
 /// `--peer` flags give for it, if any (how this node reaches that member: a proxy, a NAT),
@@ -136,7 +141,7 @@ pub struct Driver {
     links: PeerLinks,
     /// The problems last logged (see `StatusReport::problems`): each is logged once.
     problems_logged: Vec<String>,
-    pending: BTreeMap<RequestId, Vec<Responder>>,
+    pending: BTreeMap<RequestId, Vec<Waiting>>,
     pending_count: usize,
     applied_since_start: u64,
     proposals_since_start: u64,
@@ -147,6 +152,22 @@ pub struct Driver {
     /// only a ballot that is on disk (the power-loss tests hold every node to the ballot its
     /// status showed before a cut).
     status_waiting: Vec<Responder>,
+    metrics: Arc<Metrics>,
+    /// When this node wrote its accepted record of each slot not yet applied: the start of the
+    /// commit latency (at most `COMMIT_TIMES_MAX`).
+    accept_written: BTreeMap<Slot, Instant>,
+    /// What the gauges last showed: the leader (to count changes), the fsync count (to turn it
+    /// into a counter) and the peers with series (to drop those of members gone).
+    leader_seen: Option<NodeId>,
+    fsyncs_counted: u64,
+    peers_shown: BTreeSet<NodeId>,
+}
+
+/// A client waiting for the outcome of its proposal or configuration change.
+#[derive(Debug)]
+struct Waiting {
+    respond: Responder,
+    since: Instant,
 }
 
 impl std::fmt::Debug for Driver {
@@ -156,7 +177,13 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
-    pub fn new(config: NodeConfig, replica: Replica, storage: Storage, mut links: PeerLinks) -> Self {
+    pub fn new(
+        config: NodeConfig,
+        replica: Replica,
+        storage: Storage,
+        mut links: PeerLinks,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         links.follow(members_of(replica.membership(), &config.members));
         Driver {
             config,
@@ -171,6 +198,11 @@ impl Driver {
             ticks: 0,
             fatal: None,
             status_waiting: Vec::new(),
+            metrics,
+            accept_written: BTreeMap::new(),
+            leader_seen: None,
+            fsyncs_counted: 0,
+            peers_shown: BTreeSet::new(),
         }
     }
 
@@ -216,9 +248,10 @@ impl Driver {
                 break Ok(());
             }
         };
-        for (_, responders) in std::mem::take(&mut self.pending) {
-            for responder in responders {
-                responder.send(Response::Proposed(Err(ProposeError::ShuttingDown)));
+        for (_, waiting) in std::mem::take(&mut self.pending) {
+            for Waiting { respond, .. } in waiting {
+                self.metrics.refused("shutting_down");
+                respond.send(Response::Proposed(Err(ProposeError::ShuttingDown)));
             }
         }
         result
@@ -227,6 +260,7 @@ impl Driver {
     fn on_tick(&mut self) {
         self.ticks += 1;
         self.replica.tick();
+        self.refresh_gauges();
         if self.ticks % PROBLEMS_CHECK_INTERVAL_TICKS == 0 {
             // Problems come from messages, not only from configuration changes.
             self.after_configuration_change(false);
@@ -255,13 +289,15 @@ impl Driver {
     fn on_request(&mut self, request: Request, respond: Responder) {
         match request {
             Request::Propose { request_id, value } => {
+                self.metrics.proposals_received.inc();
                 if self.pending_count >= PENDING_PROPOSALS_MAX {
+                    self.metrics.refused("overloaded");
                     respond.send(Response::Proposed(Err(ProposeError::Overloaded)));
                     return;
                 }
                 self.proposals_since_start += 1;
                 self.pending_count += 1;
-                self.pending.entry(request_id).or_default().push(respond);
+                self.pending.entry(request_id).or_default().push(Waiting { respond, since: Instant::now() });
                 self.replica.propose(Proposal { request_id, payload: value });
             }
             Request::History { from_slot, limit } => {
@@ -276,7 +312,7 @@ impl Driver {
                 }
                 tracing::info!(?change, "configuration change asked for");
                 self.pending_count += 1;
-                self.pending.entry(request_id).or_default().push(respond);
+                self.pending.entry(request_id).or_default().push(Waiting { respond, since: Instant::now() });
                 self.replica.change_membership(request_id, change);
             }
             Request::Gc { truncate_below, force } => {
@@ -432,8 +468,14 @@ impl Driver {
             let needs_sync = ready.persist_needs_sync();
             self.send(ready.messages);
             // Fatal on error: nothing that speaks for this batch may leave the process.
+            let write_started = Instant::now();
             self.storage.write_batch(&ready.persist, needs_sync)?;
+            if needs_sync {
+                Metrics::observe_duration(&self.metrics.fsync_duration, write_started.elapsed());
+                self.metrics.fsync_batch_records.observe(ready.persist.len() as f64);
+            }
             self.replica.on_persisted(ready.number);
+            self.time_accepts(&ready.persist, write_started);
             let changed = ready.persist.iter().any(|op| {
                 matches!(op, paxos_core::PersistOp::Membership(_) | paxos_core::PersistOp::InstallSnapshot(_))
             });
@@ -451,11 +493,24 @@ impl Driver {
                 self.replica.serve_history_read(&read, entries);
             }
             self.applied_since_start += ready.chosen.len() as u64;
+            self.time_commits(&ready.chosen);
             for reply in ready.replies {
-                let Some(responders) = self.pending.remove(&reply.request_id) else {
+                let Some(waiting) = self.pending.remove(&reply.request_id) else {
                     continue;
                 };
-                self.pending_count -= responders.len();
+                self.pending_count -= waiting.len();
+                match &reply.outcome {
+                    Ok(_) => {
+                        for Waiting { since, .. } in &waiting {
+                            Metrics::observe_duration(&self.metrics.proposal_duration, since.elapsed());
+                        }
+                    }
+                    Err(error) => {
+                        for _ in &waiting {
+                            self.metrics.refused(crate::metrics::refusal_reason(error));
+                        }
+                    }
+                }
                 let outcome = reply.outcome.map_err(|error| {
                     let leader_addr = match &error {
                         paxos_core::ProposalError::NotLeader { leader_hint } => self.addr_of(*leader_hint),
@@ -463,10 +518,84 @@ impl Driver {
                     };
                     ProposeError::Protocol { error, leader_addr }
                 });
-                for responder in responders {
-                    responder.send(Response::Proposed(outcome.clone()));
+                for Waiting { respond, .. } in waiting {
+                    respond.send(Response::Proposed(outcome.clone()));
                 }
             }
         }
+    }
+
+    /// Starts the commit clock of each slot this batch accepted (first accept only: a new
+    /// leader's re-accept of a slot does not restart it).
+    fn time_accepts(&mut self, persisted: &[PersistOp], written: Instant) {
+        for op in persisted {
+            if let PersistOp::Accept { slot, .. } = op {
+                if self.accept_written.len() < COMMIT_TIMES_MAX {
+                    self.accept_written.entry(*slot).or_insert(written);
+                }
+            }
+        }
+    }
+
+    /// Counts the values chosen and stops their commit clocks; forgets clocks of slots applied
+    /// without being chosen here (installed from a peer's snapshot).
+    fn time_commits(&mut self, chosen: &[(Slot, Value)]) {
+        for (slot, value) in chosen {
+            self.metrics.chosen(value);
+            if let Some(written) = self.accept_written.remove(slot) {
+                Metrics::observe_duration(&self.metrics.commit_duration, written.elapsed());
+            }
+        }
+        let applied_upto = self.replica.applied_upto();
+        if self.accept_written.first_key_value().is_some_and(|(slot, _)| *slot < applied_upto) {
+            self.accept_written = self.accept_written.split_off(&applied_upto);
+        }
+    }
+
+    /// Mirrors the replica's state into the gauges (once per tick: a scrape sees the state of
+    /// at most one tick ago).
+    fn refresh_gauges(&mut self) {
+        let status = self.replica.status();
+        let metrics = &self.metrics;
+        let ballot = status.own_ballot.unwrap_or(status.promised);
+        metrics.ballot_round.set(ballot.round);
+        metrics.ballot_node.set(ballot.node);
+        metrics.promised_round.set(status.promised.round);
+        metrics.set_role(status.role);
+        metrics.leader_id.set(status.leader.unwrap_or(0));
+        if status.leader.is_some() && status.leader != self.leader_seen {
+            if self.leader_seen.is_some() {
+                metrics.leader_changes.inc();
+            }
+            self.leader_seen = status.leader;
+        }
+        metrics.applied_upto.set(status.applied_upto);
+        metrics.history_start.set(status.history_start);
+        metrics.accepted_records.set(status.accepted_records as u64);
+        metrics.requests_in_flight.set(self.pending_count as u64);
+        let fsyncs = self.storage.fsyncs();
+        metrics.fsyncs.inc_by(fsyncs.saturating_sub(self.fsyncs_counted));
+        self.fsyncs_counted = fsyncs;
+
+        let mut peers = BTreeSet::new();
+        for (peer, up) in self.links.link_states() {
+            peers.insert(peer);
+            metrics.peer_connected.get_or_create(&PeerLabels { peer }).set(u64::from(up));
+        }
+        for (&peer, &applied) in &status.member_applied_upto {
+            if peer == self.config.id || !peers.contains(&peer) {
+                continue;
+            }
+            let labels = PeerLabels { peer };
+            metrics.peer_applied_upto.get_or_create(&labels).set(applied);
+            metrics.peer_lag.get_or_create(&labels).set(status.applied_upto.saturating_sub(applied));
+        }
+        for gone in self.peers_shown.difference(&peers) {
+            let labels = PeerLabels { peer: *gone };
+            metrics.peer_connected.remove(&labels);
+            metrics.peer_applied_upto.remove(&labels);
+            metrics.peer_lag.remove(&labels);
+        }
+        self.peers_shown = peers;
     }
 }

@@ -4,7 +4,8 @@
 //! [`connection`] (handshake, framed stream, batched writer); [`storage`]
 //! (RocksDB, whose records use the codec's encoding); [`driver`] owns the replica and the
 //! storage and runs the Ready contract; [`server`] and [`peer_link`] move frames between
-//! sockets and the driver; [`node`] wires them. [`client`] is what the CLI and the tests use
+//! sockets and the driver; [`metrics`] counts what happens and [`metrics_server`] serves it to
+//! Prometheus; [`node`] wires them. [`client`] is what the CLI and the tests use
 //! to talk to nodes.
 //!
 //! The daemon parts sit behind the default `daemon` feature. Without it the crate is the
@@ -46,6 +47,10 @@ pub mod wire;
 pub mod driver;
 #[cfg(feature = "daemon")]
 pub mod inspect;
+#[cfg(feature = "daemon")]
+pub mod metrics;
+#[cfg(feature = "daemon")]
+pub mod metrics_server;
 #[cfg(feature = "daemon")]
 pub mod node;
 #[cfg(feature = "daemon")]

@@ -129,6 +129,11 @@ struct Args {
     /// this long, or its connection is closed.
     #[arg(long, env = "PAXOS_FRAME_TIMEOUT_MS", default_value_t = paxos_node::config::DEFAULT_TIMEOUTS.frame.as_millis() as u64)]
     frame_timeout_ms: u64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no authentication: bind
+    /// an address only your monitoring reaches, e.g. 127.0.0.1:9401). Not served by default.
+    #[arg(long, env = "PAXOS_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// TLS from the certificates directory; a lone node creates one if there is none, so that
@@ -297,6 +302,7 @@ async fn run() -> anyhow::Result<()> {
             InitialClusterState::Existing => ClusterState::Existing,
         },
         role: args.role,
+        metrics_listen: args.metrics_listen,
     };
     let mut node = NodeHandle::start(config).await.context("cannot start")?;
     tokio::select! {

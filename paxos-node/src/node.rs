@@ -2,6 +2,7 @@
 
 use crate::config::NodeConfig;
 use crate::driver::{Driver, DriverError, Input};
+use crate::metrics::Metrics;
 use crate::peer_link::{LinkIdentity, PeerLinks};
 use crate::server::{self, ServerContext};
 use crate::storage::Storage;
@@ -9,6 +10,7 @@ use paxos_core::Replica;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -28,6 +30,8 @@ const PEER_QUEUE_MAX: usize = 16_384;
 #[derive(Debug)]
 pub struct NodeHandle {
     pub local_addr: SocketAddr,
+    /// Where metrics are served (`--metrics-listen`), with the port chosen if it was 0.
+    pub metrics_addr: Option<SocketAddr>,
     /// Taken by `shutdown`: the driver also stops when every sender is gone.
     inputs: Option<SyncSender<Input>>,
     shutdown: watch::Sender<bool>,
@@ -47,6 +51,8 @@ pub enum StartError {
     Storage(#[from] crate::storage::StorageError),
     #[error("cannot listen on {addr}: {error}")]
     Listen { addr: SocketAddr, error: std::io::Error },
+    #[error("cannot serve metrics on {addr} (--metrics-listen): {error}")]
+    MetricsListen { addr: SocketAddr, error: std::io::Error },
 }
 
 impl NodeHandle {
@@ -117,6 +123,18 @@ impl NodeHandle {
             .map_err(|error| StartError::Listen { addr: config.listen, error })?;
         let local_addr =
             listener.local_addr().map_err(|error| StartError::Listen { addr: config.listen, error })?;
+        let metrics = Arc::new(Metrics::new());
+        let metrics_listener = match config.metrics_listen {
+            None => None,
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|error| StartError::MetricsListen { addr, error })?;
+                let bound =
+                    listener.local_addr().map_err(|error| StartError::MetricsListen { addr, error })?;
+                Some((listener, bound))
+            }
+        };
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let tasks = TaskTracker::new();
@@ -140,7 +158,7 @@ impl NodeHandle {
 
         let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE_MAX);
         let (done_tx, done_rx) = oneshot::channel();
-        let driver = Driver::new(config.clone(), replica, storage, links);
+        let driver = Driver::new(config.clone(), replica, storage, links, metrics.clone());
         std::thread::Builder::new()
             .name(format!("paxos-driver-{}", config.id))
             .spawn(move || {
@@ -158,12 +176,19 @@ impl NodeHandle {
             // Not the node's own value limit: a larger value must reach the core to be refused
             // as too large, not close the connection as a malformed frame.
             client_frame_bytes_max: crate::wire::VALUE_BYTES_LIMIT + (64 << 10),
+            metrics: metrics.clone(),
         };
+        let metrics_addr = metrics_listener.as_ref().map(|(_, bound)| *bound);
+        if let Some((listener, bound)) = metrics_listener {
+            tasks.spawn(crate::metrics_server::serve(listener, metrics, tasks.clone(), shutdown_rx.clone()));
+            tracing::info!(node = config.id, "metrics at http://{bound}/metrics");
+        }
         tasks.spawn(server::serve(listener, context, shutdown_rx));
         tasks.close();
         tracing::info!(node = config.id, %local_addr, members = ?config.members, "serving");
         Ok(NodeHandle {
             local_addr,
+            metrics_addr,
             inputs: Some(inputs_tx),
             shutdown: shutdown_tx,
             driver_done: done_rx,
@@ -225,6 +250,7 @@ mod tests {
             timeouts: crate::config::DEFAULT_TIMEOUTS,
             initial_cluster_state: crate::config::ClusterState::New,
             role: paxos_core::MemberRole::Voter,
+            metrics_listen: None,
         };
         let node = NodeHandle::start(config).await.expect("start");
         let mut options =

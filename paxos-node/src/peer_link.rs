@@ -8,6 +8,8 @@ use crate::connection::{write_batches, Connection};
 use crate::tls::Security;
 use crate::wire::{Caller, Frame, Hello, PROTOCOL_VERSION};
 use paxos_core::{Message, NodeId};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -44,7 +46,16 @@ pub struct PeerLinks {
     tasks: tokio_util::task::TaskTracker,
     shutdown: watch::Receiver<bool>,
     queue_max: usize,
-    links: std::collections::BTreeMap<NodeId, (String, mpsc::Sender<Message>)>,
+    links: std::collections::BTreeMap<NodeId, Link>,
+}
+
+/// The driver's end of one link.
+#[derive(Debug)]
+struct Link {
+    addr: String,
+    messages: mpsc::Sender<Message>,
+    /// Set by the link's task while it is connected (for the metrics).
+    up: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for PeerLinks {
@@ -71,7 +82,7 @@ impl PeerLinks {
             .into_iter()
             .filter(|(id, addr)| *id != self.template.node_id && !addr.is_empty())
             .collect();
-        self.links.retain(|id, (addr, _)| wanted.get(id) == Some(addr));
+        self.links.retain(|id, link| wanted.get(id) == Some(&link.addr));
         for (id, addr) in wanted {
             if self.links.contains_key(&id) {
                 continue;
@@ -79,20 +90,26 @@ impl PeerLinks {
             let (tx, rx) = mpsc::channel(self.queue_max);
             let identity = LinkIdentity { peer_id: id, peer_addr: addr.clone(), ..self.template.clone() };
             let _guard = self.runtime.enter();
-            self.tasks.spawn(run(identity, rx, self.shutdown.clone()));
-            self.links.insert(id, (addr, tx));
+            let up = Arc::new(AtomicBool::new(false));
+            self.tasks.spawn(run(identity, rx, self.shutdown.clone(), up.clone()));
+            self.links.insert(id, Link { addr, messages: tx, up });
         }
     }
 
     /// Queues `message` for `to`; false if there is no link or its queue is full (the protocol
     /// tolerates loss).
     pub fn send(&self, to: NodeId, message: Message) -> bool {
-        self.links.get(&to).is_some_and(|(_, link)| link.try_send(message).is_ok())
+        self.links.get(&to).is_some_and(|link| link.messages.try_send(message).is_ok())
+    }
+
+    /// Each linked member, and whether its link is connected now.
+    pub fn link_states(&self) -> impl Iterator<Item = (NodeId, bool)> + '_ {
+        self.links.iter().map(|(id, link)| (*id, link.up.load(Ordering::Relaxed)))
     }
 
     /// The address of a member this node links to.
     pub fn address(&self, id: NodeId) -> Option<&str> {
-        self.links.get(&id).map(|(addr, _)| addr.as_str())
+        self.links.get(&id).map(|link| link.addr.as_str())
     }
 }
 
@@ -101,6 +118,7 @@ pub async fn run(
     identity: LinkIdentity,
     mut messages: mpsc::Receiver<Message>,
     mut shutdown: watch::Receiver<bool>,
+    up: Arc<AtomicBool>,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut last_error = String::new();
@@ -116,14 +134,16 @@ pub async fn run(
                 tracing::debug!(peer = identity.peer_id, addr = %identity.peer_addr, "link up");
                 backoff = BACKOFF_MIN;
                 last_error.clear();
-                tokio::select! {
-                    result = pump(connection, &mut messages, identity.flush_timeout) => {
-                        match result {
-                            Ok(()) => return, // the driver is gone
-                            Err(error) => tracing::debug!(peer = identity.peer_id, %error, "link down"),
-                        }
-                    }
-                    _ = shutdown.changed() => return,
+                up.store(true, Ordering::Relaxed);
+                let pumped = tokio::select! {
+                    result = pump(connection, &mut messages, identity.flush_timeout) => Some(result),
+                    _ = shutdown.changed() => None,
+                };
+                up.store(false, Ordering::Relaxed);
+                match pumped {
+                    None => return,
+                    Some(Ok(())) => return, // the driver is gone
+                    Some(Err(error)) => tracing::debug!(peer = identity.peer_id, %error, "link down"),
                 }
             }
             Err(error) => {

@@ -79,6 +79,7 @@ pub struct ServerContext {
     pub timeouts: ReadTimeouts,
     /// Largest frame a client may send: a value at the node's limit and the request around it.
     pub client_frame_bytes_max: usize,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Bytes reserved for one answer, from its connection and from the node; given back when the
@@ -487,6 +488,9 @@ async fn client_session(
     let (mut sink, mut stream) = connection.split();
     let budget = Arc::new(Semaphore::new(budget_units(CONNECTION_ANSWER_BYTES_MAX)));
     let place = slots.client_roster.join(Some(budget.clone()));
+    context.metrics.client_connections.inc();
+    // Counted down however the session ends.
+    let _counted = GaugeDecrement(context.metrics.client_connections.clone());
     // Never full: every queued answer holds at least one unit of the budget, and there are as
     // many places in the queue as units.
     let (frames_tx, mut frames_rx) = mpsc::channel(CLIENT_REQUESTS_IN_FLIGHT_MAX);
@@ -591,5 +595,15 @@ fn request_name(request: &Request) -> &'static str {
         Request::Status => "status",
         Request::Gc { .. } => "gc",
         Request::ChangeMembership { .. } => "member",
+    }
+}
+
+/// Decrements its gauge when dropped.
+#[derive(Debug)]
+struct GaugeDecrement(crate::metrics::GaugeU64);
+
+impl Drop for GaugeDecrement {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -73,6 +73,8 @@ pub struct Cluster {
     extra_args: Vec<String>,
     /// `--role` of each node started (a voter when not listed).
     roles: BTreeMap<u64, paxos_core::MemberRole>,
+    /// Where each node serves metrics, once `serve_metrics` was called.
+    pub metrics_addrs: BTreeMap<u64, String>,
     /// Data directories elsewhere than `dir/node-<id>` (e.g. on a lazy filesystem).
     data_dirs: BTreeMap<u64, PathBuf>,
     /// How clients and nodes talk: TLS with certificates in `certs_dir()` unless plaintext.
@@ -132,6 +134,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             extra_args: Vec::new(),
             roles: BTreeMap::new(),
+            metrics_addrs: BTreeMap::new(),
             data_dirs: BTreeMap::new(),
             security: Security::Tls(Arc::new(tls)),
         })
@@ -231,6 +234,21 @@ impl Cluster {
         self.extra_args = args.iter().map(|a| a.to_string()).collect();
     }
 
+    /// Every node started from now on serves Prometheus metrics (`--metrics-listen`) on a port
+    /// of its own, in `metrics_addrs`.
+    pub fn serve_metrics(&mut self) {
+        let ids: Vec<u64> = self.addrs.keys().copied().collect();
+        let ports = free_ports(ids.len());
+        self.metrics_addrs =
+            ids.into_iter().zip(ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
+    }
+
+    /// Node `id`'s metrics, scraped now.
+    pub async fn scrape(&self, id: u64) -> anyhow::Result<crate::scrape::Scrape> {
+        let addr = self.metrics_addrs.get(&id).context("serve_metrics was not called")?;
+        crate::scrape::scrape(addr).await.with_context(|| format!("node {id}'s metrics"))
+    }
+
     /// The `--role` each node starts with (the bootstrap records them).
     pub fn set_roles(&mut self, roles: &[(u64, paxos_core::MemberRole)]) {
         self.roles = roles.iter().copied().collect();
@@ -265,6 +283,9 @@ impl Cluster {
         };
         if let Some(role) = self.roles.get(&id) {
             command.arg("--role").arg(role.to_string());
+        }
+        if let Some(addr) = self.metrics_addrs.get(&id) {
+            command.arg("--metrics-listen").arg(addr);
         }
         command.args(&self.extra_args);
         command.env("RUST_LOG", std::env::var("PAXOS_TEST_LOG").unwrap_or_else(|_| "info".into()));
