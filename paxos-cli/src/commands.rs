@@ -73,6 +73,15 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Demo { .. } | Command::Bench { .. } | Command::Certs { .. } => unreachable!("handled above"),
         Command::Member(command) => crate::member::run(&client, command, cli.json).await?,
+        Command::Leader(crate::LeaderCommand::Transfer { id }) => {
+            let report = client.transfer_leader(*id).await?;
+            let mut out = stdout.lock();
+            if cli.json {
+                writeln!(out, "{}", output::transfer_json(&report))?;
+            } else {
+                writeln!(out, "{}", output::transfer_text(&report))?;
+            }
+        }
         Command::Gc { truncate_below, force } => {
             let report = client.gc(*truncate_below, *force).await?;
             // The leader truncated; the others follow from its heartbeats a moment later, and

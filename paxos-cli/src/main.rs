@@ -47,7 +47,8 @@ pub struct Cli {
     pub certs_dir: PathBuf,
 
     /// Whose certificate to present, as CERTS_DIR/NAME.pem and NAME.key: `client` may propose
-    /// and read, `admin` may also collect garbage. Default: admin for gc, client otherwise.
+    /// and read, `admin` may also collect garbage, change members and move the leader.
+    /// Default: admin for those, client otherwise.
     #[arg(long, global = true, env = "PAXOS_IDENTITY", value_name = "NAME")]
     pub identity: Option<String>,
 
@@ -62,6 +63,18 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaderCommand {
+    /// Hand leadership to member ID without waiting out an election timeout: the leader stops
+    /// proposing, brings ID up to date and tells it to campaign at once (before taking the
+    /// leader's machine down, say). Waits until ID leads. Refused if ID is down, cut off, or a
+    /// member that cannot lead (an acceptor or a learner). Needs the admin certificate.
+    Transfer {
+        /// The member to lead (a voter or a proposer).
+        id: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -165,6 +178,9 @@ pub enum Command {
     /// at a time, as entries of the log; they need the admin certificate.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Move leadership to a chosen member.
+    #[command(subcommand)]
+    Leader(LeaderCommand),
     /// Collect accepted records of chosen slots; optionally truncate history below a slot.
     Gc {
         /// Drop history below this slot (refused while a member has not chosen past it).
@@ -242,6 +258,7 @@ impl Cli {
         let admin = matches!(
             self.command,
             Command::Gc { .. }
+                | Command::Leader(_)
                 | Command::Member(
                     MemberCommand::Add { .. }
                         | MemberCommand::Remove { .. }

@@ -3,7 +3,7 @@
 use crate::Encoding;
 use base64::Engine;
 use paxos_node::certs::Issued;
-use paxos_node::wire::{GcReport, HistoryPage, StatusReport};
+use paxos_node::wire::{GcReport, HistoryPage, StatusReport, TransferReport};
 use serde_json::{json, Value};
 use std::fmt::Write;
 use std::path::Path;
@@ -244,6 +244,18 @@ pub fn cluster_status_text(rows: &[MemberRow]) -> String {
 pub struct Followed {
     pub followed: Vec<u64>,
     pub behind: Vec<(u64, Option<u64>)>,
+}
+
+pub fn transfer_json(report: &TransferReport) -> Value {
+    json!({"from": report.from, "to": report.to, "took_ms": report.took_ms})
+}
+
+pub fn transfer_text(report: &TransferReport) -> String {
+    if report.from == report.to {
+        format!("node {} leads already", report.to)
+    } else {
+        format!("leadership moved from node {} to node {} in {} ms", report.from, report.to, report.took_ms)
+    }
 }
 
 pub fn gc_json(report: &GcReport, followed: Option<&Followed>) -> Value {

@@ -266,10 +266,11 @@ impl Replica {
     }
 
     /// `from` leads `ballot >= promised`: accept it as leader.
-    fn follow(&mut self, from: NodeId, ballot: Ballot) {
+    pub(crate) fn follow(&mut self, from: NodeId, ballot: Ballot) {
         // Accepting in a ballot implies promising it: a later Prepare below it must be refused.
         self.raise_promise(ballot);
         self.step_down_below(ballot);
+        self.heard_leading = self.heard_leading.max(ballot);
         if !matches!(self.role, Role::Leader(_)) {
             if self.leader_hint != Some(from) {
                 // Proposals forwarded to the previous leader may be lost with it: answer them

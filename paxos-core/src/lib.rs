@@ -22,6 +22,7 @@ mod rng;
 mod storage;
 #[cfg(test)]
 mod test_support;
+mod transfer;
 mod types;
 
 pub use config::Config;
@@ -33,4 +34,5 @@ pub use replica::{Replica, RoleName, Status};
 pub use requests::{Lookup, RequestTable, TableChange, TableLimits};
 pub use rng::Rng;
 pub use storage::MemStorage;
+pub use transfer::{TransferError, TransferStart};
 pub use types::{Ballot, NodeId, RequestId, Slot, Value};

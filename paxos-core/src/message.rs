@@ -164,6 +164,10 @@ pub enum Message {
     /// sender, so it ignored the sender's message: the sender lost its disk, or was replaced or
     /// removed. `applied_upto` lets the sender catch up and see the configuration itself.
     NotAdmitted { admitted: Option<crate::membership::Incarnation>, chosen_at: Slot, applied_upto: Slot },
+    /// The leader of `ballot` hands leadership over: the receiver learns the commit point (as
+    /// from a Heartbeat) and starts phase 1 at once (see `transfer.rs`). Last, so the variants
+    /// before it keep their encoding.
+    TimeoutNow { ballot: Ballot, commit_upto: Slot },
 }
 
 impl Message {
@@ -217,6 +221,7 @@ impl Message {
             Message::NotAdmitted { chosen_at, applied_upto, .. } => {
                 slot_ok(chosen_at) && slot_ok(applied_upto)
             }
+            Message::TimeoutNow { ballot, commit_upto } => ballot_ok(ballot) && slot_ok(commit_upto),
         }
     }
 

@@ -50,6 +50,7 @@ impl Replica {
             if retransmit {
                 self.retransmit_accepts();
             }
+            self.advance_transfer();
             return;
         }
         if let Role::Candidate(candidate) = &self.role {
@@ -392,6 +393,8 @@ impl Replica {
             config_slot: None,
             pending_change: None,
             change_waiter: None,
+            answered_tick: BTreeMap::new(),
+            transfer: None,
         };
         for (slot, value) in proposals {
             leader
@@ -536,6 +539,11 @@ impl Replica {
         let Role::Leader(leader) = &mut self.role else {
             return false;
         };
+        if leader.transfer.is_some() {
+            // Handing over: what is proposed now would be in flight when the target's Prepare
+            // arrives. Proposals queue, and go to the new leader when this one steps down.
+            return false;
+        }
         if leader.pending_change.is_some() && leader.config_slot.is_none() && leader.next_slot == applied_upto
         {
             return self.propose_pending_change();
@@ -689,6 +697,7 @@ impl Replica {
             return;
         }
         leader.last_heard_tick.insert(from, now);
+        leader.answered_tick.insert(from, now);
         // Only the slots in this message can have reached a quorum: no scan of the window.
         // Every slot in flight lies above the last configuration entry applied and at most at
         // the one in flight, so the configuration in force is the one that governs them.
@@ -709,6 +718,7 @@ impl Replica {
         }
         self.apply_chosen();
         self.fill_window();
+        self.advance_transfer();
     }
 
     /// Moves every in-flight slot with a quorum of votes to chosen, then applies.
@@ -739,10 +749,14 @@ impl Replica {
         self.learner.note_member_progress(from, applied_upto);
         let now = self.tick_now;
         if let Role::Leader(leader) = &mut self.role {
-            if leader.ballot == ballot && leader.last_heard_tick.contains_key(&from) {
-                leader.last_heard_tick.insert(from, now);
+            if leader.ballot == ballot {
+                leader.answered_tick.insert(from, now);
+                if leader.last_heard_tick.contains_key(&from) {
+                    leader.last_heard_tick.insert(from, now);
+                }
             }
         }
+        self.advance_transfer();
     }
 
     pub(crate) fn on_forward(&mut self, from: NodeId, proposal: Proposal) {

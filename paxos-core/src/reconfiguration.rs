@@ -36,7 +36,9 @@ impl Replica {
         let checked = membership.after(&change, &seen);
         let refusal = match &self.role {
             Role::Leader(leader) => {
-                let busy = leader.pending_change.is_some() || leader.config_slot.is_some();
+                let busy = leader.pending_change.is_some()
+                    || leader.config_slot.is_some()
+                    || leader.transfer.is_some();
                 let binding = matches!(change, MembershipChange::Bind { .. });
                 if busy || bound == binding {
                     Some(ProposalError::ChangeInProgress)

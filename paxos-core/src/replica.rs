@@ -86,6 +86,11 @@ pub(crate) struct LeaderState {
     pub(crate) pending_change: Option<(MembershipChange, Option<RequestId>)>,
     /// Who waits for the configuration entry in flight.
     pub(crate) change_waiter: Option<RequestId>,
+    /// Last tick each member (of any role) answered this leadership: a transfer's target must
+    /// have answered within an election timeout.
+    pub(crate) answered_tick: BTreeMap<NodeId, u64>,
+    /// A leadership transfer in progress: nothing new is proposed meanwhile.
+    pub(crate) transfer: Option<crate::transfer::Transfer>,
 }
 
 #[derive(Debug)]
@@ -137,6 +142,12 @@ pub struct Status {
     /// Nodes whose history belongs to another log than this replica's (node -> their log):
     /// one of the two bootstrapped a cluster of its own.
     pub foreign_logs: BTreeMap<NodeId, u64>,
+    /// The member this leader is handing leadership to, while a transfer is in progress.
+    pub transfer_target: Option<NodeId>,
+    /// Transfers this replica abandoned because the target did not take over in time.
+    pub transfers_abandoned: u64,
+    /// Campaigns this replica started because a leader handed over to it.
+    pub transfers_taken: u64,
 }
 
 /// What a replica is doing now; crosses the wire in status reports (as `"leader"` etc. in JSON).
@@ -189,10 +200,17 @@ pub struct Replica {
     /// Messages dropped because they break a rule no honest peer breaks (a ballot above
     /// `Ballot::ROUND_MAX`).
     pub(crate) rejected_messages: u64,
+    /// Leadership transfers this replica abandoned (the target did not take over in time).
+    pub(crate) transfers_abandoned: u64,
+    /// `TimeoutNow`s this replica obeyed (campaigns it started on a leader's word).
+    pub(crate) transfers_taken: u64,
 
     // Proposer state.
     pub(crate) role: Role,
     pub(crate) leader_hint: Option<NodeId>,
+    /// The ballot of the last leader this replica heard lead (a Heartbeat, an Accept, a
+    /// TimeoutNow): `leader_heard` tells a leader at work from a candidate that prepared.
+    pub(crate) heard_leading: Ballot,
     /// Highest round seen in any ballot: a new candidacy goes above it.
     pub(crate) round_seen: u64,
     pub(crate) election_elapsed_ticks: u64,
@@ -261,8 +279,11 @@ impl Replica {
             stale_accepts_refused: 0,
             superseded_leaderships: 0,
             rejected_messages: 0,
+            transfers_abandoned: 0,
+            transfers_taken: 0,
             role: Role::Follower,
             leader_hint: None,
+            heard_leading: Ballot::ZERO,
             round_seen,
             election_elapsed_ticks: 0,
             election_deadline_ticks,
@@ -355,9 +376,10 @@ impl Replica {
         // and vote. One this replica knows in another role may have been promoted since (this
         // replica's configuration is behind): learn from it, believe none of it.
         let allowed = match &message {
-            Message::Prepare { .. } | Message::Accept { .. } | Message::Heartbeat { .. } => {
-                membership.may_lead(from)
-            }
+            Message::Prepare { .. }
+            | Message::Accept { .. }
+            | Message::Heartbeat { .. }
+            | Message::TimeoutNow { .. } => membership.may_lead(from),
             Message::Promise { .. } | Message::Accepted { .. } => membership.votes(from),
             _ => true,
         };
@@ -369,7 +391,8 @@ impl Replica {
         // confused or hostile peer, and believing it could make us follow a phantom leader.
         if let Message::Prepare { ballot, .. }
         | Message::Accept { ballot, .. }
-        | Message::Heartbeat { ballot, .. } = &message
+        | Message::Heartbeat { ballot, .. }
+        | Message::TimeoutNow { ballot, .. } = &message
         {
             if ballot.node != from {
                 return;
@@ -414,6 +437,7 @@ impl Replica {
             Message::NotAdmitted { admitted, chosen_at, applied_upto } => {
                 self.on_not_admitted(from, admitted, chosen_at, applied_upto)
             }
+            Message::TimeoutNow { ballot, commit_upto } => self.on_timeout_now(from, ballot, commit_upto),
         }
     }
 
@@ -475,7 +499,10 @@ impl Replica {
                 self.maybe_catch_up();
             }
             Message::Prepare { ballot, .. } => self.answer_prepare_without_promise(from, ballot),
-            Message::Nack { .. } | Message::Forward { .. } | Message::ForwardReply { .. } => {}
+            Message::Nack { .. }
+            | Message::Forward { .. }
+            | Message::ForwardReply { .. }
+            | Message::TimeoutNow { .. } => {}
         }
     }
 
@@ -668,6 +695,9 @@ impl Replica {
                 .collect(),
             refused_by: self.refused_by.clone(),
             foreign_logs: self.foreign_logs.clone(),
+            transfer_target: self.transfer_target(),
+            transfers_abandoned: self.transfers_abandoned,
+            transfers_taken: self.transfers_taken,
         }
     }
 
@@ -694,6 +724,21 @@ impl Replica {
 
     pub fn is_leader(&self) -> bool {
         matches!(self.role, Role::Leader(_))
+    }
+
+    /// The leader at work as this replica knows it: itself if it leads, else the member whose
+    /// heartbeat or accept it last followed, if nothing higher has been promised since. Unlike
+    /// `Status::leader` (a hint), never a candidate that has only asked for promises.
+    pub fn leader_heard(&self) -> Option<NodeId> {
+        match &self.role {
+            Role::Leader(_) => Some(self.config.id),
+            Role::Candidate(_) => None,
+            Role::Follower => {
+                let ballot = self.heard_leading;
+                (ballot.node != 0 && ballot == self.promised && self.leader_hint == Some(ballot.node))
+                    .then_some(ballot.node)
+            }
+        }
     }
 
     pub fn applied_upto(&self) -> Slot {

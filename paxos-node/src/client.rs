@@ -14,7 +14,7 @@ use crate::connection::{write_batches, ConnectError, Connection, FrameStream};
 use crate::tls::Security;
 use crate::wire::{
     Caller, Frame, GcError, GcReport, Hello, HistoryError, HistoryPage, ProposeError, Request, Response,
-    StatusReport, PROTOCOL_VERSION,
+    StatusReport, TransferError, TransferReport, PROTOCOL_VERSION,
 };
 use futures::{Stream, StreamExt};
 use paxos_core::{Proposal, ProposalError, RequestId, Slot};
@@ -28,6 +28,11 @@ use tokio::sync::{mpsc, oneshot};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Redirects to the leader a node named that are followed at once, without the backoff: a
+/// leader that handed over (`leader transfer`) names its successor, and waiting would only add
+/// to the time clients see no leader. More than this in one call back off as usual (two nodes
+/// naming each other while an election settles).
+const REDIRECTS_AT_ONCE_MAX: u32 = 2;
 
 /// How to reach the cluster.
 #[derive(Clone, Debug)]
@@ -82,6 +87,9 @@ pub enum ClientError {
     /// The leader refused the garbage collection.
     #[error("gc refused: {0}")]
     Gc(GcError),
+    /// The leader refused the leadership transfer, or it did not complete.
+    #[error("leader transfer: {0}")]
+    Transfer(TransferError),
     #[error("history below slot {history_start} was truncated (asked from slot {requested})")]
     Truncated { requested: Slot, history_start: Slot },
     #[error("protocol error: {0}")]
@@ -416,6 +424,7 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let mut backoff = BACKOFF_MIN;
         let mut ever_connected = false;
+        let mut redirects_at_once = 0;
         let mut last_error = String::from("none");
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -448,7 +457,12 @@ impl Client {
                     (Attempt::Retry { error, rotate }, leader_addr) => {
                         last_error = format!("{}: {error}", connection.endpoint);
                         if let Some(addr) = leader_addr {
+                            let elsewhere = addr != connection.endpoint;
                             self.prefer(addr, &connection).await;
+                            if elsewhere && redirects_at_once < REDIRECTS_AT_ONCE_MAX {
+                                redirects_at_once += 1;
+                                continue;
+                            }
                         } else if rotate {
                             self.rotate(&connection).await;
                         }
@@ -549,6 +563,25 @@ impl Client {
                 (Attempt::Retry { error: "not the leader".into(), rotate }, leader_addr)
             }
             Response::Gc(Err(error)) => (Attempt::Done(Err(ClientError::Gc(error))), None),
+            other => {
+                (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None)
+            }
+        })
+        .await
+    }
+
+    /// Hands leadership to member `target`, through the leader; answered once the target
+    /// leads. A refusal (the target cannot lead, is not heard, a change is in progress) or a
+    /// transfer that did not complete is final: the cluster's state is then worth a look
+    /// before asking again.
+    pub async fn transfer_leader(&self, target: paxos_core::NodeId) -> Result<TransferReport, ClientError> {
+        self.run(Request::TransferLeader { target }, |response| match response {
+            Response::Transfer(Ok(report)) => (Attempt::Done(Ok(report)), None),
+            Response::Transfer(Err(TransferError::NotLeader { leader_addr })) => {
+                let rotate = leader_addr.is_none();
+                (Attempt::Retry { error: "not the leader".into(), rotate }, leader_addr)
+            }
+            Response::Transfer(Err(error)) => (Attempt::Done(Err(ClientError::Transfer(error))), None),
             other => {
                 (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None)
             }

@@ -12,7 +12,7 @@ use crate::server::AnswerPermit;
 use crate::storage::{Storage, StorageError};
 use crate::wire::{
     Frame, GcError, GcReport, HistoryError, HistoryPage, MemberInfo, ProposeError, Request, Response,
-    StatusReport, HISTORY_PAGE_BYTES_MAX, HISTORY_PAGE_ENTRIES_MAX,
+    StatusReport, TransferError, TransferReport, HISTORY_PAGE_BYTES_MAX, HISTORY_PAGE_ENTRIES_MAX,
 };
 use paxos_core::{Compaction, CompactionError, NodeId, PersistOp, Proposal, Replica, RequestId, Slot, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -161,6 +161,19 @@ pub struct Driver {
     leader_seen: Option<NodeId>,
     fsyncs_counted: u64,
     peers_shown: BTreeSet<NodeId>,
+    /// Leadership transfers this node started, answered once the target leads.
+    transfers_waiting: Vec<TransferWaiting>,
+}
+
+/// An operator waiting for leadership to reach `target`.
+#[derive(Debug)]
+struct TransferWaiting {
+    target: NodeId,
+    respond: Responder,
+    since: Instant,
+    /// Past this the operator is told it failed: the core gives up after two election
+    /// timeouts, and the old leader sees the new one at its first heartbeat.
+    deadline: Instant,
 }
 
 /// A client waiting for the outcome of its proposal or configuration change.
@@ -203,6 +216,7 @@ impl Driver {
             leader_seen: None,
             fsyncs_counted: 0,
             peers_shown: BTreeSet::new(),
+            transfers_waiting: Vec::new(),
         }
     }
 
@@ -241,6 +255,7 @@ impl Driver {
             for respond in std::mem::take(&mut self.status_waiting) {
                 respond.send(Response::Status(Box::new(self.status())));
             }
+            self.answer_transfers();
             if let Some(error) = self.fatal.take() {
                 break Err(error.into());
             }
@@ -248,6 +263,10 @@ impl Driver {
                 break Ok(());
             }
         };
+        for waiting in std::mem::take(&mut self.transfers_waiting) {
+            let error = TransferError::Failed("the node is shutting down; ask the cluster's status".into());
+            waiting.respond.send(Response::Transfer(Err(error)));
+        }
         for (_, waiting) in std::mem::take(&mut self.pending) {
             for Waiting { respond, .. } in waiting {
                 self.metrics.refused("shutting_down");
@@ -315,6 +334,7 @@ impl Driver {
                 self.pending.entry(request_id).or_default().push(Waiting { respond, since: Instant::now() });
                 self.replica.change_membership(request_id, change);
             }
+            Request::TransferLeader { target } => self.on_transfer_leader(target, respond),
             Request::Gc { truncate_below, force } => {
                 if !self.replica.is_leader() {
                     // gc goes through the leader: it alone knows how far every member applied.
@@ -597,5 +617,65 @@ impl Driver {
             metrics.peer_lag.remove(&labels);
         }
         self.peers_shown = peers;
+    }
+
+    /// Starts handing leadership to `target`; answered by `answer_transfers` once it leads.
+    fn on_transfer_leader(&mut self, target: NodeId, respond: Responder) {
+        let id = self.config.id;
+        let error = match self.replica.transfer_leadership(target) {
+            Ok(paxos_core::TransferStart::AlreadyLeader) => {
+                respond.send(Response::Transfer(Ok(TransferReport { from: id, to: id, took_ms: 0 })));
+                return;
+            }
+            Ok(paxos_core::TransferStart::Started) => {
+                tracing::info!(target, "handing leadership over (paxos-cli leader transfer)");
+                let ticks = 4 * self.config.election_timeout_ticks.max(1);
+                let wait = self.config.tick.saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX));
+                let since = Instant::now();
+                let deadline = since + wait + std::time::Duration::from_secs(1);
+                self.transfers_waiting.push(TransferWaiting { target, respond, since, deadline });
+                return;
+            }
+            Err(paxos_core::TransferError::NotLeader { leader_hint }) => {
+                TransferError::NotLeader { leader_addr: self.addr_of(leader_hint) }
+            }
+            Err(error) => TransferError::Refused(error.to_string()),
+        };
+        respond.send(Response::Transfer(Err(error)));
+    }
+
+    /// Answers the transfers whose target now leads, or that failed.
+    fn answer_transfers(&mut self) {
+        if self.transfers_waiting.is_empty() {
+            return;
+        }
+        let id = self.config.id;
+        // Not `Status::leader`, which names the target as soon as its Prepare arrives: the
+        // operator is told once the target leads (its first heartbeat or accept).
+        let leader = self.replica.leader_heard();
+        let handing_over = self.replica.transfer_target();
+        let leads = self.replica.is_leader();
+        let now = Instant::now();
+        for waiting in std::mem::take(&mut self.transfers_waiting) {
+            let target = waiting.target;
+            let took_ms = waiting.since.elapsed().as_millis() as u64;
+            let outcome = if leader == Some(target) {
+                tracing::info!(target, took_ms, "leadership handed over");
+                Ok(TransferReport { from: id, to: target, took_ms })
+            } else if leads && handing_over != Some(target) {
+                Err(TransferError::Failed(format!(
+                    "node {target} did not take over within {took_ms} ms; node {id} leads on (is node {target} slow or cut off?)"
+                )))
+            } else if now >= waiting.deadline {
+                let leader = leader.map_or_else(|| "none yet".to_owned(), |leader| format!("node {leader}"));
+                Err(TransferError::Failed(format!(
+                    "leadership did not reach node {target} within {took_ms} ms (leader now: {leader})"
+                )))
+            } else {
+                self.transfers_waiting.push(waiting);
+                continue;
+            };
+            waiting.respond.send(Response::Transfer(outcome));
+        }
     }
 }

@@ -467,6 +467,10 @@ fn authorise(request: &Request, credentials: &Credentials, cluster: &str) -> Res
             "membership changes need an admin certificate (one naming {}); this one is a client's",
             crate::tls::admin_name(cluster)
         )),
+        Request::TransferLeader { .. } if !credentials.is_admin(cluster) => Err(format!(
+            "a leadership transfer needs an admin certificate (one naming {}); this one is a client's",
+            crate::tls::admin_name(cluster)
+        )),
         // The handshake already required a client certificate for everything else.
         _ => Ok(()),
     }
@@ -595,6 +599,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::Status => "status",
         Request::Gc { .. } => "gc",
         Request::ChangeMembership { .. } => "member",
+        Request::TransferLeader { .. } => "leader transfer",
     }
 }
 

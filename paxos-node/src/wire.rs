@@ -9,7 +9,7 @@ use paxos_core::{Ballot, Message, NodeId, ProposalError, RequestId, RoleName, Sl
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Most history entries one `History` request returns (the node caps a larger `limit`).
 pub const HISTORY_PAGE_ENTRIES_MAX: u64 = 10_000;
@@ -113,6 +113,11 @@ pub enum Request {
         request_id: RequestId,
         change: paxos_core::MembershipChange,
     },
+    /// Hand leadership to member `target` (admin only), answered with `Transfer` once the
+    /// target leads (or why not).
+    TransferLeader {
+        target: NodeId,
+    },
 }
 
 impl Request {
@@ -122,7 +127,10 @@ impl Request {
     /// lists (a few dozen bytes each), the others by their fixed fields and an address.
     pub fn answer_bytes_max(&self) -> usize {
         match self {
-            Request::Propose { .. } | Request::Gc { .. } | Request::ChangeMembership { .. } => 4 << 10,
+            Request::Propose { .. }
+            | Request::Gc { .. }
+            | Request::ChangeMembership { .. }
+            | Request::TransferLeader { .. } => 4 << 10,
             Request::Status => 64 << 10,
             Request::History { .. } => HISTORY_PAGE_FRAME_BYTES_MAX,
         }
@@ -141,6 +149,7 @@ pub enum Response {
     /// The caller's certificate does not allow this request (e.g. gc without an admin
     /// certificate). Final: retrying cannot help.
     Forbidden(String),
+    Transfer(Result<TransferReport, TransferError>),
 }
 
 /// Why a proposal has no slot (yet).
@@ -248,6 +257,27 @@ pub struct GcReport {
     pub history_entries_removed: u64,
     pub history_start: Slot,
     pub applied_upto: Slot,
+}
+
+/// A leadership transfer that completed: `from` led, `to` leads now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferReport {
+    pub from: NodeId,
+    pub to: NodeId,
+    /// From the request reaching the old leader to its seeing the target lead.
+    pub took_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum TransferError {
+    #[error("not the leader; a transfer goes through the leader")]
+    NotLeader { leader_addr: Option<String> },
+    /// The leader would not start it (the target cannot lead, is not heard, ...).
+    #[error("{0}")]
+    Refused(String),
+    /// It started, and the target did not take over in time.
+    #[error("{0}")]
+    Failed(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

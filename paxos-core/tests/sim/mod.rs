@@ -17,6 +17,7 @@
 pub mod checker;
 pub mod network;
 pub mod operator;
+pub mod transfer;
 
 use checker::Checker;
 use network::Network;
@@ -70,6 +71,9 @@ pub struct Faults {
     pub reconfigure_per_mille: u64,
     /// Chance that the leader crashes a few ticks after taking a change.
     pub crash_mid_change_per_mille: u64,
+    /// Chance per tick that the operator asks a leader to hand leadership to a member drawn at
+    /// random (`paxos-cli leader transfer`).
+    pub transfer_per_mille: u64,
 }
 
 impl Faults {
@@ -93,6 +97,7 @@ impl Faults {
             pause_per_mille: 0,
             reconfigure_per_mille: 0,
             crash_mid_change_per_mille: 0,
+            transfer_per_mille: 0,
         }
     }
 
@@ -133,6 +138,8 @@ impl Faults {
             pause_per_mille: on(rng, 1, 10),
             reconfigure_per_mille: on(rng, 1, 8),
             crash_mid_change_per_mille: on(rng, 100, 1000),
+            // Drawn last, in `Scenario::swarm`, so the other rates stay what they were.
+            transfer_per_mille: 0,
         }
     }
 }
@@ -243,6 +250,9 @@ impl Scenario {
         if rng.chance(1, 3) {
             scenario.roles = draw_roles(rng, nodes);
         }
+        if rng.chance(1, 2) {
+            scenario.faults.transfer_per_mille = rng.range(1, 30);
+        }
         scenario
     }
 }
@@ -330,6 +340,14 @@ pub struct Stats {
     pub roles_changed: u64,
     /// Runs with mixed roles (proposers apart from acceptors).
     pub mixed_roles: u64,
+    /// Leadership transfers asked for, started (the rest refused), completed (the target
+    /// led), abandoned by their leader, and the most ticks one took to complete.
+    pub transfers_asked: u64,
+    pub transfers_started: u64,
+    pub transfers_refused: u64,
+    pub transfers_completed: u64,
+    pub transfers_abandoned: u64,
+    pub transfer_ticks_max: u64,
 }
 
 impl Stats {
@@ -359,6 +377,12 @@ impl Stats {
         self.members_replaced += other.members_replaced;
         self.roles_changed += other.roles_changed;
         self.mixed_roles += other.mixed_roles;
+        self.transfers_asked += other.transfers_asked;
+        self.transfers_started += other.transfers_started;
+        self.transfers_refused += other.transfers_refused;
+        self.transfers_completed += other.transfers_completed;
+        self.transfers_abandoned += other.transfers_abandoned;
+        self.transfer_ticks_max = self.transfer_ticks_max.max(other.transfer_ticks_max);
     }
 }
 
@@ -383,6 +407,8 @@ pub struct Simulation {
     permanent_at: Vec<u64>,
     /// `PAXOS_SIM_TRACE_FROM=TICK`: print every delivered message from that tick on.
     trace_from: Option<u64>,
+    /// Leadership transfers started and not yet completed.
+    transfers: Vec<transfer::Transfer>,
 }
 
 const CLIENT_TIMEOUT_TICKS: u64 = 80;
@@ -470,6 +496,7 @@ impl Simulation {
             healed: false,
             permanent_at,
             trace_from: std::env::var("PAXOS_SIM_TRACE_FROM").ok().and_then(|v| v.parse().ok()),
+            transfers: Vec::new(),
         }
     }
 
@@ -530,6 +557,7 @@ impl Simulation {
                         }
                         self.stats.superseded_leaderships += status.superseded_leaderships;
                         self.stats.stale_accepts_refused += status.stale_accepts_refused;
+                        self.stats.transfers_abandoned += status.transfers_abandoned;
                     }
                 }
                 return Ok(self.stats);
@@ -683,6 +711,7 @@ impl Simulation {
         }
         self.run_clients();
         self.run_operator();
+        self.watch_transfers();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             if self.nodes[&id].paused_until.is_some_and(|until| until > self.now) {
@@ -1088,6 +1117,10 @@ impl Simulation {
         }
         if self.rng.chance(faults.reconfigure_per_mille, 1000) {
             self.plan_reconfiguration();
+        }
+        // Only in runs that have transfers: the others draw exactly what they drew before.
+        if faults.transfer_per_mille > 0 && self.rng.chance(faults.transfer_per_mille, 1000) {
+            self.inject_transfer();
         }
         if self.rng.chance(faults.slow_link_per_mille, 1000) {
             let from = self.random_member();
