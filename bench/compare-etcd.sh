@@ -2,17 +2,20 @@
 # Side-by-side: etcd 3.4 (3 members) and this project's cluster (3 nodes), both on 127.0.0.1,
 # data directories on the same disk, fsync on for both (etcd's default; ours always). The same
 # client model drives both (Rust, N clients each with one request in flight, fixed-size values):
-# `paxos-cli bench` and bench/etcd-bench. Runs alternate between the two systems after a warm-up,
-# then one table prints both systems' writes/s, p50 and p99, and the ratios.
-#   DURATION=10 WARMUP=3 VALUE_BYTES=100 CLIENT_COUNTS="1 64" bench/compare-etcd.sh
+# `paxos-cli bench` and bench/etcd-bench. Both are driven through their leader: `paxos-cli
+# bench` finds ours, and etcd-bench gets only the endpoint of etcd's leader (asked before each
+# run), so neither system forwards writes from a follower. Runs alternate between the two
+# systems after a warm-up, then one table prints both systems' writes/s, p50 and p99, the ratio
+# and our leader's fsyncs per value.
+#   DURATION=10 WARMUP=3 VALUE_SIZES="100 4096" CLIENT_COUNTS="1 64 256" bench/compare-etcd.sh
 # It installs what is missing (etcd-server, etcd-client, protobuf-compiler, libclang-dev) and
 # stops everything it started. CI does not run it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
-VALUE_BYTES=${VALUE_BYTES:-100}
-CLIENT_COUNTS=${CLIENT_COUNTS:-"1 64"}
+VALUE_SIZES=${VALUE_SIZES:-"100 4096"}
+CLIENT_COUNTS=${CLIENT_COUNTS:-"1 64 256"}
 
 need=()
 command -v etcd >/dev/null || need+=(etcd-server)
@@ -71,33 +74,48 @@ done
 ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" endpoint health >/dev/null
 wait_for_leader --endpoint "$paxos_endpoints"
 
-run_etcd() { "$etcd_bench" --endpoints "$etcd_endpoints" --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
+# The client URL of etcd's leader now.
+etcd_leader() {
+  ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" endpoint status -w json | python3 -c '
+import json, sys
+for endpoint in json.load(sys.stdin):
+    status = endpoint["Status"]
+    if status["leader"] == status["header"]["member_id"]:
+        print(endpoint["Endpoint"])
+        break
+else:
+    sys.exit("no etcd member says it leads")'
+}
+run_etcd() { "$etcd_bench" --endpoints "$(etcd_leader)" --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
 run_paxos() { "$cli" --endpoint "$paxos_endpoints" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
 
-alternate etcd run_etcd paxos run_paxos
+for VALUE_BYTES in $VALUE_SIZES; do
+  echo "values of $VALUE_BYTES bytes" >&2
+  alternate etcd run_etcd paxos run_paxos
+done
 results="$work/results.jsonl"
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-python3 - "$results" "$commit" "$VALUE_BYTES" "$DURATION" <<'PY'
+python3 - "$results" "$commit" "$DURATION" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-commit, value_bytes, duration = sys.argv[2], sys.argv[3], sys.argv[4]
+commit, duration = sys.argv[2], sys.argv[3]
 by = {}
 for row in rows:
-    by[(row["system"], row["run"]["clients"])] = row["run"]
-print(f"commit {commit}; 3 members each on 127.0.0.1, fsync on; {value_bytes} B values; {duration} s per run")
-print("| clients | etcd writes/s | paxos writes/s | ratio | etcd p50 ms | paxos p50 ms | etcd p99 ms | paxos p99 ms | paxos fsyncs/value |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for clients in sorted({c for (_, c) in by}):
-    e, p = by.get(("etcd", clients)), by.get(("paxos", clients))
+    by[(row["system"], row["run"]["clients"], row["run"]["value_bytes"])] = row["run"]
+print(f"commit {commit}; 3 members each on 127.0.0.1, fsync on, each driven through its leader; {duration} s per run")
+print("| value bytes | clients | etcd writes/s | paxos writes/s | ratio | etcd p50 ms | paxos p50 ms | etcd p99 ms | paxos p99 ms | paxos fsyncs/value |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for value_bytes, clients in sorted({(v, c) for (_, c, v) in by}):
+    e, p = by.get(("etcd", clients, value_bytes)), by.get(("paxos", clients, value_bytes))
     if not e or not p:
         continue
     ratio = p["writes_per_second"] / e["writes_per_second"] if e["writes_per_second"] else float("inf")
     fsyncs = p.get("leader_fsyncs_per_chosen_value")
-    print(f'| {clients} | {e["writes_per_second"]:.0f} | {p["writes_per_second"]:.0f} | {ratio:.2f}x '
+    fsyncs = f"{fsyncs:.3f}" if fsyncs is not None else "-"
+    print(f'| {value_bytes} | {clients} | {e["writes_per_second"]:.0f} | {p["writes_per_second"]:.0f} | {ratio:.2f}x '
           f'| {e["latency_ms"]["p50"]:.2f} | {p["latency_ms"]["p50"]:.2f} '
-          f'| {e["latency_ms"]["p99"]:.2f} | {p["latency_ms"]["p99"]:.2f} '
-          f'| {fsyncs:.3f} |' if fsyncs is not None else "| - |")
+          f'| {e["latency_ms"]["p99"]:.2f} | {p["latency_ms"]["p99"]:.2f} | {fsyncs} |')
 errors = {k: v["errors"] for k, v in by.items() if v["errors"]}
 if errors:
     print(f"errors: {errors}")
