@@ -461,11 +461,24 @@ impl Replica {
         // Queued proposals have no slot yet; their waiters are in `waiters` like everyone's.
         leader.queue.clear();
         let waiters = std::mem::take(&mut leader.waiters);
+        // A configuration change waiting for the window, or in flight: its operator waits
+        // too (an entry in flight may still be chosen: NotLeader says the outcome is unknown,
+        // and a retry of a change that was applied is refused as done).
+        let changes: Vec<RequestId> = leader
+            .pending_change
+            .take()
+            .and_then(|(_, request_id)| request_id)
+            .into_iter()
+            .chain(leader.change_waiter.take())
+            .collect();
         let error = ProposalError::NotLeader { leader_hint };
         for (request_id, origins) in waiters {
             for origin in origins {
                 self.reply(origin, request_id, Err(error.clone()));
             }
+        }
+        for request_id in changes {
+            self.reply(Origin::Local, request_id, Err(error.clone()));
         }
     }
 

@@ -356,6 +356,109 @@ mod tests {
     }
 
     #[test]
+    fn changes_and_transfers_wait_for_each_other() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let target = if leader == 1 { 2 } else { 1 };
+        cluster.run_ticks(1);
+        assert_eq!(cluster.node(leader).transfer_leadership(target), Ok(TransferStart::Started));
+        let change = crate::RequestId { client_id: u64::MAX - 1, seq: 1 };
+        cluster.node(leader).change_membership(change, crate::MembershipChange::Remove { id: 3 });
+        let ready = cluster.node(leader).take_ready_persisted();
+        let answer = ready.replies.iter().find(|reply| reply.request_id == change).map(|r| r.outcome.clone());
+        assert_eq!(answer, Some(Err(ProposalError::ChangeInProgress)), "a change during a transfer");
+
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let target = if leader == 1 { 2 } else { 1 };
+        let client = cluster.session(leader);
+        cluster.run_ticks(1);
+        // A slot in flight: the change waits for the window to drain.
+        cluster.node(leader).propose(proposal(client, 1, "in flight"));
+        cluster.node(leader).change_membership(change, crate::MembershipChange::Remove { id: 3 });
+        assert_eq!(cluster.node(leader).transfer_leadership(target), Err(TransferError::ChangeInProgress));
+    }
+
+    #[test]
+    fn a_target_more_than_a_window_behind_is_brought_up_to_date_before_it_is_told_to_campaign() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let target = if leader == 1 { 2 } else { 1 };
+        let client = cluster.session(leader);
+        cluster.run_ticks(1);
+        for replica in cluster.replicas.values_mut() {
+            replica.config.slots_in_flight_max = 4;
+        }
+        // The target learns none of 20 values (its links are down); then it answers a heartbeat.
+        cluster.down.push(target);
+        for seq in 1..=20 {
+            cluster.node(leader).propose(proposal(client, seq, "while the target lags"));
+            cluster.settle();
+        }
+        cluster.down.clear();
+        assert!(cluster.node(leader).applied_upto() >= cluster.node(target).applied_upto() + 20);
+        let applied = cluster.node(target).applied_upto();
+        let ack = Envelope {
+            from: target,
+            to: leader,
+            incarnation: target,
+            role: MemberRole::Voter,
+            message: Message::HeartbeatAck {
+                ballot: cluster.node(leader).status().own_ballot.expect("leads"),
+                applied_upto: applied,
+            },
+        };
+        cluster.node(leader).step(ack);
+        cluster.node(leader).take_ready_persisted();
+        assert_eq!(cluster.node(leader).transfer_leadership(target), Ok(TransferStart::Started));
+        let ready = cluster.node(leader).take_ready_persisted();
+        let to_target: Vec<&Envelope> =
+            sent(&ready, |_| true).into_iter().filter(|e| e.to == target).collect();
+        assert!(
+            to_target.iter().all(|e| !matches!(e.message, Message::TimeoutNow { .. })),
+            "told to campaign while 20 slots behind: {to_target:?}"
+        );
+        assert!(
+            to_target.iter().any(|e| matches!(e.message, Message::Heartbeat { .. })),
+            "brought up to date"
+        );
+        cluster.settle();
+        ticks_until_leader(&mut cluster, target, 10);
+    }
+
+    #[test]
+    fn leader_heard_names_a_leader_at_work_never_a_candidate() {
+        let mut follower = replica(2, &[1, 2, 3]);
+        let envelope = |from: u64, message: Message| Envelope {
+            from,
+            to: 2,
+            incarnation: from,
+            role: MemberRole::Voter,
+            message,
+        };
+        assert_eq!(follower.leader_heard(), None);
+        follower.step(envelope(
+            3,
+            Message::Heartbeat { ballot: Ballot::new(5, 3), commit_upto: 0, history_start: 0 },
+        ));
+        assert_eq!(follower.leader_heard(), Some(3));
+        // A candidate's Prepare: promised, not yet leading.
+        follower.step(envelope(1, Message::Prepare { ballot: Ballot::new(6, 1), from_slot: 0 }));
+        assert_eq!(follower.leader_heard(), None, "a candidate is not a leader at work");
+        follower.step(envelope(
+            1,
+            Message::Heartbeat { ballot: Ballot::new(6, 1), commit_upto: 0, history_start: 0 },
+        ));
+        assert_eq!(follower.leader_heard(), Some(1));
+        // A stale leader's heartbeat changes nothing.
+        follower.step(envelope(
+            3,
+            Message::Heartbeat { ballot: Ballot::new(5, 3), commit_upto: 0, history_start: 0 },
+        ));
+        assert_eq!(follower.leader_heard(), Some(1));
+    }
+
+    #[test]
     fn a_late_timeout_now_from_a_superseded_leadership_starts_no_campaign() {
         let mut follower = replica(2, &[1, 2, 3]);
         let envelope = |from: u64, message: Message| Envelope {
