@@ -456,6 +456,24 @@ mod tests {
             Message::Heartbeat { ballot: Ballot::new(5, 3), commit_upto: 0, history_start: 0 },
         ));
         assert_eq!(follower.leader_heard(), Some(1));
+
+        // A leader told by a Nack that a higher ballot was promised steps down with a hint
+        // naming its owner, which may only be campaigning.
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let other = if leader == 1 { 2 } else { 1 };
+        let own = cluster.node(leader).status().own_ballot.expect("leads");
+        let higher = Ballot::new(own.round + 1, other);
+        let nack = Envelope {
+            from: other,
+            to: leader,
+            incarnation: other,
+            role: MemberRole::Voter,
+            message: Message::Nack { ballot: own, promised: higher },
+        };
+        cluster.node(leader).step(nack);
+        assert_eq!(cluster.node(leader).status().leader, Some(other), "the hint");
+        assert_eq!(cluster.node(leader).leader_heard(), None, "not heard leading yet");
     }
 
     #[test]
