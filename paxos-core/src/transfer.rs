@@ -192,6 +192,13 @@ impl Replica {
         // is chosen, and applying it first shortens the phase 1 to come.
         self.follow(from, ballot);
         self.learn_commit(from, ballot, commit_upto);
+        // What was just applied may have made this member one that cannot lead. Not expected
+        // (no configuration entry is accepted in a ballot that transfers: changes and transfers
+        // exclude each other), but a campaign must never start on the strength of a check
+        // made before the state changed.
+        if !self.can_lead() {
+            return;
+        }
         self.transfers_taken += 1;
         self.become_candidate();
     }
