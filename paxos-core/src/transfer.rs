@@ -210,6 +210,11 @@ mod tests {
     use crate::test_support::{proposal, replica, sent, Cluster};
     use crate::{Ballot, Envelope, MemberRole, Message, ProposalError};
 
+    /// A message to node 2 from `from`, a voter presenting incarnation `from` (as `replica` binds).
+    fn envelope(from: u64, message: Message) -> Envelope {
+        Envelope { from, to: 2, incarnation: from, role: MemberRole::Voter, message }
+    }
+
     /// Ticks the cluster until `target` leads; returns how many ticks that took.
     fn ticks_until_leader(cluster: &mut Cluster, target: u64, ticks_max: u64) -> u64 {
         for tick in 1..=ticks_max {
@@ -436,13 +441,6 @@ mod tests {
     #[test]
     fn leader_heard_names_a_leader_at_work_never_a_candidate() {
         let mut follower = replica(2, &[1, 2, 3]);
-        let envelope = |from: u64, message: Message| Envelope {
-            from,
-            to: 2,
-            incarnation: from,
-            role: MemberRole::Voter,
-            message,
-        };
         assert_eq!(follower.leader_heard(), None);
         follower.step(envelope(
             3,
@@ -486,13 +484,6 @@ mod tests {
     #[test]
     fn a_late_timeout_now_from_a_superseded_leadership_starts_no_campaign() {
         let mut follower = replica(2, &[1, 2, 3]);
-        let envelope = |from: u64, message: Message| Envelope {
-            from,
-            to: 2,
-            incarnation: from,
-            role: MemberRole::Voter,
-            message,
-        };
         // Node 3 leads ballot 5.3; node 1's leadership of 4.1 is over.
         follower.step(envelope(
             3,

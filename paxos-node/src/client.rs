@@ -558,14 +558,9 @@ impl Client {
     pub async fn gc(&self, truncate_below: Option<Slot>, force: bool) -> Result<GcReport, ClientError> {
         self.run(Request::Gc { truncate_below, force }, |response| match response {
             Response::Gc(Ok(report)) => (Attempt::Done(Ok(report)), None),
-            Response::Gc(Err(GcError::NotLeader { leader_addr })) => {
-                let rotate = leader_addr.is_none();
-                (Attempt::Retry { error: "not the leader".into(), rotate }, leader_addr)
-            }
+            Response::Gc(Err(GcError::NotLeader { leader_addr })) => not_leader(leader_addr),
             Response::Gc(Err(error)) => (Attempt::Done(Err(ClientError::Gc(error))), None),
-            other => {
-                (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None)
-            }
+            other => unexpected(other),
         })
         .await
     }
@@ -577,17 +572,23 @@ impl Client {
     pub async fn transfer_leader(&self, target: paxos_core::NodeId) -> Result<TransferReport, ClientError> {
         self.run(Request::TransferLeader { target }, |response| match response {
             Response::Transfer(Ok(report)) => (Attempt::Done(Ok(report)), None),
-            Response::Transfer(Err(TransferError::NotLeader { leader_addr })) => {
-                let rotate = leader_addr.is_none();
-                (Attempt::Retry { error: "not the leader".into(), rotate }, leader_addr)
-            }
+            Response::Transfer(Err(TransferError::NotLeader { leader_addr })) => not_leader(leader_addr),
             Response::Transfer(Err(error)) => (Attempt::Done(Err(ClientError::Transfer(error))), None),
-            other => {
-                (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None)
-            }
+            other => unexpected(other),
         })
         .await
     }
+}
+
+/// A request that goes through the leader reached another node: retry at the leader it names,
+/// or at another endpoint if it names none.
+fn not_leader<T>(leader_addr: Option<String>) -> (Attempt<T>, Option<String>) {
+    let rotate = leader_addr.is_none();
+    (Attempt::Retry { error: "not the leader".into(), rotate }, leader_addr)
+}
+
+fn unexpected<T>(response: Response) -> (Attempt<T>, Option<String>) {
+    (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {response:?}")))), None)
 }
 
 /// The client id of configuration changes (no session has it: a session's id is a slot).
@@ -617,7 +618,7 @@ fn interpret_proposed(response: Response) -> (Attempt<Slot>, Option<String>) {
         Response::Proposed(Err(error)) => {
             (Attempt::Done(Err(ClientError::Protocol(format!("unexpected refusal {error}")))), None)
         }
-        other => (Attempt::Done(Err(ClientError::Protocol(format!("unexpected answer {other:?}")))), None),
+        other => unexpected(other),
     }
 }
 
