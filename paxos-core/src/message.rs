@@ -27,6 +27,8 @@ pub struct Envelope {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub request_id: RequestId,
+    /// Bytes, not a sequence of u8 (see [`crate::Value::Command`]).
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 

@@ -66,7 +66,13 @@ pub enum Value {
     /// Fills a hole left by a failed leader, or stands for a duplicate of an earlier request.
     Noop,
     /// A client's value, with the request id that makes retries idempotent.
-    Command { request_id: RequestId, payload: Vec<u8> },
+    Command {
+        request_id: RequestId,
+        // As bytes, not a sequence of u8: the same bincode (length, then the bytes), written
+        // with one copy instead of a call per byte (8% of a follower's driver at 100 B values).
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
     /// Opens a client session whose id is this entry's slot. `nonce` routes the answer back to
     /// the client that asked; a retried registration may open a second, unused session.
     Register { nonce: u64 },

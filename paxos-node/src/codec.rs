@@ -182,6 +182,27 @@ mod tests {
         }
     }
 
+    /// Payloads are written as bytes (`serde_bytes`) for speed; the encoding must stay what
+    /// a sequence of u8 gave (length, then the bytes), so disks and peers of earlier versions
+    /// read the same records.
+    #[test]
+    fn payload_bytes_encode_as_a_sequence_of_u8_did() {
+        #[derive(serde::Serialize)]
+        enum ValueAsSequence {
+            _Noop,
+            Command { request_id: RequestId, payload: Vec<u8> },
+        }
+        for length in [0usize, 1, 100, 250, 251, 70_000] {
+            let payload: Vec<u8> = (0..length).map(|i| (i % 251) as u8).collect();
+            let request_id = RequestId { client_id: 7, seq: 9 };
+            let before =
+                encode(&ValueAsSequence::Command { request_id, payload: payload.clone() }).expect("encodes");
+            let value = Value::Command { request_id, payload };
+            assert_eq!(encode(&value).expect("encodes"), before, "{length} bytes");
+            assert_eq!(decode::<Value>(&before).expect("decodes"), value);
+        }
+    }
+
     #[test]
     fn oversized_length_is_refused_before_allocating() {
         let mut buffer = BytesMut::from(&u32::MAX.to_be_bytes()[..]);

@@ -95,6 +95,8 @@ pub enum Frame {
 pub enum Request {
     Propose {
         request_id: RequestId,
+        /// Bytes, not a sequence of u8 (see [`paxos_core::Value::Command`]).
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Chosen history from `from_slot`, at most `limit` entries (the node caps it too).
