@@ -103,9 +103,9 @@ pub struct Reply {
 ///
 /// # Correctness
 /// 0. `messages` may be sent first, before the write: nothing in them depends on this batch
-///    being on disk (the replica sorted them, see [`Message::speaks_for_disk`]). The driver must
-///    not process any further input until step 1 is done (the leader counts its own vote on
-///    that basis).
+///    being on disk (the replica sorted them, see [`Message::speaks_for_disk`]). So may the
+///    replies [`Ready::take_replies_before_write`] hands out. The driver must not process any
+///    further input until step 1 is done (the leader counts its own vote on that basis).
 /// 1. Write `persist` as ONE atomic batch, and if [`Ready::persist_needs_sync`] make it durable
 ///    (fsync) before anything else. A Promise or Accepted in `persisted_messages` is a statement
 ///    about what is on disk; sending it first lets a crash break a promise. A batch that needs
@@ -118,7 +118,7 @@ pub struct Reply {
 /// 3. Perform `history_reads` against the history as written in step 1 and pass the results
 ///    to `serve_history_read`, before taking the next Ready (a Promise built from a read goes
 ///    out with that next Ready: its promise is already durable).
-/// 4. Apply `chosen` (already in storage through `persist`) and answer `replies`.
+/// 4. Apply `chosen` (already in storage through `persist`) and answer the rest of `replies`.
 ///
 /// Debug builds assert that every non-empty Ready is reported persisted, by its own number,
 /// before the next one is taken.
@@ -142,6 +142,37 @@ impl Ready {
     /// Whether `persist` must be synced before the messages go out (see the contract above).
     pub fn persist_needs_sync(&self) -> bool {
         self.persist.iter().any(PersistOp::needs_sync)
+    }
+
+    /// Removes and returns the replies that may be answered before the write (step 0 of the
+    /// contract): refusals, and slots chosen without this batch.
+    ///
+    /// # Correctness
+    /// "Chosen at slot s" rests on a majority of durable votes. Every vote a leader counted
+    /// before this batch is durable (earlier batches were written before it was taken), but
+    /// an `Accept` of slot s in this batch may be a vote the answer rests on: with a single
+    /// voter the leader's own vote is the whole quorum. Such an answer waits for the write,
+    /// as a `ForwardReply` saying "chosen" always does (see [`Message::speaks_for_disk`]).
+    /// Answering the others early takes the leader's next fsync (of new proposals that arrived
+    /// meanwhile) off every acknowledged value's latency. The history entries and duplicate
+    /// records of this batch need not be durable first: a crash loses at most this batch, and
+    /// the value stays chosen on a majority and is applied again.
+    pub fn take_replies_before_write(&mut self) -> Vec<Reply> {
+        let accepted_here: std::collections::BTreeSet<Slot> = self
+            .persist
+            .iter()
+            .filter_map(|op| match op {
+                PersistOp::Accept { slot, .. } => Some(*slot),
+                _ => None,
+            })
+            .collect();
+        let (early, late) =
+            std::mem::take(&mut self.replies).into_iter().partition(|reply| match reply.outcome {
+                Ok(slot) => !accepted_here.contains(&slot),
+                Err(_) => true,
+            });
+        self.replies = late;
+        early
     }
 
     pub fn is_empty(&self) -> bool {
@@ -172,4 +203,34 @@ pub struct DurableState {
     /// The role this data directory was first started with, kept by the driver beside the
     /// incarnation (see `Config::role`); `None` for a directory that never kept one.
     pub role: Option<crate::membership::MemberRole>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(seq: u64, outcome: Result<Slot, ProposalError>) -> Reply {
+        Reply { request_id: RequestId { client_id: 9, seq }, outcome }
+    }
+
+    #[test]
+    fn replies_resting_on_an_accept_of_this_batch_wait_for_the_write() {
+        let value = Value::Command { request_id: RequestId { client_id: 9, seq: 1 }, payload: b"v".to_vec() };
+        let mut ready = Ready {
+            persist: vec![PersistOp::Accept { slot: 5, ballot: Ballot::new(1, 1), value }],
+            replies: vec![
+                reply(1, Ok(5)),
+                reply(2, Ok(3)),
+                reply(3, Err(ProposalError::NotLeader { leader_hint: None })),
+            ],
+            ..Ready::default()
+        };
+        let early = ready.take_replies_before_write();
+        assert_eq!(
+            early,
+            vec![reply(2, Ok(3)), reply(3, Err(ProposalError::NotLeader { leader_hint: None }))]
+        );
+        assert_eq!(ready.replies, vec![reply(1, Ok(5))], "slot 5's vote is in this batch");
+        assert!(ready.take_replies_before_write().is_empty(), "what waits keeps waiting");
+    }
 }

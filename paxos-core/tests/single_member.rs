@@ -36,3 +36,34 @@ fn a_single_member_pages_through_thousands_of_recovered_records() {
         assert_eq!(replica.applied_upto(), n);
     }
 }
+
+/// A lone voter's own vote is the whole quorum, so the answer "chosen" comes in the batch that
+/// holds that vote: it must not be among the replies answered before the write (a crash would
+/// lose the only vote, and the slot could be chosen again with another value).
+#[test]
+fn a_lone_voters_answer_waits_for_the_batch_holding_its_vote() {
+    let storage = MemStorage::bootstrapped(&[1]);
+    let mut replica = Replica::recover(Config::new(1, vec![1]), storage.durable_state(), 7);
+    for _ in 0..100 {
+        replica.tick();
+        let ready = replica.take_ready();
+        replica.on_persisted(ready.number);
+        if replica.is_leader() {
+            break;
+        }
+    }
+    assert!(replica.is_leader());
+    replica.propose(paxos_core::Proposal::register(42));
+    let mut ready = replica.take_ready();
+    let early = ready.take_replies_before_write();
+    assert!(
+        early.iter().all(|reply| reply.outcome.is_err()),
+        "answered before its vote is durable: {early:?}"
+    );
+    assert!(
+        ready.replies.iter().any(|reply| reply.outcome.is_ok()),
+        "the registration is chosen in this batch: {:?}",
+        ready.replies
+    );
+    replica.on_persisted(ready.number);
+}

@@ -479,14 +479,17 @@ impl Driver {
     /// The Ready contract: persist (one synced batch), then send, read, apply, answer.
     fn process_ready(&mut self) -> Result<(), DriverError> {
         loop {
-            let ready = self.replica.take_ready();
+            let mut ready = self.replica.take_ready();
             if ready.is_empty() {
                 return Ok(());
             }
             // What says nothing about this node's disk goes out first, so the leader's write
-            // overlaps its followers'; Promise and Accepted wait for the write.
+            // overlaps its followers'; Promise and Accepted wait for the write. Answers that
+            // rest on no vote of this batch go first too: an acknowledgement need not wait for
+            // the fsync of the proposals that arrived meanwhile.
             let needs_sync = ready.persist_needs_sync();
-            self.send(ready.messages);
+            self.send(std::mem::take(&mut ready.messages));
+            self.answer(ready.take_replies_before_write());
             // Fatal on error: nothing that speaks for this batch may leave the process.
             let write_started = Instant::now();
             self.storage.write_batch(&ready.persist, needs_sync)?;
@@ -514,33 +517,38 @@ impl Driver {
             }
             self.applied_since_start += ready.chosen.len() as u64;
             self.time_commits(&ready.chosen);
-            for reply in ready.replies {
-                let Some(waiting) = self.pending.remove(&reply.request_id) else {
-                    continue;
+            self.answer(ready.replies);
+        }
+    }
+
+    /// Answers the local proposals `replies` settle (see [`paxos_core::Ready`] for when).
+    fn answer(&mut self, replies: Vec<paxos_core::Reply>) {
+        for reply in replies {
+            let Some(waiting) = self.pending.remove(&reply.request_id) else {
+                continue;
+            };
+            self.pending_count -= waiting.len();
+            match &reply.outcome {
+                Ok(_) => {
+                    for Waiting { since, .. } in &waiting {
+                        Metrics::observe_duration(&self.metrics.proposal_duration, since.elapsed());
+                    }
+                }
+                Err(error) => {
+                    for _ in &waiting {
+                        self.metrics.refused(crate::metrics::refusal_reason(error));
+                    }
+                }
+            }
+            let outcome = reply.outcome.map_err(|error| {
+                let leader_addr = match &error {
+                    paxos_core::ProposalError::NotLeader { leader_hint } => self.addr_of(*leader_hint),
+                    _ => None,
                 };
-                self.pending_count -= waiting.len();
-                match &reply.outcome {
-                    Ok(_) => {
-                        for Waiting { since, .. } in &waiting {
-                            Metrics::observe_duration(&self.metrics.proposal_duration, since.elapsed());
-                        }
-                    }
-                    Err(error) => {
-                        for _ in &waiting {
-                            self.metrics.refused(crate::metrics::refusal_reason(error));
-                        }
-                    }
-                }
-                let outcome = reply.outcome.map_err(|error| {
-                    let leader_addr = match &error {
-                        paxos_core::ProposalError::NotLeader { leader_hint } => self.addr_of(*leader_hint),
-                        _ => None,
-                    };
-                    ProposeError::Protocol { error, leader_addr }
-                });
-                for Waiting { respond, .. } in waiting {
-                    respond.send(Response::Proposed(outcome.clone()));
-                }
+                ProposeError::Protocol { error, leader_addr }
+            });
+            for Waiting { respond, .. } in waiting {
+                respond.send(Response::Proposed(outcome.clone()));
             }
         }
     }

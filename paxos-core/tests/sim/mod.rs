@@ -747,6 +747,20 @@ impl Simulation {
                 self.checker.on_send(&envelope)?;
                 self.network.send(envelope, self.now, &mut self.rng);
             }
+            // So may the replies that rest on no vote of this batch: the crash below then tests
+            // that what they acknowledge is chosen without it. The slots they name were applied
+            // when learned; the checker hears of those now, of the rest of `chosen` only once the
+            // write is done (an apply resting on this batch's own vote is seen by no one before).
+            let early = ready.take_replies_before_write();
+            for reply in &early {
+                if let Some((slot, value)) = ready.chosen.iter().find(|(slot, _)| Ok(*slot) == reply.outcome)
+                {
+                    self.checker.on_apply(id, *slot, value)?;
+                }
+            }
+            for reply in early {
+                self.on_reply(id, reply.request_id, reply.outcome)?;
+            }
             if !self.healed
                 && self.rng.chance(self.scenario.faults.crash_mid_ready_per_mille, 1000)
                 && self.rng.chance(1, 20)
