@@ -189,10 +189,34 @@ impl Simulation {
     /// from a majority of that one (swarm seed 3333: node 2 removed, the removal applied on
     /// node 5 alone, then node 5 died for good; the others kept the old configuration, of
     /// whose four voters two were dead, and could never learn the entry that removed node 2).
+    ///
+    /// A member that is down counts with what its disk holds (see `in_force`).
     pub(super) fn may_die_for_good(&self, id: NodeId) -> bool {
-        let mut in_force =
-            self.nodes.values().filter_map(|node| node.replica.as_ref()).map(|r| r.membership());
-        self.viable(self.checker.latest_config(), &[id]) && in_force.all(|config| self.viable(config, &[id]))
+        let latest = self.checker.latest_config();
+        self.viable(latest, &[id])
+            && self.in_force(latest).iter().all(|(_, config)| self.viable(config, &[id]))
+    }
+
+    /// The applied prefix and the configuration of every member of `latest` that is not dead
+    /// for good: its replica's, or for one that is down, what its disk holds and it will restart
+    /// with. An operator counts a member that is down as behind: it learns later changes only
+    /// through a leader (swarm seeds 5104, 5149: the leader, a proposer, was wiped while the
+    /// other proposer was down; it came back as the learner its disk said it was, the only
+    /// leader able to promote it was gone, and the cluster never had a leader again).
+    fn in_force(&self, latest: &Membership) -> Vec<(Slot, Membership)> {
+        let initial = self.checker.initial_config();
+        latest
+            .members
+            .keys()
+            .filter_map(|id| self.nodes.get(id).filter(|n| !n.dead && latest.admits(*id, n.incarnation)))
+            .map(|node| match &node.replica {
+                Some(replica) => (replica.applied_upto(), replica.membership().clone()),
+                None => (
+                    node.storage.applied_upto,
+                    node.storage.membership.clone().unwrap_or_else(|| initial.clone()),
+                ),
+            })
+            .collect()
     }
 
     fn leader(&self) -> Option<NodeId> {
@@ -209,13 +233,9 @@ impl Simulation {
         // next one (`member list` shows it): until then the configuration before it is what a
         // new leader must learn it through, and a wipe or removal planned against the new one
         // could take that one's majority.
-        let settled = latest.chosen_at.is_none_or(|slot| {
-            self.nodes
-                .iter()
-                .filter(|(id, _)| latest.contains(**id))
-                .filter_map(|(_, n)| n.replica.as_ref())
-                .all(|replica| replica.applied_upto() > slot)
-        });
+        let settled = latest
+            .chosen_at
+            .is_none_or(|slot| self.in_force(&latest).iter().all(|(applied_upto, _)| *applied_upto > slot));
         if !settled {
             return;
         }
@@ -309,7 +329,7 @@ impl Simulation {
                     .members
                     .keys()
                     .copied()
-                    .filter(|id| !dead(id) && self.viable(latest, &[*id]))
+                    .filter(|id| !dead(id) && self.may_die_for_good(*id))
                     .collect();
                 if live.is_empty() {
                     return;
