@@ -145,7 +145,8 @@ impl Ready {
     }
 
     /// Removes and returns the replies that may be answered before the write (step 0 of the
-    /// contract): refusals, and slots chosen without this batch.
+    /// contract): refusals that say nothing of what is done, and slots chosen without this
+    /// batch.
     ///
     /// # Correctness
     /// "Chosen at slot s" rests on a majority of durable votes. Every vote a leader counted
@@ -153,6 +154,9 @@ impl Ready {
     /// an `Accept` of slot s in this batch may be a vote the answer rests on: with a single
     /// voter the leader's own vote is the whole quorum. Such an answer waits for the write,
     /// as a `ForwardReply` saying "chosen" always does (see [`Message::speaks_for_disk`]).
+    /// So does a configuration change refused as done already (`ChangeRefused`): the entry
+    /// that did it may be in this batch (a lone voter applies it at once), and a crash would
+    /// undo what the answer said was done (found by a review of this rule).
     /// Answering the others early takes the leader's next fsync (of new proposals that arrived
     /// meanwhile) off every acknowledged value's latency. The history entries and duplicate
     /// records of this batch need not be durable first: a crash loses at most this batch, and
@@ -167,8 +171,13 @@ impl Ready {
             })
             .collect();
         let (early, late) =
-            std::mem::take(&mut self.replies).into_iter().partition(|reply| match reply.outcome {
-                Ok(slot) => !accepted_here.contains(&slot),
+            std::mem::take(&mut self.replies).into_iter().partition(|reply| match &reply.outcome {
+                Ok(slot) => !accepted_here.contains(slot),
+                // "Already a member" and the like say a change is done, maybe by an entry applied
+                // in this very batch (a lone voter's): they wait, as the change's own answer does.
+                Err(ProposalError::ChangeRefused(_)) => false,
+                // The rest hold whatever the disk says: retry elsewhere, too large, overloaded, or
+                // an outcome unknown (an expired session).
                 Err(_) => true,
             });
         self.replies = late;

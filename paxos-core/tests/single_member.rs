@@ -67,3 +67,64 @@ fn a_lone_voters_answer_waits_for_the_batch_holding_its_vote() {
     );
     replica.on_persisted(ready.number);
 }
+
+/// A lone leader, every batch written to `storage` as it goes.
+fn leader_alone(storage: &mut MemStorage) -> Replica {
+    let mut replica = Replica::recover(Config::new(1, vec![1]), storage.durable_state(), 7);
+    for _ in 0..100 {
+        replica.tick();
+        let ready = replica.take_ready();
+        storage.apply(&ready.persist);
+        replica.on_persisted(ready.number);
+        if replica.is_leader() {
+            break;
+        }
+    }
+    assert!(replica.is_leader());
+    replica
+}
+
+fn add_learner_5() -> paxos_core::MembershipChange {
+    paxos_core::MembershipChange::Add { id: 5, address: "h5:1".into(), role: paxos_core::MemberRole::Learner }
+}
+
+/// A configuration change on a lone voter is chosen and applied in the batch holding its vote:
+/// its answer waits for the write like any other "chosen".
+#[test]
+fn a_lone_voters_change_is_answered_after_the_write() {
+    let mut storage = MemStorage::bootstrapped(&[1]);
+    let mut replica = leader_alone(&mut storage);
+    let change = rid(77, 1);
+    replica.change_membership(change, add_learner_5());
+    let mut ready = replica.take_ready();
+    let early = ready.take_replies_before_write();
+    assert!(
+        early.iter().all(|reply| reply.request_id != change),
+        "answered before its vote is durable: {early:?}"
+    );
+    assert!(ready.replies.iter().any(|reply| reply.request_id == change && reply.outcome.is_ok()));
+    storage.apply(&ready.persist);
+    replica.on_persisted(ready.number);
+}
+
+/// A second request for the same change, in the same batch, is refused "already a member":
+/// that says the change is done, and a crash before the write would undo it (found by a review
+/// of the early answers). The refusal waits for the write too.
+#[test]
+fn a_refusal_resting_on_a_change_of_this_batch_waits_for_the_write() {
+    let mut storage = MemStorage::bootstrapped(&[1]);
+    let mut replica = leader_alone(&mut storage);
+    replica.change_membership(rid(77, 1), add_learner_5());
+    replica.change_membership(rid(77, 2), add_learner_5());
+    let mut ready = replica.take_ready();
+    let early = ready.take_replies_before_write();
+    // A crash now loses the batch.
+    let recovered = Replica::recover(Config::new(1, vec![1]), storage.durable_state(), 8);
+    assert!(!recovered.membership().contains(5), "schedule: the change is only in the lost batch");
+    let told_done =
+        early.iter().any(|reply| matches!(reply.outcome, Err(paxos_core::ProposalError::ChangeRefused(_))));
+    assert!(
+        !told_done,
+        "answered that the change is done before the write, and the crash lost it: {early:?}"
+    );
+}
