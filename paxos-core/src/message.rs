@@ -228,7 +228,7 @@ impl Message {
     }
 
     /// Whether this message speaks for the sender's disk: an acceptor's Promise or Accepted,
-    /// and a leader's answer that a forwarded proposal was chosen.
+    /// a leader's answer that a forwarded proposal was chosen, and a truncation snapshot.
     ///
     /// # Correctness
     /// Only these must wait until the Ready's `persist` is durable. Every other message may go
@@ -238,10 +238,25 @@ impl Message {
     /// A `ForwardReply` that says "chosen" rests on votes, and when the configuration has a
     /// single voter the leader's own vote, written in this very batch, is the whole quorum: the
     /// answer must not leave before it is durable (a crash would lose the only vote, and the
-    /// slot could then be chosen with another value). With two voters or more the other votes
-    /// arrive as replies, which the driver processes only after the write, so commit points in
-    /// Accepts and Heartbeats may still leave early. (Found by the simulation: a cluster shrunk
-    /// to one voter and learners, swarm seed 3967.)
+    /// slot could then be chosen with another value). (Found by the simulation: a cluster shrunk
+    /// to one voter and learners, swarm seed 3967.) A `CatchUpTruncated` carries the effects of
+    /// every slot below its start (duplicate table, configuration), which a lone voter may have
+    /// chosen and cut in this very batch: it waits too (raised by a review; a unit test).
+    /// With two voters or more the other votes arrive as replies, which the driver processes
+    /// only after the write, so commit points in Accepts and Heartbeats may leave early. A lone
+    /// voter's Heartbeat may announce a commit point its unwritten batch holds, but it carries
+    /// no value, and the values behind it are served only from written history (catch-up reads
+    /// run after the write).
+    pub fn speaks_for_disk(&self) -> bool {
+        matches!(
+            self,
+            Message::Promise { .. }
+                | Message::Accepted { .. }
+                | Message::ForwardReply { outcome: Ok(_), .. }
+                | Message::CatchUpTruncated { .. }
+        )
+    }
+
     /// The log a message of history speaks for (see [`crate::Membership::log_id`]).
     pub fn log_id(&self) -> Option<u64> {
         match self {
@@ -249,13 +264,6 @@ impl Message {
             Message::CatchUpTruncated { snapshot } => snapshot.membership.as_ref().map(|m| m.log_id),
             _ => None,
         }
-    }
-
-    pub fn speaks_for_disk(&self) -> bool {
-        matches!(
-            self,
-            Message::Promise { .. } | Message::Accepted { .. } | Message::ForwardReply { outcome: Ok(_), .. }
-        )
     }
 }
 

@@ -128,3 +128,41 @@ fn a_refusal_resting_on_a_change_of_this_batch_waits_for_the_write() {
         "answered that the change is done before the write, and the crash lost it: {early:?}"
     );
 }
+
+/// A truncation snapshot carries the effects of every slot below its start (the duplicate
+/// table, the configuration). From a lone voter, taken in the batch that chose and cut a slot
+/// on the voter's own vote, it must not leave before that batch is written: a crash would let
+/// the slot be chosen with another value while the node that installed the snapshot keeps the
+/// first one's effects (raised by the review of the early answers).
+#[test]
+fn a_lone_voters_snapshot_waits_for_the_batch_it_covers() {
+    let mut storage = MemStorage::bootstrapped(&[1]);
+    let mut replica = leader_alone(&mut storage);
+    replica.propose(paxos_core::Proposal::register(42));
+    let cut = replica.applied_upto();
+    replica
+        .compact(paxos_core::Compaction { truncate_below: Some(cut), force: true })
+        .expect("the slot chosen in this batch is applied, so it may be cut");
+    replica.step(paxos_core::Envelope {
+        from: 9,
+        to: 1,
+        incarnation: 9,
+        role: Default::default(),
+        message: paxos_core::Message::CatchUp { from_slot: 0 },
+    });
+    let ready = replica.take_ready();
+    let early = |envelope: &paxos_core::Envelope| {
+        matches!(envelope.message, paxos_core::Message::CatchUpTruncated { .. })
+    };
+    assert!(
+        !ready.messages.iter().any(early),
+        "a snapshot of unwritten slots left before the write: {:?}",
+        ready.messages
+    );
+    assert!(
+        ready.persisted_messages.iter().any(early),
+        "schedule: the snapshot answers the catch-up: {:?}",
+        ready.persisted_messages
+    );
+    replica.on_persisted(ready.number);
+}
