@@ -42,17 +42,8 @@ fn a_single_member_pages_through_thousands_of_recovered_records() {
 /// lose the only vote, and the slot could be chosen again with another value).
 #[test]
 fn a_lone_voters_answer_waits_for_the_batch_holding_its_vote() {
-    let storage = MemStorage::bootstrapped(&[1]);
-    let mut replica = Replica::recover(Config::new(1, vec![1]), storage.durable_state(), 7);
-    for _ in 0..100 {
-        replica.tick();
-        let ready = replica.take_ready();
-        replica.on_persisted(ready.number);
-        if replica.is_leader() {
-            break;
-        }
-    }
-    assert!(replica.is_leader());
+    let mut storage = MemStorage::bootstrapped(&[1]);
+    let mut replica = leader_alone(&mut storage);
     replica.propose(paxos_core::Proposal::register(42));
     let mut ready = replica.take_ready();
     let early = ready.take_replies_before_write();
