@@ -162,6 +162,10 @@ impl Ready {
     /// records of this batch need not be durable first: a crash loses at most this batch, and
     /// the value stays chosen on a majority and is applied again.
     pub fn take_replies_before_write(&mut self) -> Vec<Reply> {
+        if self.replies.is_empty() {
+            // Most batches (a follower's, a leader's between answers): no set to build.
+            return Vec::new();
+        }
         let accepted_here: std::collections::BTreeSet<Slot> = self
             .persist
             .iter()

@@ -203,7 +203,7 @@ impl Storage {
         }
         let cfs = CF_NAMES
             .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Self::column_family_options(name)));
+            .map(|name| ColumnFamilyDescriptor::new(name, Self::column_family_options(&options, name)));
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(db_error)?;
         let promised = preloaded.as_ref().map_or(Ballot::ZERO, |state: &DurableState| state.promised);
         let mut storage =
@@ -267,8 +267,11 @@ impl Storage {
     /// column family is read only by iterating it at open (and by `inspect`), never by key, so
     /// a vector memtable (appends, sorted once when flushed or iterated) fits it. The other
     /// column families are written in slot order, which a skip list's cached splice makes cheap.
-    fn column_family_options(name: &str) -> Options {
-        let mut options = Self::options();
+    ///
+    /// A copy of `database`'s options, not new ones: the copies share its one block cache
+    /// (each `Storage::options()` makes a cache of its own).
+    fn column_family_options(database: &Options, name: &str) -> Options {
+        let mut options = database.clone();
         if name == CF_REQUESTS {
             options.set_memtable_factory(rocksdb::MemtableFactory::Vector);
         }
