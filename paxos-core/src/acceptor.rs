@@ -35,7 +35,13 @@ impl Replica {
     /// The raised promise is persisted in the same Ready that carries the Promise message (or
     /// the history read that leads to it), so the driver makes it durable before the candidate
     /// can count on it.
-    pub(crate) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
+    pub(crate) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot, transfer: bool) {
+        let promises_or_defers = self.can_vote() || self.can_lead();
+        if promises_or_defers && self.ignores_prepare(from, ballot, transfer) {
+            // Leader stickiness (see `election.rs`): no promise and no timer reset while a
+            // live leader is heard, so a member cut off from it cannot depose it.
+            return;
+        }
         if !self.can_vote() {
             if self.can_lead() && !self.learner.membership().votes(self.config.id) {
                 // A proposer has no promise to give, but a campaign is under way: like an
@@ -65,8 +71,14 @@ impl Replica {
         }
         self.raise_promise(ballot);
         self.step_down_below(ballot);
-        // Granting a promise is a vote for `from`: give it time to win before competing.
+        // Granting a promise is a vote for `from`: give it time to win before competing, or
+        // promising anyone else (see `election.rs`).
         self.reset_election_timer();
+        self.promise_granted_tick = Some(self.tick_now);
+        // And give up its own pre-vote: its yes to itself no longer holds (found by the
+        // simulation: a member that promised one candidate went on to win its own pre-vote and
+        // deposed the winner a round trip later).
+        self.pre_vote = None;
         self.leader_hint = None;
         if from_slot < self.learner.applied_upto() && from_slot >= self.learner.history_start() {
             self.ready.history_reads.push(HistoryRead {
@@ -90,7 +102,8 @@ impl Replica {
     pub(crate) fn answer_prepare_without_promise(&mut self, from: NodeId, ballot: Ballot) {
         let applied_upto = self.learner.applied_upto();
         self.send(from, Message::HeartbeatAck { ballot, applied_upto });
-        self.send(from, Message::CatchUp { from_slot: applied_upto });
+        // A probe outside the chain of catch-up requests (request 0): its answer starts none.
+        self.send(from, Message::CatchUp { from_slot: applied_upto, request: 0 });
     }
 
     /// Sends the Promise of `ballot`, with `history` (applied entries from `from_slot` on).
@@ -272,6 +285,9 @@ impl Replica {
         self.step_down_below(ballot);
         self.heard_leading = self.heard_leading.max(ballot);
         if !matches!(self.role, Role::Leader(_)) {
+            // A leader at work: stickiness counts from here, and a pre-vote is moot.
+            self.leader_heard_tick = Some(self.tick_now);
+            self.pre_vote = None;
             if self.leader_hint != Some(from) {
                 // Proposals forwarded to the previous leader may be lost with it: answer them
                 // now (retryable) instead of after the forward timeout.
@@ -294,7 +310,7 @@ mod tests {
             to: 1,
             incarnation: ballot.node,
             role: Default::default(),
-            message: Message::Prepare { ballot, from_slot: 0 },
+            message: Message::Prepare { ballot, from_slot: 0, transfer: false },
         }
     }
 
@@ -319,12 +335,14 @@ mod tests {
         acceptor.take_ready_persisted();
         let mut reported = Vec::new();
         let mut from_slot = 0;
+        // The leader of ballot 1.2 campaigns again (a member that hears a live leader promises
+        // only that leader, see `election.rs`).
         for _ in 0..3 {
-            let prepare = Message::Prepare { ballot: Ballot::new(2, 3), from_slot };
+            let prepare = Message::Prepare { ballot: Ballot::new(2, 2), from_slot, transfer: false };
             acceptor.step(Envelope {
-                from: 3,
+                from: 2,
                 to: 1,
-                incarnation: 3,
+                incarnation: 2,
                 role: Default::default(),
                 message: prepare,
             });
@@ -358,11 +376,18 @@ mod tests {
         assert!(ready.persist.is_empty() && ready.persisted_messages.is_empty(), "{ready:?}");
         assert_eq!(acceptor.status().rejected_messages, 2);
         assert_eq!(acceptor.promised(), Ballot::ZERO);
+        // Its pre-votes go on, with ordinary ballots.
+        let mut asked = Vec::new();
         for _ in 0..50 {
             acceptor.tick();
-            acceptor.take_ready_persisted();
+            let ready = acceptor.take_ready_persisted();
+            asked.extend(sent(&ready, |m| matches!(m, Message::PreVote { .. })).iter().map(|e| {
+                let Message::PreVote { ballot, .. } = e.message else { unreachable!() };
+                ballot
+            }));
         }
-        assert!(acceptor.promised().round >= 1 && acceptor.promised().round <= 5, "{}", acceptor.promised());
+        assert!(!asked.is_empty());
+        assert!(asked.iter().all(|ballot| ballot.round >= 1 && ballot.round <= 5), "{asked:?}");
     }
 
     /// A promise written at the very top of the range (before the limit existed) leaves no
@@ -402,7 +427,8 @@ mod tests {
             Message::Accept { ballot: Ballot::new(1, 2), entries: vec![(0, Value::Noop)], commit_upto: 0 };
         acceptor.step(Envelope { from: 2, to: 1, incarnation: 2, role: Default::default(), message: accept });
         acceptor.take_ready_persisted();
-        acceptor.step(prepare(Ballot::new(2, 3)));
+        // From the leader it follows (it would ignore another's, see `election.rs`).
+        acceptor.step(prepare(Ballot::new(2, 2)));
         let ready = acceptor.take_ready_persisted();
         match &ready.persisted_messages[0].message {
             Message::Promise { accepted, applied_upto, .. } => {

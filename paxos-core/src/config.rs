@@ -60,6 +60,10 @@ pub struct Config {
     pub value_bytes_max: usize,
     /// Limits of the duplicate-request table.
     pub request_table: TableLimits,
+    /// The pre-vote and leader stickiness (see `election.rs`). Always on in the node; off only
+    /// in hand-routed test schedules that depose a leader its followers still heard (they model
+    /// followers whose timers ran out without ticking them).
+    pub pre_vote: bool,
 }
 
 impl Config {
@@ -90,6 +94,7 @@ impl Config {
             phase_one_holes_max: 1 << 20,
             value_bytes_max: Self::VALUE_BYTES_MAX_DEFAULT,
             request_table: TableLimits { clients_max: 4096, seqs_per_client_max: 1024 },
+            pre_vote: true,
         }
     }
 

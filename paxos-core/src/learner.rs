@@ -73,12 +73,20 @@ impl Applied {
     }
 }
 
-/// An outstanding catch-up request.
+/// The one outstanding catch-up request.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CatchUpState {
     pub(crate) peer: NodeId,
+    /// Its number: only the answer that carries it back ends it.
+    pub(crate) request: u64,
     pub(crate) sent_tick: u64,
+    /// Unanswered after this many ticks, it is given up and another is sent.
+    pub(crate) timeout_ticks: u64,
 }
+
+/// A catch-up request's timeout doubles with each request in a row that went unanswered (a
+/// slow link, or a page of several MiB), up to this many times the base.
+const CATCH_UP_TIMEOUT_DOUBLINGS_MAX: u32 = 4;
 
 /// What this member knows of the chosen history.
 ///
@@ -108,7 +116,13 @@ pub(crate) struct Learner {
     commit_upto_in_ballot: Slot,
     /// Slots below this were already checked against `commit_ballot` for commit marking.
     commit_marked_upto: Slot,
+    /// At most one request outstanding, whatever is duplicated, delayed or lost: a second
+    /// chain of requests would live as long as this member is behind, and chains add up.
     catch_up: Option<CatchUpState>,
+    /// The number of the last catch-up request sent (requests count from 1).
+    catch_up_requests: u64,
+    /// Catch-up requests in a row that timed out (see `CATCH_UP_TIMEOUT_DOUBLINGS_MAX`).
+    catch_up_timeouts_in_row: u32,
     /// How far each peer has applied, as last heard.
     member_applied_upto: BTreeMap<NodeId, Slot>,
 }
@@ -133,6 +147,8 @@ impl Learner {
             commit_upto_in_ballot: 0,
             commit_marked_upto: applied_upto,
             catch_up: None,
+            catch_up_requests: 0,
+            catch_up_timeouts_in_row: 0,
             member_applied_upto: BTreeMap::new(),
         }
     }
@@ -339,30 +355,42 @@ impl Learner {
         self.member_applied_upto.remove(&node);
     }
 
-    /// Forgets an outstanding catch-up request that went unanswered for `timeout_ticks`.
-    pub(crate) fn expire_catch_up(&mut self, now_tick: u64, timeout_ticks: u64) {
+    /// Gives up the outstanding catch-up request if it went unanswered for its timeout; the
+    /// next one waits twice as long (see `CATCH_UP_TIMEOUT_DOUBLINGS_MAX`).
+    pub(crate) fn expire_catch_up(&mut self, now_tick: u64) {
         if let Some(catch_up) = self.catch_up {
-            if now_tick.saturating_sub(catch_up.sent_tick) >= timeout_ticks {
+            if now_tick.saturating_sub(catch_up.sent_tick) >= catch_up.timeout_ticks {
                 self.catch_up = None;
+                self.catch_up_timeouts_in_row =
+                    (self.catch_up_timeouts_in_row + 1).min(CATCH_UP_TIMEOUT_DOUBLINGS_MAX);
             }
         }
     }
 
-    /// `from` answered (or refused) a catch-up request.
-    pub(crate) fn catch_up_answered(&mut self, from: NodeId) {
-        if matches!(self.catch_up, Some(c) if c.peer == from) {
+    /// `from` answered catch-up request `request`. Returns whether that was the request
+    /// outstanding (which then ends): a duplicated answer, a late one to a request given up,
+    /// or one to a probe (request 0) leaves the outstanding request alone, so it never starts
+    /// a second chain.
+    pub(crate) fn catch_up_answered(&mut self, from: NodeId, request: u64) -> bool {
+        let matches =
+            matches!(self.catch_up, Some(c) if c.peer == from && c.request == request && request != 0);
+        if matches {
             self.catch_up = None;
+            self.catch_up_timeouts_in_row = 0;
         }
+        matches
     }
 
-    /// The peer to ask for the next chosen entries, if some peer is ahead and no request is
-    /// outstanding; the request counts as sent at `now_tick`.
+    /// The peer to ask for the next chosen entries and the request's number, if some peer is
+    /// ahead and no request is outstanding; the request counts as sent at `now_tick`, with a
+    /// timeout of `base_timeout_ticks` doubled for each request in a row that timed out.
     pub(crate) fn catch_up_from(
         &mut self,
         now_tick: u64,
         leader_hint: Option<NodeId>,
         rng: &mut Rng,
-    ) -> Option<NodeId> {
+        base_timeout_ticks: u64,
+    ) -> Option<(NodeId, u64)> {
         let ahead: Vec<NodeId> = self
             .member_applied_upto
             .iter()
@@ -382,8 +410,11 @@ impl Learner {
             Some(leader) if ahead.contains(&leader) && rng.chance(1, 2) => leader,
             _ => ahead[rng.range(0, ahead.len() as u64) as usize],
         };
-        self.catch_up = Some(CatchUpState { peer, sent_tick: now_tick });
-        Some(peer)
+        self.catch_up_requests += 1;
+        let request = self.catch_up_requests;
+        let timeout_ticks = base_timeout_ticks << self.catch_up_timeouts_in_row;
+        self.catch_up = Some(CatchUpState { peer, request, sent_tick: now_tick, timeout_ticks });
+        Some((peer, request))
     }
 
     /// Installs a peer's truncation snapshot, if it is ahead of the applied prefix: the history

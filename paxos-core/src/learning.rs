@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 impl Replica {
     pub(crate) fn tick_learner(&mut self) {
-        self.learner.expire_catch_up(self.tick_now, self.config.catch_up_timeout_ticks);
+        self.learner.expire_catch_up(self.tick_now);
         // Progress reports of members arrive with many messages (Accepted, HeartbeatAck); a
         // leader hears of being behind only that way, so look every tick, not only on replies.
         self.maybe_catch_up();
@@ -95,19 +95,48 @@ impl Replica {
 
     /// Asks a peer that is ahead for the next chosen entries, unless a request is outstanding.
     pub(crate) fn maybe_catch_up(&mut self) {
-        if let Some(peer) = self.learner.catch_up_from(self.tick_now, self.leader_hint, &mut self.rng) {
-            self.send(peer, Message::CatchUp { from_slot: self.learner.applied_upto() });
+        let base_timeout_ticks = self.config.catch_up_timeout_ticks;
+        if let Some((peer, request)) =
+            self.learner.catch_up_from(self.tick_now, self.leader_hint, &mut self.rng, base_timeout_ticks)
+        {
+            self.send(peer, Message::CatchUp { from_slot: self.learner.applied_upto(), request });
         }
     }
 
-    pub(crate) fn on_catch_up(&mut self, from: NodeId, from_slot: Slot) {
+    /// Tells every member this replica knows how far it has applied, once per election timeout
+    /// (and at its first tick): a member behind learns who is ahead and fetches from it,
+    /// whether or not a leader is there to announce a commit point.
+    pub(crate) fn tick_progress(&mut self) {
+        let interval = self.config.election_timeout_ticks;
+        if self.progress_sent_tick.is_some_and(|tick| self.tick_now.saturating_sub(tick) < interval) {
+            return;
+        }
+        self.progress_sent_tick = Some(self.tick_now);
+        let applied_upto = self.learner.applied_upto();
+        let log_id = self.learner.membership().log_id;
+        self.broadcast(Message::Progress { applied_upto, log_id });
+    }
+
+    /// A member says how far it has applied: catch up from it if it is ahead, and tell it at
+    /// once if it is behind (so a node just started learns within a round trip).
+    pub(crate) fn on_progress(&mut self, from: NodeId, applied_upto: Slot) {
+        self.learner.note_member_progress(from, applied_upto);
+        let ours = self.learner.applied_upto();
+        if applied_upto < ours {
+            let log_id = self.learner.membership().log_id;
+            self.send(from, Message::Progress { applied_upto: ours, log_id });
+        }
+        self.maybe_catch_up();
+    }
+
+    pub(crate) fn on_catch_up(&mut self, from: NodeId, from_slot: Slot, request: u64) {
         let applied_upto = self.learner.applied_upto();
         if from_slot < self.learner.history_start() {
             let snapshot = self.learner.truncation().clone();
-            self.send(from, Message::CatchUpTruncated { snapshot });
+            self.send(from, Message::CatchUpTruncated { snapshot, request });
         } else if from_slot < applied_upto {
             self.ready.history_reads.push(HistoryRead {
-                purpose: ReadPurpose::CatchUp,
+                purpose: ReadPurpose::CatchUp { request },
                 to: from,
                 from_slot,
                 upto_slot: applied_upto,
@@ -116,7 +145,7 @@ impl Replica {
             });
         } else {
             let log_id = self.learner.membership().log_id;
-            self.send(from, Message::CatchUpEntries { entries: Vec::new(), applied_upto, log_id });
+            self.send(from, Message::CatchUpEntries { entries: Vec::new(), applied_upto, log_id, request });
         }
     }
 
@@ -134,15 +163,15 @@ impl Replica {
             return;
         }
         match read.purpose {
-            ReadPurpose::CatchUp if read.from_slot < self.learner.history_start() => {
+            ReadPurpose::CatchUp { request } if read.from_slot < self.learner.history_start() => {
                 let snapshot = self.learner.truncation().clone();
-                self.send(read.to, Message::CatchUpTruncated { snapshot });
+                self.send(read.to, Message::CatchUpTruncated { snapshot, request });
             }
-            ReadPurpose::CatchUp => {
+            ReadPurpose::CatchUp { request } => {
                 let entries = unbroken_run(read.from_slot, entries);
                 let applied_upto = self.learner.applied_upto();
                 let log_id = self.learner.membership().log_id;
-                self.send(read.to, Message::CatchUpEntries { entries, applied_upto, log_id })
+                self.send(read.to, Message::CatchUpEntries { entries, applied_upto, log_id, request })
             }
             ReadPurpose::Promise { ballot } => self.send_promise(read.to, ballot, read.from_slot, entries),
         }
@@ -153,9 +182,10 @@ impl Replica {
         from: NodeId,
         entries: Vec<(Slot, Value)>,
         applied_upto: Slot,
+        request: u64,
     ) {
         self.learner.note_member_progress(from, applied_upto);
-        self.learner.catch_up_answered(from);
+        self.learner.catch_up_answered(from, request);
         // Entries a peer applied are final, and below its `applied_upto` by construction.
         self.apply_verbatim(entries.into_iter().filter(|(slot, _)| *slot < applied_upto).collect());
         self.fill_window();
@@ -167,8 +197,8 @@ impl Replica {
     /// # Correctness
     /// A leader that jumps over slots it has in flight cannot tell whether its proposals there
     /// were chosen, so it steps down.
-    pub(crate) fn on_catch_up_truncated(&mut self, from: NodeId, snapshot: TruncationSnapshot) {
-        self.learner.catch_up_answered(from);
+    pub(crate) fn on_catch_up_truncated(&mut self, from: NodeId, snapshot: TruncationSnapshot, request: u64) {
+        self.learner.catch_up_answered(from, request);
         let Some(installed) = self.learner.install_snapshot(from, snapshot) else {
             return;
         };
@@ -318,6 +348,7 @@ mod tests {
             entries: vec![(slot, theirs)],
             applied_upto: slot + 1,
             log_id: 1,
+            request: 0,
         };
         cluster.node(leader).step(crate::Envelope {
             from: peer,
@@ -366,7 +397,7 @@ mod tests {
             cluster.node(leader).propose(proposal(client, seq, "v"));
         }
         cluster.settle();
-        let catch_up = crate::Message::CatchUp { from_slot: 0 };
+        let catch_up = crate::Message::CatchUp { from_slot: 0, request: 1 };
         cluster.node(leader).step(crate::Envelope {
             from: peer,
             to: leader,
@@ -405,8 +436,12 @@ mod tests {
     #[test]
     fn history_entries_above_a_gap_are_dropped_not_kept_as_chosen() {
         let mut follower = crate::test_support::replica(1, &[1, 2, 3]);
-        let entries =
-            crate::Message::CatchUpEntries { entries: vec![(1, Value::Noop)], applied_upto: 2, log_id: 1 };
+        let entries = crate::Message::CatchUpEntries {
+            entries: vec![(1, Value::Noop)],
+            applied_upto: 2,
+            log_id: 1,
+            request: 0,
+        };
         follower.step(crate::Envelope {
             from: 2,
             to: 1,
@@ -423,6 +458,7 @@ mod tests {
             entries: vec![(0, Value::Noop), (1, Value::Noop)],
             applied_upto: 2,
             log_id: 1,
+            request: 0,
         };
         follower.step(crate::Envelope {
             from: 2,
@@ -432,6 +468,83 @@ mod tests {
             message: entries,
         });
         assert_eq!(follower.applied_upto(), 2);
+    }
+
+    /// A follower behind a leader that announced slots 0-4 chosen, with its first catch-up
+    /// request (number 1, to node 2) sent; returns the replica and the requests sent.
+    fn behind_with_one_request() -> (crate::Replica, Vec<crate::Envelope>) {
+        let mut follower = crate::test_support::replica(1, &[1, 2, 3]);
+        let heartbeat =
+            crate::Message::Heartbeat { ballot: crate::Ballot::new(1, 2), commit_upto: 5, history_start: 0 };
+        follower.step(envelope(2, heartbeat));
+        let requests = catch_ups(&mut follower);
+        assert_eq!(requests.len(), 1, "{requests:?}");
+        (follower, requests)
+    }
+
+    fn envelope(from: u64, message: crate::Message) -> crate::Envelope {
+        crate::Envelope { from, to: 1, incarnation: from, role: Default::default(), message }
+    }
+
+    fn catch_ups(replica: &mut crate::Replica) -> Vec<crate::Envelope> {
+        let ready = replica.take_ready_persisted();
+        crate::test_support::all_messages(ready)
+            .into_iter()
+            .filter(|e| matches!(e.message, crate::Message::CatchUp { .. }))
+            .collect()
+    }
+
+    fn page(slot: u64, request: u64) -> crate::Message {
+        crate::Message::CatchUpEntries {
+            entries: vec![(slot, Value::Noop)],
+            applied_upto: 5,
+            log_id: 1,
+            request,
+        }
+    }
+
+    /// A duplicated answer must not start a second chain of requests: it would live as long as
+    /// the node is behind, and chains add up until the link is flooded (swarm seeds 7019283,
+    /// 9002927 and 9013726 ended with a million catch-up messages in flight).
+    #[test]
+    fn a_duplicated_catch_up_answer_starts_no_second_chain() {
+        let (mut follower, _) = behind_with_one_request();
+        follower.step(envelope(2, page(0, 1)));
+        let next = catch_ups(&mut follower);
+        assert_eq!(next.len(), 1, "the answer starts the next request: {next:?}");
+        follower.step(envelope(2, page(0, 1)));
+        let more = catch_ups(&mut follower);
+        assert!(more.is_empty(), "a duplicated answer sent {more:?}");
+        assert_eq!(follower.applied_upto(), 1);
+    }
+
+    /// An answer that arrives after its request timed out (a slow link, a page of several
+    /// MiB) is applied, but starts nothing: the request sent in its place is still the one
+    /// outstanding, and the next timeout is twice as long.
+    #[test]
+    fn a_late_catch_up_answer_starts_no_second_chain() {
+        let (mut follower, _) = behind_with_one_request();
+        let timeout = follower.config().catch_up_timeout_ticks;
+        let mut resent = Vec::new();
+        for _ in 0..timeout {
+            follower.tick();
+            resent.extend(catch_ups(&mut follower));
+        }
+        assert_eq!(resent.len(), 1, "one request in place of the one that timed out: {resent:?}");
+        let crate::Message::CatchUp { request: second, .. } = resent[0].message else { unreachable!() };
+        assert_ne!(second, 1);
+        follower.step(envelope(2, page(0, 1)));
+        let after_late = catch_ups(&mut follower);
+        assert!(after_late.is_empty(), "the late answer started {after_late:?}");
+        assert_eq!(follower.applied_upto(), 1, "what it carried is applied");
+        // The second request's timeout is twice the first's: no new request before then.
+        for _ in 0..(2 * timeout - 1) {
+            follower.tick();
+            let sent = catch_ups(&mut follower);
+            assert!(sent.is_empty(), "sent {sent:?} before the doubled timeout");
+        }
+        follower.step(envelope(2, page(1, second)));
+        assert_eq!(catch_ups(&mut follower).len(), 1, "its own answer starts the next request");
     }
 
     #[test]

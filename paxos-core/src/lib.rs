@@ -9,6 +9,8 @@
 
 mod acceptor;
 mod config;
+mod election;
+mod event;
 mod learner;
 mod learning;
 mod membership;
@@ -26,9 +28,12 @@ mod transfer;
 mod types;
 
 pub use config::Config;
+pub use event::{CampaignReason, Event, StepDownReason};
 pub use learner::{Compaction, CompactionError, CompactionReport};
 pub use membership::{ChangeError, Incarnation, Member, MemberRole, Membership, MembershipChange};
-pub use message::{AcceptedEntry, Envelope, Message, Proposal, ProposalError, TruncationSnapshot, SLOT_MAX};
+pub use message::{
+    AcceptedEntry, Envelope, Message, PreVoteRefusal, Proposal, ProposalError, TruncationSnapshot, SLOT_MAX,
+};
 pub use ready::{page_has_room, DurableState, HistoryRead, PersistOp, ReadPurpose, Ready, Reply};
 pub use replica::{Replica, RoleName, Status};
 pub use requests::{Lookup, RequestTable, TableChange, TableLimits};

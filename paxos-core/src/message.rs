@@ -116,8 +116,10 @@ impl ProposalError {
 /// The protocol's messages.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// Phase 1a: asks for a promise covering every slot from `from_slot` on.
-    Prepare { ballot: Ballot, from_slot: Slot },
+    /// Phase 1a: asks for a promise covering every slot from `from_slot` on. `transfer`: the
+    /// candidate campaigns because the leader handed over to it (`TimeoutNow`), so a member that
+    /// still hears that leader promises anyway (see `election.rs`, leader stickiness).
+    Prepare { ballot: Ballot, from_slot: Slot, transfer: bool },
     /// Phase 1b, answering the Prepare of `ballot` that asked from `from_slot`.
     ///
     /// `history` is this acceptor's applied history from `from_slot` on, verbatim (as
@@ -150,14 +152,18 @@ pub enum Message {
     Heartbeat { ballot: Ballot, commit_upto: Slot, history_start: Slot },
     /// A follower's answer to a heartbeat: how far it has applied.
     HeartbeatAck { ballot: Ballot, applied_upto: Slot },
-    /// Asks for chosen entries from `from_slot`.
-    CatchUp { from_slot: Slot },
+    /// Asks for chosen entries from `from_slot`. `request` numbers the asker's requests (from
+    /// 1; 0 is a probe outside the one chain of requests, see `Learner::catch_up_from`): the
+    /// answer carries it back, and only the answer to the request outstanding starts the next.
+    CatchUp { from_slot: Slot, request: u64 },
     /// Chosen entries, in slot order, exactly as the sender's history holds them.
     /// `log_id`: the sender's log (see [`crate::Membership::log_id`]; 0 while unbound).
-    CatchUpEntries { entries: Vec<(Slot, Value)>, applied_upto: Slot, log_id: u64 },
+    /// `request`: the `CatchUp` this answers (0: none, the sender volunteered it).
+    CatchUpEntries { entries: Vec<(Slot, Value)>, applied_upto: Slot, log_id: u64, request: u64 },
     /// The requested range was truncated: the receiver restarts its history at `history_start`
-    /// with the duplicate table the sender kept when it truncated.
-    CatchUpTruncated { snapshot: TruncationSnapshot },
+    /// with the duplicate table the sender kept when it truncated. `request` as in
+    /// `CatchUpEntries`.
+    CatchUpTruncated { snapshot: TruncationSnapshot, request: u64 },
     /// A client proposal forwarded from the replica the client talked to.
     Forward { proposal: Proposal },
     /// The leader's answer to a forwarded proposal.
@@ -170,6 +176,44 @@ pub enum Message {
     /// from a Heartbeat) and starts phase 1 at once (see `transfer.rs`). Last, so the variants
     /// before it keep their encoding.
     TimeoutNow { ballot: Ballot, commit_upto: Slot },
+    /// The pre-vote: would the receiver promise `ballot` now? Nothing changes on either side
+    /// (no promise, no timer): a member whose election timer fired asks this of the voting
+    /// members first, and prepares only if a majority says yes (see `election.rs`).
+    /// `attempt` tells the answers to one pre-vote from those to an earlier one.
+    PreVote { ballot: Ballot, attempt: u64 },
+    /// The answer to a `PreVote`. `promised`: the receiver's promise, so that a Prepare that
+    /// follows goes above it. `refusal`: why not (`None`: yes).
+    PreVoteReply { ballot: Ballot, attempt: u64, promised: Ballot, refusal: Option<PreVoteRefusal> },
+    /// How far the sender has applied, sent now and then to every member it knows, leader or
+    /// not: a member learns who is ahead (and catches up from it) without a leader's word.
+    Progress { applied_upto: Slot, log_id: u64 },
+}
+
+/// Why a member refused a pre-vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PreVoteRefusal {
+    /// It heard `leader` at work `ticks_ago` ticks ago, within the minimum election timeout
+    /// (`leader` is the refuser itself when it leads).
+    HeardLeader { leader: NodeId, ticks_ago: u64 },
+    /// It promised `candidate` `ticks_ago` ticks ago, within the minimum election timeout.
+    PromisedCandidate { candidate: NodeId, ticks_ago: u64 },
+    /// It holds no vote in the configuration in force (a learner, a proposer, or a disk the
+    /// configuration does not admit).
+    NotVoter,
+}
+
+impl std::fmt::Display for PreVoteRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PreVoteRefusal::HeardLeader { leader, ticks_ago } => {
+                write!(f, "it heard leader {leader} {ticks_ago} ticks ago")
+            }
+            PreVoteRefusal::PromisedCandidate { candidate, ticks_ago } => {
+                write!(f, "it promised candidate {candidate} {ticks_ago} ticks ago")
+            }
+            PreVoteRefusal::NotVoter => write!(f, "it holds no vote"),
+        }
+    }
 }
 
 impl Message {
@@ -181,7 +225,7 @@ impl Message {
         let slot_ok = |slot: &Slot| *slot <= SLOT_MAX;
         let entries_ok = |entries: &[(Slot, Value)]| entries.iter().all(|(slot, _)| slot_ok(slot));
         match self {
-            Message::Prepare { ballot, from_slot } => ballot_ok(ballot) && slot_ok(from_slot),
+            Message::Prepare { ballot, from_slot, .. } => ballot_ok(ballot) && slot_ok(from_slot),
             Message::Promise {
                 ballot,
                 from_slot,
@@ -211,11 +255,11 @@ impl Message {
                 ballot_ok(ballot) && slot_ok(commit_upto) && slot_ok(history_start)
             }
             Message::HeartbeatAck { ballot, applied_upto } => ballot_ok(ballot) && slot_ok(applied_upto),
-            Message::CatchUp { from_slot } => slot_ok(from_slot),
+            Message::CatchUp { from_slot, .. } => slot_ok(from_slot),
             Message::CatchUpEntries { entries, applied_upto, .. } => {
                 entries_ok(entries) && slot_ok(applied_upto)
             }
-            Message::CatchUpTruncated { snapshot } => {
+            Message::CatchUpTruncated { snapshot, .. } => {
                 slot_ok(&snapshot.history_start) && slot_ok(&snapshot.table_upto)
             }
             Message::Forward { .. } => true,
@@ -224,6 +268,9 @@ impl Message {
                 slot_ok(chosen_at) && slot_ok(applied_upto)
             }
             Message::TimeoutNow { ballot, commit_upto } => ballot_ok(ballot) && slot_ok(commit_upto),
+            Message::PreVote { ballot, .. } => ballot_ok(ballot),
+            Message::PreVoteReply { ballot, promised, .. } => ballot_ok(ballot) && ballot_ok(promised),
+            Message::Progress { applied_upto, .. } => slot_ok(applied_upto),
         }
     }
 
@@ -260,8 +307,10 @@ impl Message {
     /// The log a message of history speaks for (see [`crate::Membership::log_id`]).
     pub fn log_id(&self) -> Option<u64> {
         match self {
-            Message::Promise { log_id, .. } | Message::CatchUpEntries { log_id, .. } => Some(*log_id),
-            Message::CatchUpTruncated { snapshot } => snapshot.membership.as_ref().map(|m| m.log_id),
+            Message::Promise { log_id, .. }
+            | Message::CatchUpEntries { log_id, .. }
+            | Message::Progress { log_id, .. } => Some(*log_id),
+            Message::CatchUpTruncated { snapshot, .. } => snapshot.membership.as_ref().map(|m| m.log_id),
             _ => None,
         }
     }

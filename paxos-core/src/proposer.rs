@@ -1,5 +1,6 @@
 //! Proposer rules: elections (phase 1), the stable leader's pipelined phase 2, forwarding.
 
+use crate::event::{CampaignReason, Event, StepDownReason};
 use crate::membership::Incarnation;
 use crate::message::{AcceptedEntry, Message, Proposal, ProposalError};
 use crate::replica::{CandidateState, InFlight, LeaderState, Origin, PromiseData, Replica, Role};
@@ -27,7 +28,7 @@ impl Replica {
                     .filter(|tick| now.saturating_sub(**tick) <= 2 * election_timeout)
                     .count();
             if heard < quorum {
-                self.step_down(None);
+                self.step_down(None, StepDownReason::LostQuorum);
                 return;
             }
             // Resending unanswered Accepts runs on its own timer, not the heartbeat's: a steady
@@ -62,13 +63,15 @@ impl Replica {
         self.election_elapsed_ticks += 1;
         if self.election_elapsed_ticks >= self.election_deadline_ticks {
             if self.can_lead() {
-                self.become_candidate();
+                // Ask first (see `election.rs`): a member that hears no one, or whose link to
+                // a leader the others hear flaps, must not depose that leader.
+                self.start_pre_vote();
             } else {
                 // A learner, a removed member or a node whose incarnation the configuration
                 // does not admit never campaigns: its own vote would count for nothing, or for
                 // promises it no longer remembers.
                 if matches!(self.role, Role::Candidate(_)) {
-                    self.step_down(None);
+                    self.step_down(None, StepDownReason::ConfigurationChange);
                 }
                 self.reset_election_timer();
                 self.maybe_catch_up();
@@ -76,18 +79,30 @@ impl Replica {
         }
     }
 
-    /// Starts phase 1 with a ballot above every ballot seen.
-    pub(crate) fn become_candidate(&mut self) {
+    /// Starts phase 1 with a ballot above every ballot seen. Only after a pre-vote won, a
+    /// leader's `TimeoutNow`, or a configuration change under a leadership or candidacy (see
+    /// `election.rs`).
+    pub(crate) fn become_candidate(&mut self, reason: CampaignReason) {
         assert!(self.can_lead(), "only an admitted voter or proposer campaigns");
+        self.pre_vote = None;
         // Rounds from the network stop at `Ballot::ROUND_MAX`; only a promise written before
         // that check existed can sit at the very top, and then no higher ballot exists.
         let Some(round) = self.round_seen.max(self.promised.round).checked_add(1) else {
             self.reset_election_timer();
             return;
         };
+        match &self.role {
+            Role::Leader(leader) => self.ready.events.push(Event::SteppedDown {
+                ballot: leader.ballot,
+                was_leader: true,
+                reason: StepDownReason::ConfigurationChange,
+            }),
+            Role::Candidate(_) | Role::Follower => {}
+        }
         self.fail_leader_work(None);
         self.fail_forwarded(None);
         let ballot = Ballot::new(round, self.config.id);
+        self.ready.events.push(Event::BecameCandidate { ballot, reason });
         self.round_seen = round;
         self.raise_promise(ballot);
         self.leader_hint = None;
@@ -99,6 +114,7 @@ impl Replica {
             waiting_for_gap: false,
             earlier_pages: BTreeMap::new(),
             configuration: self.learner.membership().chosen_at,
+            transfer: matches!(reason, CampaignReason::Transfer { .. }),
         });
         self.prepare_again();
     }
@@ -127,14 +143,14 @@ impl Replica {
         if let Some(own) = own {
             candidate.promises.insert(self.config.id, own);
         }
-        let ballot = candidate.ballot;
+        let (ballot, transfer) = (candidate.ballot, candidate.transfer);
         // The voting members promise; the proposers that do not vote are told too, so that
         // they hold off their own campaigns while this one pages through phase 1.
         let membership = self.learner.membership();
         let peers: Vec<NodeId> =
             self.peers().filter(|id| membership.votes(*id) || membership.may_lead(*id)).collect();
         for peer in peers {
-            self.send(peer, Message::Prepare { ballot, from_slot });
+            self.send(peer, Message::Prepare { ballot, from_slot, transfer });
         }
     }
 
@@ -213,6 +229,12 @@ impl Replica {
             if self.learner.applied_upto() < max_applied_upto {
                 // Not `==`: from the applied prefix (again), or back to it from a later page.
                 if self.learner.applied_upto() != from_slot {
+                    // A quorum answered and this candidate learned history from it: progress,
+                    // so the next round gets a full election timeout (as a page of accepted
+                    // records does). Otherwise a candidate far behind, learning a small page
+                    // per round trip, is cut short by its own timer again and again (found by
+                    // the simulation's liveness holds: a lagging proposer taking over).
+                    self.reset_election_timer();
                     self.prepare_from(self.learner.applied_upto());
                     continue;
                 } else if let Role::Candidate(candidate) = &mut self.role {
@@ -276,6 +298,7 @@ impl Replica {
     fn become_leader(&mut self, candidate: CandidateState) {
         let ballot = candidate.ballot;
         assert_eq!(self.promised, ballot, "a leader holds its own promise");
+        let votes_from: Vec<NodeId> = candidate.promises.keys().copied().collect();
         let Some((next_slot, proposals, config_slot)) =
             self.phase_one_values(candidate.promises, candidate.earlier_pages)
         else {
@@ -287,6 +310,7 @@ impl Replica {
         };
         let mut leader = self.leader_state(ballot, next_slot, &proposals);
         leader.config_slot = config_slot;
+        self.ready.events.push(Event::BecameLeader { ballot, votes_from });
         self.role = Role::Leader(Box::new(leader));
         self.leader_hint = Some(self.config.id);
         for (slot, value) in proposals {
@@ -418,7 +442,7 @@ impl Replica {
             return;
         }
         let _ = from;
-        self.step_down(Some(promised.node));
+        self.step_down(Some(promised.node), StepDownReason::HigherBallot { ballot: promised });
         // Back off for a random extra while: duelling candidates that keep pre-empting each
         // other settle once one of them waits longer than the other needs to win.
         let timeout = self.config.election_timeout_ticks;
@@ -428,13 +452,18 @@ impl Replica {
 
     /// Leaves the candidate or leader role if `ballot` outranks ours.
     pub(crate) fn step_down_below(&mut self, ballot: Ballot) {
-        let own = match &self.role {
-            Role::Candidate(candidate) => candidate.ballot,
-            Role::Leader(leader) => leader.ballot,
+        let (own, transfer_target) = match &self.role {
+            Role::Candidate(candidate) => (candidate.ballot, None),
+            Role::Leader(leader) => (leader.ballot, leader.transfer.map(|transfer| transfer.target)),
             Role::Follower => return,
         };
         if ballot > own {
-            self.step_down(Some(ballot.node));
+            let reason = if transfer_target == Some(ballot.node) {
+                StepDownReason::Transfer { to: ballot.node }
+            } else {
+                StepDownReason::HigherBallot { ballot }
+            };
+            self.step_down(Some(ballot.node), reason);
         }
     }
 
@@ -442,10 +471,21 @@ impl Replica {
     /// commit announcements could no longer be trusted to cover only its own chosen values.
     pub(crate) fn step_down_superseded(&mut self) {
         self.superseded_leaderships += 1;
-        self.step_down(None);
+        self.step_down(None, StepDownReason::Superseded);
     }
 
-    pub(crate) fn step_down(&mut self, leader_hint: Option<NodeId>) {
+    pub(crate) fn step_down(&mut self, leader_hint: Option<NodeId>, reason: StepDownReason) {
+        match &self.role {
+            Role::Leader(leader) => {
+                self.ready.events.push(Event::SteppedDown { ballot: leader.ballot, was_leader: true, reason })
+            }
+            Role::Candidate(candidate) => self.ready.events.push(Event::SteppedDown {
+                ballot: candidate.ballot,
+                was_leader: false,
+                reason,
+            }),
+            Role::Follower => {}
+        }
         self.fail_leader_work(leader_hint);
         self.role = Role::Follower;
         self.leader_hint = leader_hint;
@@ -892,7 +932,7 @@ mod tests {
     #[test]
     fn a_vote_far_beyond_the_rest_does_not_make_a_leader_fill_a_million_holes() {
         let mut cluster = Cluster::new(3);
-        cluster.node(1).become_candidate();
+        cluster.node(1).become_candidate(crate::CampaignReason::Timeout);
         let ballot = cluster.node(1).promised();
         cluster.node(1).take_ready_persisted();
         let far = crate::Config::new(1, vec![1]).phase_one_holes_max + 5;
@@ -918,11 +958,37 @@ mod tests {
         assert_eq!(cluster.node(1).status().rejected_messages, 1);
     }
 
+    /// A Promise that answered a Prepare from a later slot than this candidacy's (a delayed
+    /// answer to an earlier life of the same ballot, before a crash lost the write of its
+    /// promise and the applied prefix went back) says nothing of the slots between: counting
+    /// it would let the candidate lead without the votes its promiser holds there.
+    #[test]
+    fn a_promise_covering_only_later_slots_does_not_count() {
+        let mut cluster = Cluster::new(3);
+        cluster.node(1).become_candidate(crate::CampaignReason::Timeout);
+        let ballot = cluster.node(1).promised();
+        cluster.node(1).take_ready_persisted();
+        let promise = Message::Promise {
+            ballot,
+            from_slot: 5,
+            accepted: vec![],
+            history: vec![],
+            chosen: vec![],
+            applied_upto: 0,
+            covered_upto: None,
+            log_id: 1,
+        };
+        let envelope =
+            Envelope { from: 2, to: 1, incarnation: 2, role: Default::default(), message: promise };
+        cluster.node(1).step(envelope);
+        assert!(!cluster.node(1).is_leader(), "led on a promise that covers slots 5 and up only");
+    }
+
     #[test]
     fn new_leader_reproposes_highest_ballot_value_and_fills_holes_with_noops() {
         let mut cluster = Cluster::new(3);
         let candidate = 1;
-        cluster.node(candidate).become_candidate();
+        cluster.node(candidate).become_candidate(crate::CampaignReason::Timeout);
         let ballot = cluster.node(candidate).promised();
         cluster.node(candidate).take_ready_persisted();
         let command = |text: &str| Value::Command {
@@ -982,9 +1048,9 @@ mod tests {
     #[test]
     fn duelling_candidates_settle_on_one_leader() {
         let mut cluster = Cluster::new(3);
-        cluster.node(1).become_candidate();
-        cluster.node(2).become_candidate();
-        cluster.node(3).become_candidate();
+        cluster.node(1).become_candidate(crate::CampaignReason::Timeout);
+        cluster.node(2).become_candidate(crate::CampaignReason::Timeout);
+        cluster.node(3).become_candidate(crate::CampaignReason::Timeout);
         cluster.settle();
         cluster.run_ticks(100);
         let leaders = cluster.replicas.values().filter(|r| r.is_leader()).count();

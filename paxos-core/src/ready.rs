@@ -58,8 +58,8 @@ impl PersistOp {
 /// Why the replica asked for a [`HistoryRead`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadPurpose {
-    /// A peer's `CatchUp`: the entries go back as `CatchUpEntries`.
-    CatchUp,
+    /// A peer's `CatchUp` numbered `request`: the entries go back as `CatchUpEntries`.
+    CatchUp { request: u64 },
     /// A candidate's `Prepare` of `ballot` from `from_slot`: the entries go into the Promise, so
     /// the candidate learns every chosen value it lacks from whichever majority answers.
     Promise { ballot: Ballot },
@@ -136,6 +136,8 @@ pub struct Ready {
     /// Newly applied slots, in slot order, as written to the history.
     pub chosen: Vec<(Slot, Value)>,
     pub replies: Vec<Reply>,
+    /// Elections, for the log and metrics (any time; see [`crate::Event`]).
+    pub events: Vec<crate::event::Event>,
 }
 
 impl Ready {
@@ -195,6 +197,7 @@ impl Ready {
             && self.history_reads.is_empty()
             && self.chosen.is_empty()
             && self.replies.is_empty()
+            && self.events.is_empty()
     }
 }
 

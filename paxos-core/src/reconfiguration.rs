@@ -146,3 +146,53 @@ impl Replica {
         self.propose_membership(change, None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::test_support::{proposal, Cluster};
+    use crate::{Envelope, MemberRole, MembershipChange, Message, Value};
+
+    /// Whether the leader has proposed (or applied) a configuration that makes node 3 a voter.
+    fn promoted(cluster: &mut Cluster, leader: u64) -> bool {
+        let history = &cluster.storage[&leader].history;
+        let accepted = &cluster.storage[&leader].accepted;
+        history.values().chain(accepted.values().map(|(_, value)| value)).any(|value| {
+            matches!(value, Value::Config(m) if m.get(3).is_some_and(|member| member.role == MemberRole::Voter))
+        })
+    }
+
+    /// A learner is promoted only once it is within a page of the leader's applied prefix: a
+    /// voter far behind would have every quorum that counts it wait on its catch-up.
+    #[test]
+    fn a_learner_far_behind_is_not_promoted_until_it_catches_up() {
+        let mut cluster = Cluster::new(2);
+        for replica in cluster.replicas.values_mut() {
+            replica.config.entries_per_message_max = 4;
+        }
+        let leader = cluster.elect();
+        cluster.down = vec![3];
+        let add = MembershipChange::Add { id: 3, address: "n3:1".into(), role: MemberRole::Voter };
+        cluster.node(leader).change_membership(proposal(9, 1, "").request_id, add);
+        cluster.run_ticks(30);
+        let client = cluster.session(leader);
+        for seq in 1..=20 {
+            cluster.node(leader).propose(proposal(client, seq, "v"));
+        }
+        cluster.settle();
+        let ballot = cluster.node(leader).status().own_ballot.expect("leads");
+        let ack = |applied_upto| Envelope {
+            from: 3,
+            to: leader,
+            incarnation: 3,
+            role: MemberRole::Learner,
+            message: Message::HeartbeatAck { ballot, applied_upto },
+        };
+        cluster.node(leader).step(ack(2));
+        cluster.run_ticks(5);
+        assert!(!promoted(&mut cluster, leader), "node 3 promoted while 20 slots behind");
+        let applied = cluster.node(leader).applied_upto();
+        cluster.node(leader).step(ack(applied - 2));
+        cluster.run_ticks(5);
+        assert!(promoted(&mut cluster, leader), "node 3 not promoted once within a page");
+    }
+}

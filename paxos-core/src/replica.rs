@@ -44,6 +44,8 @@ pub(crate) struct CandidateState {
     /// The configuration this candidacy asks (its `chosen_at`): a candidacy whose
     /// configuration changed under it never leads (see `Replica::settle_membership`).
     pub(crate) configuration: Option<Slot>,
+    /// The candidacy follows a leader's `TimeoutNow`: its Prepares say so (see `election.rs`).
+    pub(crate) transfer: bool,
 }
 
 /// The content of one Promise, kept until the candidate has a quorum.
@@ -148,6 +150,11 @@ pub struct Status {
     pub transfers_abandoned: u64,
     /// Campaigns this replica started because a leader handed over to it.
     pub transfers_taken: u64,
+    /// Prepares above the promise left unanswered because this replica heard a live leader
+    /// (leader stickiness, see `election.rs`).
+    pub prepares_ignored: u64,
+    /// Refusals of this replica's pre-votes.
+    pub pre_votes_refused: u64,
 }
 
 /// What a replica is doing now; crosses the wire in status reports (as `"leader"` etc. in JSON).
@@ -204,6 +211,9 @@ pub struct Replica {
     pub(crate) transfers_abandoned: u64,
     /// `TimeoutNow`s this replica obeyed (campaigns it started on a leader's word).
     pub(crate) transfers_taken: u64,
+    /// See `Status::prepares_ignored` and `Status::pre_votes_refused`.
+    pub(crate) prepares_ignored: u64,
+    pub(crate) pre_votes_refused: u64,
 
     // Proposer state.
     pub(crate) role: Role,
@@ -211,6 +221,16 @@ pub struct Replica {
     /// The ballot of the last leader this replica heard lead (a Heartbeat, an Accept, a
     /// TimeoutNow): `leader_heard` tells a leader at work from a candidate that prepared.
     pub(crate) heard_leading: Ballot,
+    /// The tick this replica last followed a leader at work (see `election.rs`).
+    pub(crate) leader_heard_tick: Option<u64>,
+    /// The tick this replica last granted a promise to a candidate (see `election.rs`).
+    pub(crate) promise_granted_tick: Option<u64>,
+    /// The pre-vote in progress, if any (see `election.rs`).
+    pub(crate) pre_vote: Option<crate::election::PreVote>,
+    /// Pre-votes started so far: numbers each one's answers.
+    pub(crate) pre_vote_attempts: u64,
+    /// The tick this replica last told its peers how far it has applied (`Progress`).
+    pub(crate) progress_sent_tick: Option<u64>,
     /// Highest round seen in any ballot: a new candidacy goes above it.
     pub(crate) round_seen: u64,
     pub(crate) election_elapsed_ticks: u64,
@@ -281,9 +301,16 @@ impl Replica {
             rejected_messages: 0,
             transfers_abandoned: 0,
             transfers_taken: 0,
+            prepares_ignored: 0,
+            pre_votes_refused: 0,
             role: Role::Follower,
             leader_hint: None,
             heard_leading: Ballot::ZERO,
+            leader_heard_tick: None,
+            promise_granted_tick: None,
+            pre_vote: None,
+            pre_vote_attempts: 0,
+            progress_sent_tick: None,
             round_seen,
             election_elapsed_ticks: 0,
             election_deadline_ticks,
@@ -314,6 +341,7 @@ impl Replica {
         self.tick_now += 1;
         self.tick_proposer();
         self.tick_learner();
+        self.tick_progress();
         let now = self.tick_now;
         let expired: Vec<RequestId> = self
             .forwarded
@@ -379,8 +407,11 @@ impl Replica {
             Message::Prepare { .. }
             | Message::Accept { .. }
             | Message::Heartbeat { .. }
-            | Message::TimeoutNow { .. } => membership.may_lead(from),
-            Message::Promise { .. } | Message::Accepted { .. } => membership.votes(from),
+            | Message::TimeoutNow { .. }
+            | Message::PreVote { .. } => membership.may_lead(from),
+            Message::Promise { .. } | Message::Accepted { .. } | Message::PreVoteReply { .. } => {
+                membership.votes(from)
+            }
             _ => true,
         };
         if !allowed {
@@ -392,7 +423,8 @@ impl Replica {
         if let Message::Prepare { ballot, .. }
         | Message::Accept { ballot, .. }
         | Message::Heartbeat { ballot, .. }
-        | Message::TimeoutNow { ballot, .. } = &message
+        | Message::TimeoutNow { ballot, .. }
+        | Message::PreVote { ballot, .. } = &message
         {
             if ballot.node != from {
                 return;
@@ -400,7 +432,9 @@ impl Replica {
         }
         self.observe_ballot(&message);
         match message {
-            Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
+            Message::Prepare { ballot, from_slot, transfer } => {
+                self.on_prepare(from, ballot, from_slot, transfer)
+            }
             Message::Promise {
                 ballot,
                 from_slot,
@@ -427,17 +461,24 @@ impl Replica {
             Message::HeartbeatAck { ballot, applied_upto } => {
                 self.on_heartbeat_ack(from, ballot, applied_upto)
             }
-            Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
-            Message::CatchUpEntries { entries, applied_upto, .. } => {
-                self.on_catch_up_entries(from, entries, applied_upto)
+            Message::CatchUp { from_slot, request } => self.on_catch_up(from, from_slot, request),
+            Message::CatchUpEntries { entries, applied_upto, request, .. } => {
+                self.on_catch_up_entries(from, entries, applied_upto, request)
             }
-            Message::CatchUpTruncated { snapshot } => self.on_catch_up_truncated(from, snapshot),
+            Message::CatchUpTruncated { snapshot, request } => {
+                self.on_catch_up_truncated(from, snapshot, request)
+            }
             Message::Forward { proposal } => self.on_forward(from, proposal),
             Message::ForwardReply { request_id, outcome } => self.on_forward_reply(request_id, outcome),
             Message::NotAdmitted { admitted, chosen_at, applied_upto } => {
                 self.on_not_admitted(from, admitted, chosen_at, applied_upto)
             }
             Message::TimeoutNow { ballot, commit_upto } => self.on_timeout_now(from, ballot, commit_upto),
+            Message::PreVote { ballot, attempt } => self.on_pre_vote(from, ballot, attempt),
+            Message::PreVoteReply { ballot, attempt, promised, refusal } => {
+                self.on_pre_vote_reply(from, incarnation, ballot, attempt, promised, refusal)
+            }
+            Message::Progress { applied_upto, .. } => self.on_progress(from, applied_upto),
         }
     }
 
@@ -482,11 +523,14 @@ impl Replica {
     /// Nothing that counts as a vote or makes it follow a leader.
     fn learn_from_stranger(&mut self, from: NodeId, message: Message) {
         match message {
-            Message::CatchUp { from_slot } => self.on_catch_up(from, from_slot),
-            Message::CatchUpEntries { entries, applied_upto, .. } => {
-                self.on_catch_up_entries(from, entries, applied_upto)
+            Message::CatchUp { from_slot, request } => self.on_catch_up(from, from_slot, request),
+            Message::CatchUpEntries { entries, applied_upto, request, .. } => {
+                self.on_catch_up_entries(from, entries, applied_upto, request)
             }
-            Message::CatchUpTruncated { snapshot } => self.on_catch_up_truncated(from, snapshot),
+            Message::CatchUpTruncated { snapshot, request } => {
+                self.on_catch_up_truncated(from, snapshot, request)
+            }
+            Message::Progress { applied_upto, .. } => self.on_progress(from, applied_upto),
             Message::NotAdmitted { admitted, chosen_at, applied_upto } => {
                 self.on_not_admitted(from, admitted, chosen_at, applied_upto)
             }
@@ -498,11 +542,14 @@ impl Replica {
                 self.learner.note_member_progress(from, upto);
                 self.maybe_catch_up();
             }
-            Message::Prepare { ballot, .. } => self.answer_prepare_without_promise(from, ballot),
+            Message::Prepare { ballot, .. } | Message::PreVote { ballot, .. } => {
+                self.answer_prepare_without_promise(from, ballot)
+            }
             Message::Nack { .. }
             | Message::Forward { .. }
             | Message::ForwardReply { .. }
-            | Message::TimeoutNow { .. } => {}
+            | Message::TimeoutNow { .. }
+            | Message::PreVoteReply { .. } => {}
         }
     }
 
@@ -523,7 +570,8 @@ impl Replica {
             // An empty page of history says how far this replica is, and it catches up.
             let applied_upto = self.learner.applied_upto();
             let log_id = self.learner.membership().log_id;
-            self.send(from, Message::CatchUpEntries { entries: Vec::new(), applied_upto, log_id });
+            let request = 0;
+            self.send(from, Message::CatchUpEntries { entries: Vec::new(), applied_upto, log_id, request });
             return;
         }
         self.refused_by.insert(from, (admitted, chosen_at));
@@ -584,9 +632,9 @@ impl Replica {
             // outside the log, at slot 0), and asking again costs one round trip.
             Role::Candidate(_) | Role::Leader(_) => {
                 if self.can_lead() {
-                    self.become_candidate();
+                    self.become_candidate(crate::event::CampaignReason::ConfigurationChange);
                 } else {
-                    self.step_down(None);
+                    self.step_down(None, crate::event::StepDownReason::ConfigurationChange);
                 }
             }
         }
@@ -698,6 +746,8 @@ impl Replica {
             transfer_target: self.transfer_target(),
             transfers_abandoned: self.transfers_abandoned,
             transfers_taken: self.transfers_taken,
+            prepares_ignored: self.prepares_ignored,
+            pre_votes_refused: self.pre_votes_refused,
         }
     }
 

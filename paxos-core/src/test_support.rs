@@ -23,11 +23,13 @@ pub(crate) fn all_messages(ready: Ready) -> Vec<Envelope> {
 }
 
 /// A cluster that delivers every message in order, persisting before sending, with an
-/// optional set of nodes that drop everything (down).
+/// optional set of nodes that drop everything (down), and of nodes that hear nobody while
+/// their own messages still arrive (deaf: a broken receive path).
 pub(crate) struct Cluster {
     pub(crate) replicas: BTreeMap<u64, Replica>,
     pub(crate) storage: BTreeMap<u64, MemStorage>,
     pub(crate) down: Vec<u64>,
+    pub(crate) deaf: Vec<u64>,
     pub(crate) replies: Vec<(u64, crate::Reply)>,
     queue: VecDeque<Envelope>,
 }
@@ -39,6 +41,7 @@ impl Cluster {
             replicas: members.iter().map(|id| (*id, replica(*id, &members))).collect(),
             storage: members.iter().map(|id| (*id, MemStorage::bootstrapped(&members))).collect(),
             down: Vec::new(),
+            deaf: Vec::new(),
             replies: Vec::new(),
             queue: VecDeque::new(),
         }
@@ -61,6 +64,7 @@ impl Cluster {
             replicas: members.iter().map(|id| (*id, replica(*id))).collect(),
             storage: members.iter().map(|id| (*id, storage.clone())).collect(),
             down: Vec::new(),
+            deaf: Vec::new(),
             replies: Vec::new(),
             queue: VecDeque::new(),
         }
@@ -99,7 +103,10 @@ impl Cluster {
                 }
                 continue;
             };
-            if self.down.contains(&envelope.to) || self.down.contains(&envelope.from) {
+            if self.down.contains(&envelope.to)
+                || self.down.contains(&envelope.from)
+                || self.deaf.contains(&envelope.to)
+            {
                 continue;
             }
             self.node(envelope.to).step(envelope);

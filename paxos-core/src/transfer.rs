@@ -200,7 +200,7 @@ impl Replica {
             return;
         }
         self.transfers_taken += 1;
-        self.become_candidate();
+        self.become_candidate(crate::event::CampaignReason::Transfer { from });
     }
 }
 
@@ -447,8 +447,10 @@ mod tests {
             Message::Heartbeat { ballot: Ballot::new(5, 3), commit_upto: 0, history_start: 0 },
         ));
         assert_eq!(follower.leader_heard(), Some(3));
-        // A candidate's Prepare: promised, not yet leading.
-        follower.step(envelope(1, Message::Prepare { ballot: Ballot::new(6, 1), from_slot: 0 }));
+        // A candidate's Prepare: promised, not yet leading (one that a transfer started: a
+        // member that hears its leader promises no other candidate, see `election.rs`).
+        let prepare = Message::Prepare { ballot: Ballot::new(6, 1), from_slot: 0, transfer: true };
+        follower.step(envelope(1, prepare));
         assert_eq!(follower.leader_heard(), None, "a candidate is not a leader at work");
         follower.step(envelope(
             1,

@@ -49,8 +49,12 @@ fn entries(rng: &mut Rng) -> Vec<(u64, Value)> {
 }
 
 fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
-    match rng.range(0, 14) {
-        0 => Message::Prepare { ballot: ballot(rng, from, known), from_slot: number(rng) },
+    match rng.range(0, 17) {
+        0 => Message::Prepare {
+            ballot: ballot(rng, from, known),
+            from_slot: number(rng),
+            transfer: rng.chance(1, 2),
+        },
         1 => Message::Promise {
             ballot: ballot(rng, from, known),
             from_slot: number(rng),
@@ -84,10 +88,13 @@ fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
             history_start: number(rng),
         },
         6 => Message::HeartbeatAck { ballot: ballot(rng, from, known), applied_upto: number(rng) },
-        7 => Message::CatchUp { from_slot: number(rng) },
-        8 => {
-            Message::CatchUpEntries { entries: entries(rng), applied_upto: number(rng), log_id: number(rng) }
-        }
+        7 => Message::CatchUp { from_slot: number(rng), request: number(rng) },
+        8 => Message::CatchUpEntries {
+            entries: entries(rng),
+            applied_upto: number(rng),
+            log_id: number(rng),
+            request: number(rng),
+        },
         9 => Message::CatchUpTruncated {
             snapshot: TruncationSnapshot {
                 history_start: number(rng),
@@ -95,6 +102,7 @@ fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
                 requests: Default::default(),
                 membership: rng.chance(1, 2).then(|| forged_membership(rng)),
             },
+            request: number(rng),
         },
         10 => Message::Forward {
             proposal: Proposal {
@@ -111,7 +119,15 @@ fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
             chosen_at: number(rng),
             applied_upto: number(rng),
         },
-        _ => Message::CatchUp { from_slot: 0 },
+        13 => Message::PreVote { ballot: ballot(rng, from, known), attempt: number(rng) },
+        14 => Message::PreVoteReply {
+            ballot: ballot(rng, from, known),
+            attempt: number(rng),
+            promised: ballot(rng, from, known),
+            refusal: rng.chance(1, 2).then_some(paxos_core::PreVoteRefusal::NotVoter),
+        },
+        15 => Message::Progress { applied_upto: number(rng), log_id: number(rng) },
+        _ => Message::CatchUp { from_slot: 0, request: 0 },
     }
 }
 

@@ -139,7 +139,7 @@ fn a_lone_voters_snapshot_waits_for_the_batch_it_covers() {
         to: 1,
         incarnation: 9,
         role: Default::default(),
-        message: paxos_core::Message::CatchUp { from_slot: 0 },
+        message: paxos_core::Message::CatchUp { from_slot: 0, request: 1 },
     });
     let ready = replica.take_ready();
     let early = |envelope: &paxos_core::Envelope| {

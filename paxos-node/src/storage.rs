@@ -870,7 +870,7 @@ mod tests {
         {
             let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
             let mut replica = Replica::new(config.clone(), 1);
-            let prepare = Message::Prepare { ballot: Ballot::new(7, 2), from_slot: 0 };
+            let prepare = Message::Prepare { ballot: Ballot::new(7, 2), from_slot: 0, transfer: false };
             replica.step(Envelope {
                 from: 2,
                 to: 1,
@@ -884,7 +884,7 @@ mod tests {
         }
         let mut storage = Storage::open(dir.path(), "c", 1).expect("reopen");
         let mut replica = Replica::recover(config, storage.load().expect("load"), 2);
-        let prepare = Message::Prepare { ballot: Ballot::new(6, 3), from_slot: 0 };
+        let prepare = Message::Prepare { ballot: Ballot::new(6, 3), from_slot: 0, transfer: false };
         replica.step(Envelope { from: 3, to: 1, incarnation: 3, role: Default::default(), message: prepare });
         let ready = replica.take_ready();
         assert!(ready.persist.is_empty());

@@ -9,7 +9,7 @@ use paxos_core::{Ballot, Message, NodeId, ProposalError, RequestId, RoleName, Sl
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Most history entries one `History` request returns (the node caps a larger `limit`).
 pub const HISTORY_PAGE_ENTRIES_MAX: u64 = 10_000;

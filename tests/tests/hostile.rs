@@ -108,7 +108,12 @@ fn forged_catch_up() -> Message {
         request_id: RequestId { client_id: 999, seq: i },
         payload: format!("forged-{i}").into_bytes(),
     };
-    Message::CatchUpEntries { entries: (1..6).map(|i| (i, value(i))).collect(), applied_upto: 6, log_id: 0 }
+    Message::CatchUpEntries {
+        entries: (1..6).map(|i| (i, value(i))).collect(),
+        applied_upto: 6,
+        log_id: 0,
+        request: 0,
+    }
 }
 
 /// Proposes `count` values through `client`, recording them.
@@ -237,7 +242,7 @@ async fn a_prepare_at_the_top_of_the_ballot_range_is_rejected() {
     let recorder = Recorder::default();
     let client = cluster.client();
     honest(&recorder, &client, "before", 3).await;
-    let forged = Message::Prepare { ballot: Ballot::new(u64::MAX, 2), from_slot: 0 };
+    let forged = Message::Prepare { ballot: Ballot::new(u64::MAX, 2), from_slot: 0, transfer: false };
     let member2 = node_tls(&cluster.certs_dir(), 2);
     for target in [1, 3] {
         let connection = dial(&cluster.addrs[&target], Caller::Node(2, 2, MemberRole::Voter), &member2)

@@ -64,6 +64,7 @@ pub struct Node {
     pub replies: Vec<(RequestId, Result<Slot, ProposalError>)>,
 }
 
+/// See `Cluster::start` for why the pre-vote is off in these schedules.
 pub struct Cluster {
     pub nodes: BTreeMap<NodeId, Node>,
     /// Messages sent and not yet delivered, per link (from, to), in sending order.
@@ -92,6 +93,7 @@ impl Cluster {
             .iter()
             .map(|id| {
                 let mut config = Config::new(*id, members.clone());
+                config.pre_vote = false;
                 adjust(&mut config);
                 let storage = MemStorage {
                     requests: sessions.iter().copied().collect(),
@@ -129,7 +131,14 @@ impl Cluster {
 
     /// Adds (or replaces, e.g. after a wipe or a crash) node `config.id`, recovered from
     /// `storage`; messages on its links are lost.
-    pub fn start(&mut self, config: Config, mut storage: MemStorage) {
+    ///
+    /// The pre-vote and leader stickiness are off here (see `Config::pre_vote`): time passes
+    /// only for the nodes a schedule ticks, so a follower would never stop hearing a leader the
+    /// schedule deposes. Stickiness only withholds promises and a pre-vote changes nothing, so
+    /// the schedules without them include every schedule with them: safety shown here holds
+    /// with them on (their own tests are in `election.rs` and the simulation).
+    pub fn start(&mut self, mut config: Config, mut storage: MemStorage) {
+        config.pre_vote = false;
         let id = config.id;
         // As a driver does: a directory keeps the role it was first started with.
         storage.role.get_or_insert(config.role);

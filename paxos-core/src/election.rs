@@ -1,0 +1,299 @@
+//! Who may start an election, and when: the pre-vote and leader stickiness (etcd's PreVote and
+//! CheckQuorum, in Paxos terms). Phase 1 itself lives in `proposer.rs`.
+//!
+//! - **Stickiness.** A member that heard a leader at work (a Heartbeat or an Accept of a ballot
+//!   it follows) within the minimum election timeout, or that leads itself, does not promise a
+//!   higher ballot to anyone else and does not let such a Prepare reset its timers. Nor does a
+//!   member that promised a candidate within that time (see `live_candidate`). The one
+//!   exception is a Prepare that follows that leader's own `TimeoutNow` (`transfer`): the
+//!   leader asked for it. A leader's own new ballot (after a configuration change) is promised
+//!   too: the leader it hears is the one preparing.
+//! - **Pre-vote.** A member that may lead and whose election timer fires does not prepare at
+//!   once. It asks the voting members `PreVote`: would you promise now? Each answers from the
+//!   rule above, changing nothing. Only with a majority's yes (its own included, when it votes)
+//!   does it start phase 1, with a ballot above every promise the answers reported. A member
+//!   that cannot hear anyone, or whose link to the leader flaps, asks in vain and never raises
+//!   a ballot, so it never deposes a leader that a majority still hears.
+//! - **Check quorum** (in `proposer.rs`) stays: a leader that has not heard a majority for two
+//!   election timeouts steps down, so the members it left behind are free to elect another.
+//!
+//! Who plays which part: any member that may lead (voter or proposer) may ask; only voting
+//! members' answers count (a proposer or learner has no promise to give); a learner is never
+//! asked. A member forgets the leader it knew when it starts a pre-vote (etcd PR 8334: a
+//! pre-candidate that kept its leader counted itself inside that leader's lease and refused
+//! the others' pre-votes, so no one could win). Here the lease is the time since the leader was
+//! last heard, not the election timer, so that trap cannot close; forgetting the leader still
+//! matters to clients, who are told at once that no leader is known instead of waiting on a
+//! forward to a leader this member no longer hears. A Heartbeat or Accept from a leader ends
+//! the pre-vote. A leader that lost its quorum steps down and from then on hears no leader, so
+//! it says yes to the others' pre-votes (the trap raft-rs PR 84 fixed: a deposed leader that
+//! kept refusing).
+//!
+//! # Correctness
+//! None of this can affect safety: a pre-vote changes no durable state and no ballot, and
+//! stickiness only withholds promises, which any acceptor may do at any time (a message
+//! lost). Safety rests on phase 1 and phase 2 alone. What these rules can affect is liveness,
+//! and the simulation's partial-fault topologies measure it.
+
+use crate::event::{CampaignReason, Event};
+use crate::membership::Incarnation;
+use crate::message::{Message, PreVoteRefusal};
+use crate::replica::{Replica, Role};
+use crate::types::{Ballot, NodeId};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A pre-vote in progress: this member asked whether a majority would promise `ballot`.
+#[derive(Debug, Clone)]
+pub(crate) struct PreVote {
+    pub(crate) ballot: Ballot,
+    pub(crate) attempt: u64,
+    /// Voting members that said yes (this member itself, when it votes).
+    pub(crate) grants: BTreeSet<NodeId>,
+    pub(crate) refusals: BTreeMap<NodeId, PreVoteRefusal>,
+}
+
+impl Replica {
+    /// The leader at work this member heard within the minimum election timeout, and how many
+    /// ticks ago (itself, 0 ticks ago, when it leads).
+    pub(crate) fn live_leader(&self) -> Option<(NodeId, u64)> {
+        match &self.role {
+            Role::Leader(_) => Some((self.config.id, 0)),
+            Role::Candidate(_) => None,
+            Role::Follower => {
+                let leader = self.leader_heard()?;
+                let ticks_ago = self.tick_now.saturating_sub(self.leader_heard_tick?);
+                (ticks_ago < self.config.election_timeout_ticks).then_some((leader, ticks_ago))
+            }
+        }
+    }
+
+    /// The candidate this member promised within the minimum election timeout, and how many
+    /// ticks ago: it gives that candidate time to win before promising anyone else.
+    ///
+    /// Raft gets this from its terms (one vote per term, and candidates that start together
+    /// share a term); Paxos ballots carry the node id, so a candidate that won its pre-vote a
+    /// moment after another would otherwise take every promise again with a higher ballot,
+    /// before the winner's first heartbeat arrives (found by the simulation: a leader nobody
+    /// hears, in 7 members, and three leaders in a row after it).
+    pub(crate) fn live_candidate(&self) -> Option<(NodeId, u64)> {
+        if !matches!(self.role, Role::Follower) {
+            return None;
+        }
+        let ticks_ago = self.tick_now.saturating_sub(self.promise_granted_tick?);
+        let candidate = self.promised.node;
+        (candidate != 0 && ticks_ago < self.config.election_timeout_ticks).then_some((candidate, ticks_ago))
+    }
+
+    /// Stickiness: whether a Prepare of `ballot` from `from` goes unanswered because this
+    /// member hears another live leader, or promised another candidate a moment ago (see the
+    /// module's documentation).
+    pub(crate) fn ignores_prepare(&mut self, from: NodeId, ballot: Ballot, transfer: bool) -> bool {
+        if transfer || ballot <= self.promised || !self.config.pre_vote {
+            // A transfer's Prepare is the leader's wish; one at or below the promise raises
+            // nothing (it is answered again, or refused with the promise).
+            return false;
+        }
+        let Some((leader, _)) = self.live_leader().or_else(|| self.live_candidate()) else {
+            return false;
+        };
+        if leader == from {
+            return false;
+        }
+        self.prepares_ignored += 1;
+        self.ready.events.push(Event::PrepareIgnored { ballot, from, leader });
+        true
+    }
+
+    /// The election timer fired: ask the voting members whether they would promise, before
+    /// raising any ballot. A stalled candidacy asks again too.
+    pub(crate) fn start_pre_vote(&mut self) {
+        debug_assert!(self.can_lead(), "only a member that may lead asks for a pre-vote");
+        if !self.config.pre_vote {
+            self.become_candidate(CampaignReason::Timeout);
+            return;
+        }
+        if let Role::Candidate(candidate) = &self.role {
+            let ballot = candidate.ballot;
+            self.role = Role::Follower;
+            self.ready.events.push(Event::SteppedDown {
+                ballot,
+                was_leader: false,
+                reason: crate::event::StepDownReason::Stalled,
+            });
+        }
+        self.reset_election_timer();
+        // Not heard for an election timeout: forget it (see the module's documentation), and
+        // answer what was forwarded to it (retryable) now rather than at the forward timeout.
+        self.leader_hint = None;
+        self.fail_forwarded(None);
+        let Some(round) = self.round_seen.max(self.promised.round).checked_add(1) else {
+            // No ballot above the promise exists (see `become_candidate`).
+            return;
+        };
+        let ballot = Ballot::new(round, self.config.id);
+        self.pre_vote_attempts += 1;
+        let attempt = self.pre_vote_attempts;
+        // Its own timer fired, so it heard no leader for an election timeout: its own yes.
+        let grants = if self.can_vote() { BTreeSet::from([self.config.id]) } else { BTreeSet::new() };
+        self.pre_vote = Some(PreVote { ballot, attempt, grants, refusals: BTreeMap::new() });
+        let voters: Vec<NodeId> = self.voter_peers().collect();
+        for voter in voters {
+            self.send(voter, Message::PreVote { ballot, attempt });
+        }
+        self.maybe_win_pre_vote();
+    }
+
+    /// A member asks whether this one would promise `ballot` now. Answers from the stickiness
+    /// rule, changing nothing: no promise, no timer.
+    pub(crate) fn on_pre_vote(&mut self, from: NodeId, ballot: Ballot, attempt: u64) {
+        let refusal = if !self.can_vote() {
+            Some(PreVoteRefusal::NotVoter)
+        } else {
+            match (self.live_leader(), self.live_candidate()) {
+                (Some((leader, ticks_ago)), _) if leader != from => {
+                    Some(PreVoteRefusal::HeardLeader { leader, ticks_ago })
+                }
+                (None, Some((candidate, ticks_ago))) if candidate != from => {
+                    Some(PreVoteRefusal::PromisedCandidate { candidate, ticks_ago })
+                }
+                _ => None,
+            }
+        };
+        let promised = self.promised;
+        self.send(from, Message::PreVoteReply { ballot, attempt, promised, refusal });
+    }
+
+    pub(crate) fn on_pre_vote_reply(
+        &mut self,
+        from: NodeId,
+        incarnation: Incarnation,
+        ballot: Ballot,
+        attempt: u64,
+        promised: Ballot,
+        refusal: Option<PreVoteRefusal>,
+    ) {
+        if !self.learner.membership().counts_vote(from, incarnation) {
+            return;
+        }
+        let Some(pre_vote) = &mut self.pre_vote else {
+            return;
+        };
+        if pre_vote.ballot != ballot || pre_vote.attempt != attempt {
+            return;
+        }
+        // The Prepare that follows goes above every promise the answers report.
+        self.round_seen = self.round_seen.max(promised.round);
+        match refusal {
+            None => {
+                pre_vote.grants.insert(from);
+            }
+            Some(refusal) => {
+                if pre_vote.refusals.insert(from, refusal).is_none() {
+                    self.pre_votes_refused += 1;
+                    self.ready.events.push(Event::PreVoteRefused { ballot, by: from, refusal });
+                }
+            }
+        }
+        self.maybe_win_pre_vote();
+    }
+
+    fn maybe_win_pre_vote(&mut self) {
+        let majority = self.learner.membership().majority();
+        let Some(pre_vote) = &self.pre_vote else {
+            return;
+        };
+        if pre_vote.grants.len() < majority || !self.can_lead() {
+            return;
+        }
+        self.pre_vote = None;
+        self.become_candidate(CampaignReason::Timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_support::{sent, Cluster};
+    use crate::{Ballot, Envelope, Event, MemberRole, Message};
+
+    fn envelope(from: u64, to: u64, message: Message) -> Envelope {
+        Envelope { from, to, incarnation: from, role: MemberRole::Voter, message }
+    }
+
+    /// A follower that hears its leader neither promises another member's higher ballot nor
+    /// lets that Prepare reset its election timer; the leader itself ignores it too.
+    #[test]
+    fn a_member_that_hears_a_live_leader_promises_no_one_else() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+        let (follower, rogue) = (others[0], others[1]);
+        cluster.run_ticks(2);
+        let promised = cluster.node(follower).promised();
+        let high = Ballot::new(promised.round + 5, rogue);
+        let prepare = Message::Prepare { ballot: high, from_slot: 0, transfer: false };
+        cluster.node(follower).step(envelope(rogue, follower, prepare.clone()));
+        let ready = cluster.node(follower).take_ready_persisted();
+        assert!(sent(&ready, |m| matches!(m, Message::Promise { .. })).is_empty(), "{ready:?}");
+        assert_eq!(cluster.node(follower).promised(), promised, "no promise raised");
+        assert!(ready.events.iter().any(|e| matches!(e, Event::PrepareIgnored { .. })));
+        cluster.node(leader).step(envelope(rogue, leader, prepare));
+        let ready = cluster.node(leader).take_ready_persisted();
+        assert!(cluster.node(leader).is_leader(), "the leader stays: {ready:?}");
+        // With the transfer flag, the same Prepare is promised: the leader asked for it.
+        let transfer = Message::Prepare { ballot: high, from_slot: 0, transfer: true };
+        cluster.node(follower).step(envelope(rogue, follower, transfer));
+        let ready = cluster.node(follower).take_ready_persisted();
+        assert_eq!(sent(&ready, |m| matches!(m, Message::Promise { .. })).len(), 1, "{ready:?}");
+    }
+
+    /// A member whose Prepare cannot reach a majority (everyone else hears the leader) asks
+    /// first and never raises a ballot: the leader keeps its ballot however often it asks.
+    #[test]
+    fn a_member_that_hears_nobody_asks_in_vain_and_deposes_no_one() {
+        let mut cluster = Cluster::new(5);
+        let leader = cluster.elect();
+        let ballot = cluster.node(leader).status().own_ballot.expect("leads");
+        let deaf = if leader == 5 { 4 } else { 5 };
+        // The deaf member hears nobody; its own messages still arrive.
+        cluster.deaf = vec![deaf];
+        cluster.run_ticks(300);
+        assert!(cluster.node(leader).is_leader());
+        assert_eq!(cluster.node(leader).status().own_ballot, Some(ballot), "the leader was never deposed");
+        assert!(cluster.node(deaf).promised() <= ballot, "the deaf member raised no ballot");
+        assert!(cluster.node(deaf).pre_vote_attempts >= 5, "it kept asking");
+    }
+
+    /// With no leader heard, a majority's yes starts phase 1 with a ballot above every promise
+    /// the answers reported.
+    #[test]
+    fn a_pre_vote_won_prepares_above_the_promises_reported() {
+        let mut cluster = Cluster::new(3);
+        cluster.node(2).step(envelope(
+            3,
+            2,
+            Message::Prepare { ballot: Ballot::new(7, 3), from_slot: 0, transfer: false },
+        ));
+        cluster.node(2).take_ready_persisted();
+        // Node 2 gives that candidate an election timeout before it says yes to anyone else.
+        let timeout = cluster.node(2).config().election_timeout_ticks;
+        for _ in 0..timeout {
+            cluster.node(2).tick();
+            cluster.node(2).take_ready_persisted();
+        }
+        cluster.node(1).start_pre_vote();
+        let ready = cluster.node(1).take_ready_persisted();
+        assert_eq!(sent(&ready, |m| matches!(m, Message::PreVote { .. })).len(), 2);
+        assert!(ready.persist.is_empty(), "a pre-vote persists nothing");
+        let Message::PreVote { ballot, attempt } = ready.messages[0].message else { unreachable!() };
+        cluster.node(2).step(envelope(1, 2, Message::PreVote { ballot, attempt }));
+        let answer = cluster.node(2).take_ready_persisted();
+        assert!(answer.persist.is_empty(), "answering a pre-vote persists nothing");
+        let reply = answer.messages[0].message.clone();
+        assert!(matches!(reply, Message::PreVoteReply { refusal: None, .. }), "{reply:?}");
+        cluster.node(1).step(envelope(2, 1, reply));
+        let ready = cluster.node(1).take_ready_persisted();
+        let prepares = sent(&ready, |m| matches!(m, Message::Prepare { .. }));
+        let Message::Prepare { ballot, .. } = prepares[0].message else { unreachable!() };
+        assert!(ballot > Ballot::new(7, 3), "{ballot}");
+    }
+}
