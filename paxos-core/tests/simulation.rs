@@ -11,7 +11,9 @@
 mod sim;
 
 use paxos_core::{MemberRole, Rng};
+use sim::liveness::{TopologyKind, TopologyTotals};
 use sim::{small_limits, Faults, Scenario, Simulation, Stats};
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 fn run_seed(seed: u64, scenario: Scenario) -> Result<Stats, String> {
@@ -67,7 +69,11 @@ fn run_seeds(mix: &str, seeds: Vec<u64>, scenario: fn(u64) -> Scenario) {
             }
         }
     }
+    let partial_faults = std::mem::take(&mut total.partial_faults);
     eprintln!("{mix}: {} seeds in {:.1} s, totals {total:?}", seeds.len(), started.elapsed().as_secs_f64());
+    for (kind, totals) in &partial_faults {
+        eprintln!("{mix}: partial fault {kind:?}: {}", totals.summary());
+    }
     assert!(failures.is_empty(), "{mix}: failing seeds: {failures:?}");
 }
 
@@ -168,6 +174,11 @@ const SWARM_TRANSFER_REGRESSION_SEEDS: &[u64] = &[
     // not applied its promotion; it came back a learner, and no member could lead again. Found
     // once answers left before the write (the timing moved). See `in_force` in operator.rs.
     5104, 5149,
+    // Outside the default range: a duplicated or slow catch-up answer started a second chain
+    // of requests (any answer from the peer ended the request outstanding), and chains added up
+    // until over a million CatchUp/CatchUpEntries were in flight between two nodes. Requests are
+    // numbered now, and only the answer to the one outstanding starts the next.
+    7019283, 9002927, 9013726,
 ];
 
 /// The teaching implementation's own test: 5 acceptors of which 2 are down, 2 nodes proposing,
@@ -190,6 +201,7 @@ fn teaching_scenario_five_nodes_two_down_thousand_values() {
         small_table: None,
         tiny_messages: None,
         roles: Default::default(),
+        partial_fault: None,
     };
     let stats = run_seed(1, scenario).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stats.acknowledged, 1000);
@@ -227,6 +239,7 @@ fn seed_topology_two_proposers_five_acceptors_two_down() {
         small_table: None,
         tiny_messages: None,
         roles,
+        partial_fault: None,
     };
     for seed in 1..=8 {
         let stats = run_seed(seed, scenario.clone()).unwrap_or_else(|e| panic!("{e}"));
@@ -258,6 +271,7 @@ fn leadership_transfers_hand_over_within_an_election_timeout() {
             small_table: None,
             tiny_messages: None,
             roles: Default::default(),
+            partial_fault: None,
         };
         let stats = run_seed(seed, scenario).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         eprintln!(
@@ -303,7 +317,61 @@ fn fault_free_cluster_chooses_everything() {
         small_table: None,
         tiny_messages: None,
         roles: Default::default(),
+        partial_fault: None,
     };
     let stats = run_seed(7, scenario).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stats.acknowledged, 150);
+}
+
+/// Static partial faults with no other fault (the swarm holds them after its faulty phase
+/// too): a member that hears nobody and the reverse, a bridge, a chain, quorum loss, a flapping
+/// link and random one-way cuts, around the leader of a loaded cluster of 3, 5 or 7 members.
+/// Each hold checks that a connected quorum commits within a few election timeouts with at
+/// most two leader changes (see `sim/liveness.rs`); the table of figures is printed.
+#[test]
+fn partial_faults_keep_one_leader_and_commit() {
+    let mut table: BTreeMap<(TopologyKind, u64), TopologyTotals> = BTreeMap::new();
+    let seeds = env_u64("PAXOS_PARTIAL_FAULT_SEEDS").unwrap_or(6);
+    for kind in TopologyKind::ALL {
+        for nodes in [3, 5, 7] {
+            for seed in 0..seeds {
+                let scenario = Scenario {
+                    nodes,
+                    down_at_start: vec![],
+                    heal_down: true,
+                    clients: 2,
+                    requests_per_client: 20,
+                    client_window: 2,
+                    request_gap_ticks: 5,
+                    entry_nodes: vec![],
+                    fault_ticks: 100,
+                    heal_ticks_max: 3000,
+                    faults: Faults { delay_ticks_max: 1 + seed % 4, ..Faults::none() },
+                    config_tweak: small_limits,
+                    small_table: None,
+                    tiny_messages: None,
+                    roles: Default::default(),
+                    partial_fault: Some(kind),
+                };
+                let seed = seed + 1000 * nodes;
+                // `PAXOS_PARTIAL_FAULT=Deaf:5005` replays one hold (with PAXOS_SIM_TRACE_FROM).
+                if let Ok(only) = std::env::var("PAXOS_PARTIAL_FAULT") {
+                    if only != format!("{kind:?}:{seed}") {
+                        continue;
+                    }
+                }
+                let stats = run_seed(seed, scenario).unwrap_or_else(|e| panic!("{kind:?}, seed {seed}: {e}"));
+                for totals in stats.partial_faults.values() {
+                    table.entry((kind, nodes)).or_default().add(totals);
+                }
+            }
+        }
+    }
+    for ((kind, nodes), totals) in &table {
+        eprintln!("{kind:?}, {nodes} nodes: {}", totals.summary());
+    }
+    let holds: u64 = table.values().map(|totals| totals.holds).sum();
+    if std::env::var_os("PAXOS_PARTIAL_FAULT").is_none() {
+        assert_eq!(holds, 7 * 3 * seeds, "every scenario held its fault");
+    }
 }

@@ -15,6 +15,7 @@
 //! monotonicity; after healing it checks liveness with only the surviving majority.
 
 pub mod checker;
+pub mod liveness;
 pub mod network;
 pub mod operator;
 pub mod transfer;
@@ -173,6 +174,9 @@ pub struct Scenario {
     /// The bootstrap members' roles (`--role`); a member not listed is a voter. Mixed roles
     /// put proposers that keep no acceptor state apart from acceptors that never lead.
     pub roles: BTreeMap<NodeId, MemberRole>,
+    /// A static partial fault held once the run has converged, with liveness measured and
+    /// checked (see `liveness.rs`).
+    pub partial_fault: Option<liveness::TopologyKind>,
 }
 
 /// Mixed roles for `nodes` members: one to three proposers that do not vote, and acceptors or
@@ -216,6 +220,7 @@ impl Scenario {
             small_table: None,
             tiny_messages: None,
             roles: BTreeMap::new(),
+            partial_fault: None,
         }
     }
 
@@ -242,6 +247,7 @@ impl Scenario {
             small_table,
             tiny_messages: None,
             roles: BTreeMap::new(),
+            partial_fault: None,
         };
         // Drawn last, so every other part of a seed's scenario stays what it was before.
         scenario.tiny_messages = rng
@@ -252,6 +258,10 @@ impl Scenario {
         }
         if rng.chance(1, 2) {
             scenario.faults.transfer_per_mille = rng.range(1, 30);
+        }
+        if rng.chance(1, 2) {
+            let kinds = liveness::TopologyKind::ALL;
+            scenario.partial_fault = Some(kinds[rng.range(0, kinds.len() as u64) as usize]);
         }
         scenario
     }
@@ -348,6 +358,8 @@ pub struct Stats {
     pub transfers_completed: u64,
     pub transfers_abandoned: u64,
     pub transfer_ticks_max: u64,
+    /// Static partial faults held after convergence, by kind (see `liveness.rs`).
+    pub partial_faults: BTreeMap<liveness::TopologyKind, liveness::TopologyTotals>,
 }
 
 impl Stats {
@@ -383,6 +395,9 @@ impl Stats {
         self.transfers_completed += other.transfers_completed;
         self.transfers_abandoned += other.transfers_abandoned;
         self.transfer_ticks_max = self.transfer_ticks_max.max(other.transfer_ticks_max);
+        for (kind, totals) in &other.partial_faults {
+            self.partial_faults.entry(*kind).or_default().add(totals);
+        }
     }
 }
 
@@ -409,9 +424,11 @@ pub struct Simulation {
     trace_from: Option<u64>,
     /// Leadership transfers started and not yet completed.
     transfers: Vec<transfer::Transfer>,
+    /// The probe load of a partial-fault hold.
+    probes: liveness::Probes,
 }
 
-const CLIENT_TIMEOUT_TICKS: u64 = 80;
+pub(crate) const CLIENT_TIMEOUT_TICKS: u64 = 80;
 /// Messages the simulated network may hold at once (see `Simulation::step`).
 const NETWORK_IN_FLIGHT_MAX: usize = 1_000_000;
 /// A client whose session expires this often gives up on its remaining requests: with more
@@ -497,6 +514,7 @@ impl Simulation {
             permanent_at,
             trace_from: std::env::var("PAXOS_SIM_TRACE_FROM").ok().and_then(|v| v.parse().ok()),
             transfers: Vec::new(),
+            probes: liveness::Probes::default(),
         }
     }
 
@@ -514,6 +532,15 @@ impl Simulation {
         // << election timeout): the slowest healthy round trip is twice the largest delay.
         let round_trip_ticks = 2 * scenario.faults.delay_ticks_max;
         config.election_timeout_ticks = config.election_timeout_ticks.max(round_trip_ticks + 2);
+        if scenario.partial_fault.is_some() {
+            // A run that measures liveness (`liveness.rs`) keeps the timing requirement of
+            // leader election (broadcast time << election timeout, as the Raft paper puts it;
+            // a real cluster runs at a ratio in the hundreds): members that lost their leader
+            // together time out within a spread of one election timeout, and with a spread near
+            // the round trip most elections split their votes, however the protocol runs them.
+            // The other runs keep the tighter timing, for the stress it puts on safety.
+            config.election_timeout_ticks = config.election_timeout_ticks.max(5 * round_trip_ticks);
+        }
         config.forward_timeout_ticks = config.forward_timeout_ticks.max(3 * round_trip_ticks);
         config.catch_up_timeout_ticks = config.catch_up_timeout_ticks.max(round_trip_ticks + 1);
         if let Some((clients_max, seqs_per_client_max)) = scenario.small_table {
@@ -535,10 +562,20 @@ impl Simulation {
         let faults = &self.scenario.faults;
         let load_ticks = self.scenario.requests_per_client
             * (self.scenario.request_gap_ticks + 8 * faults.delay_ticks_max);
-        let deadline = self.now + self.scenario.heal_ticks_max + load_ticks;
+        let mut deadline = self.now + self.scenario.heal_ticks_max + load_ticks;
         while self.now < deadline {
             self.step()?;
             if self.converged() {
+                if let Some(kind) = self.scenario.partial_fault.take() {
+                    let report = self.hold_partial_fault(kind)?;
+                    self.stats.partial_faults.entry(kind).or_default().add_report(&report);
+                    // Then converge again, with the fault lifted: a member the fault cut off
+                    // fetches what was chosen meanwhile, at least a page per round trip (one
+                    // request outstanding at a time; a page may hold a single entry).
+                    let catch_up_ticks = report.commits * 4 * self.scenario.faults.delay_ticks_max;
+                    deadline = self.now + self.scenario.heal_ticks_max + catch_up_ticks;
+                    continue;
+                }
                 self.checker.check_votes()?;
                 self.checker.check_final(&self.final_views())?;
                 self.check_bound_roles()?;
@@ -834,6 +871,11 @@ impl Simulation {
         request_id: RequestId,
         outcome: Result<Slot, ProposalError>,
     ) -> Result<(), String> {
+        if request_id.client_id == RequestId::REGISTER_CLIENT_ID
+            && request_id.seq >> 32 == liveness::PROBE_INDEX
+        {
+            return self.on_probe_reply(request_id, outcome);
+        }
         if request_id.client_id == RequestId::REGISTER_CLIENT_ID {
             return self.on_registration_reply(node, request_id, outcome);
         }

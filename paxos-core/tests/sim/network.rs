@@ -17,6 +17,9 @@ pub struct Network {
     cut_until: BTreeMap<(NodeId, NodeId), u64>,
     /// Directed links that add `extra` ticks of delay until the given tick: (extra, until).
     slow_until: BTreeMap<(NodeId, NodeId), (u64, u64)>,
+    /// Directed links cut until further notice (a partial fault held still, see
+    /// `liveness.rs`); healing does not lift them.
+    static_cuts: std::collections::BTreeSet<(NodeId, NodeId)>,
     healed: bool,
 }
 
@@ -28,6 +31,7 @@ impl Network {
             sequence: 0,
             cut_until: BTreeMap::new(),
             slow_until: BTreeMap::new(),
+            static_cuts: Default::default(),
             healed: false,
         }
     }
@@ -75,7 +79,10 @@ impl Network {
         let mut envelopes: Vec<Envelope> = due
             .into_iter()
             .map(|(_, _, envelope)| envelope)
-            .filter(|envelope| !self.cut_until.contains_key(&(envelope.from, envelope.to)))
+            .filter(|envelope| {
+                let link = (envelope.from, envelope.to);
+                !self.cut_until.contains_key(&link) && !self.static_cuts.contains(&link)
+            })
             .collect();
         // Fisher-Yates with the seeded generator: reordering within a tick.
         for i in (1..envelopes.len()).rev() {
@@ -116,6 +123,11 @@ impl Network {
                 self.cut(*b, *a, until);
             }
         }
+    }
+
+    /// Replaces the set of directed links cut until further notice.
+    pub fn set_static_cuts(&mut self, links: std::collections::BTreeSet<(NodeId, NodeId)>) {
+        self.static_cuts = links;
     }
 
     pub fn slow(&mut self, from: NodeId, to: NodeId, extra_ticks: u64, until: u64) {
