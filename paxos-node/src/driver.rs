@@ -6,7 +6,7 @@
 //! chosen entries and client answers.
 
 use crate::config::NodeConfig;
-use crate::metrics::{Metrics, PeerLabels};
+use crate::metrics::{Metrics, PeerLabels, ReasonLabels};
 use crate::peer_link::PeerLinks;
 use crate::server::AnswerPermit;
 use crate::storage::{Storage, StorageError};
@@ -483,6 +483,7 @@ impl Driver {
             if ready.is_empty() {
                 return Ok(());
             }
+            self.log_events(std::mem::take(&mut ready.events));
             // What says nothing about this node's disk goes out first, so the leader's write
             // overlaps its followers'; Promise and Accepted wait for the write. Answers that
             // rest on no vote of this batch go first too: an acknowledgement need not wait for
@@ -518,6 +519,44 @@ impl Driver {
             self.applied_since_start += ready.chosen.len() as u64;
             self.time_commits(&ready.chosen);
             self.answer(ready.replies);
+        }
+    }
+
+    /// Elections in the log (INFO: who campaigned, who refused, who won, who stepped down and
+    /// why) and in the metrics.
+    fn log_events(&mut self, events: Vec<paxos_core::Event>) {
+        use paxos_core::{CampaignReason, Event};
+        for event in events {
+            match event {
+                Event::BecameCandidate { ballot, reason } => {
+                    let label = match reason {
+                        CampaignReason::Timeout => "timeout",
+                        CampaignReason::Transfer { .. } => "transfer",
+                        CampaignReason::ConfigurationChange => "configuration_change",
+                    };
+                    self.metrics.campaigns.get_or_create(&ReasonLabels { reason: label }).inc();
+                    tracing::info!(%ballot, "became candidate ({reason})");
+                }
+                Event::PreVoteRefused { ballot, by, refusal } => {
+                    self.metrics.pre_votes_refused.inc();
+                    tracing::info!(%ballot, "pre-vote refused by node {by}: {refusal}");
+                }
+                Event::BecameLeader { ballot, votes_from } => {
+                    tracing::info!(%ballot, "became leader (promises from {votes_from:?})");
+                }
+                Event::SteppedDown { ballot, was_leader, reason } => {
+                    self.metrics.step_downs.get_or_create(&ReasonLabels { reason: reason.label() }).inc();
+                    if was_leader {
+                        tracing::info!(%ballot, "stepped down as leader: {reason}");
+                    } else {
+                        tracing::info!(%ballot, "candidacy ended: {reason}");
+                    }
+                }
+                Event::PrepareIgnored { ballot, from, leader } => {
+                    self.metrics.prepares_ignored.inc();
+                    tracing::debug!(%ballot, "prepare from node {from} ignored: node {leader} leads");
+                }
+            }
         }
     }
 
@@ -591,6 +630,7 @@ impl Driver {
         metrics.promised_round.set(status.promised.round);
         metrics.set_role(status.role);
         metrics.leader_id.set(status.leader.unwrap_or(0));
+        metrics.has_leader.set(u64::from(self.replica.leader_heard().is_some()));
         if status.leader.is_some() && status.leader != self.leader_seen {
             if self.leader_seen.is_some() {
                 metrics.leader_changes.inc();

@@ -62,6 +62,16 @@ pub struct Metrics {
     pub proposals_received: Counter,
     pub proposals_refused: Family<ReasonLabels, Counter>,
     pub leader_changes: Counter,
+    /// Leaderships and candidacies this node gave up, by reason (see `paxos_core::StepDownReason`).
+    pub step_downs: Family<ReasonLabels, Counter>,
+    /// Elections this node started (phase 1), by reason.
+    pub campaigns: Family<ReasonLabels, Counter>,
+    /// Refusals of this node's pre-votes.
+    pub pre_votes_refused: Counter,
+    /// Prepares above the promise this node left unanswered for a live leader (stickiness).
+    pub prepares_ignored: Counter,
+    /// 1 while this node leads or knows of a leader at work.
+    pub has_leader: GaugeU64,
     pub ballot_round: GaugeU64,
     pub ballot_node: GaugeU64,
     pub promised_round: GaugeU64,
@@ -144,6 +154,32 @@ impl Metrics {
             "Times the leader this node knows of changed to another node (checked once per tick)",
             leader_changes.clone(),
         );
+        let step_downs = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "step_downs",
+            "Leaderships (and candidacies) this node gave up, by reason",
+            step_downs.clone(),
+        );
+        let campaigns = Family::<ReasonLabels, Counter>::default();
+        registry.register("campaigns", "Elections (phase 1) this node started, by reason", campaigns.clone());
+        let pre_votes_refused = Counter::default();
+        registry.register(
+            "pre_votes_refused",
+            "Refusals of this node's pre-votes (a member that hears a leader, or promised another)",
+            pre_votes_refused.clone(),
+        );
+        let prepares_ignored = Counter::default();
+        registry.register(
+            "prepares_ignored",
+            "Prepares above its promise this node left unanswered because it hears a live leader",
+            prepares_ignored.clone(),
+        );
+        let has_leader = GaugeU64::default();
+        registry.register(
+            "has_leader",
+            "1 while this node leads or knows of a leader at work",
+            has_leader.clone(),
+        );
         let ballot_round = GaugeU64::default();
         registry.register(
             "ballot_round",
@@ -221,6 +257,11 @@ impl Metrics {
             proposals_received,
             proposals_refused,
             leader_changes,
+            step_downs,
+            campaigns,
+            pre_votes_refused,
+            prepares_ignored,
+            has_leader,
             ballot_round,
             ballot_node,
             promised_round,

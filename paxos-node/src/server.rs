@@ -110,6 +110,21 @@ enum SessionError {
     Closed,
 }
 
+impl SessionError {
+    /// The other end closed or reset the connection, with or without a TLS close_notify.
+    fn is_hang_up(&self) -> bool {
+        use std::io::ErrorKind;
+        match self {
+            SessionError::Read(ReadError::Codec(crate::codec::CodecError::Io(error)))
+            | SessionError::Write(crate::codec::CodecError::Io(error)) => matches!(
+                error.kind(),
+                ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Connections of one kind that may be closed to make room for a newer one: the one with the
 /// oldest `last_active` among those `idle`.
 #[derive(Debug, Default)]
@@ -287,6 +302,9 @@ pub async fn serve(listener: TcpListener, context: ServerContext, mut shutdown: 
                 ) => {
                     tracing::debug!(%addr, %error, "connection closed")
                 }
+                // A client that hangs up (every `paxos-cli` call does, most without a TLS
+                // close_notify) is no event: at INFO it was nearly all of a node's log.
+                Err(error) if error.is_hang_up() => tracing::debug!(%addr, %error, "connection closed"),
                 Err(error) => tracing::info!(%addr, %error, "connection closed"),
             }
         });
