@@ -401,9 +401,20 @@ impl Learner {
             self.catch_up = None;
             return None;
         }
-        if self.catch_up.is_some() {
-            return None;
+        // Members of this node's configuration before strangers: a node that joins knows only
+        // the members its flags name, and only those it dials; a stranger's answers may have no
+        // way back (seen: a joining node asking the leader, which its flags did not name, and
+        // waiting out 1, 2 and 4 s timeouts). A request outstanding to a stranger gives way as
+        // soon as a member is known to be ahead (still one request outstanding: a late answer
+        // from the stranger is applied and starts nothing).
+        let members: Vec<NodeId> =
+            ahead.iter().copied().filter(|node| self.membership.contains(*node)).collect();
+        if let Some(outstanding) = self.catch_up {
+            if members.is_empty() || self.membership.contains(outstanding.peer) {
+                return None;
+            }
         }
+        let ahead = if members.is_empty() { ahead } else { members };
         // The leader first; otherwise a random member that is ahead, so one dead or partitioned
         // peer cannot stall catch-up.
         let peer = match leader_hint {

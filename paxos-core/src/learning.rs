@@ -547,6 +547,36 @@ mod tests {
         assert_eq!(catch_ups(&mut follower).len(), 1, "its own answer starts the next request");
     }
 
+    /// A node joining with flags that name node 2 but not the leader (node 1) hears the
+    /// leader's heartbeats first and asks it, but its answers may have no way back: once a
+    /// member of its own configuration says it is ahead, the request goes there instead.
+    #[test]
+    fn a_joining_node_asks_a_member_it_knows_rather_than_a_stranger() {
+        let config = crate::Config { join_existing: true, ..crate::Config::new(4, vec![2, 4]) };
+        let mut joining = crate::Replica::new(config, 7);
+        let heartbeat =
+            crate::Message::Heartbeat { ballot: crate::Ballot::new(3, 1), commit_upto: 10, history_start: 0 };
+        joining.step(crate::Envelope {
+            from: 1,
+            to: 4,
+            incarnation: 1,
+            role: Default::default(),
+            message: heartbeat,
+        });
+        let first = catch_ups(&mut joining);
+        assert_eq!(first.iter().map(|e| e.to).collect::<Vec<_>>(), vec![1], "only the leader is known ahead");
+        let progress = crate::Message::Progress { applied_upto: 10, log_id: 0 };
+        joining.step(crate::Envelope {
+            from: 2,
+            to: 4,
+            incarnation: 2,
+            role: Default::default(),
+            message: progress,
+        });
+        let second = catch_ups(&mut joining);
+        assert_eq!(second.iter().map(|e| e.to).collect::<Vec<_>>(), vec![2], "{second:?}");
+    }
+
     #[test]
     fn truncation_waits_for_every_member_unless_forced() {
         let mut cluster = Cluster::new(3);

@@ -199,6 +199,20 @@ impl Cluster {
         }
     }
 
+    /// Cuts the one directed link `from -> to` (what `from` sends `to`), until `heal_link`.
+    pub fn cut_link(&self, from: u64, to: u64) {
+        if let Some(proxy) = self.proxies.get(&(from, to)) {
+            proxy.cut();
+        }
+    }
+
+    /// Restores the one directed link `from -> to`.
+    pub fn heal_link(&self, from: u64, to: u64) {
+        if let Some(proxy) = self.proxies.get(&(from, to)) {
+            proxy.heal();
+        }
+    }
+
     /// Slows the one directed link `from -> to` by `delay` per chunk forwarded.
     pub fn slow_link(&self, from: u64, to: u64, delay: Duration) {
         if let Some(proxy) = self.proxies.get(&(from, to)) {

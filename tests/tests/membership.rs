@@ -214,3 +214,40 @@ async fn the_cluster_grows_to_five_and_shrinks_to_three_under_load_and_the_leade
     load.await.expect("clients");
     cluster.converge_and_check(&recorder).await;
 }
+
+/// A node that joins with `--initial-cluster-state existing` and flags that name one follower
+/// but not the leader learns the history without the leader's word: it tells the member it
+/// knows how far it has applied, hears back that the member is ahead, and fetches from it.
+/// Before the progress exchange it stayed at applied 0 for minutes (seen: 240 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joining_node_whose_flags_do_not_name_the_leader_catches_up_within_two_seconds() {
+    let mut cluster = Cluster::new(4).expect("cluster");
+    let first_three: Vec<(u64, String)> = (1..=3).map(|id| (id, cluster.addrs[&id].clone())).collect();
+    for id in 1..=3 {
+        cluster.start_node_with_peers(id, &first_three, &[]).expect("start");
+    }
+    let leader = cluster.wait_for_leader_among(&[1, 2, 3], SETTLE).await.expect("leader");
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let recorder = Recorder::default();
+    let client = cluster.client_for(&[1, 2, 3]);
+    assert_eq!(propose_many(&recorder, &client, "join", 50).await, 50);
+    let admin = cluster.admin_client_for(&[1, 2, 3]);
+    let address = cluster.addrs[&4].clone();
+    admin
+        .change_membership(MembershipChange::Add { id: 4, address, role: MemberRole::Voter })
+        .await
+        .expect("add");
+    let target = cluster.status(leader).await.expect("leader status").applied_upto;
+    let flags = [(follower, cluster.addrs[&follower].clone()), (4, cluster.addrs[&4].clone())];
+    let started = std::time::Instant::now();
+    cluster.start_node_with_peers(4, &flags, &["--initial-cluster-state", "existing"]).expect("start node 4");
+    wait_until("node 4 catches up", SETTLE, || async {
+        Ok(cluster.status(4).await.ok().filter(|s| s.applied_upto >= target).map(|_| ()))
+    })
+    .await
+    .expect("node 4 catches up");
+    let took = started.elapsed();
+    eprintln!("node 4 (flags: node {follower} and itself; leader {leader}) applied {target} slots {took:?} after its start");
+    assert!(took <= Duration::from_secs(2), "node 4 took {took:?} to catch up");
+    cluster.converge_and_check(&recorder).await;
+}
