@@ -52,6 +52,10 @@ impl Replica {
                     if !self.is_leader() {
                         self.reset_election_timer();
                         self.leader_hint = None;
+                        // And its own pre-vote goes: grants it collected before would make it
+                        // campaign against the candidate it just deferred to (found by a
+                        // review's hand-routed schedule, as for voters below).
+                        self.pre_vote = None;
                     }
                 }
                 // How far this proposer has applied: a candidate whose configuration is older
@@ -74,7 +78,7 @@ impl Replica {
         // Granting a promise is a vote for `from`: give it time to win before competing, or
         // promising anyone else (see `election.rs`).
         self.reset_election_timer();
-        self.promise_granted_tick = Some(self.tick_now);
+        self.promise_granted = Some((from, self.tick_now));
         // And give up its own pre-vote: its yes to itself no longer holds (found by the
         // simulation: a member that promised one candidate went on to win its own pre-vote and
         // deposed the winner a round trip later).

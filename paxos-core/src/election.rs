@@ -79,9 +79,12 @@ impl Replica {
         if !matches!(self.role, Role::Follower) {
             return None;
         }
-        let ticks_ago = self.tick_now.saturating_sub(self.promise_granted_tick?);
-        let candidate = self.promised.node;
-        (candidate != 0 && ticks_ago < self.config.election_timeout_ticks).then_some((candidate, ticks_ago))
+        let (candidate, granted_tick) = self.promise_granted?;
+        let ticks_ago = self.tick_now.saturating_sub(granted_tick);
+        // Only while that candidate's ballot is the promise: a higher one promised since (a
+        // leader followed, or this member's own candidacy) ends it.
+        let current = self.promised.node == candidate;
+        (current && ticks_ago < self.config.election_timeout_ticks).then_some((candidate, ticks_ago))
     }
 
     /// Stickiness: whether a Prepare of `ballot` from `from` goes unanswered because this
@@ -295,5 +298,116 @@ mod tests {
         let prepares = sent(&ready, |m| matches!(m, Message::Prepare { .. }));
         let Message::Prepare { ballot, .. } = prepares[0].message else { unreachable!() };
         assert!(ballot > Ballot::new(7, 3), "{ballot}");
+    }
+
+    fn out(cluster: &mut Cluster, id: u64) -> Vec<Envelope> {
+        crate::test_support::all_messages(cluster.node(id).take_ready_persisted())
+    }
+
+    /// Hands each envelope of `envelopes` that `pick` chooses to its receiver; returns what
+    /// the receivers sent.
+    fn deliver(
+        cluster: &mut Cluster,
+        envelopes: &[Envelope],
+        pick: impl Fn(&Envelope) -> bool,
+    ) -> Vec<Envelope> {
+        let mut sent = Vec::new();
+        for envelope in envelopes.iter().filter(|e| pick(e)) {
+            cluster.node(envelope.to).step(envelope.clone());
+            sent.extend(out(cluster, envelope.to));
+        }
+        sent
+    }
+
+    /// A proposer (no vote) that defers to a candidate's Prepare gives up its own pre-vote:
+    /// grants it collected before would make it campaign against the candidate it deferred to,
+    /// and no one would lead that round. (From a review's hand-routed schedule: before the fix
+    /// node 2 campaigned, node 1 stepped down for its higher ballot, and the acceptors stayed
+    /// sticky to node 1.)
+    #[test]
+    fn a_proposer_that_defers_to_a_candidate_gives_up_its_own_pre_vote() {
+        use MemberRole::{Acceptor, Proposer};
+        let mut c =
+            Cluster::with_roles(&[(1, Proposer), (2, Proposer), (3, Acceptor), (4, Acceptor), (5, Acceptor)]);
+        c.node(2).start_pre_vote();
+        let pre_votes_2 = out(&mut c, 2);
+        c.node(1).start_pre_vote();
+        let pre_votes_1 = out(&mut c, 1);
+        // 3 and 4 answer node 2 first (their yes held in flight); node 1 wins and prepares.
+        let grants_2 = deliver(&mut c, &pre_votes_2, |e| e.to == 3 || e.to == 4);
+        let grants_1 = deliver(&mut c, &pre_votes_1, |e| e.to == 3 || e.to == 4);
+        let prepares_1 = deliver(&mut c, &grants_1, |e| e.to == 1);
+        assert!(matches!(c.node(1).role, crate::replica::Role::Candidate(_)));
+        deliver(&mut c, &prepares_1, |e| e.to == 2);
+        assert!(c.node(2).pre_vote.is_none(), "the deferring proposer kept its pre-vote");
+        let promises = deliver(&mut c, &prepares_1, |e| e.to == 3 || e.to == 4);
+        let from_2 = deliver(&mut c, &grants_2, |e| e.to == 2);
+        assert!(
+            !matches!(c.node(2).role, crate::replica::Role::Candidate(_)),
+            "2 campaigned after deferring"
+        );
+        assert!(from_2.iter().all(|e| !matches!(e.message, Message::Prepare { .. })), "{from_2:?}");
+        deliver(&mut c, &promises, |e| e.to == 1);
+        assert!(c.node(1).is_leader(), "the candidate the others deferred to leads");
+    }
+
+    /// A TimeoutNow from a leader gone for many election timeouts, delivered late to a member
+    /// that was cut off meanwhile, does not start a `transfer` candidacy (which every member
+    /// would promise despite stickiness): only the leader heard at work now is obeyed.
+    #[test]
+    fn a_stale_timeout_now_does_not_depose_a_leader_everyone_hears() {
+        let mut c = Cluster::new(5);
+        let first = c.elect();
+        c.run_ticks(3);
+        let ballot = c.node(first).status().own_ballot.expect("leads");
+        let target = (1..=5).rev().find(|id| *id != first).expect("a member");
+        let commit_upto = c.node(first).applied_upto();
+        let stale = Envelope {
+            from: first,
+            to: target,
+            incarnation: first,
+            role: MemberRole::Voter,
+            message: Message::TimeoutNow { ballot, commit_upto },
+        };
+        c.down = vec![first, target];
+        let second = c.elect();
+        c.run_ticks(100);
+        c.down = vec![first];
+        c.deaf = vec![target];
+        c.run_ticks(30);
+        assert!(c.node(second).is_leader());
+        c.deaf = vec![];
+        c.node(target).step(stale);
+        c.settle();
+        c.run_ticks(5);
+        assert!(c.node(second).is_leader(), "leader {second} deposed by a stale TimeoutNow");
+    }
+
+    /// A member that granted a promise and then ran a candidacy of its own (lost at once) is
+    /// not sticky to itself: it answers the others' pre-votes again.
+    #[test]
+    fn a_member_whose_own_candidacy_failed_is_not_sticky_to_itself() {
+        let mut c = Cluster::new(3);
+        let to_3 = |from: u64, message: Message| Envelope {
+            from,
+            to: 3,
+            incarnation: from,
+            role: MemberRole::Voter,
+            message,
+        };
+        c.node(3)
+            .step(to_3(1, Message::Prepare { ballot: Ballot::new(5, 1), from_slot: 0, transfer: false }));
+        out(&mut c, 3);
+        assert_eq!(c.node(3).live_candidate().map(|(id, _)| id), Some(1));
+        c.node(3).become_candidate(crate::CampaignReason::Timeout);
+        out(&mut c, 3);
+        let own = c.node(3).promised();
+        c.node(3).step(to_3(2, Message::Nack { ballot: own, promised: Ballot::new(9, 2) }));
+        out(&mut c, 3);
+        assert!(!c.node(3).is_leader());
+        assert_eq!(c.node(3).live_candidate(), None, "sticky to a candidacy that ended");
+        c.node(3).step(to_3(2, Message::PreVote { ballot: Ballot::new(10, 2), attempt: 1 }));
+        let reply = out(&mut c, 3);
+        assert!(matches!(reply[0].message, Message::PreVoteReply { refusal: None, .. }), "{reply:?}");
     }
 }

@@ -441,7 +441,14 @@ impl Replica {
         if ballot != own || promised <= own {
             return;
         }
-        let _ = from;
+        // Only a voting member's Nack says this ballot cannot gather a quorum. A proposer that
+        // does not vote "promises" only the highest ballot it used itself; its Nack of a leader
+        // below that (a candidacy it ran and lost) deposed working leaders for nothing (found
+        // by the simulation's liveness holds: 2 voters, 3 proposers, a bridge, three leaders
+        // in a row). Nacks are hints either way: ignoring one cannot affect safety.
+        if !self.learner.membership().votes(from) {
+            return;
+        }
         self.step_down(Some(promised.node), StepDownReason::HigherBallot { ballot: promised });
         // Back off for a random extra while: duelling candidates that keep pre-empting each
         // other settle once one of them waits longer than the other needs to win.
@@ -1043,6 +1050,29 @@ mod tests {
         assert_eq!(cluster.replies.len(), 1, "two of three acceptors choose it");
         assert!(cluster.storage[&1].accepted.is_empty(), "a proposer keeps no acceptor state");
         assert_eq!(cluster.storage[&2].accepted.len(), 2, "the session and the value");
+    }
+
+    /// A proposer that does not vote Nacks a leader whose ballot is below the highest it used
+    /// itself (a candidacy it ran and lost): that says nothing about a quorum, and must not
+    /// depose the leader. A voter's Nack does.
+    #[test]
+    fn only_a_voting_members_nack_deposes_a_leader() {
+        use crate::MemberRole::{Proposer, Voter};
+        let mut cluster = Cluster::with_roles(&[(1, Voter), (2, Voter), (3, Voter), (4, Proposer)]);
+        let leader = cluster.elect();
+        let ballot = cluster.node(leader).status().own_ballot.expect("leads");
+        let nack = |from: u64| Envelope {
+            from,
+            to: leader,
+            incarnation: from,
+            role: if from == 4 { Proposer } else { Voter },
+            message: Message::Nack { ballot, promised: Ballot::new(ballot.round + 5, from) },
+        };
+        cluster.node(leader).step(nack(4));
+        assert!(cluster.node(leader).is_leader(), "deposed by a proposer's Nack");
+        let voter = (1..=3).find(|id| *id != leader).expect("a voter");
+        cluster.node(leader).step(nack(voter));
+        assert!(!cluster.node(leader).is_leader(), "a voter's Nack says a quorum may be gone");
     }
 
     #[test]

@@ -223,8 +223,8 @@ pub struct Replica {
     pub(crate) heard_leading: Ballot,
     /// The tick this replica last followed a leader at work (see `election.rs`).
     pub(crate) leader_heard_tick: Option<u64>,
-    /// The tick this replica last granted a promise to a candidate (see `election.rs`).
-    pub(crate) promise_granted_tick: Option<u64>,
+    /// The candidate this replica last granted a promise to, and when (see `election.rs`).
+    pub(crate) promise_granted: Option<(NodeId, u64)>,
     /// The pre-vote in progress, if any (see `election.rs`).
     pub(crate) pre_vote: Option<crate::election::PreVote>,
     /// Pre-votes started so far: numbers each one's answers.
@@ -307,7 +307,7 @@ impl Replica {
             leader_hint: None,
             heard_leading: Ballot::ZERO,
             leader_heard_tick: None,
-            promise_granted_tick: None,
+            promise_granted: None,
             pre_vote: None,
             pre_vote_attempts: 0,
             progress_sent_tick: None,

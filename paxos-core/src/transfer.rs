@@ -188,6 +188,13 @@ impl Replica {
         if ballot < self.promised || !self.can_lead() || matches!(self.role, Role::Leader(_)) {
             return;
         }
+        // Only from the leader this member hears at work now: a TimeoutNow delivered late to a
+        // member that was cut off while its sender led would start a `transfer` candidacy that
+        // every member promises despite stickiness, deposing a leader they all hear (found by
+        // a review's hand-routed schedule).
+        if self.live_leader().map(|(leader, _)| leader) != Some(from) {
+            return;
+        }
         // As a heartbeat would: what this member accepted in `ballot` below the commit point
         // is chosen, and applying it first shortens the phase 1 to come.
         self.follow(from, ballot);

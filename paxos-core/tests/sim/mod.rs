@@ -569,10 +569,18 @@ impl Simulation {
                 if let Some(kind) = self.scenario.partial_fault.take() {
                     let report = self.hold_partial_fault(kind)?;
                     self.stats.partial_faults.entry(kind).or_default().add_report(&report);
-                    // Then converge again, with the fault lifted: a member the fault cut off
-                    // fetches what was chosen meanwhile, at least a page per round trip (one
-                    // request outstanding at a time; a page may hold a single entry).
-                    let catch_up_ticks = report.commits * 4 * self.scenario.faults.delay_ticks_max;
+                    // Then converge again, with the fault lifted: the member furthest behind
+                    // (one the fault cut off, or a proposer that learns by catch-up only)
+                    // fetches what it lacks, at least a page per round trip (one request
+                    // outstanding at a time; a page may hold a single entry).
+                    let applied: Vec<Slot> = self
+                        .nodes
+                        .values()
+                        .filter_map(|n| n.replica.as_ref())
+                        .map(|r| r.applied_upto())
+                        .collect();
+                    let lag = applied.iter().max().unwrap_or(&0) - applied.iter().min().unwrap_or(&0);
+                    let catch_up_ticks = lag * 4 * self.scenario.faults.delay_ticks_max;
                     deadline = self.now + self.scenario.heal_ticks_max + catch_up_ticks;
                     continue;
                 }
