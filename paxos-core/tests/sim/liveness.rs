@@ -455,24 +455,25 @@ impl Simulation {
         best
     }
 
-    /// Keeps `PROBE_LOAD` probes outstanding, shared out over the nodes of `through` (the same
-    /// load healthy and during a hold); one unanswered for a client timeout, or refused, is
+    /// Keeps `PROBE_LOAD` probes outstanding, shared out over the nodes of `through` (each new
+    /// one to a node with the fewest outstanding: the same load healthy and during a hold,
+    /// however many nodes share it); one unanswered for a client timeout, or refused, is
     /// dropped (another takes its place).
     fn run_probes(&mut self, through: &[NodeId]) {
-        let per_node = PROBE_LOAD.div_ceil(through.len().max(1));
         let timeout = super::CLIENT_TIMEOUT_TICKS.max(6 * self.scenario.faults.delay_ticks_max);
         let now = self.now;
         self.probes.outstanding.retain(|_, (_, sent)| now.saturating_sub(*sent) < timeout);
-        for node in through {
-            let outstanding = self.probes.outstanding.values().filter(|(at, _)| at == node).count();
-            for _ in outstanding..per_node {
-                self.probes.next += 1;
-                let nonce = (PROBE_INDEX << 32) | self.probes.next;
-                self.probes.outstanding.insert(nonce, (*node, now));
-                self.checker.on_register(nonce);
-                if let Some(replica) = self.nodes.get_mut(node).and_then(|n| n.replica.as_mut()) {
-                    replica.propose(Proposal::register(nonce));
-                }
+        while self.probes.outstanding.len() < PROBE_LOAD && !through.is_empty() {
+            let load = |node: &NodeId| self.probes.outstanding.values().filter(|(at, _)| at == node).count();
+            let Some(node) = through.iter().copied().min_by_key(|node| load(node)) else {
+                return;
+            };
+            self.probes.next += 1;
+            let nonce = (PROBE_INDEX << 32) | self.probes.next;
+            self.probes.outstanding.insert(nonce, (node, now));
+            self.checker.on_register(nonce);
+            if let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
+                replica.propose(Proposal::register(nonce));
             }
         }
     }
