@@ -20,9 +20,12 @@ use std::collections::{BTreeMap, BTreeSet};
 /// swarm seeds at 8.3 timeouts: a leader cut off one way from three of seven, then a split).
 pub const FIRST_COMMIT_TIMEOUTS_MAX: u64 = 10;
 pub const LEADER_CHANGES_MAX: u64 = 2;
-/// How long a topology is held, and the healthy run before it, in election timeouts.
-const HOLD_TIMEOUTS: u64 = 40;
-const BASELINE_TIMEOUTS: u64 = 10;
+/// How long a topology is held, and the healthy run before it, in election timeouts: twice
+/// the first-commit bound, so that a hold also sees whether commits go on once they resumed
+/// (and, the mutant runner running the whole suite once per mutant, no longer).
+/// `PAXOS_LIVENESS_HOLD_TIMEOUTS=N` holds longer.
+const HOLD_TIMEOUTS: u64 = 20;
+const BASELINE_TIMEOUTS: u64 = 5;
 /// Probes outstanding at once, shared out over the nodes of the connected quorum (clients at
 /// every member of it, so that a probe stuck at one, forwarded over a link that loses it, does
 /// not hold back the others). A steady load, not a saturating one: with the swarm's tiny pages
@@ -221,7 +224,11 @@ impl Simulation {
         let mut leaderships: BTreeSet<(NodeId, paxos_core::Ballot)> =
             self.leaderships().into_iter().collect();
         let mut leader_changes = 0;
-        let hold_ticks = HOLD_TIMEOUTS * timeout;
+        let hold_timeouts = std::env::var("PAXOS_LIVENESS_HOLD_TIMEOUTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(HOLD_TIMEOUTS);
+        let hold_ticks = hold_timeouts * timeout;
         let mut first_commit_ticks = None;
         let mut last_commit_tick = None;
         let mut commit_gap_ticks_max = 0;
