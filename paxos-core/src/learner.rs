@@ -123,6 +123,10 @@ pub(crate) struct Learner {
     catch_up_requests: u64,
     /// Catch-up requests in a row that timed out (see `CATCH_UP_TIMEOUT_DOUBLINGS_MAX`).
     catch_up_timeouts_in_row: u32,
+    /// The peer whose request timed out last: the next request goes to another one that is
+    /// ahead, if there is one (a peer cut off must not hold catch-up for a doubled timeout
+    /// after another).
+    catch_up_timed_out_peer: Option<NodeId>,
     /// How far each peer has applied, as last heard.
     member_applied_upto: BTreeMap<NodeId, Slot>,
 }
@@ -149,6 +153,7 @@ impl Learner {
             catch_up: None,
             catch_up_requests: 0,
             catch_up_timeouts_in_row: 0,
+            catch_up_timed_out_peer: None,
             member_applied_upto: BTreeMap::new(),
         }
     }
@@ -363,6 +368,7 @@ impl Learner {
                 self.catch_up = None;
                 self.catch_up_timeouts_in_row =
                     (self.catch_up_timeouts_in_row + 1).min(CATCH_UP_TIMEOUT_DOUBLINGS_MAX);
+                self.catch_up_timed_out_peer = Some(catch_up.peer);
             }
         }
     }
@@ -377,6 +383,7 @@ impl Learner {
         if matches {
             self.catch_up = None;
             self.catch_up_timeouts_in_row = 0;
+            self.catch_up_timed_out_peer = None;
         }
         matches
     }
@@ -415,6 +422,12 @@ impl Learner {
             }
         }
         let ahead = if members.is_empty() { ahead } else { members };
+        // Not the peer that just let a request time out, while another is ahead (found by the
+        // swarm's liveness holds: a candidate behind kept asking, at random, a member it could
+        // not reach, waiting out timeouts doubled up to 16 times, and never led).
+        let others: Vec<NodeId> =
+            ahead.iter().copied().filter(|node| Some(*node) != self.catch_up_timed_out_peer).collect();
+        let ahead = if others.is_empty() { ahead } else { others };
         // The leader first; otherwise a random member that is ahead, so one dead or partitioned
         // peer cannot stall catch-up.
         let peer = match leader_hint {

@@ -547,6 +547,23 @@ mod tests {
         assert_eq!(catch_ups(&mut follower).len(), 1, "its own answer starts the next request");
     }
 
+    /// After a request times out, the next goes to another member that is ahead: a member this
+    /// one cannot reach must not hold catch-up for one doubled timeout after another.
+    #[test]
+    fn a_timed_out_catch_up_request_is_sent_again_to_another_member() {
+        let (mut follower, first) = behind_with_one_request();
+        follower.step(envelope(3, crate::Message::Progress { applied_upto: 5, log_id: 1 }));
+        catch_ups(&mut follower);
+        let timeout = follower.config().catch_up_timeout_ticks;
+        let mut next = Vec::new();
+        for _ in 0..timeout {
+            follower.tick();
+            next.extend(catch_ups(&mut follower));
+        }
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert_ne!(next[0].to, first[0].to, "asked the member that let the request time out again");
+    }
+
     /// A node joining with flags that name node 2 but not the leader (node 1) hears the
     /// leader's heartbeats first and asks it, but its answers may have no way back: once a
     /// member of its own configuration says it is ahead, the request goes there instead.
