@@ -408,6 +408,23 @@ mod tests {
         assert_eq!(acceptor.promised(), Ballot::new(u64::MAX, 2));
     }
 
+    /// A member that holds no vote answers a Prepare at once with how far it has applied and
+    /// a request for what the candidate has (before, in silence: a candidate whose
+    /// configuration still counted it a voter never learned one of them was behind, swarm seed
+    /// 60; the progress exchange now covers that within an election timeout, this answer at
+    /// once).
+    #[test]
+    fn a_member_without_a_vote_answers_a_prepare_with_its_progress() {
+        use crate::MemberRole::{Learner, Voter};
+        let mut cluster = crate::test_support::Cluster::with_roles(&[(1, Voter), (2, Voter), (3, Learner)]);
+        let prepare = Message::Prepare { ballot: Ballot::new(4, 1), from_slot: 0, transfer: false };
+        cluster.node(3).step(Envelope { from: 1, to: 3, incarnation: 1, role: Voter, message: prepare });
+        let ready = cluster.node(3).take_ready_persisted();
+        assert!(sent(&ready, |m| matches!(m, Message::Promise { .. })).is_empty(), "a learner promised");
+        assert_eq!(sent(&ready, |m| matches!(m, Message::HeartbeatAck { .. })).len(), 1, "{ready:?}");
+        assert_eq!(sent(&ready, |m| matches!(m, Message::CatchUp { request: 0, .. })).len(), 1, "{ready:?}");
+    }
+
     #[test]
     fn lower_ballots_are_refused_with_the_promise() {
         let mut acceptor = replica(1, &[1, 2, 3]);
