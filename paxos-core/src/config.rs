@@ -38,7 +38,9 @@ pub struct Config {
     pub election_timeout_ticks: u64,
     /// A forwarded proposal with no answer after this many ticks is answered `Timeout`.
     pub forward_timeout_ticks: u64,
-    /// An unanswered catch-up request is sent again after this many ticks.
+    /// An unanswered catch-up request is sent again (to another member ahead, if there is one)
+    /// after this many ticks, doubled for each request in a row that went unanswered (up to 16
+    /// times; see `Learner::catch_up_from`).
     pub catch_up_timeout_ticks: u64,
     /// Slots the leader may have proposed but not yet applied (the pipeline window).
     pub slots_in_flight_max: u64,
