@@ -184,7 +184,7 @@ impl Simulation {
         let timeout = self.election_timeout_ticks();
         // A leader first (the run has converged: one is there or comes within a few timeouts).
         let settle_deadline = self.now + 20 * timeout;
-        while self.leader_id().is_none() {
+        while self.leader().is_none() {
             if self.now >= settle_deadline {
                 return Err(format!("liveness: no leader before the {kind:?} hold: {}", self.progress()));
             }
@@ -199,7 +199,7 @@ impl Simulation {
         }
         let healthy_commits = (self.probes.acknowledged.len() - acked_before) as u64;
 
-        let Some(leader) = self.leader_id() else {
+        let Some(leader) = self.leader() else {
             return Err(format!("liveness: the leader left during the healthy run: {}", self.progress()));
         };
         let cuts = self.draw_cuts(kind, leader, &everyone);
@@ -316,7 +316,7 @@ impl Simulation {
     /// place is in the quorum (no one needs to take over).
     fn catch_up_allowance_ticks(&self, quorum: &[NodeId], applied_max: Slot) -> u64 {
         let latest = self.checker.latest_config();
-        if self.leader_id().is_some_and(|leader| quorum.contains(&leader)) {
+        if self.leader().is_some_and(|leader| quorum.contains(&leader)) {
             return 0;
         }
         let round_trip_ticks = 2 * self.scenario.faults.delay_ticks_max;
@@ -337,10 +337,6 @@ impl Simulation {
             })
             .max()
             .unwrap_or(0)
-    }
-
-    fn leader_id(&self) -> Option<NodeId> {
-        self.nodes.iter().find(|(_, n)| n.replica.as_ref().is_some_and(|r| r.is_leader())).map(|(id, _)| *id)
     }
 
     /// Every leadership in place now: (leader, ballot).

@@ -219,7 +219,7 @@ impl Simulation {
             .collect()
     }
 
-    fn leader(&self) -> Option<NodeId> {
+    pub(super) fn leader(&self) -> Option<NodeId> {
         self.nodes.iter().find(|(_, n)| n.replica.as_ref().is_some_and(|r| r.is_leader())).map(|(id, _)| *id)
     }
 
