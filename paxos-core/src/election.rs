@@ -266,6 +266,33 @@ mod tests {
         assert!(cluster.node(deaf).pre_vote_attempts >= 5, "it kept asking");
     }
 
+    /// Refusals are not votes: a member that misses the leader's heartbeats (a one-way cut)
+    /// but hears every refusal does not campaign, however many answers it gets.
+    #[test]
+    fn a_pre_vote_refused_by_a_majority_starts_no_campaign() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        cluster.run_ticks(2);
+        let rogue = if leader == 3 { 2 } else { 3 };
+        let promised = cluster.node(rogue).promised();
+        cluster.node(rogue).start_pre_vote();
+        let asks = out(&mut cluster, rogue);
+        assert_eq!(asks.iter().filter(|e| matches!(e.message, Message::PreVote { .. })).count(), 2);
+        let answers = deliver(&mut cluster, &asks, |e| matches!(e.message, Message::PreVote { .. }));
+        let refusals = answers
+            .iter()
+            .filter(|e| matches!(e.message, Message::PreVoteReply { refusal: Some(_), .. }))
+            .count();
+        assert_eq!(refusals, 2, "the leader and the follower who hears it refuse: {answers:?}");
+        let after = deliver(&mut cluster, &answers, |e| e.to == rogue);
+        assert!(
+            !after.iter().any(|e| matches!(e.message, Message::Prepare { .. })),
+            "two refusals and its own yes are no majority of yeses: {after:?}"
+        );
+        assert_eq!(cluster.node(rogue).promised(), promised, "no ballot raised");
+        assert!(cluster.node(leader).is_leader());
+    }
+
     /// With no leader heard, a majority's yes starts phase 1 with a ballot above every promise
     /// the answers reported.
     #[test]
