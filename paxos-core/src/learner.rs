@@ -290,14 +290,18 @@ impl Learner {
         let Some(request_id) = value.request_id() else {
             return (false, None);
         };
-        if let Value::Register { .. } = value {
-            let changes = self.requests.open_session(slot, limits);
-            persist.extend(changes.into_iter().map(table_op));
-            return (false, Some((request_id, Ok(slot))));
-        }
-        match self.requests.lookup(request_id, limits) {
+        let (key, digest) = match value {
+            Value::Register { key, .. } => {
+                let changes = self.requests.open_session(slot, *key, limits);
+                persist.extend(changes.into_iter().map(table_op));
+                return (false, Some((request_id, Ok(slot))));
+            }
+            Value::Command { key, payload, .. } => (*key, crate::payload_digest(payload)),
+            Value::Noop | Value::Config(_) => unreachable!("no request id"),
+        };
+        match self.requests.lookup(request_id, key, digest, limits) {
             Lookup::New => {
-                let changes = self.requests.insert(request_id, slot, limits);
+                let changes = self.requests.insert(request_id, slot, digest, limits);
                 persist.extend(changes.into_iter().map(table_op));
                 (false, Some((request_id, Ok(slot))))
             }
@@ -305,6 +309,11 @@ impl Learner {
                 assert!(original < slot, "the table only holds slots applied before this one");
                 (true, Some((request_id, Ok(original))))
             }
+            // Another value under an applied request id, or a request without its session's
+            // key: a no-op, refused. The answer names no slot, so it cannot name one that holds
+            // another value.
+            Lookup::Reused(_) => (true, Some((request_id, Err(ProposalError::RequestIdReused(request_id))))),
+            Lookup::WrongKey => (true, Some((request_id, Err(ProposalError::WrongSessionKey(request_id))))),
             Lookup::Expired => (true, Some((request_id, Err(ProposalError::RequestExpired(request_id))))),
             Lookup::SessionUnknown => {
                 (true, Some((request_id, Err(ProposalError::SessionExpired(request_id.client_id)))))
@@ -517,7 +526,9 @@ impl Learner {
 
 fn table_op(change: TableChange) -> PersistOp {
     match change {
-        TableChange::Insert { request_id, slot } => PersistOp::RequestInsert { request_id, slot },
+        TableChange::Insert { request_id, slot, digest } => {
+            PersistOp::RequestInsert { request_id, slot, digest }
+        }
         TableChange::Remove { request_id } => PersistOp::RequestRemove { request_id },
     }
 }
@@ -541,7 +552,7 @@ mod tests {
     }
 
     fn command(client_id: u64, seq: u64) -> Value {
-        Value::Command { request_id: RequestId { client_id, seq }, payload: b"v".to_vec() }
+        Value::Command { request_id: RequestId { client_id, seq }, key: [0; 16], payload: b"v".to_vec() }
     }
 
     fn apply_all(learner: &mut Learner) -> (Vec<Applied>, Vec<PersistOp>) {
@@ -562,7 +573,7 @@ mod tests {
     #[test]
     fn a_request_chosen_twice_is_applied_once_and_answered_with_its_first_slot() {
         let mut learner = learner();
-        learner.learn_chosen(0, Value::Register { nonce: 7 });
+        learner.learn_chosen(0, Value::Register { nonce: 7, key: [0; 16] });
         learner.learn_chosen(1, command(0, 1));
         learner.learn_chosen(2, command(0, 1));
         let (applied, persist) = apply_all(&mut learner);

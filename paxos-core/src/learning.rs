@@ -40,7 +40,7 @@ impl Replica {
                 }
             }
             if let Some((request_id, outcome)) = applied.answer.take() {
-                self.answer_waiters(request_id, outcome);
+                self.answer_waiters(request_id, &applied.chosen, outcome);
             }
             if let Some(checked) = applied.config.take() {
                 self.membership_changed = true;
@@ -63,9 +63,9 @@ impl Replica {
             if *entry.key() >= self.learner.applied_upto() {
                 break;
             }
-            let (slot, request_ids) = entry.remove_entry();
-            for request_id in request_ids {
-                self.reply(Origin::Local, request_id, Ok(slot));
+            let (slot, requests) = entry.remove_entry();
+            for request in requests {
+                self.reply(Origin::Local, request, Ok(slot));
             }
         }
     }
@@ -265,7 +265,7 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::{Compaction, CompactionError};
-    use crate::test_support::{proposal, Cluster};
+    use crate::test_support::{proposal, Cluster, TEST_KEY};
     use crate::Value;
 
     #[test]
@@ -292,7 +292,11 @@ mod tests {
         let mut cluster = Cluster::new(1);
         cluster.elect();
         let client = cluster.session(1);
-        let value = Value::Command { request_id: proposal(client, 1, "").request_id, payload: b"x".to_vec() };
+        let value = Value::Command {
+            request_id: proposal(client, 1, "").request_id,
+            key: TEST_KEY,
+            payload: b"x".to_vec(),
+        };
         cluster.node(1).learner.learn_chosen(1, value.clone());
         cluster.node(1).learner.learn_chosen(2, value.clone());
         cluster.node(1).apply_chosen();
@@ -342,8 +346,11 @@ mod tests {
         cluster.settle();
         let slot = cluster.node(leader).applied_upto();
         assert!(cluster.replies.is_empty(), "the proposal is in flight");
-        let theirs =
-            Value::Command { request_id: proposal(client, 2, "").request_id, payload: b"theirs".to_vec() };
+        let theirs = Value::Command {
+            request_id: proposal(client, 2, "").request_id,
+            key: TEST_KEY,
+            payload: b"theirs".to_vec(),
+        };
         let entries = crate::Message::CatchUpEntries {
             entries: vec![(slot, theirs)],
             applied_upto: slot + 1,

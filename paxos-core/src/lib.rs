@@ -40,4 +40,4 @@ pub use requests::{Lookup, RequestTable, TableChange, TableLimits};
 pub use rng::Rng;
 pub use storage::MemStorage;
 pub use transfer::{TransferError, TransferStart};
-pub use types::{Ballot, NodeId, RequestId, Slot, Value};
+pub use types::{payload_digest, Ballot, Digest, NodeId, RequestId, Slot, Value};

@@ -27,6 +27,9 @@ pub struct Envelope {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub request_id: RequestId,
+    /// The digest of the client's session secret (see [`crate::Value::Command`]): computed by
+    /// the node the client talked to, so no client can present a key it does not hold.
+    pub key: crate::Digest,
     /// Bytes, not a sequence of u8 (see [`crate::Value::Command`]).
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
@@ -35,9 +38,11 @@ pub struct Proposal {
 impl Proposal {
     /// A request to open a client session. The answer is the slot of the `Register` entry,
     /// which is the new session's client id. `nonce` (random) only routes the answer back.
-    pub fn register(nonce: u64) -> Self {
+    /// `key`: the digest of the secret the session's requests will carry.
+    pub fn register(nonce: u64, key: crate::Digest) -> Self {
         Proposal {
             request_id: RequestId { client_id: RequestId::REGISTER_CLIENT_ID, seq: nonce },
+            key,
             payload: Vec::new(),
         }
     }
@@ -49,10 +54,17 @@ impl Proposal {
     /// The value this proposal puts in the log.
     pub fn into_value(self) -> Value {
         if self.is_register() {
-            Value::Register { nonce: self.request_id.seq }
+            Value::Register { nonce: self.request_id.seq, key: self.key }
         } else {
-            Value::Command { request_id: self.request_id, payload: self.payload }
+            Value::Command { request_id: self.request_id, key: self.key, payload: self.payload }
         }
+    }
+
+    /// What tells two proposals with one request id apart (see
+    /// [`crate::types::request_fingerprint`]). One request id names one value; answers must
+    /// never cross between two.
+    pub fn fingerprint(&self) -> crate::Digest {
+        crate::types::request_fingerprint(&self.key, &self.payload)
     }
 }
 
@@ -88,6 +100,17 @@ pub enum ProposalError {
     /// unknown).
     #[error("session {0} is unknown or expired: register a new session")]
     SessionExpired(u64),
+    /// The request does not carry the secret its session was opened with: another client's
+    /// session, or a guess. Refused, never applied; final.
+    #[error("request {0} does not carry its session's secret")]
+    WrongSessionKey(RequestId),
+    /// This request id was applied with a different value: one request id names one value, and
+    /// the answer for one value is never given to another. Final: use a new sequence number.
+    #[error("request id {0} was already used for a different value")]
+    RequestIdReused(RequestId),
+    /// A different value with the same request id is in flight here: retry once it is answered.
+    #[error("another value with request id {0} is in flight")]
+    RequestIdBusy(RequestId),
     /// The value is larger than the configured limit.
     #[error("value of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
     TooLarge { size_bytes: usize, limit_bytes: usize },
@@ -109,6 +132,7 @@ impl ProposalError {
                 | ProposalError::Timeout
                 | ProposalError::Overloaded
                 | ProposalError::ChangeInProgress
+                | ProposalError::RequestIdBusy(_)
         )
     }
 }
@@ -167,7 +191,7 @@ pub enum Message {
     /// A client proposal forwarded from the replica the client talked to.
     Forward { proposal: Proposal },
     /// The leader's answer to a forwarded proposal.
-    ForwardReply { request_id: RequestId, outcome: Result<Slot, ProposalError> },
+    ForwardReply { request_id: RequestId, fingerprint: crate::Digest, outcome: Result<Slot, ProposalError> },
     /// The receiver's configuration (chosen at `chosen_at`) admits another incarnation of the
     /// sender, so it ignored the sender's message: the sender lost its disk, or was replaced or
     /// removed. `applied_upto` lets the sender catch up and see the configuration itself.

@@ -519,39 +519,50 @@ impl Replica {
             .chain(leader.change_waiter.take())
             .collect();
         let error = ProposalError::NotLeader { leader_hint };
-        for (request_id, origins) in waiters {
+        for (request_id, (fingerprint, origins)) in waiters {
             for origin in origins {
-                self.reply(origin, request_id, Err(error.clone()));
+                self.reply(origin, (request_id, fingerprint), Err(error.clone()));
             }
         }
         for request_id in changes {
-            self.reply(Origin::Local, request_id, Err(error.clone()));
+            self.reply(Origin::Local, (request_id, [0; 16]), Err(error.clone()));
         }
     }
 
     /// A proposal reached the leader, from a local client or forwarded by a peer.
     pub(crate) fn leader_propose(&mut self, proposal: Proposal, origin: Origin) {
         let request_id = proposal.request_id;
+        let fingerprint = proposal.fingerprint();
+        let answer_to = (request_id, fingerprint);
         // A registration is always new; a retried one may open a second session, harmlessly.
         let lookup = if proposal.is_register() {
             Lookup::New
         } else {
-            self.learner.requests().lookup(request_id, self.config.request_table)
+            let digest = crate::payload_digest(&proposal.payload);
+            self.learner.requests().lookup(request_id, proposal.key, digest, self.config.request_table)
         };
         match lookup {
             Lookup::AppliedAt(slot) => {
-                self.reply(origin, request_id, Ok(slot));
+                self.reply(origin, answer_to, Ok(slot));
                 return;
             }
             Lookup::Expired => {
-                self.reply(origin, request_id, Err(ProposalError::RequestExpired(request_id)));
+                self.reply(origin, answer_to, Err(ProposalError::RequestExpired(request_id)));
+                return;
+            }
+            Lookup::Reused(_) => {
+                self.reply(origin, answer_to, Err(ProposalError::RequestIdReused(request_id)));
+                return;
+            }
+            Lookup::WrongKey => {
+                self.reply(origin, answer_to, Err(ProposalError::WrongSessionKey(request_id)));
                 return;
             }
             // A session registered at a slot this leader has not applied yet may well exist:
             // only the log can tell, when the request's slot is applied.
             Lookup::SessionUnknown if request_id.client_id < self.learner.applied_upto() => {
                 let error = ProposalError::SessionExpired(request_id.client_id);
-                self.reply(origin, request_id, Err(error));
+                self.reply(origin, answer_to, Err(error));
                 return;
             }
             Lookup::SessionUnknown => {}
@@ -559,7 +570,14 @@ impl Replica {
         }
         let queue_limit = self.config.proposals_queued_max;
         let Role::Leader(leader) = &mut self.role else { unreachable!("leader_propose on a non-leader") };
-        if let Some(waiters) = leader.waiters.get_mut(&request_id) {
+        if let Some((queued, waiters)) = leader.waiters.get_mut(&request_id) {
+            if *queued != fingerprint {
+                // Another value under this id is queued or in flight (a client that reuses an
+                // id, or one that names a session it does not own before this leader applied
+                // its registration): it must not share that value's answer.
+                self.reply(origin, answer_to, Err(ProposalError::RequestIdBusy(request_id)));
+                return;
+            }
             // Already queued or in flight: the retry waits for the same outcome.
             if !waiters.contains(&origin) {
                 waiters.push(origin);
@@ -567,10 +585,10 @@ impl Replica {
             return;
         }
         if leader.queue.len() >= queue_limit {
-            self.reply(origin, request_id, Err(ProposalError::Overloaded));
+            self.reply(origin, answer_to, Err(ProposalError::Overloaded));
             return;
         }
-        leader.waiters.insert(request_id, vec![origin]);
+        leader.waiters.insert(request_id, (fingerprint, vec![origin]));
         leader.queue.push_back(proposal);
         self.fill_window();
     }
@@ -825,7 +843,7 @@ impl Replica {
                 size_bytes: proposal.payload.len(),
                 limit_bytes: self.config.value_bytes_max,
             };
-            self.reply(Origin::Remote(from), proposal.request_id, Err(error));
+            self.reply(Origin::Remote(from), (proposal.request_id, proposal.fingerprint()), Err(error));
             return;
         }
         if self.is_leader() {
@@ -835,7 +853,7 @@ impl Replica {
             let hint = self.leader_hint.filter(|leader| *leader != from);
             self.reply(
                 Origin::Remote(from),
-                proposal.request_id,
+                (proposal.request_id, proposal.fingerprint()),
                 Err(ProposalError::NotLeader { leader_hint: hint }),
             );
         }
@@ -844,34 +862,63 @@ impl Replica {
     /// Answers every proposal forwarded to a leader this replica no longer follows. Retryable:
     /// the outcome is unknown, and a retry with the same request id is chosen at most once.
     pub(crate) fn fail_forwarded(&mut self, leader_hint: Option<NodeId>) {
-        for (request_id, _) in std::mem::take(&mut self.forwarded) {
-            self.reply(Origin::Local, request_id, Err(ProposalError::NotLeader { leader_hint }));
+        for (request_id, (_, fingerprint)) in std::mem::take(&mut self.forwarded) {
+            self.reply(
+                Origin::Local,
+                (request_id, fingerprint),
+                Err(ProposalError::NotLeader { leader_hint }),
+            );
         }
     }
 
-    pub(crate) fn on_forward_reply(&mut self, request_id: RequestId, outcome: Result<Slot, ProposalError>) {
-        if self.forwarded.remove(&request_id).is_none() {
+    /// The leader's answer to a forwarded proposal. Only the answer to the proposal forwarded
+    /// now under that id counts: a late answer to an earlier one with another fingerprint
+    /// (given up at its timeout) must not answer this one.
+    pub(crate) fn on_forward_reply(
+        &mut self,
+        request_id: RequestId,
+        fingerprint: crate::Digest,
+        outcome: Result<Slot, ProposalError>,
+    ) {
+        if self.forwarded.get(&request_id).is_none_or(|(_, forwarded)| *forwarded != fingerprint) {
             return;
         }
+        self.forwarded.remove(&request_id);
         match outcome {
             Ok(slot) if slot >= self.learner.applied_upto() => {
-                self.replies_after_apply.entry(slot).or_default().push(request_id);
+                self.replies_after_apply.entry(slot).or_default().push((request_id, fingerprint));
             }
-            outcome => self.reply(Origin::Local, request_id, outcome),
+            outcome => self.reply(Origin::Local, (request_id, fingerprint), outcome),
         }
     }
 
-    /// Called by the learner when it applies a slot: answers whoever waits on that request.
-    pub(crate) fn answer_waiters(&mut self, request_id: RequestId, outcome: Result<Slot, ProposalError>) {
+    /// Called by the learner when it applies `value` at a slot: answers whoever waits on its
+    /// request with the same fingerprint. Waiters with another fingerprint keep waiting for
+    /// their own proposal, still queued or in flight: the answer for one value is never given
+    /// to another.
+    pub(crate) fn answer_waiters(
+        &mut self,
+        request_id: RequestId,
+        value: &crate::Value,
+        outcome: Result<Slot, ProposalError>,
+    ) {
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
+        let Some((waiting, _)) = leader.waiters.get(&request_id) else {
+            leader.in_flight_requests.remove(&request_id);
+            return;
+        };
+        let fingerprint = *waiting;
+        if value.fingerprint() != Some(fingerprint) {
+            return;
+        }
         leader.in_flight_requests.remove(&request_id);
-        let Some(origins) = leader.waiters.remove(&request_id) else {
+        let Some((_, origins)) = leader.waiters.remove(&request_id) else {
             return;
         };
         for origin in origins {
-            self.reply(origin, request_id, outcome.clone());
+            self.reply(origin, (request_id, fingerprint), outcome.clone());
         }
     }
 
@@ -909,7 +956,7 @@ fn keep_highest(highest: &mut BTreeMap<Slot, (Ballot, Value)>, entry: AcceptedEn
 mod tests {
     use crate::message::AcceptedEntry;
     use crate::test_support::{proposal, sent, Cluster};
-    use crate::{Ballot, Envelope, Message, Value};
+    use crate::{Ballot, Envelope, Message, ProposalError, Value};
 
     #[test]
     fn single_member_cluster_chooses_on_its_own() {
@@ -1000,6 +1047,7 @@ mod tests {
         cluster.node(candidate).take_ready_persisted();
         let command = |text: &str| Value::Command {
             request_id: crate::RequestId { client_id: 1, seq: text.len() as u64 },
+            key: [0; 16],
             payload: text.as_bytes().to_vec(),
         };
         // Slot 2 was accepted at two ballots: the higher one must win. Slot 1 is a hole.
@@ -1088,6 +1136,48 @@ mod tests {
     }
 
     #[test]
+    fn a_late_answer_to_another_value_forwarded_under_the_same_id_answers_nothing() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let follower = if leader == 1 { 2 } else { 1 };
+        let client = cluster.session(follower);
+        // A (buggy) client's first value under id 1 goes to the leader, slowly.
+        let first = proposal(client, 1, "first");
+        cluster.node(follower).propose(first.clone());
+        let forwarded_first = cluster.node(follower).take_ready_persisted().messages;
+        assert!(matches!(forwarded_first[0].message, Message::Forward { .. }), "{forwarded_first:?}");
+        // It times out at the follower; then another value is forwarded under the same id.
+        let timeout = cluster.node(follower).config().forward_timeout_ticks;
+        cluster.run_ticks(timeout + 1);
+        cluster.replies.clear();
+        let second = proposal(client, 1, "second");
+        cluster.node(follower).propose(second.clone());
+        let forwarded_second = cluster.node(follower).take_ready_persisted().messages;
+        // The first value is chosen, and the leader's answer to it reaches the follower.
+        cluster.node(leader).step(forwarded_first[0].clone());
+        cluster.settle();
+        assert!(
+            !cluster.replies.iter().any(|(_, r)| r.fingerprint == second.fingerprint() && r.outcome.is_ok()),
+            "the second value was acknowledged with the first one's slot: {:?}",
+            cluster.replies
+        );
+        // The second value, when its own forward arrives, is refused: its id holds another value.
+        for envelope in forwarded_second {
+            cluster.node(envelope.to).step(envelope);
+        }
+        cluster.settle();
+        let answers: Vec<_> =
+            cluster.replies.iter().filter(|(_, r)| r.fingerprint == second.fingerprint()).collect();
+        assert!(
+            matches!(
+                answers[..],
+                [(_, crate::Reply { outcome: Err(ProposalError::RequestIdReused(_)), .. })]
+            ),
+            "{answers:?}"
+        );
+    }
+
+    #[test]
     fn follower_forwards_to_the_leader_and_answers_once_applied_locally() {
         let mut cluster = Cluster::new(3);
         let leader = cluster.elect();
@@ -1100,7 +1190,14 @@ mod tests {
         assert_eq!(cluster.node(follower).applied_upto(), 2);
         assert_eq!(
             cluster.replies,
-            vec![(follower, crate::Reply { request_id: proposal(client, 1, "").request_id, outcome: Ok(1) })]
+            vec![(
+                follower,
+                crate::Reply {
+                    request_id: proposal(client, 1, "").request_id,
+                    fingerprint: proposal(client, 1, "hello").fingerprint(),
+                    outcome: Ok(1)
+                }
+            )]
         );
     }
 }

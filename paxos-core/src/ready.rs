@@ -29,6 +29,8 @@ pub enum PersistOp {
     RequestInsert {
         request_id: RequestId,
         slot: Slot,
+        /// The session's key for a registration record (seq 0), else the payload's digest.
+        digest: crate::Digest,
     },
     RequestRemove {
         request_id: RequestId,
@@ -96,6 +98,9 @@ pub fn page_has_room(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub request_id: RequestId,
+    /// The fingerprint of the proposal answered (see [`crate::Proposal::fingerprint`]; zero for
+    /// a configuration change): a driver gives the answer only to requests with the same one.
+    pub fingerprint: crate::Digest,
     pub outcome: Result<Slot, ProposalError>,
 }
 
@@ -226,12 +231,16 @@ mod tests {
     use super::*;
 
     fn reply(seq: u64, outcome: Result<Slot, ProposalError>) -> Reply {
-        Reply { request_id: RequestId { client_id: 9, seq }, outcome }
+        Reply { request_id: RequestId { client_id: 9, seq }, fingerprint: [0; 16], outcome }
     }
 
     #[test]
     fn replies_resting_on_an_accept_of_this_batch_wait_for_the_write() {
-        let value = Value::Command { request_id: RequestId { client_id: 9, seq: 1 }, payload: b"v".to_vec() };
+        let value = Value::Command {
+            request_id: RequestId { client_id: 9, seq: 1 },
+            key: [0; 16],
+            payload: b"v".to_vec(),
+        };
         let mut ready = Ready {
             persist: vec![PersistOp::Accept { slot: 5, ballot: Ballot::new(1, 1), value }],
             replies: vec![

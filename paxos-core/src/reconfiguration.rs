@@ -50,7 +50,7 @@ impl Replica {
         };
         if let Some(error) = refusal {
             if let Some(request_id) = request_id {
-                self.reply(Origin::Local, request_id, Err(error));
+                self.reply(Origin::Local, (request_id, [0; 16]), Err(error));
             }
             return;
         }
@@ -79,7 +79,11 @@ impl Replica {
             Ok(next) => next,
             Err(error) => {
                 if let Some(request_id) = request_id {
-                    self.reply(Origin::Local, request_id, Err(ProposalError::ChangeRefused(error)));
+                    self.reply(
+                        Origin::Local,
+                        (request_id, [0; 16]),
+                        Err(ProposalError::ChangeRefused(error)),
+                    );
                 }
                 return false;
             }
@@ -106,7 +110,7 @@ impl Replica {
         }
         if let Some(request_id) = leader.change_waiter.take() {
             let outcome = checked.map(|()| slot).map_err(ProposalError::ChangeRefused);
-            self.reply(Origin::Local, request_id, outcome);
+            self.reply(Origin::Local, (request_id, [0; 16]), outcome);
         }
     }
 

@@ -72,7 +72,10 @@ pub(crate) struct LeaderState {
     pub(crate) unsent: Vec<Slot>,
     pub(crate) queue: VecDeque<Proposal>,
     /// Who waits for each request id proposed by this leader.
-    pub(crate) waiters: BTreeMap<RequestId, Vec<Origin>>,
+    /// The fingerprint of the proposal queued or in flight under each request id: a proposal
+    /// with another fingerprint is refused as busy, and an applied value with another one
+    /// answers no one here.
+    pub(crate) waiters: BTreeMap<RequestId, (crate::Digest, Vec<Origin>)>,
     pub(crate) in_flight_requests: BTreeMap<RequestId, Slot>,
     pub(crate) last_heartbeat_tick: u64,
     /// Last tick unanswered Accepts were looked at for resending.
@@ -235,11 +238,12 @@ pub struct Replica {
     pub(crate) round_seen: u64,
     pub(crate) election_elapsed_ticks: u64,
     pub(crate) election_deadline_ticks: u64,
-    /// Proposals forwarded to the leader: request id -> tick after which they time out.
-    pub(crate) forwarded: BTreeMap<RequestId, u64>,
+    /// Proposals forwarded to the leader: request id -> tick after which they time out, and the
+    /// proposal's fingerprint (one per request id: another is refused as busy).
+    pub(crate) forwarded: BTreeMap<RequestId, (u64, crate::Digest)>,
     /// Answers from the leader held until this replica has applied the slot, so a client that
     /// reads the history of the node it proposed through sees its own write.
-    pub(crate) replies_after_apply: BTreeMap<Slot, Vec<RequestId>>,
+    pub(crate) replies_after_apply: BTreeMap<Slot, Vec<(RequestId, crate::Digest)>>,
 
     // Membership.
     /// The incarnation each member last presented (what `member replace` admits).
@@ -343,15 +347,15 @@ impl Replica {
         self.tick_learner();
         self.tick_progress();
         let now = self.tick_now;
-        let expired: Vec<RequestId> = self
+        let expired: Vec<(RequestId, crate::Digest)> = self
             .forwarded
             .iter()
-            .filter(|(_, deadline)| **deadline <= now)
-            .map(|(request_id, _)| *request_id)
+            .filter(|(_, (deadline, _))| *deadline <= now)
+            .map(|(request_id, (_, fingerprint))| (*request_id, *fingerprint))
             .collect();
-        for request_id in expired {
+        for (request_id, fingerprint) in expired {
             self.forwarded.remove(&request_id);
-            self.reply(Origin::Local, request_id, Err(ProposalError::Timeout));
+            self.reply(Origin::Local, (request_id, fingerprint), Err(ProposalError::Timeout));
         }
         self.settle_membership();
     }
@@ -469,7 +473,9 @@ impl Replica {
                 self.on_catch_up_truncated(from, snapshot, request)
             }
             Message::Forward { proposal } => self.on_forward(from, proposal),
-            Message::ForwardReply { request_id, outcome } => self.on_forward_reply(request_id, outcome),
+            Message::ForwardReply { request_id, fingerprint, outcome } => {
+                self.on_forward_reply(request_id, fingerprint, outcome)
+            }
             Message::NotAdmitted { admitted, chosen_at, applied_upto } => {
                 self.on_not_admitted(from, admitted, chosen_at, applied_upto)
             }
@@ -640,33 +646,62 @@ impl Replica {
         }
     }
 
-    /// Proposes a client value. The answer comes back in a later `Ready::replies`.
+    /// Proposes a client value. The answer comes back in a later `Ready::replies`, with the
+    /// proposal's fingerprint.
     pub fn propose(&mut self, proposal: Proposal) {
+        let answer_to = (proposal.request_id, proposal.fingerprint());
         if proposal.payload.len() > self.config.value_bytes_max {
             let error = ProposalError::TooLarge {
                 size_bytes: proposal.payload.len(),
                 limit_bytes: self.config.value_bytes_max,
             };
-            self.reply(Origin::Local, proposal.request_id, Err(error));
+            self.reply(Origin::Local, answer_to, Err(error));
             return;
         }
         if matches!(self.role, Role::Leader(_)) {
             self.leader_propose(proposal, Origin::Local);
             return;
         }
+        // A session this replica knows refuses a request without its key here: it must not
+        // reach a leader, where it would wait beside the owner's request with the same id.
+        if let Some(error) = self.refusal_by_table(&proposal) {
+            self.reply(Origin::Local, answer_to, Err(error));
+            return;
+        }
         match self.leader_hint {
             Some(leader) if leader != self.config.id && !matches!(self.role, Role::Candidate(_)) => {
+                if let Some((_, fingerprint)) = self.forwarded.get(&proposal.request_id) {
+                    if *fingerprint != answer_to.1 {
+                        self.reply(Origin::Local, answer_to, Err(ProposalError::RequestIdBusy(answer_to.0)));
+                        return;
+                    }
+                }
                 let deadline = self.tick_now + self.config.forward_timeout_ticks;
-                self.forwarded.insert(proposal.request_id, deadline);
+                self.forwarded.insert(proposal.request_id, (deadline, answer_to.1));
                 self.send(leader, Message::Forward { proposal });
             }
-            _ => self.reply(
-                Origin::Local,
-                proposal.request_id,
-                Err(ProposalError::NotLeader { leader_hint: None }),
-            ),
+            _ => self.reply(Origin::Local, answer_to, Err(ProposalError::NotLeader { leader_hint: None })),
         }
         self.settle_membership();
+    }
+
+    /// Why the duplicate table refuses `proposal` outright (the wrong key for its session, or
+    /// an applied request id with another value), if it does.
+    pub(crate) fn refusal_by_table(&self, proposal: &Proposal) -> Option<ProposalError> {
+        if proposal.is_register() {
+            return None;
+        }
+        let digest = crate::payload_digest(&proposal.payload);
+        match self.learner.requests().lookup(
+            proposal.request_id,
+            proposal.key,
+            digest,
+            self.config.request_table,
+        ) {
+            crate::Lookup::WrongKey => Some(ProposalError::WrongSessionKey(proposal.request_id)),
+            crate::Lookup::Reused(_) => Some(ProposalError::RequestIdReused(proposal.request_id)),
+            _ => None,
+        }
     }
 
     /// Asks for a configuration change, answered in a later `Ready::replies` with the slot of
@@ -674,7 +709,7 @@ impl Replica {
     pub fn change_membership(&mut self, request_id: RequestId, change: MembershipChange) {
         if !self.is_leader() {
             let error = ProposalError::NotLeader { leader_hint: self.leader_hint };
-            self.reply(Origin::Local, request_id, Err(error));
+            self.reply(Origin::Local, (request_id, [0; 16]), Err(error));
             return;
         }
         self.propose_membership(change, Some(request_id));
@@ -853,15 +888,19 @@ impl Replica {
         self.ready.persist.push(op);
     }
 
+    /// Answers the proposal `(request id, fingerprint)` from `origin` (a configuration change
+    /// has fingerprint zero).
     pub(crate) fn reply(
         &mut self,
         origin: Origin,
-        request_id: RequestId,
+        (request_id, fingerprint): (RequestId, crate::Digest),
         outcome: Result<Slot, ProposalError>,
     ) {
         match origin {
-            Origin::Local => self.ready.replies.push(Reply { request_id, outcome }),
-            Origin::Remote(node) => self.send(node, Message::ForwardReply { request_id, outcome }),
+            Origin::Local => self.ready.replies.push(Reply { request_id, fingerprint, outcome }),
+            Origin::Remote(node) => {
+                self.send(node, Message::ForwardReply { request_id, fingerprint, outcome })
+            }
         }
     }
 

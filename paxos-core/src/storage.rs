@@ -16,7 +16,7 @@ pub struct MemStorage {
     pub history: BTreeMap<Slot, Value>,
     pub applied_upto: Slot,
     pub truncation: TruncationSnapshot,
-    pub requests: BTreeMap<RequestId, Slot>,
+    pub requests: BTreeMap<RequestId, (Slot, crate::Digest)>,
     pub membership: Option<Membership>,
     /// The role the directory was first started with (a driver keeps it beside the incarnation).
     pub role: Option<crate::membership::MemberRole>,
@@ -38,8 +38,8 @@ impl MemStorage {
                     self.history.insert(*slot, value.clone());
                 }
                 PersistOp::AppliedUpto(slot) => self.applied_upto = *slot,
-                PersistOp::RequestInsert { request_id, slot } => {
-                    self.requests.insert(*request_id, *slot);
+                PersistOp::RequestInsert { request_id, slot, digest } => {
+                    self.requests.insert(*request_id, (*slot, *digest));
                 }
                 PersistOp::RequestRemove { request_id } => {
                     self.requests.remove(request_id);
@@ -56,7 +56,8 @@ impl MemStorage {
                     self.history.clear();
                     self.accepted = self.accepted.split_off(&snapshot.history_start);
                     self.applied_upto = snapshot.history_start;
-                    self.requests = snapshot.requests.records().into_iter().collect();
+                    self.requests =
+                        snapshot.requests.records().into_iter().map(|(r, s, d)| (r, (s, d))).collect();
                     if snapshot.membership.is_some() {
                         self.membership = snapshot.membership.clone();
                     }
@@ -74,7 +75,7 @@ impl MemStorage {
             accepted: self.accepted.clone(),
             applied_upto: self.applied_upto,
             truncation: self.truncation.clone(),
-            requests: RequestTable::from_records(self.requests.iter().map(|(r, s)| (*r, *s))),
+            requests: RequestTable::from_records(self.requests.iter().map(|(r, (s, d))| (*r, *s, *d))),
             membership: self.membership.clone(),
             role: self.role,
         }

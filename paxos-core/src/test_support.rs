@@ -8,8 +8,11 @@ pub(crate) fn replica(id: u64, members: &[u64]) -> Replica {
     Replica::recover(Config::new(id, members.to_vec()), MemStorage::bootstrapped(members).durable_state(), 42)
 }
 
+/// The session key every test session is registered with (see [`Cluster::session`]).
+pub(crate) const TEST_KEY: crate::Digest = [0x5e; 16];
+
 pub(crate) fn proposal(client_id: u64, seq: u64, text: &str) -> Proposal {
-    Proposal { request_id: RequestId { client_id, seq }, payload: text.as_bytes().to_vec() }
+    Proposal { request_id: RequestId { client_id, seq }, key: TEST_KEY, payload: text.as_bytes().to_vec() }
 }
 
 /// Messages of a given kind in a Ready (both lists).
@@ -129,12 +132,12 @@ impl Cluster {
     /// slot); the registration's reply is removed from `replies`.
     pub(crate) fn session(&mut self, node: u64) -> u64 {
         let nonce = 0xC0FFEE + self.replies.len() as u64;
-        self.node(node).propose(Proposal::register(nonce));
+        self.node(node).propose(Proposal::register(nonce, TEST_KEY));
         self.settle();
         let index = self
             .replies
             .iter()
-            .position(|(_, reply)| reply.request_id == Proposal::register(nonce).request_id)
+            .position(|(_, reply)| reply.request_id == Proposal::register(nonce, TEST_KEY).request_id)
             .expect("registration answered");
         let (_, reply) = self.replies.remove(index);
         reply.outcome.expect("registration chosen")

@@ -54,6 +54,30 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// A 128-bit digest, as the log and the duplicate table keep it: of a client's session secret
+/// (the session's key, computed by the node the client talked to; the secret itself never
+/// enters the log) or of a proposal's payload ([`payload_digest`]).
+pub type Digest = [u8; 16];
+
+/// The digest the duplicate table keeps of a command's payload: a retry is a duplicate only if
+/// its payload has the same digest. XXH3-128: stable across versions and machines (every replica
+/// must compute the same), fast on large values. Not a cryptographic hash: only the session's
+/// owner can send requests in its session (see [`Value::Command`]'s `key`), and a collision can
+/// only confuse two values of one client's own.
+pub fn payload_digest(payload: &[u8]) -> Digest {
+    xxhash_rust::xxh3::xxh3_128(payload).to_le_bytes()
+}
+
+/// What tells two requests with one request id apart (a client that reuses an id, or one that
+/// names another's session): the session key and the payload's digest, hashed together. Answers
+/// travel with it, and an answer goes only to whoever waits with the same fingerprint.
+pub fn request_fingerprint(key: &Digest, payload: &[u8]) -> Digest {
+    let mut both = [0u8; 32];
+    both[..16].copy_from_slice(key);
+    both[16..].copy_from_slice(&payload_digest(payload));
+    xxhash_rust::xxh3::xxh3_128(&both).to_le_bytes()
+}
+
 impl RequestId {
     /// Reserved client id: a proposal with it asks for a new session. No session can have it
     /// (a session's id is the slot of its `Register` entry, and no slot reaches `u64::MAX`).
@@ -65,17 +89,22 @@ impl RequestId {
 pub enum Value {
     /// Fills a hole left by a failed leader, or stands for a duplicate of an earlier request.
     Noop,
-    /// A client's value, with the request id that makes retries idempotent.
+    /// A client's value, with the request id that makes retries idempotent. `key` is the
+    /// digest of the secret the request carried, which the node it reached computed: it is
+    /// applied only if it matches the key its session was registered with, so a client that
+    /// knows a session id (every history reader does) cannot write in that session.
     Command {
         request_id: RequestId,
+        key: Digest,
         // As bytes, not a sequence of u8: the same bincode (length, then the bytes), written
         // with one copy instead of a call per byte (8% of a follower's driver at 100 B values).
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// Opens a client session whose id is this entry's slot. `nonce` routes the answer back to
-    /// the client that asked; a retried registration may open a second, unused session.
-    Register { nonce: u64 },
+    /// the client that asked; a retried registration may open a second, unused session. `key`
+    /// is the digest of the secret only the registering client knows (see `Command`).
+    Register { nonce: u64, key: Digest },
     /// The configuration for every slot above this one (see [`crate::Membership`]). Applied as
     /// a no-op when it may not follow the configuration in force (the same check everywhere).
     Config(crate::membership::Membership),
@@ -86,9 +115,18 @@ impl Value {
         match self {
             Value::Noop | Value::Config(_) => None,
             Value::Command { request_id, .. } => Some(*request_id),
-            Value::Register { nonce } => {
+            Value::Register { nonce, .. } => {
                 Some(RequestId { client_id: RequestId::REGISTER_CLIENT_ID, seq: *nonce })
             }
+        }
+    }
+
+    /// The fingerprint of the request this value carries (see [`request_fingerprint`]).
+    pub fn fingerprint(&self) -> Option<Digest> {
+        match self {
+            Value::Noop | Value::Config(_) => None,
+            Value::Command { key, payload, .. } => Some(request_fingerprint(key, payload)),
+            Value::Register { key, .. } => Some(request_fingerprint(key, &[])),
         }
     }
 
@@ -96,8 +134,8 @@ impl Value {
     pub fn size_bytes(&self) -> usize {
         match self {
             Value::Noop => 1,
-            Value::Command { payload, .. } => 17 + payload.len(),
-            Value::Register { .. } => 9,
+            Value::Command { payload, .. } => 33 + payload.len(),
+            Value::Register { .. } => 25,
             Value::Config(membership) => {
                 membership.members.values().map(|member| 32 + member.address.len()).sum::<usize>() + 16
             }
@@ -109,7 +147,7 @@ impl fmt::Debug for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::Noop => write!(f, "Noop"),
-            Value::Register { nonce } => write!(f, "Register({nonce:x})"),
+            Value::Register { nonce, .. } => write!(f, "Register({nonce:x})"),
             Value::Config(membership) => {
                 let members: Vec<String> = membership
                     .members
@@ -118,7 +156,7 @@ impl fmt::Debug for Value {
                     .collect();
                 write!(f, "Config({})", members.join(","))
             }
-            Value::Command { request_id, payload } => match std::str::from_utf8(payload) {
+            Value::Command { request_id, payload, .. } => match std::str::from_utf8(payload) {
                 Ok(text) if text.len() <= 32 => write!(f, "Command({request_id}, {text:?})"),
                 _ => write!(f, "Command({request_id}, {} bytes)", payload.len()),
             },

@@ -35,10 +35,11 @@ fn ballot(rng: &mut Rng, from: u64, known: &[Ballot]) -> Ballot {
 fn value(rng: &mut Rng) -> Value {
     match rng.range(0, 5) {
         0 => Value::Noop,
-        1 => Value::Register { nonce: number(rng) },
+        1 => Value::Register { nonce: number(rng), key: [number(rng) as u8; 16] },
         4 => Value::Config(forged_membership(rng)),
         _ => Value::Command {
             request_id: RequestId { client_id: number(rng), seq: number(rng) },
+            key: [number(rng) as u8; 16],
             payload: vec![7; rng.range(0, 40) as usize],
         },
     }
@@ -107,11 +108,13 @@ fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
         10 => Message::Forward {
             proposal: Proposal {
                 request_id: RequestId { client_id: number(rng), seq: number(rng) },
+                key: [number(rng) as u8; 16],
                 payload: vec![1],
             },
         },
         11 => Message::ForwardReply {
             request_id: RequestId { client_id: number(rng), seq: number(rng) },
+            fingerprint: [number(rng) as u8; 16],
             outcome: if rng.chance(1, 2) { Ok(number(rng)) } else { Err(ProposalError::Timeout) },
         },
         12 => Message::NotAdmitted {
@@ -171,6 +174,7 @@ fn run(seed: u64) -> (u64, u64, bool) {
             6..=8 => replica.tick(),
             _ => replica.propose(Proposal {
                 request_id: RequestId { client_id: number(&mut rng), seq: step },
+                key: [number(&mut rng) as u8; 16],
                 payload: vec![2; 8],
             }),
         }

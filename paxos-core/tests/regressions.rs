@@ -11,7 +11,7 @@ use routed::*;
 /// Opens a client session through `node` (a `Register` entry in the log) and returns its id.
 fn client_session(cluster: &mut Cluster, node: NodeId) -> u64 {
     cluster.next_client_id += 1;
-    let registration = Proposal::register(cluster.next_client_id);
+    let registration = Proposal::register(cluster.next_client_id, [0; 16]);
     cluster.replica(node).propose(registration.clone());
     cluster.flush(node);
     cluster.deliver_everything();
@@ -491,7 +491,11 @@ fn lagging_followers_then_leader_dies(holes_max: u64, proposals: u64, batch: u64
                 break;
             }
             let client = 1 + seq % 3;
-            c.replica(1).propose(Proposal { request_id: rid(client, seq), payload: b"v".to_vec() });
+            c.replica(1).propose(Proposal {
+                request_id: rid(client, seq),
+                key: [0; 16],
+                payload: b"v".to_vec(),
+            });
             seq += 1;
         }
         c.flush(1);

@@ -13,8 +13,9 @@
 use crate::connection::{write_batches, ConnectError, Connection, FrameStream};
 use crate::tls::Security;
 use crate::wire::{
-    Caller, Frame, GcError, GcReport, Hello, HistoryError, HistoryPage, ProposeError, Request, Response,
-    StatusReport, TransferError, TransferReport, PROTOCOL_VERSION,
+    new_session_secret, session_key, Caller, Frame, GcError, GcReport, Hello, HistoryError, HistoryPage,
+    ProposeError, Request, Response, SessionSecret, StatusReport, TransferError, TransferReport,
+    PROTOCOL_VERSION,
 };
 use futures::{Stream, StreamExt};
 use paxos_core::{Proposal, ProposalError, RequestId, Slot};
@@ -264,8 +265,9 @@ struct ConnectionState {
 #[derive(Clone)]
 pub struct Client {
     options: Arc<ClientOptions>,
-    /// The session registered through the log (its id is the slot of its `Register` entry).
-    session: Arc<tokio::sync::Mutex<Option<u64>>>,
+    /// The session registered through the log (its id is the slot of its `Register` entry),
+    /// with the secret it was opened with (a new one for each session).
+    session: Arc<tokio::sync::Mutex<Option<(u64, SessionSecret)>>>,
     next_seq: Arc<AtomicU64>,
     state: Arc<tokio::sync::Mutex<ConnectionState>>,
 }
@@ -321,16 +323,17 @@ impl Client {
 
     /// The session this client's proposals use, registering one through the log first if it
     /// has none. Concurrent proposals wait for one registration.
-    pub async fn session(&self) -> Result<u64, ClientError> {
+    pub async fn session(&self) -> Result<(u64, SessionSecret), ClientError> {
         let mut session = self.session.lock().await;
-        if let Some(id) = *session {
-            return Ok(id);
+        if let Some(open) = *session {
+            return Ok(open);
         }
-        let registration = Proposal::register(random_nonce());
-        let request = Request::Propose { request_id: registration.request_id, value: Vec::new() };
+        let secret = new_session_secret().map_err(ClientError::Unreachable)?;
+        let registration = Proposal::register(random_nonce(), session_key(&secret));
+        let request = Request::Propose { request_id: registration.request_id, secret, value: Vec::new() };
         let id = self.run(request, interpret_proposed).await?;
-        *session = Some(id);
-        Ok(id)
+        *session = Some((id, secret));
+        Ok((id, secret))
     }
 
     /// The live connection, or a new one to the preferred address or the next endpoint.
@@ -491,13 +494,13 @@ impl Client {
                 limit_bytes: self.options.value_bytes_max,
             });
         }
-        let session = self.session().await?;
+        let (session, secret) = self.session().await?;
         let request_id = RequestId { client_id: session, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) };
-        let result = self.run(Request::Propose { request_id, value }, interpret_proposed).await;
+        let result = self.run(Request::Propose { request_id, secret, value }, interpret_proposed).await;
         if let Err(ClientError::SessionExpired { session: expired }) = &result {
             // The next proposal registers anew; this one's outcome stays unknown.
             let mut current = self.session.lock().await;
-            if *current == Some(*expired) {
+            if current.is_some_and(|(id, _)| id == *expired) {
                 *current = None;
             }
         }

@@ -150,6 +150,7 @@ mod tests {
                         8,
                         Value::Command {
                             request_id: RequestId { client_id: 1, seq: 2 },
+                            key: [9; 16],
                             payload: b"x".to_vec(),
                         },
                     ),
@@ -160,6 +161,7 @@ mod tests {
                 id: 9,
                 request: Request::Propose {
                     request_id: RequestId { client_id: 5, seq: 1 },
+                    secret: [3; 16],
                     value: vec![0; 100],
                 },
             },
@@ -190,14 +192,15 @@ mod tests {
         #[derive(serde::Serialize)]
         enum ValueAsSequence {
             _Noop,
-            Command { request_id: RequestId, payload: Vec<u8> },
+            Command { request_id: RequestId, key: [u8; 16], payload: Vec<u8> },
         }
         for length in [0usize, 1, 100, 250, 251, 70_000] {
             let payload: Vec<u8> = (0..length).map(|i| (i % 251) as u8).collect();
             let request_id = RequestId { client_id: 7, seq: 9 };
             let before =
-                encode(&ValueAsSequence::Command { request_id, payload: payload.clone() }).expect("encodes");
-            let value = Value::Command { request_id, payload };
+                encode(&ValueAsSequence::Command { request_id, key: [5; 16], payload: payload.clone() })
+                    .expect("encodes");
+            let value = Value::Command { request_id, key: [5; 16], payload };
             assert_eq!(encode(&value).expect("encodes"), before, "{length} bytes");
             assert_eq!(decode::<Value>(&before).expect("decodes"), value);
         }
@@ -235,7 +238,11 @@ mod tests {
         // A Propose whose value claims 2^60 bytes: bincode's limit stops it before allocating.
         let mut payload = encode(&Frame::Request {
             id: 1,
-            request: Request::Propose { request_id: RequestId { client_id: 1, seq: 1 }, value: vec![] },
+            request: Request::Propose {
+                request_id: RequestId { client_id: 1, seq: 1 },
+                secret: [0; 16],
+                value: vec![],
+            },
         })
         .expect("encodes");
         payload.pop(); // the empty vector's length (0)

@@ -11,8 +11,8 @@ use crate::peer_link::PeerLinks;
 use crate::server::AnswerPermit;
 use crate::storage::{Storage, StorageError};
 use crate::wire::{
-    Frame, GcError, GcReport, HistoryError, HistoryPage, MemberInfo, ProposeError, Request, Response,
-    StatusReport, TransferError, TransferReport, HISTORY_PAGE_BYTES_MAX, HISTORY_PAGE_ENTRIES_MAX,
+    session_key, Frame, GcError, GcReport, HistoryError, HistoryPage, MemberInfo, ProposeError, Request,
+    Response, StatusReport, TransferError, TransferReport, HISTORY_PAGE_BYTES_MAX, HISTORY_PAGE_ENTRIES_MAX,
 };
 use paxos_core::{Compaction, CompactionError, NodeId, PersistOp, Proposal, Replica, RequestId, Slot, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -181,6 +181,8 @@ struct TransferWaiting {
 struct Waiting {
     respond: Responder,
     since: Instant,
+    /// The proposal's fingerprint (zero for a configuration change): the answer it takes.
+    fingerprint: paxos_core::Digest,
 }
 
 impl std::fmt::Debug for Driver {
@@ -307,17 +309,30 @@ impl Driver {
 
     fn on_request(&mut self, request: Request, respond: Responder) {
         match request {
-            Request::Propose { request_id, value } => {
+            Request::Propose { request_id, secret, value } => {
                 self.metrics.proposals_received.inc();
                 if self.pending_count >= PENDING_PROPOSALS_MAX {
                     self.metrics.refused("overloaded");
                     respond.send(Response::Proposed(Err(ProposeError::Overloaded)));
                     return;
                 }
+                // The secret stops here: the log and the peers see only its digest.
+                let proposal = Proposal { request_id, key: session_key(&secret), payload: value };
+                let fingerprint = proposal.fingerprint();
+                let waiting = self.pending.entry(request_id).or_default();
+                if waiting.iter().any(|w| w.fingerprint != fingerprint) {
+                    // Another value under this id waits here (a client that reuses an id, or
+                    // one naming a session it does not own): answers must not cross.
+                    let error = paxos_core::ProposalError::RequestIdBusy(request_id);
+                    self.metrics.refused(crate::metrics::refusal_reason(&error));
+                    respond
+                        .send(Response::Proposed(Err(ProposeError::Protocol { error, leader_addr: None })));
+                    return;
+                }
+                waiting.push(Waiting { respond, since: Instant::now(), fingerprint });
                 self.proposals_since_start += 1;
                 self.pending_count += 1;
-                self.pending.entry(request_id).or_default().push(Waiting { respond, since: Instant::now() });
-                self.replica.propose(Proposal { request_id, payload: value });
+                self.replica.propose(proposal);
             }
             Request::History { from_slot, limit } => {
                 let result = self.history(from_slot, limit);
@@ -331,7 +346,8 @@ impl Driver {
                 }
                 tracing::info!(?change, "configuration change asked for");
                 self.pending_count += 1;
-                self.pending.entry(request_id).or_default().push(Waiting { respond, since: Instant::now() });
+                let waiting = Waiting { respond, since: Instant::now(), fingerprint: [0; 16] };
+                self.pending.entry(request_id).or_default().push(waiting);
                 self.replica.change_membership(request_id, change);
             }
             Request::TransferLeader { target } => self.on_transfer_leader(target, respond),
@@ -563,9 +579,16 @@ impl Driver {
     /// Answers the local proposals `replies` settle (see [`paxos_core::Ready`] for when).
     fn answer(&mut self, replies: Vec<paxos_core::Reply>) {
         for reply in replies {
-            let Some(waiting) = self.pending.remove(&reply.request_id) else {
+            let Some(all) = self.pending.remove(&reply.request_id) else {
                 continue;
             };
+            // Only the requests with the answered proposal's fingerprint (see `on_request`:
+            // one fingerprint per request id waits at a time, so this is all or nothing).
+            let (waiting, others): (Vec<Waiting>, Vec<Waiting>) =
+                all.into_iter().partition(|w| w.fingerprint == reply.fingerprint);
+            if !others.is_empty() {
+                self.pending.insert(reply.request_id, others);
+            }
             self.pending_count -= waiting.len();
             match &reply.outcome {
                 Ok(_) => {

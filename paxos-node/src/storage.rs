@@ -4,7 +4,8 @@
 //! - `meta`: identity (cluster id, node id), promised ballot, applied prefix, truncation;
 //! - `accepted`: slot -> (ballot, value), the acceptor's records;
 //! - `history`: slot -> chosen value, the applied log;
-//! - `requests`: (client id, seq) -> slot, the duplicate table.
+//! - `requests`: (client id, seq) -> (slot, digest), the duplicate table (the digest is the
+//!   session's key for a registration record, seq 0, else the payload's).
 //!
 //! Slot keys are big-endian so key order is slot order. Every value is `crc32 ++ bincode`; a
 //! record whose checksum fails stops the node with an error naming the record. A `Ready`'s
@@ -12,7 +13,7 @@
 
 use crate::codec;
 use paxos_core::{
-    Ballot, DurableState, NodeId, PersistOp, RequestId, RequestTable, Slot, TruncationSnapshot, Value,
+    Ballot, Digest, DurableState, NodeId, PersistOp, RequestId, RequestTable, Slot, TruncationSnapshot, Value,
 };
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use std::collections::BTreeMap;
@@ -35,6 +36,11 @@ const KEY_TRUNCATION: &[u8] = b"truncation";
 const KEY_INCARNATION: &[u8] = b"incarnation";
 /// The `--role` the directory was first started with (see `paxos_core::Config::role`).
 const KEY_ROLE: &[u8] = b"role";
+/// The layout of the records (absent: format 1, before session keys): written with the
+/// identity, checked before any record is read.
+const KEY_FORMAT: &[u8] = b"format";
+/// Format 2: values carry session keys, the duplicate table payload digests.
+pub const STORAGE_FORMAT: u32 = 2;
 /// The configuration in force as of the applied prefix (absent: the bootstrap one).
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 
@@ -65,6 +71,12 @@ pub enum StorageError {
          node, or give this one another --data-dir"
     )]
     InUse { path: PathBuf },
+    #[error(
+        "data directory {path} holds storage format {found}, written by an older paxos-node; this \
+         one reads format {expected}: give it a new --data-dir (and `paxos-cli member replace` it \
+         into the cluster), or run the version that wrote it"
+    )]
+    Format { path: PathBuf, found: u32, expected: u32 },
 }
 
 /// RocksDB's error when another process holds the directory's LOCK (an `fcntl` lock, released
@@ -347,6 +359,14 @@ impl Storage {
                         cluster: cluster.to_owned(),
                     });
                 }
+                let found = self.get::<u32>(CF_META, KEY_FORMAT)?.unwrap_or(1);
+                if found != STORAGE_FORMAT {
+                    return Err(StorageError::Format {
+                        path: self.path.clone(),
+                        found,
+                        expected: STORAGE_FORMAT,
+                    });
+                }
                 Ok(())
             }
             (None, None) if !write_if_missing => Ok(()),
@@ -354,6 +374,7 @@ impl Storage {
                 let mut batch = WriteBatch::default();
                 batch.put_cf(self.cf(CF_META), KEY_CLUSTER_ID, seal(&cluster.to_owned())?);
                 batch.put_cf(self.cf(CF_META), KEY_NODE_ID, seal(&node)?);
+                batch.put_cf(self.cf(CF_META), KEY_FORMAT, seal(&STORAGE_FORMAT)?);
                 self.db.write_opt(batch, &self.sync).map_err(|error| self.db_error(error))
             }
             _ => Err(StorageError::Corrupt {
@@ -539,8 +560,8 @@ impl Storage {
             }
             let client_id = u64::from_be_bytes(key[..8].try_into().unwrap_or_default());
             let seq = u64::from_be_bytes(key[8..].try_into().unwrap_or_default());
-            let slot: Slot = self.unseal(CF_REQUESTS, &key, &record)?;
-            records.push((RequestId { client_id, seq }, slot));
+            let (slot, digest): (Slot, Digest) = self.unseal(CF_REQUESTS, &key, &record)?;
+            records.push((RequestId { client_id, seq }, slot, digest));
         }
         if applied_upto < truncation.history_start {
             return Err(StorageError::Corrupt {
@@ -608,8 +629,8 @@ impl Storage {
                 }
                 PersistOp::Apply { slot, value } => batch.put_cf(history, slot_key(*slot), seal(value)?),
                 PersistOp::AppliedUpto(slot) => batch.put_cf(meta, KEY_APPLIED_UPTO, seal(slot)?),
-                PersistOp::RequestInsert { request_id, slot } => {
-                    batch.put_cf(requests, request_key(*request_id), seal(slot)?)
+                PersistOp::RequestInsert { request_id, slot, digest } => {
+                    batch.put_cf(requests, request_key(*request_id), seal(&(*slot, *digest))?)
                 }
                 PersistOp::RequestRemove { request_id } => {
                     batch.delete_cf(requests, request_key(*request_id))
@@ -629,8 +650,8 @@ impl Storage {
                     batch.delete_range_cf(accepted, slot_key(0), slot_key(snapshot.history_start));
                     batch.delete_range_cf(requests, [0u8; 16], [0xFFu8; 16]);
                     batch.delete_cf(requests, [0xFFu8; 16]);
-                    for (request_id, slot) in snapshot.requests.records() {
-                        batch.put_cf(requests, request_key(request_id), seal(&slot)?);
+                    for (request_id, slot, digest) in snapshot.requests.records() {
+                        batch.put_cf(requests, request_key(request_id), seal(&(slot, digest))?);
                     }
                     batch.put_cf(meta, KEY_APPLIED_UPTO, seal(&snapshot.history_start)?);
                     batch.put_cf(meta, KEY_TRUNCATION, seal(snapshot)?);
@@ -717,7 +738,24 @@ mod tests {
     fn command(seq: u64) -> Value {
         Value::Command {
             request_id: RequestId { client_id: 1, seq },
+            key: [3; 16],
             payload: format!("v{seq}").into_bytes(),
+        }
+    }
+
+    /// A directory written before session keys (no format record) would fail to decode its
+    /// values as corrupt: it is refused at open with what to do, before any record is read.
+    #[test]
+    fn a_directory_of_an_older_storage_format_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path(), "c", 1).expect("open");
+        storage.db.delete_cf(storage.cf(CF_META), KEY_FORMAT).expect("delete the format record");
+        drop(storage);
+        match Storage::open(dir.path(), "c", 1) {
+            Err(error @ StorageError::Format { found: 1, expected: STORAGE_FORMAT, .. }) => {
+                assert!(error.to_string().contains("new --data-dir"), "{error}");
+            }
+            other => panic!("expected a format error, got {:?}", other.map(|_| ())),
         }
     }
 
@@ -734,8 +772,12 @@ mod tests {
                 PersistOp::Apply { slot: 0, value: command(1) },
                 PersistOp::AppliedUpto(1),
                 // Session 1's registration (seq 0, at slot 1, its id) and one request.
-                PersistOp::RequestInsert { request_id: RequestId { client_id: 1, seq: 0 }, slot: 1 },
-                PersistOp::RequestInsert { request_id, slot: 0 },
+                PersistOp::RequestInsert {
+                    request_id: RequestId { client_id: 1, seq: 0 },
+                    slot: 1,
+                    digest: [3; 16],
+                },
+                PersistOp::RequestInsert { request_id, slot: 0, digest: [4; 16] },
             ])
             .expect("write");
         drop(storage);
@@ -744,7 +786,10 @@ mod tests {
         assert_eq!(state.promised, Ballot::new(3, 2));
         assert_eq!(state.accepted.len(), 2);
         assert_eq!(state.applied_upto, 1);
-        assert_eq!(state.requests.records(), vec![(RequestId { client_id: 1, seq: 0 }, 1), (request_id, 0)]);
+        assert_eq!(
+            state.requests.records(),
+            vec![(RequestId { client_id: 1, seq: 0 }, 1, [3; 16]), (request_id, 0, [4; 16])]
+        );
         assert_eq!(storage.read_history(0, 10, 10, 1 << 20).expect("read"), vec![(0, command(1))]);
     }
 
@@ -774,12 +819,8 @@ mod tests {
         assert_eq!(storage.read_history(0, 100, 100, 1 << 20).expect("read").len(), 7);
         let mut table = RequestTable::default();
         let limits = paxos_core::Config::new(1, vec![1]).request_table;
-        table.open_session(4, limits);
-        table.insert(
-            RequestId { client_id: 4, seq: 4 },
-            20,
-            paxos_core::Config::new(1, vec![1]).request_table,
-        );
+        table.open_session(4, [4; 16], limits);
+        table.insert(RequestId { client_id: 4, seq: 4 }, 20, [5; 16], limits);
         let install = [PersistOp::InstallSnapshot(TruncationSnapshot {
             history_start: 20,
             table_upto: 25,

@@ -9,7 +9,29 @@ use paxos_core::{Ballot, Message, NodeId, ProposalError, RequestId, RoleName, Sl
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
+
+/// A client session's secret: 128 random bits.
+pub type SessionSecret = [u8; 16];
+
+/// The key a session's entries carry: the first 128 bits of the secret's SHA-256. The log and
+/// its readers see only this; finding a secret from it is a preimage attack on SHA-256.
+pub fn session_key(secret: &SessionSecret) -> paxos_core::Digest {
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret);
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest.as_ref()[..16]);
+    key
+}
+
+/// A new session secret from the operating system's random source.
+pub fn new_session_secret() -> Result<SessionSecret, String> {
+    use ring::rand::SecureRandom;
+    let mut secret = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut secret)
+        .map_err(|_| "the operating system's random source failed".to_owned())?;
+    Ok(secret)
+}
 
 /// Most history entries one `History` request returns (the node caps a larger `limit`).
 pub const HISTORY_PAGE_ENTRIES_MAX: u64 = 10_000;
@@ -93,8 +115,13 @@ pub enum Frame {
 /// A client's request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
+    /// A value to propose, or (with [`RequestId::REGISTER_CLIENT_ID`]) a session to open.
+    /// `secret`: the session's secret, which the client chose at random when it registered
+    /// and never shows anyone else; the node hashes it ([`session_key`]) into the key the log
+    /// keeps, so a request without the secret cannot write in the session.
     Propose {
         request_id: RequestId,
+        secret: SessionSecret,
         /// Bytes, not a sequence of u8 (see [`paxos_core::Value::Command`]).
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,

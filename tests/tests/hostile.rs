@@ -106,6 +106,7 @@ fn client_tls(dir: &std::path::Path, name: &str) -> Security {
 fn forged_catch_up() -> Message {
     let value = |i: u64| Value::Command {
         request_id: RequestId { client_id: 999, seq: i },
+        key: [0; 16],
         payload: format!("forged-{i}").into_bytes(),
     };
     Message::CatchUpEntries {
@@ -298,6 +299,86 @@ async fn gc_needs_an_admin_certificate() {
     assert!(run(&["history", "--identity", "client"]).status.success());
     let done = run(&["gc", "--truncate-below", "5", "--json"]);
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+}
+
+/// Sends one request on a connection of its own, with `client`'s certificate, and returns the
+/// answer.
+async fn ask(cluster: &Cluster, node: u64, request: Request) -> paxos_node::wire::Response {
+    let security = client_tls(&cluster.certs_dir(), "client");
+    let connection = dial(&cluster.addrs[&node], Caller::Client, &security).await.expect("dial");
+    let (mut sink, mut stream) = connection.split();
+    sink.send(Frame::Request { id: 1, request }).await.expect("send");
+    loop {
+        match stream.next().await.expect("an answer").expect("a frame") {
+            Frame::Response { id: 1, response } => return response,
+            other => eprintln!("(ignored: {other:?})"),
+        }
+    }
+}
+
+/// The session takeover of issue 25: a holder of the ordinary client certificate reads a
+/// session id from the history and proposes its own value under it, before the session's owner.
+/// Without the session's secret it is refused, under the next sequence number as under one
+/// already answered; the owner's value is chosen and acknowledged at its own slot. And the
+/// owner itself, reusing an answered id with another value, is refused, never told `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clients_session_cannot_be_used() {
+    use paxos_core::ProposalError;
+    use paxos_node::wire::{ProposeError, Response};
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let victim = cluster.client_for(&[leader]);
+    let first = victim.propose(b"GOOD-1".to_vec()).await.expect("the victim's first value");
+    let (session, secret) = victim.session().await.expect("the victim's session");
+    // The session id is public: it is the slot of the registration entry, in every history.
+    let history = victim.history(0, 100).await.expect("history");
+    assert!(history.entries.iter().any(|(slot, value)| *slot == session && value.is_none()));
+    let attacker_secret = paxos_node::wire::new_session_secret().expect("random");
+    for (seq, node) in [(2, leader), (1, leader), (2, leader % 3 + 1)] {
+        let request_id = RequestId { client_id: session, seq };
+        let evil = Request::Propose { request_id, secret: attacker_secret, value: b"EVIL".to_vec() };
+        let answer = ask(&cluster, node, evil).await;
+        eprintln!("takeover attempt of {request_id} through node {node}: {answer:?}");
+        assert!(
+            matches!(
+                answer,
+                Response::Proposed(Err(ProposeError::Protocol {
+                    error: ProposalError::WrongSessionKey(_),
+                    ..
+                }))
+            ),
+            "{answer:?}"
+        );
+    }
+    // The owner's next value (seq 2, which the attacker tried first) is chosen as its own.
+    let good = victim.propose(b"GOOD-2".to_vec()).await.expect("the victim's second value");
+    let page = victim.history(first, 100).await.expect("history");
+    let value_at = |slot: u64| page.entries.iter().find(|(s, _)| *s == slot).and_then(|(_, v)| v.clone());
+    assert_eq!(value_at(first).as_deref(), Some(&b"GOOD-1"[..]));
+    assert_eq!(value_at(good).as_deref(), Some(&b"GOOD-2"[..]));
+    assert!(page.entries.iter().all(|(_, value)| value.as_deref() != Some(&b"EVIL"[..])), "{page:?}");
+    // The owner reusing an answered id with another value: refused, not Ok(first).
+    let reused = Request::Propose {
+        request_id: RequestId { client_id: session, seq: 1 },
+        secret,
+        value: b"OTHER".to_vec(),
+    };
+    let answer = ask(&cluster, leader, reused).await;
+    eprintln!("the owner's id 1 reused with another value: {answer:?}");
+    assert!(
+        matches!(
+            answer,
+            Response::Proposed(Err(ProposeError::Protocol { error: ProposalError::RequestIdReused(_), .. }))
+        ),
+        "{answer:?}"
+    );
+    // The same id with the same value is a duplicate: its slot.
+    let retried = Request::Propose {
+        request_id: RequestId { client_id: session, seq: 1 },
+        secret,
+        value: b"GOOD-1".to_vec(),
+    };
+    assert_eq!(ask(&cluster, leader, retried).await, Response::Proposed(Ok(first)));
 }
 
 /// Pipelined history requests that are never read: each answer's bytes are reserved before

@@ -21,8 +21,9 @@ pub fn any(_: &Message) -> bool {
 
 /// Sessions 1, 2 and 3 open (as if registered before slot 0), so schedules' slot numbers hold
 /// only their own values.
-pub fn sessions() -> BTreeMap<RequestId, Slot> {
-    (1..=3).map(|client| (rid(client, 0), client)).collect()
+/// Sessions 1 to 3, open with key zero (what every proposal of these schedules carries).
+pub fn sessions() -> BTreeMap<RequestId, (Slot, paxos_core::Digest)> {
+    (1..=3).map(|client| (rid(client, 0), (client, [0; 16]))).collect()
 }
 
 pub type Kind = fn(&Message) -> bool;
@@ -80,7 +81,7 @@ impl Cluster {
     /// A cluster whose duplicate table already holds sessions 1, 2 and 3 (as if registered
     /// before the schedule began), so the schedules' slot numbers hold only their own values.
     pub fn new(size: u64) -> Self {
-        Self::build(size, sessions().into_iter().collect(), |_| {})
+        Self::build(size, sessions().into_iter().map(|(r, (s, _))| (r, s)).collect(), |_| {})
     }
 
     pub fn with_config(size: u64, adjust: impl Fn(&mut Config)) -> Self {
@@ -96,7 +97,10 @@ impl Cluster {
                 config.pre_vote = false;
                 adjust(&mut config);
                 let storage = MemStorage {
-                    requests: sessions.iter().copied().collect(),
+                    requests: sessions
+                        .iter()
+                        .map(|(request_id, slot)| (*request_id, (*slot, [0; 16])))
+                        .collect(),
                     ..MemStorage::bootstrapped(&members)
                 };
                 let node = Node {
@@ -229,7 +233,7 @@ impl Cluster {
     }
 
     pub fn propose(&mut self, id: NodeId, request_id: RequestId, payload: &str) {
-        self.replica(id).propose(Proposal { request_id, payload: payload.as_bytes().to_vec() });
+        self.replica(id).propose(Proposal { request_id, key: [0; 16], payload: payload.as_bytes().to_vec() });
         self.flush(id);
     }
 

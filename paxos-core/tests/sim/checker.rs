@@ -22,6 +22,9 @@ pub struct Checker {
     contiguous_upto: Slot,
     /// What was proposed under each request id (validity).
     proposed: BTreeMap<RequestId, Vec<u8>>,
+    /// Values hostile or buggy clients sent under another's session or an answered id: none
+    /// may ever be applied.
+    hostile: BTreeSet<(RequestId, Vec<u8>)>,
     /// Registration nonces clients sent (validity of `Register` entries).
     registrations: BTreeSet<u64>,
     /// The one value of every slot any node applied (agreement).
@@ -48,6 +51,7 @@ impl Checker {
             configs: BTreeMap::new(),
             contiguous_upto: 0,
             proposed: BTreeMap::new(),
+            hostile: BTreeSet::new(),
             registrations: BTreeSet::new(),
             history: BTreeMap::new(),
             request_slots: BTreeMap::new(),
@@ -61,6 +65,10 @@ impl Checker {
 
     pub fn on_propose(&mut self, request_id: RequestId, payload: &[u8]) {
         self.proposed.insert(request_id, payload.to_vec());
+    }
+
+    pub fn on_propose_hostile(&mut self, request_id: RequestId, payload: &[u8]) {
+        self.hostile.insert((request_id, payload.to_vec()));
     }
 
     pub fn on_register(&mut self, nonce: u64) {
@@ -196,13 +204,31 @@ impl Checker {
             eprintln!("slot {slot}: node {node} applies {value:?}");
         }
         match value {
-            Value::Command { request_id, payload } => match self.proposed.get(request_id) {
-                Some(proposed) if proposed == payload => {}
-                _ => {
-                    return Err(format!("validity: node {node} applied {value:?} at {slot}, never proposed"))
+            Value::Command { request_id, key, payload } => {
+                if self.hostile.contains(&(*request_id, payload.clone())) {
+                    return Err(format!(
+                        "takeover: node {node} applied a hostile client's {value:?} at {slot}"
+                    ));
                 }
-            },
-            Value::Register { nonce } if !self.registrations.contains(nonce) => {
+                match self.proposed.get(request_id) {
+                    Some(proposed) if proposed == payload => {}
+                    _ => {
+                        return Err(format!(
+                            "validity: node {node} applied {value:?} at {slot}, never proposed"
+                        ))
+                    }
+                }
+                // A session's commands carry the key it was registered with.
+                if let Some(Value::Register { key: registered, .. }) = self.history.get(&request_id.client_id)
+                {
+                    if registered != key {
+                        return Err(format!(
+                            "takeover: node {node} applied {value:?} at {slot} without its session's key"
+                        ));
+                    }
+                }
+            }
+            Value::Register { nonce, .. } if !self.registrations.contains(nonce) => {
                 return Err(format!("validity: node {node} applied {value:?} at {slot}, never asked for"));
             }
             _ => {}
@@ -252,7 +278,11 @@ impl Checker {
             }
         }
         match self.history.get(&slot) {
-            Some(Value::Command { request_id: at_slot, .. }) if *at_slot == request_id => Ok(()),
+            Some(Value::Command { request_id: at_slot, payload, .. })
+                if *at_slot == request_id && self.proposed.get(&request_id) == Some(payload) =>
+            {
+                Ok(())
+            }
             Some(other) => {
                 Err(format!("durability: {request_id} acknowledged at {slot}, which holds {other:?}"))
             }
@@ -265,7 +295,7 @@ impl Checker {
     /// A registration was answered: its slot must hold it.
     pub fn on_registered(&mut self, nonce: u64, slot: Slot) -> Result<(), String> {
         match self.history.get(&slot) {
-            Some(Value::Register { nonce: at_slot }) if *at_slot == nonce => Ok(()),
+            Some(Value::Register { nonce: at_slot, .. }) if *at_slot == nonce => Ok(()),
             other => Err(format!("registration {nonce:x} answered with slot {slot}, which holds {other:?}")),
         }
     }

@@ -479,7 +479,7 @@ impl Simulation {
             self.probes.outstanding.insert(nonce, (node, now));
             self.checker.on_register(nonce);
             if let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
-                replica.propose(Proposal::register(nonce));
+                replica.propose(Proposal::register(nonce, [0; 16]));
             }
         }
     }

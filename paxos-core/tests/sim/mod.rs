@@ -75,6 +75,14 @@ pub struct Faults {
     /// Chance per tick that the operator asks a leader to hand leadership to a member drawn at
     /// random (`paxos-cli leader transfer`).
     pub transfer_per_mille: u64,
+    /// Chance per tick that a hostile client (it holds a client certificate, not the secret)
+    /// proposes its own value under another client's session id and a sequence number near
+    /// that client's: a guessed or reused session. None of these may ever be applied, and none
+    /// may be answered Ok.
+    pub hijack_per_mille: u64,
+    /// Chance per tick that a client sends an answered request id again with another value
+    /// (a buggy client): refused, never answered Ok, never applied.
+    pub reuse_per_mille: u64,
 }
 
 impl Faults {
@@ -99,6 +107,8 @@ impl Faults {
             reconfigure_per_mille: 0,
             crash_mid_change_per_mille: 0,
             transfer_per_mille: 0,
+            hijack_per_mille: 0,
+            reuse_per_mille: 0,
         }
     }
 
@@ -141,6 +151,8 @@ impl Faults {
             crash_mid_change_per_mille: on(rng, 100, 1000),
             // Drawn last, in `Scenario::swarm`, so the other rates stay what they were.
             transfer_per_mille: 0,
+            hijack_per_mille: 0,
+            reuse_per_mille: 0,
         }
     }
 }
@@ -265,6 +277,12 @@ impl Scenario {
             let kinds = liveness::TopologyKind::ALL;
             scenario.partial_fault = Some(kinds[rng.range(0, kinds.len() as u64) as usize]);
         }
+        if rng.chance(1, 3) {
+            scenario.faults.hijack_per_mille = rng.range(1, 40);
+        }
+        if rng.chance(1, 3) {
+            scenario.faults.reuse_per_mille = rng.range(1, 40);
+        }
         scenario
     }
 }
@@ -335,6 +353,11 @@ pub struct Stats {
     pub snapshot_truncations: u64,
     pub snapshot_installs: u64,
     pub late_retries: u64,
+    /// Proposals of hostile clients under another's session, and of answered ids reused.
+    pub hijacks: u64,
+    pub reuses: u64,
+    /// Their refusals: the wrong key, the id reused, the id busy with the owner's value.
+    pub hostile_refused: u64,
     pub sessions_expired: u64,
     pub superseded_leaderships: u64,
     pub stale_accepts_refused: u64,
@@ -379,6 +402,9 @@ impl Stats {
         self.snapshot_truncations += other.snapshot_truncations;
         self.snapshot_installs += other.snapshot_installs;
         self.late_retries += other.late_retries;
+        self.hijacks += other.hijacks;
+        self.reuses += other.reuses;
+        self.hostile_refused += other.hostile_refused;
         self.sessions_expired += other.sessions_expired;
         self.superseded_leaderships += other.superseded_leaderships;
         self.stale_accepts_refused += other.stale_accepts_refused;
@@ -757,6 +783,7 @@ impl Simulation {
             self.inject_compaction()?;
         }
         self.run_clients();
+        self.run_hostile_clients();
         self.run_operator();
         self.watch_transfers();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -806,7 +833,7 @@ impl Simulation {
                 }
             }
             for reply in early {
-                self.on_reply(id, reply.request_id, reply.outcome)?;
+                self.on_reply(id, reply.request_id, reply.fingerprint, reply.outcome)?;
             }
             if !self.healed
                 && self.rng.chance(self.scenario.faults.crash_mid_ready_per_mille, 1000)
@@ -869,7 +896,7 @@ impl Simulation {
                 }
             }
             for reply in ready.replies {
-                self.on_reply(id, reply.request_id, reply.outcome)?;
+                self.on_reply(id, reply.request_id, reply.fingerprint, reply.outcome)?;
             }
         }
         Ok(())
@@ -879,6 +906,7 @@ impl Simulation {
         &mut self,
         node: NodeId,
         request_id: RequestId,
+        fingerprint: paxos_core::Digest,
         outcome: Result<Slot, ProposalError>,
     ) -> Result<(), String> {
         if request_id.client_id == RequestId::REGISTER_CLIENT_ID
@@ -896,6 +924,21 @@ impl Simulation {
         let Some(index) = self.session_owner.get(&request_id.client_id).copied() else {
             return Err(format!("reply for unknown session {request_id}"));
         };
+        let owners = self.owners_proposal(request_id).map(|p| p.fingerprint());
+        if owners != Some(fingerprint) {
+            // The answer to a hostile or buggy client's value: never Ok (an Ok would either
+            // acknowledge a value in a session the client does not own, or name the slot of
+            // another value), and never the owner's business.
+            return match outcome {
+                Ok(slot) => Err(format!(
+                    "takeover: {request_id} with another value than its owner's answered Ok({slot}) by node {node}"
+                )),
+                Err(_) => {
+                    self.stats.hostile_refused += 1;
+                    Ok(())
+                }
+            };
+        }
         let small_table = self.scenario.small_table.is_some();
         let client = &mut self.clients[index];
         let mine = client.outstanding.get(&request_id.seq).is_some_and(|o| o.request_id == request_id);
@@ -942,7 +985,9 @@ impl Simulation {
                     }
                 }
             }
-            Err(ProposalError::TooLarge { .. }) => {
+            Err(ProposalError::TooLarge { .. })
+            | Err(ProposalError::WrongSessionKey(_))
+            | Err(ProposalError::RequestIdReused(_)) => {
                 return Err(format!("unexpected final error for {request_id}: {outcome:?}"));
             }
             Err(_) => {
@@ -1020,7 +1065,7 @@ impl Simulation {
                     client.registering = Some((nonce, node, self.now));
                     self.checker.on_register(nonce);
                     if let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
-                        replica.propose(Proposal::register(nonce));
+                        replica.propose(Proposal::register(nonce, client_key(index)));
                     }
                 }
             }
@@ -1082,10 +1127,63 @@ impl Simulation {
     }
 
     fn propose_to(&mut self, node: NodeId, request_id: RequestId) {
-        let payload = format!("c{}-{}", request_id.client_id, request_id.seq).into_bytes();
-        self.checker.on_propose(request_id, &payload);
+        let Some(proposal) = self.owners_proposal(request_id) else {
+            return;
+        };
+        self.checker.on_propose(request_id, &proposal.payload);
         if let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
-            replica.propose(Proposal { request_id, payload });
+            replica.propose(proposal);
+        }
+    }
+
+    /// What the owner of `request_id`'s session proposes under it: its key and its value.
+    fn owners_proposal(&self, request_id: RequestId) -> Option<Proposal> {
+        let owner = *self.session_owner.get(&request_id.client_id)?;
+        let payload = format!("c{}-{}", request_id.client_id, request_id.seq).into_bytes();
+        Some(Proposal { request_id, key: client_key(owner), payload })
+    }
+
+    /// Hostile and buggy clients (see `Faults::hijack_per_mille`, `Faults::reuse_per_mille`):
+    /// another client's session with a wrong key, or an answered request id with another value.
+    fn run_hostile_clients(&mut self) {
+        let faults = &self.scenario.faults;
+        let (hijack, reuse) = (faults.hijack_per_mille, faults.reuse_per_mille);
+        if self.healed || self.session_owner.is_empty() {
+            return;
+        }
+        let sessions: Vec<(u64, usize)> = self.session_owner.iter().map(|(s, o)| (*s, *o)).collect();
+        if hijack > 0 && self.rng.chance(hijack, 1000) {
+            let (session, owner) = sessions[self.rng.range(0, sessions.len() as u64) as usize];
+            let near = self.clients[owner].next_seq;
+            let seq = self.rng.range(near.saturating_sub(3).max(1), near + 3);
+            let request_id = RequestId { client_id: session, seq };
+            // A guess: the session's id and sequence numbers are public, its secret is not.
+            let key = [0xEE; 16];
+            let payload = format!("evil{}-{}", session, seq).into_bytes();
+            self.checker.on_propose_hostile(request_id, &payload);
+            self.stats.hijacks += 1;
+            let node = self.entry_node();
+            if let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
+                replica.propose(Proposal { request_id, key, payload });
+            }
+        }
+        if reuse > 0 && self.rng.chance(reuse, 1000) {
+            let (_, owner) = sessions[self.rng.range(0, sessions.len() as u64) as usize];
+            let answered = &self.clients[owner].answered;
+            if answered.is_empty() {
+                return;
+            }
+            let request_id = answered[self.rng.range(0, answered.len() as u64) as usize];
+            if self.session_owner.get(&request_id.client_id) != Some(&owner) {
+                return;
+            }
+            let payload = format!("again{}-{}", request_id.client_id, request_id.seq).into_bytes();
+            self.checker.on_propose_hostile(request_id, &payload);
+            self.stats.reuses += 1;
+            let node = self.entry_node();
+            if let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
+                replica.propose(Proposal { request_id, key: client_key(owner), payload });
+            }
         }
     }
 
@@ -1269,4 +1367,12 @@ impl Simulation {
         let durable = node.storage.durable_state();
         node.replica = Some(Replica::recover(config, durable, seed));
     }
+}
+
+/// The session key of client `index` (the digest of its secret): distinct per client, and never
+/// the key a hostile client guesses.
+fn client_key(index: usize) -> paxos_core::Digest {
+    let mut key = [0x11; 16];
+    key[..8].copy_from_slice(&(index as u64 + 1).to_le_bytes());
+    key
 }
