@@ -159,7 +159,9 @@ impl Demo {
         }
         command.arg("--data-dir").arg(self.dir.join(format!("node-{id}")));
         command.arg("--role").arg(self.roles[&id].to_string());
-        command.arg("--certs-dir").arg(self.certs_dir());
+        // Each node is handed its own identity's directory, nothing else (no CA key, no other
+        // identity), as on separate machines.
+        command.arg("--certs").arg(self.certs_dir().join(format!("node-{id}")));
         command.arg("--metrics-listen").arg(&self.metrics_addrs[&id]);
         let child = command
             .stdin(Stdio::null())
@@ -320,12 +322,18 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 /// Step 1; returns the elected leader.
 async fn start_nodes(demo: &mut Demo, all: &[u64]) -> anyhow::Result<u64> {
     demo.create_certs()?;
+    let certs = demo.certs_dir();
     println!(
-        "1. starting {} paxos-node processes, data in {}; links are mutual TLS with certificates in {}",
+        "1. starting {} paxos-node processes, data in {}; links are mutual TLS, one certificate directory per identity:",
         all.len(),
         demo.dir.display(),
-        demo.certs_dir().display()
     );
+    println!("   {}/ca/        the CA's key: on no machine that runs a node or a client", certs.display());
+    for id in all {
+        println!("   {}/node-{id}/    node {id}'s only (its --certs)", certs.display());
+    }
+    println!("   {}/client/    clients: propose, read", certs.display());
+    println!("   {}/admin/     operators: gc, members, leader transfer", certs.display());
     for id in all {
         demo.spawn(*id)?;
         println!("   node {id} ({}) on {} (pid {})", demo.roles[id], demo.addrs[id], demo.pids[id]);

@@ -41,16 +41,21 @@ pub struct Cli {
     #[arg(long, global = true, env = "PAXOS_TIMEOUT_MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
 
-    /// Directory of the cluster's certificates (`paxos-cli certs` creates it): ca.pem and the
-    /// --identity's certificate and key.
+    /// Directory of the cluster's certificates (`paxos-cli certs` creates it): one directory
+    /// per identity (ca/, node-N/, client/, admin/).
     #[arg(long, global = true, env = "PAXOS_CERTS_DIR", default_value = "paxos-certs")]
     pub certs_dir: PathBuf,
 
-    /// Whose certificate to present, as CERTS_DIR/NAME.pem and NAME.key: `client` may propose
-    /// and read, `admin` may also collect garbage, change members and move the leader.
-    /// Default: admin for those, client otherwise.
+    /// Whose certificate to present, as CERTS_DIR/NAME/: `client` may propose and read,
+    /// `admin` may also collect garbage, change members and move the leader. Default: admin for
+    /// those, client otherwise.
     #[arg(long, global = true, env = "PAXOS_IDENTITY", value_name = "NAME")]
     pub identity: Option<String>,
+
+    /// The certificate directory to present (ca.pem, cert.pem, key.pem), instead of
+    /// CERTS_DIR/IDENTITY/: the one directory a client's machine was given.
+    #[arg(long, global = true, env = "PAXOS_CERTS", value_name = "DIR")]
+    pub certs: Option<PathBuf>,
 
     /// Talk plaintext, to nodes started with --insecure-plaintext (no authentication, no
     /// encryption).
@@ -209,14 +214,16 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Create the cluster's certificate authority in --certs-dir (unless it has one) and issue
-    /// certificates from it: node-ID.pem for each --nodes id, client.pem and admin.pem. Keys
-    /// are written readable by their owner only; existing files are kept unless --overwrite.
+    /// Create the cluster's certificate authority in CERTS_DIR/ca/ (unless it has one) and issue
+    /// from it one self-contained directory per identity: CERTS_DIR/node-ID/ for each --nodes
+    /// id, client/ and admin/ (each ca.pem, cert.pem, key.pem). Hand each process its own
+    /// directory only. Directories and keys are readable by their owner only; existing
+    /// identities are kept unless --overwrite.
     Certs {
         /// Node ids to issue certificates for, e.g. 1,2,3.
         #[arg(long, value_delimiter = ',', value_name = "ID")]
         nodes: Vec<u64>,
-        /// Do not issue client.pem and admin.pem.
+        /// Do not issue client/ and admin/.
         #[arg(long)]
         no_clients: bool,
         /// Replace certificates that exist already (the CA is always kept).
@@ -268,11 +275,12 @@ impl Cli {
         );
         let default = if admin { "admin" } else { "client" };
         let identity = self.identity.as_deref().unwrap_or(default);
-        let files = CertFiles::named(&self.certs_dir, identity);
+        let dir = self.certs.clone().unwrap_or_else(|| self.certs_dir.join(identity));
+        let files = CertFiles::identity(&dir);
         let tls = Tls::for_client(&files, &self.cluster).with_context(|| {
             format!(
-                "no usable {identity} certificate in {} (create one with `paxos-cli certs`, point --certs-dir at the cluster's, or --insecure-plaintext for nodes without TLS)",
-                self.certs_dir.display()
+                "no usable {identity} certificate in {} (create one with `paxos-cli certs`, point --certs-dir at the cluster's or --certs at the identity's directory, or --insecure-plaintext for nodes without TLS)",
+                dir.display()
             )
         })?;
         Ok(Security::Tls(Arc::new(tls)))

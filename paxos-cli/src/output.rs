@@ -316,19 +316,29 @@ pub fn certs_json(dir: &Path, issued: &Issued) -> Value {
 
 pub fn certs_text(dir: &Path, issued: &Issued) -> String {
     let mut out = String::new();
-    let ca = dir.join("ca.pem");
+    let ca = dir.join("ca");
     if issued.ca_created {
-        let _ = writeln!(out, "created a new CA: {} (keep ca.key safe: it can issue members)", ca.display());
+        let _ = writeln!(
+            out,
+            "created a new CA in {}/ (keep it on no machine that runs a node or a client: its key can issue members)",
+            ca.display()
+        );
     } else {
-        let _ = writeln!(out, "issued by the existing CA {}", ca.display());
+        let _ = writeln!(out, "issued by the existing CA in {}/", ca.display());
     }
     for path in &issued.written {
         if *path != ca {
-            let _ = writeln!(out, "wrote {}", path.display());
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let whom = match name.as_str() {
+                "client" => "clients (propose, read)".to_owned(),
+                "admin" => "operators (gc, members, leader transfer)".to_owned(),
+                node => format!("{node} only"),
+            };
+            let _ = writeln!(out, "wrote {}/ (ca.pem, cert.pem, key.pem): hand it to {whom}", path.display());
         }
     }
     for path in &issued.kept {
-        let _ = writeln!(out, "kept {} (exists; --overwrite replaces it)", path.display());
+        let _ = writeln!(out, "kept {}/ (exists; --overwrite replaces it)", path.display());
     }
     out
 }

@@ -1,10 +1,20 @@
-//! Creating a cluster's certificate authority and the certificates it issues, in the directory
-//! layout [`crate::tls::CertFiles`] reads: `ca.pem`/`ca.key`, `node-N.pem`/`.key`,
-//! `client.pem`/`.key`, `admin.pem`/`.key`.
+//! Creating a cluster's certificate authority and the certificates it issues, one directory per
+//! identity, as [`crate::tls::CertFiles`] reads them:
 //!
-//! An existing CA in the directory is reused (so `paxos-cli certs --nodes 4` later issues node
-//! 4's certificate for the same cluster); existing holder files are left alone unless asked.
-//! Private keys are written readable by their owner only.
+//! ```text
+//! paxos-certs/ca/       ca.pem, ca.key         the CA: keep it off every machine that runs a process
+//! paxos-certs/node-1/   ca.pem, cert.pem, key.pem   hand to node 1 only
+//! paxos-certs/client/   ca.pem, cert.pem, key.pem   hand to clients (propose, read)
+//! paxos-certs/admin/    ca.pem, cert.pem, key.pem   hand to operators (gc, members, leader)
+//! ```
+//!
+//! Each identity's directory is self-contained (its own copy of `ca.pem`), so a process is given
+//! exactly its own directory: no process that runs the cluster needs `ca.key`, and a client
+//! handed `client/` cannot mint a member or an admin.
+//!
+//! An existing CA is reused (so `paxos-cli certs --nodes 4` later issues node 4's certificate
+//! for the same cluster); existing identities are left alone unless asked. Directories are
+//! created 0700 and private keys 0600: readable by their owner only.
 
 use crate::tls::{admin_name, any_node_name, check_cluster_name, client_name, node_name, TlsError};
 use rcgen::{
@@ -58,9 +68,13 @@ pub fn issue(dir: &Path, request: &IssueRequest) -> Result<Issued, CertsError> {
     if request.nodes.contains(&0) {
         return Err(CertsError::NodeZero);
     }
-    std::fs::create_dir_all(dir).map_err(|error| CertsError::Io { path: dir.to_owned(), error })?;
+    create_private_dir(dir)?;
     let mut issued = Issued::default();
-    let (ca_cert, ca_key) = load_or_create_ca(dir, &request.cluster, &mut issued)?;
+    let ca_dir = dir.join("ca");
+    create_private_dir(&ca_dir)?;
+    let (ca_cert, ca_key) = load_or_create_ca(&ca_dir, &request.cluster, &mut issued)?;
+    let ca_pem = std::fs::read(ca_dir.join("ca.pem"))
+        .map_err(|error| CertsError::Io { path: ca_dir.join("ca.pem"), error })?;
     let cluster = &request.cluster;
     let mut holders: Vec<(String, Vec<String>, bool)> = Vec::new();
     for &id in &request.nodes {
@@ -73,12 +87,15 @@ pub fn issue(dir: &Path, request: &IssueRequest) -> Result<Issued, CertsError> {
         holders.push(("admin".into(), vec![admin_name(cluster), client_name(cluster)], false));
     }
     for (name, dns_names, is_node) in holders {
-        let cert_path = dir.join(format!("{name}.pem"));
-        let key_path = dir.join(format!("{name}.key"));
+        let holder_dir = dir.join(&name);
+        let files = crate::tls::CertFiles::identity(&holder_dir);
+        let (cert_path, key_path) = (files.cert, files.key);
         if !request.overwrite && (cert_path.exists() || key_path.exists()) {
-            issued.kept.push(cert_path);
+            issued.kept.push(holder_dir);
             continue;
         }
+        create_private_dir(&holder_dir)?;
+        write_file(&files.ca, &ca_pem, false)?;
         let mut params = CertificateParams::new(dns_names)?;
         params.distinguished_name = distinguished_name(&format!("{name} of cluster {cluster}"));
         params.is_ca = IsCa::ExplicitNoCa;
@@ -94,9 +111,21 @@ pub fn issue(dir: &Path, request: &IssueRequest) -> Result<Issued, CertsError> {
         let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
         write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
         write_file(&cert_path, cert.pem().as_bytes(), false)?;
-        issued.written.push(cert_path);
+        issued.written.push(holder_dir);
     }
     Ok(issued)
+}
+
+/// Creates `dir` (and its parents) if missing, and makes it readable by its owner only.
+fn create_private_dir(dir: &Path) -> Result<(), CertsError> {
+    let io = |error| CertsError::Io { path: dir.to_owned(), error };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    Ok(())
 }
 
 fn load_or_create_ca(
@@ -135,7 +164,7 @@ fn load_or_create_ca(
     write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
     write_file(&cert_path, ca.pem().as_bytes(), false)?;
     issued.ca_created = true;
-    issued.written.push(cert_path);
+    issued.written.push(dir.to_owned());
     Ok((ca, key))
 }
 
@@ -233,6 +262,19 @@ mod tests {
             let mode = std::fs::metadata(&node3.key).expect("key").permissions().mode();
             assert_eq!(mode & 0o077, 0, "an overwritten key is private");
             Tls::for_node(&node3, "c1", 3).expect("the new pair matches");
+            // One directory per identity, each private, and no identity holds the CA's key.
+            for name in ["ca", "node-1", "client", "admin"] {
+                let mode = std::fs::metadata(dir.path().join(name)).expect("dir").permissions().mode();
+                assert_eq!(mode & 0o777, 0o700, "{name}/ is its owner's only");
+            }
+            for name in ["node-1", "node-2", "node-3", "client", "admin"] {
+                let files: Vec<_> = std::fs::read_dir(dir.path().join(name))
+                    .expect("identity dir")
+                    .map(|entry| entry.expect("entry").file_name().into_string().expect("utf-8"))
+                    .collect();
+                assert!(!files.iter().any(|f| f.contains("ca.key")), "{name}/ holds {files:?}");
+                assert!(Path::new(&dir.path().join(name)).join("ca.pem").exists());
+            }
         }
     }
 
@@ -245,11 +287,7 @@ mod tests {
             issue(dir.path(), &request).expect("issue");
         }
         // b's node certificate with a's CA: the chain does not verify.
-        let mixed = CertFiles {
-            ca: a.path().join("ca.pem"),
-            cert: b.path().join("node-1.pem"),
-            key: b.path().join("node-1.key"),
-        };
+        let mixed = CertFiles { ca: a.path().join("node-1/ca.pem"), ..CertFiles::node(b.path(), 1) };
         assert!(matches!(Tls::for_node(&mixed, "c1", 1), Err(TlsError::WrongHolder { .. })));
     }
 }

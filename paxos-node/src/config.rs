@@ -37,6 +37,10 @@ pub struct NodeConfig {
     pub role: paxos_core::MemberRole,
     /// `--metrics-listen`: where to serve Prometheus metrics over HTTP (none: not served).
     pub metrics_listen: Option<SocketAddr>,
+    /// Client connections established at once, and TCP/TLS handshakes in progress at once:
+    /// what the file-descriptor budget leaves for them (see `limits.rs`).
+    pub client_connections_max: usize,
+    pub handshakes_max: usize,
 }
 
 /// `--initial-cluster-state`.

@@ -49,6 +49,12 @@ fn members_of(
         .collect()
 }
 
+/// The nodes this one accepts peer connections from (see `peer_link::AllowedPeers`): the
+/// configuration's members and the ids of the `--peer` flags.
+fn allowed_peers(membership: &paxos_core::Membership, flags: &BTreeMap<NodeId, String>) -> BTreeSet<NodeId> {
+    membership.members.keys().chain(flags.keys()).copied().collect()
+}
+
 /// What needs an operator, one line each with the command that fixes it.
 fn problems(id: NodeId, status: &paxos_core::Status) -> Vec<String> {
     let mut problems = Vec::new();
@@ -200,6 +206,7 @@ impl Driver {
         metrics: Arc<Metrics>,
     ) -> Self {
         links.follow(members_of(replica.membership(), &config.members));
+        links.allow(allowed_peers(replica.membership(), &config.members));
         Driver {
             config,
             replica,
@@ -470,6 +477,7 @@ impl Driver {
         if changed {
             let membership = self.replica.membership().clone();
             self.links.follow(members_of(&membership, &self.config.members));
+            self.links.allow(allowed_peers(&membership, &self.config.members));
             let members: Vec<String> = membership
                 .members
                 .iter()

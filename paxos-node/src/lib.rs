@@ -24,8 +24,8 @@
 //! use std::sync::Arc;
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! // The certificates `paxos-cli certs` issued: ca.pem, client.pem and client.key.
-//! let files = CertFiles::named(std::path::Path::new("paxos-certs"), "client");
+//! // The client identity `paxos-cli certs` issued: paxos-certs/client/ (ca.pem, cert.pem, key.pem).
+//! let files = CertFiles::identity(std::path::Path::new("paxos-certs/client"));
 //! let security = Security::Tls(Arc::new(Tls::for_client(&files, "paxos")?));
 //! let client = Client::new(ClientOptions::new(vec!["127.0.0.1:7001".into()], security))?;
 //! let slot = client.propose(b"hello".to_vec()).await?;
@@ -47,6 +47,8 @@ pub mod wire;
 pub mod driver;
 #[cfg(feature = "daemon")]
 pub mod inspect;
+#[cfg(feature = "daemon")]
+pub mod limits;
 #[cfg(feature = "daemon")]
 pub mod metrics;
 #[cfg(feature = "daemon")]

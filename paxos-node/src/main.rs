@@ -109,11 +109,17 @@ struct Args {
     #[arg(long, env = "PAXOS_VALUE_BYTES_MAX", default_value_t = 1 << 20)]
     value_bytes_max: usize,
 
-    /// Directory of the cluster's certificates, as `paxos-cli certs` lays it out: ca.pem,
-    /// node-<ID>.pem and node-<ID>.key. A node alone in its cluster creates the directory (a new
-    /// CA, its own certificate, client.pem and admin.pem) if it does not exist.
+    /// Directory of the cluster's certificates, as `paxos-cli certs` lays it out (one
+    /// directory per identity); this node reads CERTS_DIR/node-<ID>/ unless --certs names its
+    /// directory. A node alone in its cluster creates it (a new CA in CERTS_DIR/ca/, its own
+    /// identity, client/ and admin/) if it does not exist.
     #[arg(long, env = "PAXOS_CERTS_DIR", default_value = "paxos-certs")]
     certs_dir: PathBuf,
+
+    /// This node's own certificate directory (ca.pem, cert.pem, key.pem): what `paxos-cli certs`
+    /// wrote as CERTS_DIR/node-<ID>/, copied to this node's machine alone.
+    #[arg(long, env = "PAXOS_CERTS", value_name = "DIR")]
+    certs: Option<PathBuf>,
 
     /// Run without TLS: no authentication, no encryption. Anyone who can reach the port can
     /// pose as a member or an admin, forge votes and delete history. For experiments only.
@@ -143,12 +149,13 @@ fn security(args: &Args, members: &BTreeMap<u64, String>) -> anyhow::Result<Secu
         tracing::warn!("--insecure-plaintext: links are neither authenticated nor encrypted");
         return Ok(Security::InsecurePlaintext);
     }
-    let files = CertFiles::node(&args.certs_dir, args.id);
-    if !args.certs_dir.exists() {
+    let identity = args.certs.clone().unwrap_or_else(|| args.certs_dir.join(format!("node-{}", args.id)));
+    let files = CertFiles::identity(&identity);
+    if args.certs.is_none() && !args.certs_dir.exists() {
         if members.len() > 1 {
             bail!(
                 "no certificates in {dir}: create them with `paxos-cli certs --certs-dir {dir} --cluster {cluster} --nodes {ids}` \
-                 and give node N a directory with ca.pem, node-N.pem and node-N.key only (keep ca.key and the other keys off it), or run with --insecure-plaintext",
+                 and give node N its own directory {dir}/node-N only (keep {dir}/ca and the other identities off its machine), or run with --insecure-plaintext",
                 dir = args.certs_dir.display(),
                 cluster = args.cluster,
                 ids = members.keys().map(|id| id.to_string()).collect::<Vec<_>>().join(",")
@@ -164,7 +171,7 @@ fn security(args: &Args, members: &BTreeMap<u64, String>) -> anyhow::Result<Secu
         paxos_node::certs::issue(&args.certs_dir, &request)
             .with_context(|| format!("cannot create certificates in {}", args.certs_dir.display()))?;
         tracing::info!(
-            "created a new CA and certificates in {} (clients use client.pem; admin.pem for gc)",
+            "created a new CA and certificates in {} (clients use its client/ directory; admin/ for gc and membership)",
             args.certs_dir.display()
         );
     }
@@ -172,7 +179,7 @@ fn security(args: &Args, members: &BTreeMap<u64, String>) -> anyhow::Result<Secu
         format!(
             "TLS: node {} has no usable certificate in {} (`paxos-cli certs --certs-dir {} --cluster {} --nodes {}` issues one)",
             args.id,
-            args.certs_dir.display(),
+            identity.display(),
             args.certs_dir.display(),
             args.cluster,
             args.id
@@ -282,6 +289,18 @@ async fn run() -> anyhow::Result<()> {
     }
     let members = parse_peers(&args)?;
     let security = security(&args, &members)?;
+    // The log holds every client's values: files and directories this process creates are
+    // its user's only (the data directory is made 0700 at open, older files 0600).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let open_files_limit = paxos_node::limits::raise_open_files_limit().context("reading RLIMIT_NOFILE")?;
+    let budget = paxos_node::limits::FileBudget::derive(open_files_limit).map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        open_files_limit,
+        client_connections_max = budget.client_connections_max,
+        handshakes_max = budget.handshakes_max,
+        rocksdb_open_files_max = paxos_node::storage::ROCKSDB_OPEN_FILES_MAX,
+        "file descriptor budget"
+    );
     let config = NodeConfig {
         id: args.id,
         listen: args.listen,
@@ -303,6 +322,8 @@ async fn run() -> anyhow::Result<()> {
         },
         role: args.role,
         metrics_listen: args.metrics_listen,
+        client_connections_max: budget.client_connections_max,
+        handshakes_max: budget.handshakes_max,
     };
     let mut node = NodeHandle::start(config).await.context("cannot start")?;
     tokio::select! {

@@ -158,6 +158,7 @@ impl NodeHandle {
 
         let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE_MAX);
         let (done_tx, done_rx) = oneshot::channel();
+        let allowed_peers = links.allowed_peers();
         let driver = Driver::new(config.clone(), replica, storage, links, metrics.clone());
         std::thread::Builder::new()
             .name(format!("paxos-driver-{}", config.id))
@@ -177,6 +178,9 @@ impl NodeHandle {
             // as too large, not close the connection as a malformed frame.
             client_frame_bytes_max: crate::wire::VALUE_BYTES_LIMIT + (64 << 10),
             metrics: metrics.clone(),
+            allowed_peers,
+            client_connections_max: config.client_connections_max,
+            handshakes_max: config.handshakes_max,
         };
         let metrics_addr = metrics_listener.as_ref().map(|(_, bound)| *bound);
         if let Some((listener, bound)) = metrics_listener {
@@ -251,6 +255,8 @@ mod tests {
             initial_cluster_state: crate::config::ClusterState::New,
             role: paxos_core::MemberRole::Voter,
             metrics_listen: None,
+            client_connections_max: 16,
+            handshakes_max: 8,
         };
         let node = NodeHandle::start(config).await.expect("start");
         let mut options =

@@ -47,7 +47,16 @@ pub struct PeerLinks {
     shutdown: watch::Receiver<bool>,
     queue_max: usize,
     links: std::collections::BTreeMap<NodeId, Link>,
+    /// The nodes whose connections the server accepts: see [`PeerLinks::allow`].
+    allowed: AllowedPeers,
 }
+
+/// The node ids the server accepts peer connections from, shared with it: the members of the
+/// configuration this node has applied, and the ids its `--peer` flags name (a brand-new
+/// cluster's members, or the cluster a joining node was pointed at). Any other node is refused
+/// at the handshake, whatever certificate it presents: a certificate says who a node is, the
+/// configuration says whether it belongs.
+pub type AllowedPeers = Arc<std::sync::RwLock<std::collections::BTreeSet<NodeId>>>;
 
 /// The driver's end of one link.
 #[derive(Debug)]
@@ -72,7 +81,26 @@ impl PeerLinks {
         shutdown: watch::Receiver<bool>,
         queue_max: usize,
     ) -> Self {
-        PeerLinks { template, runtime, tasks, shutdown, queue_max, links: Default::default() }
+        PeerLinks {
+            template,
+            runtime,
+            tasks,
+            shutdown,
+            queue_max,
+            links: Default::default(),
+            allowed: Default::default(),
+        }
+    }
+
+    /// The set the server checks peers against (see [`AllowedPeers`]).
+    pub fn allowed_peers(&self) -> AllowedPeers {
+        self.allowed.clone()
+    }
+
+    /// From now on, accept peer connections from `ids` only (see [`AllowedPeers`]).
+    pub fn allow(&self, ids: impl IntoIterator<Item = NodeId>) {
+        let ids = ids.into_iter().collect();
+        *self.allowed.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = ids;
     }
 
     /// Makes the set of links match `members` (id, address): a link per member but this node,

@@ -36,6 +36,9 @@ const KEY_TRUNCATION: &[u8] = b"truncation";
 const KEY_INCARNATION: &[u8] = b"incarnation";
 /// The `--role` the directory was first started with (see `paxos_core::Config::role`).
 const KEY_ROLE: &[u8] = b"role";
+/// Table files RocksDB keeps open at most (its `max_open_files`); the file budget reserves them.
+pub const ROCKSDB_OPEN_FILES_MAX: i32 = 256;
+
 /// The layout of the records (absent: format 1, before session keys): written with the
 /// identity, checked before any record is read.
 const KEY_FORMAT: &[u8] = b"format";
@@ -92,6 +95,25 @@ fn db_error(path: &Path, error: rocksdb::Error) -> StorageError {
     } else {
         StorageError::Db { path: path.to_owned(), error }
     }
+}
+
+/// Makes the data directory readable by its owner only (0700) and every file in it 0600: the
+/// log holds every client's values. A directory written by an older version (0755, files 0644)
+/// is fixed at its next start. New files are 0600 because `paxos-node` runs with umask 077.
+pub fn make_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            let metadata = entry.metadata()?;
+            if metadata.is_file() && metadata.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Creates `path` and whatever ancestors it lacks, each made durable in its parent (a
@@ -204,6 +226,7 @@ impl Storage {
     /// it was, and a read-write open already writes (WAL replay, a new MANIFEST).
     pub fn open(path: &Path, cluster: &str, node: NodeId) -> Result<Self, StorageError> {
         create_dir_durably(path).map_err(|error| StorageError::Io { path: path.to_owned(), error })?;
+        make_private(path).map_err(|error| StorageError::Io { path: path.to_owned(), error })?;
         let options = Self::options();
         let sync = Self::synced_writes();
         let db_error = |error| db_error(path, error);
@@ -258,6 +281,9 @@ impl Storage {
         options.set_write_buffer_size(8 << 20);
         options.set_max_write_buffer_number(2);
         options.set_max_background_jobs(2);
+        // Bounded, so that connections can never leave RocksDB without descriptors (see
+        // `limits.rs`); the default (-1) keeps every table file open.
+        options.set_max_open_files(ROCKSDB_OPEN_FILES_MAX);
         // One thread writes (the driver), so concurrent memtable inserts buy nothing; and the
         // vector memtable of `requests` (see `column_family_options`) does not support them.
         options.set_allow_concurrent_memtable_write(false);

@@ -53,19 +53,22 @@ pub struct CertFiles {
 }
 
 impl CertFiles {
-    /// The files of node `id` in a directory laid out by `paxos-cli certs`.
+    /// The files of one identity's directory, as `paxos-cli certs` writes it (`certs/node-1/`,
+    /// `certs/client/`, ...): `ca.pem`, `cert.pem` and `key.pem`, all a process needs and
+    /// nothing more. This directory is what an operator hands to one process.
+    pub fn identity(dir: &Path) -> CertFiles {
+        CertFiles { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") }
+    }
+
+    /// The files of node `id` in a certificates directory laid out by `paxos-cli certs`.
     pub fn node(dir: &Path, id: paxos_core::NodeId) -> CertFiles {
         CertFiles::named(dir, &format!("node-{id}"))
     }
 
-    /// The files of the holder called `name` (`client`, `admin`, `node-2`, ...) in a directory
-    /// laid out by `paxos-cli certs`.
+    /// The files of the holder called `name` (`client`, `admin`, `node-2`, ...) in a
+    /// certificates directory laid out by `paxos-cli certs`: its own directory `dir/name`.
     pub fn named(dir: &Path, name: &str) -> CertFiles {
-        CertFiles {
-            ca: dir.join("ca.pem"),
-            cert: dir.join(format!("{name}.pem")),
-            key: dir.join(format!("{name}.key")),
-        }
+        CertFiles::identity(&dir.join(name))
     }
 }
 

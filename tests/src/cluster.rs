@@ -79,6 +79,9 @@ pub struct Cluster {
     data_dirs: BTreeMap<u64, PathBuf>,
     /// How clients and nodes talk: TLS with certificates in `certs_dir()` unless plaintext.
     pub security: Security,
+    /// When set, nodes start under this `RLIMIT_NOFILE` (soft and hard, as `ulimit -n` sets
+    /// them), through `prlimit`.
+    pub open_files_limit: Option<u64>,
 }
 
 /// The cluster name every test cluster uses (certificates name it).
@@ -137,6 +140,7 @@ impl Cluster {
             metrics_addrs: BTreeMap::new(),
             data_dirs: BTreeMap::new(),
             security: Security::Tls(Arc::new(tls)),
+            open_files_limit: None,
         })
     }
 
@@ -335,6 +339,19 @@ impl Cluster {
     }
 
     fn spawn_node(&mut self, id: u64, mut command: Command) -> anyhow::Result<()> {
+        if let Some(limit) = self.open_files_limit {
+            // prlimit sets the limits, then execs the node: the pid stays the node's.
+            let mut limited = Command::new("prlimit");
+            limited.arg(format!("--nofile={limit}:{limit}")).arg("--").arg(command.get_program());
+            limited.args(command.get_args());
+            for (key, value) in command.get_envs() {
+                match value {
+                    Some(value) => limited.env(key, value),
+                    None => limited.env_remove(key),
+                };
+            }
+            command = limited;
+        }
         let log = self.dir.path().join(format!("node-{id}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let child = command

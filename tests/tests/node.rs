@@ -125,7 +125,7 @@ async fn sigterm_stops_a_node_gracefully() {
 }
 
 /// `paxos-node` with no TLS flags still works: a node alone in its cluster creates
-/// ./paxos-certs (a CA, its certificate, client.pem and admin.pem) and `paxos-cli`, run from
+/// ./paxos-certs (ca/, node-1/, client/ and admin/) and `paxos-cli`, run from
 /// the same directory, uses them. A member of a larger cluster without certificates refuses
 /// to start, in one line naming the command that makes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,8 +155,23 @@ async fn a_lone_node_creates_its_certificates_and_a_member_without_them_refuses_
     let _ = node.wait();
     let output = proposed.expect("proposed through a node started without flags");
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "2");
-    for file in ["ca.pem", "node-1.pem", "node-1.key", "client.pem", "admin.pem"] {
+    for file in
+        ["ca/ca.pem", "ca/ca.key", "node-1/cert.pem", "node-1/key.pem", "client/cert.pem", "admin/key.pem"]
+    {
         assert!(dir.path().join("paxos-certs").join(file).exists(), "{file}");
+    }
+    assert!(!dir.path().join("paxos-certs/node-1/ca.key").exists(), "the node's directory holds no CA key");
+    // The log is every client's data: the directory and each file in it are the owner's only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let data = dir.path().join("paxos-data-1");
+        let mode = std::fs::metadata(&data).expect("data dir").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "data directory mode {mode:o}");
+        for entry in std::fs::read_dir(&data).expect("read data dir") {
+            let entry = entry.expect("entry");
+            let mode = entry.metadata().expect("metadata").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{:?} has mode {mode:o}", entry.file_name());
+        }
     }
 
     let elsewhere = tempfile::tempdir().expect("tempdir");
