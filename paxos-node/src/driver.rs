@@ -6,13 +6,14 @@
 //! chosen entries and client answers.
 
 use crate::config::NodeConfig;
+use crate::history_reader::HistoryReader;
 use crate::metrics::{Metrics, PeerLabels, ReasonLabels};
 use crate::peer_link::PeerLinks;
 use crate::server::AnswerPermit;
 use crate::storage::{Storage, StorageError};
 use crate::wire::{
-    session_key, Frame, GcError, GcReport, HistoryError, HistoryPage, MemberInfo, ProposeError, Request,
-    Response, StatusReport, TransferError, TransferReport, HISTORY_PAGE_BYTES_MAX, HISTORY_PAGE_ENTRIES_MAX,
+    session_key, Frame, GcError, GcReport, MemberInfo, ProposeError, Request, Response, StatusReport,
+    TransferError, TransferReport,
 };
 use paxos_core::{Compaction, CompactionError, NodeId, PersistOp, Proposal, Replica, RequestId, Slot, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -107,6 +108,8 @@ pub enum Input {
         request: Request,
         respond: Responder,
     },
+    /// The history reader met a storage error (a record failing its checksum): fatal.
+    StorageFailed(StorageError),
     Shutdown,
 }
 
@@ -142,6 +145,8 @@ pub enum DriverError {
 
 pub struct Driver {
     config: NodeConfig,
+    /// Serves client history pages off this thread.
+    history_reader: HistoryReader,
     replica: Replica,
     storage: Storage,
     links: PeerLinks,
@@ -204,10 +209,12 @@ impl Driver {
         storage: Storage,
         mut links: PeerLinks,
         metrics: Arc<Metrics>,
-    ) -> Self {
+        inputs: std::sync::mpsc::SyncSender<Input>,
+    ) -> Result<Self, std::io::Error> {
         links.follow(members_of(replica.membership(), &config.members));
         links.allow(allowed_peers(replica.membership(), &config.members));
-        Driver {
+        let history_reader = HistoryReader::spawn(config.id, storage.history_view(), inputs)?;
+        Ok(Driver {
             config,
             replica,
             storage,
@@ -226,7 +233,8 @@ impl Driver {
             fsyncs_counted: 0,
             peers_shown: BTreeSet::new(),
             transfers_waiting: Vec::new(),
-        }
+            history_reader,
+        })
     }
 
     /// Runs until `Shutdown`, the input channel closes, or storage fails (fatal).
@@ -309,6 +317,7 @@ impl Driver {
                 self.replica.step(paxos_core::Envelope { from, to, incarnation, role, message });
             }
             Input::Client { request, respond } => self.on_request(request, respond),
+            Input::StorageFailed(error) => self.fatal = Some(error),
             Input::Shutdown => return true,
         }
         false
@@ -342,8 +351,11 @@ impl Driver {
                 self.replica.propose(proposal);
             }
             Request::History { from_slot, limit } => {
-                let result = self.history(from_slot, limit);
-                respond.send(Response::History(result));
+                // Read on the history reader's thread: a page is megabytes, and the driver
+                // must not miss a tick for it.
+                let (applied_upto, history_start) =
+                    (self.replica.applied_upto(), self.replica.history_start());
+                self.history_reader.read(from_slot, limit, applied_upto, history_start, respond);
             }
             Request::Status => self.status_waiting.push(respond),
             Request::ChangeMembership { request_id, change } => {
@@ -389,33 +401,6 @@ impl Driver {
             Some(member) if !member.address.is_empty() => Some(member.address.clone()),
             _ => self.config.members.get(&id).cloned(),
         }
-    }
-
-    fn history(&mut self, from_slot: u64, limit: u64) -> Result<HistoryPage, HistoryError> {
-        let history_start = self.replica.history_start();
-        let applied_upto = self.replica.applied_upto();
-        if from_slot < history_start {
-            return Err(HistoryError::Truncated { requested: from_slot, history_start });
-        }
-        let limit = limit.clamp(1, HISTORY_PAGE_ENTRIES_MAX) as usize;
-        let entries = self
-            .storage
-            .read_history(from_slot, applied_upto, limit, HISTORY_PAGE_BYTES_MAX)
-            .map_err(|error| {
-                let text = error.to_string();
-                // A record that fails its checksum means the disk cannot be trusted: stop.
-                self.fatal = Some(error);
-                HistoryError::Storage(text)
-            })?;
-        let entries = entries
-            .into_iter()
-            .map(|(slot, value)| match value {
-                // Registrations open client sessions; they hold no user value.
-                Value::Noop | Value::Register { .. } | Value::Config(_) => (slot, None),
-                Value::Command { payload, .. } => (slot, Some(payload)),
-            })
-            .collect();
-        Ok(HistoryPage { entries, history_start, applied_upto })
     }
 
     fn status(&self) -> StatusReport {

@@ -46,6 +46,8 @@ pub mod wire;
 #[cfg(feature = "daemon")]
 pub mod driver;
 #[cfg(feature = "daemon")]
+pub mod history_reader;
+#[cfg(feature = "daemon")]
 pub mod inspect;
 #[cfg(feature = "daemon")]
 pub mod limits;

@@ -159,7 +159,11 @@ impl NodeHandle {
         let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE_MAX);
         let (done_tx, done_rx) = oneshot::channel();
         let allowed_peers = links.allowed_peers();
-        let driver = Driver::new(config.clone(), replica, storage, links, metrics.clone());
+        let driver = Driver::new(config.clone(), replica, storage, links, metrics.clone(), inputs_tx.clone())
+            .map_err(|error| StartError::Io {
+                what: "cannot start the history reader thread".into(),
+                error,
+            })?;
         std::thread::Builder::new()
             .name(format!("paxos-driver-{}", config.id))
             .spawn(move || {

@@ -36,6 +36,47 @@ const KEY_TRUNCATION: &[u8] = b"truncation";
 const KEY_INCARNATION: &[u8] = b"incarnation";
 /// The `--role` the directory was first started with (see `paxos_core::Config::role`).
 const KEY_ROLE: &[u8] = b"role";
+/// Reads the applied history of an open database from any thread, each page from one RocksDB
+/// snapshot (a consistent view: a truncation or an apply that lands meanwhile is either wholly
+/// in the page's view or not at all). It never writes.
+#[derive(Debug)]
+pub struct HistoryView {
+    storage: Storage,
+}
+
+impl HistoryView {
+    /// Applied entries in `[from_slot, upto_slot)`, bounded by count and bytes (at least one
+    /// entry when any is there), in slot order, from one snapshot.
+    pub fn read(
+        &self,
+        from_slot: Slot,
+        upto_slot: Slot,
+        entries_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<(Slot, Value)>, StorageError> {
+        let storage = &self.storage;
+        let snapshot = storage.db.snapshot();
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let start = slot_key(from_slot);
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        for item in snapshot.iterator_cf(storage.cf(CF_HISTORY), mode) {
+            let (key, record) = item.map_err(|error| storage.db_error(error))?;
+            let slot = storage.slot_of(CF_HISTORY, &key)?;
+            if slot >= upto_slot {
+                break;
+            }
+            let value: Value = storage.unseal(CF_HISTORY, &key, &record)?;
+            if !paxos_core::page_has_room(entries.len(), bytes, value.size_bytes(), entries_max, bytes_max) {
+                break;
+            }
+            bytes += value.size_bytes();
+            entries.push((slot, value));
+        }
+        Ok(entries)
+    }
+}
+
 /// Table files RocksDB keeps open at most (its `max_open_files`); the file budget reserves them.
 pub const ROCKSDB_OPEN_FILES_MAX: i32 = 256;
 
@@ -169,7 +210,8 @@ pub struct Inspection {
 
 /// The node's RocksDB database.
 pub struct Storage {
-    db: DB,
+    /// Shared with the history reader's thread (see `history_reader.rs`), which only reads.
+    db: std::sync::Arc<DB>,
     path: PathBuf,
     sync: WriteOptions,
     fsyncs: u64,
@@ -241,8 +283,15 @@ impl Storage {
             .map(|name| ColumnFamilyDescriptor::new(name, Self::column_family_options(&options, name)));
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(db_error)?;
         let promised = preloaded.as_ref().map_or(Ballot::ZERO, |state: &DurableState| state.promised);
-        let mut storage =
-            Storage { db, path: path.to_owned(), sync, fsyncs: 0, preloaded, promised, incarnation: 0 };
+        let mut storage = Storage {
+            db: db.into(),
+            path: path.to_owned(),
+            sync,
+            fsyncs: 0,
+            preloaded,
+            promised,
+            incarnation: 0,
+        };
         storage.check_identity(cluster, node, true)?;
         storage.incarnation = storage.load_incarnation()?;
         Ok(storage)
@@ -551,7 +600,7 @@ impl Storage {
         let db = DB::open_cf_for_read_only(options, path, CF_NAMES, false)
             .map_err(|error| db_error(path, error))?;
         Ok(Storage {
-            db,
+            db: db.into(),
             path: path.to_owned(),
             sync: WriteOptions::default(),
             fsyncs: 0,
@@ -707,23 +756,25 @@ impl Storage {
         entries_max: usize,
         bytes_max: usize,
     ) -> Result<Vec<(Slot, Value)>, StorageError> {
-        let mut entries = Vec::new();
-        let mut bytes = 0;
-        let start = slot_key(from_slot);
-        for item in self.db.iterator_cf(self.cf(CF_HISTORY), IteratorMode::From(&start, Direction::Forward)) {
-            let (key, record) = item.map_err(|error| self.db_error(error))?;
-            let slot = self.slot_of(CF_HISTORY, &key)?;
-            if slot >= upto_slot {
-                break;
-            }
-            let value: Value = self.unseal(CF_HISTORY, &key, &record)?;
-            if !paxos_core::page_has_room(entries.len(), bytes, value.size_bytes(), entries_max, bytes_max) {
-                break;
-            }
-            bytes += value.size_bytes();
-            entries.push((slot, value));
+        self.history_view().read(from_slot, upto_slot, entries_max, bytes_max)
+    }
+
+    /// A handle that reads the applied history from another thread (see `HistoryView`).
+    pub fn history_view(&self) -> HistoryView {
+        HistoryView { storage: self.reader_shell() }
+    }
+
+    /// The fields of a `Storage` that only reads (no fsync count, no preloaded state).
+    fn reader_shell(&self) -> Storage {
+        Storage {
+            db: self.db.clone(),
+            path: self.path.clone(),
+            sync: WriteOptions::default(),
+            fsyncs: 0,
+            preloaded: None,
+            promised: self.promised,
+            incarnation: self.incarnation,
         }
-        Ok(entries)
     }
 
     /// Synced batches written since open (fsyncs).

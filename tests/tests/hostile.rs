@@ -135,18 +135,20 @@ async fn cluster_with_full_pages() -> Cluster {
     cluster
 }
 
-/// Opens `connections` client connections to node 1, each pipelining up to `per_connection`
+/// Opens `connections` client connections to `node`, each pipelining up to `per_connection`
 /// history requests for a full page and reading none of the answers (the node stops reading a
 /// connection once its budget is spent: sending stops there). The connections stay open while
 /// the returned value lives.
 async fn pipeline_unread_pages(
     cluster: &Cluster,
+    node: u64,
     connections: usize,
     per_connection: u64,
 ) -> Vec<(FrameSink, FrameStream)> {
     let mut held = Vec::new();
     for _ in 0..connections {
-        let connection = dial(&cluster.addrs[&1], Caller::Client, &cluster.security).await.expect("client");
+        let connection =
+            dial(&cluster.addrs[&node], Caller::Client, &cluster.security).await.expect("client");
         let (mut sink, stream) = connection.split();
         for id in 0..per_connection {
             let request = Request::History { from_slot: 0, limit: 10_000 };
@@ -403,7 +405,7 @@ async fn another_clients_session_cannot_be_used() {
 async fn unread_answers_are_bounded_in_bytes() {
     let cluster = cluster_with_full_pages().await;
     let rss_before = cluster.rss_bytes(1).expect("rss");
-    let held = pipeline_unread_pages(&cluster, 2, 220).await;
+    let held = pipeline_unread_pages(&cluster, 1, 2, 220).await;
     let rss_during = cluster.rss_bytes(1).expect("rss");
     let grown_mib = (rss_during.saturating_sub(rss_before)) as f64 / MIB;
     eprintln!(
@@ -417,6 +419,30 @@ async fn unread_answers_are_bounded_in_bytes() {
     let started = Instant::now();
     cluster.client_for(&[1]).propose(b"honest".to_vec()).await.expect("honest client served");
     eprintln!("honest proposal during the attack: {:?}", started.elapsed());
+    drop(held);
+}
+
+/// Twelve connections pipelining full history pages (8 MiB each) to the leader without reading
+/// them: the pages are read on the history reader's thread, never the driver's, so the leader
+/// misses no heartbeat and keeps its ballot, and an honest proposal goes through meanwhile.
+/// (On the driver, the same burst moved leadership in 3 of 6 runs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_history_reads_never_moves_the_leader() {
+    let cluster = cluster_with_full_pages().await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let ballot = cluster.status(leader).await.expect("status").ballot;
+    let held = pipeline_unread_pages(&cluster, leader, 12, 10).await;
+    let started = Instant::now();
+    cluster.client_for(&[leader]).propose(b"honest".to_vec()).await.expect("honest proposal");
+    let latency = started.elapsed();
+    // Hold the burst for several election timeouts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in 1..=3 {
+        let status = cluster.status(id).await.expect("status");
+        assert_eq!(status.leader, Some(leader), "node {id} follows another leader: {status:?}");
+        assert_eq!(status.ballot, ballot, "node {id}: the leader's ballot changed");
+    }
+    eprintln!("12 connections x 10 unread 8 MiB history pages to the leader: ballot {ballot} kept, honest proposal in {latency:?}");
     drop(held);
 }
 
@@ -563,7 +589,7 @@ async fn idle_clients_do_not_lock_out_new_ones() {
 async fn the_node_answer_budget_refuses_rather_than_queues() {
     let cluster = cluster_with_full_pages().await;
     let rss_before = cluster.rss_bytes(1).expect("rss");
-    let held = pipeline_unread_pages(&cluster, 16, 10).await;
+    let held = pipeline_unread_pages(&cluster, 1, 16, 10).await;
     let grown_mib = cluster.rss_bytes(1).expect("rss").saturating_sub(rss_before) as f64 / MIB;
     // An honest history read is refused quickly rather than queued for ever...
     let mut options =
