@@ -44,6 +44,9 @@ pub struct Config {
     pub catch_up_timeout_ticks: u64,
     /// Slots the leader may have proposed but not yet applied (the pipeline window).
     pub slots_in_flight_max: u64,
+    /// Bytes of the values in the window (`Value::size_bytes`); a window always takes one
+    /// value, however large. With 1 MiB values the slot bound alone let 4 GiB pile up.
+    pub window_bytes_max: usize,
     /// Entries in one Accept or CatchUpEntries message; in a Promise, history entries, and
     /// slots of accepted records and pending chosen values (phase 1 pages through the rest).
     pub entries_per_message_max: usize,
@@ -52,6 +55,9 @@ pub struct Config {
     pub message_bytes_max: usize,
     /// Proposals the leader queues while the window is full; beyond this they are refused.
     pub proposals_queued_max: usize,
+    /// Payload bytes the leader queues while the window is full (one proposal always fits);
+    /// beyond this, proposals are refused as overloaded (retryable).
+    pub proposals_queued_bytes_max: usize,
     /// Holes a new leader fills with no-ops after phase 1: open slots below the highest vote
     /// reported for which no promise reports a vote or a chosen value. Honest clusters have few
     /// (slots whose every voter is down); a promise claiming a vote far beyond the rest would
@@ -90,9 +96,11 @@ impl Config {
             forward_timeout_ticks: 50,
             catch_up_timeout_ticks: 5,
             slots_in_flight_max: 4096,
+            window_bytes_max: 32 << 20,
             entries_per_message_max: Self::ENTRIES_PER_MESSAGE_MAX_DEFAULT,
             message_bytes_max: Self::MESSAGE_BYTES_MAX_DEFAULT,
             proposals_queued_max: 65_536,
+            proposals_queued_bytes_max: 64 << 20,
             phase_one_holes_max: 1 << 20,
             value_bytes_max: Self::VALUE_BYTES_MAX_DEFAULT,
             request_table: TableLimits { clients_max: 4096, seqs_per_client_max: 1024 },

@@ -60,6 +60,16 @@ impl Proposal {
         }
     }
 
+    /// What the proposal's value will weigh (`Value::size_bytes`), without building it.
+    pub fn size_bytes(&self) -> usize {
+        if self.is_register() {
+            Value::Register { nonce: 0, key: [0; 16] }.size_bytes()
+        } else {
+            Value::Command { request_id: self.request_id, key: [0; 16], payload: Vec::new() }.size_bytes()
+                + self.payload.len()
+        }
+    }
+
     /// What tells two proposals with one request id apart (see
     /// [`crate::types::request_fingerprint`]). One request id names one value; answers must
     /// never cross between two.
@@ -241,6 +251,24 @@ impl std::fmt::Display for PreVoteRefusal {
 }
 
 impl Message {
+    /// Roughly the bytes this message takes on the wire: its values' sizes and a fixed part.
+    /// For byte bounds on what waits to be sent.
+    pub fn size_bytes(&self) -> usize {
+        let values =
+            |entries: &[(Slot, Value)]| entries.iter().map(|(_, value)| value.size_bytes()).sum::<usize>();
+        64 + match self {
+            Message::Accept { entries, .. } | Message::CatchUpEntries { entries, .. } => values(entries),
+            Message::Promise { accepted, history, chosen, .. } => {
+                accepted.iter().map(|entry| entry.value.size_bytes()).sum::<usize>()
+                    + values(history)
+                    + values(chosen)
+            }
+            Message::CatchUpTruncated { snapshot, .. } => snapshot.requests.len() * 40,
+            Message::Forward { proposal } => proposal.size_bytes(),
+            _ => 0,
+        }
+    }
+
     /// Whether every ballot's round is at most [`Ballot::ROUND_MAX`] and every slot at most
     /// [`SLOT_MAX`]. Honest peers never come near either; a message past them is dropped, since
     /// believing it would leave no room above (the next ballot, the window after the slot).

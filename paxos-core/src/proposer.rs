@@ -405,9 +405,10 @@ impl Replica {
         let mut leader = LeaderState {
             ballot,
             next_slot,
-            in_flight: BTreeMap::new(),
+            in_flight: Default::default(),
             unsent: Vec::new(),
             queue: VecDeque::new(),
+            queued_bytes: 0,
             waiters: BTreeMap::new(),
             in_flight_requests: BTreeMap::new(),
             last_heartbeat_tick: now,
@@ -507,6 +508,7 @@ impl Replica {
         };
         // Queued proposals have no slot yet; their waiters are in `waiters` like everyone's.
         leader.queue.clear();
+        leader.queued_bytes = 0;
         let waiters = std::mem::take(&mut leader.waiters);
         // A configuration change waiting for the window, or in flight: its operator waits
         // too (an entry in flight may still be chosen: NotLeader says the outcome is unknown,
@@ -584,10 +586,15 @@ impl Replica {
             }
             return;
         }
-        if leader.queue.len() >= queue_limit {
+        let bytes = proposal.payload.len();
+        if leader.queue.len() >= queue_limit
+            || (!leader.queue.is_empty()
+                && leader.queued_bytes + bytes > self.config.proposals_queued_bytes_max)
+        {
             self.reply(origin, answer_to, Err(ProposalError::Overloaded));
             return;
         }
+        leader.queued_bytes += bytes;
         leader.waiters.insert(request_id, (fingerprint, vec![origin]));
         leader.queue.push_back(proposal);
         self.fill_window();
@@ -634,9 +641,19 @@ impl Replica {
         let ballot = leader.ballot;
         let mut accepted = Vec::new();
         while leader.next_slot < applied_upto + window {
+            let Some(next) = leader.queue.front() else {
+                break;
+            };
+            // In bytes too: a value enters if it fits, or if the window is empty (a window
+            // always takes one value, however large).
+            let fits = leader.in_flight.bytes() + next.size_bytes() <= self.config.window_bytes_max;
+            if !fits && !leader.in_flight.is_empty() {
+                break;
+            }
             let Some(proposal) = leader.queue.pop_front() else {
                 break;
             };
+            leader.queued_bytes -= proposal.payload.len();
             let slot = leader.next_slot;
             leader.next_slot += 1;
             leader.in_flight_requests.insert(proposal.request_id, slot);
@@ -1175,6 +1192,60 @@ mod tests {
             ),
             "{answers:?}"
         );
+    }
+
+    /// The window is bounded in bytes: with room for one large value, the leader has one slot
+    /// in flight at a time (never none), and every value is still chosen in turn.
+    #[test]
+    fn the_window_holds_one_large_value_at_a_time_when_bytes_are_short() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let client = cluster.session(leader);
+        cluster.node(leader).config.window_bytes_max = 1000;
+        let big = "x".repeat(900);
+        for seq in 1..=3 {
+            cluster.node(leader).propose(proposal(client, seq, &big));
+        }
+        let ready = cluster.node(leader).take_ready_persisted();
+        let accepted: usize = sent(&ready, |m| matches!(m, Message::Accept { .. }))
+            .iter()
+            .map(|e| match &e.message {
+                Message::Accept { entries, .. } => entries.len(),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        assert_eq!(accepted, 1, "one 900-byte value fills a 1000-byte window: {ready:?}");
+        for envelope in crate::test_support::all_messages(ready) {
+            cluster.node(envelope.to).step(envelope);
+        }
+        cluster.settle();
+        let chosen = cluster.replies.iter().filter(|(_, r)| r.outcome.is_ok()).count();
+        assert_eq!(chosen, 3, "{:?}", cluster.replies);
+    }
+
+    /// The leader's queue is bounded in bytes: past it, proposals are refused as overloaded
+    /// (retryable) at once rather than held.
+    #[test]
+    fn the_queue_refuses_what_exceeds_its_bytes() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let client = cluster.session(leader);
+        cluster.node(leader).config.window_bytes_max = 1000;
+        cluster.node(leader).config.proposals_queued_bytes_max = 1000;
+        let big = "x".repeat(900);
+        for seq in 1..=4 {
+            cluster.node(leader).propose(proposal(client, seq, &big));
+        }
+        let ready = cluster.node(leader).take_ready_persisted();
+        let overloaded: Vec<u64> = ready
+            .replies
+            .iter()
+            .filter(|r| r.outcome == Err(ProposalError::Overloaded))
+            .map(|r| r.request_id.seq)
+            .collect();
+        // 1 in flight, 2 queued (one always fits), 3 and 4 past the queue's bytes.
+        assert_eq!(overloaded, vec![3, 4], "{:?}", ready.replies);
     }
 
     #[test]

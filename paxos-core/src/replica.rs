@@ -29,6 +29,62 @@ pub(crate) struct InFlight {
     pub(crate) sent_tick: u64,
 }
 
+/// The leader's slots in flight, with the bytes of their values: the window is bounded in
+/// bytes as well as in slots (`Config::window_bytes_max`), so large values cannot pile up
+/// gigabytes at the leader and in its Accepts.
+///
+/// Reads go through `Deref`; every change of the set goes through a method here, which keeps
+/// `bytes` equal to the sum of `Value::size_bytes` over the slots (checked in debug builds).
+#[derive(Debug, Default)]
+pub(crate) struct InFlightSlots {
+    slots: BTreeMap<Slot, InFlight>,
+    bytes: usize,
+}
+
+impl InFlightSlots {
+    pub(crate) fn insert(&mut self, slot: Slot, in_flight: InFlight) {
+        self.bytes += in_flight.value.size_bytes();
+        if let Some(old) = self.slots.insert(slot, in_flight) {
+            self.bytes -= old.value.size_bytes();
+        }
+    }
+
+    pub(crate) fn remove(&mut self, slot: &Slot) -> Option<InFlight> {
+        let removed = self.slots.remove(slot)?;
+        self.bytes -= removed.value.size_bytes();
+        Some(removed)
+    }
+
+    pub(crate) fn pop_first(&mut self) -> Option<(Slot, InFlight)> {
+        let (slot, removed) = self.slots.pop_first()?;
+        self.bytes -= removed.value.size_bytes();
+        Some((slot, removed))
+    }
+
+    /// The votes and send times of a slot (its value stays as it is).
+    pub(crate) fn get_mut(&mut self, slot: &Slot) -> Option<&mut InFlight> {
+        self.slots.get_mut(slot)
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&Slot, &mut InFlight)> {
+        self.slots.iter_mut()
+    }
+
+    /// Bytes of the values in flight.
+    pub(crate) fn bytes(&self) -> usize {
+        debug_assert_eq!(self.bytes, self.slots.values().map(|f| f.value.size_bytes()).sum::<usize>());
+        self.bytes
+    }
+}
+
+impl std::ops::Deref for InFlightSlots {
+    type Target = BTreeMap<Slot, InFlight>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.slots
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct CandidateState {
     pub(crate) ballot: Ballot,
@@ -67,10 +123,12 @@ pub(crate) struct LeaderState {
     /// The next slot to give a new proposal. Every slot in `[applied_upto, next_slot)` is either
     /// in flight, chosen, or (right after election) known chosen and awaiting catch-up.
     pub(crate) next_slot: Slot,
-    pub(crate) in_flight: BTreeMap<Slot, InFlight>,
+    pub(crate) in_flight: InFlightSlots,
     /// Slots proposed since the last `take_ready`, to send in one Accept per peer.
     pub(crate) unsent: Vec<Slot>,
     pub(crate) queue: VecDeque<Proposal>,
+    /// Payload bytes of `queue` (bounded by `Config::proposals_queued_bytes_max`).
+    pub(crate) queued_bytes: usize,
     /// Who waits for each request id proposed by this leader.
     /// The fingerprint of the proposal queued or in flight under each request id: a proposal
     /// with another fingerprint is refused as busy, and an applied value with another one
@@ -117,6 +175,9 @@ pub struct Status {
     pub applied_upto: Slot,
     pub history_start: Slot,
     pub accepted_records: usize,
+    /// Bytes of the accepted records' values (`Value::size_bytes`): what garbage collection of
+    /// applied slots frees.
+    pub accepted_bytes: usize,
     pub request_records: usize,
     /// Client sessions open in the duplicate table.
     pub sessions: usize,
@@ -761,6 +822,7 @@ impl Replica {
             applied_upto: self.learner.applied_upto(),
             history_start: self.learner.history_start(),
             accepted_records: self.accepted.len(),
+            accepted_bytes: self.accepted.values().map(|(_, value)| value.size_bytes()).sum(),
             request_records: self.learner.requests().len(),
             sessions: self.learner.requests().sessions(),
             stale_accepts_refused: self.stale_accepts_refused,

@@ -8,6 +8,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Bytes of values the leader has in flight (its window), at most (one value always fits).
+pub const WINDOW_BYTES_MAX: usize = 8 << 20;
+/// Bytes of proposals the leader queues behind its window, at most.
+pub const QUEUED_BYTES_MAX: usize = 8 << 20;
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -65,6 +70,9 @@ impl NodeConfig {
         config.forward_timeout_ticks = (5_000 / self.tick.as_millis().max(1) as u64).max(1);
         config.catch_up_timeout_ticks = 2 * self.election_timeout_ticks;
         config.value_bytes_max = self.value_bytes_max;
+        // The node's memory budget (README, "Memory"): the window and the queue in bytes.
+        config.window_bytes_max = WINDOW_BYTES_MAX;
+        config.proposals_queued_bytes_max = QUEUED_BYTES_MAX;
         config
     }
 

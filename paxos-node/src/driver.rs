@@ -29,6 +29,8 @@ const INPUTS_PER_BATCH_MAX: usize = 4096;
 const PENDING_PROPOSALS_MAX: usize = 200_000;
 /// Accepted records of applied slots are collected when there are more than this many.
 const GC_ACCEPTED_RECORDS_MIN: usize = 2_048;
+/// ...or once their values hold this many bytes: 2,048 records of 1 MiB values were 2 GiB.
+const GC_ACCEPTED_BYTES_MIN: usize = 16 << 20;
 const GC_INTERVAL_TICKS: u64 = 10;
 /// How often the driver looks for new problems to log (see `StatusReport::problems`).
 const PROBLEMS_CHECK_INTERVAL_TICKS: u64 = 50;
@@ -122,6 +124,11 @@ pub struct Responder {
     /// when the writer has written it.
     pub frames: mpsc::Sender<(Frame, Option<AnswerPermit>)>,
     pub permit: AnswerPermit,
+    /// The request's own bytes (a proposal's value), reserved while the node holds them: given
+    /// back when the answer is handed to the writer, with the value no longer needed.
+    pub request_bytes: Option<crate::server::RequestBytes>,
+    /// Counts the request in the driver's input queue until it is handled.
+    pub queued: Option<crate::server::QueuedInput>,
 }
 
 impl Responder {
@@ -301,9 +308,10 @@ impl Driver {
             // Problems come from messages, not only from configuration changes.
             self.after_configuration_change(false);
         }
-        if self.ticks % GC_INTERVAL_TICKS == 0
-            && self.replica.status().accepted_records > GC_ACCEPTED_RECORDS_MIN
-        {
+        if self.ticks % GC_INTERVAL_TICKS == 0 && {
+            let status = self.replica.status();
+            status.accepted_records > GC_ACCEPTED_RECORDS_MIN || status.accepted_bytes > GC_ACCEPTED_BYTES_MIN
+        } {
             // Collecting accepted records of applied slots never fails and bounds memory.
             let _ = self.replica.compact(Compaction::default());
         }
@@ -316,7 +324,11 @@ impl Driver {
                 let to = self.config.id;
                 self.replica.step(paxos_core::Envelope { from, to, incarnation, role, message });
             }
-            Input::Client { request, respond } => self.on_request(request, respond),
+            Input::Client { request, mut respond } => {
+                // Out of the queue: the server may queue another client request.
+                respond.queued = None;
+                self.on_request(request, respond)
+            }
             Input::StorageFailed(error) => self.fatal = Some(error),
             Input::Shutdown => return true,
         }

@@ -1,5 +1,14 @@
 //! `paxos-node`: one member of a Multi-Paxos cluster. See `paxos-node --help`.
 
+/// jemalloc, not glibc's malloc, for Rust and (unprefixed) RocksDB's C++: after a load of large
+/// values glibc kept every node at ~0.5 GiB for good (freed 1 MiB buffers stay in its arenas
+/// once its mmap threshold has grown past them). jemalloc's background threads purge freed
+/// pages after a second (`dirty_decay_ms:1000,muzzy_decay_ms:0`, set at build time in
+/// `.cargo/config.toml`), whichever thread freed them. (mimalloc, tried first, kept a follower
+/// at 200 MiB: pages freed by threads that then went idle stayed theirs.)
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use anyhow::{bail, Context};
 use clap::Parser;
 use paxos_node::certs::IssueRequest;

@@ -185,6 +185,7 @@ impl NodeHandle {
             allowed_peers,
             client_connections_max: config.client_connections_max,
             handshakes_max: config.handshakes_max,
+            connection_request_bytes_max: (2 * config.value_bytes_max).max(64 << 10),
         };
         let metrics_addr = metrics_listener.as_ref().map(|(_, bound)| *bound);
         if let Some((listener, bound)) = metrics_listener {

@@ -8,7 +8,7 @@ use crate::connection::{write_batches, Connection};
 use crate::tls::Security;
 use crate::wire::{Caller, Frame, Hello, PROTOCOL_VERSION};
 use paxos_core::{Message, NodeId};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -20,6 +20,23 @@ const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Messages written before one flush.
 const MESSAGES_PER_FLUSH_MAX: usize = 512;
+/// Bytes of messages queued for one peer (`Message::size_bytes`); past it a message is dropped,
+/// which the protocol tolerates (retransmission, catch-up), rather than held: with 1 MiB values
+/// a slow follower's queue of 16,384 messages could hold gigabytes. One message always fits.
+const LINK_QUEUE_BYTES_MAX: usize = 8 << 20;
+
+/// A queued message's bytes, counted for its link until the message is written (or dropped).
+#[derive(Debug)]
+struct QueuedBytes {
+    bytes: usize,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Drop for QueuedBytes {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
 
 /// Identity of the link's two ends.
 #[derive(Debug, Clone)]
@@ -62,7 +79,9 @@ pub type AllowedPeers = Arc<std::sync::RwLock<std::collections::BTreeSet<NodeId>
 #[derive(Debug)]
 struct Link {
     addr: String,
-    messages: mpsc::Sender<Message>,
+    messages: mpsc::Sender<(Message, QueuedBytes)>,
+    /// Bytes of the messages queued for this link (see `LINK_QUEUE_BYTES_MAX`).
+    queued_bytes: Arc<AtomicUsize>,
     /// Set by the link's task while it is connected (for the metrics).
     up: Arc<AtomicBool>,
 }
@@ -116,18 +135,28 @@ impl PeerLinks {
                 continue;
             }
             let (tx, rx) = mpsc::channel(self.queue_max);
+            let queued_bytes = Arc::new(AtomicUsize::new(0));
             let identity = LinkIdentity { peer_id: id, peer_addr: addr.clone(), ..self.template.clone() };
             let _guard = self.runtime.enter();
             let up = Arc::new(AtomicBool::new(false));
             self.tasks.spawn(run(identity, rx, self.shutdown.clone(), up.clone()));
-            self.links.insert(id, Link { addr, messages: tx, up });
+            self.links.insert(id, Link { addr, messages: tx, queued_bytes, up });
         }
     }
 
     /// Queues `message` for `to`; false if there is no link or its queue is full (the protocol
     /// tolerates loss).
     pub fn send(&self, to: NodeId, message: Message) -> bool {
-        self.links.get(&to).is_some_and(|link| link.messages.try_send(message).is_ok())
+        let Some(link) = self.links.get(&to) else {
+            return false;
+        };
+        let bytes = message.size_bytes();
+        let before = link.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let queued = QueuedBytes { bytes, queued: link.queued_bytes.clone() };
+        if before > 0 && before + bytes > LINK_QUEUE_BYTES_MAX {
+            return false; // `queued` gives the bytes back
+        }
+        link.messages.try_send((message, queued)).is_ok()
     }
 
     /// Each linked member, and whether its link is connected now.
@@ -142,9 +171,9 @@ impl PeerLinks {
 }
 
 /// Runs the link to one peer until shutdown.
-pub async fn run(
+async fn run(
     identity: LinkIdentity,
-    mut messages: mpsc::Receiver<Message>,
+    mut messages: mpsc::Receiver<(Message, QueuedBytes)>,
     mut shutdown: watch::Receiver<bool>,
     up: Arc<AtomicBool>,
 ) {
@@ -228,15 +257,15 @@ async fn connect(identity: &LinkIdentity) -> Result<Connection, String> {
 /// sender is gone (shutdown).
 async fn pump(
     connection: Connection,
-    messages: &mut mpsc::Receiver<Message>,
+    messages: &mut mpsc::Receiver<(Message, QueuedBytes)>,
     flush_timeout: Duration,
 ) -> Result<(), CodecError> {
     // Peer links are one-way: the peer never writes, so anything on the read half means the
     // link is gone (closed, reset). Noticing at once beats finding out by losing a message.
     let (mut sink, mut stream) = connection.split();
     tokio::select! {
-        written = write_batches(&mut sink, messages, MESSAGES_PER_FLUSH_MAX, flush_timeout, |message| {
-            (Frame::Peer(message), None::<()>)
+        written = write_batches(&mut sink, messages, MESSAGES_PER_FLUSH_MAX, flush_timeout, |(message, queued)| {
+            (Frame::Peer(message), Some(queued))
         }) => written,
         _ = stream.next() => Err(CodecError::Io(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,

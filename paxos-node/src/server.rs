@@ -59,7 +59,14 @@ const PEER_CONNECTIONS_PER_MEMBER: usize = 4;
 /// [`Request::answer_bytes_max`]).
 const CONNECTION_ANSWER_BYTES_MAX: usize = 32 << 20;
 /// The same, for all client connections together.
-const NODE_ANSWER_BYTES_MAX: usize = 256 << 20;
+const NODE_ANSWER_BYTES_MAX: usize = 64 << 20;
+/// The same, for all client connections together; past it a request is answered
+/// `Unavailable` at once (clients retry). Before the budget, 4 connections pipelining 1 MiB
+/// proposals unread grew the leader to 3.0 GiB.
+const NODE_REQUEST_BYTES_MAX: usize = 16 << 20;
+/// Client requests in the driver's input queue at once: the other half of the queue is the
+/// members', so a client flood never crowds out a heartbeat or a vote.
+const CLIENT_INPUTS_QUEUED_MAX: usize = 8_192;
 /// Reservations count in units of this many bytes (semaphores count in u32).
 const ANSWER_UNIT_BYTES: usize = 4 << 10;
 /// Client requests in flight on one connection: every request reserves at least one unit.
@@ -71,6 +78,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 const _: () = assert!(crate::wire::HISTORY_PAGE_FRAME_BYTES_MAX * 2 <= CONNECTION_ANSWER_BYTES_MAX);
 const _: () = assert!(CONNECTION_ANSWER_BYTES_MAX <= NODE_ANSWER_BYTES_MAX);
+// The largest value a node may be configured for fits the node's request budget.
+const _: () = assert!(crate::wire::VALUE_BYTES_LIMIT <= NODE_REQUEST_BYTES_MAX);
 
 /// What every connection handler needs.
 #[derive(Debug, Clone)]
@@ -85,9 +94,32 @@ pub struct ServerContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Who may connect as a peer (kept up to date by the driver).
     pub allowed_peers: crate::peer_link::AllowedPeers,
+    /// Bytes of requests (a proposal's value) one client connection may have in the node, from
+    /// the frame read until the answer: past it the connection is not read (TCP pushes back on
+    /// the client). Two of the node's largest values: a client pipelines small values freely,
+    /// and it takes many connections to fill the node's budget.
+    pub connection_request_bytes_max: usize,
     /// See [`crate::NodeConfig::client_connections_max`].
     pub client_connections_max: usize,
     pub handshakes_max: usize,
+}
+
+/// A request's bytes, reserved from its connection and from the node while the node holds it.
+#[derive(Debug)]
+pub struct RequestBytes {
+    _connection: OwnedSemaphorePermit,
+    _node: OwnedSemaphorePermit,
+}
+
+/// A client request in the driver's input queue (see `CLIENT_INPUTS_QUEUED_MAX`); dropped
+/// when the driver takes it.
+#[derive(Debug)]
+pub struct QueuedInput(Arc<AtomicU64>);
+
+impl Drop for QueuedInput {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Bytes reserved for one answer, from its connection and from the node; given back when the
@@ -237,6 +269,10 @@ struct Slots {
     /// node has applied does not list yet. At most `PEER_IDS_MAX` ids.
     peers: std::sync::Mutex<BTreeMap<NodeId, PeerSlots>>,
     answer_budget: Arc<Semaphore>,
+    /// Request bytes of all client connections (see `NODE_REQUEST_BYTES_MAX`).
+    request_budget: Arc<Semaphore>,
+    /// Client requests in the driver's input queue.
+    client_inputs: Arc<AtomicU64>,
 }
 
 /// A node's connection slots and the roster of its connections.
@@ -267,6 +303,8 @@ pub async fn serve(listener: TcpListener, context: ServerContext, mut shutdown: 
         client_roster: Arc::default(),
         peers: std::sync::Mutex::default(),
         answer_budget: Arc::new(Semaphore::new(budget_units(NODE_ANSWER_BYTES_MAX))),
+        request_budget: Arc::new(Semaphore::new(budget_units(NODE_REQUEST_BYTES_MAX))),
+        client_inputs: Arc::default(),
     });
     let context = Arc::new(context);
     let tasks = TaskTracker::new();
@@ -531,6 +569,7 @@ async fn client_session(
 ) -> Result<(), SessionError> {
     let (mut sink, mut stream) = connection.split();
     let budget = Arc::new(Semaphore::new(budget_units(CONNECTION_ANSWER_BYTES_MAX)));
+    let request_budget = Arc::new(Semaphore::new(budget_units(context.connection_request_bytes_max)));
     let place = slots.client_roster.join(Some(budget.clone()));
     context.metrics.client_connections.inc();
     // Counted down however the session ends.
@@ -571,7 +610,9 @@ async fn client_session(
                 Err(Reserve::NodeBusy(connection)) => {
                     let permit = AnswerPermit { _connection: connection, _node: None };
                     let busy = "node busy: its answer budget is spent by other clients; retry".to_owned();
-                    Responder { id, frames: frames_tx.clone(), permit }.send(Response::Unavailable(busy));
+                    let respond =
+                        Responder { id, frames: frames_tx.clone(), permit, request_bytes: None, queued: None };
+                    respond.send(Response::Unavailable(busy));
                     continue;
                 }
             },
@@ -581,12 +622,45 @@ async fn client_session(
                 _ => Err(SessionError::Closed),
             },
         };
-        let respond = Responder { id, frames: frames_tx.clone(), permit };
+        let mut respond =
+            Responder { id, frames: frames_tx.clone(), permit, request_bytes: None, queued: None };
         if let Err(reason) = authorise(&request, &credentials, &context.cluster) {
             tracing::info!(request = request_name(&request), %reason, "request forbidden");
             respond.send(Response::Forbidden(reason));
             continue;
         }
+        // The request's own bytes: from the connection waiting (not reading more until they
+        // are free), then from the node without waiting.
+        // A value larger than the node takes (refused as too large once it reaches the core)
+        // counts as the whole connection budget: waiting for more would wait for ever.
+        let units = budget_units(request.request_bytes())
+            .min(budget_units(context.connection_request_bytes_max)) as u32;
+        let connection_bytes = tokio::select! {
+            permit = request_budget.clone().acquire_many_owned(units) => match permit {
+                Ok(permit) => permit,
+                Err(_) => break Ok(()),
+            },
+            _ = shutdown.changed() => break Ok(()),
+            _ = place.evicted.cancelled() => break Err(SessionError::Evicted),
+        };
+        match slots.request_budget.clone().try_acquire_many_owned(units) {
+            Ok(node_bytes) => {
+                respond.request_bytes =
+                    Some(RequestBytes { _connection: connection_bytes, _node: node_bytes });
+            }
+            Err(_) => {
+                let busy =
+                    "node busy: the requests of other clients hold its request budget; retry".to_owned();
+                respond.send(Response::Unavailable(busy));
+                continue;
+            }
+        }
+        if slots.client_inputs.fetch_add(1, Ordering::Relaxed) >= CLIENT_INPUTS_QUEUED_MAX as u64 {
+            slots.client_inputs.fetch_sub(1, Ordering::Relaxed);
+            respond.send(Response::Unavailable("node overloaded: too many client requests queued".into()));
+            continue;
+        }
+        respond.queued = Some(QueuedInput(slots.client_inputs.clone()));
         match context.inputs.try_send(Input::Client { request, respond }) {
             Ok(()) => {}
             Err(TrySendError::Full(Input::Client { respond, .. })) => {

@@ -77,6 +77,11 @@ impl HistoryView {
     }
 }
 
+/// RocksDB's memory: the block cache, with the memtables' memory charged to it.
+pub const ROCKSDB_MEMORY_BYTES_MAX: usize = 40 << 20;
+/// Of which the memtables of all column families together, at most.
+pub const ROCKSDB_MEMTABLES_BYTES_MAX: usize = 32 << 20;
+
 /// Table files RocksDB keeps open at most (its `max_open_files`); the file budget reserves them.
 pub const ROCKSDB_OPEN_FILES_MAX: i32 = 256;
 
@@ -340,8 +345,18 @@ impl Storage {
         // WAL file since its last flush: hundreds of MiB replayed on restart. Past this total
         // RocksDB flushes the column families that hold the oldest WAL.
         options.set_max_total_wal_size(32 << 20);
+        // The memtables of all four column families share one budget (RocksDB flushes the
+        // largest when it is reached), and their memory is charged to the block cache, so the
+        // two together stay within `ROCKSDB_MEMORY_BYTES_MAX` whatever the value size.
+        let cache = rocksdb::Cache::new_lru_cache(ROCKSDB_MEMORY_BYTES_MAX);
+        let memtables = rocksdb::WriteBufferManager::new_write_buffer_manager_with_cache(
+            ROCKSDB_MEMTABLES_BYTES_MAX,
+            false,
+            cache.clone(),
+        );
+        options.set_write_buffer_manager(&memtables);
         let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_block_cache(&rocksdb::Cache::new_lru_cache(8 << 20));
+        table.set_block_cache(&cache);
         options.set_block_based_table_factory(&table);
         options
     }

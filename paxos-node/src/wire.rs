@@ -150,6 +150,14 @@ pub enum Request {
 }
 
 impl Request {
+    /// The bytes of this request the node holds until it answers (a proposal's value).
+    pub fn request_bytes(&self) -> usize {
+        match self {
+            Request::Propose { value, .. } => value.len(),
+            _ => 0,
+        }
+    }
+
     /// An upper bound on the bytes of this request's answer on the wire, which the server
     /// reserves before it takes the request: what a connection's unread answers may hold is
     /// bounded in bytes, not only in number. A status report is bounded by the members it

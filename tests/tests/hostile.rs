@@ -398,6 +398,113 @@ async fn another_clients_session_cannot_be_used() {
     assert_eq!(ask(&cluster, leader, retried).await, Response::Proposed(Ok(first)));
 }
 
+/// Four connections pipelining 1 MiB proposals and never reading an answer: each connection
+/// holds at most its request budget (8 MiB) in the node and is not read past it, the node's
+/// window, queue and peer queues are bounded in bytes, and member traffic never waits behind
+/// client requests. No node grows past 256 MiB, the leader keeps its ballot, and an honest
+/// client's proposals go through. (Before the budgets: leader 86 MiB -> 3.0 GiB, followers 1.6
+/// and 2.3 GiB, 3-6 leader changes in 10 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_large_proposals_never_read_are_bounded_in_bytes() {
+    use paxos_node::wire::Response;
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let ballot = cluster.status(leader).await.expect("status").ballot;
+    let rss_before: Vec<u64> = (1..=3).map(|id| cluster.rss_bytes(id).expect("rss")).collect();
+    let mut attackers = Vec::new();
+    for attacker in 0..4u64 {
+        let secret = paxos_node::wire::new_session_secret().expect("random");
+        let register = RequestId { client_id: RequestId::REGISTER_CLIENT_ID, seq: 0xA77AC0 + attacker };
+        let answer =
+            ask_with(&cluster, leader, Request::Propose { request_id: register, secret, value: vec![] })
+                .await;
+        let (Response::Proposed(Ok(session)), (sink, stream)) = answer else {
+            panic!("registration: {:?}", answer.0)
+        };
+        attackers.push((session, secret, sink, stream));
+    }
+    // Send until the node stops reading (each send that cannot finish in 200 ms ends that
+    // connection's flood), then hold the connections open, unread.
+    let flood = attackers.into_iter().map(|(session, secret, mut sink, stream)| {
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            for seq in 1..=400u64 {
+                let request = Request::Propose {
+                    request_id: RequestId { client_id: session, seq },
+                    secret,
+                    value: vec![seq as u8; 1 << 20],
+                };
+                let send = sink.send(Frame::Request { id: seq, request });
+                if !matches!(tokio::time::timeout(Duration::from_millis(200), send).await, Ok(Ok(()))) {
+                    break;
+                }
+                sent += 1;
+            }
+            (sent, sink, stream)
+        })
+    });
+    let flood: Vec<_> = flood.collect();
+    let honest = cluster.client_for(&[leader]);
+    let mut latencies = Vec::new();
+    let mut rss_max = [0u64; 3];
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let proposed = Instant::now();
+        honest.propose(b"honest".to_vec()).await.expect("an honest proposal during the flood");
+        latencies.push(proposed.elapsed());
+        for id in 1..=3u64 {
+            rss_max[id as usize - 1] = rss_max[id as usize - 1].max(cluster.rss_bytes(id).expect("rss"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut held = Vec::new();
+    let mut sent_total = 0;
+    for task in flood {
+        let (sent, sink, stream) = task.await.expect("flood task");
+        sent_total += sent;
+        held.push((sink, stream));
+    }
+    latencies.sort();
+    let mib = |bytes: u64| bytes as f64 / MIB;
+    eprintln!(
+        "4 connections pipelining 1 MiB proposals unread ({sent_total} sent before the node stopped reading): \
+         RSS MiB before {:?}, max {:?}; honest proposals {} p50 {:?} max {:?}",
+        rss_before.iter().map(|b| mib(*b).round()).collect::<Vec<_>>(),
+        rss_max.iter().map(|b| mib(*b).round()).collect::<Vec<_>>(),
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+    );
+    for id in 1..=3u64 {
+        let status = cluster.status(id).await.expect("status");
+        assert_eq!(status.ballot, ballot, "node {id}: the leader changed under the flood");
+        assert!(
+            mib(rss_max[id as usize - 1]) < 256.0,
+            "node {id} grew to {:.0} MiB",
+            mib(rss_max[id as usize - 1])
+        );
+    }
+    drop(held);
+}
+
+/// Like `ask`, but returns the connection too, open.
+async fn ask_with(
+    cluster: &Cluster,
+    node: u64,
+    request: Request,
+) -> (paxos_node::wire::Response, (FrameSink, FrameStream)) {
+    let security = client_tls(&cluster.certs_dir(), "client");
+    let connection = dial(&cluster.addrs[&node], Caller::Client, &security).await.expect("dial");
+    let (mut sink, mut stream) = connection.split();
+    sink.send(Frame::Request { id: 0, request }).await.expect("send");
+    loop {
+        match stream.next().await.expect("an answer").expect("a frame") {
+            Frame::Response { id: 0, response } => return (response, (sink, stream)),
+            other => eprintln!("(ignored: {other:?})"),
+        }
+    }
+}
+
 /// Pipelined history requests that are never read: each answer's bytes are reserved before
 /// the request is taken, so a connection holds at most its answer budget (32 MiB), however
 /// many it sends. Before the budget, 220 such requests grew a node by 1.6 GiB.

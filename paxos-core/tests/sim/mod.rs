@@ -293,6 +293,10 @@ pub fn small_limits(config: &mut Config) {
     config.entries_per_message_max = 8;
     config.message_bytes_max = 256;
     config.proposals_queued_max = 64;
+    // A few values' worth (a command is ~40 bytes here): the window and the queue fill by
+    // bytes before they fill by count.
+    config.window_bytes_max = 400;
+    config.proposals_queued_bytes_max = 300;
 }
 
 /// One request a client has not settled yet.
