@@ -290,6 +290,12 @@ impl Connection {
         self.stream.framed.decoder_mut().set_limit(frame_bytes_max);
     }
 
+    /// From now on, large frames arriving here count against `budget` (see
+    /// [`crate::codec::FrameCodec::set_read_budget`]).
+    pub fn set_read_budget(&mut self, budget: std::sync::Arc<tokio::sync::Semaphore>) {
+        self.stream.framed.decoder_mut().set_read_budget(budget);
+    }
+
     /// The next frame within `timeouts`; `None` when the other end closed.
     pub async fn read_frame(&mut self, timeouts: ReadTimeouts) -> Option<Result<Frame, ReadError>> {
         self.stream.next_within(timeouts).await

@@ -64,6 +64,9 @@ const NODE_ANSWER_BYTES_MAX: usize = 64 << 20;
 /// `Unavailable` at once (clients retry). Before the budget, 4 connections pipelining 1 MiB
 /// proposals unread grew the leader to 3.0 GiB.
 const NODE_REQUEST_BYTES_MAX: usize = 16 << 20;
+/// Bytes of large frames (a value's request) being received from all client connections at
+/// once: past it, a new large frame closes its connection (clients retry).
+const NODE_READ_BYTES_MAX: usize = 64 << 20;
 /// Client requests in the driver's input queue at once: the other half of the queue is the
 /// members', so a client flood never crowds out a heartbeat or a vote.
 const CLIENT_INPUTS_QUEUED_MAX: usize = 8_192;
@@ -78,6 +81,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 const _: () = assert!(crate::wire::HISTORY_PAGE_FRAME_BYTES_MAX * 2 <= CONNECTION_ANSWER_BYTES_MAX);
 const _: () = assert!(CONNECTION_ANSWER_BYTES_MAX <= NODE_ANSWER_BYTES_MAX);
+// One frame of the largest size a client may send fits the node's read budget.
+const _: () = assert!(crate::wire::VALUE_BYTES_LIMIT + (64 << 10) <= NODE_READ_BYTES_MAX);
 // The largest value a node may be configured for fits the node's request budget.
 const _: () = assert!(crate::wire::VALUE_BYTES_LIMIT <= NODE_REQUEST_BYTES_MAX);
 
@@ -273,6 +278,8 @@ struct Slots {
     request_budget: Arc<Semaphore>,
     /// Client requests in the driver's input queue.
     client_inputs: Arc<AtomicU64>,
+    /// Bytes of large client frames being received (see `NODE_READ_BYTES_MAX`).
+    read_budget: Arc<Semaphore>,
 }
 
 /// A node's connection slots and the roster of its connections.
@@ -305,6 +312,7 @@ pub async fn serve(listener: TcpListener, context: ServerContext, mut shutdown: 
         answer_budget: Arc::new(Semaphore::new(budget_units(NODE_ANSWER_BYTES_MAX))),
         request_budget: Arc::new(Semaphore::new(budget_units(NODE_REQUEST_BYTES_MAX))),
         client_inputs: Arc::default(),
+        read_budget: Arc::new(Semaphore::new(NODE_READ_BYTES_MAX / crate::codec::READ_BUDGET_UNIT_BYTES)),
     });
     let context = Arc::new(context);
     let tasks = TaskTracker::new();
@@ -442,6 +450,7 @@ async fn handle(
                 return Err(SessionError::Handshake(reason));
             };
             connection.set_frame_limit(context.client_frame_bytes_max);
+            connection.set_read_budget(slots.read_budget.clone());
             connection.welcome(welcome(context)).await?;
             let result = client_session(connection, credentials, slots, context, shutdown).await;
             drop(slot);

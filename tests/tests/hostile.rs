@@ -553,6 +553,53 @@ async fn a_burst_of_history_reads_never_moves_the_leader() {
     drop(held);
 }
 
+/// Frames of 4 MiB (the most a client may send) that never finish, from 100 connections, 3 MiB
+/// of each sent: half-received frames reserve their bytes from a node-wide read budget (64 MiB)
+/// when their header arrives, so the node buffers at most that much of them and refuses the
+/// rest (closing their connections), instead of 300 MiB; small requests are served meanwhile.
+/// (Before the budget, 500 such frames held 2 GiB for the frame timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_received_frames_count_against_a_node_wide_read_budget() {
+    let mut cluster = Cluster::new(3).expect("cluster");
+    cluster.set_extra_args(&["--frame-timeout-ms", "5000"]);
+    for id in 1..=3 {
+        cluster.start_node(id).expect("start");
+    }
+    cluster.wait_for_leader(Duration::from_secs(15)).await.expect("leader");
+    let addr = cluster.addrs[&1].clone();
+    let rss_before = cluster.rss_bytes(1).expect("rss");
+    let body = vec![0u8; 3 << 20];
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..100 {
+        let connection = dial(&addr, Caller::Client, &cluster.security).await.expect("client");
+        let (sink, stream) = connection.split();
+        let mut raw = sink.into_inner();
+        let sent = async {
+            raw.write_all(&(4u32 << 20).to_be_bytes()).await?;
+            raw.write_all(&body).await?;
+            raw.flush().await
+        };
+        match tokio::time::timeout(Duration::from_millis(500), sent).await {
+            Ok(Ok(())) => held.push((raw, stream)),
+            _ => refused += 1,
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown_mib = cluster.rss_bytes(1).expect("rss").saturating_sub(rss_before) as f64 / MIB;
+    let started = Instant::now();
+    cluster.client_for(&[1]).propose(b"small and honest".to_vec()).await.expect("a small proposal");
+    let latency = started.elapsed();
+    let refusals = cluster.log(1).matches("large frames are being received").count();
+    eprintln!(
+        "100 connections each sending 3 MiB of a 4 MiB frame: RSS +{grown_mib:.0} MiB, {refusals} frames refused \
+         by the read budget ({refused} sends cut short); a small proposal meanwhile in {latency:?}"
+    );
+    assert!(refusals >= 50, "only {refusals} frames were refused: the read budget did not hold");
+    assert!(grown_mib < 150.0, "node 1 grew by {grown_mib:.0} MiB");
+    drop(held);
+}
+
 /// Idle connections, half-sent frames and a flood of silent TCP connections: each gives its
 /// slot back within its timeout, a half-sent frame holds only the bytes sent (not the 16 MiB
 /// its header claims), and an honest client keeps being served throughout.
@@ -605,8 +652,11 @@ async fn slow_idle_and_flooding_connections_are_bounded() {
     let grown_mib = rss_during.saturating_sub(rss_before) as f64 / MIB;
     eprintln!("100 half-sent 1 MiB frames: RSS +{grown_mib:.0} MiB");
     assert!(grown_mib < 60.0, "node 1 grew by {grown_mib:.0} MiB for 100 half-sent frames");
-    wait_until("half-sent frames timed out", Duration::from_secs(10), || async {
-        Ok(cluster.log(1).matches("a frame took longer than").count().ge(&100).then_some(()))
+    wait_until("half-sent frames timed out or refused", Duration::from_secs(10), || async {
+        let log = cluster.log(1);
+        let closed = log.matches("a frame took longer than").count()
+            + log.matches("large frames are being received").count();
+        Ok((closed >= 100).then_some(()))
     })
     .await
     .expect("every half-sent frame closed");
