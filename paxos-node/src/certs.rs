@@ -68,6 +68,17 @@ pub fn issue(dir: &Path, request: &IssueRequest) -> Result<Issued, CertsError> {
     if request.nodes.contains(&0) {
         return Err(CertsError::NodeZero);
     }
+    if dir.join("ca.key").exists() && !dir.join("ca").exists() {
+        // The flat layout of earlier versions: issuing here would make a second CA that the
+        // cluster's members do not trust.
+        return Err(CertsError::BadCa {
+            path: dir.join("ca.key"),
+            reason: "this directory has the flat layout of an earlier paxos-cli (ca.key beside the \
+                     certificates); move ca.pem and ca.key into a ca/ directory beside it to issue \
+                     from the same CA, then issue each identity again (--overwrite)"
+                .into(),
+        });
+    }
     create_private_dir(dir)?;
     let mut issued = Issued::default();
     let ca_dir = dir.join("ca");
@@ -276,6 +287,17 @@ mod tests {
                 assert!(Path::new(&dir.path().join(name)).join("ca.pem").exists());
             }
         }
+    }
+
+    /// A directory of the earlier flat layout is not silently given a second CA.
+    #[test]
+    fn a_flat_directory_of_an_earlier_version_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("ca.key"), "old").expect("write");
+        let request = IssueRequest { cluster: "c1".into(), nodes: vec![1], ..Default::default() };
+        let error = issue(dir.path(), &request).expect_err("refused");
+        assert!(error.to_string().contains("flat layout"), "{error}");
+        assert!(!dir.path().join("ca").exists());
     }
 
     #[test]
