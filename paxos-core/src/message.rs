@@ -73,8 +73,15 @@ impl Proposal {
     /// What tells two proposals with one request id apart (see
     /// [`crate::types::request_fingerprint`]). One request id names one value; answers must
     /// never cross between two.
+    ///
+    /// # Correctness
+    /// Equal to the fingerprint of the value the proposal becomes (`into_value`), which is
+    /// what an applied entry answers: a registration's payload is not part of its entry, so it
+    /// is not part of its fingerprint either (a registration sent with bytes was otherwise never
+    /// answered, and held its waiter and its bytes at the leader for good).
     pub fn fingerprint(&self) -> crate::Digest {
-        crate::types::request_fingerprint(&self.key, &self.payload)
+        let payload: &[u8] = if self.is_register() { &[] } else { &self.payload };
+        crate::types::request_fingerprint(&self.key, payload)
     }
 }
 

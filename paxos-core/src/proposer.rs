@@ -410,7 +410,6 @@ impl Replica {
             queue: VecDeque::new(),
             queued_bytes: 0,
             waiters: BTreeMap::new(),
-            in_flight_requests: BTreeMap::new(),
             last_heartbeat_tick: now,
             last_retransmit_tick: now,
             announced_commit: self.learner.applied_upto(),
@@ -425,9 +424,6 @@ impl Replica {
             leader
                 .in_flight
                 .insert(*slot, InFlight { value: value.clone(), votes: own_vote.clone(), sent_tick: now });
-            if let Some(request_id) = value.request_id() {
-                leader.in_flight_requests.insert(request_id, *slot);
-            }
             leader.unsent.push(*slot);
         }
         leader
@@ -656,7 +652,6 @@ impl Replica {
             leader.queued_bytes -= proposal.payload.len();
             let slot = leader.next_slot;
             leader.next_slot += 1;
-            leader.in_flight_requests.insert(proposal.request_id, slot);
             let value = proposal.into_value();
             leader
                 .in_flight
@@ -923,14 +918,12 @@ impl Replica {
             return;
         };
         let Some((waiting, _)) = leader.waiters.get(&request_id) else {
-            leader.in_flight_requests.remove(&request_id);
             return;
         };
         let fingerprint = *waiting;
         if value.fingerprint() != Some(fingerprint) {
             return;
         }
-        leader.in_flight_requests.remove(&request_id);
         let Some((_, origins)) = leader.waiters.remove(&request_id) else {
             return;
         };
@@ -1246,6 +1239,24 @@ mod tests {
             .collect();
         // 1 in flight, 2 queued (one always fits), 3 and 4 past the queue's bytes.
         assert_eq!(overloaded, vec![3, 4], "{:?}", ready.replies);
+    }
+
+    /// A registration sent with bytes (its entry keeps none) is answered like any other; its
+    /// waiter and its bytes do not stay at the leader. (From a review: the proposal's
+    /// fingerprint hashed the bytes, its entry's did not, and the waiter was never answered.)
+    #[test]
+    fn a_registration_sent_with_bytes_is_answered() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let mut registration = crate::Proposal::register(77, crate::test_support::TEST_KEY);
+        registration.payload = b"junk".to_vec();
+        let request_id = registration.request_id;
+        cluster.node(leader).propose(registration);
+        cluster.settle();
+        let answers: Vec<_> = cluster.replies.iter().filter(|(_, r)| r.request_id == request_id).collect();
+        assert!(matches!(answers[..], [(_, crate::Reply { outcome: Ok(_), .. })]), "{answers:?}");
+        let crate::replica::Role::Leader(state) = &cluster.node(leader).role else { panic!("leads") };
+        assert!(state.waiters.is_empty(), "{:?}", state.waiters);
     }
 
     #[test]

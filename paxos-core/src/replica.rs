@@ -134,7 +134,6 @@ pub(crate) struct LeaderState {
     /// with another fingerprint is refused as busy, and an applied value with another one
     /// answers no one here.
     pub(crate) waiters: BTreeMap<RequestId, (crate::Digest, Vec<Origin>)>,
-    pub(crate) in_flight_requests: BTreeMap<RequestId, Slot>,
     pub(crate) last_heartbeat_tick: u64,
     /// Last tick unanswered Accepts were looked at for resending.
     pub(crate) last_retransmit_tick: u64,
