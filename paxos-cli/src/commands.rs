@@ -135,7 +135,18 @@ async fn propose_stdin(client: &Client, window: usize, encoding: Encoding, json:
     let mut results = std::pin::pin!(client.propose_stream(values, window));
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut line = 0u64;
-    while let Some(result) = results.next().await {
+    loop {
+        // Lines go out as soon as no further answer is ready: a script reading acknowledgements
+        // as they arrive sees each one then, not at exit, while a fast stream still writes in
+        // large blocks.
+        let next = match futures::FutureExt::now_or_never(results.next()) {
+            Some(next) => next,
+            None => {
+                out.flush()?;
+                results.next().await
+            }
+        };
+        let Some(result) = next else { break };
         line += 1;
         let slot = result.with_context(|| format!("line {line}"))?;
         if json {

@@ -34,7 +34,7 @@ pub struct CompactionReport {
 /// Why a compaction was refused. Nothing was changed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CompactionError {
-    #[error("truncation goes through the leader (leader hint: {leader_hint:?})")]
+    #[error("truncation goes through the leader{}", crate::types::leader_hint_text(*leader_hint))]
     NotLeader { leader_hint: Option<NodeId> },
     #[error("cannot truncate below slot {requested}: only slots below {applied_upto} are chosen here")]
     BeyondChosen { requested: Slot, applied_upto: Slot },

@@ -99,7 +99,7 @@ pub struct AcceptedEntry {
 pub enum ProposalError {
     /// This replica is not the leader and knows of none to forward to (or the leader changed
     /// while the proposal was in flight: it may or may not be chosen; retry to find out).
-    #[error("not the leader (leader hint: {leader_hint:?})")]
+    #[error("not the leader{}", crate::types::leader_hint_text(*leader_hint))]
     NotLeader { leader_hint: Option<NodeId> },
     /// The leader did not answer a forwarded proposal in time.
     #[error("timed out waiting for the leader")]
@@ -393,4 +393,18 @@ pub struct TruncationSnapshot {
     pub requests: RequestTable,
     /// The configuration as of `table_upto` (`None`: the bootstrap one).
     pub membership: Option<crate::membership::Membership>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProposalError;
+
+    /// Errors are read by people: no `Some(3)` or `None` in them.
+    #[test]
+    fn not_the_leader_says_who_leads_in_words() {
+        let none = ProposalError::NotLeader { leader_hint: None };
+        assert_eq!(none.to_string(), "not the leader; no leader known");
+        let some = ProposalError::NotLeader { leader_hint: Some(3) };
+        assert_eq!(some.to_string(), "not the leader; node 3 leads");
+    }
 }

@@ -42,7 +42,7 @@ pub(crate) struct Transfer {
 /// Why a leader refused to start a transfer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum TransferError {
-    #[error("not the leader (leader hint: {leader_hint:?})")]
+    #[error("not the leader{}", crate::types::leader_hint_text(*leader_hint))]
     NotLeader { leader_hint: Option<NodeId> },
     #[error("node {0} is not a member of the configuration")]
     NotMember(NodeId),

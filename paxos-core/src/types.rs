@@ -54,6 +54,15 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// How an error names the leader it knows of, for people: "; node 3 leads" or "; no leader
+/// known" (not Rust's `Some(3)` / `None`).
+pub fn leader_hint_text(leader_hint: Option<NodeId>) -> String {
+    match leader_hint {
+        Some(leader) => format!("; node {leader} leads"),
+        None => "; no leader known".to_owned(),
+    }
+}
+
 /// A 128-bit digest, as the log and the duplicate table keep it: of a client's session secret
 /// (the session's key, computed by the node the client talked to; the secret itself never
 /// enters the log) or of a proposal's payload ([`payload_digest`]).

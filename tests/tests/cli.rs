@@ -180,6 +180,49 @@ async fn every_command_in_human_and_json_form() {
     assert!(out.contains("every member has truncated below 200"), "{out}");
 }
 
+/// `propose --stdin` prints each acknowledgement as it arrives, not at exit: a script that
+/// feeds values one at a time reads each slot before it sends the next (the output was
+/// block-buffered: three values fed 1 s apart printed together at exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn propose_stdin_prints_each_acknowledgement_as_it_arrives() {
+    use std::io::BufRead;
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let mut child = cluster
+        .cli_command()
+        .env("PAXOS_ENDPOINTS", endpoints(&cluster))
+        .args(["propose", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn paxos-cli");
+    let mut input = child.stdin.take().expect("stdin");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let output = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(output).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send((line, std::time::Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut slots = Vec::new();
+    for value in ["first", "second", "third"] {
+        writeln!(input, "{value}").expect("write a line");
+        input.flush().expect("flush");
+        // The slot must come while standard input is still open.
+        let (line, at) =
+            lines_rx.recv_timeout(Duration::from_secs(10)).expect("the slot printed before the next value");
+        eprintln!("{:>6} ms: sent {value:?}, read slot {line}", at.duration_since(started).as_millis());
+        slots.push(line.parse::<u64>().expect("a slot"));
+    }
+    drop(input);
+    assert!(child.wait().expect("exit").success());
+    assert!(slots.windows(2).all(|w| w[0] < w[1]), "{slots:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_reports_throughput_latency_and_fsyncs() {
     let cluster = Cluster::start(3).await.expect("cluster");
