@@ -30,9 +30,25 @@ struct Job {
 }
 
 /// The driver's end of the reader: hands requests over without waiting.
+///
+/// # Correctness
+/// Dropping it waits for the thread to end: the thread holds the database too, and a database
+/// closed by a thread that outlives the driver raced the process's exit (RocksDB aborted with
+/// "pthread lock: Invalid argument" on a graceful stop).
 #[derive(Debug)]
 pub struct HistoryReader {
-    jobs: SyncSender<Job>,
+    jobs: Option<SyncSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for HistoryReader {
+    fn drop(&mut self) {
+        // The thread ends once the queue is closed and what it holds is answered.
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl HistoryReader {
@@ -45,10 +61,10 @@ impl HistoryReader {
         inputs: SyncSender<Input>,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = sync_channel(JOBS_QUEUED_MAX);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("paxos-history-{node_id}"))
             .spawn(move || serve(view, queue, inputs))?;
-        Ok(HistoryReader { jobs })
+        Ok(HistoryReader { jobs: Some(jobs), thread: Some(thread) })
     }
 
     /// Asks for entries from `from_slot` (at most `limit`), as of the applied prefix
@@ -69,7 +85,11 @@ impl HistoryReader {
             return;
         }
         let job = Job { from_slot, limit, applied_upto, history_start, respond };
-        match self.jobs.try_send(job) {
+        let Some(jobs) = &self.jobs else {
+            job.respond.send(Response::Unavailable("node is shutting down".into()));
+            return;
+        };
+        match jobs.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(job)) => {
                 job.respond
@@ -91,8 +111,9 @@ fn serve(view: HistoryView, queue: Receiver<Job>, inputs: SyncSender<Input>) {
                 let text = error.to_string();
                 tracing::error!(%error, "reading history");
                 // The driver stops the node: a record that fails its checksum means the disk
-                // cannot be trusted. Blocking is fine here: this thread has nothing else to do.
-                let _ = inputs.send(Input::StorageFailed(error));
+                // cannot be trusted. Never blocking: a driver that is stopping waits for this
+                // thread, and a full queue then would never drain.
+                let _ = inputs.try_send(Input::StorageFailed(error));
                 Err(HistoryError::Storage(text))
             }
         };
