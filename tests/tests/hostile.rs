@@ -321,16 +321,7 @@ async fn gc_needs_an_admin_certificate() {
 /// Sends one request on a connection of its own, with `client`'s certificate, and returns the
 /// answer.
 async fn ask(cluster: &Cluster, node: u64, request: Request) -> paxos_node::wire::Response {
-    let security = client_tls(&cluster.certs_dir(), "client");
-    let connection = dial(&cluster.addrs[&node], Caller::Client, &security).await.expect("dial");
-    let (mut sink, mut stream) = connection.split();
-    sink.send(Frame::Request { id: 1, request }).await.expect("send");
-    loop {
-        match stream.next().await.expect("an answer").expect("a frame") {
-            Frame::Response { id: 1, response } => return response,
-            other => eprintln!("(ignored: {other:?})"),
-        }
-    }
+    ask_with(cluster, node, request).await.0
 }
 
 /// The session takeover of issue 25: a holder of the ordinary client certificate reads a
