@@ -14,7 +14,12 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 async fn a_node_under_ulimit_1024_survives_a_thousand_idle_clients_and_a_burst() {
     // This process holds the thousand connections: it needs more than 1,024 descriptors itself.
     let own = paxos_node::limits::raise_open_files_limit().expect("raise this process's limit");
-    assert!(own >= 4096, "the test process needs ~2,000 descriptors (ulimit -Hn is {own})");
+    if own < 2048 {
+        // Not this machine's case (its hard limit is far higher), but a CI box with `ulimit -Hn
+        // 1024` cannot hold the thousand connections on the test's side: say so, loudly.
+        eprintln!("SKIPPED: the test process needs ~1,100 descriptors and may have only {own} (ulimit -Hn)");
+        return;
+    }
     let mut cluster = Cluster::new(3).expect("cluster");
     cluster.open_files_limit = Some(1024);
     for id in 1..=3 {
