@@ -72,8 +72,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum LeaderCommand {
-    /// Hand leadership to member ID without waiting out an election timeout: the leader stops
-    /// proposing, brings ID up to date and tells it to campaign at once (before taking the
+    /// Hand leadership to member ID at once
+    ///
+    /// Without waiting out an election timeout: the leader stops proposing, brings ID up to date and tells it to campaign at once (before taking the
     /// leader's machine down, say). Waits until ID leads. Refused if ID is down, cut off, or a
     /// member that cannot lead (an acceptor or a learner). Needs the admin certificate.
     Transfer {
@@ -86,7 +87,9 @@ pub enum LeaderCommand {
 pub enum MemberCommand {
     /// Every member with its address, role, incarnation and progress (from the node asked).
     List,
-    /// Add a member, ID=HOST:PORT. It joins as a learner, catches up, and the leader promotes
+    /// Add a member, ID=HOST:PORT
+    ///
+    /// It joins as a learner, catches up, and the leader promotes
     /// it to its role (--role, voter by default). Start it with `paxos-node
     /// --initial-cluster-state existing` (and a node certificate of this cluster: `paxos-cli
     /// certs --nodes ID`).
@@ -105,9 +108,13 @@ pub enum MemberCommand {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Remove a member (the leader too: it steps down once the change is applied).
+    /// Remove a member
+    ///
+    /// The leader too: it steps down once the change is applied.
     Remove { id: u64 },
-    /// Give member ID another role (voter, acceptor, proposer or learner). Refused if no
+    /// Give member ID another role
+    ///
+    /// Voter, acceptor, proposer or learner. Refused if no
     /// member could lead or none could vote afterwards; a change of whether it votes moves one
     /// voting member, like an addition or a removal.
     Role {
@@ -115,7 +122,9 @@ pub enum MemberCommand {
         #[arg(value_parser = parse_role)]
         role: MemberRole,
     },
-    /// Admit the data directory member ID runs with now (after it lost its disk and was
+    /// Admit a member's new data directory
+    ///
+    /// The one member ID runs with now (after it lost its disk and was
     /// restarted empty): its old votes no longer count, it catches up as a learner and is
     /// promoted back to voter.
     Replace {
@@ -128,8 +137,10 @@ pub enum MemberCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Propose a value (or, with --stdin, one value per input line; with --file, a file's
-    /// bytes); prints the chosen slot.
+    /// Propose a value; print its slot
+    ///
+    /// Or, with --stdin, one value per input line; with --file, a file's bytes. Prints the
+    /// chosen slot of each.
     Propose {
         /// The value: text, or base64 with --encoding base64.
         #[arg(required_unless_present_any = ["stdin", "file"], conflicts_with_all = ["stdin", "file"])]
@@ -149,8 +160,9 @@ pub enum Command {
         #[arg(long, default_value_t = 256)]
         window: usize,
     },
-    /// Print the chosen history of the node asked: "SLOT<TAB>VALUE" lines (a no-op has no value).
-    /// Text output escapes backslashes, control characters (\n, \t, \u{..}) and bytes that
+    /// Print the chosen history
+    ///
+    /// Of the node asked: "SLOT<TAB>VALUE" lines (a no-op has no value). Text output escapes backslashes, control characters (\n, \t, \u{..}) and bytes that
     /// are not UTF-8 (\xNN), so every value stays on its line; --encoding base64 prints base64.
     /// With --json, a value that is not UTF-8 comes as "value_base64".
     History {
@@ -178,15 +190,19 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Show or change the configuration: who the members are, their roles, and which data
-    /// directory (incarnation) of each the cluster admits. Changes go through the leader, one
+    /// Show or change the members
+    ///
+    /// The configuration: who the members are, their roles, and which data directory (incarnation) of each the cluster admits. Changes go through the leader, one
     /// at a time, as entries of the log; they need the admin certificate.
     #[command(subcommand)]
     Member(MemberCommand),
     /// Move leadership to a chosen member.
     #[command(subcommand)]
     Leader(LeaderCommand),
-    /// Collect accepted records of chosen slots; optionally truncate history below a slot.
+    /// Collect garbage; optionally truncate the history
+    ///
+    /// Collects accepted records of chosen slots; --truncate-below cuts the history below a
+    /// slot.
     Gc {
         /// Drop history below this slot (refused while a member has not chosen past it).
         #[arg(long)]
@@ -195,8 +211,9 @@ pub enum Command {
         #[arg(long, requires = "truncate_below")]
         force: bool,
     },
-    /// Measure the cluster: concurrent clients proposing fixed-size values; prints writes/s,
-    /// latency percentiles, errors and the leader's fsyncs per chosen value.
+    /// Measure the cluster's writes/s and latency
+    ///
+    /// Concurrent clients proposing fixed-size values; prints writes/s, latency percentiles, errors and the leader's fsyncs per chosen value.
     Bench {
         /// Concurrent clients, each on its own connection.
         #[arg(long, default_value_t = 64)]
@@ -214,8 +231,9 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Create the cluster's certificate authority in CERTS_DIR/ca/ (unless it has one) and issue
-    /// from it one self-contained directory per identity: CERTS_DIR/node-ID/ for each --nodes
+    /// Create the CA and one certificate directory per identity
+    ///
+    /// The cluster's certificate authority in CERTS_DIR/ca/ (unless it has one), and from it one self-contained directory per identity: CERTS_DIR/node-ID/ for each --nodes
     /// id, client/ and admin/ (each ca.pem, cert.pem, key.pem). Hand each process its own
     /// directory only. Directories and keys are readable by their owner only; existing
     /// identities are kept unless --overwrite.
@@ -230,8 +248,10 @@ pub enum Command {
         #[arg(long)]
         overwrite: bool,
     },
-    /// Start a local 3-node cluster of real paxos-node processes, show it working (proposals,
-    /// a kill -9 and a restart, histories compared) and leave it running.
+    /// Start a local cluster and show it working
+    ///
+    /// Three real paxos-node processes: proposals, a kill -9 and a restart, histories
+    /// compared; the cluster keeps running.
     Demo {
         /// Folder for the nodes' data directories, logs and pids (replaced if it exists).
         #[arg(long, default_value = "paxos-demo")]

@@ -163,7 +163,8 @@ fn report(
         }
         None => writeln!(
             out,
-            "node {id} is not a {role} yet: the leader promotes it once it has caught up (watch `paxos-cli member list`)"
+            "node {id} is not {} yet: the leader promotes it once it has caught up (watch `paxos-cli member list`)",
+            role.with_article()
         )?,
     }
     Ok(())

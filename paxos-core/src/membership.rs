@@ -59,6 +59,16 @@ impl fmt::Display for MemberRole {
     }
 }
 
+impl MemberRole {
+    /// The role with its article, for sentences: "an acceptor", "a voter".
+    pub fn with_article(self) -> String {
+        match self {
+            MemberRole::Acceptor => format!("an {self}"),
+            _ => format!("a {self}"),
+        }
+    }
+}
+
 impl std::str::FromStr for MemberRole {
     type Err = String;
 
@@ -138,7 +148,7 @@ pub enum ChangeError {
     SameIncarnation { id: NodeId, incarnation: Incarnation },
     #[error("changing member {0} would leave no member that votes")]
     LastVoter(NodeId),
-    #[error("node {id} is a {role} already")]
+    #[error("node {id} is {} already", role.with_article())]
     SameRole { id: NodeId, role: MemberRole },
     #[error("address {0:?} is not a host:port")]
     BadAddress(String),

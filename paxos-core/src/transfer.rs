@@ -46,7 +46,7 @@ pub enum TransferError {
     NotLeader { leader_hint: Option<NodeId> },
     #[error("node {0} is not a member of the configuration")]
     NotMember(NodeId),
-    #[error("node {target} is a {role}: only a voter or a proposer can lead")]
+    #[error("node {target} is {}: only a voter or a proposer can lead", role.with_article())]
     CannotLead { target: NodeId, role: MemberRole },
     /// The leader has not heard the target answer within an election timeout.
     #[error("node {target} has not answered the leader for {}: it is down or cut off", silent(*.silent_ticks))]

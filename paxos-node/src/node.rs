@@ -93,12 +93,12 @@ impl NodeHandle {
             let role = membership.get(config.id).map(|member| member.role);
             if role.is_some_and(|role| role != config.role) {
                 tracing::warn!(
-                    "started with --role {}, but the configuration chosen at slot {:?} makes this node a {}: \
+                    "started with --role {}, but the configuration chosen at slot {:?} makes this node {}: \
                      following the configuration (--role only counts in a new cluster's bootstrap; change \
                      roles with `paxos-cli member role {} ROLE`)",
                     config.role,
                     membership.chosen_at,
-                    role.map_or_else(String::new, |role| role.to_string()),
+                    role.map_or_else(String::new, |role| role.with_article()),
                     config.id
                 );
             }

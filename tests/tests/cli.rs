@@ -223,6 +223,26 @@ async fn propose_stdin_prints_each_acknowledgement_as_it_arrives() {
     assert!(slots.windows(2).all(|w| w[0] < w[1]), "{slots:?}");
 }
 
+/// `paxos-cli --help` fits a terminal: each command's summary is a short phrase (the detail is in
+/// `paxos-cli COMMAND --help`), as `etcdctl --help` lists its commands.
+#[test]
+fn help_lists_each_command_in_a_short_phrase() {
+    let output = run_cli(&[], &["--help"]);
+    let help = stdout(&output);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .collect();
+    assert!(commands.len() >= 8, "{help}");
+    for line in commands {
+        assert!(line.len() <= 80, "a summary longer than 80 columns: {line:?}");
+    }
+    let detail = stdout(&run_cli(&[], &["history", "--help"]));
+    assert!(detail.contains("escapes backslashes"), "the detail is in `history --help`: {detail}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_reports_throughput_latency_and_fsyncs() {
     let cluster = Cluster::start(3).await.expect("cluster");
