@@ -68,6 +68,10 @@ async fn a_scrape_of_real_nodes_moves_with_proposals_fsyncs_a_dead_member_and_a_
     let (through, other) = (followers[0], followers[1]);
 
     // Every family is exposed, with its type, by every node; the parser insists on `# EOF`.
+    // Gauges are refreshed once a tick: a leader that just stepped down for the binding entry
+    // and won again (both within a millisecond) may still show its old role for up to a tick.
+    let leads = |scrape: &Scrape| scrape.value_or_zero("paxos_role{role=\"leader\"}") == 1.0;
+    wait_scrape(&cluster, leader, "the leader's role gauge", leads).await;
     let mut before = std::collections::BTreeMap::new();
     for id in 1..=3 {
         let scrape = cluster.scrape(id).await.expect("scrape");
