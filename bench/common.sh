@@ -42,3 +42,24 @@ alternate() {
     done
   done
 }
+
+# start N: starts node N of the three-node cluster (again, after a kill), its log in $work.
+start() {
+  RUST_LOG=warn "$node" --id "$1" --listen "127.0.0.1:${ports[$(($1 - 1))]}" "${peers[@]}" \
+    --data-dir "$work/node-$1" >>"$work/node-$1.log" 2>&1 &
+  pids[$1]=$!
+}
+
+# three_node_cluster: certificates in $work/certs (nodes and paxos-cli read the directory from
+# PAXOS_CERTS_DIR), three nodes of $node on free ports; sets ports, peers, endpoints and pids[N],
+# and waits for a leader. Needs $cli and $node.
+three_node_cluster() {
+  ports=($(free_ports 3))
+  peers=()
+  for i in 1 2 3; do peers+=(--peer "$i=127.0.0.1:${ports[$((i - 1))]}"); done
+  export PAXOS_CERTS_DIR="$work/certs"
+  "$cli" certs --nodes 1,2,3 >/dev/null
+  for i in 1 2 3; do start "$i"; done
+  endpoints="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
+  wait_for_leader --endpoint "$endpoints"
+}

@@ -15,18 +15,7 @@ target="${CARGO_TARGET_DIR:-$PWD/target}"
 cli="$target/release/paxos-cli"
 node="$target/release/paxos-node"
 source bench/common.sh
-ports=($(free_ports 3))
-peers=()
-for i in 1 2 3; do peers+=(--peer "$i=127.0.0.1:${ports[$((i - 1))]}"); done
-export PAXOS_CERTS_DIR="$work/certs"
-"$cli" certs --nodes 1,2,3 >/dev/null
-for i in 1 2 3; do
-  RUST_LOG=warn "$node" --id "$i" --listen "127.0.0.1:${ports[$((i - 1))]}" "${peers[@]}" \
-    --data-dir "$work/node-$i" >>"$work/node-$i.log" 2>&1 &
-  pids[$i]=$!
-done
-endpoints="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
-wait_for_leader --endpoint "$endpoints"
+three_node_cluster
 rss() { for i in 1 2 3; do printf ' %5d' $(( $(ps -o rss= -p "${pids[$i]}") / 1024 )); done; }
 # Each node's role and accepted records held in memory (what garbage collection frees).
 held() {

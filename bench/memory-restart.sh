@@ -13,20 +13,7 @@ target="${CARGO_TARGET_DIR:-$PWD/target}"
 cli="$target/release/paxos-cli"
 node="$target/release/paxos-node"
 source bench/common.sh
-ports=($(free_ports 3))
-peers=()
-for i in 1 2 3; do peers+=(--peer "$i=127.0.0.1:${ports[$((i - 1))]}"); done
-# Nodes and paxos-cli read the certificates' directory from the environment.
-export PAXOS_CERTS_DIR="$work/certs"
-"$cli" certs --nodes 1,2,3 >/dev/null
-start() {
-  RUST_LOG=warn "$node" --id "$1" --listen "127.0.0.1:${ports[$(($1 - 1))]}" "${peers[@]}" \
-    --data-dir "$work/node-$1" >>"$work/node-$1.log" 2>&1 &
-  pids[$1]=$!
-}
-for i in 1 2 3; do start "$i"; done
-endpoints="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
-wait_for_leader --endpoint "$endpoints"
+three_node_cluster
 
 echo "writing $ENTRIES values with $CLIENTS clients..."
 "$cli" --endpoint "$endpoints" bench --clients "$CLIENTS" --count "$ENTRIES"
