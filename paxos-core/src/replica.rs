@@ -700,6 +700,19 @@ impl Replica {
                 if self.can_lead() {
                     self.become_candidate(crate::event::CampaignReason::ConfigurationChange);
                 } else {
+                    if let Role::Leader(leader) = &self.role {
+                        // Its last word: the commit point, so the members learn that the change
+                        // which ended this leadership is chosen. They accepted it but may never
+                        // hear of it otherwise (this node stops leading, and an operator stops a
+                        // removed node), and without it they hold the old configuration, in
+                        // which the survivors of one more failure may be no majority.
+                        let heartbeat = Message::Heartbeat {
+                            ballot: leader.ballot,
+                            commit_upto: self.learner.applied_upto(),
+                            history_start: self.learner.history_start(),
+                        };
+                        self.broadcast(heartbeat);
+                    }
                     self.step_down(None, crate::event::StepDownReason::ConfigurationChange);
                 }
             }

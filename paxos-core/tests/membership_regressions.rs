@@ -432,3 +432,76 @@ fn a_joining_node_applies_the_bootstrap_binding_whatever_its_peer_flags() {
     );
     c.assert_agreement();
 }
+
+// ----- a leader that removes itself steps down without saying the removal is chosen -----
+
+/// Found by running the README's membership block verbatim (`scripts/readme-check`), not by the
+/// simulation: its liveness check judged a majority by the configuration the live nodes hold,
+/// and here they hold the old one.
+///
+/// 1. Four voters {1,2,3,4}; node 2 leads and the operator removes node 2 itself.
+/// 2. Nodes 1, 3 and 4 accept the entry; node 2 hears the quorum, applies the removal (the
+///    configuration in force is {1,3,4}) and steps down, as documented.
+/// 3. Node 2 is stopped (it was removed) and node 3 dies at once: the operator's next step,
+///    or a crash.
+/// 4. Nodes 1 and 4 are a majority of {1,3,4}, the configuration chosen. But they accepted the
+///    removal without ever hearing that it was chosen: for them {1,2,3,4} is still in force,
+///    where two of four is no majority. No one can ever lead again.
+///
+/// The rule: a leader whose configuration change ends its leadership says the commit point to
+/// every member before it steps down (a Heartbeat in its ballot).
+#[test]
+fn a_leader_that_removes_itself_tells_the_members_the_removal_is_chosen_before_it_steps_down() {
+    let mut c = bound_cluster(&[4]);
+    let all = [1, 2, 3, 4];
+    c.campaign(2);
+    c.deliver_all_among(&all);
+    assert!(c.is_leader(2), "schedule: node 2 should lead{}", c.histories());
+    c.change(2, 1, MembershipChange::Add { id: 4, address: "n4:1".into(), role: MemberRole::Voter });
+    for _ in 0..200 {
+        if voters(&c, 1) == all && voters(&c, 4) == all && c.leader_among(&all).is_some() {
+            break;
+        }
+        c.run(1);
+    }
+    assert_eq!(voters(&c, 1), all, "schedule: node 4 a voter{}", c.histories());
+    let leader = c.leader_among(&all).unwrap_or_else(|| panic!("no leader{}", c.histories()));
+    // Everyone idle and caught up before the removal.
+    c.run(5);
+
+    // 1-2. The leader removes itself: its Accept reaches everyone, the Accepteds reach it.
+    c.change(leader, 2, MembershipChange::Remove { id: leader });
+    let others: Vec<NodeId> = all.iter().copied().filter(|id| *id != leader).collect();
+    for id in &others {
+        c.deliver_where(leader, *id, is_accept);
+    }
+    for id in &others {
+        c.deliver_where(*id, leader, is_accepted);
+    }
+    assert!(
+        !voters(&c, leader).contains(&leader),
+        "schedule: the removal applied on {leader}{}",
+        c.histories()
+    );
+    assert!(!c.is_leader(leader), "schedule: node {leader} stepped down{}", c.histories());
+
+    // 3. What it sent on its way out arrives; then it stops, and another voter dies.
+    for id in &others {
+        c.deliver_all(leader, *id);
+    }
+    c.kill(leader);
+    let victim = others[1];
+    c.kill(victim);
+    let survivors: Vec<NodeId> = others.iter().copied().filter(|id| *id != victim).collect();
+
+    // 4. The survivors are a majority of the configuration chosen: they must lead and choose.
+    c.run_among(&survivors, 200);
+    let new_leader = c.leader_among(&survivors).unwrap_or_else(|| {
+        panic!("no leader among {survivors:?}, a majority of the chosen configuration{}", c.histories())
+    });
+    let before = c.applied_upto(new_leader);
+    c.propose(new_leader, rid(7, 1), "after");
+    c.run_among(&survivors, 20);
+    assert!(c.applied_upto(new_leader) > before, "nothing chosen after the removal{}", c.histories());
+    c.assert_agreement();
+}

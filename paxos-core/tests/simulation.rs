@@ -332,8 +332,13 @@ fn fault_free_cluster_chooses_everything() {
 fn partial_faults_keep_one_leader_and_commit() {
     let mut table: BTreeMap<(TopologyKind, u64), TopologyTotals> = BTreeMap::new();
     let seeds = env_u64("PAXOS_PARTIAL_FAULT_SEEDS").unwrap_or(6);
+    let mut holds_expected = 0;
     for kind in TopologyKind::ALL {
-        for nodes in [3, 5, 7] {
+        // A removed leader and one more voter down leave a majority of the new configuration
+        // that is none of the old one only when the old one had an even number of voters.
+        let sizes: &[u64] = if kind == TopologyKind::LeaderRemovedThenCrash { &[4, 6] } else { &[3, 5, 7] };
+        holds_expected += sizes.len() as u64 * seeds;
+        for &nodes in sizes {
             for seed in 0..seeds {
                 let scenario = Scenario {
                     nodes,
@@ -372,6 +377,6 @@ fn partial_faults_keep_one_leader_and_commit() {
     }
     let holds: u64 = table.values().map(|totals| totals.holds).sum();
     if std::env::var_os("PAXOS_PARTIAL_FAULT").is_none() {
-        assert_eq!(holds, 7 * 3 * seeds, "every scenario held its fault");
+        assert_eq!(holds, holds_expected, "every scenario held its fault");
     }
 }

@@ -52,10 +52,14 @@ pub enum TopologyKind {
     Flapping,
     /// Each directed link is cut with a chance of one in four.
     RandomOneWay,
+    /// The leader removes itself and stops the moment it has applied the removal (as an
+    /// operator stops a removed member), and another voter crashes at once; both stay down
+    /// for the hold. The survivors may be a majority only of the configuration just chosen.
+    LeaderRemovedThenCrash,
 }
 
 impl TopologyKind {
-    pub const ALL: [TopologyKind; 7] = [
+    pub const ALL: [TopologyKind; 8] = [
         TopologyKind::Deaf,
         TopologyKind::Mute,
         TopologyKind::Bridge,
@@ -63,6 +67,7 @@ impl TopologyKind {
         TopologyKind::QuorumLoss,
         TopologyKind::Flapping,
         TopologyKind::RandomOneWay,
+        TopologyKind::LeaderRemovedThenCrash,
     ];
 }
 
@@ -202,6 +207,12 @@ impl Simulation {
         let Some(leader) = self.leader() else {
             return Err(format!("liveness: the leader left during the healthy run: {}", self.progress()));
         };
+        let (everyone, stopped) = if kind == TopologyKind::LeaderRemovedThenCrash {
+            let stopped = self.remove_leader_then_crash(leader)?;
+            (self.live_members(), stopped)
+        } else {
+            (everyone, Vec::new())
+        };
         let cuts = self.draw_cuts(kind, leader, &everyone);
         let majority = self.connected_quorum(&everyone, &cuts, leader);
         let expect_progress = majority.is_some();
@@ -269,6 +280,11 @@ impl Simulation {
         let commits = (self.probes.acknowledged.len() - acked_at_start) as u64;
         self.network.set_static_cuts(BTreeSet::new());
         self.probes.outstanding.clear();
+        for id in &stopped {
+            if let Some(node) = self.nodes.get_mut(id) {
+                node.restart_at = Some(self.now + 1);
+            }
+        }
 
         let report = HoldReport {
             expect_progress,
@@ -309,6 +325,53 @@ impl Simulation {
             }
         }
         Ok(report)
+    }
+
+    /// `LeaderRemovedThenCrash`: asks `leader` to remove itself, runs until it has applied the
+    /// removal, then crashes it and another voter of the new configuration, neither to restart
+    /// before the hold ends. The nodes stopped (none if the removal was refused or did not go
+    /// through in time: the hold then measures the cluster as it is).
+    fn remove_leader_then_crash(&mut self, leader: NodeId) -> Result<Vec<NodeId>, String> {
+        let request_id = self.next_operator_request();
+        let Some(replica) = self.nodes.get_mut(&leader).and_then(|n| n.replica.as_mut()) else {
+            return Ok(Vec::new());
+        };
+        replica.change_membership(request_id, paxos_core::MembershipChange::Remove { id: leader });
+        let deadline = self.now + 20 * self.election_timeout_ticks();
+        loop {
+            self.step()?;
+            let Some(replica) = self.nodes[&leader].replica.as_ref() else {
+                return Ok(Vec::new());
+            };
+            if replica.membership().get(leader).is_none() {
+                break;
+            }
+            if self.now >= deadline {
+                return Ok(Vec::new());
+            }
+        }
+        // What it sent as it applied the removal is on the network; it stops now.
+        self.crash(leader);
+        let voters: Vec<NodeId> = self
+            .live_members()
+            .into_iter()
+            .filter(|id| *id != leader && self.checker.latest_config().votes(*id))
+            .collect();
+        let mut stopped = vec![leader];
+        if !voters.is_empty() {
+            let victim = voters[self.rng.range(0, voters.len() as u64) as usize];
+            self.crash(victim);
+            stopped.push(victim);
+        }
+        for id in &stopped {
+            if let Some(node) = self.nodes.get_mut(id) {
+                node.restart_at = None;
+            }
+        }
+        if self.trace_from.is_some() {
+            eprintln!("t{}: leader {leader} removed itself; stopped {stopped:?}", self.now);
+        }
+        Ok(stopped)
     }
 
     /// Ticks for the member of `quorum` that may lead and is furthest behind to page through

@@ -111,6 +111,12 @@ impl Simulation {
         }
     }
 
+    /// A request id for a change asked outside the operator's queue (its answer is ignored).
+    pub(super) fn next_operator_request(&mut self) -> RequestId {
+        self.operator.next_seq += 1;
+        RequestId { client_id: OPERATOR_CLIENT_ID, seq: self.operator.next_seq }
+    }
+
     pub(super) fn on_operator_reply(&mut self, request_id: RequestId, outcome: Result<Slot, ProposalError>) {
         let Some(index) = self.operator.in_flight.iter().position(|(seq, _, _)| *seq == request_id.seq)
         else {
