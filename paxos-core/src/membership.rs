@@ -144,7 +144,7 @@ pub enum ChangeError {
     AlreadyAMember(NodeId),
     #[error("node {0} has not been heard from since it started: start it first (with --initial-cluster-state existing)")]
     NotHeardFrom(NodeId),
-    #[error("node {id} presents incarnation {incarnation}, the one already admitted: nothing to replace")]
+    #[error("node {id} presents incarnation {incarnation:016x}, the one already admitted: nothing to replace (if it lost its disk, it has not spoken to the leader since it restarted)")]
     SameIncarnation { id: NodeId, incarnation: Incarnation },
     #[error("changing member {0} would leave no member that votes")]
     LastVoter(NodeId),
