@@ -3,8 +3,8 @@
 
 use anyhow::Context;
 use futures::future::join_all;
-use paxos_node::client::{Client, ClientOptions};
-use paxos_node::wire::StatusReport;
+use paxos_client::client::{Client, ClientOptions};
+use paxos_client::wire::StatusReport;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

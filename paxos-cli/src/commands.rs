@@ -4,7 +4,7 @@ use crate::output;
 use crate::{Cli, Command, Encoding};
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use paxos_node::client::Client;
+use paxos_client::client::Client;
 use std::io::Write;
 use tokio::io::AsyncBufReadExt;
 
@@ -174,14 +174,14 @@ fn decode(bytes: &[u8], encoding: Encoding) -> anyhow::Result<Vec<u8>> {
 }
 
 fn certs(cli: &Cli, nodes: &[u64], clients: bool, overwrite: bool) -> anyhow::Result<()> {
-    let request = paxos_node::certs::IssueRequest {
+    let request = paxos_client::certs::IssueRequest {
         cluster: cli.cluster.clone(),
         nodes: nodes.to_vec(),
         client: clients,
         admin: clients,
         overwrite,
     };
-    let issued = paxos_node::certs::issue(&cli.certs_dir, &request)?;
+    let issued = paxos_client::certs::issue(&cli.certs_dir, &request)?;
     let mut out = std::io::stdout().lock();
     if cli.json {
         writeln!(out, "{}", output::certs_json(&cli.certs_dir, &issued))?;
@@ -198,7 +198,7 @@ const MEMBER_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 async fn member_status(
     cli: &Cli,
     addr: &str,
-) -> anyhow::Result<Result<paxos_node::wire::StatusReport, String>> {
+) -> anyhow::Result<Result<paxos_client::wire::StatusReport, String>> {
     let mut options = cli.options()?;
     options.endpoints = vec![addr.to_owned()];
     options.timeout = MEMBER_STATUS_TIMEOUT;
@@ -258,7 +258,7 @@ async fn follow_history(
     encoding: Encoding,
     json: bool,
 ) -> anyhow::Result<()> {
-    use paxos_node::client::ClientError;
+    use paxos_client::client::ClientError;
     let mut next = from.unwrap_or(0);
     let mut started = false;
     let mut outage = false;
@@ -268,7 +268,7 @@ async fn follow_history(
     loop {
         let asked = tokio::select! {
             _ = &mut ctrl_c => return Ok(()),
-            page = client.history(next, paxos_node::wire::HISTORY_PAGE_ENTRIES_MAX) => page,
+            page = client.history(next, paxos_client::wire::HISTORY_PAGE_ENTRIES_MAX) => page,
         };
         let page = match asked {
             Err(ClientError::Truncated { history_start, .. })
@@ -336,10 +336,10 @@ async fn history(
     let mut remaining = limit.unwrap_or(u64::MAX);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while remaining > 0 {
-        let asked = remaining.min(paxos_node::wire::HISTORY_PAGE_ENTRIES_MAX);
+        let asked = remaining.min(paxos_client::wire::HISTORY_PAGE_ENTRIES_MAX);
         let page = match client.history(next, asked).await {
             // Without --from, the history starts where the node's does.
-            Err(paxos_node::client::ClientError::Truncated { history_start, .. })
+            Err(paxos_client::client::ClientError::Truncated { history_start, .. })
                 if from.is_none() && !started && history_start > next =>
             {
                 next = history_start;

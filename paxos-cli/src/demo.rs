@@ -7,10 +7,10 @@
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
+use paxos_client::certs::IssueRequest;
+use paxos_client::client::{Client, ClientOptions};
+use paxos_client::tls::{CertFiles, Security, Tls};
 use paxos_core::MemberRole;
-use paxos_node::certs::IssueRequest;
-use paxos_node::client::{Client, ClientOptions};
-use paxos_node::tls::{CertFiles, Security, Tls};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -195,15 +195,16 @@ impl Demo {
 
     fn create_certs(&mut self) -> anyhow::Result<()> {
         let request = IssueRequest {
-            cluster: paxos_node::config::DEFAULT_CLUSTER.into(),
+            cluster: paxos_client::DEFAULT_CLUSTER.into(),
             nodes: self.addrs.keys().copied().collect(),
             client: true,
             admin: true,
             overwrite: false,
         };
-        paxos_node::certs::issue(&self.certs_dir(), &request).context("creating the demo's certificates")?;
+        paxos_client::certs::issue(&self.certs_dir(), &request)
+            .context("creating the demo's certificates")?;
         let files = CertFiles::named(&self.certs_dir(), "client");
-        let tls = Tls::for_client(&files, paxos_node::config::DEFAULT_CLUSTER)?;
+        let tls = Tls::for_client(&files, paxos_client::DEFAULT_CLUSTER)?;
         self.security = Security::Tls(Arc::new(tls));
         Ok(())
     }

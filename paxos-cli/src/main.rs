@@ -10,7 +10,7 @@ mod output;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use paxos_core::MemberRole;
-use paxos_node::tls::{CertFiles, Security, Tls};
+use paxos_client::tls::{CertFiles, Security, Tls};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,7 @@ pub struct Cli {
     pub json: bool,
 
     /// Cluster name the nodes were started with.
-    #[arg(long, global = true, env = "PAXOS_CLUSTER", default_value = paxos_node::config::DEFAULT_CLUSTER)]
+    #[arg(long, global = true, env = "PAXOS_CLUSTER", default_value = paxos_client::DEFAULT_CLUSTER)]
     pub cluster: String,
 
     /// Give up on an operation (with all its retries) after this many milliseconds.
@@ -306,13 +306,13 @@ impl Cli {
         Ok(Security::Tls(Arc::new(tls)))
     }
 
-    pub fn options(&self) -> anyhow::Result<paxos_node::client::ClientOptions> {
+    pub fn options(&self) -> anyhow::Result<paxos_client::client::ClientOptions> {
         let endpoints = if self.endpoints.is_empty() {
             vec!["127.0.0.1:7401".to_owned()]
         } else {
             self.endpoints.clone()
         };
-        Ok(paxos_node::client::ClientOptions {
+        Ok(paxos_client::client::ClientOptions {
             endpoints,
             security: self.security()?,
             cluster: self.cluster.clone(),

@@ -3,8 +3,8 @@
 use crate::MemberCommand;
 use anyhow::{bail, Context};
 use paxos_core::{MemberRole, MembershipChange, NodeId, Slot};
-use paxos_node::client::Client;
-use paxos_node::wire::StatusReport;
+use paxos_client::client::Client;
+use paxos_client::wire::StatusReport;
 use serde_json::json;
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -2,8 +2,8 @@
 
 use crate::Encoding;
 use base64::Engine;
-use paxos_node::certs::Issued;
-use paxos_node::wire::{GcReport, HistoryPage, StatusReport, TransferReport};
+use paxos_client::certs::Issued;
+use paxos_client::wire::{GcReport, HistoryPage, StatusReport, TransferReport};
 use serde_json::{json, Value};
 use std::fmt::Write;
 use std::path::Path;
@@ -155,7 +155,7 @@ pub fn status_text(status: &StatusReport) -> String {
 /// One member for `status --all`: what the configuration says of it, and its own status.
 #[derive(Debug)]
 pub struct MemberRow {
-    pub member: paxos_node::wire::MemberInfo,
+    pub member: paxos_client::wire::MemberInfo,
     pub status: Result<StatusReport, String>,
 }
 

@@ -34,6 +34,11 @@ const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// to the time clients see no leader. More than this in one call back off as usual (two nodes
 /// naming each other while an election settles).
 const REDIRECTS_AT_ONCE_MAX: u32 = 2;
+/// How long a call keeps dialling when every endpoint refuses the connection (nothing listens
+/// there) and none has answered during the call: long enough for a node being restarted to bind
+/// its port again, short enough that a script pointed at a stopped cluster hears so at once.
+/// A cluster that listens but has no quorum keeps the whole `ClientOptions::timeout`.
+pub const NOTHING_LISTENS_GRACE: Duration = Duration::from_secs(2);
 
 /// How to reach the cluster.
 #[derive(Clone, Debug)]
@@ -59,7 +64,7 @@ impl ClientOptions {
     pub fn new(endpoints: Vec<String>, security: Security) -> Self {
         let cluster = match &security {
             Security::Tls(tls) => tls.cluster().to_owned(),
-            Security::InsecurePlaintext => crate::config::DEFAULT_CLUSTER.to_owned(),
+            Security::InsecurePlaintext => crate::DEFAULT_CLUSTER.to_owned(),
         };
         ClientOptions {
             endpoints,
@@ -112,11 +117,36 @@ pub enum ClientError {
     SessionExpired { session: u64 },
 }
 
-/// Why no connection could be opened; `permanent` when retrying cannot help.
+impl ClientError {
+    /// Will the same request fail the same way however often it is retried? (A value over the
+    /// limit, a certificate not admitted, a forbidden request.) Loops that propose many values,
+    /// such as `paxos-cli bench`, stop at the first such error rather than count it again and
+    /// again.
+    pub fn is_final(&self) -> bool {
+        match self {
+            ClientError::Refused(error) => !error.is_retryable(),
+            ClientError::Rejected(_)
+            | ClientError::Forbidden(_)
+            | ClientError::TooLarge { .. }
+            | ClientError::Protocol(_) => true,
+            ClientError::Unreachable(_)
+            | ClientError::Timeout { .. }
+            | ClientError::History(_)
+            | ClientError::Gc(_)
+            | ClientError::Transfer(_)
+            | ClientError::Truncated { .. }
+            | ClientError::SessionExpired { .. } => false,
+        }
+    }
+}
+
+/// Why no connection could be opened; `permanent` when retrying cannot help, `nothing_listens`
+/// when every address tried refused the TCP connection itself.
 #[derive(Debug)]
 struct OpenError {
     message: String,
     permanent: bool,
+    nothing_listens: bool,
 }
 
 enum CallError {
@@ -160,6 +190,7 @@ impl Pipeline {
         .await;
         let (connection, _welcome) = connected.map_err(|error| {
             let permanent = error.is_permanent();
+            let nothing_listens = error.is_nothing_listening();
             let message = match error {
                 ConnectError::Refused(reason) => format!("{endpoint} refused this client: {reason}"),
                 error if permanent => format!(
@@ -168,7 +199,7 @@ impl Pipeline {
                 ),
                 error => format!("{endpoint}: {error}"),
             };
-            OpenError { message, permanent }
+            OpenError { message, permanent, nothing_listens }
         })?;
         let (mut sink, stream) = connection.split();
         let (frames_tx, mut frames_rx) = mpsc::channel::<Frame>(REQUESTS_QUEUED_MAX);
@@ -178,7 +209,7 @@ impl Pipeline {
         let writer_pending = pending.clone();
         tokio::spawn(async move {
             // A node that reads nothing for a minute is as good as gone.
-            let flush_timeout = crate::config::DEFAULT_TIMEOUTS.idle;
+            let flush_timeout = crate::connection::DEFAULT_TIMEOUTS.idle;
             let _ =
                 write_batches(&mut sink, &mut frames_rx, REQUESTS_PER_FLUSH_MAX, flush_timeout, |frame| {
                     (frame, None::<()>)
@@ -374,6 +405,7 @@ impl Client {
         Err(OpenError {
             // Every endpoint refused for good: retrying until the timeout would only hide why.
             permanent: errors.iter().all(|e| e.permanent),
+            nothing_listens: errors.iter().all(|e| e.nothing_listens),
             message: errors.into_iter().map(|e| e.message).collect::<Vec<_>>().join("; "),
         })
     }
@@ -429,6 +461,8 @@ impl Client {
         let mut ever_connected = false;
         let mut redirects_at_once = 0;
         let mut last_error = String::from("none");
+        // Since when every endpoint has refused the connection, while none answered this call.
+        let mut nothing_listens_since: Option<Instant> = None;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -442,6 +476,17 @@ impl Client {
                 Ok(connection) => connection,
                 Err(error) if error.permanent => return Err(ClientError::Rejected(error.message)),
                 Err(error) => {
+                    if error.nothing_listens && !ever_connected {
+                        let since = *nothing_listens_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= NOTHING_LISTENS_GRACE {
+                            return Err(ClientError::Unreachable(format!(
+                                "{}; nothing listens at any endpoint (is the cluster running?)",
+                                error.message
+                            )));
+                        }
+                    } else {
+                        nothing_listens_since = None;
+                    }
                     last_error = error.message;
                     tokio::time::sleep(backoff.min(remaining)).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);

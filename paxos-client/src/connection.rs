@@ -66,6 +66,12 @@ impl ConnectError {
             _ => false,
         }
     }
+
+    /// Did the TCP connection itself get refused: no process listens at the address (stopped,
+    /// or not started yet)?
+    pub fn is_nothing_listening(&self) -> bool {
+        matches!(self, ConnectError::Io(error) if error.kind() == std::io::ErrorKind::ConnectionRefused)
+    }
 }
 
 /// Why reading the next frame failed.
@@ -85,6 +91,10 @@ pub struct ReadTimeouts {
     pub idle: Duration,
     pub frame: Duration,
 }
+
+/// How long connections may stay silent, and take over one frame, by default.
+pub const DEFAULT_TIMEOUTS: ReadTimeouts =
+    ReadTimeouts { idle: Duration::from_secs(60), frame: Duration::from_secs(20) };
 
 /// A read buffer larger than this is given back once it is empty.
 const READ_BUFFER_KEPT_BYTES_MAX: usize = 1 << 20;

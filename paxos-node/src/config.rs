@@ -117,9 +117,6 @@ impl NodeConfig {
     }
 }
 
-/// How long connections may stay silent, and take over one frame, by default.
-pub const DEFAULT_TIMEOUTS: ReadTimeouts =
-    ReadTimeouts { idle: Duration::from_secs(60), frame: Duration::from_secs(20) };
-
-/// The cluster name used when none is given.
-pub const DEFAULT_CLUSTER: &str = "paxos";
+// The defaults the client library shares with the daemon, where the daemon's callers look.
+pub use paxos_client::connection::DEFAULT_TIMEOUTS;
+pub use paxos_client::DEFAULT_CLUSTER;
