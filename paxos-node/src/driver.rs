@@ -659,6 +659,13 @@ impl Driver {
         metrics.set_role(status.role);
         metrics.leader_id.set(status.leader.unwrap_or(0));
         metrics.has_leader.set(u64::from(self.replica.leader_heard().is_some()));
+        for (kind, count) in crate::metrics::PROBLEM_KINDS.into_iter().zip([
+            status.refused_by.len(),
+            status.refused_incarnations.len(),
+            status.foreign_logs.len(),
+        ]) {
+            metrics.problems.get_or_create(&crate::metrics::KindLabels { kind }).set(count as u64);
+        }
         if status.leader.is_some() && status.leader != self.leader_seen {
             if self.leader_seen.is_some() {
                 metrics.leader_changes.inc();

@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -85,7 +86,16 @@ pub struct Metrics {
     pub peer_lag: Family<PeerLabels, GaugeU64>,
     pub requests_in_flight: GaugeU64,
     pub client_connections: GaugeU64,
+    /// What needs an operator, by kind, as `StatusReport::problems` words it: `not_admitted`
+    /// (a peer says the configuration does not admit this node's data directory),
+    /// `refused_incarnation` (a member came back with another directory), `foreign_log` (a peer
+    /// holds another cluster's log). Each is the number of peers reporting it; an alert fires on
+    /// `sum(paxos_problems) > 0`.
+    pub problems: Family<KindLabels, GaugeU64>,
 }
+
+/// The kinds of [`Metrics::problems`], all exported (at 0 when absent) so an alert's series exist.
+pub const PROBLEM_KINDS: [&str; 3] = ["not_admitted", "refused_incarnation", "foreign_log"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -246,6 +256,22 @@ impl Metrics {
         );
         let client_connections = GaugeU64::default();
         registry.register("client_connections", "Client connections open", client_connections.clone());
+        let problems = Family::<KindLabels, GaugeU64>::default();
+        registry.register(
+            "problems",
+            "Peers reporting a problem that needs an operator, by kind (see paxos-cli status)",
+            problems.clone(),
+        );
+        for kind in PROBLEM_KINDS {
+            problems.get_or_create(&KindLabels { kind }).set(0);
+        }
+        // Constant labels an alert or a dashboard joins on: which build answers here.
+        let build = Info::new(vec![
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("protocol", paxos_client::wire::PROTOCOL_VERSION.to_string()),
+            ("storage_format", crate::storage::STORAGE_FORMAT.to_string()),
+        ]);
+        registry.register("build", "The paxos-node build answering", build);
         Metrics {
             registry,
             proposal_duration,
@@ -275,6 +301,7 @@ impl Metrics {
             peer_lag,
             requests_in_flight,
             client_connections,
+            problems,
         }
     }
 
@@ -353,6 +380,13 @@ mod tests {
         metrics.peer_lag.get_or_create(&PeerLabels { peer: 2 }).set(7);
         Metrics::observe_duration(&metrics.fsync_duration, Duration::from_millis(3));
         let text = metrics.encode();
+        let build = format!(
+            "paxos_build_info{{version=\"{}\",protocol=\"{}\",storage_format=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            paxos_client::wire::PROTOCOL_VERSION,
+            crate::storage::STORAGE_FORMAT
+        );
+        assert!(text.lines().any(|l| l == build), "no line {build:?} in:\n{text}");
         for line in [
             "# TYPE paxos_proposal_duration_seconds histogram",
             "# TYPE paxos_fsync_duration_seconds histogram",
@@ -362,6 +396,8 @@ mod tests {
             "paxos_role{role=\"leader\"} 1",
             "paxos_role{role=\"follower\"} 0",
             "paxos_peer_lag_slots{peer=\"2\"} 7",
+            "paxos_problems{kind=\"not_admitted\"} 0",
+            "paxos_problems{kind=\"foreign_log\"} 0",
             "# TYPE paxos_applied_upto_slot gauge",
             "# EOF",
         ] {

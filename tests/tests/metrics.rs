@@ -31,6 +31,9 @@ const FAMILIES: &[(&str, &str)] = &[
     ("paxos_peer_lag_slots", "gauge"),
     ("paxos_requests_in_flight", "gauge"),
     ("paxos_client_connections", "gauge"),
+    ("paxos_has_leader", "gauge"),
+    ("paxos_problems", "gauge"),
+    ("paxos_build", "info"),
 ];
 
 fn peer(name: &str, peer: u64) -> String {
@@ -79,6 +82,18 @@ async fn a_scrape_of_real_nodes_moves_with_proposals_fsyncs_a_dead_member_and_a_
             assert_eq!(scrape.types.get(*family).map(String::as_str), Some(*kind), "node {id}: {family}");
         }
         before.insert(id, scrape);
+    }
+    // What an alert needs: a leader heard, no problem of any kind, and the build answering.
+    for id in 1..=3 {
+        let hears = |scrape: &Scrape| scrape.value_or_zero("paxos_has_leader") == 1.0;
+        let scrape = wait_scrape(&cluster, id, "a leader heard", hears).await;
+        for kind in ["not_admitted", "refused_incarnation", "foreign_log"] {
+            let series = format!("paxos_problems{{kind=\"{kind}\"}}");
+            assert_eq!(scrape.value(&series).expect("problems"), 0.0, "node {id}: {series}");
+        }
+        let build = scrape.text.lines().find(|l| l.starts_with("paxos_build_info{")).expect("build info");
+        assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{build}");
+        assert!(build.ends_with(" 1"), "{build}");
     }
     let role_of =
         |scrape: &Scrape, role: &str| scrape.value_or_zero(&format!("paxos_role{{role=\"{role}\"}}"));
