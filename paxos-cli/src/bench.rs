@@ -28,6 +28,8 @@ struct ClientResult {
     latencies_us: Vec<u64>,
     errors: u64,
     last_error: Option<String>,
+    /// An error no retry can fix (see `ClientError::is_final`): the run stops at the first.
+    final_error: Option<String>,
 }
 
 impl ClientResult {
@@ -35,6 +37,7 @@ impl ClientResult {
         self.latencies_us.extend(other.latencies_us);
         self.errors += other.errors;
         self.last_error = other.last_error.or(self.last_error.take());
+        self.final_error = self.final_error.take().or(other.final_error);
     }
 }
 
@@ -98,6 +101,9 @@ struct Figures {
 pub async fn run(options: ClientOptions, bench: BenchOptions, json_output: bool) -> anyhow::Result<()> {
     let before = leader_status(&options).await.context("no leader reachable to benchmark")?;
     let (result, elapsed) = measure(&options, &bench, json_output).await?;
+    if let Some(error) = result.final_error {
+        anyhow::bail!("stopped at the first error no retry can fix: {error}");
+    }
     let after = leader_status(&options).await;
     let figures = Figures::new(result, elapsed, &before, after.as_ref());
     if json_output {
@@ -203,6 +209,11 @@ async fn run_lane(client: Client, value: Vec<u8>, run_state: RunState) -> Client
                 if run_state.total.is_none() {
                     run_state.done.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            Err(error) if error.is_final() => {
+                lane.final_error = Some(error.to_string());
+                run_state.stop.store(true, Ordering::Relaxed);
+                break;
             }
             Err(error) => {
                 lane.errors += 1;

@@ -71,8 +71,24 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 write!(out, "{}", output::status_text(&status))?;
             }
         }
+        Command::Health { lag_max_slots, member_timeout_ms } => {
+            let timeout = std::time::Duration::from_millis(*member_timeout_ms);
+            let members = crate::health::check(&client, &cli.options()?, timeout, *lag_max_slots).await?;
+            {
+                let mut out = stdout.lock();
+                if cli.json {
+                    writeln!(out, "{}", crate::health::json(&members))?;
+                } else {
+                    write!(out, "{}", crate::health::text(&members))?;
+                }
+            }
+            let unhealthy = members.iter().filter(|m| !m.healthy()).count();
+            if unhealthy > 0 {
+                bail!("{unhealthy} of {} members unhealthy", members.len());
+            }
+        }
         Command::Demo { .. } | Command::Bench { .. } | Command::Certs { .. } => unreachable!("handled above"),
-        Command::Member(command) => crate::member::run(&client, command, cli.json).await?,
+        Command::Member(command) => crate::member::run(cli, &client, command, cli.json).await?,
         Command::Leader(crate::LeaderCommand::Transfer { id }) => {
             let report = client.transfer_leader(*id).await?;
             let mut out = stdout.lock();

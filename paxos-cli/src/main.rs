@@ -4,13 +4,14 @@
 mod bench;
 mod commands;
 mod demo;
+mod health;
 mod member;
 mod output;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use paxos_core::MemberRole;
 use paxos_client::tls::{CertFiles, Security, Tls};
+use paxos_core::MemberRole;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,9 +91,10 @@ pub enum MemberCommand {
     /// Add a member, ID=HOST:PORT
     ///
     /// It joins as a learner, catches up, and the leader promotes
-    /// it to its role (--role, voter by default). Start it with `paxos-node
-    /// --initial-cluster-state existing` (and a node certificate of this cluster: `paxos-cli
-    /// certs --nodes ID`).
+    /// it to its role (--role, voter by default). Prints the `paxos-node` command that starts
+    /// it (--initial-cluster-state existing, every member's --peer; it needs a node certificate
+    /// of this cluster: `paxos-cli certs --nodes ID`) and says when nothing answers at its
+    /// address. Exits 1 if it is not yet a ROLE when the wait ends.
     Add {
         /// The new member, as ID=HOST:PORT.
         #[arg(value_name = "ID=ADDR")]
@@ -107,6 +109,9 @@ pub enum MemberCommand {
         /// Return once the entry adding it is chosen, without waiting for the promotion.
         #[arg(long)]
         no_wait: bool,
+        /// How long to wait for the promotion (catching up a long history takes a while).
+        #[arg(long, default_value_t = 60_000)]
+        wait_ms: u64,
     },
     /// Remove a member
     ///
@@ -132,6 +137,9 @@ pub enum MemberCommand {
         /// Return once the entry is chosen, without waiting for the promotion.
         #[arg(long)]
         no_wait: bool,
+        /// How long to wait for the promotion.
+        #[arg(long, default_value_t = 60_000)]
+        wait_ms: u64,
     },
 }
 
@@ -189,6 +197,19 @@ pub enum Command {
         /// advanced member, reachable or not.
         #[arg(long)]
         all: bool,
+    },
+    /// Check that every member is up, led, admitted and keeping up
+    ///
+    /// Asks each member of the configuration directly; one line per member. Exits 1 when a
+    /// member does not answer, knows no leader, reports a problem (not admitted, a foreign
+    /// log, a member that lost its disk) or is more than --lag-max-slots behind.
+    Health {
+        /// Slots a member may be behind the most advanced one and still be healthy.
+        #[arg(long, default_value_t = 1000)]
+        lag_max_slots: u64,
+        /// How long each member has to answer.
+        #[arg(long, default_value_t = 2000)]
+        member_timeout_ms: u64,
     },
     /// Show or change the members
     ///

@@ -70,6 +70,22 @@ pub fn history_lines(page: &HistoryPage, encoding: Encoding, out: &mut String) {
     }
 }
 
+/// An incarnation as every command prints it: 16 hex digits, or `null` (JSON) and `-` (text)
+/// when the member is not bound to a data directory yet (a learner, or a member not yet heard).
+pub fn incarnation_text(incarnation: paxos_core::Incarnation) -> Option<String> {
+    (incarnation != 0).then(|| format!("{incarnation:016x}"))
+}
+
+/// A ballot as every command prints it, text and JSON alike: "ROUND.NODE".
+pub fn ballot_text(ballot: paxos_core::Ballot) -> String {
+    format!("{}.{}", ballot.round, ballot.node)
+}
+
+/// A leader as a sentence names it: "node 3", or "none".
+pub fn leader_words(leader: Option<u64>) -> String {
+    leader.map_or_else(|| "none".to_owned(), |id| format!("node {id}"))
+}
+
 pub fn status_json(status: &StatusReport) -> Value {
     let fsyncs_per_value =
         (status.applied_since_start > 0).then(|| status.fsyncs as f64 / status.applied_since_start as f64);
@@ -78,7 +94,7 @@ pub fn status_json(status: &StatusReport) -> Value {
         "cluster": status.cluster_id,
         "role": status.role,
         "leader": status.leader,
-        "ballot": { "round": status.ballot.round, "node": status.ballot.node },
+        "ballot": ballot_text(status.ballot),
         "applied_upto": status.applied_upto,
         "history_start": status.history_start,
         "accepted_records": status.accepted_records,
@@ -87,13 +103,15 @@ pub fn status_json(status: &StatusReport) -> Value {
         "rejected_messages": status.rejected_messages,
         "superseded_leaderships": status.superseded_leaderships,
         "members": status.members.iter().map(|m| json!({
-            "id": m.id, "addr": m.addr, "applied_upto": m.applied_upto, "role": m.role,
-            "incarnation": format!("{:016x}", m.incarnation), "promote_to": m.promote_to,
+            "id": m.id, "address": m.addr, "applied_upto": m.applied_upto, "role": m.role,
+            "incarnation": incarnation_text(m.incarnation), "promote_to": m.promote_to,
         })).collect::<Vec<_>>(),
         "configuration_chosen_at": status.configuration_chosen_at,
         "incarnation": format!("{:016x}", status.incarnation),
-        "can_vote": status.can_vote,
-        "can_lead": status.can_lead,
+        // Not known while the configuration is only the --peer flags' (a brand-new cluster before
+        // its binding entry, or a wiped node that has yet to hear the cluster's).
+        "can_vote": status.configuration_chosen_at.map(|_| status.can_vote),
+        "can_lead": status.configuration_chosen_at.map(|_| status.can_lead),
         "member_role": status.members.iter().find(|m| m.id == status.node).map(|m| m.role),
         "started_as": status.started_as,
         "warnings": status.warnings,
@@ -133,6 +151,10 @@ pub fn status_text(status: &StatusReport) -> String {
     }
     let own_role = status.members.iter().find(|m| m.id == status.node).map(|m| m.role);
     match own_role {
+        Some(role) if status.configuration_chosen_at.is_none() => out.push_str(&format!(
+            "this node's role: {role} by its --peer flags; whether it votes or may lead is not known yet \
+             (until it hears the cluster's configuration, or the bootstrap entry is chosen)\n"
+        )),
         Some(role) => out.push_str(&format!(
             "this node's role: {role} ({}, {})\n",
             if status.can_vote { "votes" } else { "does not vote" },
@@ -140,7 +162,10 @@ pub fn status_text(status: &StatusReport) -> String {
         )),
         None => out.push_str("this node is not a member of the configuration it holds\n"),
     }
-    if !status.can_vote && own_role.is_some_and(|role| role.votes()) {
+    if status.configuration_chosen_at.is_some()
+        && !status.can_vote
+        && own_role.is_some_and(|role| role.votes())
+    {
         out.push_str("this node does not vote: a data directory the configuration does not admit, or a joining node that has yet to learn the configuration\n");
     }
     for warning in &status.warnings {
@@ -177,11 +202,11 @@ pub fn cluster_status_json(rows: &[MemberRow]) -> Value {
                 "reachable": true,
                 "leader": status.leader,
                 "is_leader": status.leader == Some(row.member.id),
-                "ballot": format!("{}.{}", status.ballot.round, status.ballot.node),
+                "ballot": ballot_text(status.ballot),
                 "applied_upto": status.applied_upto,
                 "history_start": status.history_start,
                 "lag": lag,
-                "can_vote": status.can_vote,
+                "can_vote": status.configuration_chosen_at.map(|_| status.can_vote),
             }),
             Err(error) => json!({
                 "id": row.member.id,

@@ -123,7 +123,7 @@ async fn every_command_in_human_and_json_form() {
         .iter()
         .all(|m| m["reachable"] == true && m["applied_upto"].is_u64() && m["lag"].is_u64()));
     assert_eq!(members.iter().filter(|m| m["is_leader"] == true).count(), 1);
-    assert!(json["ballot"]["round"].is_u64() && json["ballot"]["node"].is_u64());
+    assert!(json["ballot"].as_str().is_some_and(|b| b.split_once('.').is_some()), "{json}");
     assert_eq!(json["members"].as_array().expect("members").len(), 3);
     assert_eq!(json["configuration_chosen_at"], 0, "the bootstrap's binding entry is slot 0");
     assert_eq!(json["can_vote"], true);

@@ -1,0 +1,179 @@
+//! What an operator meets first: a member added before anyone started it, a cluster that is not
+//! running, a benchmark that cannot succeed, and a health check with a member down.
+
+use paxos_tests::{binary, wait_until, Cluster};
+use serde_json::Value;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+fn cli(cluster: &Cluster, endpoints: &str, args: &[&str]) -> Output {
+    cluster.cli_command().env("PAXOS_ENDPOINTS", endpoints).args(args).output().expect("run paxos-cli")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn endpoints(cluster: &Cluster) -> String {
+    cluster.addrs.values().cloned().collect::<Vec<_>>().join(",")
+}
+
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    format!("127.0.0.1:{port}")
+}
+
+/// A process killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_add_prints_how_to_start_the_member_and_fails_until_it_is_what_was_asked() {
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let all = endpoints(&cluster);
+    let address = free_addr();
+
+    // Nobody started node 4: the change is made, the command says how to start it, that
+    // nothing answers there, and exits 1 because node 4 is not an acceptor.
+    let output = cli(
+        &cluster,
+        &all,
+        &["member", "add", "--role", "acceptor", &format!("4={address}"), "--wait-ms", "1500"],
+    );
+    let (out, err) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "stdout: {out}\nstderr: {err}");
+    assert!(err.contains(&format!("nothing answers at {address}")), "{err}");
+    assert!(
+        err.trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("node 4 is not an acceptor yet, still a learner")),
+        "{err}"
+    );
+    let start =
+        out.lines().find(|l| l.trim_start().starts_with("paxos-node ")).expect("a start command").trim();
+    for (id, addr) in &cluster.addrs {
+        assert!(start.contains(&format!("--peer {id}={addr}")), "{start}");
+    }
+    assert!(
+        start.contains(&format!("--id 4 --listen {address} --initial-cluster-state existing")),
+        "{start}"
+    );
+    assert!(start.contains(&format!("--peer 4={address}")), "{start}");
+
+    // The command it printed, run as printed (with this cluster's certificate for node 4), starts
+    // a member that catches up and is promoted: health then says every member is well.
+    let certs = cluster.cli_command().args(["certs", "--nodes", "4"]).output().expect("certs");
+    assert!(certs.status.success(), "{}", text(&certs.stderr));
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut words = start.split_whitespace();
+    words.next();
+    let mut node = Command::new(binary("paxos-node"));
+    node.args(words)
+        .current_dir(data.path())
+        .stderr(std::fs::File::create(data.path().join("log")).expect("log"));
+    if !cluster.security.is_tls() {
+        node.arg("--insecure-plaintext");
+    }
+    let _node = Killed(node.spawn().expect("start node 4"));
+    wait_until("node 4 promoted to acceptor", Duration::from_secs(30), || async {
+        let output = cli(&cluster, &all, &["member", "list", "--json"]);
+        let list: Value = serde_json::from_slice(&output.stdout)?;
+        let promoted = list["members"].as_array().is_some_and(|m| {
+            m.iter().any(|m| m["id"] == 4 && m["role"] == "acceptor" && m["promote_to"].is_null())
+        });
+        anyhow::ensure!(promoted, "not yet: {list}");
+        Ok(Some(()))
+    })
+    .await
+    .expect("promoted");
+    wait_until("health says all four are well", Duration::from_secs(20), || async {
+        let output = cli(&cluster, &all, &["health"]);
+        anyhow::ensure!(output.status.success(), "{}{}", text(&output.stdout), text(&output.stderr));
+        Ok(Some(text(&output.stdout)))
+    })
+    .await
+    .map(|out| assert_eq!(out.lines().filter(|l| l.contains(" is healthy: ")).count(), 4, "{out}"))
+    .expect("healthy");
+
+    // A learner needs no wait: added, told how to start it, exit 0 even though nobody runs it.
+    let learner = free_addr();
+    let output = cli(&cluster, &all, &["member", "add", "--learner", &format!("5={learner}"), "--json"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(report["answers"], false, "{report}");
+    assert_eq!(report["role"], "learner", "{report}");
+    assert!(report["start_command"].as_str().is_some_and(|s| s.contains(&format!("--peer 5={learner}"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_listening_fails_within_seconds_not_the_whole_timeout() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let dead = format!("{},{}", free_addr(), free_addr());
+    for args in [&["propose", "x"][..], &["status"][..], &["history"][..]] {
+        let begin = Instant::now();
+        let output = cli(&cluster, &dead, args);
+        let took = begin.elapsed();
+        let err = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains("nothing listens at any endpoint"), "{err}");
+        // The default timeout is 10 s; refused connections give up after about 2.
+        assert!(took < Duration::from_secs(6), "{args:?} took {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_stops_at_the_first_refusal_no_retry_can_fix() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let all = endpoints(&cluster);
+    let begin = Instant::now();
+    let output = cli(&cluster, &all, &["bench", "--value-bytes", "4000000", "--duration-secs", "30"]);
+    let err = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("stopped at the first error no retry can fix"), "{err}");
+    assert!(err.contains("exceeds the limit"), "{err}");
+    assert!(begin.elapsed() < Duration::from_secs(20), "it ran {:?}", begin.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_the_member_that_is_down_and_exits_non_zero() {
+    let mut cluster = Cluster::start(3).await.expect("cluster");
+    let all = endpoints(&cluster);
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let healthy = wait_until("health passes", Duration::from_secs(20), || async {
+        let output = cli(&cluster, &all, &["health", "--json"]);
+        anyhow::ensure!(output.status.success(), "{}", text(&output.stdout));
+        Ok(Some(serde_json::from_slice::<Value>(&output.stdout)?))
+    })
+    .await
+    .expect("healthy");
+    assert_eq!(healthy["healthy"], true);
+    assert_eq!(healthy["members"].as_array().map(Vec::len), Some(3), "{healthy}");
+
+    let down = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(down).expect("kill");
+    let output = cli(&cluster, &cluster.addrs[&leader], &["health"]);
+    let (out, err) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{out}{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let line = out.lines().find(|l| l.contains(&format!("(node {down})"))).expect("the member down");
+    assert!(line.contains("is unhealthy: does not answer"), "{line}");
+    assert_eq!(out.lines().filter(|l| l.contains(" is healthy: leader node ")).count(), 2, "{out}");
+    assert_eq!(err.trim_end(), "paxos-cli: 1 of 3 members unhealthy", "{err}");
+
+    let output = cli(&cluster, &cluster.addrs[&leader], &["health", "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(report["healthy"], false);
+    let member = report["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == down)).cloned();
+    let member = member.expect("the member down");
+    assert_eq!(member["healthy"], false, "{member}");
+    assert_eq!(member["reachable"], false, "{member}");
+}
