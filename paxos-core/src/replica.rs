@@ -691,6 +691,7 @@ impl Replica {
         }
         // A member replaced since: its new incarnation is the admitted one now.
         self.refused_incarnations.retain(|id, (incarnation, _)| !membership.admits(*id, *incarnation));
+        self.drop_acceptor_state_unless_voting();
         match &self.role {
             Role::Follower => {}
             // Even a candidacy that asked the configuration now in force: an entry can carry
@@ -717,6 +718,24 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// A member that no longer votes (made a proposer or a learner, or removed) keeps no
+    /// acceptor state, as one started that way: its accepted records go, on disk too.
+    ///
+    /// # Correctness
+    ///
+    /// Configurations change one voting member at a time, so every quorum of the configuration
+    /// now in force shares a member with every quorum of the one before: a value chosen with
+    /// this member's vote is reported in any later phase 1 by that shared member, without this
+    /// one. Its promise stays (a proposer keeps the highest ballot it used).
+    fn drop_acceptor_state_unless_voting(&mut self) {
+        if self.can_vote() || self.accepted.is_empty() {
+            return;
+        }
+        let past_last = self.accepted.keys().next_back().map_or(0, |slot| slot.saturating_add(1));
+        self.accepted.clear();
+        self.persist(PersistOp::DeleteAcceptedBelow(past_last));
     }
 
     /// Proposes a client value. The answer comes back in a later `Ready::replies`, with the

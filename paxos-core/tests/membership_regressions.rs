@@ -505,3 +505,45 @@ fn a_leader_that_removes_itself_tells_the_members_the_removal_is_chosen_before_i
     assert!(c.applied_upto(new_leader) > before, "nothing chosen after the removal{}", c.histories());
     c.assert_agreement();
 }
+
+// ----- a member made a proposer keeps the accepted records of its voting days -----
+
+/// Found by a new user (issue 26): after `member role 1 proposer` (and `gc`, which runs on the
+/// leader), node 1 still held 535 accepted records, though a proposer keeps no acceptor state
+/// and a node started as one holds none. The rule: a member that stops voting drops its
+/// accepted records once the change is applied, in memory and on disk; the cluster still
+/// chooses and agrees without them.
+#[test]
+fn a_member_made_a_proposer_drops_its_accepted_records_and_the_cluster_goes_on() {
+    let mut c = bound_cluster(&[]);
+    let all = [1, 2, 3];
+    c.campaign(2);
+    c.deliver_all_among(&all);
+    assert!(c.is_leader(2), "schedule: node 2 should lead{}", c.histories());
+    for seq in 1..=5 {
+        c.propose(2, rid(3, seq), &format!("v{seq}"));
+    }
+    c.run(20);
+    assert!(c.node(1).replica.status().accepted_records > 0, "schedule: node 1 accepted{}", c.histories());
+
+    c.change(2, 1, MembershipChange::SetRole { id: 1, role: MemberRole::Proposer });
+    for _ in 0..200 {
+        let role = c.node(1).replica.membership().get(1).map(|m| m.role);
+        if role == Some(MemberRole::Proposer) && c.leader_among(&all).is_some() {
+            break;
+        }
+        c.run(1);
+    }
+    assert_eq!(c.node(1).replica.membership().get(1).map(|m| m.role), Some(MemberRole::Proposer));
+    assert_eq!(c.node(1).replica.status().accepted_records, 0, "in memory{}", c.histories());
+    assert!(c.node(1).storage.accepted.is_empty(), "on disk: {:?}", c.node(1).storage.accepted);
+
+    // The voters go on choosing; node 1 still learns and may lead.
+    let leader = c.leader_among(&all).unwrap_or_else(|| panic!("no leader{}", c.histories()));
+    let before = c.applied_upto(leader);
+    c.propose(leader, rid(3, 6), "after");
+    c.run(30);
+    assert!(c.applied_upto(leader) > before, "nothing chosen after the change{}", c.histories());
+    assert_eq!(c.node(1).replica.status().accepted_records, 0, "a proposer accepts nothing{}", c.histories());
+    c.assert_agreement();
+}

@@ -177,3 +177,88 @@ async fn health_names_the_member_that_is_down_and_exits_non_zero() {
     assert_eq!(member["healthy"], false, "{member}");
     assert_eq!(member["reachable"], false, "{member}");
 }
+
+/// One vocabulary in every command's JSON: `address`, a ballot as "ROUND.NODE", an incarnation
+/// as 16 hex digits (or null), a leader as an id (or null).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_speaks_one_json_vocabulary() {
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let all = endpoints(&cluster);
+    cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let json = |args: &[&str]| -> Value {
+        let output = cli(&cluster, &all, args);
+        assert!(output.status.success(), "{args:?}: {}", text(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    };
+    let is_ballot = |v: &Value| {
+        v.as_str()
+            .and_then(|b| b.split_once('.'))
+            .is_some_and(|(r, n)| r.parse::<u64>().is_ok() && n.parse::<u64>().is_ok())
+    };
+    let is_incarnation = |v: &Value| {
+        v.is_null() || v.as_str().is_some_and(|i| i.len() == 16 && u64::from_str_radix(i, 16).is_ok())
+    };
+    let is_address = |v: &Value| v.as_str().is_some_and(|a| a.starts_with("127.0.0.1:"));
+    let is_leader = |v: &Value| v.is_null() || v.is_u64();
+
+    let status = json(&["status", "--json"]);
+    assert!(is_ballot(&status["ballot"]) && is_incarnation(&status["incarnation"]), "{status}");
+    assert!(is_leader(&status["leader"]), "{status}");
+    let cluster_status = json(&["status", "--all", "--json"]);
+    let member_list = json(&["member", "list", "--json"]);
+    let health = json(&["health", "--json"]);
+    for (what, doc) in [
+        ("status", &status),
+        ("status --all", &cluster_status),
+        ("member list", &member_list),
+        ("health", &health),
+    ] {
+        let members = doc["members"].as_array().unwrap_or_else(|| panic!("{what}: {doc}"));
+        assert_eq!(members.len(), 3, "{what}: {doc}");
+        for member in members {
+            assert!(member["id"].is_u64(), "{what}: {member}");
+            assert!(is_address(&member["address"]), "{what}: {member}");
+            assert!(member.get("addr").is_none(), "{what}: the old key: {member}");
+            if let Some(ballot) = member.get("ballot") {
+                assert!(is_ballot(ballot), "{what}: {member}");
+            }
+            if let Some(incarnation) = member.get("incarnation") {
+                assert!(is_incarnation(incarnation), "{what}: {member}");
+            }
+            if let Some(leader) = member.get("leader") {
+                assert!(is_leader(leader), "{what}: {member}");
+            }
+        }
+    }
+}
+
+/// The README's `member role 1 proposer`: a proposer keeps no acceptor state, whether started
+/// as one or made one later (it held 535 accepted records before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_made_a_proposer_holds_no_accepted_records() {
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let all = endpoints(&cluster);
+    let client = cluster.client();
+    for i in 0..50 {
+        client.propose(format!("before-{i}").into_bytes()).await.expect("chosen");
+    }
+    let demoted = 1;
+    wait_until("node 1 holds accepted records", Duration::from_secs(10), || async {
+        Ok((cluster.status(demoted).await?.accepted_records > 0).then_some(()))
+    })
+    .await
+    .expect("accepted");
+    let output = cli(&cluster, &all, &["member", "role", "1", "proposer"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let status = wait_until("node 1 drops its accepted records", Duration::from_secs(10), || async {
+        let status = cluster.status(demoted).await?;
+        Ok((status.accepted_records == 0 && !status.can_vote).then_some(status))
+    })
+    .await
+    .expect("dropped");
+    assert!(status.can_lead, "a proposer may lead: {status:?}");
+    for i in 0..20 {
+        client.propose(format!("after-{i}").into_bytes()).await.expect("chosen after");
+    }
+    assert_eq!(cluster.status(demoted).await.expect("status").accepted_records, 0);
+}

@@ -625,6 +625,16 @@ impl Simulation {
                 for (id, node) in &self.nodes {
                     if let Some(replica) = &node.replica {
                         let status = replica.status();
+                        // A member that does not vote in the configuration it applied keeps no
+                        // acceptor state (a proposer, a learner, a member demoted to either).
+                        let in_force = replica.membership();
+                        if in_force.get(*id).is_some() && !in_force.votes(*id) && status.accepted_records > 0
+                        {
+                            return Err(format!(
+                                "node {id} does not vote in the configuration it applied, yet holds {} accepted records",
+                                status.accepted_records
+                            ));
+                        }
                         // Honest peers never send what a replica rejects.
                         if status.rejected_messages > 0 {
                             return Err(format!(
