@@ -221,22 +221,32 @@ pub fn cluster_status_json(rows: &[MemberRow]) -> Value {
 }
 
 pub fn cluster_status_text(rows: &[MemberRow]) -> String {
-    let mut table =
-        vec![["ID", "ADDRESS", "ROLE", "LEADER", "BALLOT", "APPLIED", "HISTORY START", "LAG", "REACHABLE"]
-            .map(String::from)
-            .to_vec()];
+    let mut table = vec![[
+        "ID",
+        "ADDRESS",
+        "ROLE",
+        "IS LEADER",
+        "LEADER",
+        "BALLOT",
+        "APPLIED",
+        "HISTORY START",
+        "LAG",
+        "REACHABLE",
+    ]
+    .map(String::from)
+    .to_vec()];
     for (row, lag) in rows.iter().zip(lags(rows)) {
         let mut line = vec![row.member.id.to_string(), row.member.addr.clone(), row.member.role.to_string()];
         match &row.status {
             Ok(status) => {
-                let leader = match status.leader {
-                    Some(leader) if leader == row.member.id => "yes (self)".to_owned(),
-                    Some(leader) => format!("{leader}"),
-                    None => "none".to_owned(),
-                };
+                // Two columns, each one kind of value: whether this member leads, and the id of
+                // the leader it knows (itself included).
+                let is_leader = if status.leader == Some(row.member.id) { "yes" } else { "no" };
+                let leader = status.leader.map_or_else(|| "none".to_owned(), |leader| leader.to_string());
                 line.extend([
+                    is_leader.to_owned(),
                     leader,
-                    format!("{}.{}", status.ballot.round, status.ballot.node),
+                    ballot_text(status.ballot),
                     status.applied_upto.to_string(),
                     status.history_start.to_string(),
                     lag.map(|l| l.to_string()).unwrap_or_default(),
@@ -244,7 +254,7 @@ pub fn cluster_status_text(rows: &[MemberRow]) -> String {
                 ]);
             }
             Err(error) => {
-                line.extend(["-", "-", "-", "-", "-"].map(String::from));
+                line.extend(["-", "-", "-", "-", "-", "-"].map(String::from));
                 line.push(format!("no: {error}"));
             }
         }
