@@ -52,6 +52,7 @@ impl Replica {
             self.persist(PersistOp::AppliedUpto(self.learner.applied_upto()));
             self.forget_applied_in_flight();
             self.release_replies_after_apply();
+            self.drop_acceptor_state_unless_voting();
         }
         if superseded {
             self.step_down_superseded();

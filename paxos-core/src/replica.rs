@@ -691,6 +691,15 @@ impl Replica {
         }
         // A member replaced since: its new incarnation is the admitted one now.
         self.refused_incarnations.retain(|id, (incarnation, _)| !membership.admits(*id, *incarnation));
+        // The leader it follows may lead no more (it removed itself, or became an acceptor or a
+        // learner; its last heartbeat said so): forget it, so no proposal is forwarded there,
+        // whose answer would come from a stranger and be dropped, and an election may start.
+        let hint_gone =
+            self.leader_hint.is_some_and(|hint| hint != self.config.id && !membership.may_lead(hint));
+        if hint_gone {
+            self.leader_hint = None;
+            self.fail_forwarded(None);
+        }
         self.drop_acceptor_state_unless_voting();
         match &self.role {
             Role::Follower => {}
@@ -720,22 +729,26 @@ impl Replica {
         }
     }
 
-    /// A member that no longer votes (made a proposer or a learner, or removed) keeps no
-    /// acceptor state, as one started that way: its accepted records go, on disk too.
+    /// A member that does not vote (made a proposer or a learner, or removed) keeps no
+    /// acceptor state it could still need: its accepted records of applied slots go, on disk
+    /// too, as soon as it applies them. A non-voter accepts nothing new, so it ends with none,
+    /// as one started that way.
     ///
     /// # Correctness
     ///
-    /// Configurations change one voting member at a time, so every quorum of the configuration
-    /// now in force shares a member with every quorum of the one before: a value chosen with
-    /// this member's vote is reported in any later phase 1 by that shared member, without this
-    /// one. Its promise stays (a proposer keeps the highest ballot it used).
-    fn drop_acceptor_state_unless_voting(&mut self) {
-        if self.can_vote() || self.accepted.is_empty() {
+    /// Only slots below the applied prefix: they are chosen and applied, so their records are
+    /// redundant for any role (`compact` drops them too). A record above it is kept: its slot
+    /// may be governed by a later configuration this replica has not applied yet, in which it
+    /// votes again with the same disk, and where its vote may be what chose the value (an
+    /// adversarial review found agreement broken by dropping those: demoted and promoted back
+    /// within one catch-up page, or added as a voter and promoted before applying its Add).
+    pub(crate) fn drop_acceptor_state_unless_voting(&mut self) {
+        let applied_upto = self.learner.applied_upto();
+        if self.can_vote() || self.accepted.first_key_value().is_none_or(|(slot, _)| *slot >= applied_upto) {
             return;
         }
-        let past_last = self.accepted.keys().next_back().map_or(0, |slot| slot.saturating_add(1));
-        self.accepted.clear();
-        self.persist(PersistOp::DeleteAcceptedBelow(past_last));
+        self.accepted = self.accepted.split_off(&applied_upto);
+        self.persist(PersistOp::DeleteAcceptedBelow(applied_upto));
     }
 
     /// Proposes a client value. The answer comes back in a later `Ready::replies`, with the

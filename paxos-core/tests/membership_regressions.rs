@@ -547,3 +547,203 @@ fn a_member_made_a_proposer_drops_its_accepted_records_and_the_cluster_goes_on()
     assert_eq!(c.node(1).replica.status().accepted_records, 0, "a proposer accepts nothing{}", c.histories());
     c.assert_agreement();
 }
+
+// ----- a non-voter drops only records of slots it has applied -----
+
+/// Found by an adversarial review of the change above, which first dropped every accepted
+/// record once a member stopped voting. The records above the applied prefix belong to slots
+/// that a later configuration, not yet applied, may govern, in which the member votes again
+/// with the same disk, and its vote there may be the one that chose the value.
+///
+/// Demote 3 to learner (c1 @0), promote it back (c2 @1) while 3 is cut off. 3 then votes for
+/// u @2 under its stale C0 (the leader counts it: C2 makes 3 a voter), catches up one page at a
+/// time, applies c1 alone -> drops u, applies c2 -> voter again with no record. Leader 1 dies;
+/// 2 and 3 (a majority of C2) elect 2, which fills slot 2 with a no-op.
+#[test]
+fn a_member_demoted_and_promoted_back_within_one_page_keeps_the_vote_that_chose_a_value() {
+    let mut c = bound_cluster_with(|config| config.entries_per_message_max = 1);
+    let all = [1, 2, 3];
+    c.campaign(1);
+    c.deliver_all_among(&all);
+    assert!(c.is_leader(1), "schedule{}", c.histories());
+    c.cut(1, 3);
+    c.cut(2, 3);
+
+    c.change(1, 1, MembershipChange::SetRole { id: 3, role: MemberRole::Learner });
+    for _ in 0..100 {
+        if voters(&c, 1) == [1, 2] && c.is_leader(1) {
+            break;
+        }
+        c.deliver_all_among(&[1, 2]);
+        c.tick(1);
+        c.tick(2);
+    }
+    c.deliver_all_among(&[1, 2]);
+    assert_eq!(voters(&c, 1), [1, 2], "schedule: c1 applied{}", c.histories());
+    assert!(c.is_leader(1), "schedule: 1 leads C1{}", c.histories());
+    c.change(1, 2, MembershipChange::SetRole { id: 3, role: MemberRole::Voter });
+    for _ in 0..100 {
+        if voters(&c, 1) == all && c.is_leader(1) {
+            break;
+        }
+        c.deliver_all_among(&[1, 2]);
+        c.tick(1);
+        c.tick(2);
+    }
+    c.deliver_all_among(&[1, 2]);
+    assert_eq!(voters(&c, 1), all, "schedule: c2 applied{}", c.histories());
+    assert!(c.is_leader(1), "schedule: 1 leads C2{}", c.histories());
+    assert_eq!(c.applied_upto(1), 2);
+
+    // u at slot 2: the Accept to 2 is lost, 3 (healed) votes.
+    c.heal(1, 3);
+    c.heal(2, 3);
+    c.propose(1, rid(1, 1), "u");
+    c.drop_where(1, 2, is_accept);
+    assert_eq!(c.deliver_where(1, 3, is_accept), 1);
+    assert_eq!(c.node(3).replica.status().accepted_records, 1, "3 accepted u{}", c.histories());
+    c.deliver_where(3, 1, is_accepted);
+    assert_eq!(c.applied_upto(1), 3, "u chosen with {{1,3}} and applied by 1{}", c.histories());
+
+    // 3 catches up one page at a time: slot 0 (c1) then slot 1 (c2), never slot 2.
+    for _ in 0..2 {
+        assert_eq!(c.deliver_where(3, 1, is_catch_up), 1, "catch-up request{}", c.histories());
+        assert_eq!(c.deliver_where(1, 3, is_catch_up_entries), 1, "catch-up answer{}", c.histories());
+    }
+    assert_eq!(c.applied_upto(3), 2);
+    assert_eq!(voters(&c, 3), all);
+
+    // Leader 1 dies; 2 campaigns in C2, 3 promises with nothing at slot 2.
+    c.kill(1);
+    c.links.clear();
+    c.campaign(2);
+    c.deliver_all_among(&[2, 3]);
+    c.run_among(&[2, 3], 5);
+    assert!(c.is_leader(2), "schedule: 2 leads{}", c.histories());
+    c.propose(2, rid(2, 1), "w");
+    c.run_among(&[2, 3], 30);
+    c.assert_agreement();
+}
+
+/// The same through `member add --role voter`: node 4 joins with its flags' unbound
+/// configuration (a voter there), the leader promotes it while it is within a page, node 4
+/// votes for u before it has applied its own Add, then applies the Add alone (one-entry pages,
+/// as with large values) and becomes a learner for a moment.
+#[test]
+fn a_member_promoted_before_it_applied_its_own_add_keeps_its_vote() {
+    let mut c = Cluster::empty();
+    let members = [1, 2];
+    for id in members {
+        let storage = MemStorage { requests: sessions(), ..MemStorage::bootstrapped(&members) };
+        let mut config = Config::new(id, members.to_vec());
+        config.message_bytes_max = 1; // every page holds one entry (as with large values)
+        c.start(config, storage);
+    }
+    c.campaign(1);
+    c.deliver_all_among(&[1, 2]);
+    assert!(c.is_leader(1));
+    let mut joining = Config::new(4, vec![1, 2, 4]);
+    joining.join_existing = true;
+    c.start(joining, MemStorage { requests: sessions(), ..MemStorage::default() });
+    c.tick(4);
+    c.deliver_all(4, 1); // its Progress: the leader has heard incarnation 4 at slot 0
+    c.drop_all(4, 2);
+    c.change(1, 1, MembershipChange::Add { id: 4, address: "n4:1".into(), role: MemberRole::Voter });
+    for _ in 0..200 {
+        c.deliver_all_among(&[1, 2]);
+        if voters(&c, 1) == [1, 2, 4] && c.is_leader(1) {
+            break;
+        }
+        c.tick(1);
+        c.tick(2);
+        c.drop_all(4, 1);
+        c.drop_all(4, 2);
+    }
+    c.deliver_all_among(&[1, 2]);
+    assert_eq!(voters(&c, 1), [1, 2, 4], "schedule: 4 promoted{}", c.histories());
+    assert!(c.is_leader(1));
+    assert_eq!(c.applied_upto(4), 0);
+    let slot = c.applied_upto(1);
+    c.drop_all(1, 4);
+    c.drop_all(4, 1);
+    c.propose(1, rid(1, 1), "u");
+    c.drop_where(1, 2, is_accept);
+    assert_eq!(c.deliver_where(1, 4, is_accept), 1);
+    assert_eq!(c.node(4).replica.status().accepted_records, 1, "4 voted{}", c.histories());
+    c.deliver_where(4, 1, is_accepted);
+    assert_eq!(c.applied_upto(1), slot + 1, "u chosen by {{1,4}}{}", c.histories());
+    // One page: the Add entry alone.
+    c.drop_where(1, 4, is_heartbeat);
+    assert_eq!(c.deliver_where(4, 1, is_catch_up), 1, "{}", c.histories());
+    for envelope in c.take_where(1, 4, is_catch_up_entries) {
+        c.deliver(envelope);
+    }
+    c.kill(1);
+    c.run_among(&[2, 4], 150);
+    let leader = c.leader_among(&[2, 4]).unwrap_or_else(|| panic!("no leader{}", c.histories()));
+    c.propose(leader, rid(2, 1), "w");
+    c.run_among(&[2, 4], 30);
+    c.assert_agreement();
+}
+
+/// A bound cluster {1,2,3} with `adjust` applied to every node's configuration.
+fn bound_cluster_with(adjust: impl Fn(&mut Config)) -> Cluster {
+    let mut c = Cluster::empty();
+    let members = [1, 2, 3];
+    for id in members {
+        let storage = MemStorage { requests: sessions(), ..MemStorage::bootstrapped(&members) };
+        let mut config = Config::new(id, members.to_vec());
+        adjust(&mut config);
+        c.start(config, storage);
+    }
+    c
+}
+
+/// Found by the same review: after the removed leader's last heartbeat the followers had
+/// applied the removal yet still named it as their leader, and forwarded proposals to it; it
+/// answered NotLeader, as a stranger now, and the follower dropped the answer, so the client
+/// waited for the election timer (up to two election timeouts). The rule: a follower forgets
+/// a leader the configuration it applied no longer lets lead, and answers what it forwarded
+/// there at once (retryable).
+#[test]
+fn a_follower_forgets_a_leader_the_configuration_no_longer_lets_lead() {
+    let mut c = bound_cluster_with(|_| {});
+    let all = [1, 2, 3];
+    c.campaign(2);
+    c.deliver_all_among(&all);
+    assert!(c.is_leader(2), "schedule: node 2 should lead{}", c.histories());
+    c.run(3);
+    c.change(2, 1, MembershipChange::Remove { id: 2 });
+    for id in [1, 3] {
+        c.deliver_where(2, id, is_accept);
+    }
+    for id in [1, 3] {
+        c.deliver_where(id, 2, is_accepted);
+    }
+    assert!(!c.is_leader(2), "schedule: node 2 stepped down{}", c.histories());
+    for id in [1, 3] {
+        c.deliver_where(2, id, is_heartbeat);
+    }
+    assert_eq!(voters(&c, 1), vec![1, 3], "schedule: node 1 applied the removal{}", c.histories());
+    assert_eq!(
+        c.node(1).replica.status().leader,
+        None,
+        "node 1 still follows the removed node{}",
+        c.histories()
+    );
+    assert_eq!(c.node(1).replica.leader_heard(), None);
+
+    // A proposal now is answered at once (no leader known: retryable), not forwarded to node 2.
+    c.propose(1, rid(1, 1), "p");
+    assert_eq!(c.queued(1, 2, |m| matches!(m, Message::Forward { .. })), 0, "forwarded to the removed node");
+    assert!(
+        matches!(c.reply(1, rid(1, 1)), Some(Err(e)) if e.is_retryable()),
+        "no answer: {:?}{}",
+        c.reply(1, rid(1, 1)),
+        c.histories()
+    );
+    // And 1 and 3 elect a leader of their own.
+    c.kill(2);
+    c.run_among(&[1, 3], 100);
+    assert!(c.leader_among(&[1, 3]).is_some(), "no leader among 1 and 3{}", c.histories());
+}
