@@ -497,8 +497,8 @@ impl Simulation {
 
     /// The largest set of running members in which every pair hears each other both ways
     /// (a flapping link counts as cut), if it holds a quorum of the voting members of the
-    /// latest configuration and a member that may lead; of two as large, the one with the
-    /// leader in place (its clients need no new leader).
+    /// latest configuration and a member that may lead; a set with the leader in place before
+    /// any without it (its clients need no new leader, and members that hear it keep it).
     fn connected_quorum(&self, everyone: &[NodeId], cuts: &Cuts, leader: NodeId) -> Option<Vec<NodeId>> {
         let latest = self.checker.latest_config().clone();
         let cut = |a: NodeId, b: NodeId| {
@@ -516,9 +516,17 @@ impl Simulation {
             let connected = set.iter().all(|a| set.iter().all(|b| a == b || (!cut(*a, *b) && !cut(*b, *a))));
             let voters = set.iter().filter(|id| latest.votes(**id)).count();
             let leads = set.iter().any(|id| latest.may_lead(*id));
+            // The leader in place first, whenever its side holds a quorum: a member that hears
+            // it refuses to elect another (stickiness), so a larger set without it that shares
+            // such a member cannot elect, by design (seed 6957: voters 3, 4 and 6 among three
+            // proposers, a bridge 6 that hears leader 4 and everyone else; {4, 6} is a quorum
+            // and commits, {1, 2, 3, 5, 6} is larger and cannot). Then the largest.
             let better = |best: &Vec<NodeId>| {
+                let (with_leader, best_with_leader) = (set.contains(&leader), best.contains(&leader));
+                if with_leader != best_with_leader {
+                    return with_leader;
+                }
                 best.len() < set.len()
-                    || (best.len() == set.len() && !best.contains(&leader) && set.contains(&leader))
             };
             if connected && voters >= latest.quorum() && leads && best.as_ref().is_none_or(better) {
                 best = Some(set);
