@@ -3,7 +3,7 @@
 //! `etcdctl endpoint health`).
 
 use crate::output;
-use paxos_client::client::{Client, ClientOptions};
+use paxos_client::client::{Client, ClientError, ClientOptions};
 use paxos_client::wire::{MemberInfo, StatusReport};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -53,7 +53,12 @@ pub async fn check(
         asks.push(async move {
             let begin = Instant::now();
             loop {
-                let status = member_client.status().await.map_err(|error| error.to_string());
+                let status = member_client.status().await.map_err(|error| match error {
+                    // "does not answer: 127.0.0.1:7403: Connection refused", not "does not
+                    // answer (no endpoint reachable (...))": there is one endpoint here.
+                    ClientError::Unreachable(why) => why,
+                    error => error.to_string(),
+                });
                 // An election takes a few hundred milliseconds: a member that knows no leader
                 // is asked again until `timeout` has passed, so only a lasting loss counts.
                 let leaderless = status.as_ref().is_ok_and(|s| s.leader.is_none());
@@ -73,7 +78,7 @@ pub async fn check(
             let mut reasons = Vec::new();
             let mut lag_slots = None;
             match &status {
-                Err(error) => reasons.push(format!("does not answer ({error})")),
+                Err(error) => reasons.push(format!("does not answer: {error}")),
                 Ok(report) => {
                     if report.leader.is_none() {
                         reasons.push("knows no leader".to_owned());

@@ -38,10 +38,23 @@ pub async fn run(cli: &Cli, client: &Client, command: &MemberCommand, json: bool
         }
         MemberCommand::Remove { id } => {
             let slot = client.change_membership(MembershipChange::Remove { id: *id }).await?;
+            let (applied, remaining) = applied_by_remaining(cli, client, *id, slot).await?;
             if json {
-                writeln!(out, "{}", json!({ "id": id, "removed_at": slot }))?;
+                let line = json!({
+                    "id": id, "removed_at": slot, "applied_by": applied, "remaining_members": remaining,
+                });
+                writeln!(out, "{line}")?;
             } else {
-                writeln!(out, "node {id} removed by the configuration at slot {slot}")?;
+                writeln!(
+                    out,
+                    "node {id} removed by the configuration at slot {slot} (applied by {applied} of the {remaining} remaining members)"
+                )?;
+                if applied * 2 <= remaining {
+                    eprintln!(
+                        "warning: only {applied} of the {remaining} remaining members have applied the removal yet; \
+                         stopping node {id} now and losing one more member may leave no majority that knows it"
+                    );
+                }
             }
         }
         MemberCommand::Role { id, role } => {
@@ -101,6 +114,42 @@ fn parse_member(member: &str) -> anyhow::Result<(NodeId, String)> {
         bail!("{address:?} is not a HOST:PORT address");
     }
     Ok((id, address.to_owned()))
+}
+
+/// How long `member remove` waits for the remaining members to apply the removal.
+const REMOVAL_APPLIED_WAIT: Duration = Duration::from_secs(5);
+
+/// How many of the members that remain after removing `removed` have applied the removal
+/// chosen at `slot` (asked directly), waiting up to `REMOVAL_APPLIED_WAIT` for a majority of
+/// them, and how many remain. A removal only the departing leader knows is chosen is fragile:
+/// the others hold the old configuration, in which one more failure may leave no majority.
+async fn applied_by_remaining(
+    cli: &Cli,
+    client: &Client,
+    removed: NodeId,
+    slot: Slot,
+) -> anyhow::Result<(usize, usize)> {
+    let members: Vec<String> =
+        client.status().await?.members.into_iter().filter(|m| m.id != removed).map(|m| m.addr).collect();
+    let deadline = Instant::now() + REMOVAL_APPLIED_WAIT;
+    loop {
+        let mut asks = Vec::new();
+        for address in &members {
+            let mut options = cli.options()?;
+            options.endpoints = vec![address.clone()];
+            options.timeout = PROBE_TIMEOUT;
+            options.prefer_leader = false;
+            let member_client = Client::new(options)?;
+            asks.push(
+                async move { member_client.status().await.is_ok_and(|status| status.applied_upto > slot) },
+            );
+        }
+        let applied = futures::future::join_all(asks).await.into_iter().filter(|applied| *applied).count();
+        if applied * 2 > members.len() || Instant::now() >= deadline {
+            return Ok((applied, members.len()));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
 }
 
 /// How long `member replace` waits for the member to restart with its new data directory and

@@ -102,6 +102,13 @@ async fn member_add_prints_how_to_start_the_member_and_fails_until_it_is_what_wa
     .map(|out| assert_eq!(out.lines().filter(|l| l.contains(" is healthy: ")).count(), 4, "{out}"))
     .expect("healthy");
 
+    // Removing it again answers once a majority of the members that remain have applied it.
+    let output = cli(&cluster, &all, &["member", "remove", "4", "--json"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let removed: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(removed["remaining_members"], 3, "{removed}");
+    assert!(removed["applied_by"].as_u64().is_some_and(|n| n >= 2), "{removed}");
+
     // A learner needs no wait: added, told how to start it, exit 0 even though nobody runs it.
     let learner = free_addr();
     let output = cli(&cluster, &all, &["member", "add", "--learner", &format!("5={learner}"), "--json"]);
