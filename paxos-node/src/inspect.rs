@@ -18,7 +18,8 @@ fn members_json(membership: &Membership) -> Value {
                 "id": id,
                 "address": member.address,
                 "role": member.role.to_string(),
-                "incarnation": format!("{:016x}", member.incarnation),
+                // As every paxos-cli command prints it: null for a member not bound yet.
+                "incarnation": (member.incarnation != 0).then(|| format!("{:016x}", member.incarnation)),
                 "promote_to": member.promote_to.map(|role| role.to_string()),
             })
         })
@@ -79,9 +80,13 @@ pub fn text(inspection: &Inspection) -> String {
             out.push_str(&format!("configuration (chosen at {at}):\n"));
             for (id, member) in &membership.members {
                 let promote = member.promote_to.map(|role| format!(" (becomes {role})")).unwrap_or_default();
+                let incarnation = match member.incarnation {
+                    0 => "- (not bound yet)".to_owned(),
+                    incarnation => format!("{incarnation:016x}"),
+                };
                 out.push_str(&format!(
-                    "  {id} {} {}{promote}, incarnation {:016x}\n",
-                    member.address, member.role, member.incarnation
+                    "  {id} {} {}{promote}, incarnation {incarnation}\n",
+                    member.address, member.role
                 ));
             }
         }
