@@ -205,7 +205,7 @@ pub fn cluster_status_json(rows: &[MemberRow]) -> Value {
                 "ballot": ballot_text(status.ballot),
                 "applied_upto": status.applied_upto,
                 "history_start": status.history_start,
-                "lag": lag,
+                "lag_slots": lag,
                 "can_vote": status.configuration_chosen_at.map(|_| status.can_vote),
             }),
             Err(error) => json!({

@@ -124,7 +124,7 @@ async fn every_command_in_human_and_json_form() {
     assert_eq!(members.len(), 3);
     assert!(members
         .iter()
-        .all(|m| m["reachable"] == true && m["applied_upto"].is_u64() && m["lag"].is_u64()));
+        .all(|m| m["reachable"] == true && m["applied_upto"].is_u64() && m["lag_slots"].is_u64()));
     assert_eq!(members.iter().filter(|m| m["is_leader"] == true).count(), 1);
     assert!(json["ballot"].as_str().is_some_and(|b| b.split_once('.').is_some()), "{json}");
     assert_eq!(json["members"].as_array().expect("members").len(), 3);
