@@ -598,12 +598,7 @@ fn a_member_demoted_and_promoted_back_within_one_page_keeps_the_vote_that_chose_
     // u at slot 2: the Accept to 2 is lost, 3 (healed) votes.
     c.heal(1, 3);
     c.heal(2, 3);
-    c.propose(1, rid(1, 1), "u");
-    c.drop_where(1, 2, is_accept);
-    assert_eq!(c.deliver_where(1, 3, is_accept), 1);
-    assert_eq!(c.node(3).replica.status().accepted_records, 1, "3 accepted u{}", c.histories());
-    c.deliver_where(3, 1, is_accepted);
-    assert_eq!(c.applied_upto(1), 3, "u chosen with {{1,3}} and applied by 1{}", c.histories());
+    choose_u_with(&mut c, 3, 2);
 
     // 3 catches up one page at a time: slot 0 (c1) then slot 1 (c2), never slot 2.
     for _ in 0..2 {
@@ -666,12 +661,7 @@ fn a_member_promoted_before_it_applied_its_own_add_keeps_its_vote() {
     let slot = c.applied_upto(1);
     c.drop_all(1, 4);
     c.drop_all(4, 1);
-    c.propose(1, rid(1, 1), "u");
-    c.drop_where(1, 2, is_accept);
-    assert_eq!(c.deliver_where(1, 4, is_accept), 1);
-    assert_eq!(c.node(4).replica.status().accepted_records, 1, "4 voted{}", c.histories());
-    c.deliver_where(4, 1, is_accepted);
-    assert_eq!(c.applied_upto(1), slot + 1, "u chosen by {{1,4}}{}", c.histories());
+    choose_u_with(&mut c, 4, slot);
     // One page: the Add entry alone.
     c.drop_where(1, 4, is_heartbeat);
     assert_eq!(c.deliver_where(4, 1, is_catch_up), 1, "{}", c.histories());
@@ -746,4 +736,15 @@ fn a_follower_forgets_a_leader_the_configuration_no_longer_lets_lead() {
     c.kill(2);
     c.run_among(&[1, 3], 100);
     assert!(c.leader_among(&[1, 3]).is_some(), "no leader among 1 and 3{}", c.histories());
+}
+
+/// Leader 1 proposes u at `slot`; its Accept to node 2 is lost and `voter` alone votes with it:
+/// u is chosen by {1, voter} and applied by node 1.
+fn choose_u_with(c: &mut Cluster, voter: NodeId, slot: Slot) {
+    c.propose(1, rid(1, 1), "u");
+    c.drop_where(1, 2, is_accept);
+    assert_eq!(c.deliver_where(1, voter, is_accept), 1);
+    assert_eq!(c.node(voter).replica.status().accepted_records, 1, "{voter} accepted u{}", c.histories());
+    c.deliver_where(voter, 1, is_accepted);
+    assert_eq!(c.applied_upto(1), slot + 1, "u chosen with {{1, {voter}}} and applied by 1{}", c.histories());
 }
