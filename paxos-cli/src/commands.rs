@@ -5,6 +5,7 @@ use crate::{Cli, Command, Encoding};
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use paxos_client::client::Client;
+use paxos_client::wire::ReadConsistency;
 use std::io::Write;
 use tokio::io::AsyncBufReadExt;
 
@@ -47,11 +48,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Propose { stdin: true, window, encoding, .. } => {
             propose_stdin(&client, *window, *encoding, cli.json).await?
         }
-        Command::History { from, follow: true, encoding, .. } => {
-            follow_history(&client, *from, *encoding, cli.json).await?
+        Command::History { from, follow: true, encoding, serializable, .. } => {
+            follow_history(&client, *from, *encoding, consistency(*serializable), cli.json).await?
         }
-        Command::History { from, limit, encoding, follow: false } => {
-            history(&client, *from, *limit, *encoding, cli.json).await?
+        Command::History { from, limit, encoding, follow: false, serializable } => {
+            history(&client, *from, *limit, *encoding, consistency(*serializable), cli.json).await?
         }
         Command::Status { all: true } => {
             let rows = member_statuses(cli, &client).await?;
@@ -268,10 +269,19 @@ const FOLLOW_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 /// moves to another endpoint when the one it reads from fails, and asking from `next` means
 /// no slot is skipped or printed twice (every node holds the same value at a slot). An outage
 /// of every endpoint is waited out (said once on stderr); a refusal ends it.
+fn consistency(serializable: bool) -> ReadConsistency {
+    if serializable {
+        ReadConsistency::Serializable
+    } else {
+        ReadConsistency::Linearizable
+    }
+}
+
 async fn follow_history(
     client: &Client,
     from: Option<u64>,
     encoding: Encoding,
+    consistency: ReadConsistency,
     json: bool,
 ) -> anyhow::Result<()> {
     use paxos_client::client::ClientError;
@@ -284,7 +294,7 @@ async fn follow_history(
     loop {
         let asked = tokio::select! {
             _ = &mut ctrl_c => return Ok(()),
-            page = client.history(next, paxos_client::wire::HISTORY_PAGE_ENTRIES_MAX) => page,
+            page = client.history_with(next, paxos_client::wire::HISTORY_PAGE_ENTRIES_MAX, consistency) => page,
         };
         let page = match asked {
             Err(ClientError::Truncated { history_start, .. })
@@ -344,6 +354,7 @@ async fn history(
     from: Option<u64>,
     limit: Option<u64>,
     encoding: Encoding,
+    consistency: ReadConsistency,
     json: bool,
 ) -> anyhow::Result<()> {
     let mut entries = Vec::new();
@@ -353,7 +364,7 @@ async fn history(
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while remaining > 0 {
         let asked = remaining.min(paxos_client::wire::HISTORY_PAGE_ENTRIES_MAX);
-        let page = match client.history(next, asked).await {
+        let page = match client.history_with(next, asked, consistency).await {
             // Without --from, the history starts where the node's does.
             Err(paxos_client::client::ClientError::Truncated { history_start, .. })
                 if from.is_none() && !started && history_start > next =>

@@ -170,7 +170,10 @@ pub enum Command {
     },
     /// Print the chosen history
     ///
-    /// Of the node asked: "SLOT<TAB>VALUE" lines (a no-op has no value). Text output escapes backslashes, control characters (\n, \t, \u{..}) and bytes that
+    /// Linearizable: it holds every value acknowledged before the command started, whichever
+    /// node answers (the node confirms the leader's commit point first, like `etcdctl get`);
+    /// --serializable reads the node's own applied prefix instead. "SLOT<TAB>VALUE" lines (a
+    /// no-op has no value). Text output escapes backslashes, control characters (\n, \t, \u{..}) and bytes that
     /// are not UTF-8 (\xNN), so every value stays on its line; --encoding base64 prints base64.
     /// With --json, a value that is not UTF-8 comes as "value_base64".
     History {
@@ -189,6 +192,11 @@ pub enum Command {
         /// after the last one printed; Ctrl-C stops.
         #[arg(long)]
         follow: bool,
+        /// Read the node's own applied prefix, at once and without a leader: it may miss
+        /// values acknowledged a moment ago (a follower hears the commit point a heartbeat
+        /// later).
+        #[arg(long)]
+        serializable: bool,
     },
     /// Show the node's id, the leader, the ballot, watermarks and members.
     Status {

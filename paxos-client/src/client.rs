@@ -5,17 +5,19 @@
 //! endpoint when one fails, and retries a proposal with the same request id until it is
 //! answered or the timeout passes, so a retried proposal is never chosen twice.
 //!
-//! Before its first proposal a client opens a session through the log (a `Register` entry):
-//! its request ids are `(session, seq)`. The cluster keeps a bounded table of sessions; a client
-//! whose session was evicted gets [`ClientError::SessionExpired`] for a proposal whose outcome
-//! can no longer be told, and opens a new session for the next one.
+//! A client's first proposal opens its session in the same log entry (a `Register` entry that
+//! carries the value): the session's id is that slot, and the client's later request ids are
+//! `(session, seq)` from seq 2. So a one-shot proposal writes one entry. The cluster keeps a
+//! bounded table of sessions; a client whose session was evicted gets
+//! [`ClientError::SessionExpired`] for a proposal whose outcome can no longer be told, and
+//! opens a new session with the next one.
 
 use crate::connection::{write_batches, ConnectError, Connection, FrameStream};
 use crate::tls::Security;
 use crate::wire::{
     new_session_secret, session_key, Caller, Frame, GcError, GcReport, Hello, HistoryError, HistoryPage,
-    ProposeError, Request, Response, SessionSecret, StatusReport, TransferError, TransferReport,
-    PROTOCOL_VERSION,
+    ProposeError, ReadConsistency, Request, Response, SessionSecret, StatusReport, TransferError,
+    TransferReport, PROTOCOL_VERSION,
 };
 use futures::{Stream, StreamExt};
 use paxos_core::{Proposal, ProposalError, RequestId, Slot};
@@ -115,6 +117,14 @@ pub enum ClientError {
         "session {session} expired before the proposal was answered: it may or may not have been chosen"
     )]
     SessionExpired { session: u64 },
+    /// A client's first proposal (which opens its session) was retried after so many other
+    /// sessions opened that the one its first attempt may have opened could be evicted: it may
+    /// or may not have been chosen (it is never chosen twice). The next proposal opens a new
+    /// session.
+    #[error(
+        "the first proposal was retried too late to tell whether it was chosen: it may or may not have been"
+    )]
+    RegistrationExpired,
 }
 
 impl ClientError {
@@ -135,7 +145,8 @@ impl ClientError {
             | ClientError::Gc(_)
             | ClientError::Transfer(_)
             | ClientError::Truncated { .. }
-            | ClientError::SessionExpired { .. } => false,
+            | ClientError::SessionExpired { .. }
+            | ClientError::RegistrationExpired => false,
         }
     }
 }
@@ -165,6 +176,8 @@ type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
 /// a reader task hands each answer to the caller waiting for its id.
 struct Pipeline {
     endpoint: String,
+    /// The node's applied prefix when it welcomed this connection (see `Welcome`).
+    applied_upto: Slot,
     frames: mpsc::Sender<Frame>,
     pending: Waiters,
     next_id: AtomicU64,
@@ -188,7 +201,7 @@ impl Pipeline {
             CONNECT_TIMEOUT,
         )
         .await;
-        let (connection, _welcome) = connected.map_err(|error| {
+        let (connection, welcome) = connected.map_err(|error| {
             let permanent = error.is_permanent();
             let nothing_listens = error.is_nothing_listening();
             let message = match error {
@@ -227,6 +240,7 @@ impl Pipeline {
         tokio::spawn(read_responses(stream, pending.clone(), alive.clone()));
         Ok(Pipeline {
             endpoint: endpoint.to_owned(),
+            applied_upto: welcome.applied_upto,
             frames: frames_tx,
             pending,
             next_id: AtomicU64::new(1),
@@ -296,8 +310,8 @@ struct ConnectionState {
 #[derive(Clone)]
 pub struct Client {
     options: Arc<ClientOptions>,
-    /// The session registered through the log (its id is the slot of its `Register` entry),
-    /// with the secret it was opened with (a new one for each session).
+    /// The open session (its id is the slot of its `Register` entry, which holds the first
+    /// value), with the secret it was opened with (a new one for each session).
     session: Arc<tokio::sync::Mutex<Option<(u64, SessionSecret)>>>,
     next_seq: Arc<AtomicU64>,
     state: Arc<tokio::sync::Mutex<ConnectionState>>,
@@ -352,19 +366,10 @@ impl Client {
         Client::new((*self.options).clone()).expect("options were valid")
     }
 
-    /// The session this client's proposals use, registering one through the log first if it
-    /// has none. Concurrent proposals wait for one registration.
-    pub async fn session(&self) -> Result<(u64, SessionSecret), ClientError> {
-        let mut session = self.session.lock().await;
-        if let Some(open) = *session {
-            return Ok(open);
-        }
-        let secret = new_session_secret().map_err(ClientError::Unreachable)?;
-        let registration = Proposal::register(random_nonce(), session_key(&secret));
-        let request = Request::Propose { request_id: registration.request_id, secret, value: Vec::new() };
-        let id = self.run(request, interpret_proposed).await?;
-        *session = Some((id, secret));
-        Ok((id, secret))
+    /// The session this client's proposals use, with its secret, once its first proposal has
+    /// opened one.
+    pub async fn session(&self) -> Option<(u64, SessionSecret)> {
+        *self.session.lock().await
     }
 
     /// The live connection, or a new one to the preferred address or the next endpoint.
@@ -463,6 +468,7 @@ impl Client {
         let mut last_error = String::from("none");
         // Since when every endpoint has refused the connection, while none answered this call.
         let mut nothing_listens_since: Option<Instant> = None;
+        let mut floor_slot: Option<Slot> = None;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -494,7 +500,24 @@ impl Client {
                 }
             };
             ever_connected = true;
-            match connection.call(request.clone(), remaining).await {
+            let request = match &request {
+                // A registration's floor is what the node its first attempt reached had
+                // applied when it welcomed this client, the same in every retry (see
+                // `paxos_core::Value::Register`).
+                Request::Propose { request_id, secret, value, .. }
+                    if request_id.client_id == RequestId::REGISTER_CLIENT_ID =>
+                {
+                    let floor_slot = *floor_slot.get_or_insert(connection.applied_upto);
+                    Request::Propose {
+                        request_id: *request_id,
+                        secret: *secret,
+                        value: value.clone(),
+                        floor_slot,
+                    }
+                }
+                other => other.clone(),
+            };
+            match connection.call(request, remaining).await {
                 Ok(Response::Forbidden(reason)) => return Err(ClientError::Forbidden(reason)),
                 Ok(Response::Unavailable(reason)) => {
                     last_error = format!("{}: {reason}", connection.endpoint);
@@ -539,9 +562,23 @@ impl Client {
                 limit_bytes: self.options.value_bytes_max,
             });
         }
-        let (session, secret) = self.session().await?;
+        let mut open = self.session.lock().await;
+        let Some((session, secret)) = *open else {
+            // The first value opens the session, in one entry: the session's request 1.
+            // Concurrent proposals wait for it (they hold the lock's queue) and use it.
+            let secret = new_session_secret().map_err(ClientError::Unreachable)?;
+            let registration = Proposal::register(random_nonce(), session_key(&secret), 0, Vec::new());
+            let request =
+                Request::Propose { request_id: registration.request_id, secret, value, floor_slot: 0 };
+            let slot = self.run(request, interpret_proposed).await?;
+            *open = Some((slot, secret));
+            self.next_seq.store(RequestId::FIRST_SEQ + 1, Ordering::Relaxed);
+            return Ok(slot);
+        };
+        drop(open);
         let request_id = RequestId { client_id: session, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) };
-        let result = self.run(Request::Propose { request_id, secret, value }, interpret_proposed).await;
+        let request = Request::Propose { request_id, secret, value, floor_slot: 0 };
+        let result = self.run(request, interpret_proposed).await;
         if let Err(ClientError::SessionExpired { session: expired }) = &result {
             // The next proposal registers anew; this one's outcome stays unknown.
             let mut current = self.session.lock().await;
@@ -562,10 +599,28 @@ impl Client {
         values.map(move |value| self.propose(value)).buffered(window.max(1))
     }
 
-    /// Chosen history from `from_slot`, as the node asked holds it.
+    /// Chosen history from `from_slot`, linearizable: it holds every value acknowledged
+    /// before the call (see [`ReadConsistency::Linearizable`]).
     pub async fn history(&self, from_slot: Slot, limit: u64) -> Result<HistoryPage, ClientError> {
-        self.run(Request::History { from_slot, limit }, |response| match response {
+        self.history_with(from_slot, limit, ReadConsistency::Linearizable).await
+    }
+
+    /// Chosen history from `from_slot`, read as `consistency` says: `Serializable` is the
+    /// node's own applied prefix, at once and without a quorum (it may trail the leader).
+    pub async fn history_with(
+        &self,
+        from_slot: Slot,
+        limit: u64,
+        consistency: ReadConsistency,
+    ) -> Result<HistoryPage, ClientError> {
+        let request = Request::History { from_slot, limit, consistency };
+        self.run(request, |response| match response {
             Response::History(Ok(page)) => (Attempt::Done(Ok(page)), None),
+            // No leader confirmed the read (yet): ask again, at the leader if one is named.
+            Response::History(Err(HistoryError::NotConfirmed { error, leader_addr })) => {
+                let rotate = leader_addr.is_none();
+                (Attempt::Retry { error: format!("read not confirmed: {error}"), rotate }, leader_addr)
+            }
             Response::History(Err(HistoryError::Truncated { requested, history_start })) => {
                 (Attempt::Done(Err(ClientError::Truncated { requested, history_start })), None)
             }
@@ -659,6 +714,10 @@ fn interpret_proposed(response: Response) -> (Attempt<Slot>, Option<String>) {
             error: ProposalError::SessionExpired(session),
             ..
         })) => (Attempt::Done(Err(ClientError::SessionExpired { session })), None),
+        Response::Proposed(Err(ProposeError::Protocol {
+            error: ProposalError::RegistrationExpired { .. },
+            ..
+        })) => (Attempt::Done(Err(ClientError::RegistrationExpired)), None),
         Response::Proposed(Err(ProposeError::Protocol { error, .. })) => {
             (Attempt::Done(Err(ClientError::Refused(error))), None)
         }
@@ -689,7 +748,8 @@ mod tests {
                     .await
                     .expect("hello")
                     .expect("a hello");
-            connection.welcome(Welcome { node_id: 1, cluster_id: "paxos".into() }).await.expect("welcome");
+            let welcome = Welcome { node_id: 1, cluster_id: "paxos".into(), applied_upto: 0 };
+            connection.welcome(welcome).await.expect("welcome");
             let (mut sink, mut stream) = connection.split();
             let Some(Ok(Frame::Request { id, .. })) = stream.next().await else { panic!("no request") };
             let page = HistoryPage { entries: Vec::new(), history_start: 0, applied_upto: 0 };

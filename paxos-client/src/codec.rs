@@ -203,6 +203,7 @@ mod tests {
                     request_id: RequestId { client_id: 5, seq: 1 },
                     secret: [3; 16],
                     value: vec![0; 100],
+                    floor_slot: 0,
                 },
             },
         ]
@@ -282,9 +283,11 @@ mod tests {
                 request_id: RequestId { client_id: 1, seq: 1 },
                 secret: [0; 16],
                 value: vec![],
+                floor_slot: 0,
             },
         })
         .expect("encodes");
+        payload.pop(); // the floor slot (0)
         payload.pop(); // the empty vector's length (0)
         payload.extend_from_slice(&[0xFD, 0x10, 0, 0, 0, 0, 0, 0, 0]); // varint u64 = 2^60
         let mut buffer = BytesMut::new();

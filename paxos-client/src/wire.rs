@@ -9,7 +9,7 @@ use paxos_core::{Ballot, Message, NodeId, ProposalError, RequestId, RoleName, Sl
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to these types.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// A client session's secret: 128 random bits.
 pub type SessionSecret = [u8; 16];
@@ -87,6 +87,10 @@ pub struct Hello {
 pub struct Welcome {
     pub node_id: NodeId,
     pub cluster_id: String,
+    /// What the node had applied when it welcomed the caller: no proposal sent after this can
+    /// land below it, which a client's first proposal (its registration) carries as its floor
+    /// (see [`paxos_core::Value::Register`]).
+    pub applied_upto: Slot,
 }
 
 /// One frame on the wire.
@@ -112,24 +116,45 @@ pub enum Frame {
     },
 }
 
+/// How a `History` request reads the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadConsistency {
+    /// Sees every value acknowledged before the request was sent, whichever node it asks: the
+    /// node asks the leader for a read index (the leader's next slot, confirmed by a heartbeat
+    /// round a quorum acknowledges) and answers once it has applied that far. Like
+    /// `etcdctl get`. Needs a leader and a quorum.
+    #[default]
+    Linearizable,
+    /// The node's own applied prefix, at once: it may trail what the leader acknowledged (a
+    /// follower learns the commit point a heartbeat later), and it answers without a quorum.
+    Serializable,
+}
+
 /// A client's request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// A value to propose, or (with [`RequestId::REGISTER_CLIENT_ID`]) a session to open.
-    /// `secret`: the session's secret, which the client chose at random when it registered
-    /// and never shows anyone else; the node hashes it ([`session_key`]) into the key the log
-    /// keeps, so a request without the secret cannot write in the session.
+    /// A value to propose in a session, or (with [`RequestId::REGISTER_CLIENT_ID`] and the
+    /// registration's nonce as seq) a client's first value, which opens its session.
+    /// `secret`: the session's secret, which the client chose at random for it and never
+    /// shows anyone else; the node hashes it ([`session_key`]) into the key the log keeps, so
+    /// a request without the secret cannot write in the session.
     Propose {
         request_id: RequestId,
         secret: SessionSecret,
         /// Bytes, not a sequence of u8 (see [`paxos_core::Value::Command`]).
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
+        /// A registration's floor: the `applied_upto` of the [`Welcome`] the client had before
+        /// its first attempt, the same in every retry (see [`paxos_core::Value::Register`]).
+        /// 0 otherwise.
+        floor_slot: Slot,
     },
-    /// Chosen history from `from_slot`, at most `limit` entries (the node caps it too).
+    /// Chosen history from `from_slot`, at most `limit` entries (the node caps it too), read
+    /// as `consistency` says.
     History {
         from_slot: Slot,
         limit: u64,
+        consistency: ReadConsistency,
     },
     Status,
     Gc {
@@ -227,6 +252,10 @@ pub enum HistoryError {
     Truncated { requested: Slot, history_start: Slot },
     #[error("storage error: {0}")]
     Storage(String),
+    /// A linearizable read could not be confirmed (no leader known, no quorum answered in
+    /// time, too many reads waiting): retry, at `leader_addr` if given.
+    #[error("read not confirmed by a leader: {error}")]
+    NotConfirmed { error: ProposalError, leader_addr: Option<String> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -61,7 +61,7 @@ impl Replica {
                 // How far this proposer has applied: a candidate whose configuration is older
                 // (it still counts this node as a voter) learns that it is behind.
                 let applied_upto = self.learner.applied_upto();
-                self.send(from, Message::HeartbeatAck { ballot, applied_upto });
+                self.send(from, Message::HeartbeatAck { ballot, applied_upto, round: 0 });
                 return;
             }
             // A learner, a removed member or a node whose disk the configuration does not
@@ -105,7 +105,7 @@ impl Replica {
     /// (this one catches up if behind, maybe to find the candidate or itself promoted).
     pub(crate) fn answer_prepare_without_promise(&mut self, from: NodeId, ballot: Ballot) {
         let applied_upto = self.learner.applied_upto();
-        self.send(from, Message::HeartbeatAck { ballot, applied_upto });
+        self.send(from, Message::HeartbeatAck { ballot, applied_upto, round: 0 });
         // A probe outside the chain of catch-up requests (request 0): its answer starts none.
         self.send(from, Message::CatchUp { from_slot: applied_upto, request: 0 });
     }
@@ -271,6 +271,7 @@ impl Replica {
         ballot: Ballot,
         commit_upto: Slot,
         history_start: Slot,
+        round: u64,
     ) {
         if ballot < self.promised {
             self.send(from, Message::Nack { ballot, promised: self.promised });
@@ -278,7 +279,8 @@ impl Replica {
         }
         self.follow(from, ballot);
         self.learn_commit(from, ballot, commit_upto);
-        self.send(from, Message::HeartbeatAck { ballot, applied_upto: self.learner.applied_upto() });
+        let applied_upto = self.learner.applied_upto();
+        self.send(from, Message::HeartbeatAck { ballot, applied_upto, round });
         self.follow_truncation(history_start);
     }
 
@@ -296,6 +298,7 @@ impl Replica {
                 // Proposals forwarded to the previous leader may be lost with it: answer them
                 // now (retryable) instead of after the forward timeout.
                 self.fail_forwarded(Some(from));
+                self.fail_forwarded_reads(Some(from));
             }
             self.leader_hint = Some(from);
             self.reset_election_timer();
@@ -468,7 +471,7 @@ mod tests {
     fn a_commit_point_of_one_ballot_does_not_mark_entries_of_another() {
         let mut acceptor = replica(1, &[1, 2, 3]);
         let (a, b) = (Ballot::new(1, 2), Ballot::new(2, 3));
-        let heartbeat = Message::Heartbeat { ballot: a, commit_upto: 2, history_start: 0 };
+        let heartbeat = Message::Heartbeat { ballot: a, commit_upto: 2, history_start: 0, round: 0 };
         acceptor.step(Envelope {
             from: 2,
             to: 1,
@@ -494,7 +497,7 @@ mod tests {
         );
         assert_eq!(acceptor.applied_upto(), 0);
         // Ballot b's own announcement does mark them.
-        let heartbeat = Message::Heartbeat { ballot: b, commit_upto: 2, history_start: 0 };
+        let heartbeat = Message::Heartbeat { ballot: b, commit_upto: 2, history_start: 0, round: 0 };
         acceptor.step(Envelope {
             from: 3,
             to: 1,

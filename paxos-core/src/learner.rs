@@ -290,16 +290,27 @@ impl Learner {
         let Some(request_id) = value.request_id() else {
             return (false, None);
         };
-        let (key, digest) = match value {
-            Value::Register { key, .. } => {
-                let changes = self.requests.open_session(slot, *key, limits);
-                persist.extend(changes.into_iter().map(table_op));
-                return (false, Some((request_id, Ok(slot))));
+        let (lookup, digest) = match value {
+            Value::Register { nonce, key, floor_slot, payload } => {
+                let digest = crate::payload_digest(payload);
+                let lookup = self.requests.lookup_registration(*nonce, *key, digest, *floor_slot, limits);
+                if lookup == Lookup::New {
+                    // The session opens here, with this value as its first request.
+                    let mut changes = self.requests.open_session(slot, *nonce, *key, limits);
+                    let first = RequestId { client_id: slot, seq: RequestId::FIRST_SEQ };
+                    changes.extend(self.requests.insert(first, slot, digest, limits));
+                    persist.extend(changes.into_iter().map(table_op));
+                    return (false, Some((request_id, Ok(slot))));
+                }
+                (lookup, digest)
             }
-            Value::Command { key, payload, .. } => (*key, crate::payload_digest(payload)),
+            Value::Command { key, payload, .. } => {
+                let digest = crate::payload_digest(payload);
+                (self.requests.lookup(request_id, *key, digest, limits), digest)
+            }
             Value::Noop | Value::Config(_) => unreachable!("no request id"),
         };
-        match self.requests.lookup(request_id, key, digest, limits) {
+        match lookup {
             Lookup::New => {
                 let changes = self.requests.insert(request_id, slot, digest, limits);
                 persist.extend(changes.into_iter().map(table_op));
@@ -317,6 +328,9 @@ impl Learner {
             Lookup::Expired => (true, Some((request_id, Err(ProposalError::RequestExpired(request_id))))),
             Lookup::SessionUnknown => {
                 (true, Some((request_id, Err(ProposalError::SessionExpired(request_id.client_id)))))
+            }
+            Lookup::RegistrationForgotten => {
+                (true, Some((request_id, Err(ProposalError::RegistrationExpired { nonce: request_id.seq }))))
             }
         }
     }
@@ -573,19 +587,20 @@ mod tests {
     #[test]
     fn a_request_chosen_twice_is_applied_once_and_answered_with_its_first_slot() {
         let mut learner = learner();
-        learner.learn_chosen(0, Value::Register { nonce: 7, key: [0; 16] });
-        learner.learn_chosen(1, command(0, 1));
-        learner.learn_chosen(2, command(0, 1));
+        learner
+            .learn_chosen(0, Value::Register { nonce: 7, key: [0; 16], floor_slot: 0, payload: Vec::new() });
+        learner.learn_chosen(1, command(0, 2));
+        learner.learn_chosen(2, command(0, 2));
         let (applied, persist) = apply_all(&mut learner);
         assert_eq!(applied.len(), 3);
         assert!(!applied[1].as_noop);
         assert!(applied[2].as_noop);
-        assert_eq!(applied[2].chosen, command(0, 1), "the chosen value is kept for the leader's check");
-        assert_eq!(applied[2].answer, Some((RequestId { client_id: 0, seq: 1 }, Ok(1))));
+        assert_eq!(applied[2].chosen, command(0, 2), "the chosen value is kept for the leader's check");
+        assert_eq!(applied[2].answer, Some((RequestId { client_id: 0, seq: 2 }, Ok(1))));
         assert!(persist.iter().all(|op| !matches!(op, PersistOp::RequestInsert { slot: 2, .. })));
         assert!(persist.contains(&PersistOp::Apply { slot: 2, value: Value::Noop }));
         let applied: Vec<Value> = applied.into_iter().map(Applied::into_entry).collect();
-        assert_eq!(applied[1..], [command(0, 1), Value::Noop]);
+        assert_eq!(applied[1..], [command(0, 2), Value::Noop]);
     }
 
     #[test]

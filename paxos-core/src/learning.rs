@@ -280,10 +280,11 @@ mod tests {
         cluster.node(leader).propose(proposal(client, 1, "once"));
         cluster.settle();
         let outcomes: Vec<_> =
-            cluster.replies.iter().map(|(_, r)| (r.request_id.seq, r.outcome.clone())).collect();
+            cluster.replies.iter().map(|(_, r)| (r.request_id, r.outcome.clone())).collect();
         let mut outcomes = outcomes;
-        outcomes.sort_by_key(|(seq, outcome)| (*seq, outcome.clone().ok()));
-        assert_eq!(outcomes, vec![(1, Ok(1)), (1, Ok(1)), (2, Ok(2))]);
+        outcomes.sort_by_key(|(request_id, outcome)| (*request_id, outcome.clone().ok()));
+        let (first, second) = (proposal(client, 1, "").request_id, proposal(client, 2, "").request_id);
+        assert_eq!(outcomes, vec![(first, Ok(1)), (first, Ok(1)), (second, Ok(2))]);
         let history = &cluster.storage[&leader].history;
         assert_eq!(history.len(), 3, "the registration and two commands");
     }
@@ -387,7 +388,8 @@ mod tests {
             announced.is_empty(),
             "ballot {ballot} announced commit points {announced:?} over slot {slot}"
         );
-        let answered = cluster.replies.iter().any(|(_, r)| r.request_id.seq == 1 && r.outcome.is_err());
+        let mine = proposal(client, 1, "").request_id;
+        let answered = cluster.replies.iter().any(|(_, r)| r.request_id == mine && r.outcome.is_err());
         assert!(answered, "the superseded proposal is answered (retryable): {:?}", cluster.replies);
         assert_eq!(cluster.node(leader).status().superseded_leaderships, 1);
     }
@@ -482,8 +484,12 @@ mod tests {
     /// request (number 1, to node 2) sent; returns the replica and the requests sent.
     fn behind_with_one_request() -> (crate::Replica, Vec<crate::Envelope>) {
         let mut follower = crate::test_support::replica(1, &[1, 2, 3]);
-        let heartbeat =
-            crate::Message::Heartbeat { ballot: crate::Ballot::new(1, 2), commit_upto: 5, history_start: 0 };
+        let heartbeat = crate::Message::Heartbeat {
+            ballot: crate::Ballot::new(1, 2),
+            commit_upto: 5,
+            history_start: 0,
+            round: 0,
+        };
         follower.step(envelope(2, heartbeat));
         let requests = catch_ups(&mut follower);
         assert_eq!(requests.len(), 1, "{requests:?}");
@@ -579,8 +585,12 @@ mod tests {
     fn a_joining_node_asks_a_member_it_knows_rather_than_a_stranger() {
         let config = crate::Config { join_existing: true, ..crate::Config::new(4, vec![2, 4]) };
         let mut joining = crate::Replica::new(config, 7);
-        let heartbeat =
-            crate::Message::Heartbeat { ballot: crate::Ballot::new(3, 1), commit_upto: 10, history_start: 0 };
+        let heartbeat = crate::Message::Heartbeat {
+            ballot: crate::Ballot::new(3, 1),
+            commit_upto: 10,
+            history_start: 0,
+            round: 0,
+        };
         joining.step(crate::Envelope {
             from: 1,
             to: 4,

@@ -16,6 +16,7 @@ mod learning;
 mod membership;
 mod message;
 mod proposer;
+mod reads;
 mod ready;
 mod reconfiguration;
 mod replica;
@@ -34,6 +35,7 @@ pub use membership::{ChangeError, Incarnation, Member, MemberRole, Membership, M
 pub use message::{
     AcceptedEntry, Envelope, Message, PreVoteRefusal, Proposal, ProposalError, TruncationSnapshot, SLOT_MAX,
 };
+pub use reads::{ReadReply, READS_PENDING_MAX};
 pub use ready::{page_has_room, DurableState, HistoryRead, PersistOp, ReadPurpose, Ready, Reply};
 pub use replica::{Replica, RoleName, Status};
 pub use requests::{Lookup, RequestTable, TableChange, TableLimits};

@@ -23,7 +23,7 @@ pub struct Envelope {
 
 /// A client's proposal (forwarded by the replica the client talked to, so the leader can
 /// answer it). A proposal whose `request_id.client_id` is [`RequestId::REGISTER_CLIENT_ID`]
-/// asks for a new client session (see [`Proposal::register`]).
+/// is a client's first value, which opens its session (see [`Proposal::register`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub request_id: RequestId,
@@ -33,17 +33,28 @@ pub struct Proposal {
     /// Bytes, not a sequence of u8 (see [`crate::Value::Command`]).
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+    /// A registration's floor (see [`crate::Value::Register`]); 0 and unused otherwise.
+    pub floor_slot: Slot,
 }
 
 impl Proposal {
-    /// A request to open a client session. The answer is the slot of the `Register` entry,
-    /// which is the new session's client id. `nonce` (random) only routes the answer back.
-    /// `key`: the digest of the secret the session's requests will carry.
-    pub fn register(nonce: u64, key: crate::Digest) -> Self {
+    /// A value in an open session.
+    pub fn command(request_id: RequestId, key: crate::Digest, payload: Vec<u8>) -> Self {
+        Proposal { request_id, key, payload, floor_slot: 0 }
+    }
+
+    /// A client's first value, opening its session. The answer is the slot of the `Register`
+    /// entry, which is both the new session's client id and where the value sits (as the
+    /// session's request [`RequestId::FIRST_SEQ`]). `nonce` (random) only routes the answer.
+    /// `key`: the digest of the secret the session's requests will carry. `floor_slot`: a
+    /// slot the first attempt cannot land below, the same in every retry (see
+    /// [`crate::Value::Register`]).
+    pub fn register(nonce: u64, key: crate::Digest, floor_slot: Slot, payload: Vec<u8>) -> Self {
         Proposal {
             request_id: RequestId { client_id: RequestId::REGISTER_CLIENT_ID, seq: nonce },
             key,
-            payload: Vec::new(),
+            payload,
+            floor_slot,
         }
     }
 
@@ -54,7 +65,12 @@ impl Proposal {
     /// The value this proposal puts in the log.
     pub fn into_value(self) -> Value {
         if self.is_register() {
-            Value::Register { nonce: self.request_id.seq, key: self.key }
+            Value::Register {
+                nonce: self.request_id.seq,
+                key: self.key,
+                floor_slot: self.floor_slot,
+                payload: self.payload,
+            }
         } else {
             Value::Command { request_id: self.request_id, key: self.key, payload: self.payload }
         }
@@ -62,12 +78,12 @@ impl Proposal {
 
     /// What the proposal's value will weigh (`Value::size_bytes`), without building it.
     pub fn size_bytes(&self) -> usize {
-        if self.is_register() {
-            Value::Register { nonce: 0, key: [0; 16] }.size_bytes()
+        let empty = if self.is_register() {
+            Value::Register { nonce: 0, key: [0; 16], floor_slot: 0, payload: Vec::new() }
         } else {
-            Value::Command { request_id: self.request_id, key: [0; 16], payload: Vec::new() }.size_bytes()
-                + self.payload.len()
-        }
+            Value::Command { request_id: self.request_id, key: [0; 16], payload: Vec::new() }
+        };
+        empty.size_bytes() + self.payload.len()
     }
 
     /// What tells two proposals with one request id apart (see
@@ -76,12 +92,9 @@ impl Proposal {
     ///
     /// # Correctness
     /// Equal to the fingerprint of the value the proposal becomes (`into_value`), which is
-    /// what an applied entry answers: a registration's payload is not part of its entry, so it
-    /// is not part of its fingerprint either (a registration sent with bytes was otherwise never
-    /// answered, and held its waiter and its bytes at the leader for good).
+    /// what an applied entry answers.
     pub fn fingerprint(&self) -> crate::Digest {
-        let payload: &[u8] = if self.is_register() { &[] } else { &self.payload };
-        crate::types::request_fingerprint(&self.key, payload)
+        crate::types::request_fingerprint(&self.key, &self.payload)
     }
 }
 
@@ -117,6 +130,12 @@ pub enum ProposalError {
     /// unknown).
     #[error("session {0} is unknown or expired: register a new session")]
     SessionExpired(u64),
+    /// A registration retried after sessions opened since its first attempt may have evicted
+    /// the session that attempt opened: the log can no longer tell whether its value was
+    /// chosen, so it is refused (a no-op). Its outcome is unknown; not retryable with the same
+    /// nonce.
+    #[error("registration {nonce:x} was retried too late to tell whether it was applied")]
+    RegistrationExpired { nonce: u64 },
     /// The request does not carry the secret its session was opened with: another client's
     /// session, or a guess. Refused, never applied; final.
     #[error("request {0} does not carry its session's secret")]
@@ -190,9 +209,11 @@ pub enum Message {
     Accepted { ballot: Ballot, slots: Vec<Slot>, applied_upto: Slot },
     /// Leader liveness and commit progress. `history_start` asks followers to truncate their
     /// history below it once they have applied that far.
-    Heartbeat { ballot: Ballot, commit_upto: Slot, history_start: Slot },
-    /// A follower's answer to a heartbeat: how far it has applied.
-    HeartbeatAck { ballot: Ballot, applied_upto: Slot },
+    /// `round` numbers the leader's heartbeats that confirm reads (see `reads.rs`).
+    Heartbeat { ballot: Ballot, commit_upto: Slot, history_start: Slot, round: u64 },
+    /// A follower's answer to a heartbeat: how far it has applied, and the heartbeat's round
+    /// (0 when it answers something else).
+    HeartbeatAck { ballot: Ballot, applied_upto: Slot, round: u64 },
     /// Asks for chosen entries from `from_slot`. `request` numbers the asker's requests (from
     /// 1; 0 is a probe outside the one chain of requests, see `Learner::catch_up_from`): the
     /// answer carries it back, and only the answer to the request outstanding starts the next.
@@ -228,6 +249,12 @@ pub enum Message {
     /// How far the sender has applied, sent now and then to every member it knows, leader or
     /// not: a member learns who is ahead (and catches up from it) without a leader's word.
     Progress { applied_upto: Slot, log_id: u64 },
+    /// A replica asks the leader for a read index (see `reads.rs`); `request` is the asker's
+    /// number for the read.
+    ReadIndex { request: u64 },
+    /// The leader's answer: every value acknowledged before the read reached it is below
+    /// `read_upto` (`Ok`), or why not (retryable).
+    ReadIndexReply { request: u64, outcome: Result<Slot, ProposalError> },
 }
 
 /// Why a member refused a pre-vote.
@@ -310,10 +337,10 @@ impl Message {
             Message::Accepted { ballot, slots, applied_upto } => {
                 ballot_ok(ballot) && slots.iter().all(slot_ok) && slot_ok(applied_upto)
             }
-            Message::Heartbeat { ballot, commit_upto, history_start } => {
+            Message::Heartbeat { ballot, commit_upto, history_start, .. } => {
                 ballot_ok(ballot) && slot_ok(commit_upto) && slot_ok(history_start)
             }
-            Message::HeartbeatAck { ballot, applied_upto } => ballot_ok(ballot) && slot_ok(applied_upto),
+            Message::HeartbeatAck { ballot, applied_upto, .. } => ballot_ok(ballot) && slot_ok(applied_upto),
             Message::CatchUp { from_slot, .. } => slot_ok(from_slot),
             Message::CatchUpEntries { entries, applied_upto, .. } => {
                 entries_ok(entries) && slot_ok(applied_upto)
@@ -330,6 +357,8 @@ impl Message {
             Message::PreVote { ballot, .. } => ballot_ok(ballot),
             Message::PreVoteReply { ballot, promised, .. } => ballot_ok(ballot) && ballot_ok(promised),
             Message::Progress { applied_upto, .. } => slot_ok(applied_upto),
+            Message::ReadIndex { .. } => true,
+            Message::ReadIndexReply { outcome, .. } => outcome.as_ref().map_or(true, slot_ok),
         }
     }
 
@@ -360,6 +389,7 @@ impl Message {
                 | Message::Accepted { .. }
                 | Message::ForwardReply { outcome: Ok(_), .. }
                 | Message::CatchUpTruncated { .. }
+                | Message::ReadIndexReply { outcome: Ok(_), .. }
         )
     }
 

@@ -39,14 +39,10 @@ impl Replica {
                 leader.last_retransmit_tick = now;
             }
             if now.saturating_sub(leader.last_heartbeat_tick) >= interval {
-                leader.last_heartbeat_tick = now;
-                leader.announced_commit = self.learner.applied_upto();
-                let heartbeat = Message::Heartbeat {
-                    ballot: leader.ballot,
-                    commit_upto: self.learner.applied_upto(),
-                    history_start: self.learner.history_start(),
-                };
-                self.broadcast(heartbeat);
+                // A read waiting for a round (one whose acknowledgements were lost, or one that
+                // arrived while another was in flight) rides on this heartbeat.
+                self.reads.start_due_round();
+                self.broadcast_heartbeat();
             }
             if retransmit {
                 self.retransmit_accepts();
@@ -317,11 +313,7 @@ impl Replica {
             self.accept_own(slot, ballot, value);
         }
         // Announce leadership at once so followers stop their election timers.
-        self.broadcast(Message::Heartbeat {
-            ballot,
-            commit_upto: self.learner.applied_upto(),
-            history_start: self.learner.history_start(),
-        });
+        self.broadcast_heartbeat();
         self.check_quorums();
         self.fill_window();
         self.maybe_catch_up();
@@ -491,6 +483,7 @@ impl Replica {
             Role::Follower => {}
         }
         self.fail_leader_work(leader_hint);
+        self.fail_confirming_reads(leader_hint);
         self.role = Role::Follower;
         self.leader_hint = leader_hint;
         self.reset_election_timer();
@@ -532,12 +525,15 @@ impl Replica {
         let request_id = proposal.request_id;
         let fingerprint = proposal.fingerprint();
         let answer_to = (request_id, fingerprint);
-        // A registration is always new; a retried one may open a second session, harmlessly.
+        let digest = crate::payload_digest(&proposal.payload);
+        let requests = self.learner.requests();
         let lookup = if proposal.is_register() {
-            Lookup::New
+            // What the log will say when the entry is applied, unless a session opens or
+            // leaves meanwhile: applying decides (see `Learner::deduplicate`).
+            let (nonce, floor_slot) = (request_id.seq, proposal.floor_slot);
+            requests.lookup_registration(nonce, proposal.key, digest, floor_slot, self.config.request_table)
         } else {
-            let digest = crate::payload_digest(&proposal.payload);
-            self.learner.requests().lookup(request_id, proposal.key, digest, self.config.request_table)
+            requests.lookup(request_id, proposal.key, digest, self.config.request_table)
         };
         match lookup {
             Lookup::AppliedAt(slot) => {
@@ -561,6 +557,14 @@ impl Replica {
             Lookup::SessionUnknown if request_id.client_id < self.learner.applied_upto() => {
                 let error = ProposalError::SessionExpired(request_id.client_id);
                 self.reply(origin, answer_to, Err(error));
+                return;
+            }
+            Lookup::RegistrationForgotten => {
+                self.reply(
+                    origin,
+                    answer_to,
+                    Err(ProposalError::RegistrationExpired { nonce: request_id.seq }),
+                );
                 return;
             }
             Lookup::SessionUnknown => {}
@@ -677,8 +681,6 @@ impl Replica {
     /// Sends every slot proposed since the last Ready, batched into Accepts per peer.
     pub(crate) fn flush_accepts(&mut self) {
         let applied_upto = self.learner.applied_upto();
-        let now = self.tick_now;
-        let history_start = self.learner.history_start();
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -686,11 +688,7 @@ impl Replica {
             if leader.announced_commit < applied_upto {
                 // Followers apply, and answer the proposals they forwarded, when they hear the
                 // commit point: tell them now rather than at the next heartbeat.
-                leader.announced_commit = applied_upto;
-                leader.last_heartbeat_tick = now;
-                let heartbeat =
-                    Message::Heartbeat { ballot: leader.ballot, commit_upto: applied_upto, history_start };
-                self.broadcast(heartbeat);
+                self.broadcast_heartbeat();
             }
             return;
         }
@@ -835,7 +833,7 @@ impl Replica {
         self.apply_chosen();
     }
 
-    pub(crate) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, applied_upto: Slot) {
+    pub(crate) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, applied_upto: Slot, round: u64) {
         self.learner.note_member_progress(from, applied_upto);
         let now = self.tick_now;
         if let Role::Leader(leader) = &mut self.role {
@@ -846,6 +844,7 @@ impl Replica {
                 }
             }
         }
+        self.read_round_acked(from, ballot, round);
         self.advance_transfer();
     }
 
@@ -874,6 +873,7 @@ impl Replica {
     /// Answers every proposal forwarded to a leader this replica no longer follows. Retryable:
     /// the outcome is unknown, and a retry with the same request id is chosen at most once.
     pub(crate) fn fail_forwarded(&mut self, leader_hint: Option<NodeId>) {
+        self.fail_forwarded_reads(leader_hint);
         for (request_id, (_, fingerprint)) in std::mem::take(&mut self.forwarded) {
             self.reply(
                 Origin::Local,
@@ -1231,25 +1231,26 @@ mod tests {
             cluster.node(leader).propose(proposal(client, seq, &big));
         }
         let ready = cluster.node(leader).take_ready_persisted();
-        let overloaded: Vec<u64> = ready
+        let overloaded: Vec<crate::RequestId> = ready
             .replies
             .iter()
             .filter(|r| r.outcome == Err(ProposalError::Overloaded))
-            .map(|r| r.request_id.seq)
+            .map(|r| r.request_id)
             .collect();
         // 1 in flight, 2 queued (one always fits), 3 and 4 past the queue's bytes.
-        assert_eq!(overloaded, vec![3, 4], "{:?}", ready.replies);
+        let expected = vec![proposal(client, 3, "").request_id, proposal(client, 4, "").request_id];
+        assert_eq!(overloaded, expected, "{:?}", ready.replies);
     }
 
-    /// A registration sent with bytes (its entry keeps none) is answered like any other; its
-    /// waiter and its bytes do not stay at the leader. (From a review: the proposal's
-    /// fingerprint hashed the bytes, its entry's did not, and the waiter was never answered.)
+    /// A registration is answered like any other proposal; its waiter and its bytes do not stay
+    /// at the leader. (From a review: when registrations carried no value, the proposal's
+    /// fingerprint hashed the bytes sent with one, its entry's did not, and the waiter was
+    /// never answered.)
     #[test]
     fn a_registration_sent_with_bytes_is_answered() {
         let mut cluster = Cluster::new(3);
         let leader = cluster.elect();
-        let mut registration = crate::Proposal::register(77, crate::test_support::TEST_KEY);
-        registration.payload = b"junk".to_vec();
+        let registration = crate::Proposal::register(77, crate::test_support::TEST_KEY, 0, b"junk".to_vec());
         let request_id = registration.request_id;
         cluster.node(leader).propose(registration);
         cluster.settle();

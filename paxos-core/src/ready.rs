@@ -124,6 +124,7 @@ pub struct Reply {
 ///    to `serve_history_read`, before taking the next Ready (a Promise built from a read goes
 ///    out with that next Ready: its promise is already durable).
 /// 4. Apply `chosen` (already in storage through `persist`) and answer the rest of `replies`.
+/// 5. Serve `reads` from the history as written in step 1.
 ///
 /// Debug builds assert that every non-empty Ready is reported persisted, by its own number,
 /// before the next one is taken.
@@ -141,6 +142,9 @@ pub struct Ready {
     /// Newly applied slots, in slot order, as written to the history.
     pub chosen: Vec<(Slot, Value)>,
     pub replies: Vec<Reply>,
+    /// Answers to local reads ([`crate::Replica::read`]): served from the history as written
+    /// in step 1 (an `Ok` may rest on slots applied in this very batch).
+    pub reads: Vec<crate::reads::ReadReply>,
     /// Elections, for the log and metrics (any time; see [`crate::Event`]).
     pub events: Vec<crate::event::Event>,
 }
@@ -202,6 +206,7 @@ impl Ready {
             && self.history_reads.is_empty()
             && self.chosen.is_empty()
             && self.replies.is_empty()
+            && self.reads.is_empty()
             && self.events.is_empty()
     }
 }

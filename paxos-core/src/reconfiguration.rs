@@ -189,7 +189,7 @@ mod tests {
             to: leader,
             incarnation: 3,
             role: MemberRole::Learner,
-            message: Message::HeartbeatAck { ballot, applied_upto },
+            message: Message::HeartbeatAck { ballot, applied_upto, round: 0 },
         };
         cluster.node(leader).step(ack(2));
         cluster.run_ticks(5);

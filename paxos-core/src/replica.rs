@@ -318,6 +318,8 @@ pub struct Replica {
     /// Nodes whose history belongs to another log than this replica's: node -> their log.
     pub(crate) foreign_logs: BTreeMap<NodeId, u64>,
 
+    /// Linearizable reads in progress (see `reads.rs`).
+    pub(crate) reads: crate::reads::Reads,
     pub(crate) ready: Ready,
     /// Number of the last Ready handed out.
     ready_number: u64,
@@ -385,6 +387,7 @@ impl Replica {
             refused_by: BTreeMap::new(),
             membership_changed: false,
             foreign_logs: BTreeMap::new(),
+            reads: crate::reads::Reads::default(),
             ready: Ready::default(),
             ready_number: 0,
             ready_unpersisted: None,
@@ -519,11 +522,11 @@ impl Replica {
             Message::Accepted { ballot, slots, applied_upto } => {
                 self.on_accepted(from, incarnation, ballot, slots, applied_upto)
             }
-            Message::Heartbeat { ballot, commit_upto, history_start } => {
-                self.on_heartbeat(from, ballot, commit_upto, history_start)
+            Message::Heartbeat { ballot, commit_upto, history_start, round } => {
+                self.on_heartbeat(from, ballot, commit_upto, history_start, round)
             }
-            Message::HeartbeatAck { ballot, applied_upto } => {
-                self.on_heartbeat_ack(from, ballot, applied_upto)
+            Message::HeartbeatAck { ballot, applied_upto, round } => {
+                self.on_heartbeat_ack(from, ballot, applied_upto, round)
             }
             Message::CatchUp { from_slot, request } => self.on_catch_up(from, from_slot, request),
             Message::CatchUpEntries { entries, applied_upto, request, .. } => {
@@ -545,6 +548,8 @@ impl Replica {
                 self.on_pre_vote_reply(from, incarnation, ballot, attempt, promised, refusal)
             }
             Message::Progress { applied_upto, .. } => self.on_progress(from, applied_upto),
+            Message::ReadIndex { request } => self.on_read_index(from, request),
+            Message::ReadIndexReply { request, outcome } => self.on_read_index_reply(from, request, outcome),
         }
     }
 
@@ -616,6 +621,9 @@ impl Replica {
             | Message::ForwardReply { .. }
             | Message::TimeoutNow { .. }
             | Message::PreVoteReply { .. } => {}
+            // A stranger's read index vouches for nothing here; this replica, not a member as
+            // far as it knows, answers none (the asker times out and asks elsewhere).
+            Message::ReadIndex { .. } | Message::ReadIndexReply { .. } => {}
         }
     }
 
@@ -710,18 +718,13 @@ impl Replica {
                 if self.can_lead() {
                     self.become_candidate(crate::event::CampaignReason::ConfigurationChange);
                 } else {
-                    if let Role::Leader(leader) = &self.role {
+                    if self.is_leader() {
                         // Its last word: the commit point, so the members learn that the change
                         // which ended this leadership is chosen. They accepted it but may never
                         // hear of it otherwise (this node stops leading, and an operator stops a
                         // removed node), and without it they hold the old configuration, in
                         // which the survivors of one more failure may be no majority.
-                        let heartbeat = Message::Heartbeat {
-                            ballot: leader.ballot,
-                            commit_upto: self.learner.applied_upto(),
-                            history_start: self.learner.history_start(),
-                        };
-                        self.broadcast(heartbeat);
+                        self.broadcast_heartbeat();
                     }
                     self.step_down(None, crate::event::StepDownReason::ConfigurationChange);
                 }
@@ -829,6 +832,7 @@ impl Replica {
             self.ready_unpersisted
         );
         self.flush_accepts();
+        self.release_reads();
         let mut ready = std::mem::take(&mut self.ready);
         if !ready.is_empty() {
             self.ready_number += 1;

@@ -11,8 +11,12 @@ pub(crate) fn replica(id: u64, members: &[u64]) -> Replica {
 /// The session key every test session is registered with (see [`Cluster::session`]).
 pub(crate) const TEST_KEY: crate::Digest = [0x5e; 16];
 
-pub(crate) fn proposal(client_id: u64, seq: u64, text: &str) -> Proposal {
-    Proposal { request_id: RequestId { client_id, seq }, key: TEST_KEY, payload: text.as_bytes().to_vec() }
+/// Request `n` of session `client_id` (from 1) after the value its registration carried, so
+/// request id seq `n + 1`: a session's seq 1 is its registration's value
+/// ([`RequestId::FIRST_SEQ`]), and every test session is opened by [`Cluster::session`].
+pub(crate) fn proposal(client_id: u64, n: u64, text: &str) -> Proposal {
+    let request_id = RequestId { client_id, seq: n + RequestId::FIRST_SEQ };
+    Proposal::command(request_id, TEST_KEY, text.as_bytes().to_vec())
 }
 
 /// Messages of a given kind in a Ready (both lists).
@@ -35,6 +39,8 @@ pub(crate) struct Cluster {
     pub(crate) deaf: Vec<u64>,
     pub(crate) replies: Vec<(u64, crate::Reply)>,
     queue: VecDeque<Envelope>,
+    /// Sessions opened by [`Cluster::session`], which numbers their nonces.
+    sessions_opened: u64,
 }
 
 impl Cluster {
@@ -47,6 +53,7 @@ impl Cluster {
             deaf: Vec::new(),
             replies: Vec::new(),
             queue: VecDeque::new(),
+            sessions_opened: 0,
         }
     }
 
@@ -70,6 +77,7 @@ impl Cluster {
             deaf: Vec::new(),
             replies: Vec::new(),
             queue: VecDeque::new(),
+            sessions_opened: 0,
         }
     }
 
@@ -129,15 +137,19 @@ impl Cluster {
     }
 
     /// Opens a client session through `node` and returns its client id (the registration's
-    /// slot); the registration's reply is removed from `replies`.
+    /// slot, which holds the session's request 1); the registration's reply is removed from
+    /// `replies`. [`proposal`] numbers the session's later requests.
     pub(crate) fn session(&mut self, node: u64) -> u64 {
-        let nonce = 0xC0FFEE + self.replies.len() as u64;
-        self.node(node).propose(Proposal::register(nonce, TEST_KEY));
+        self.sessions_opened += 1;
+        let nonce = 0xC0FFEE + self.sessions_opened;
+        let registration = Proposal::register(nonce, TEST_KEY, 0, format!("open {nonce:x}").into_bytes());
+        let request_id = registration.request_id;
+        self.node(node).propose(registration);
         self.settle();
         let index = self
             .replies
             .iter()
-            .position(|(_, reply)| reply.request_id == Proposal::register(nonce, TEST_KEY).request_id)
+            .position(|(_, reply)| reply.request_id == request_id)
             .expect("registration answered");
         let (_, reply) = self.replies.remove(index);
         reply.outcome.expect("registration chosen")

@@ -170,7 +170,7 @@ impl Replica {
                 return;
             }
             transfer.nudged_tick = Some(now);
-            Message::Heartbeat { ballot, commit_upto: applied_upto, history_start }
+            Message::Heartbeat { ballot, commit_upto: applied_upto, history_start, round: self.reads.round() }
         } else {
             if transfer.timeout_now_sent_tick.is_some_and(|tick| now.saturating_sub(tick) < resend_ticks) {
                 return;
@@ -425,6 +425,7 @@ mod tests {
             message: Message::HeartbeatAck {
                 ballot: cluster.node(leader).status().own_ballot.expect("leads"),
                 applied_upto: applied,
+                round: 0,
             },
         };
         cluster.node(leader).step(ack);
@@ -451,7 +452,7 @@ mod tests {
         assert_eq!(follower.leader_heard(), None);
         follower.step(envelope(
             3,
-            Message::Heartbeat { ballot: Ballot::new(5, 3), commit_upto: 0, history_start: 0 },
+            Message::Heartbeat { ballot: Ballot::new(5, 3), commit_upto: 0, history_start: 0, round: 0 },
         ));
         assert_eq!(follower.leader_heard(), Some(3));
         // A candidate's Prepare: promised, not yet leading (one that a transfer started: a
@@ -461,13 +462,13 @@ mod tests {
         assert_eq!(follower.leader_heard(), None, "a candidate is not a leader at work");
         follower.step(envelope(
             1,
-            Message::Heartbeat { ballot: Ballot::new(6, 1), commit_upto: 0, history_start: 0 },
+            Message::Heartbeat { ballot: Ballot::new(6, 1), commit_upto: 0, history_start: 0, round: 0 },
         ));
         assert_eq!(follower.leader_heard(), Some(1));
         // A stale leader's heartbeat changes nothing.
         follower.step(envelope(
             3,
-            Message::Heartbeat { ballot: Ballot::new(5, 3), commit_upto: 0, history_start: 0 },
+            Message::Heartbeat { ballot: Ballot::new(5, 3), commit_upto: 0, history_start: 0, round: 0 },
         ));
         assert_eq!(follower.leader_heard(), Some(1));
 
@@ -496,7 +497,7 @@ mod tests {
         // Node 3 leads ballot 5.3; node 1's leadership of 4.1 is over.
         follower.step(envelope(
             3,
-            Message::Heartbeat { ballot: Ballot::new(5, 3), commit_upto: 0, history_start: 0 },
+            Message::Heartbeat { ballot: Ballot::new(5, 3), commit_upto: 0, history_start: 0, round: 0 },
         ));
         follower.take_ready_persisted();
         follower.step(envelope(1, Message::TimeoutNow { ballot: Ballot::new(4, 1), commit_upto: 0 }));

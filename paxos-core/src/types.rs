@@ -91,6 +91,10 @@ impl RequestId {
     /// Reserved client id: a proposal with it asks for a new session. No session can have it
     /// (a session's id is the slot of its `Register` entry, and no slot reaches `u64::MAX`).
     pub const REGISTER_CLIENT_ID: u64 = u64::MAX;
+
+    /// The seq of a session's first value, the one its `Register` entry carries: the client's
+    /// next request in the session is seq 2.
+    pub const FIRST_SEQ: u64 = 1;
 }
 
 /// What a slot of the log holds.
@@ -110,10 +114,25 @@ pub enum Value {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
-    /// Opens a client session whose id is this entry's slot. `nonce` routes the answer back to
-    /// the client that asked; a retried registration may open a second, unused session. `key`
-    /// is the digest of the secret only the registering client knows (see `Command`).
-    Register { nonce: u64, key: Digest },
+    /// A client's first value, which also opens its session: the session's id is this entry's
+    /// slot, and the value is the session's request 1 (`RequestId { client_id: slot, seq: 1 }`),
+    /// so a one-shot proposal writes one entry. `nonce` (random) routes the answer back to the
+    /// client that asked; `key` is the digest of the secret only that client knows (see
+    /// `Command`), and it names one session: a retry of the same registration (same key) is a
+    /// duplicate, answered with the slot of the first.
+    ///
+    /// `floor_slot` is a slot the client's first attempt cannot have landed below (the applied
+    /// prefix of the node that welcomed it before it sent anything). A retry finds the session
+    /// of an earlier attempt by its key as long as that session is in the duplicate table;
+    /// sessions leave it only by eviction, so a retry is applied only if no session opened at
+    /// or above `floor_slot` was ever evicted (see `RequestTable::lookup_registration`).
+    Register {
+        nonce: u64,
+        key: Digest,
+        floor_slot: Slot,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
     /// The configuration for every slot above this one (see [`crate::Membership`]). Applied as
     /// a no-op when it may not follow the configuration in force (the same check everywhere).
     Config(crate::membership::Membership),
@@ -135,7 +154,15 @@ impl Value {
         match self {
             Value::Noop | Value::Config(_) => None,
             Value::Command { key, payload, .. } => Some(request_fingerprint(key, payload)),
-            Value::Register { key, .. } => Some(request_fingerprint(key, &[])),
+            Value::Register { key, payload, .. } => Some(request_fingerprint(key, payload)),
+        }
+    }
+
+    /// The client's value this entry carries, if any (a command's, or a registration's first).
+    pub fn payload(&self) -> Option<&[u8]> {
+        match self {
+            Value::Command { payload, .. } | Value::Register { payload, .. } => Some(payload),
+            Value::Noop | Value::Config(_) => None,
         }
     }
 
@@ -144,7 +171,7 @@ impl Value {
         match self {
             Value::Noop => 1,
             Value::Command { payload, .. } => 33 + payload.len(),
-            Value::Register { .. } => 25,
+            Value::Register { payload, .. } => 41 + payload.len(),
             Value::Config(membership) => {
                 membership.members.values().map(|member| 32 + member.address.len()).sum::<usize>() + 16
             }
@@ -156,7 +183,10 @@ impl fmt::Debug for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::Noop => write!(f, "Noop"),
-            Value::Register { nonce, .. } => write!(f, "Register({nonce:x})"),
+            Value::Register { nonce, payload, .. } => match std::str::from_utf8(payload) {
+                Ok(text) if text.len() <= 32 => write!(f, "Register({nonce:x}, {text:?})"),
+                _ => write!(f, "Register({nonce:x}, {} bytes)", payload.len()),
+            },
             Value::Config(membership) => {
                 let members: Vec<String> = membership
                     .members

@@ -35,7 +35,12 @@ fn ballot(rng: &mut Rng, from: u64, known: &[Ballot]) -> Ballot {
 fn value(rng: &mut Rng) -> Value {
     match rng.range(0, 5) {
         0 => Value::Noop,
-        1 => Value::Register { nonce: number(rng), key: [number(rng) as u8; 16] },
+        1 => Value::Register {
+            nonce: number(rng),
+            key: [number(rng) as u8; 16],
+            floor_slot: number(rng),
+            payload: vec![3; 4],
+        },
         4 => Value::Config(forged_membership(rng)),
         _ => Value::Command {
             request_id: RequestId { client_id: number(rng), seq: number(rng) },
@@ -50,7 +55,7 @@ fn entries(rng: &mut Rng) -> Vec<(u64, Value)> {
 }
 
 fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
-    match rng.range(0, 17) {
+    match rng.range(0, 19) {
         0 => Message::Prepare {
             ballot: ballot(rng, from, known),
             from_slot: number(rng),
@@ -87,8 +92,13 @@ fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
             ballot: ballot(rng, from, known),
             commit_upto: number(rng),
             history_start: number(rng),
+            round: number(rng),
         },
-        6 => Message::HeartbeatAck { ballot: ballot(rng, from, known), applied_upto: number(rng) },
+        6 => Message::HeartbeatAck {
+            ballot: ballot(rng, from, known),
+            applied_upto: number(rng),
+            round: number(rng),
+        },
         7 => Message::CatchUp { from_slot: number(rng), request: number(rng) },
         8 => Message::CatchUpEntries {
             entries: entries(rng),
@@ -110,6 +120,7 @@ fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
                 request_id: RequestId { client_id: number(rng), seq: number(rng) },
                 key: [number(rng) as u8; 16],
                 payload: vec![1],
+                floor_slot: number(rng),
             },
         },
         11 => Message::ForwardReply {
@@ -130,6 +141,11 @@ fn message(rng: &mut Rng, from: u64, known: &[Ballot]) -> Message {
             refusal: rng.chance(1, 2).then_some(paxos_core::PreVoteRefusal::NotVoter),
         },
         15 => Message::Progress { applied_upto: number(rng), log_id: number(rng) },
+        16 => Message::ReadIndex { request: number(rng) },
+        17 => Message::ReadIndexReply {
+            request: number(rng),
+            outcome: if rng.chance(1, 2) { Ok(number(rng)) } else { Err(ProposalError::Timeout) },
+        },
         _ => Message::CatchUp { from_slot: 0, request: 0 },
     }
 }
@@ -172,10 +188,12 @@ fn run(seed: u64) -> (u64, u64, bool) {
                 });
             }
             6..=8 => replica.tick(),
+            _ if rng.chance(1, 3) => replica.read(step),
             _ => replica.propose(Proposal {
                 request_id: RequestId { client_id: number(&mut rng), seq: step },
                 key: [number(&mut rng) as u8; 16],
                 payload: vec![2; 8],
+                floor_slot: number(&mut rng),
             }),
         }
         led |= replica.is_leader();

@@ -384,7 +384,7 @@ fn a_wiped_member_restarted_as_a_new_cluster_never_mixes_its_log_with_the_cluste
     c.cut(1, 3);
     c.campaign(1);
     c.run_among(&[1], 3);
-    let registration = Proposal::register(7, [0; 16]);
+    let registration = Proposal::register(7, [0; 16], 0, b"first".to_vec());
     c.replica(1).propose(registration.clone());
     c.flush(1);
     c.run_among(&[1], 3);

@@ -3,7 +3,7 @@
 
 mod routed;
 
-use paxos_core::{Compaction, Envelope, NodeId, Proposal, Replica, RequestId, Slot, Value};
+use paxos_core::{Compaction, Envelope, Message, NodeId, Proposal, Replica, RequestId, Slot, Value};
 use std::collections::VecDeque;
 
 use routed::*;
@@ -11,7 +11,8 @@ use routed::*;
 /// Opens a client session through `node` (a `Register` entry in the log) and returns its id.
 fn client_session(cluster: &mut Cluster, node: NodeId) -> u64 {
     cluster.next_client_id += 1;
-    let registration = Proposal::register(cluster.next_client_id, [0; 16]);
+    let nonce = cluster.next_client_id;
+    let registration = Proposal::register(nonce, [0; 16], 0, format!("open {nonce}").into_bytes());
     cluster.replica(node).propose(registration.clone());
     cluster.flush(node);
     cluster.deliver_everything();
@@ -227,11 +228,12 @@ fn a_node_that_installed_a_snapshot_can_lead_past_it_after_the_truncating_leader
 
 /// Three nodes, duplicate table of 4 clients, no faults.
 ///
-/// 1. Node 1 leads. Client A proposes (A,1) and is answered Ok(slot).
+/// 1. Node 1 leads. Client A proposes (A,2) (its registration carried request 1) and is
+///    answered Ok(slot).
 /// 2. clients_max other clients each propose one request (the table evicts A).
-/// 3. A's late retry of (A,1), same id and payload, is proposed again.
+/// 3. A's late retry of (A,2), same id and payload, is proposed again.
 ///
-/// The log may hold (A,1) as a command at most once: refusing the retry is fine, applying it a
+/// The log may hold (A,2) as a command at most once: refusing the retry is fine, applying it a
 /// second time is not.
 #[test]
 fn a_late_retry_after_its_client_was_evicted_is_not_applied_twice() {
@@ -241,25 +243,25 @@ fn a_late_retry_after_its_client_was_evicted_is_not_applied_twice() {
     c.deliver_everything();
     assert!(c.is_leader(1), "schedule: node 1 should lead{}", c.histories());
 
-    // 1. (A,1) is applied.
+    // 1. (A,2) is applied.
     let a = client_session(&mut c, 1);
-    c.propose(1, rid(a, 1), "A1");
+    c.propose(1, rid(a, 2), "A1");
     c.deliver_everything();
     assert!(
-        matches!(c.reply(1, rid(a, 1)), Some(Ok(_))),
-        "schedule: (A,1) should be answered Ok, got {:?}",
-        c.reply(1, rid(a, 1))
+        matches!(c.reply(1, rid(a, 2)), Some(Ok(_))),
+        "schedule: (A,2) should be answered Ok, got {:?}",
+        c.reply(1, rid(a, 2))
     );
 
     // 2. As many other clients as the table holds.
     for _ in 0..CLIENTS_MAX {
         let other = client_session(&mut c, 1);
-        c.propose(1, rid(other, 1), "other");
+        c.propose(1, rid(other, 2), "other");
         c.deliver_everything();
     }
 
     // 3. The late retry.
-    c.propose(1, rid(a, 1), "A1");
+    c.propose(1, rid(a, 2), "A1");
     c.deliver_everything();
     c.run(10);
 
@@ -267,15 +269,75 @@ fn a_late_retry_after_its_client_was_evicted_is_not_applied_twice() {
         let slots: Vec<Slot> = node
             .applied
             .iter()
-            .filter(|(_, value)| value.request_id() == Some(rid(a, 1)))
+            .filter(|(_, value)| value.request_id() == Some(rid(a, 2)))
             .map(|(slot, _)| *slot)
             .collect();
         assert!(
             slots.len() <= 1,
             "node {id} applied request {} at slots {slots:?} (retry answered {:?})",
-            rid(a, 1),
-            c.reply(1, rid(a, 1))
+            rid(a, 2),
+            c.reply(1, rid(a, 2))
         );
+    }
+    c.assert_agreement();
+}
+
+/// Three nodes, duplicate table of 4 clients, no faults: the same for a client's first value,
+/// which its registration carries.
+///
+/// 1. Node 1 leads. Client A's registration (nonce, key, floor, "A1") is applied: its session
+///    opens at that slot, with "A1" as its request 1.
+/// 2. As many other clients as the table holds register (the table evicts A's session).
+/// 3. A's late retry of its registration, the same nonce, key, floor and value, is proposed.
+///
+/// "A1" may be in the log at most once. The retry cannot find A's session by its key any more,
+/// and a session opened above its floor was evicted: it must be refused, not open a second
+/// session with "A1" again.
+#[test]
+fn a_late_retry_of_a_registration_after_its_session_was_evicted_is_not_applied_twice() {
+    const CLIENTS_MAX: usize = 4;
+    let mut c = Cluster::with_config(3, |config| config.request_table.clients_max = CLIENTS_MAX);
+    c.campaign(1);
+    c.deliver_everything();
+    assert!(c.is_leader(1), "schedule: node 1 should lead{}", c.histories());
+
+    // 1. A's registration is applied.
+    let floor_slot = c.replica(1).applied_upto();
+    let registration = Proposal::register(0xA, [0xA; 16], floor_slot, b"A1".to_vec());
+    c.replica(1).propose(registration.clone());
+    c.flush(1);
+    c.deliver_everything();
+    let opened = match c.reply(1, registration.request_id) {
+        Some(Ok(slot)) => *slot,
+        other => panic!("schedule: A's registration should be answered Ok, got {other:?}"),
+    };
+    // A retry while the session is held is the same registration, answered with its slot.
+    c.replica(1).propose(registration.clone());
+    c.flush(1);
+    c.deliver_everything();
+    assert_eq!(c.reply(1, registration.request_id), Some(&Ok(opened)), "a retry finds the session");
+
+    // 2. As many other clients as the table holds.
+    for _ in 0..CLIENTS_MAX {
+        client_session(&mut c, 1);
+    }
+
+    // 3. The late retry.
+    c.replica(1).propose(registration.clone());
+    c.flush(1);
+    c.deliver_everything();
+    c.run(10);
+
+    let refused = paxos_core::ProposalError::RegistrationExpired { nonce: 0xA };
+    assert_eq!(c.reply(1, registration.request_id), Some(&Err(refused)), "the late retry is refused");
+    for (id, node) in &c.nodes {
+        let slots: Vec<Slot> = node
+            .applied
+            .iter()
+            .filter(|(_, value)| value.payload() == Some(b"A1".as_slice()))
+            .map(|(slot, _)| *slot)
+            .collect();
+        assert_eq!(slots, vec![opened], "node {id} applied A's first value at slots {slots:?}");
     }
     c.assert_agreement();
 }
@@ -491,11 +553,7 @@ fn lagging_followers_then_leader_dies(holes_max: u64, proposals: u64, batch: u64
                 break;
             }
             let client = 1 + seq % 3;
-            c.replica(1).propose(Proposal {
-                request_id: rid(client, seq),
-                key: [0; 16],
-                payload: b"v".to_vec(),
-            });
+            c.replica(1).propose(Proposal::command(rid(client, seq), [0; 16], b"v".to_vec()));
             seq += 1;
         }
         c.flush(1);
@@ -526,4 +584,99 @@ fn a_lagging_majority_that_forgot_what_was_chosen_still_elects_a_leader() {
     assert_eq!(c.applied_upto(2), 40);
     assert_eq!(c.applied_upto(3), 40);
     c.assert_agreement();
+}
+
+// ----- linearizable reads (issue 26, item 11) -----
+
+fn is_heartbeat_ack(m: &Message) -> bool {
+    matches!(m, Message::HeartbeatAck { .. })
+}
+
+/// Three nodes, no crash: a read that reaches a deposed leader while acknowledgements of its
+/// previous round are still in flight.
+///
+/// 1. Node 1 leads ballot a. A client asks node 1 for read 10: node 1 sends round 1's
+///    heartbeats; nodes 2 and 3 acknowledge them in ballot a. The acknowledgements are HELD.
+/// 2. Links 1-2 and 1-3 are cut. Node 2 campaigns (ballot b > a) with node 3, leads, and
+///    chooses x; the client is answered Ok(slot).
+/// 3. A client asks node 1 for read 11 (node 1 still believes it leads in a).
+/// 4. The held acknowledgements of round 1 reach node 1.
+///
+/// Read 11 was asked after x was acknowledged, so node 1 may serve it only with x's slot below
+/// its index. Round 1's acknowledgements left before read 11 arrived (their senders have
+/// promised b since): they must not confirm it. Refusing it, or never answering, is fine.
+#[test]
+fn a_read_is_not_confirmed_by_acknowledgements_sent_before_it_arrived() {
+    let mut c = Cluster::new(3);
+    c.campaign(1);
+    c.deliver_everything();
+    assert!(c.is_leader(1), "schedule: node 1 should lead{}", c.histories());
+
+    // 1. Read 10 starts round 1; its acknowledgements are held.
+    c.read(1, 10);
+    c.deliver_where(1, 2, is_heartbeat);
+    c.deliver_where(1, 3, is_heartbeat);
+    let held: Vec<Envelope> = c
+        .take_where(2, 1, is_heartbeat_ack)
+        .into_iter()
+        .chain(c.take_where(3, 1, is_heartbeat_ack))
+        .collect();
+    assert_eq!(held.len(), 2, "schedule: nodes 2 and 3 should acknowledge round 1");
+
+    // 2. Node 2 leads in a higher ballot, without node 1, and chooses x.
+    c.cut(1, 2);
+    c.cut(1, 3);
+    c.campaign(2);
+    c.deliver_all_among(&[2, 3]);
+    assert!(c.is_leader(2), "schedule: node 2 should lead{}", c.histories());
+    c.propose(2, rid(1, 1), "x");
+    c.deliver_all_among(&[2, 3]);
+    let Some(Ok(x_slot)) = c.reply(2, rid(1, 1)).cloned() else {
+        panic!("schedule: x should be acknowledged, got {:?}", c.reply(2, rid(1, 1)))
+    };
+
+    // 3. Read 11 reaches node 1, which still leads in its own view.
+    assert!(c.is_leader(1), "schedule: node 1 should not know it was deposed");
+    c.read(1, 11);
+
+    // 4. The old acknowledgements arrive.
+    for envelope in held {
+        c.deliver(envelope);
+    }
+    c.run_among(&[1], 3);
+    // Refused, or never answered, is fine; served, it must cover x.
+    if let Some(Ok(read_upto)) = c.read_answer(1, 11) {
+        assert!(
+            *read_upto > x_slot,
+            "node 1 served read 11 up to slot {read_upto}, without x acknowledged at slot {x_slot}{}",
+            c.histories()
+        );
+    }
+}
+
+/// Three nodes: a read asked of a follower is forwarded to the leader, confirmed by a round,
+/// and served once the follower has applied what the leader had chosen, even when the
+/// follower has not heard the commit point yet; with the leader cut off from both followers, a
+/// read asked of it is not served.
+#[test]
+fn a_follower_serves_a_read_once_it_has_applied_the_leaders_index() {
+    let mut c = Cluster::new(3);
+    c.campaign(1);
+    c.deliver_everything();
+    c.propose(1, rid(1, 1), "x");
+    // Node 3 votes for x; node 2 hears nothing until the read.
+    c.deliver_all_between(1, 3);
+    let Some(Ok(x_slot)) = c.reply(1, rid(1, 1)).cloned() else { panic!("schedule: x should be chosen") };
+    assert!(c.applied_upto(2) <= x_slot, "schedule: node 2 has not applied x");
+    c.read(2, 7);
+    c.deliver_everything();
+    assert_eq!(c.read_answer(2, 7), Some(&Ok(x_slot + 1)), "node 2's read covers x");
+    assert!(c.applied_upto(2) > x_slot);
+
+    // Cut off, node 1 cannot confirm a round: its read is never served.
+    c.cut(1, 2);
+    c.cut(1, 3);
+    c.read(1, 8);
+    c.run_among(&[1], 3);
+    assert!(!matches!(c.read_answer(1, 8), Some(Ok(_))), "{:?}", c.read_answer(1, 8));
 }

@@ -44,7 +44,7 @@ fn a_single_member_pages_through_thousands_of_recovered_records() {
 fn a_lone_voters_answer_waits_for_the_batch_holding_its_vote() {
     let mut storage = MemStorage::bootstrapped(&[1]);
     let mut replica = leader_alone(&mut storage);
-    replica.propose(paxos_core::Proposal::register(42, [0; 16]));
+    replica.propose(paxos_core::Proposal::register(42, [0; 16], 0, b"first".to_vec()));
     let mut ready = replica.take_ready();
     let early = ready.take_replies_before_write();
     assert!(
@@ -129,7 +129,7 @@ fn a_refusal_resting_on_a_change_of_this_batch_waits_for_the_write() {
 fn a_lone_voters_snapshot_waits_for_the_batch_it_covers() {
     let mut storage = MemStorage::bootstrapped(&[1]);
     let mut replica = leader_alone(&mut storage);
-    replica.propose(paxos_core::Proposal::register(42, [0; 16]));
+    replica.propose(paxos_core::Proposal::register(42, [0; 16], 0, b"first".to_vec()));
     let cut = replica.applied_upto();
     replica
         .compact(paxos_core::Compaction { truncate_below: Some(cut), force: true })

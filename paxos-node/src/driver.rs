@@ -12,8 +12,8 @@ use crate::peer_link::PeerLinks;
 use crate::server::AnswerPermit;
 use crate::storage::{Storage, StorageError};
 use crate::wire::{
-    session_key, Frame, GcError, GcReport, MemberInfo, ProposeError, Request, Response, StatusReport,
-    TransferError, TransferReport,
+    session_key, Frame, GcError, GcReport, HistoryError, MemberInfo, ProposeError, ReadConsistency, Request,
+    Response, StatusReport, TransferError, TransferReport,
 };
 use paxos_core::{Compaction, CompactionError, NodeId, PersistOp, Proposal, Replica, RequestId, Slot, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -170,6 +170,10 @@ pub struct Driver {
     /// only a ballot that is on disk (the power-loss tests hold every node to the ballot its
     /// status showed before a cut).
     status_waiting: Vec<Responder>,
+    /// Linearizable history reads waiting for the replica's answer: number -> (from slot,
+    /// limit, whom to answer). Bounded by `paxos_core::READS_PENDING_MAX`.
+    reads: BTreeMap<u64, (Slot, u64, Responder)>,
+    next_read: u64,
     metrics: Arc<Metrics>,
     /// When this node wrote its accepted record of each slot not yet applied: the start of the
     /// commit latency (at most `COMMIT_TIMES_MAX`).
@@ -234,6 +238,8 @@ impl Driver {
             ticks: 0,
             fatal: None,
             status_waiting: Vec::new(),
+            reads: BTreeMap::new(),
+            next_read: 0,
             metrics,
             accept_written: BTreeMap::new(),
             leader_seen: None,
@@ -337,7 +343,7 @@ impl Driver {
 
     fn on_request(&mut self, request: Request, respond: Responder) {
         match request {
-            Request::Propose { request_id, secret, value } => {
+            Request::Propose { request_id, secret, value, floor_slot } => {
                 self.metrics.proposals_received.inc();
                 if self.pending_count >= PENDING_PROPOSALS_MAX {
                     self.metrics.refused("overloaded");
@@ -345,7 +351,7 @@ impl Driver {
                     return;
                 }
                 // The secret stops here: the log and the peers see only its digest.
-                let proposal = Proposal { request_id, key: session_key(&secret), payload: value };
+                let proposal = Proposal { request_id, key: session_key(&secret), payload: value, floor_slot };
                 let fingerprint = proposal.fingerprint();
                 let waiting = self.pending.entry(request_id).or_default();
                 if waiting.iter().any(|w| w.fingerprint != fingerprint) {
@@ -362,12 +368,23 @@ impl Driver {
                 self.pending_count += 1;
                 self.replica.propose(proposal);
             }
-            Request::History { from_slot, limit } => {
-                // Read on the history reader's thread: a page is megabytes, and the driver
-                // must not miss a tick for it.
-                let (applied_upto, history_start) =
-                    (self.replica.applied_upto(), self.replica.history_start());
-                self.history_reader.read(from_slot, limit, applied_upto, history_start, respond);
+            Request::History { from_slot, limit, consistency: ReadConsistency::Serializable } => {
+                self.read_history(from_slot, limit, respond);
+            }
+            Request::History { from_slot, limit, consistency: ReadConsistency::Linearizable } => {
+                if self.reads.len() >= paxos_core::READS_PENDING_MAX {
+                    let error = paxos_core::ProposalError::Overloaded;
+                    respond.send(Response::History(Err(HistoryError::NotConfirmed {
+                        error,
+                        leader_addr: None,
+                    })));
+                    return;
+                }
+                // Served once the replica has applied up to the leader's confirmed read index
+                // (`serve_read`).
+                self.next_read += 1;
+                self.reads.insert(self.next_read, (from_slot, limit, respond));
+                self.replica.read(self.next_read);
             }
             Request::Status => self.status_waiting.push(respond),
             Request::ChangeMembership { request_id, change } => {
@@ -497,6 +514,32 @@ impl Driver {
         self.problems_logged = problems;
     }
 
+    /// A page of history from the applied prefix, on the history reader's thread: a page is
+    /// megabytes, and the driver must not miss a tick for it.
+    fn read_history(&mut self, from_slot: Slot, limit: u64, respond: Responder) {
+        let (applied_upto, history_start) = (self.replica.applied_upto(), self.replica.history_start());
+        self.history_reader.read(from_slot, limit, applied_upto, history_start, respond);
+    }
+
+    /// A linearizable read the replica answered: served from the history as written, or
+    /// refused (retryable) with the leader's address when one is known.
+    fn serve_read(&mut self, read: paxos_core::ReadReply) {
+        let Some((from_slot, limit, respond)) = self.reads.remove(&read.request) else {
+            return;
+        };
+        match read.outcome {
+            Ok(_) => self.read_history(from_slot, limit, respond),
+            Err(error) => {
+                let leader_hint = match &error {
+                    paxos_core::ProposalError::NotLeader { leader_hint } => *leader_hint,
+                    _ => self.replica.status().leader,
+                };
+                let leader_addr = self.addr_of(leader_hint.filter(|id| *id != self.config.id));
+                respond.send(Response::History(Err(HistoryError::NotConfirmed { error, leader_addr })));
+            }
+        }
+    }
+
     /// The Ready contract: persist (one synced batch), then send, read, apply, answer.
     fn process_ready(&mut self) -> Result<(), DriverError> {
         loop {
@@ -540,6 +583,10 @@ impl Driver {
             self.applied_since_start += ready.chosen.len() as u64;
             self.time_commits(&ready.chosen);
             self.answer(ready.replies);
+            // After the write: a read's index may rest on slots applied in this batch.
+            for read in ready.reads {
+                self.serve_read(read);
+            }
         }
     }
 

@@ -137,9 +137,9 @@ fn page(
     let entries = entries
         .into_iter()
         .map(|(slot, value)| match value {
-            // Registrations open client sessions; they hold no user value.
-            Value::Noop | Value::Register { .. } | Value::Config(_) => (slot, None),
-            Value::Command { payload, .. } => (slot, Some(payload)),
+            Value::Noop | Value::Config(_) => (slot, None),
+            // A registration carries its client's first value.
+            Value::Command { payload, .. } | Value::Register { payload, .. } => (slot, Some(payload)),
         })
         .collect();
     Ok(HistoryPage { entries, history_start, applied_upto })

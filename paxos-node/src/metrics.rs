@@ -341,6 +341,7 @@ pub fn refusal_reason(error: &ProposalError) -> &'static str {
         ProposalError::Overloaded => "overloaded",
         ProposalError::RequestExpired(_) => "request_expired",
         ProposalError::SessionExpired(_) => "session_expired",
+        ProposalError::RegistrationExpired { .. } => "registration_expired",
         ProposalError::WrongSessionKey(_) => "wrong_session_key",
         ProposalError::RequestIdReused(_) => "request_id_reused",
         ProposalError::RequestIdBusy(_) => "request_id_busy",

@@ -285,9 +285,12 @@ mod tests {
         let (mut sink, mut stream) = connection.split();
         // 64 MiB of answers that this client never reads: the node's writer blocks.
         for id in 0..64 {
-            sink.send(Frame::Request { id, request: Request::History { from_slot: slot, limit: 1 } })
-                .await
-                .expect("send");
+            sink.send(Frame::Request {
+                id,
+                request: Request::History { from_slot: slot, limit: 1, consistency: Default::default() },
+            })
+            .await
+            .expect("send");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         tokio::time::timeout(Duration::from_secs(10), node.shutdown())

@@ -460,7 +460,10 @@ async fn handle(
 }
 
 fn welcome(context: &ServerContext) -> Welcome {
-    Welcome { node_id: context.node_id, cluster_id: context.cluster.clone() }
+    // The gauge trails the driver's applied prefix (it is set after each batch, and before the
+    // node listens), so it is a floor a client's first proposal may carry.
+    let applied_upto = context.metrics.applied_upto.get();
+    Welcome { node_id: context.node_id, cluster_id: context.cluster.clone(), applied_upto }
 }
 
 fn check_hello(hello: &Hello, credentials: &Credentials, context: &ServerContext) -> Result<(), String> {

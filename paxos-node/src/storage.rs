@@ -88,8 +88,10 @@ pub const ROCKSDB_OPEN_FILES_MAX: i32 = 256;
 /// The layout of the records (absent: format 1, before session keys): written with the
 /// identity, checked before any record is read.
 const KEY_FORMAT: &[u8] = b"format";
-/// Format 2: values carry session keys, the duplicate table payload digests.
-pub const STORAGE_FORMAT: u32 = 2;
+/// Format 2: values carry session keys, the duplicate table payload digests. Format 3: a
+/// registration carries its client's first value and floor, the table keeps each session's
+/// nonce and the eviction watermark.
+pub const STORAGE_FORMAT: u32 = 3;
 /// The configuration in force as of the applied prefix (absent: the bootstrap one).
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 
@@ -910,8 +912,12 @@ mod tests {
         assert_eq!(state, reference.durable_state());
         assert_eq!(storage.read_history(0, 100, 100, 1 << 20).expect("read").len(), 7);
         let mut table = RequestTable::default();
-        let limits = paxos_core::Config::new(1, vec![1]).request_table;
-        table.open_session(4, [4; 16], limits);
+        // One session held: opening the second evicts the first, so the snapshot carries the
+        // eviction watermark and a session's nonce too.
+        let limits = paxos_core::TableLimits { clients_max: 1, seqs_per_client_max: 8 };
+        table.open_session(3, 0x77, [3; 16], limits);
+        table.open_session(4, 0x99, [4; 16], limits);
+        assert_eq!(table.evicted_upto(), Some(3));
         table.insert(RequestId { client_id: 4, seq: 4 }, 20, [5; 16], limits);
         let install = [PersistOp::InstallSnapshot(TruncationSnapshot {
             history_start: 20,

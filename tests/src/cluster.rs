@@ -523,7 +523,10 @@ impl Cluster {
         let mut entries = Vec::new();
         let mut next = from;
         loop {
-            let page = match client.history(next, 10_000).await {
+            // What this node holds (serializable): a linearizable read may be redirected to
+            // the leader, and must not wait for a quorum the test may have taken away.
+            let serializable = paxos_node::wire::ReadConsistency::Serializable;
+            let page = match client.history_with(next, 10_000, serializable).await {
                 Ok(page) => page,
                 Err(paxos_node::client::ClientError::Truncated { history_start, .. }) => {
                     next = history_start;

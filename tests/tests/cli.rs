@@ -54,55 +54,54 @@ async fn every_command_in_human_and_json_form() {
     let node2 = cluster.addrs[&2].clone();
 
     // Slot 0 holds the configuration that bound the bootstrap. Each paxos-cli process opens a
-    // client session through the log first (a registration slot, which history prints like a
-    // no-op), then proposes.
-    assert_eq!(stdout(&cli(&cluster, &all, &["propose", "first"])).trim(), "2");
+    // client session with its first value, in that value's entry: one slot per value.
+    assert_eq!(stdout(&cli(&cluster, &all, &["propose", "first"])).trim(), "1");
     let json: Value =
         serde_json::from_str(&stdout(&cli(&cluster, &all, &["propose", "second", "--json"]))).expect("json");
-    assert_eq!(json, serde_json::json!({ "slot": 4 }));
+    assert_eq!(json, serde_json::json!({ "slot": 2 }));
     // --endpoint before or after the command, repeated.
     let out = cluster
         .cli_command()
         .args(["--endpoint", &node2, "propose", "third", "--endpoint", &cluster.addrs[&3]])
         .output()
         .expect("run");
-    assert_eq!(stdout(&out).trim(), "6");
+    assert_eq!(stdout(&out).trim(), "3");
 
     let lines: String = (0..500).map(|i| format!("line-{i}\n")).collect();
     let out = stdout(&cli_stdin(&cluster, &all, &["propose", "--stdin"], lines.as_bytes()));
     let slots: Vec<u64> = out.lines().map(|l| l.parse().expect("slot")).collect();
-    assert_eq!(slots, (8..508).collect::<Vec<u64>>(), "one slot per input line, in input order");
+    assert_eq!(slots, (4..504).collect::<Vec<u64>>(), "one slot per input line, in input order");
     let out = stdout(&cli_stdin(&cluster, &all, &["propose", "--stdin", "--json"], b"a\nb\n"));
     let objects: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
-    assert_eq!(objects, vec![serde_json::json!({"slot": 509}), serde_json::json!({"slot": 510})]);
+    assert_eq!(objects, vec![serde_json::json!({"slot": 504}), serde_json::json!({"slot": 505})]);
 
     // history and status answer from the node asked: wait until node 2 has applied everything.
     wait_until("node 2 applies every slot", Duration::from_secs(10), || async {
-        Ok((cluster.status(2).await?.applied_upto == 511).then_some(()))
+        Ok((cluster.status(2).await?.applied_upto == 506).then_some(()))
     })
     .await
     .expect("caught up");
-    let history = stdout(&cli(&cluster, &node2, &["history", "--from", "2", "--limit", "3"]));
-    assert_eq!(history, "2\tfirst\n3\t\n4\tsecond\n");
+    let history = stdout(&cli(&cluster, &node2, &["history", "--from", "1", "--limit", "3"]));
+    assert_eq!(history, "1\tfirst\n2\tsecond\n3\tthird\n");
     let json: Value =
-        serde_json::from_str(&stdout(&cli(&cluster, &node2, &["history", "--json", "--from", "508"])))
+        serde_json::from_str(&stdout(&cli(&cluster, &node2, &["history", "--json", "--from", "503"])))
             .expect("json");
     assert_eq!(
         json,
-        serde_json::json!([{"slot": 508, "value": null}, {"slot": 509, "value": "a"}, {"slot": 510, "value": "b"}])
+        serde_json::json!([{"slot": 503, "value": "line-499"}, {"slot": 504, "value": "a"}, {"slot": 505, "value": "b"}])
     );
     let all_history = stdout(&cli(&cluster, &node2, &["history"]));
-    assert_eq!(all_history.lines().count(), 511);
+    assert_eq!(all_history.lines().count(), 506);
 
     let status = stdout(&cli(&cluster, &node2, &["status"]));
     assert!(
-        status.contains("node 2") && status.contains("leader:") && status.contains("applied up to: 511"),
+        status.contains("node 2") && status.contains("leader:") && status.contains("applied up to: 506"),
         "{status}"
     );
     let json: Value =
         serde_json::from_str(&stdout(&cli(&cluster, &node2, &["status", "--json"]))).expect("json");
     assert_eq!(json["node"], 2);
-    assert_eq!(json["applied_upto"], 511);
+    assert_eq!(json["applied_upto"], 506);
     assert_eq!(json["history_start"], 0);
     assert_eq!(json["sessions"], 5, "one session per paxos-cli process that proposed");
     assert!(json["leader"].is_u64());
@@ -148,10 +147,10 @@ async fn every_command_in_human_and_json_form() {
     // gc: human, then JSON with truncation, through whichever node (it goes to the leader).
     let out = stdout(&cli(&cluster, &node2, &["gc"]));
     assert!(out.starts_with("removed ") && out.contains("history starts at 0"), "{out}");
-    wait_until("the leader hears every member at 511", Duration::from_secs(10), || async {
+    wait_until("the leader hears every member at 506", Duration::from_secs(10), || async {
         let leader = cluster.wait_for_leader(Duration::from_secs(5)).await?;
         let status = cluster.status(leader).await?;
-        Ok(status.members.iter().all(|m| m.applied_upto == Some(511)).then_some(()))
+        Ok(status.members.iter().all(|m| m.applied_upto == Some(506)).then_some(()))
     })
     .await
     .expect("progress known");
@@ -160,7 +159,7 @@ async fn every_command_in_human_and_json_form() {
             .expect("json");
     assert_eq!(json["history_start"], 100);
     assert_eq!(json["history_entries_removed"], 100);
-    assert_eq!(json["applied_upto"], 511);
+    assert_eq!(json["applied_upto"], 506);
     // gc waits (a few seconds at most) until every member has followed the cut, and says so.
     assert_eq!(json["members_followed"], serde_json::json!([1, 2, 3]), "{json}");
     assert_eq!(json["members_not_followed"], serde_json::json!([]), "{json}");
@@ -170,14 +169,14 @@ async fn every_command_in_human_and_json_form() {
     assert_eq!(cluster.status(2).await.expect("status").history_start, 100, "node 2 followed the cut");
     assert_eq!(
         stdout(&cli(&cluster, &node2, &["history", "--from", "100", "--limit", "1"])),
-        "100\tline-92\n"
+        "100\tline-96\n"
     );
     let error = one_line_error(&cli(&cluster, &node2, &["history", "--from", "5"]));
     assert!(error.contains("truncated") && error.contains("100"), "{error}");
     // Without --from, the history starts where the node's does.
     let out = stdout(&cli(&cluster, &node2, &["history"]));
-    assert!(out.starts_with("100\tline-92\n"), "{}", &out[..out.len().min(200)]);
-    assert_eq!(out.lines().count(), 411, "slots 100..511");
+    assert!(out.starts_with("100\tline-96\n"), "{}", &out[..out.len().min(200)]);
+    assert_eq!(out.lines().count(), 406, "slots 100..506");
     // A truncation in the human form says who followed.
     let out = stdout(&cli(&cluster, &node2, &["gc", "--truncate-below", "200"]));
     assert!(out.contains("every member has truncated below 200"), "{out}");
@@ -346,9 +345,9 @@ async fn demo_starts_a_cluster_shows_it_working_and_leaves_it_running() {
         .to_owned();
     let env = [("PAXOS_ENDPOINTS", endpoints.as_str()), ("PAXOS_CERTS_DIR", certs_dir.as_str())];
     // Still running: usable with the printed endpoints.
-    // The binding configuration, 9 values and 6 session registrations so far; this process
-    // registers one more first.
-    assert_eq!(stdout(&run_cli(&env, &["propose", "more"])).trim(), "17");
+    // The binding configuration and 9 values so far, each client's first value opening its
+    // session in the same entry: this one lands at slot 10.
+    assert_eq!(stdout(&run_cli(&env, &["propose", "more"])).trim(), "10");
     // Without the demo's certificates the nodes refuse the client, in one line.
     let error = one_line_error(&run_cli(&env[..1], &["status", "--timeout-ms", "300"]));
     assert!(error.contains("certificate"), "{error}");

@@ -151,7 +151,7 @@ async fn pipeline_unread_pages(
             dial(&cluster.addrs[&node], Caller::Client, &cluster.security).await.expect("client");
         let (mut sink, stream) = connection.split();
         for id in 0..per_connection {
-            let request = Request::History { from_slot: 0, limit: 10_000 };
+            let request = Request::History { from_slot: 0, limit: 10_000, consistency: Default::default() };
             let sent =
                 tokio::time::timeout(Duration::from_millis(200), sink.send(Frame::Request { id, request }));
             if !matches!(sent.await, Ok(Ok(()))) {
@@ -338,13 +338,17 @@ async fn another_clients_session_cannot_be_used() {
     let victim = cluster.client_for(&[leader]);
     let first = victim.propose(b"GOOD-1".to_vec()).await.expect("the victim's first value");
     let (session, secret) = victim.session().await.expect("the victim's session");
-    // The session id is public: it is the slot of the registration entry, in every history.
+    // The session id is public: it is the slot of the registration entry, which holds the
+    // first value, in every history.
+    assert_eq!(session, first, "the first value opens the session in its own entry");
     let history = victim.history(0, 100).await.expect("history");
-    assert!(history.entries.iter().any(|(slot, value)| *slot == session && value.is_none()));
+    let opened = history.entries.iter().find(|(slot, _)| *slot == session);
+    assert_eq!(opened.and_then(|(_, value)| value.as_deref()), Some(&b"GOOD-1"[..]), "{history:?}");
     let attacker_secret = paxos_node::wire::new_session_secret().expect("random");
     for (seq, node) in [(2, leader), (1, leader), (2, leader % 3 + 1)] {
         let request_id = RequestId { client_id: session, seq };
-        let evil = Request::Propose { request_id, secret: attacker_secret, value: b"EVIL".to_vec() };
+        let evil =
+            Request::Propose { request_id, secret: attacker_secret, value: b"EVIL".to_vec(), floor_slot: 0 };
         let answer = ask(&cluster, node, evil).await;
         eprintln!("takeover attempt of {request_id} through node {node}: {answer:?}");
         assert!(
@@ -370,6 +374,7 @@ async fn another_clients_session_cannot_be_used() {
         request_id: RequestId { client_id: session, seq: 1 },
         secret,
         value: b"OTHER".to_vec(),
+        floor_slot: 0,
     };
     let answer = ask(&cluster, leader, reused).await;
     eprintln!("the owner's id 1 reused with another value: {answer:?}");
@@ -385,6 +390,7 @@ async fn another_clients_session_cannot_be_used() {
         request_id: RequestId { client_id: session, seq: 1 },
         secret,
         value: b"GOOD-1".to_vec(),
+        floor_slot: 0,
     };
     assert_eq!(ask(&cluster, leader, retried).await, Response::Proposed(Ok(first)));
 }
@@ -406,9 +412,12 @@ async fn pipelined_large_proposals_never_read_are_bounded_in_bytes() {
     for attacker in 0..4u64 {
         let secret = paxos_node::wire::new_session_secret().expect("random");
         let register = RequestId { client_id: RequestId::REGISTER_CLIENT_ID, seq: 0xA77AC0 + attacker };
-        let answer =
-            ask_with(&cluster, leader, Request::Propose { request_id: register, secret, value: vec![] })
-                .await;
+        let answer = ask_with(
+            &cluster,
+            leader,
+            Request::Propose { request_id: register, secret, value: vec![], floor_slot: 0 },
+        )
+        .await;
         let (Response::Proposed(Ok(session)), (sink, stream)) = answer else {
             panic!("registration: {:?}", answer.0)
         };
@@ -419,11 +428,13 @@ async fn pipelined_large_proposals_never_read_are_bounded_in_bytes() {
     let flood = attackers.into_iter().map(|(session, secret, mut sink, stream)| {
         tokio::spawn(async move {
             let mut sent = 0u64;
-            for seq in 1..=400u64 {
+            // Seq 1 is the registration's (empty) value.
+            for seq in 2..=401u64 {
                 let request = Request::Propose {
                     request_id: RequestId { client_id: session, seq },
                     secret,
                     value: vec![seq as u8; 1 << 20],
+                    floor_slot: 0,
                 };
                 let send = sink.send(Frame::Request { id: seq, request });
                 if !matches!(tokio::time::timeout(Duration::from_millis(200), send).await, Ok(Ok(()))) {

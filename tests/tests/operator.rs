@@ -269,3 +269,109 @@ async fn a_member_made_a_proposer_holds_no_accepted_records() {
     }
     assert_eq!(cluster.status(demoted).await.expect("status").accepted_records, 0);
 }
+
+/// Issue 26, item 3: each `paxos-cli propose` opens its session in the entry of its value, so
+/// N one-shot proposals write N entries and the history has no row without a value. A stream
+/// (`--stdin`) writes one entry per line too. Each process's proposal lands in the next slot,
+/// through the leader and through a follower alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_proposals_write_one_entry_each_and_history_has_no_blank_rows() {
+    let cluster = Cluster::start(3).await.expect("cluster");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let start = cluster.status(leader).await.expect("status").applied_upto;
+    let mut slots = Vec::new();
+    for index in 0..10u64 {
+        let node = if index % 2 == 0 { leader } else { follower };
+        let output = cli(&cluster, &cluster.addrs[&node], &["propose", &format!("one-shot-{index}")]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        slots.push(text(&output.stdout).trim().parse::<u64>().expect("a slot"));
+    }
+    assert_eq!(slots, (start..start + 10).collect::<Vec<_>>(), "one entry per proposal");
+    let mut child = cluster
+        .cli_command()
+        .env("PAXOS_ENDPOINTS", endpoints(&cluster))
+        .args(["propose", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"s0\ns1\ns2\n").expect("write");
+    }
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success());
+    let streamed: Vec<u64> = text(&output.stdout).lines().map(|l| l.parse().expect("slot")).collect();
+    assert_eq!(streamed, vec![start + 10, start + 11, start + 12], "a stream writes one entry per line");
+    let end = start + 13;
+    wait_until("node 1 applied every value", Duration::from_secs(10), || async {
+        Ok((cluster.status(1).await?.applied_upto >= end).then_some(()))
+    })
+    .await
+    .expect("applied");
+    assert_eq!(cluster.status(1).await.expect("status").applied_upto, end, "nothing but the values");
+    let output = cli(&cluster, &cluster.addrs[&1], &["history", "--json", "--from", &start.to_string()]);
+    let history: Value = serde_json::from_slice(&output.stdout).expect("json");
+    let values: Vec<&str> = history
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|entry| entry["value"].as_str().expect("every row holds a value"))
+        .collect();
+    let mut expected: Vec<String> = (0..10).map(|index| format!("one-shot-{index}")).collect();
+    expected.extend(["s0", "s1", "s2"].map(String::from));
+    assert_eq!(values, expected);
+}
+
+/// Issue 26, item 11: `history` is linearizable by default. A value acknowledged through the
+/// leader is in the history read right after through a follower (which has not necessarily
+/// heard the commit point yet), before and after the leader is killed with `kill -9`. The same
+/// reads with `--serializable` answer from the follower's own prefix at once; how often they
+/// miss the value is printed, not asserted (it is a race).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_sees_every_acknowledged_value_through_any_node_across_a_leader_kill() {
+    let mut cluster = Cluster::start(3).await.expect("cluster");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let mut missed_serializable = 0;
+    for round in 0..30 {
+        let reader = [1, 2, 3].into_iter().filter(|id| *id != leader).nth(round % 2).expect("a follower");
+        missed_serializable += usize::from(write_then_read(&cluster, leader, reader, round).await);
+    }
+    cluster.kill(leader).expect("kill -9 the leader");
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let new_leader =
+        cluster.wait_for_leader_among(&survivors, Duration::from_secs(10)).await.expect("a new leader");
+    let follower = survivors.iter().copied().find(|id| *id != new_leader).expect("a follower");
+    for round in 30..60 {
+        // Through either survivor (a proposal to the follower is forwarded), read through the
+        // other.
+        let (writer, reader) = if round % 2 == 0 { (new_leader, follower) } else { (follower, new_leader) };
+        missed_serializable += usize::from(write_then_read(&cluster, writer, reader, round).await);
+    }
+    eprintln!("serializable reads right after the acknowledgement that missed the value: {missed_serializable} of 60");
+    // The command line, through the follower: the last value is there.
+    let last = cli(&cluster, &cluster.addrs[&follower], &["history", "--json"]);
+    assert!(last.status.success(), "{}", text(&last.stderr));
+    assert!(text(&last.stdout).contains("written-59"), "{}", text(&last.stdout));
+}
+
+/// Proposes a value through `writer`, then reads its slot through `reader`: serializable
+/// (whether it missed the value is returned), then linearizable (which must see it).
+async fn write_then_read(cluster: &Cluster, writer: u64, reader: u64, round: usize) -> bool {
+    use paxos_node::wire::ReadConsistency;
+    let value = format!("written-{round}").into_bytes();
+    let slot = cluster.client_for(&[writer]).propose(value.clone()).await.expect("propose");
+    let reader_client = cluster.client_for(&[reader]);
+    let serializable =
+        reader_client.history_with(slot, 1, ReadConsistency::Serializable).await.expect("read");
+    let missed = serializable.entries.first() != Some(&(slot, Some(value.clone())));
+    let page = reader_client.history(slot, 1).await.expect("linearizable read");
+    assert_eq!(
+        page.entries.first(),
+        Some(&(slot, Some(value))),
+        "round {round}: node {reader} missed slot {slot}, acknowledged through node {writer}"
+    );
+    missed
+}

@@ -63,6 +63,8 @@ pub struct Node {
     pub applied: Vec<(Slot, Value)>,
     /// Every answer to a local proposal (`Ready::replies`).
     pub replies: Vec<(RequestId, Result<Slot, ProposalError>)>,
+    /// Every answer to a local read (`Ready::reads`): (request, outcome).
+    pub reads: Vec<(u64, Result<Slot, ProposalError>)>,
 }
 
 /// See `Cluster::start` for why the pre-vote is off in these schedules.
@@ -108,6 +110,7 @@ impl Cluster {
                     storage,
                     applied: Vec::new(),
                     replies: Vec::new(),
+                    reads: Vec::new(),
                 };
                 (*id, node)
             })
@@ -149,7 +152,10 @@ impl Cluster {
         let replica = Replica::recover(config, storage.durable_state(), 1000 + id);
         self.links.retain(|(from, to), _| *from != id && *to != id);
         self.dead.remove(&id);
-        self.nodes.insert(id, Node { replica, storage, applied: Vec::new(), replies: Vec::new() });
+        self.nodes.insert(
+            id,
+            Node { replica, storage, applied: Vec::new(), replies: Vec::new(), reads: Vec::new() },
+        );
     }
 
     pub fn node(&self, id: NodeId) -> &Node {
@@ -181,6 +187,7 @@ impl Cluster {
             node.replica.on_persisted(ready.number);
             node.applied.extend(ready.chosen);
             node.replies.extend(ready.replies.into_iter().map(|r| (r.request_id, r.outcome)));
+            node.reads.extend(ready.reads.into_iter().map(|r| (r.request, r.outcome)));
             for read in &ready.history_reads {
                 let entries = node.storage.read_history(
                     read.from_slot,
@@ -233,7 +240,7 @@ impl Cluster {
     }
 
     pub fn propose(&mut self, id: NodeId, request_id: RequestId, payload: &str) {
-        self.replica(id).propose(Proposal { request_id, key: [0; 16], payload: payload.as_bytes().to_vec() });
+        self.replica(id).propose(Proposal::command(request_id, [0; 16], payload.as_bytes().to_vec()));
         self.flush(id);
     }
 
@@ -241,6 +248,17 @@ impl Cluster {
     pub fn change(&mut self, id: NodeId, seq: u64, change: MembershipChange) {
         self.replica(id).change_membership(rid(u64::MAX - 1, seq), change);
         self.flush(id);
+    }
+
+    /// A client asks `id` for a linearizable read numbered `request` (answered in `reads`).
+    pub fn read(&mut self, id: NodeId, request: u64) {
+        self.replica(id).read(request);
+        self.flush(id);
+    }
+
+    /// The answer `node` gave to read `request`, if any.
+    pub fn read_answer(&self, node: NodeId, request: u64) -> Option<&Result<Slot, ProposalError>> {
+        self.node(node).reads.iter().find(|(r, _)| *r == request).map(|(_, outcome)| outcome)
     }
 
     pub fn queued(&self, from: NodeId, to: NodeId, kind: Kind) -> usize {

@@ -25,14 +25,17 @@ pub struct Checker {
     /// Values hostile or buggy clients sent under another's session or an answered id: none
     /// may ever be applied.
     hostile: BTreeSet<(RequestId, Vec<u8>)>,
-    /// Registration nonces clients sent (validity of `Register` entries).
-    registrations: BTreeSet<u64>,
+    /// Registrations clients sent, nonce -> the first value it carries (validity of
+    /// `Register` entries).
+    registrations: BTreeMap<u64, Vec<u8>>,
     /// The one value of every slot any node applied (agreement).
     history: BTreeMap<Slot, Value>,
     /// Where each request id sits in the history (exactly-once).
     request_slots: BTreeMap<RequestId, Slot>,
     /// Every acknowledgement given (durability).
     acknowledged: BTreeMap<RequestId, Slot>,
+    /// The highest slot a registration was acknowledged at.
+    registration_acknowledged_max: Option<Slot>,
     /// Highest ballot each incarnation of a node answered in a Promise or Accepted, across
     /// crashes (a wiped node's new incarnation starts from nothing, rightly).
     answered: BTreeMap<(NodeId, Incarnation), Ballot>,
@@ -52,10 +55,11 @@ impl Checker {
             contiguous_upto: 0,
             proposed: BTreeMap::new(),
             hostile: BTreeSet::new(),
-            registrations: BTreeSet::new(),
+            registrations: BTreeMap::new(),
             history: BTreeMap::new(),
             request_slots: BTreeMap::new(),
             acknowledged: BTreeMap::new(),
+            registration_acknowledged_max: None,
             answered: BTreeMap::new(),
             votes: BTreeMap::new(),
             chosen_by_votes: BTreeMap::new(),
@@ -71,8 +75,8 @@ impl Checker {
         self.hostile.insert((request_id, payload.to_vec()));
     }
 
-    pub fn on_register(&mut self, nonce: u64) {
-        self.registrations.insert(nonce);
+    pub fn on_register(&mut self, nonce: u64, payload: &[u8]) {
+        self.registrations.insert(nonce, payload.to_vec());
     }
 
     /// Promise monotonicity: an acceptor's answers never go below a ballot it answered before,
@@ -190,8 +194,8 @@ impl Checker {
         else {
             return Ok(());
         };
-        let matches =
-            applied == chosen || (*applied == Value::Noop && matches!(chosen, Value::Command { .. }));
+        let matches = applied == chosen
+            || (*applied == Value::Noop && matches!(chosen, Value::Command { .. } | Value::Register { .. }));
         if matches {
             Ok(())
         } else {
@@ -228,7 +232,7 @@ impl Checker {
                     }
                 }
             }
-            Value::Register { nonce, .. } if !self.registrations.contains(nonce) => {
+            Value::Register { nonce, payload, .. } if self.registrations.get(nonce) != Some(payload) => {
                 return Err(format!("validity: node {node} applied {value:?} at {slot}, never asked for"));
             }
             _ => {}
@@ -241,8 +245,10 @@ impl Checker {
             }
             Some(_) => {}
             None => {
-                if let Value::Command { request_id, .. } = value {
-                    if let Some(other) = self.request_slots.insert(*request_id, slot) {
+                // A registration's request id is its nonce's: its value, too, is in the log
+                // at most once.
+                if let Some(request_id) = value.request_id() {
+                    if let Some(other) = self.request_slots.insert(request_id, slot) {
                         return Err(format!("exactly-once: {request_id} chosen at slots {other} and {slot}"));
                     }
                 }
@@ -294,6 +300,7 @@ impl Checker {
 
     /// A registration was answered: its slot must hold it.
     pub fn on_registered(&mut self, nonce: u64, slot: Slot) -> Result<(), String> {
+        self.registration_acknowledged_max = self.registration_acknowledged_max.max(Some(slot));
         match self.history.get(&slot) {
             Some(Value::Register { nonce: at_slot, .. }) if *at_slot == nonce => Ok(()),
             other => Err(format!("registration {nonce:x} answered with slot {slot}, which holds {other:?}")),
@@ -336,7 +343,8 @@ impl Checker {
         self.history.len()
     }
 
+    /// The highest slot acknowledged to any client so far (commands and registrations).
     pub fn max_acknowledged_slot(&self) -> Option<Slot> {
-        self.acknowledged.values().copied().max()
+        self.acknowledged.values().copied().max().max(self.registration_acknowledged_max)
     }
 }

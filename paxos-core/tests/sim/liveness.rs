@@ -551,9 +551,12 @@ impl Simulation {
             self.probes.next += 1;
             let nonce = (PROBE_INDEX << 32) | self.probes.next;
             self.probes.outstanding.insert(nonce, (node, now));
-            self.checker.on_register(nonce);
             if let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
-                replica.propose(Proposal::register(nonce, [0; 16]));
+                let floor_slot = replica.applied_upto();
+                let proposal =
+                    Proposal::register(nonce, [0; 16], floor_slot, format!("p{nonce:x}").into_bytes());
+                self.checker.on_register(nonce, &proposal.payload);
+                replica.propose(proposal);
             }
         }
     }

@@ -309,8 +309,11 @@ struct Outstanding {
 struct SimClient {
     /// The open session, once registered.
     session: Option<u64>,
-    /// The registration in progress: (nonce, node asked, tick sent).
-    registering: Option<(u64, NodeId, u64)>,
+    /// The registration in progress: (nonce, node asked, tick sent, floor slot). A
+    /// registration carries the client's first value (see `registration`).
+    registering: Option<(u64, NodeId, u64, Slot)>,
+    /// Registrations answered Ok, (nonce, floor slot), for late retries.
+    registered: Vec<(u64, Slot)>,
     registrations: u64,
     expiries: u64,
     next_seq: u64,
@@ -363,6 +366,9 @@ pub struct Stats {
     /// Their refusals: the wrong key, the id reused, the id busy with the owner's value.
     pub hostile_refused: u64,
     pub sessions_expired: u64,
+    /// Linearizable reads served, and refused (no leader, timed out).
+    pub reads_served: u64,
+    pub reads_refused: u64,
     pub superseded_leaderships: u64,
     pub stale_accepts_refused: u64,
     /// Promises whose page of accepted records was full (the candidate asks for the next one).
@@ -410,6 +416,8 @@ impl Stats {
         self.reuses += other.reuses;
         self.hostile_refused += other.hostile_refused;
         self.sessions_expired += other.sessions_expired;
+        self.reads_served += other.reads_served;
+        self.reads_refused += other.reads_refused;
         self.superseded_leaderships += other.superseded_leaderships;
         self.stale_accepts_refused += other.stale_accepts_refused;
         self.promise_pages_cut += other.promise_pages_cut;
@@ -458,7 +466,16 @@ pub struct Simulation {
     transfers: Vec<transfer::Transfer>,
     /// The probe load of a partial-fault hold.
     probes: liveness::Probes,
+    /// Linearizable reads in progress: (node asked, request) -> the highest slot acknowledged
+    /// to any client when the read was asked, which the read must cover.
+    reads: BTreeMap<(NodeId, u64), Option<Slot>>,
+    /// Draws when and where reads are asked, apart from `rng`, so that reads do not move the
+    /// other faults of a seed.
+    read_rng: Rng,
 }
+
+/// Chance per tick, per mille, that a client asks some node for a linearizable read.
+const READ_PER_MILLE: u64 = 100;
 
 pub(crate) const CLIENT_TIMEOUT_TICKS: u64 = 80;
 /// Messages the simulated network may hold at once (see `Simulation::step`).
@@ -516,9 +533,10 @@ impl Simulation {
             .map(|_| SimClient {
                 session: None,
                 registering: None,
+                registered: Vec::new(),
                 registrations: 0,
                 expiries: 0,
-                next_seq: 1,
+                next_seq: FIRST_COMMAND_SEQ,
                 outstanding: BTreeMap::new(),
                 answered: Vec::new(),
                 done: 0,
@@ -547,6 +565,8 @@ impl Simulation {
             trace_from: std::env::var("PAXOS_SIM_TRACE_FROM").ok().and_then(|v| v.parse().ok()),
             transfers: Vec::new(),
             probes: liveness::Probes::default(),
+            reads: BTreeMap::new(),
+            read_rng: Rng::new(seed ^ 0x5EAD_5EAD),
         }
     }
 
@@ -797,6 +817,7 @@ impl Simulation {
             self.inject_compaction()?;
         }
         self.run_clients();
+        self.run_reads();
         self.run_hostile_clients();
         self.run_operator();
         self.watch_transfers();
@@ -912,6 +933,58 @@ impl Simulation {
             for reply in ready.replies {
                 self.on_reply(id, reply.request_id, reply.fingerprint, reply.outcome)?;
             }
+            for read in ready.reads {
+                self.on_read(id, read.request, read.outcome)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Now and then a client asks a random node for a linearizable read.
+    fn run_reads(&mut self) {
+        if !self.read_rng.chance(READ_PER_MILLE, 1000) {
+            return;
+        }
+        let entry_nodes =
+            if self.scenario.entry_nodes.is_empty() { &self.members } else { &self.scenario.entry_nodes };
+        let node = entry_nodes[self.read_rng.range(0, entry_nodes.len() as u64) as usize];
+        let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) else {
+            return;
+        };
+        let request = self.now;
+        self.reads.insert((node, request), self.checker.max_acknowledged_slot());
+        replica.read(request);
+    }
+
+    /// A read was answered: `Ok(read_upto)` must cover every value acknowledged before it was
+    /// asked (linearizability), and the node must have applied that far.
+    fn on_read(
+        &mut self,
+        node: NodeId,
+        request: u64,
+        outcome: Result<Slot, ProposalError>,
+    ) -> Result<(), String> {
+        let Some(acknowledged_max) = self.reads.remove(&(node, request)) else {
+            return Err(format!("node {node} answered read {request}, which nobody asked of it"));
+        };
+        match outcome {
+            Ok(read_upto) => {
+                if acknowledged_max.is_some_and(|slot| slot >= read_upto) {
+                    return Err(format!(
+                        "linearizability: node {node} served read {request} up to slot {read_upto}, but slot {} was \
+                         acknowledged before the read was asked",
+                        acknowledged_max.unwrap_or_default()
+                    ));
+                }
+                let applied = self.nodes[&node].replica.as_ref().map_or(0, |r| r.applied_upto());
+                if applied < read_upto {
+                    return Err(format!(
+                        "node {node} served read {request} up to slot {read_upto} having applied below {applied}"
+                    ));
+                }
+                self.stats.reads_served += 1;
+            }
+            Err(_) => self.stats.reads_refused += 1,
         }
         Ok(())
     }
@@ -991,9 +1064,9 @@ impl Simulation {
                         client.expiries += 1;
                         if client.expiries >= CLIENT_SESSION_EXPIRIES_MAX {
                             // Give up: what is outstanding still settles (or is dropped here).
-                            let unissued = self.scenario.requests_per_client + 1 - client.next_seq;
-                            client.done += unissued + client.outstanding.len() as u64;
-                            client.next_seq = self.scenario.requests_per_client + 1;
+                            let end = self.scenario.requests_per_client + FIRST_COMMAND_SEQ;
+                            client.done += end - client.next_seq + client.outstanding.len() as u64;
+                            client.next_seq = end;
                             client.outstanding.clear();
                         }
                     }
@@ -1030,17 +1103,40 @@ impl Simulation {
         match outcome {
             Ok(slot) => {
                 self.checker.on_registered(nonce, slot)?;
-                if client.registering.is_some_and(|(n, _, _)| n == nonce) {
-                    client.registering = None;
-                    client.session = Some(slot);
-                    self.session_owner.insert(slot, index);
+                if let Some((n, _, _, floor_slot)) = client.registering {
+                    if n == nonce {
+                        client.registering = None;
+                        client.session = Some(slot);
+                        client.registered.push((nonce, floor_slot));
+                        self.session_owner.insert(slot, index);
+                    }
                 }
             }
             Err(error) if error.is_retryable() => {
-                if let Some((n, asked, sent)) = client.registering.as_mut() {
+                if let Some((n, asked, sent, _)) = client.registering.as_mut() {
                     if *n == nonce && *asked == node {
                         *sent = 0;
                     }
+                }
+            }
+            // A late retry of a registration answered long ago: its session may have left its
+            // first request behind, or be gone.
+            Err(ProposalError::RequestExpired(_) | ProposalError::RegistrationExpired { .. })
+                if client.registered.iter().any(|(n, _)| *n == nonce) =>
+            {
+                self.stats.sessions_expired += 1;
+            }
+            Err(ProposalError::RegistrationExpired { .. }) => {
+                // Sessions opened since the first attempt may have evicted the one it opened:
+                // its outcome is unknown (the checker verifies it is in the log at most once).
+                // Expected only with a table smaller than the load.
+                if self.scenario.small_table.is_none() {
+                    return Err(format!("registration {nonce:x} refused as expired with a large table"));
+                }
+                if client.registering.is_some_and(|(n, ..)| n == nonce) {
+                    // A new registration, with its own nonce and value.
+                    client.registering = None;
+                    self.stats.sessions_expired += 1;
                 }
             }
             Err(error) => return Err(format!("registration {nonce:x} refused: {error}")),
@@ -1056,37 +1152,43 @@ impl Simulation {
 
     fn run_clients(&mut self) {
         for index in 0..self.clients.len() {
-            let finished = self.clients[index].next_seq > self.scenario.requests_per_client
+            let finished = self.clients[index].next_seq
+                >= self.scenario.requests_per_client + FIRST_COMMAND_SEQ
                 && self.clients[index].outstanding.is_empty();
             // A session first: register (again, after an expiry), retrying on silence.
             if self.clients[index].session.is_none() && !finished {
                 let timeout = CLIENT_TIMEOUT_TICKS.max(6 * self.scenario.faults.delay_ticks_max);
                 let stale = match self.clients[index].registering {
                     None => true,
-                    Some((_, _, sent)) => sent == 0 || self.now.saturating_sub(sent) >= timeout,
+                    Some((_, _, sent, _)) => sent == 0 || self.now.saturating_sub(sent) >= timeout,
                 };
                 if stale {
                     let node = self.entry_node();
+                    // What the node a client first talks to has applied: a real client learns
+                    // it from the node's Welcome before it sends anything.
+                    let applied = self.nodes[&node].replica.as_ref().map_or(0, |r| r.applied_upto());
                     let client = &mut self.clients[index];
-                    // A retry keeps its nonce; a new registration (after an expiry) gets one.
-                    let nonce = match client.registering {
-                        Some((nonce, _, _)) => nonce,
+                    // A retry keeps its nonce and floor (and value); a new registration (after
+                    // an expiry) draws its own.
+                    let (nonce, floor_slot) = match client.registering {
+                        Some((nonce, _, _, floor_slot)) => (nonce, floor_slot),
                         None => {
                             client.registrations += 1;
-                            ((index as u64) << 32) | client.registrations
+                            (((index as u64) << 32) | client.registrations, applied)
                         }
                     };
-                    client.registering = Some((nonce, node, self.now));
-                    self.checker.on_register(nonce);
+                    client.registering = Some((nonce, node, self.now, floor_slot));
+                    let proposal = registration(index, nonce, floor_slot);
+                    self.checker.on_register(nonce, &proposal.payload);
                     if let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
-                        replica.propose(Proposal::register(nonce, client_key(index)));
+                        replica.propose(proposal);
                     }
                 }
             }
             // New requests up to the window.
             while let Some(session) = self.clients[index].session {
                 let client = &self.clients[index];
-                let issued = client.next_seq - 1;
+                let issued = client.next_seq - FIRST_COMMAND_SEQ;
                 if client.outstanding.len() as u64 >= self.scenario.client_window
                     || issued >= self.scenario.requests_per_client
                     || (issued > 0 && self.now < client.last_issue_tick + self.scenario.request_gap_ticks)
@@ -1131,6 +1233,20 @@ impl Simulation {
                 self.stats.late_retries += 1;
                 self.propose_to(node, request_id);
             }
+            // A late retry of a registration answered long ago (the client's first value): a
+            // duplicate while its session is held, refused once it may have been evicted.
+            if !self.healed
+                && !self.clients[index].registered.is_empty()
+                && self.rng.chance(self.scenario.faults.late_retry_per_mille, 1000)
+            {
+                let registered = &self.clients[index].registered;
+                let (nonce, floor_slot) = registered[self.rng.range(0, registered.len() as u64) as usize];
+                let node = self.entry_node();
+                self.stats.late_retries += 1;
+                if let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
+                    replica.propose(registration(index, nonce, floor_slot));
+                }
+            }
         }
     }
 
@@ -1154,7 +1270,7 @@ impl Simulation {
     fn owners_proposal(&self, request_id: RequestId) -> Option<Proposal> {
         let owner = *self.session_owner.get(&request_id.client_id)?;
         let payload = format!("c{}-{}", request_id.client_id, request_id.seq).into_bytes();
-        Some(Proposal { request_id, key: client_key(owner), payload })
+        Some(Proposal::command(request_id, client_key(owner), payload))
     }
 
     /// Hostile and buggy clients (see `Faults::hijack_per_mille`, `Faults::reuse_per_mille`):
@@ -1178,7 +1294,7 @@ impl Simulation {
             self.stats.hijacks += 1;
             let node = self.entry_node();
             if let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
-                replica.propose(Proposal { request_id, key, payload });
+                replica.propose(Proposal::command(request_id, key, payload));
             }
         }
         if reuse > 0 && self.rng.chance(reuse, 1000) {
@@ -1196,7 +1312,7 @@ impl Simulation {
             self.stats.reuses += 1;
             let node = self.entry_node();
             if let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) {
-                replica.propose(Proposal { request_id, key: client_key(owner), payload });
+                replica.propose(Proposal::command(request_id, client_key(owner), payload));
             }
         }
     }
@@ -1385,6 +1501,16 @@ impl Simulation {
 
 /// The session key of client `index` (the digest of its secret): distinct per client, and never
 /// the key a hostile client guesses.
+/// The seq of a client's first command in a session: seq 1 is the value its registration
+/// carried ([`RequestId::FIRST_SEQ`]).
+const FIRST_COMMAND_SEQ: u64 = RequestId::FIRST_SEQ + 1;
+
+/// Client `index`'s registration `nonce`, with its first value (distinct per nonce, so the
+/// checker can tell them apart).
+fn registration(index: usize, nonce: u64, floor_slot: Slot) -> Proposal {
+    Proposal::register(nonce, client_key(index), floor_slot, format!("r{nonce:x}").into_bytes())
+}
+
 fn client_key(index: usize) -> paxos_core::Digest {
     let mut key = [0x11; 16];
     key[..8].copy_from_slice(&(index as u64 + 1).to_le_bytes());

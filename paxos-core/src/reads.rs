@@ -1,0 +1,327 @@
+//! Linearizable reads: the read index (the Raft dissertation's §6.4, for a Multi-Paxos log).
+//!
+//! A read must see every value acknowledged before it was asked. A replica's own applied prefix
+//! may lag (a follower hears the commit point a heartbeat later), and a leader's may be stale (a
+//! leader cut off from the others may not know it was deposed). So a read asks the leader for a
+//! *read index*: the leader takes its next free slot when the read arrives (every slot below it
+//! is chosen, in flight, or recovered by its phase 1), then confirms it still leads with a
+//! heartbeat round sent after the read arrived, acknowledged in its ballot by a quorum of
+//! voters. The replica that asked serves the read once its applied prefix reaches the index.
+//!
+//! # Correctness
+//! A value acknowledged before the read arrived at the leader was chosen at a slot below that
+//! leader's next slot, unless a higher ballot chose it; a higher ballot needs promises from a
+//! quorum, given before the acknowledgement (promises are durable and never go back), and that
+//! quorum meets the quorum whose acknowledgements of the round confirm the read, each sent
+//! after the read arrived, in the leader's ballot: an acceptor that promised a higher ballot
+//! answers with a Nack instead. So a confirmed leader's index covers every acknowledged value.
+//! Acknowledgements of an earlier round do not count: they may have left before the read
+//! arrived, from an acceptor that has promised a new leader since (mutant
+//! `read-confirmed-by-an-earlier-round`).
+
+use crate::message::{Message, ProposalError};
+use crate::replica::{Replica, Role};
+use crate::types::{Ballot, NodeId, Slot};
+use std::collections::BTreeMap;
+
+/// Reads a replica holds at once (waiting for a round, forwarded, waiting to apply): past it a
+/// read is refused as overloaded.
+pub const READS_PENDING_MAX: usize = 4096;
+
+/// The answer to a local read, in [`crate::Ready::reads`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadReply {
+    /// The number the caller gave the read (see [`Replica::read`]).
+    pub request: u64,
+    /// `Ok(read_upto)`: this replica has applied every slot below `read_upto`, which covers
+    /// every value acknowledged before the read was asked; serve the read from the history as
+    /// written. `Err`: retryable (no leader known, timed out, overloaded).
+    pub outcome: Result<Slot, ProposalError>,
+}
+
+/// Who asked a leader for a read index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadOrigin {
+    Local(u64),
+    Remote(NodeId, u64),
+}
+
+/// A read waiting at the leader for a quorum to acknowledge `round`.
+#[derive(Clone, Debug)]
+struct Confirming {
+    round: u64,
+    read_upto: Slot,
+    origin: ReadOrigin,
+    deadline_tick: u64,
+}
+
+/// The reads a replica holds, as a leader (confirming) and as the replica a client asked
+/// (forwarded to the leader, then waiting for the applied prefix).
+///
+/// Bounded: at most [`READS_PENDING_MAX`] reads in all, each with a deadline.
+#[derive(Debug, Default)]
+pub(crate) struct Reads {
+    /// The round the leader's heartbeats carry; acknowledgements echo it. A read waits for a
+    /// round sent after it arrived.
+    round: u64,
+    /// A read waits for a round not sent yet: one round is in flight at a time, so reads that
+    /// arrive meanwhile share the next.
+    round_due: bool,
+    /// The ballot `acked` counts in.
+    acked_ballot: Ballot,
+    /// The highest round each member acknowledged in `acked_ballot`.
+    acked: BTreeMap<NodeId, u64>,
+    confirming: Vec<Confirming>,
+    /// Reads forwarded to a leader: request -> (leader, deadline tick).
+    forwarded: BTreeMap<u64, (NodeId, u64)>,
+    /// Reads whose index is known, waiting for the applied prefix: (request, read_upto,
+    /// deadline tick).
+    waiting: Vec<(u64, Slot, u64)>,
+}
+
+impl Reads {
+    /// The round the leader's next heartbeat carries.
+    pub(crate) fn round(&self) -> u64 {
+        self.round
+    }
+
+    fn pending(&self) -> usize {
+        self.confirming.len() + self.forwarded.len() + self.waiting.len()
+    }
+
+    /// A heartbeat goes out now on its own timer: it carries the round a read waits for, if
+    /// one does.
+    pub(crate) fn start_due_round(&mut self) {
+        if self.round_due {
+            self.round_due = false;
+            self.round += 1;
+        }
+    }
+
+    /// `from` acknowledged `round` in `ballot`.
+    fn note_ack(&mut self, ballot: Ballot, from: NodeId, round: u64) {
+        if ballot != self.acked_ballot {
+            self.acked_ballot = ballot;
+            self.acked.clear();
+        }
+        let acked = self.acked.entry(from).or_default();
+        *acked = (*acked).max(round);
+    }
+}
+
+impl Replica {
+    /// Asks for a linearizable read, numbered `request` by the caller (numbers must be unique
+    /// among the reads in progress). Answered in a later [`crate::Ready::reads`] once this
+    /// replica has applied far enough to serve it, or with a retryable error.
+    pub fn read(&mut self, request: u64) {
+        if self.reads.pending() >= READS_PENDING_MAX {
+            self.answer_read(ReadOrigin::Local(request), Err(ProposalError::Overloaded));
+            return;
+        }
+        if self.is_leader() {
+            self.leader_read(ReadOrigin::Local(request));
+            return;
+        }
+        match self.leader_hint {
+            Some(leader) if leader != self.config.id => {
+                let deadline_tick = self.tick_now + self.config.forward_timeout_ticks;
+                self.reads.forwarded.insert(request, (leader, deadline_tick));
+                self.send(leader, Message::ReadIndex { request });
+            }
+            _ => self
+                .answer_read(ReadOrigin::Local(request), Err(ProposalError::NotLeader { leader_hint: None })),
+        }
+    }
+
+    pub(crate) fn on_read_index(&mut self, from: NodeId, request: u64) {
+        let origin = ReadOrigin::Remote(from, request);
+        if !self.is_leader() {
+            let leader_hint = self.leader_hint.filter(|leader| *leader != from);
+            self.answer_read(origin, Err(ProposalError::NotLeader { leader_hint }));
+        } else if self.reads.pending() >= READS_PENDING_MAX {
+            self.answer_read(origin, Err(ProposalError::Overloaded));
+        } else {
+            self.leader_read(origin);
+        }
+    }
+
+    pub(crate) fn on_read_index_reply(
+        &mut self,
+        from: NodeId,
+        request: u64,
+        outcome: Result<Slot, ProposalError>,
+    ) {
+        if self.reads.forwarded.get(&request).is_none_or(|(leader, _)| *leader != from) {
+            return;
+        }
+        self.reads.forwarded.remove(&request);
+        match outcome {
+            Ok(read_upto) => {
+                let deadline_tick = self.tick_now + self.config.forward_timeout_ticks;
+                self.reads.waiting.push((request, read_upto, deadline_tick));
+            }
+            Err(error) => self.answer_read(ReadOrigin::Local(request), Err(error)),
+        }
+    }
+
+    /// A read reached the leader: its index is the next free slot, confirmed by the next round.
+    fn leader_read(&mut self, origin: ReadOrigin) {
+        let Role::Leader(leader) = &self.role else { unreachable!("leader_read on a non-leader") };
+        let read_upto = leader.next_slot;
+        let reads = &mut self.reads;
+        let in_flight = reads.confirming.iter().any(|read| read.round == reads.round);
+        let send_now = !reads.round_due && !in_flight;
+        if send_now {
+            reads.round += 1;
+        } else {
+            reads.round_due = true;
+        }
+        let round = reads.round + u64::from(!send_now);
+        let deadline_tick = self.tick_now + self.config.forward_timeout_ticks;
+        reads.confirming.push(Confirming { round, read_upto, origin, deadline_tick });
+        if send_now {
+            self.broadcast_heartbeat();
+        }
+        self.confirm_reads();
+    }
+
+    /// A heartbeat of the leader's ballot to every member, carrying the current round.
+    pub(crate) fn broadcast_heartbeat(&mut self) {
+        let applied_upto = self.learner.applied_upto();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        leader.announced_commit = applied_upto;
+        leader.last_heartbeat_tick = self.tick_now;
+        let heartbeat = Message::Heartbeat {
+            ballot: leader.ballot,
+            commit_upto: applied_upto,
+            history_start: self.learner.history_start(),
+            round: self.reads.round,
+        };
+        self.broadcast(heartbeat);
+    }
+
+    /// `from` acknowledged a heartbeat of `round` in `ballot`.
+    pub(crate) fn read_round_acked(&mut self, from: NodeId, ballot: Ballot, round: u64) {
+        if matches!(&self.role, Role::Leader(leader) if leader.ballot == ballot) {
+            self.reads.note_ack(ballot, from, round);
+            self.confirm_reads();
+        }
+    }
+
+    /// Answers the reads whose round a quorum of voters acknowledged, and starts the next
+    /// round if reads wait for it.
+    fn confirm_reads(&mut self) {
+        let Role::Leader(leader) = &self.role else {
+            return;
+        };
+        if self.reads.confirming.is_empty() {
+            return;
+        }
+        let membership = self.learner.membership();
+        let mut rounds: Vec<u64> = if self.reads.acked_ballot == leader.ballot {
+            self.reads
+                .acked
+                .iter()
+                .filter(|(node, _)| **node != self.config.id && membership.votes(**node))
+                .map(|(_, round)| *round)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if self.can_vote() {
+            // The leader holds its own promise of its ballot for every round.
+            rounds.push(u64::MAX);
+        }
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum = membership.quorum();
+        let Some(&confirmed) = rounds.get(quorum.saturating_sub(1)) else {
+            return;
+        };
+        let (done, waiting): (Vec<Confirming>, Vec<Confirming>) =
+            std::mem::take(&mut self.reads.confirming).into_iter().partition(|read| read.round <= confirmed);
+        self.reads.confirming = waiting;
+        for read in done {
+            self.answer_read_index(read.origin, read.read_upto);
+        }
+        if self.reads.round_due && self.reads.confirming.iter().all(|read| read.round > self.reads.round) {
+            self.reads.start_due_round();
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// A confirmed read index: a local read waits for this replica's applied prefix, a
+    /// remote one goes back to the replica that asked.
+    fn answer_read_index(&mut self, origin: ReadOrigin, read_upto: Slot) {
+        match origin {
+            ReadOrigin::Local(request) => {
+                let deadline_tick = self.tick_now + self.config.forward_timeout_ticks;
+                self.reads.waiting.push((request, read_upto, deadline_tick));
+            }
+            ReadOrigin::Remote(..) => self.answer_read(origin, Ok(read_upto)),
+        }
+    }
+
+    fn answer_read(&mut self, origin: ReadOrigin, outcome: Result<Slot, ProposalError>) {
+        match origin {
+            ReadOrigin::Local(request) => self.ready.reads.push(ReadReply { request, outcome }),
+            ReadOrigin::Remote(node, request) => {
+                self.send(node, Message::ReadIndexReply { request, outcome })
+            }
+        }
+    }
+
+    /// Answers the reads the applied prefix now covers, and those past their deadline.
+    pub(crate) fn release_reads(&mut self) {
+        if self.reads.pending() == 0 {
+            return;
+        }
+        let applied_upto = self.learner.applied_upto();
+        let now = self.tick_now;
+        let mut answers = Vec::new();
+        self.reads.waiting.retain(|(request, read_upto, deadline_tick)| {
+            if *read_upto <= applied_upto {
+                answers.push((ReadOrigin::Local(*request), Ok(*read_upto)));
+            } else if now > *deadline_tick {
+                answers.push((ReadOrigin::Local(*request), Err(ProposalError::Timeout)));
+            } else {
+                return true;
+            }
+            false
+        });
+        self.reads.forwarded.retain(|request, (_, deadline_tick)| {
+            let late = now > *deadline_tick;
+            if late {
+                answers.push((ReadOrigin::Local(*request), Err(ProposalError::Timeout)));
+            }
+            !late
+        });
+        self.reads.confirming.retain(|read| {
+            let late = now > read.deadline_tick;
+            if late {
+                answers.push((read.origin, Err(ProposalError::Timeout)));
+            }
+            !late
+        });
+        for (origin, outcome) in answers {
+            self.answer_read(origin, outcome);
+        }
+    }
+
+    /// This leadership ended: its reads cannot be confirmed any more (retryable).
+    pub(crate) fn fail_confirming_reads(&mut self, leader_hint: Option<NodeId>) {
+        for read in std::mem::take(&mut self.reads.confirming) {
+            self.answer_read(read.origin, Err(ProposalError::NotLeader { leader_hint }));
+        }
+        self.reads.round_due = false;
+    }
+
+    /// This replica follows another leader: the reads it forwarded to the previous one may be
+    /// lost with it (retryable; an answer that still comes is ignored).
+    pub(crate) fn fail_forwarded_reads(&mut self, leader_hint: Option<NodeId>) {
+        for request in std::mem::take(&mut self.reads.forwarded).into_keys() {
+            self.answer_read(ReadOrigin::Local(request), Err(ProposalError::NotLeader { leader_hint }));
+        }
+    }
+}
