@@ -96,6 +96,7 @@ impl Replica {
             Role::Candidate(_) | Role::Follower => {}
         }
         self.fail_leader_work(None);
+        self.fail_confirming_reads(None);
         self.fail_forwarded(None);
         let ballot = Ballot::new(round, self.config.id);
         self.ready.events.push(Event::BecameCandidate { ballot, reason });
@@ -1185,6 +1186,30 @@ mod tests {
             ),
             "{answers:?}"
         );
+    }
+
+    /// Two values under one request id at the leader at once (a client that reuses an id, or
+    /// one that names a session it does not own before its owner's value is applied): the
+    /// second is refused as busy, never given the first one's answer.
+    #[test]
+    fn a_second_value_under_an_id_in_flight_at_the_leader_is_refused_as_busy() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let client = cluster.session(leader);
+        let (first, second) = (proposal(client, 1, "first"), proposal(client, 1, "second"));
+        cluster.node(leader).propose(first.clone());
+        cluster.node(leader).propose(second.clone());
+        cluster.settle();
+        let answers = |fingerprint| -> Vec<Result<crate::Slot, ProposalError>> {
+            cluster
+                .replies
+                .iter()
+                .filter(|(_, r)| r.fingerprint == fingerprint)
+                .map(|(_, r)| r.outcome.clone())
+                .collect()
+        };
+        assert!(matches!(answers(first.fingerprint())[..], [Ok(_)]), "{:?}", cluster.replies);
+        assert_eq!(answers(second.fingerprint()), vec![Err(ProposalError::RequestIdBusy(second.request_id))]);
     }
 
     /// The window is bounded in bytes: with room for one large value, the leader has one slot

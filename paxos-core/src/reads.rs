@@ -46,9 +46,11 @@ enum ReadOrigin {
     Remote(NodeId, u64),
 }
 
-/// A read waiting at the leader for a quorum to acknowledge `round`.
+/// A read waiting at the leader for a quorum to acknowledge `round` in `ballot`.
 #[derive(Clone, Debug)]
 struct Confirming {
+    /// The leadership that took the index: only its own acknowledgements confirm it.
+    ballot: Ballot,
     round: u64,
     read_upto: Slot,
     origin: ReadOrigin,
@@ -72,8 +74,15 @@ pub(crate) struct Reads {
     /// The highest round each member acknowledged in `acked_ballot`.
     acked: BTreeMap<NodeId, u64>,
     confirming: Vec<Confirming>,
-    /// Reads forwarded to a leader: request -> (leader, deadline tick).
-    forwarded: BTreeMap<u64, (NodeId, u64)>,
+    /// Reads forwarded to a leader, by the number the `ReadIndex` carried: (the caller's
+    /// request, leader, deadline tick).
+    forwarded: BTreeMap<u64, (u64, NodeId, u64)>,
+    /// Numbers `ReadIndex` messages: drawn at random once per replica (so per boot), then
+    /// counted up. A caller's request numbers may repeat across restarts (a driver counts from
+    /// 0 each time), and an answer to a read of an earlier life, still in flight, must not
+    /// answer a new read with the same number (found by a review: it answered a read with
+    /// an index taken before a value the read must see was acknowledged).
+    next_forward: Option<u64>,
     /// Reads whose index is known, waiting for the applied prefix: (request, read_upto,
     /// deadline tick).
     waiting: Vec<(u64, Slot, u64)>,
@@ -125,8 +134,10 @@ impl Replica {
         match self.leader_hint {
             Some(leader) if leader != self.config.id => {
                 let deadline_tick = self.tick_now + self.config.forward_timeout_ticks;
-                self.reads.forwarded.insert(request, (leader, deadline_tick));
-                self.send(leader, Message::ReadIndex { request });
+                let number = self.reads.next_forward.unwrap_or_else(|| self.rng.next_u64());
+                self.reads.next_forward = Some(number.wrapping_add(1));
+                self.reads.forwarded.insert(number, (request, leader, deadline_tick));
+                self.send(leader, Message::ReadIndex { request: number });
             }
             _ => self
                 .answer_read(ReadOrigin::Local(request), Err(ProposalError::NotLeader { leader_hint: None })),
@@ -148,13 +159,15 @@ impl Replica {
     pub(crate) fn on_read_index_reply(
         &mut self,
         from: NodeId,
-        request: u64,
+        number: u64,
         outcome: Result<Slot, ProposalError>,
     ) {
-        if self.reads.forwarded.get(&request).is_none_or(|(leader, _)| *leader != from) {
+        if self.reads.forwarded.get(&number).is_none_or(|(_, leader, _)| *leader != from) {
             return;
         }
-        self.reads.forwarded.remove(&request);
+        let Some((request, ..)) = self.reads.forwarded.remove(&number) else {
+            return;
+        };
         match outcome {
             Ok(read_upto) => {
                 let deadline_tick = self.tick_now + self.config.forward_timeout_ticks;
@@ -165,9 +178,20 @@ impl Replica {
     }
 
     /// A read reached the leader: its index is the next free slot, confirmed by the next round.
+    ///
+    /// # Correctness
+    /// Not while a configuration entry of this leadership is in flight: a phase 1 stops at the
+    /// first configuration entry it recovers (the leadership ends once it is applied, see
+    /// `propose_membership`), so `next_slot` may lie below slots the next configuration has
+    /// chosen already (found by a review). The read is refused as `ChangeInProgress`
+    /// (retryable); the next leadership answers it.
     fn leader_read(&mut self, origin: ReadOrigin) {
         let Role::Leader(leader) = &self.role else { unreachable!("leader_read on a non-leader") };
-        let read_upto = leader.next_slot;
+        if leader.config_slot.is_some() {
+            self.answer_read(origin, Err(ProposalError::ChangeInProgress));
+            return;
+        }
+        let (read_upto, ballot) = (leader.next_slot, leader.ballot);
         let reads = &mut self.reads;
         let in_flight = reads.confirming.iter().any(|read| read.round == reads.round);
         let send_now = !reads.round_due && !in_flight;
@@ -178,7 +202,7 @@ impl Replica {
         }
         let round = reads.round + u64::from(!send_now);
         let deadline_tick = self.tick_now + self.config.forward_timeout_ticks;
-        reads.confirming.push(Confirming { round, read_upto, origin, deadline_tick });
+        reads.confirming.push(Confirming { ballot, round, read_upto, origin, deadline_tick });
         if send_now {
             self.broadcast_heartbeat();
         }
@@ -239,8 +263,10 @@ impl Replica {
         let Some(&confirmed) = rounds.get(quorum.saturating_sub(1)) else {
             return;
         };
-        let (done, waiting): (Vec<Confirming>, Vec<Confirming>) =
-            std::mem::take(&mut self.reads.confirming).into_iter().partition(|read| read.round <= confirmed);
+        let ballot = leader.ballot;
+        let (done, waiting): (Vec<Confirming>, Vec<Confirming>) = std::mem::take(&mut self.reads.confirming)
+            .into_iter()
+            .partition(|read| read.round <= confirmed && read.ballot == ballot);
         self.reads.confirming = waiting;
         for read in done {
             self.answer_read_index(read.origin, read.read_upto);
@@ -290,7 +316,7 @@ impl Replica {
             }
             false
         });
-        self.reads.forwarded.retain(|request, (_, deadline_tick)| {
+        self.reads.forwarded.retain(|_, (request, _, deadline_tick)| {
             let late = now > *deadline_tick;
             if late {
                 answers.push((ReadOrigin::Local(*request), Err(ProposalError::Timeout)));
@@ -320,8 +346,60 @@ impl Replica {
     /// This replica follows another leader: the reads it forwarded to the previous one may be
     /// lost with it (retryable; an answer that still comes is ignored).
     pub(crate) fn fail_forwarded_reads(&mut self, leader_hint: Option<NodeId>) {
-        for request in std::mem::take(&mut self.reads.forwarded).into_keys() {
+        for (request, ..) in std::mem::take(&mut self.reads.forwarded).into_values() {
             self.answer_read(ReadOrigin::Local(request), Err(ProposalError::NotLeader { leader_hint }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_support::Cluster;
+    use crate::{MemberRole, MembershipChange, ProposalError, ReadReply};
+
+    /// A read is answered once a round sent after it arrived is acknowledged by a quorum, with
+    /// the leader's next slot as its index; reads that arrive while a round is in flight share
+    /// the next one.
+    #[test]
+    fn reads_at_the_leader_share_rounds_and_wait_for_a_quorum() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let next_slot = cluster.node(leader).applied_upto();
+        let round = cluster.node(leader).reads.round();
+        cluster.node(leader).read(1);
+        cluster.node(leader).read(2);
+        cluster.node(leader).read(3);
+        assert_eq!(cluster.node(leader).reads.round(), round + 1, "one round in flight, the rest wait");
+        cluster.settle();
+        let answers: Vec<&ReadReply> = cluster.reads.iter().map(|(_, read)| read).collect();
+        assert_eq!(answers.len(), 3, "{answers:?}");
+        assert!(answers.iter().all(|read| read.outcome == Ok(next_slot)), "{answers:?}");
+        assert_eq!(cluster.node(leader).reads.round(), round + 2, "the waiting reads took one more round");
+    }
+
+    /// A read whose index one leadership took is never confirmed by another's acknowledgements:
+    /// between the two, another leader may have chosen values the index does not cover. Here the
+    /// leader takes a read, its round is lost, then it applies a configuration change and
+    /// campaigns again: the read is refused (retryable), not served in the new ballot.
+    #[test]
+    fn a_read_does_not_outlive_the_leadership_that_took_its_index() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let ballot = cluster.node(leader).status().own_ballot;
+        cluster.node(leader).read(1);
+        // The round's heartbeats are lost.
+        let _ = cluster.node(leader).take_ready_persisted();
+        // Node 4 never runs: what is sent to it is lost.
+        cluster.down = vec![4];
+        let add = MembershipChange::Add { id: 4, address: "n4:1".into(), role: MemberRole::Learner };
+        cluster.node(leader).change_membership(crate::test_support::proposal(9, 1, "").request_id, add);
+        cluster.settle();
+        assert!(cluster.node(leader).is_leader(), "the leader leads again");
+        assert_ne!(cluster.node(leader).status().own_ballot, ballot, "in a new ballot");
+        let answers: Vec<&ReadReply> = cluster.reads.iter().map(|(_, read)| read).collect();
+        assert!(
+            matches!(answers[..], [ReadReply { request: 1, outcome: Err(ProposalError::NotLeader { .. }) }]),
+            "{answers:?}"
+        );
     }
 }

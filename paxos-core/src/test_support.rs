@@ -38,6 +38,8 @@ pub(crate) struct Cluster {
     pub(crate) down: Vec<u64>,
     pub(crate) deaf: Vec<u64>,
     pub(crate) replies: Vec<(u64, crate::Reply)>,
+    /// Answers to local reads, with the node that gave them.
+    pub(crate) reads: Vec<(u64, crate::ReadReply)>,
     queue: VecDeque<Envelope>,
     /// Sessions opened by [`Cluster::session`], which numbers their nonces.
     sessions_opened: u64,
@@ -52,6 +54,7 @@ impl Cluster {
             down: Vec::new(),
             deaf: Vec::new(),
             replies: Vec::new(),
+            reads: Vec::new(),
             queue: VecDeque::new(),
             sessions_opened: 0,
         }
@@ -76,6 +79,7 @@ impl Cluster {
             down: Vec::new(),
             deaf: Vec::new(),
             replies: Vec::new(),
+            reads: Vec::new(),
             queue: VecDeque::new(),
             sessions_opened: 0,
         }
@@ -107,6 +111,7 @@ impl Cluster {
                 self.queue.extend(ready.messages);
                 self.queue.extend(ready.persisted_messages);
                 self.replies.extend(ready.replies.into_iter().map(|r| (id, r)));
+                self.reads.extend(ready.reads.into_iter().map(|r| (id, r)));
             }
             let Some(envelope) = self.queue.pop_front() else {
                 if self.replicas.values_mut().all(|r| r.take_ready_is_idle()) {

@@ -472,6 +472,10 @@ pub struct Simulation {
     /// Draws when and where reads are asked, apart from `rng`, so that reads do not move the
     /// other faults of a seed.
     read_rng: Rng,
+    /// Reads asked of each node since it last started: numbers its reads from 1 in each life,
+    /// as the node's driver does, so an answer from an earlier life may meet a new read with
+    /// the same number (a review found that confusion).
+    reads_asked: BTreeMap<NodeId, u64>,
 }
 
 /// Chance per tick, per mille, that a client asks some node for a linearizable read.
@@ -567,6 +571,7 @@ impl Simulation {
             probes: liveness::Probes::default(),
             reads: BTreeMap::new(),
             read_rng: Rng::new(seed ^ 0x5EAD_5EAD),
+            reads_asked: BTreeMap::new(),
         }
     }
 
@@ -951,7 +956,9 @@ impl Simulation {
         let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) else {
             return;
         };
-        let request = self.now;
+        let asked = self.reads_asked.entry(node).or_default();
+        *asked += 1;
+        let request = *asked;
         self.reads.insert((node, request), self.checker.max_acknowledged_slot());
         replica.read(request);
     }
@@ -1496,6 +1503,9 @@ impl Simulation {
         node.restart_at = None;
         let durable = node.storage.durable_state();
         node.replica = Some(Replica::recover(config, durable, seed));
+        // A new life: its reads are numbered from 1 again, and those of the last are lost.
+        self.reads_asked.remove(&id);
+        self.reads.retain(|(asked, _), _| *asked != id);
     }
 }
 
