@@ -18,6 +18,13 @@
 //! Acknowledgements of an earlier round do not count: they may have left before the read
 //! arrived, from an acceptor that has promised a new leader since (mutant
 //! `read-confirmed-by-an-earlier-round`).
+//!
+//! Two more conditions, both found by a review (`tests/reads_review.rs`): the index is taken
+//! only by a leadership with no configuration entry of its own in flight (a phase 1 stops at the
+//! first configuration entry it recovers, so `next_slot` may lie below slots the next
+//! configuration chose), and only acknowledgements in the ballot that took the index confirm
+//! it: a read does not outlive its leadership (mutants `read-during-a-configuration-change`,
+//! `confirming-reads-outlive-their-leadership`).
 
 use crate::message::{Message, ProposalError};
 use crate::replica::{Replica, Role};
