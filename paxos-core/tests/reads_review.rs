@@ -5,10 +5,6 @@ mod routed;
 use paxos_core::{MemberRole, MembershipChange, Message};
 use routed::*;
 
-fn is_heartbeat_ack(m: &Message) -> bool {
-    matches!(m, Message::HeartbeatAck { .. })
-}
-
 /// Three voters. Node 1 leads, chooses a configuration entry K (add learner 4) at slot k with
 /// node 2, applies it, re-campaigns in the new configuration (as settle_membership does), and
 /// chooses w at slot k+1 with node 2: the client is answered Ok(k+1). Node 2 heard no commit
@@ -93,13 +89,6 @@ fn a_read_index_taken_by_a_leader_whose_phase_one_stopped_at_a_configuration_ent
             c.histories()
         );
     }
-}
-
-fn is_pre_vote(m: &Message) -> bool {
-    matches!(m, Message::PreVote { .. })
-}
-fn is_pre_vote_reply(m: &Message) -> bool {
-    matches!(m, Message::PreVoteReply { .. })
 }
 
 /// Three voters; node 1 runs with the pre-vote (and so leader stickiness) on, as in production;
@@ -213,10 +202,6 @@ fn a_read_confirming_when_its_leader_campaigns_again_is_confirmed_with_its_stale
             c.histories()
         );
     }
-}
-
-fn is_read_index_reply(m: &Message) -> bool {
-    matches!(m, Message::ReadIndexReply { .. })
 }
 
 /// A read's number is all that ties a ReadIndexReply to the read: after a restart, the caller

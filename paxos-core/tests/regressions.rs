@@ -3,7 +3,7 @@
 
 mod routed;
 
-use paxos_core::{Compaction, Envelope, Message, NodeId, Proposal, Replica, RequestId, Slot, Value};
+use paxos_core::{Compaction, Envelope, NodeId, Proposal, Replica, RequestId, Slot, Value};
 use std::collections::VecDeque;
 
 use routed::*;
@@ -587,10 +587,6 @@ fn a_lagging_majority_that_forgot_what_was_chosen_still_elects_a_leader() {
 }
 
 // ----- linearizable reads (issue 26, item 11) -----
-
-fn is_heartbeat_ack(m: &Message) -> bool {
-    matches!(m, Message::HeartbeatAck { .. })
-}
 
 /// Three nodes, no crash: a read that reaches a deposed leader while acknowledgements of its
 /// previous round are still in flight.

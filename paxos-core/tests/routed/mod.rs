@@ -55,6 +55,18 @@ pub fn is_catch_up_entries(m: &Message) -> bool {
 pub fn is_catch_up_truncated(m: &Message) -> bool {
     matches!(m, Message::CatchUpTruncated { .. })
 }
+pub fn is_heartbeat_ack(m: &Message) -> bool {
+    matches!(m, Message::HeartbeatAck { .. })
+}
+pub fn is_pre_vote(m: &Message) -> bool {
+    matches!(m, Message::PreVote { .. })
+}
+pub fn is_pre_vote_reply(m: &Message) -> bool {
+    matches!(m, Message::PreVoteReply { .. })
+}
+pub fn is_read_index_reply(m: &Message) -> bool {
+    matches!(m, Message::ReadIndexReply { .. })
+}
 
 pub struct Node {
     pub replica: Replica,
