@@ -15,12 +15,12 @@
 use crate::connection::{write_batches, ConnectError, Connection, FrameStream};
 use crate::tls::Security;
 use crate::wire::{
-    new_session_secret, session_key, Caller, Frame, GcError, GcReport, Hello, HistoryError, HistoryPage,
-    ProposeError, ReadConsistency, Request, Response, SessionSecret, StatusReport, TransferError,
-    TransferReport, PROTOCOL_VERSION,
+    new_session_secret, Caller, Frame, GcError, GcReport, Hello, HistoryError, HistoryPage, ProposeError,
+    ReadConsistency, Request, Response, SessionSecret, StatusReport, TransferError, TransferReport,
+    PROTOCOL_VERSION,
 };
 use futures::{Stream, StreamExt};
-use paxos_core::{Proposal, ProposalError, RequestId, Slot};
+use paxos_core::{ProposalError, RequestId, Slot};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -567,9 +567,9 @@ impl Client {
             // The first value opens the session, in one entry: the session's request 1.
             // Concurrent proposals wait for it (they hold the lock's queue) and use it.
             let secret = new_session_secret().map_err(ClientError::Unreachable)?;
-            let registration = Proposal::register(random_nonce(), session_key(&secret), 0, Vec::new());
-            let request =
-                Request::Propose { request_id: registration.request_id, secret, value, floor_slot: 0 };
+            let request_id = RequestId { client_id: RequestId::REGISTER_CLIENT_ID, seq: random_nonce() };
+            // The floor is filled in by `run` from the connection the first attempt takes.
+            let request = Request::Propose { request_id, secret, value, floor_slot: 0 };
             let slot = self.run(request, interpret_proposed).await?;
             *open = Some((slot, secret));
             self.next_seq.store(RequestId::FIRST_SEQ + 1, Ordering::Relaxed);

@@ -169,12 +169,12 @@ impl Replica {
         number: u64,
         outcome: Result<Slot, ProposalError>,
     ) {
-        if self.reads.forwarded.get(&number).is_none_or(|(_, leader, _)| *leader != from) {
-            return;
-        }
-        let Some((request, ..)) = self.reads.forwarded.remove(&number) else {
+        // Only the leader it was forwarded to answers it.
+        let Some(&(request, ..)) = self.reads.forwarded.get(&number).filter(|(_, leader, _)| *leader == from)
+        else {
             return;
         };
+        self.reads.forwarded.remove(&number);
         match outcome {
             Ok(read_upto) => {
                 let deadline_tick = self.tick_now + self.config.forward_timeout_ticks;

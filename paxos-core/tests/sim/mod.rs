@@ -950,9 +950,8 @@ impl Simulation {
         if !self.read_rng.chance(READ_PER_MILLE, 1000) {
             return;
         }
-        let entry_nodes =
-            if self.scenario.entry_nodes.is_empty() { &self.members } else { &self.scenario.entry_nodes };
-        let node = entry_nodes[self.read_rng.range(0, entry_nodes.len() as u64) as usize];
+        let index = self.read_rng.range(0, self.entry_nodes().len() as u64) as usize;
+        let node = self.entry_nodes()[index];
         let Some(replica) = self.nodes.get_mut(&node).and_then(|n| n.replica.as_mut()) else {
             return;
         };
@@ -1151,10 +1150,18 @@ impl Simulation {
         Ok(())
     }
 
+    /// The nodes clients talk to: the scenario's entry nodes, or every node.
+    fn entry_nodes(&self) -> &[NodeId] {
+        if self.scenario.entry_nodes.is_empty() {
+            &self.members
+        } else {
+            &self.scenario.entry_nodes
+        }
+    }
+
     fn entry_node(&mut self) -> NodeId {
-        let entry_nodes =
-            if self.scenario.entry_nodes.is_empty() { &self.members } else { &self.scenario.entry_nodes };
-        entry_nodes[self.rng.range(0, entry_nodes.len() as u64) as usize]
+        let index = self.rng.range(0, self.entry_nodes().len() as u64) as usize;
+        self.entry_nodes()[index]
     }
 
     fn run_clients(&mut self) {
