@@ -9,12 +9,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# free_ports N: prints N distinct free ports.
+# free_ports N: prints N distinct free ports, below the kernel's ephemeral range so that no
+# bind to port 0 or outgoing connection takes one before its node binds it (tests/src/ports.rs).
 free_ports() {
-  python3 -c 'import socket, sys
-s = [socket.socket() for _ in range(int(sys.argv[1]))]
-[x.bind(("127.0.0.1", 0)) for x in s]
-print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
+  python3 -c 'import random, socket, sys
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+ports = []
+for port in random.sample(range(10000, low), low - 10000):
+    if len(ports) == int(sys.argv[1]):
+        break
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        ports.append(port)
+    except OSError:
+        pass
+    finally:
+        s.close()
+print(" ".join(map(str, ports)))' "$1"
 }
 
 # wait_for_leader ARGS...: waits (10 s at most) until `paxos-cli ARGS status` names a leader.

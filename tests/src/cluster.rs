@@ -7,7 +7,6 @@ use paxos_node::tls::{CertFiles, Security, Tls};
 use paxos_node::wire::StatusReport;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -45,14 +44,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-/// Free ports on 127.0.0.1, found by binding port 0. The listeners are closed before the
-/// nodes bind, a small race that a retry-free test tolerates in practice on loopback.
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
 }
 
 #[derive(Debug)]
@@ -95,8 +86,28 @@ impl Cluster {
         for id in 1..=size {
             cluster.start_node(id)?;
         }
-        cluster.wait_bootstrapped().await?;
+        cluster.wait_started().await?;
         Ok(cluster)
+    }
+
+    /// `wait_bootstrapped` for a cluster just started; when it fails, the node logs are kept
+    /// (a failed start returns an error, not a panic, so `Drop` would delete them).
+    async fn wait_started(&mut self) -> anyhow::Result<()> {
+        if let Err(error) = self.wait_bootstrapped().await {
+            let mut context = String::new();
+            for (id, node) in &mut self.nodes {
+                let exited = node.child.as_mut().and_then(|child| child.try_wait().ok().flatten());
+                if let Some(status) = exited {
+                    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+                    let last = log.lines().last().unwrap_or_default();
+                    context.push_str(&format!("node {id} exited ({status}): {last}; "));
+                }
+            }
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
+            context.push_str(&format!("node logs and data kept in {}", dir.keep().display()));
+            return Err(error.context(context));
+        }
+        Ok(())
     }
 
     /// Waits until every running node has applied the configuration that binds the bootstrap.
@@ -128,7 +139,7 @@ impl Cluster {
         };
         paxos_node::certs::issue(&certs_dir, &request)?;
         let tls = Tls::for_client(&CertFiles::named(&certs_dir, "client"), CLUSTER)?;
-        let ports = free_ports(size as usize);
+        let ports = crate::ports::free_ports(size as usize);
         let addrs = (1..=size).zip(ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
         Ok(Cluster {
             dir,
@@ -178,7 +189,7 @@ impl Cluster {
         for id in 1..=size {
             cluster.start_node(id)?;
         }
-        cluster.wait_bootstrapped().await?;
+        cluster.wait_started().await?;
         Ok(cluster)
     }
 
@@ -256,7 +267,7 @@ impl Cluster {
     /// of its own, in `metrics_addrs`.
     pub fn serve_metrics(&mut self) {
         let ids: Vec<u64> = self.addrs.keys().copied().collect();
-        let ports = free_ports(ids.len());
+        let ports = crate::ports::free_ports(ids.len());
         self.metrics_addrs =
             ids.into_iter().zip(ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
     }

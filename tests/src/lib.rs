@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod disk;
 pub mod lazyfs;
+pub mod ports;
 pub mod power;
 pub mod proxy;
 pub mod scrape;

@@ -272,8 +272,8 @@ async fn bench_reports_throughput_latency_and_fsyncs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_paths_exit_non_zero_with_one_line() {
     let mut cluster = Cluster::start(3).await.expect("cluster");
-    // Nothing listens on a port we just released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    // Nothing listens on a free port.
+    let port = paxos_tests::ports::free_port();
     let dead = format!("127.0.0.1:{port}");
     let error = one_line_error(&cli(&cluster, &dead, &["propose", "x", "--timeout-ms", "500"]));
     assert!(error.contains("no endpoint reachable"), "{error}");

@@ -131,7 +131,7 @@ async fn sigterm_stops_a_node_gracefully() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_creates_its_certificates_and_a_member_without_them_refuses_to_start() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = paxos_tests::ports::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut node = std::process::Command::new(paxos_tests::binary("paxos-node"))
         .current_dir(dir.path())
@@ -217,7 +217,7 @@ async fn start_errors_are_one_line_naming_the_problem_without_a_backtrace() {
     cluster.start_node(1).expect("start");
     cluster.wait_for_leader(Duration::from_secs(15)).await.expect("the node runs");
     // Another port, the same directory.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = paxos_tests::ports::free_port();
     let mut second = std::process::Command::new(paxos_tests::binary("paxos-node"));
     second.args([
         "--id",

@@ -19,7 +19,7 @@ fn endpoints(cluster: &Cluster) -> String {
 }
 
 fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = paxos_tests::ports::free_port();
     format!("127.0.0.1:{port}")
 }
 
