@@ -5,12 +5,9 @@
 //! same byte limit, so a hostile length field or vector length cannot make the node allocate
 //! more than the limit. Trailing bytes after a decoded frame are an error.
 
-use crate::wire::Frame;
+use crate::wire::{Frame, FRAME_BYTES_MAX};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
-
-/// Largest frame accepted or sent: a few batches of maximum-size values.
-pub const FRAME_BYTES_MAX: usize = 16 << 20;
 
 /// bincode's own limit, the same as the frame limit.
 type Limit = bincode::config::Configuration<

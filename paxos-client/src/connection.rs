@@ -273,7 +273,7 @@ impl Connection {
             Ok(Some(Err(error))) => Err(error.into()),
             Ok(Some(Ok(Frame::Hello(hello)))) => {
                 // The server lowers it again for clients (see `set_frame_limit`).
-                connection.stream.framed.decoder_mut().set_limit(crate::codec::FRAME_BYTES_MAX);
+                connection.stream.framed.decoder_mut().set_limit(crate::wire::FRAME_BYTES_MAX);
                 Ok(Some((connection, hello, credentials)))
             }
             Ok(Some(Ok(_))) => Err(ConnectError::NotHello),

@@ -53,6 +53,10 @@ const fn page_frame_bytes_max(entries_max: usize, bytes_max: usize) -> usize {
     values + entries_max * ENTRY_OVERHEAD_BYTES_MAX + FRAME_OVERHEAD_BYTES_MAX
 }
 
+/// Largest frame accepted or sent: a few batches of maximum-size values. A rule of the
+/// protocol, which the codec (codec.rs) enforces on every frame in both directions.
+pub const FRAME_BYTES_MAX: usize = 16 << 20;
+
 // Every page fits a frame: a client's history page, and the core's messages at their defaults
 // (the node does not change them). An Accept or CatchUpEntries is one page; a Promise is two (its
 // history, and its page of accepted records and pending chosen values, where one slot may carry
@@ -60,12 +64,12 @@ const fn page_frame_bytes_max(entries_max: usize, bytes_max: usize) -> usize {
 /// The largest answer to a `History` request.
 pub const HISTORY_PAGE_FRAME_BYTES_MAX: usize =
     page_frame_bytes_max(HISTORY_PAGE_ENTRIES_MAX as usize, HISTORY_PAGE_BYTES_MAX);
-const _: () = assert!(HISTORY_PAGE_FRAME_BYTES_MAX <= crate::codec::FRAME_BYTES_MAX);
+const _: () = assert!(HISTORY_PAGE_FRAME_BYTES_MAX <= FRAME_BYTES_MAX);
 const CORE_PAGE_FRAME_BYTES_MAX: usize = page_frame_bytes_max(
     paxos_core::Config::ENTRIES_PER_MESSAGE_MAX_DEFAULT,
     paxos_core::Config::MESSAGE_BYTES_MAX_DEFAULT,
 );
-const _: () = assert!(2 * CORE_PAGE_FRAME_BYTES_MAX + VALUE_BYTES_LIMIT <= crate::codec::FRAME_BYTES_MAX);
+const _: () = assert!(2 * CORE_PAGE_FRAME_BYTES_MAX + VALUE_BYTES_LIMIT <= FRAME_BYTES_MAX);
 
 /// Who opens a connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,8 +2,10 @@
 
 use crate::message::{AcceptedEntry, Message};
 use crate::ready::{HistoryRead, PersistOp, ReadPurpose};
-use crate::replica::{PromiseData, Replica, Role};
-use crate::types::{Ballot, NodeId, Slot, Value};
+use crate::replica::Replica;
+use crate::role::{PromiseData, Role};
+use crate::types::{Ballot, NodeId, Slot};
+use crate::value::Value;
 
 /// The entries of `entries` (in slot order) that form one unbroken run starting at `from`.
 pub(crate) fn unbroken_run(

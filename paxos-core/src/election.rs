@@ -38,19 +38,10 @@
 use crate::event::{CampaignReason, Event};
 use crate::membership::Incarnation;
 use crate::message::{Message, PreVoteRefusal};
-use crate::replica::{Replica, Role};
+use crate::replica::Replica;
+use crate::role::{PreVote, Role};
 use crate::types::{Ballot, NodeId};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// A pre-vote in progress: this member asked whether a majority would promise `ballot`.
-#[derive(Debug, Clone)]
-pub(crate) struct PreVote {
-    pub(crate) ballot: Ballot,
-    pub(crate) attempt: u64,
-    /// Voting members that said yes (this member itself, when it votes).
-    pub(crate) grants: BTreeSet<NodeId>,
-    pub(crate) refusals: BTreeMap<NodeId, PreVoteRefusal>,
-}
 
 impl Replica {
     /// The leader at work this member heard within the minimum election timeout, and how many
@@ -364,15 +355,12 @@ mod tests {
         let grants_2 = deliver(&mut c, &pre_votes_2, |e| e.to == 3 || e.to == 4);
         let grants_1 = deliver(&mut c, &pre_votes_1, |e| e.to == 3 || e.to == 4);
         let prepares_1 = deliver(&mut c, &grants_1, |e| e.to == 1);
-        assert!(matches!(c.node(1).role, crate::replica::Role::Candidate(_)));
+        assert!(matches!(c.node(1).role, crate::role::Role::Candidate(_)));
         deliver(&mut c, &prepares_1, |e| e.to == 2);
         assert!(c.node(2).pre_vote.is_none(), "the deferring proposer kept its pre-vote");
         let promises = deliver(&mut c, &prepares_1, |e| e.to == 3 || e.to == 4);
         let from_2 = deliver(&mut c, &grants_2, |e| e.to == 2);
-        assert!(
-            !matches!(c.node(2).role, crate::replica::Role::Candidate(_)),
-            "2 campaigned after deferring"
-        );
+        assert!(!matches!(c.node(2).role, crate::role::Role::Candidate(_)), "2 campaigned after deferring");
         assert!(from_2.iter().all(|e| !matches!(e.message, Message::Prepare { .. })), "{from_2:?}");
         deliver(&mut c, &promises, |e| e.to == 1);
         assert!(c.node(1).is_leader(), "the candidate the others deferred to leads");

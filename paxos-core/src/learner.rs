@@ -10,7 +10,8 @@ use crate::message::{ProposalError, TruncationSnapshot};
 use crate::ready::PersistOp;
 use crate::requests::{Lookup, RequestTable, TableChange, TableLimits};
 use crate::rng::Rng;
-use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
+use crate::types::{Ballot, NodeId, RequestId, Slot};
+use crate::value::Value;
 use std::collections::BTreeMap;
 
 /// A garbage-collection request.

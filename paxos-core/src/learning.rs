@@ -8,8 +8,10 @@ use crate::acceptor::unbroken_run;
 use crate::learner::{Compaction, CompactionError, CompactionReport};
 use crate::message::{Message, TruncationSnapshot};
 use crate::ready::{HistoryRead, PersistOp, ReadPurpose};
-use crate::replica::{Origin, Replica, Role};
-use crate::types::{Ballot, NodeId, Slot, Value};
+use crate::replica::Replica;
+use crate::role::{Origin, Role};
+use crate::types::{Ballot, NodeId, Slot};
+use crate::value::Value;
 use std::collections::BTreeMap;
 
 impl Replica {

@@ -16,17 +16,20 @@ mod learning;
 mod membership;
 mod message;
 mod proposer;
+mod read_index;
 mod reads;
 mod ready;
 mod reconfiguration;
 mod replica;
 mod requests;
 mod rng;
+mod role;
 mod storage;
 #[cfg(test)]
 mod test_support;
 mod transfer;
 mod types;
+mod value;
 
 pub use config::Config;
 pub use event::{CampaignReason, Event, StepDownReason};
@@ -35,11 +38,12 @@ pub use membership::{ChangeError, Incarnation, Member, MemberRole, Membership, M
 pub use message::{
     AcceptedEntry, Envelope, Message, PreVoteRefusal, Proposal, ProposalError, TruncationSnapshot, SLOT_MAX,
 };
-pub use reads::{ReadReply, READS_PENDING_MAX};
-pub use ready::{page_has_room, DurableState, HistoryRead, PersistOp, ReadPurpose, Ready, Reply};
+pub use reads::READS_PENDING_MAX;
+pub use ready::{page_has_room, DurableState, HistoryRead, PersistOp, ReadPurpose, ReadReply, Ready, Reply};
 pub use replica::{Replica, RoleName, Status};
 pub use requests::{Lookup, RequestTable, TableChange, TableLimits};
 pub use rng::Rng;
 pub use storage::MemStorage;
 pub use transfer::{TransferError, TransferStart};
-pub use types::{payload_digest, Ballot, Digest, NodeId, RequestId, Slot, Value};
+pub use types::{payload_digest, Ballot, Digest, NodeId, RequestId, Slot};
+pub use value::Value;

@@ -2,7 +2,8 @@
 //! tell stale traffic from current traffic.
 
 use crate::requests::RequestTable;
-use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
+use crate::types::{Ballot, NodeId, RequestId, Slot};
+use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
 /// A message with its sender and receiver. The transport must deliver `from` truthfully (the
@@ -209,7 +210,7 @@ pub enum Message {
     Accepted { ballot: Ballot, slots: Vec<Slot>, applied_upto: Slot },
     /// Leader liveness and commit progress. `history_start` asks followers to truncate their
     /// history below it once they have applied that far.
-    /// `round` numbers the leader's heartbeats that confirm reads (see `reads.rs`).
+    /// `round` numbers the leader's heartbeats that confirm reads (see `read_index.rs`).
     Heartbeat { ballot: Ballot, commit_upto: Slot, history_start: Slot, round: u64 },
     /// A follower's answer to a heartbeat: how far it has applied, and the heartbeat's round
     /// (0 when it answers something else).
@@ -249,7 +250,7 @@ pub enum Message {
     /// How far the sender has applied, sent now and then to every member it knows, leader or
     /// not: a member learns who is ahead (and catches up from it) without a leader's word.
     Progress { applied_upto: Slot, log_id: u64 },
-    /// A replica asks the leader for a read index (see `reads.rs`); `request` is the asker's
+    /// A replica asks the leader for a read index (see `read_index.rs`); `request` is the asker's
     /// number for the read.
     ReadIndex { request: u64 },
     /// The leader's answer: every value acknowledged before the read reached it is below

@@ -3,9 +3,11 @@
 use crate::event::{CampaignReason, Event, StepDownReason};
 use crate::membership::Incarnation;
 use crate::message::{AcceptedEntry, Message, Proposal, ProposalError};
-use crate::replica::{CandidateState, InFlight, LeaderState, Origin, PromiseData, Replica, Role};
+use crate::replica::Replica;
 use crate::requests::Lookup;
-use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
+use crate::role::{CandidateState, InFlight, LeaderState, Origin, PromiseData, Role};
+use crate::types::{Ballot, NodeId, RequestId, Slot};
+use crate::value::Value;
 use std::collections::{BTreeMap, VecDeque};
 
 impl Replica {
@@ -1281,7 +1283,7 @@ mod tests {
         cluster.settle();
         let answers: Vec<_> = cluster.replies.iter().filter(|(_, r)| r.request_id == request_id).collect();
         assert!(matches!(answers[..], [(_, crate::Reply { outcome: Ok(_), .. })]), "{answers:?}");
-        let crate::replica::Role::Leader(state) = &cluster.node(leader).role else { panic!("leads") };
+        let crate::role::Role::Leader(state) = &cluster.node(leader).role else { panic!("leads") };
         assert!(state.waiters.is_empty(), "{:?}", state.waiters);
     }
 

@@ -4,7 +4,8 @@
 use crate::message::Message;
 use crate::message::{Envelope, ProposalError, TruncationSnapshot};
 use crate::requests::RequestTable;
-use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
+use crate::types::{Ballot, NodeId, RequestId, Slot};
+use crate::value::Value;
 use std::collections::BTreeMap;
 
 /// One storage operation. A `Ready`'s operations form one atomic batch.
@@ -144,7 +145,7 @@ pub struct Ready {
     pub replies: Vec<Reply>,
     /// Answers to local reads ([`crate::Replica::read`]): served from the history as written
     /// in step 1 (an `Ok` may rest on slots applied in this very batch).
-    pub reads: Vec<crate::reads::ReadReply>,
+    pub reads: Vec<ReadReply>,
     /// Elections, for the log and metrics (any time; see [`crate::Event`]).
     pub events: Vec<crate::event::Event>,
 }
@@ -263,4 +264,15 @@ mod tests {
         assert_eq!(ready.replies, vec![reply(1, Ok(5))], "slot 5's vote is in this batch");
         assert!(ready.take_replies_before_write().is_empty(), "what waits keeps waiting");
     }
+}
+
+/// The answer to a local read, in [`Ready::reads`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadReply {
+    /// The number the caller gave the read (see [`crate::Replica::read`]).
+    pub request: u64,
+    /// `Ok(read_upto)`: this replica has applied every slot below `read_upto`, which covers
+    /// every value acknowledged before the read was asked; serve the read from the history as
+    /// written. `Err`: retryable (no leader known, timed out, overloaded).
+    pub outcome: Result<Slot, ProposalError>,
 }

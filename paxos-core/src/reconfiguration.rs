@@ -16,8 +16,10 @@
 use crate::membership::ChangeError;
 use crate::membership::{Incarnation, MembershipChange};
 use crate::message::ProposalError;
-use crate::replica::{InFlight, Origin, Replica, Role};
-use crate::types::{NodeId, RequestId, Slot, Value};
+use crate::replica::Replica;
+use crate::role::{InFlight, Origin, Role};
+use crate::types::{NodeId, RequestId, Slot};
+use crate::value::Value;
 use std::collections::BTreeMap;
 
 impl Replica {

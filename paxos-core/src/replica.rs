@@ -11,156 +11,10 @@ use crate::membership::{Incarnation, MemberRole, Membership, MembershipChange};
 use crate::message::{Envelope, Message, Proposal, ProposalError};
 use crate::ready::{DurableState, PersistOp, Ready, Reply};
 use crate::rng::Rng;
-use crate::types::{Ballot, NodeId, RequestId, Slot, Value};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-
-/// Where an answer to a proposal must go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Origin {
-    Local,
-    Remote(NodeId),
-}
-
-/// A slot the leader proposed and has not yet seen chosen.
-#[derive(Debug)]
-pub(crate) struct InFlight {
-    pub(crate) value: Value,
-    pub(crate) votes: BTreeSet<NodeId>,
-    pub(crate) sent_tick: u64,
-}
-
-/// The leader's slots in flight, with the bytes of their values: the window is bounded in
-/// bytes as well as in slots (`Config::window_bytes_max`), so large values cannot pile up
-/// gigabytes at the leader and in its Accepts.
-///
-/// Reads go through `Deref`; every change of the set goes through a method here, which keeps
-/// `bytes` equal to the sum of `Value::size_bytes` over the slots (checked in debug builds).
-#[derive(Debug, Default)]
-pub(crate) struct InFlightSlots {
-    slots: BTreeMap<Slot, InFlight>,
-    bytes: usize,
-}
-
-impl InFlightSlots {
-    pub(crate) fn insert(&mut self, slot: Slot, in_flight: InFlight) {
-        self.bytes += in_flight.value.size_bytes();
-        if let Some(old) = self.slots.insert(slot, in_flight) {
-            self.bytes -= old.value.size_bytes();
-        }
-    }
-
-    pub(crate) fn remove(&mut self, slot: &Slot) -> Option<InFlight> {
-        let removed = self.slots.remove(slot)?;
-        self.bytes -= removed.value.size_bytes();
-        Some(removed)
-    }
-
-    pub(crate) fn pop_first(&mut self) -> Option<(Slot, InFlight)> {
-        let (slot, removed) = self.slots.pop_first()?;
-        self.bytes -= removed.value.size_bytes();
-        Some((slot, removed))
-    }
-
-    /// The votes and send times of a slot (its value stays as it is).
-    pub(crate) fn get_mut(&mut self, slot: &Slot) -> Option<&mut InFlight> {
-        self.slots.get_mut(slot)
-    }
-
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&Slot, &mut InFlight)> {
-        self.slots.iter_mut()
-    }
-
-    /// Bytes of the values in flight.
-    pub(crate) fn bytes(&self) -> usize {
-        debug_assert_eq!(self.bytes, self.slots.values().map(|f| f.value.size_bytes()).sum::<usize>());
-        self.bytes
-    }
-}
-
-impl std::ops::Deref for InFlightSlots {
-    type Target = BTreeMap<Slot, InFlight>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.slots
-    }
-}
-
-#[derive(Debug)]
-pub(crate) struct CandidateState {
-    pub(crate) ballot: Ballot,
-    /// Phase 1 covers every slot from here on (this replica's applied prefix when it asked).
-    pub(crate) from_slot: Slot,
-    pub(crate) promises: BTreeMap<NodeId, PromiseData>,
-    /// A quorum answered but some member has applied slots whose values no promise carried:
-    /// wait for them (catch-up), then ask again from the new applied prefix.
-    pub(crate) waiting_for_gap: bool,
-    /// The highest-ballot accepted value of every slot below `from_slot` that earlier pages of
-    /// this candidacy reported (phase 1 pages through a long run of accepted records).
-    pub(crate) earlier_pages: BTreeMap<Slot, (Ballot, Value)>,
-    /// The configuration this candidacy asks (its `chosen_at`): a candidacy whose
-    /// configuration changed under it never leads (see `Replica::settle_membership`).
-    pub(crate) configuration: Option<Slot>,
-    /// The candidacy follows a leader's `TimeoutNow`: its Prepares say so (see `election.rs`).
-    pub(crate) transfer: bool,
-}
-
-/// The content of one Promise, kept until the candidate has a quorum.
-#[derive(Debug, Clone)]
-pub(crate) struct PromiseData {
-    pub(crate) accepted: Vec<crate::message::AcceptedEntry>,
-    /// Applied history entries (verbatim), an unbroken run from the Prepare's `from_slot`.
-    pub(crate) history: Vec<(Slot, Value)>,
-    /// Raw values known chosen above the promiser's applied prefix.
-    pub(crate) chosen: Vec<(Slot, Value)>,
-    pub(crate) applied_upto: Slot,
-    /// `accepted` and `chosen` cover the slots below this only (`None`: every slot).
-    pub(crate) covered_upto: Option<Slot>,
-}
-
-#[derive(Debug)]
-pub(crate) struct LeaderState {
-    pub(crate) ballot: Ballot,
-    /// The next slot to give a new proposal. Every slot in `[applied_upto, next_slot)` is either
-    /// in flight, chosen, or (right after election) known chosen and awaiting catch-up.
-    pub(crate) next_slot: Slot,
-    pub(crate) in_flight: InFlightSlots,
-    /// Slots proposed since the last `take_ready`, to send in one Accept per peer.
-    pub(crate) unsent: Vec<Slot>,
-    pub(crate) queue: VecDeque<Proposal>,
-    /// Payload bytes of `queue` (bounded by `Config::proposals_queued_bytes_max`).
-    pub(crate) queued_bytes: usize,
-    /// Who waits for each request id proposed by this leader.
-    /// The fingerprint of the proposal queued or in flight under each request id: a proposal
-    /// with another fingerprint is refused as busy, and an applied value with another one
-    /// answers no one here.
-    pub(crate) waiters: BTreeMap<RequestId, (crate::Digest, Vec<Origin>)>,
-    pub(crate) last_heartbeat_tick: u64,
-    /// Last tick unanswered Accepts were looked at for resending.
-    pub(crate) last_retransmit_tick: u64,
-    /// The commit point followers were last told (in an Accept or a Heartbeat).
-    pub(crate) announced_commit: Slot,
-    /// Last tick each peer answered us: a leader that cannot hear a quorum steps down.
-    pub(crate) last_heard_tick: BTreeMap<NodeId, u64>,
-    /// The slot of a configuration entry in flight: nothing is proposed above it until it is
-    /// applied, and then this leadership ends (see `Replica::propose_membership`).
-    pub(crate) config_slot: Option<Slot>,
-    /// A change waiting for the window to drain, and whom to answer.
-    pub(crate) pending_change: Option<(MembershipChange, Option<RequestId>)>,
-    /// Who waits for the configuration entry in flight.
-    pub(crate) change_waiter: Option<RequestId>,
-    /// Last tick each member (of any role) answered this leadership: a transfer's target must
-    /// have answered within an election timeout.
-    pub(crate) answered_tick: BTreeMap<NodeId, u64>,
-    /// A leadership transfer in progress: nothing new is proposed meanwhile.
-    pub(crate) transfer: Option<crate::transfer::Transfer>,
-}
-
-#[derive(Debug)]
-pub(crate) enum Role {
-    Follower,
-    Candidate(CandidateState),
-    Leader(Box<LeaderState>),
-}
+use crate::role::{Origin, PromiseData, Role};
+use crate::types::{Ballot, NodeId, RequestId, Slot};
+use crate::value::Value;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A public view of the replica, for status reports and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -289,7 +143,7 @@ pub struct Replica {
     /// The candidate this replica last granted a promise to, and when (see `election.rs`).
     pub(crate) promise_granted: Option<(NodeId, u64)>,
     /// The pre-vote in progress, if any (see `election.rs`).
-    pub(crate) pre_vote: Option<crate::election::PreVote>,
+    pub(crate) pre_vote: Option<crate::role::PreVote>,
     /// Pre-votes started so far: numbers each one's answers.
     pub(crate) pre_vote_attempts: u64,
     /// The tick this replica last told its peers how far it has applied (`Progress`).

@@ -5,7 +5,8 @@ use crate::membership::Membership;
 use crate::message::TruncationSnapshot;
 use crate::ready::{DurableState, PersistOp};
 use crate::requests::RequestTable;
-use crate::types::{Ballot, RequestId, Slot, Value};
+use crate::types::{Ballot, RequestId, Slot};
+use crate::value::Value;
 use std::collections::BTreeMap;
 
 /// An in-memory store with the exact semantics of every [`PersistOp`].

@@ -23,21 +23,10 @@
 
 use crate::membership::MemberRole;
 use crate::message::Message;
-use crate::replica::{Replica, Role};
+use crate::replica::Replica;
+use crate::role::{Role, Transfer};
 use crate::types::{NodeId, Slot};
 use serde::{Deserialize, Serialize};
-
-/// A transfer in progress, kept in the leader's state.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Transfer {
-    pub(crate) target: NodeId,
-    /// The transfer is abandoned at this tick if the target has not taken over.
-    pub(crate) deadline_tick: u64,
-    /// When `TimeoutNow` was last sent (it is sent again each heartbeat interval: it may be lost).
-    pub(crate) timeout_now_sent_tick: Option<u64>,
-    /// When the target was last sent the commit point out of turn.
-    pub(crate) nudged_tick: Option<u64>,
-}
 
 /// Why a leader refused to start a transfer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]

@@ -159,7 +159,7 @@ const SWARM_REGRESSION_SEEDS: &[u64] = &[
     // Linearizable reads (issue 26, item 11), found once the simulation numbered a node's reads
     // from 1 in each life, as the driver does: a read index answered to a node before it
     // restarted answered a new read with the same number after it, with an index below a value
-    // acknowledged in between. A review found the same, and two more (reads.rs).
+    // acknowledged in between. A review found the same, and two more (read_index.rs).
     1388, 1588,
 ];
 

@@ -98,7 +98,7 @@ impl NodeConfig {
             return Err(format!(
                 "values are limited to {} MiB (frames are {} MiB)",
                 crate::wire::VALUE_BYTES_LIMIT >> 20,
-                crate::codec::FRAME_BYTES_MAX >> 20
+                crate::wire::FRAME_BYTES_MAX >> 20
             ));
         }
         if let Security::Tls(tls) = &self.security {

@@ -7,12 +7,12 @@
 
 use crate::config::NodeConfig;
 use crate::history_reader::HistoryReader;
+use crate::input::{Input, Responder};
 use crate::metrics::{Metrics, PeerLabels, ReasonLabels};
 use crate::peer_link::PeerLinks;
-use crate::server::AnswerPermit;
 use crate::storage::{Storage, StorageError};
 use crate::wire::{
-    session_key, Frame, GcError, GcReport, HistoryError, MemberInfo, ProposeError, ReadConsistency, Request,
+    session_key, GcError, GcReport, HistoryError, MemberInfo, ProposeError, ReadConsistency, Request,
     Response, StatusReport, TransferError, TransferReport,
 };
 use paxos_core::{Compaction, CompactionError, NodeId, PersistOp, Proposal, Replica, RequestId, Slot, Value};
@@ -20,7 +20,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc;
 
 /// Inputs processed per loop iteration before the Ready is written: bounds latency while
 /// letting one fsync cover many requests.
@@ -93,50 +92,6 @@ fn problems(id: NodeId, status: &paxos_core::Status) -> Vec<String> {
         ));
     }
     problems
-}
-
-/// Something for the driver to do.
-#[derive(Debug)]
-pub enum Input {
-    /// A message from a peer; `from` comes from the connection's handshake.
-    Peer {
-        from: NodeId,
-        /// As the peer's Hello gave them.
-        incarnation: paxos_core::Incarnation,
-        role: paxos_core::MemberRole,
-        message: paxos_core::Message,
-    },
-    Client {
-        request: Request,
-        respond: Responder,
-    },
-    /// The history reader met a storage error (a record failing its checksum): fatal.
-    StorageFailed(StorageError),
-    Shutdown,
-}
-
-/// Where the answer to one client request goes (its connection's writer), with the permit that
-/// bounds the requests in flight on that connection.
-#[derive(Debug)]
-pub struct Responder {
-    pub id: u64,
-    /// The connection's answer queue; the permit travels with the answer and is released
-    /// when the writer has written it.
-    pub frames: mpsc::Sender<(Frame, Option<AnswerPermit>)>,
-    pub permit: AnswerPermit,
-    /// The request's own bytes (a proposal's value), reserved while the node holds them: given
-    /// back when the answer is handed to the writer, with the value no longer needed.
-    pub request_bytes: Option<crate::server::RequestBytes>,
-    /// Counts the request in the driver's input queue until it is handled.
-    pub queued: Option<crate::server::QueuedInput>,
-}
-
-impl Responder {
-    pub fn send(self, response: Response) {
-        // Never full (one place per permit); the client may have gone away, and then its
-        // answer is simply dropped.
-        let _ = self.frames.try_send((Frame::Response { id: self.id, response }, Some(self.permit)));
-    }
 }
 
 /// Why the driver stopped on its own.

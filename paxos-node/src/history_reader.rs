@@ -9,7 +9,7 @@
 //! `Unavailable` at once (clients retry), so a flood of reads costs the driver a channel send
 //! each, never a read.
 
-use crate::driver::{Input, Responder};
+use crate::input::{Input, Responder};
 use crate::storage::HistoryView;
 use crate::wire::{HistoryError, HistoryPage, Response, HISTORY_PAGE_BYTES_MAX, HISTORY_PAGE_ENTRIES_MAX};
 use paxos_core::{Slot, Value};

@@ -17,6 +17,7 @@ pub use paxos_client::{certs, client, codec, connection, tls, wire};
 pub mod config;
 pub mod driver;
 pub mod history_reader;
+pub mod input;
 pub mod inspect;
 pub mod limits;
 pub mod metrics;

@@ -1,7 +1,8 @@
 //! Wiring: storage, replica, driver thread, listener and peer links, and graceful shutdown.
 
 use crate::config::NodeConfig;
-use crate::driver::{Driver, DriverError, Input};
+use crate::driver::{Driver, DriverError};
+use crate::input::Input;
 use crate::metrics::Metrics;
 use crate::peer_link::{LinkIdentity, PeerLinks};
 use crate::server::{self, ServerContext};

@@ -31,7 +31,7 @@
 //!   within the frame timeout is closed.
 
 use crate::connection::{write_batches, ConnectError, Connection, ReadError, ReadTimeouts};
-use crate::driver::{Input, Responder};
+use crate::input::{AnswerPermit, Input, QueuedInput, RequestBytes, Responder};
 use crate::tls::{Credentials, Security};
 use crate::wire::{Caller, Frame, Hello, Request, Response, Welcome, PROTOCOL_VERSION};
 use paxos_core::NodeId;
@@ -107,32 +107,6 @@ pub struct ServerContext {
     /// See [`crate::NodeConfig::client_connections_max`].
     pub client_connections_max: usize,
     pub handshakes_max: usize,
-}
-
-/// A request's bytes, reserved from its connection and from the node while the node holds it.
-#[derive(Debug)]
-pub struct RequestBytes {
-    _connection: OwnedSemaphorePermit,
-    _node: OwnedSemaphorePermit,
-}
-
-/// A client request in the driver's input queue (see `CLIENT_INPUTS_QUEUED_MAX`); dropped
-/// when the driver takes it.
-#[derive(Debug)]
-pub struct QueuedInput(Arc<AtomicU64>);
-
-impl Drop for QueuedInput {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Bytes reserved for one answer, from its connection and from the node; given back when the
-/// answer is written (or dropped).
-#[derive(Debug)]
-pub struct AnswerPermit {
-    _connection: OwnedSemaphorePermit,
-    _node: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -620,7 +594,7 @@ async fn client_session(
                 Ok(permit) => permit,
                 Err(Reserve::Closed) => break Ok(()),
                 Err(Reserve::NodeBusy(connection)) => {
-                    let permit = AnswerPermit { _connection: connection, _node: None };
+                    let permit = AnswerPermit::new(connection, None);
                     let busy = "node busy: its answer budget is spent by other clients; retry".to_owned();
                     let respond =
                         Responder { id, frames: frames_tx.clone(), permit, request_bytes: None, queued: None };
@@ -657,8 +631,7 @@ async fn client_session(
         };
         match slots.request_budget.clone().try_acquire_many_owned(units) {
             Ok(node_bytes) => {
-                respond.request_bytes =
-                    Some(RequestBytes { _connection: connection_bytes, _node: node_bytes });
+                respond.request_bytes = Some(RequestBytes::new(connection_bytes, node_bytes));
             }
             Err(_) => {
                 let busy =
@@ -672,7 +645,7 @@ async fn client_session(
             respond.send(Response::Unavailable("node overloaded: too many client requests queued".into()));
             continue;
         }
-        respond.queued = Some(QueuedInput(slots.client_inputs.clone()));
+        respond.queued = Some(QueuedInput::new(slots.client_inputs.clone()));
         match context.inputs.try_send(Input::Client { request, respond }) {
             Ok(()) => {}
             Err(TrySendError::Full(Input::Client { respond, .. })) => {
@@ -712,7 +685,7 @@ async fn reserve(
 ) -> Result<AnswerPermit, Reserve> {
     let connection = connection.clone().acquire_many_owned(units).await.map_err(|_| Reserve::Closed)?;
     match node.clone().try_acquire_many_owned(units) {
-        Ok(node) => Ok(AnswerPermit { _connection: connection, _node: Some(node) }),
+        Ok(node) => Ok(AnswerPermit::new(connection, Some(node))),
         Err(tokio::sync::TryAcquireError::Closed) => Err(Reserve::Closed),
         Err(tokio::sync::TryAcquireError::NoPermits) => Err(Reserve::NodeBusy(connection)),
     }
