@@ -74,7 +74,7 @@ impl Replica {
         let ticks_ago = self.tick_now.saturating_sub(granted_tick);
         // Only while that candidate's ballot is the promise: a higher one promised since (a
         // leader followed, or this member's own candidacy) ends it.
-        let current = self.promised.node == candidate;
+        let current = self.acceptor.promised().node == candidate;
         (current && ticks_ago < self.config.election_timeout_ticks).then_some((candidate, ticks_ago))
     }
 
@@ -82,7 +82,7 @@ impl Replica {
     /// member hears another live leader, or promised another candidate a moment ago (see the
     /// module's documentation).
     pub(crate) fn ignores_prepare(&mut self, from: NodeId, ballot: Ballot, transfer: bool) -> bool {
-        if transfer || ballot <= self.promised || !self.config.pre_vote {
+        if transfer || ballot <= self.acceptor.promised() || !self.config.pre_vote {
             // A transfer's Prepare is the leader's wish; one at or below the promise raises
             // nothing (it is answered again, or refused with the promise).
             return false;
@@ -120,7 +120,7 @@ impl Replica {
         // answer what was forwarded to it (retryable) now rather than at the forward timeout.
         self.leader_hint = None;
         self.fail_forwarded(None);
-        let Some(round) = self.round_seen.max(self.promised.round).checked_add(1) else {
+        let Some(round) = self.round_seen.max(self.acceptor.promised().round).checked_add(1) else {
             // No ballot above the promise exists (see `become_candidate`).
             return;
         };
@@ -153,7 +153,7 @@ impl Replica {
                 _ => None,
             }
         };
-        let promised = self.promised;
+        let promised = self.acceptor.promised();
         self.send(from, Message::PreVoteReply { ballot, attempt, promised, refusal });
     }
 

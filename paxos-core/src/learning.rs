@@ -4,7 +4,7 @@
 //! truncation. The learner's state and rules live in `learner.rs`; this file is the glue
 //! between them and the acceptor's and proposer's state.
 
-use crate::acceptor::unbroken_run;
+use crate::accepting::unbroken_run;
 use crate::learner::{Compaction, CompactionError, CompactionReport};
 use crate::message::{Message, TruncationSnapshot};
 use crate::ready::{HistoryRead, PersistOp, ReadPurpose};
@@ -83,14 +83,14 @@ impl Replica {
     /// A leader's commit point of `ballot` (see `Learner::learn_commit`), then apply.
     pub(crate) fn learn_commit(&mut self, from: NodeId, ballot: Ballot, commit_upto: Slot) {
         self.learner.note_member_progress(from, commit_upto);
-        self.learner.learn_commit(ballot, commit_upto, &self.accepted);
+        self.learner.learn_commit(ballot, commit_upto, self.acceptor.accepted());
         self.apply_chosen();
         self.maybe_catch_up();
     }
 
     /// `slot` was just accepted in `commit_ballot` below that ballot's commit point: it is chosen.
     pub(crate) fn mark_chosen_by_commit(&mut self, slot: Slot) {
-        if let Some((_, value)) = self.accepted.get(&slot) {
+        if let Some((_, value)) = self.acceptor.accepted().get(&slot) {
             let value = value.clone();
             self.learner.learn_chosen(slot, value);
         }
@@ -210,7 +210,7 @@ impl Replica {
         // the old configuration starts over (`settle_membership`).
         self.membership_changed |= installed.membership.is_some();
         self.persist(PersistOp::InstallSnapshot(installed));
-        self.accepted = self.accepted.split_off(&start);
+        self.acceptor.forget_below(start);
         let jumped_in_flight = match &self.role {
             Role::Leader(leader) => leader.in_flight.first_key_value().is_some_and(|(slot, _)| *slot < start),
             _ => false,
@@ -232,7 +232,7 @@ impl Replica {
 
     fn truncate_to(&mut self, history_start: Slot) -> u64 {
         let (snapshot, removed) = self.learner.truncate_to(history_start);
-        self.accepted = self.accepted.split_off(&history_start);
+        self.acceptor.forget_below(history_start);
         self.persist(PersistOp::Truncate(snapshot));
         removed
     }
@@ -249,9 +249,7 @@ impl Replica {
             self.learner.check_truncation(requested, compaction.force, peers)?;
         }
         let applied_upto = self.learner.applied_upto();
-        let keep = self.accepted.split_off(&applied_upto);
-        let accepted_records_removed = self.accepted.len() as u64;
-        self.accepted = keep;
+        let accepted_records_removed = self.acceptor.forget_below(applied_upto);
         if accepted_records_removed > 0 {
             self.persist(PersistOp::DeleteAcceptedBelow(applied_upto));
         }

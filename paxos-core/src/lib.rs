@@ -7,6 +7,7 @@
 //! and seed always produce the same outputs, which is what makes the simulation in `tests/`
 //! replayable.
 
+mod accepting;
 mod acceptor;
 mod config;
 mod election;

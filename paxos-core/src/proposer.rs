@@ -85,7 +85,7 @@ impl Replica {
         self.pre_vote = None;
         // Rounds from the network stop at `Ballot::ROUND_MAX`; only a promise written before
         // that check existed can sit at the very top, and then no higher ballot exists.
-        let Some(round) = self.round_seen.max(self.promised.round).checked_add(1) else {
+        let Some(round) = self.round_seen.max(self.acceptor.promised().round).checked_add(1) else {
             self.reset_election_timer();
             return;
         };
@@ -296,7 +296,7 @@ impl Replica {
     /// accepted value is safe.
     fn become_leader(&mut self, candidate: CandidateState) {
         let ballot = candidate.ballot;
-        assert_eq!(self.promised, ballot, "a leader holds its own promise");
+        assert_eq!(self.acceptor.promised(), ballot, "a leader holds its own promise");
         let votes_from: Vec<NodeId> = candidate.promises.keys().copied().collect();
         let Some((next_slot, proposals, config_slot)) =
             self.phase_one_values(candidate.promises, candidate.earlier_pages)

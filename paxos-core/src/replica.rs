@@ -5,6 +5,7 @@
 //! `acceptor.rs` and `proposer.rs`, as further `impl Replica` blocks; the learner's state and
 //! rules are a [`Learner`] of their own (`learner.rs`), fed by `learning.rs`.
 
+use crate::acceptor::Acceptor;
 use crate::config::Config;
 use crate::learner::Learner;
 use crate::membership::{Incarnation, MemberRole, Membership, MembershipChange};
@@ -13,7 +14,6 @@ use crate::ready::{DurableState, PersistOp, Ready, Reply};
 use crate::rng::Rng;
 use crate::role::{Origin, PromiseData, Role};
 use crate::types::{Ballot, NodeId, RequestId, Slot};
-use crate::value::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A public view of the replica, for status reports and tests.
@@ -109,8 +109,7 @@ pub struct Replica {
     pub(crate) tick_now: u64,
 
     // Acceptor state (durable).
-    pub(crate) promised: Ballot,
-    pub(crate) accepted: BTreeMap<Slot, (Ballot, Value)>,
+    pub(crate) acceptor: Acceptor,
 
     /// What this member knows of the chosen history (applied prefix, truncation, duplicate
     /// table, commit bookkeeping, catch-up).
@@ -201,8 +200,7 @@ impl Replica {
             announced_role,
             rng,
             tick_now: 0,
-            promised: durable.promised,
-            accepted: durable.accepted,
+            acceptor: Acceptor::new(durable.promised, durable.accepted),
             learner: Learner::recover(
                 config.id,
                 durable.applied_upto,
@@ -601,11 +599,9 @@ impl Replica {
     /// within one catch-up page, or added as a voter and promoted before applying its Add).
     pub(crate) fn drop_acceptor_state_unless_voting(&mut self) {
         let applied_upto = self.learner.applied_upto();
-        if self.can_vote() || self.accepted.first_key_value().is_none_or(|(slot, _)| *slot >= applied_upto) {
-            return;
+        if !self.can_vote() && self.acceptor.forget_below(applied_upto) > 0 {
+            self.persist(PersistOp::DeleteAcceptedBelow(applied_upto));
         }
-        self.accepted = self.accepted.split_off(&applied_upto);
-        self.persist(PersistOp::DeleteAcceptedBelow(applied_upto));
     }
 
     /// Proposes a client value. The answer comes back in a later `Ready::replies`, with the
@@ -719,12 +715,12 @@ impl Replica {
             id: self.config.id,
             role,
             leader: if role == RoleName::Leader { Some(self.config.id) } else { self.leader_hint },
-            promised: self.promised,
+            promised: self.acceptor.promised(),
             own_ballot,
             applied_upto: self.learner.applied_upto(),
             history_start: self.learner.history_start(),
-            accepted_records: self.accepted.len(),
-            accepted_bytes: self.accepted.values().map(|(_, value)| value.size_bytes()).sum(),
+            accepted_records: self.acceptor.accepted().len(),
+            accepted_bytes: self.acceptor.accepted().values().map(|(_, value)| value.size_bytes()).sum(),
             request_records: self.learner.requests().len(),
             sessions: self.learner.requests().sessions(),
             stale_accepts_refused: self.stale_accepts_refused,
@@ -784,7 +780,7 @@ impl Replica {
             Role::Candidate(_) => None,
             Role::Follower => {
                 let ballot = self.heard_leading;
-                (ballot.node != 0 && ballot == self.promised && self.leader_hint == Some(ballot.node))
+                (ballot.node != 0 && ballot == self.acceptor.promised() && self.leader_hint == Some(ballot.node))
                     .then_some(ballot.node)
             }
         }
@@ -799,7 +795,7 @@ impl Replica {
     }
 
     pub fn promised(&self) -> Ballot {
-        self.promised
+        self.acceptor.promised()
     }
 
     // ----- shared helpers -----
@@ -870,10 +866,8 @@ impl Replica {
 
     /// Raises the acceptor's promise, durably.
     pub(crate) fn raise_promise(&mut self, ballot: Ballot) {
-        assert!(ballot >= self.promised, "promises only go up");
-        if ballot > self.promised {
-            self.promised = ballot;
-            self.persist(PersistOp::Promise(ballot));
+        if let Some(record) = self.acceptor.raise_promise(ballot) {
+            self.persist(record);
         }
     }
 

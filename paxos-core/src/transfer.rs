@@ -174,7 +174,7 @@ impl Replica {
     pub(crate) fn on_timeout_now(&mut self, from: NodeId, ballot: crate::types::Ballot, commit_upto: Slot) {
         // Only from a leadership at least as recent as anything promised here: a late one
         // from a superseded leader would depose the leader in place for nothing.
-        if ballot < self.promised || !self.can_lead() || matches!(self.role, Role::Leader(_)) {
+        if ballot < self.acceptor.promised() || !self.can_lead() || matches!(self.role, Role::Leader(_)) {
             return;
         }
         // Only from the leader this member hears at work now: a TimeoutNow delivered late to a
