@@ -4,7 +4,7 @@
 //!
 //! # Correctness
 //! Three rules together keep every slot's quorums intersecting (the argument is in the
-//! README's design notes, "Membership"):
+//! docs/design.md, "Membership and disk loss"):
 //! 1. An entry at slot `c` governs the slots above `c` only once it is applied (α = 1).
 //! 2. The leader proposes an entry only when every slot below it is applied (so the
 //!    configuration in force is the one that governs it), proposes nothing above it until it is

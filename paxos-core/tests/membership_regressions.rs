@@ -328,9 +328,9 @@ fn bound_everywhere(c: &Cluster, group: &[NodeId]) -> bool {
 // ----- 4. a wiped member restarted with its bootstrap flags forms a cluster of its own -----
 
 /// `paxos-node` with no flags runs a single-member cluster; members are then added with
-/// `paxos-cli member add`. The README: "A member restarted with an empty directory never votes
-/// under its old id until `member replace` admits the new directory, whichever state it is
-/// started with."
+/// `paxos-cli member add`. The rule (docs/operations.md, "Joining, disk loss and incarnations"):
+/// a member restarted with an empty directory never votes under its old id until `member
+/// replace` admits the new directory, whichever state it is started with.
 ///
 /// 1. Node 1 bootstraps alone (--peer list {1}) and binds itself at slot 0.
 /// 2. Nodes 2 and 3 join (`existing`) and are added and promoted: voters {1,2,3}.

@@ -70,7 +70,7 @@ impl NodeConfig {
         config.forward_timeout_ticks = (5_000 / self.tick.as_millis().max(1) as u64).max(1);
         config.catch_up_timeout_ticks = 2 * self.election_timeout_ticks;
         config.value_bytes_max = self.value_bytes_max;
-        // The node's memory budget (README, "Memory"): the window and the queue in bytes.
+        // The node's memory budget (docs/operations.md, "Budgets"): the window and the queue in bytes.
         config.window_bytes_max = WINDOW_BYTES_MAX;
         config.proposals_queued_bytes_max = QUEUED_BYTES_MAX;
         config

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Every family the README lists, with its type.
+/// Every family docs/operations.md lists ("Metrics"), with its type.
 const FAMILIES: &[(&str, &str)] = &[
     ("paxos_proposal_duration_seconds", "histogram"),
     ("paxos_commit_duration_seconds", "histogram"),

@@ -6,8 +6,9 @@
 //! (every acknowledged value at its slot on every node, identical histories, nothing twice)
 //! and the promise watcher (no node ever reports a lower ballot than it did before a cut).
 //!
-//! `PAXOS_POWER_CYCLES` (default 20) random cycles follow the fixed scenarios; the soak in the
-//! README runs 100 or more. `PAXOS_POWER_SEED` replays a run (each prints its seed).
+//! `PAXOS_POWER_CYCLES` (default 20) random cycles follow the fixed scenarios; the soak in
+//! docs/testing.md ("Power loss") runs 100 or more. `PAXOS_POWER_SEED` replays a run (each
+//! prints its seed).
 
 use paxos_tests::disk::{CutMode, DiskOptions, FileKind};
 use paxos_tests::lazyfs::{self, LazyMount};
