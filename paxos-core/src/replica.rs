@@ -780,8 +780,10 @@ impl Replica {
             Role::Candidate(_) => None,
             Role::Follower => {
                 let ballot = self.heard_leading;
-                (ballot.node != 0 && ballot == self.acceptor.promised() && self.leader_hint == Some(ballot.node))
-                    .then_some(ballot.node)
+                (ballot.node != 0
+                    && ballot == self.acceptor.promised()
+                    && self.leader_hint == Some(ballot.node))
+                .then_some(ballot.node)
             }
         }
     }
