@@ -49,5 +49,5 @@ pub use requests::{Lookup, RequestTable, TableChange, TableLimits};
 pub use rng::Rng;
 pub use storage::MemStorage;
 pub use transfer::{TransferError, TransferStart};
-pub use types::{payload_digest, Ballot, Digest, NodeId, RequestId, Slot};
+pub use types::{payload_digest, request_fingerprint, Ballot, Digest, NodeId, RequestId, Slot};
 pub use value::Value;

@@ -88,7 +88,7 @@ impl Proposal {
     }
 
     /// What tells two proposals with one request id apart (see
-    /// [`crate::types::request_fingerprint`]). One request id names one value; answers must
+    /// [`crate::request_fingerprint`]). One request id names one value; answers must
     /// never cross between two.
     ///
     /// # Correctness

@@ -10,7 +10,7 @@
 //!    configuration in force is the one that governs it), proposes nothing above it until it is
 //!    applied, and then campaigns again in the new configuration. A leader that finds an entry
 //!    in phase 1 stops its proposals there (`phase_one_values`) and does the same.
-//! 3. Consecutive configurations differ by at most one voter ([`Membership::check_successor`]),
+//! 3. Consecutive configurations differ by at most one voter ([`crate::Membership::check_successor`]),
 //!    so a stale leader's quorum of the old configuration meets every quorum of the new one.
 
 use crate::membership::ChangeError;

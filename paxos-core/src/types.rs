@@ -72,7 +72,7 @@ pub type Digest = [u8; 16];
 /// The digest the duplicate table keeps of a command's payload: a retry is a duplicate only if
 /// its payload has the same digest. XXH3-128: stable across versions and machines (every replica
 /// must compute the same), fast on large values. Not a cryptographic hash: only the session's
-/// owner can send requests in its session (see [`Value::Command`]'s `key`), and a collision can
+/// owner can send requests in its session (see [`crate::Value::Command`]'s `key`), and a collision can
 /// only confuse two values of one client's own.
 pub fn payload_digest(payload: &[u8]) -> Digest {
     xxhash_rust::xxh3::xxh3_128(payload).to_le_bytes()
