@@ -228,7 +228,7 @@ impl Replica {
                 // value differs from the chosen one). No vote; `applied_upto` in the reply
                 // tells the leader to fetch the chosen value, and a leader whose proposal
                 // differs from it learns it was superseded.
-                self.stale_accepts_refused += 1;
+                self.counters.stale_accepts_refused += 1;
                 continue;
             }
             if self
@@ -240,7 +240,7 @@ impl Replica {
                 // One ballot proposes one value per slot: a second one is a confused or hostile
                 // peer's. No vote for it (and no crash: `Acceptor::accept` asserts this for
                 // our own proposals).
-                self.rejected_messages += 1;
+                self.counters.rejected_messages += 1;
                 continue;
             }
             slots.push(slot);

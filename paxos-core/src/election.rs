@@ -93,7 +93,7 @@ impl Replica {
         if leader == from {
             return false;
         }
-        self.prepares_ignored += 1;
+        self.counters.prepares_ignored += 1;
         self.ready.events.push(Event::PrepareIgnored { ballot, from, leader });
         true
     }
@@ -183,7 +183,7 @@ impl Replica {
             }
             Some(refusal) => {
                 if pre_vote.refusals.insert(from, refusal).is_none() {
-                    self.pre_votes_refused += 1;
+                    self.counters.pre_votes_refused += 1;
                     self.ready.events.push(Event::PreVoteRefused { ballot, by: from, refusal });
                 }
             }

@@ -45,7 +45,7 @@ impl Replica {
                 self.answer_waiters(request_id, &applied.chosen, outcome);
             }
             if let Some(checked) = applied.config.take() {
-                self.membership_changed = true;
+                self.membership_notes.mark_changed();
                 self.answer_change(applied.slot, checked);
             }
             self.ready.chosen.push((applied.slot, applied.into_entry()));
@@ -208,7 +208,9 @@ impl Replica {
         let start = installed.history_start;
         // A snapshot may jump over configuration entries: whoever leads or campaigns under
         // the old configuration starts over (`settle_membership`).
-        self.membership_changed |= installed.membership.is_some();
+        if installed.membership.is_some() {
+            self.membership_notes.mark_changed();
+        }
         self.persist(PersistOp::InstallSnapshot(installed));
         self.acceptor.forget_below(start);
         let jumped_in_flight = match &self.role {

@@ -10,12 +10,14 @@
 mod accepting;
 mod acceptor;
 mod config;
+mod counters;
 mod election;
 mod event;
 mod forwarding;
 mod learner;
 mod learning;
 mod membership;
+mod membership_notes;
 mod message;
 mod phase_one;
 mod phase_two;

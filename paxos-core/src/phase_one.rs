@@ -135,7 +135,7 @@ impl Replica {
             };
             // A configuration entry applied during this candidacy (from a promise's history)
             // changed who must promise: `settle_membership` starts over once this input ends.
-            if self.membership_changed || candidate.configuration != configuration {
+            if self.membership_notes.changed() || candidate.configuration != configuration {
                 return;
             }
             if candidate.promises.len() < majority || candidate.waiting_for_gap {
@@ -154,7 +154,7 @@ impl Replica {
                 self.learner.learn_chosen(slot, value);
             }
             self.apply_verbatim(history);
-            if self.membership_changed {
+            if self.membership_notes.changed() {
                 // The promises carried configuration entries, now applied: this phase 1 asked
                 // the wrong voters for the slots above them (two changes can leave its quorum
                 // disjoint from theirs). `settle_membership` starts over once this input ends.
@@ -238,7 +238,7 @@ impl Replica {
         else {
             // Some promise claims a vote absurdly far ahead (see `phase_one_holes_max`): give
             // up this candidacy (the role is already Follower) and wait for the next election.
-            self.rejected_messages += 1;
+            self.counters.rejected_messages += 1;
             self.reset_election_timer();
             return;
         };

@@ -107,7 +107,7 @@ impl Replica {
         let now = self.tick_now;
         let bound = self.learner.membership().is_bound();
         let own_vote = self.own_vote();
-        if self.membership_changed {
+        if self.membership_notes.changed() {
             // A configuration entry was applied during this input (maybe one another leader
             // got chosen, learned by catch-up): nothing more is proposed under this phase 1;
             // `settle_membership` starts a new candidacy once the input ends.

@@ -123,7 +123,7 @@ impl Replica {
     /// Gives up a leadership whose ballot another ballot overtook at a slot in flight: its
     /// commit announcements could no longer be trusted to cover only its own chosen values.
     pub(crate) fn step_down_superseded(&mut self) {
-        self.superseded_leaderships += 1;
+        self.counters.superseded_leaderships += 1;
         self.step_down(None, StepDownReason::Superseded);
     }
 

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 impl Replica {
     /// The incarnation every member last presented, this replica's own included.
     pub(crate) fn incarnations_seen(&self) -> BTreeMap<NodeId, Incarnation> {
-        let mut seen = self.seen_incarnations.clone();
+        let mut seen = self.membership_notes.seen_incarnations().clone();
         seen.insert(self.config.id, self.config.incarnation);
         seen
     }

@@ -7,8 +7,10 @@
 
 use crate::acceptor::Acceptor;
 use crate::config::Config;
+use crate::counters::Counters;
 use crate::learner::Learner;
 use crate::membership::{Incarnation, MemberRole, Membership, MembershipChange};
+use crate::membership_notes::MembershipNotes;
 use crate::message::{Envelope, Message, Proposal, ProposalError};
 use crate::ready::{DurableState, PersistOp, Ready, Reply};
 use crate::rng::Rng;
@@ -115,21 +117,8 @@ pub struct Replica {
     /// table, commit bookkeeping, catch-up).
     pub(crate) learner: Learner,
 
-    // Counters of rare events, for status reports and the simulation.
-    /// Accepts for slots already applied here, refused because their value cannot be checked.
-    pub(crate) stale_accepts_refused: u64,
-    /// Leaderships given up because another ballot chose at a slot this leader had in flight.
-    pub(crate) superseded_leaderships: u64,
-    /// Messages dropped because they break a rule no honest peer breaks (a ballot above
-    /// `Ballot::ROUND_MAX`).
-    pub(crate) rejected_messages: u64,
-    /// Leadership transfers this replica abandoned (the target did not take over in time).
-    pub(crate) transfers_abandoned: u64,
-    /// `TimeoutNow`s this replica obeyed (campaigns it started on a leader's word).
-    pub(crate) transfers_taken: u64,
-    /// See `Status::prepares_ignored` and `Status::pre_votes_refused`.
-    pub(crate) prepares_ignored: u64,
-    pub(crate) pre_votes_refused: u64,
+    /// Counters of rare events.
+    pub(crate) counters: Counters,
 
     // Proposer state.
     pub(crate) role: Role,
@@ -158,18 +147,9 @@ pub struct Replica {
     /// reads the history of the node it proposed through sees its own write.
     pub(crate) replies_after_apply: BTreeMap<Slot, Vec<(RequestId, crate::Digest)>>,
 
-    // Membership.
-    /// The incarnation each member last presented (what `member replace` admits).
-    pub(crate) seen_incarnations: BTreeMap<NodeId, Incarnation>,
-    /// Members whose messages were ignored for their incarnation, and the last tick this
-    /// replica told each of them so.
-    pub(crate) refused_incarnations: BTreeMap<NodeId, (Incarnation, u64)>,
-    /// Peers that told this replica its incarnation is not admitted.
-    pub(crate) refused_by: BTreeMap<NodeId, (Option<Incarnation>, Slot)>,
-    /// A configuration entry was applied since the last input finished.
-    pub(crate) membership_changed: bool,
-    /// Nodes whose history belongs to another log than this replica's: node -> their log.
-    pub(crate) foreign_logs: BTreeMap<NodeId, u64>,
+    /// The membership bookkeeping: incarnations seen and refused, foreign logs, and whether
+    /// the configuration changed since it was last settled.
+    pub(crate) membership_notes: MembershipNotes,
 
     /// Linearizable reads in progress (see `reads.rs`).
     pub(crate) reads: crate::reads::Reads,
@@ -214,13 +194,7 @@ impl Replica {
                     membership
                 },
             ),
-            stale_accepts_refused: 0,
-            superseded_leaderships: 0,
-            rejected_messages: 0,
-            transfers_abandoned: 0,
-            transfers_taken: 0,
-            prepares_ignored: 0,
-            pre_votes_refused: 0,
+            counters: Counters::default(),
             role: Role::Follower,
             leader_hint: None,
             heard_leading: Ballot::ZERO,
@@ -234,11 +208,7 @@ impl Replica {
             election_deadline_ticks,
             forwarded: BTreeMap::new(),
             replies_after_apply: BTreeMap::new(),
-            seen_incarnations: BTreeMap::new(),
-            refused_incarnations: BTreeMap::new(),
-            refused_by: BTreeMap::new(),
-            membership_changed: false,
-            foreign_logs: BTreeMap::new(),
+            membership_notes: MembershipNotes::default(),
             reads: crate::reads::Reads::default(),
             ready: Ready::default(),
             ready_number: 0,
@@ -288,7 +258,7 @@ impl Replica {
             return;
         }
         if !message.within_limits() {
-            self.rejected_messages += 1;
+            self.counters.rejected_messages += 1;
             return;
         }
         if let Some(theirs) = message.log_id() {
@@ -301,7 +271,7 @@ impl Replica {
         if self.learner.announce_role(from, role) {
             self.check_quorums();
         }
-        if self.seen_incarnations.insert(from, incarnation).is_some_and(|before| before != incarnation) {
+        if self.membership_notes.note_incarnation(from, incarnation) {
             // What the member's former incarnation had applied says nothing of this one.
             self.learner.forget_member_progress(from);
         }
@@ -412,13 +382,10 @@ impl Replica {
     /// is told why, at most once per election timeout.
     fn refuse_incarnation(&mut self, from: NodeId, incarnation: Incarnation, message: Message) {
         self.learn_from_stranger(from, message);
-        let now = self.tick_now;
-        let quiet = self.config.election_timeout_ticks;
-        let last_told = self.refused_incarnations.get(&from).map(|(_, tick)| *tick);
-        if last_told.is_some_and(|tick| now.saturating_sub(tick) < quiet) {
+        let (now, quiet_ticks) = (self.tick_now, self.config.election_timeout_ticks);
+        if !self.membership_notes.tell_refusal(from, incarnation, now, quiet_ticks) {
             return;
         }
-        self.refused_incarnations.insert(from, (incarnation, now));
         let membership = self.learner.membership();
         let message = Message::NotAdmitted {
             admitted: membership.get(from).map(|member| member.incarnation),
@@ -437,7 +404,7 @@ impl Replica {
         if ours == 0 || theirs == 0 || ours == theirs {
             return true;
         }
-        self.foreign_logs.insert(from, theirs);
+        self.membership_notes.note_foreign_log(from, theirs);
         false
     }
 
@@ -500,7 +467,7 @@ impl Replica {
             self.send(from, Message::CatchUpEntries { entries: Vec::new(), applied_upto, log_id, request });
             return;
         }
-        self.refused_by.insert(from, (admitted, chosen_at));
+        self.membership_notes.note_refused_by(from, admitted, chosen_at);
         self.learner.note_member_progress(from, applied_upto);
         self.maybe_catch_up();
     }
@@ -542,15 +509,10 @@ impl Replica {
     /// must promise before anything is proposed there. A replica that may still vote starts a
     /// new candidacy at once (no election timeout: usually the same leader wins again).
     pub(crate) fn settle_membership(&mut self) {
-        if !std::mem::take(&mut self.membership_changed) {
+        let membership = self.learner.membership();
+        if !self.membership_notes.settle(membership, self.config.id, self.config.incarnation) {
             return;
         }
-        let membership = self.learner.membership();
-        if membership.get(self.config.id).is_some_and(|m| m.incarnation == self.config.incarnation) {
-            self.refused_by.clear();
-        }
-        // A member replaced since: its new incarnation is the admitted one now.
-        self.refused_incarnations.retain(|id, (incarnation, _)| !membership.admits(*id, *incarnation));
         // The leader it follows may lead no more (it removed itself, or became an acceptor or a
         // learner; its last heartbeat said so): forget it, so no proposal is forwarded there,
         // whose answer would come from a stranger and be dropped, and an election may start.
@@ -723,26 +685,22 @@ impl Replica {
             accepted_bytes: self.acceptor.accepted().values().map(|(_, value)| value.size_bytes()).sum(),
             request_records: self.learner.requests().len(),
             sessions: self.learner.requests().sessions(),
-            stale_accepts_refused: self.stale_accepts_refused,
-            superseded_leaderships: self.superseded_leaderships,
-            rejected_messages: self.rejected_messages,
+            stale_accepts_refused: self.counters.stale_accepts_refused,
+            superseded_leaderships: self.counters.superseded_leaderships,
+            rejected_messages: self.counters.rejected_messages,
             member_applied_upto,
             incarnation: self.config.incarnation,
             membership: self.learner.membership().clone(),
             can_vote: self.can_vote(),
             can_lead: self.can_lead(),
-            refused_incarnations: self
-                .refused_incarnations
-                .iter()
-                .map(|(id, (inc, _))| (*id, *inc))
-                .collect(),
-            refused_by: self.refused_by.clone(),
-            foreign_logs: self.foreign_logs.clone(),
+            refused_incarnations: self.membership_notes.refused_incarnations(),
+            refused_by: self.membership_notes.refused_by().clone(),
+            foreign_logs: self.membership_notes.foreign_logs().clone(),
             transfer_target: self.transfer_target(),
-            transfers_abandoned: self.transfers_abandoned,
-            transfers_taken: self.transfers_taken,
-            prepares_ignored: self.prepares_ignored,
-            pre_votes_refused: self.pre_votes_refused,
+            transfers_abandoned: self.counters.transfers_abandoned,
+            transfers_taken: self.counters.transfers_taken,
+            prepares_ignored: self.counters.prepares_ignored,
+            pre_votes_refused: self.counters.pre_votes_refused,
         }
     }
 

@@ -139,7 +139,7 @@ impl Replica {
         };
         if now >= transfer.deadline_tick {
             leader.transfer = None;
-            self.transfers_abandoned += 1;
+            self.counters.transfers_abandoned += 1;
             // What queued meanwhile gets its slots now.
             self.fill_window();
             return;
@@ -195,7 +195,7 @@ impl Replica {
         if !self.can_lead() {
             return;
         }
-        self.transfers_taken += 1;
+        self.counters.transfers_taken += 1;
         self.become_candidate(crate::event::CampaignReason::Transfer { from });
     }
 }
