@@ -51,15 +51,15 @@ impl Replica {
                 // A proposer has no promise to give, but a campaign is under way: like an
                 // acceptor that promises, it gives the candidate time to win (phase 1 can take
                 // many pages) instead of pre-empting it with a ballot of its own.
-                if ballot.round >= self.round_seen {
+                if ballot.round >= self.proposer.round_seen {
                     self.step_down_below(ballot);
                     if !self.is_leader() {
                         self.reset_election_timer();
-                        self.leader_hint = None;
+                        self.proposer.leader_hint = None;
                         // And its own pre-vote goes: grants it collected before would make it
                         // campaign against the candidate it just deferred to (found by a
                         // review's hand-routed schedule, as for voters below).
-                        self.pre_vote = None;
+                        self.proposer.pre_vote = None;
                     }
                 }
                 // How far this proposer has applied: a candidate whose configuration is older
@@ -82,12 +82,12 @@ impl Replica {
         // Granting a promise is a vote for `from`: give it time to win before competing, or
         // promising anyone else (see `election.rs`).
         self.reset_election_timer();
-        self.promise_granted = Some((from, self.tick_now));
+        self.proposer.promise_granted = Some((from, self.tick_now));
         // And give up its own pre-vote: its yes to itself no longer holds (found by the
         // simulation: a member that promised one candidate went on to win its own pre-vote and
         // deposed the winner a round trip later).
-        self.pre_vote = None;
-        self.leader_hint = None;
+        self.proposer.pre_vote = None;
+        self.proposer.leader_hint = None;
         if from_slot < self.learner.applied_upto() && from_slot >= self.learner.history_start() {
             self.ready.history_reads.push(HistoryRead {
                 purpose: ReadPurpose::Promise { ballot },
@@ -288,18 +288,18 @@ impl Replica {
         // Accepting in a ballot implies promising it: a later Prepare below it must be refused.
         self.raise_promise(ballot);
         self.step_down_below(ballot);
-        self.heard_leading = self.heard_leading.max(ballot);
-        if !matches!(self.role, Role::Leader(_)) {
+        self.proposer.heard_leading = self.proposer.heard_leading.max(ballot);
+        if !matches!(self.proposer.role, Role::Leader(_)) {
             // A leader at work: stickiness counts from here, and a pre-vote is moot.
-            self.leader_heard_tick = Some(self.tick_now);
-            self.pre_vote = None;
-            if self.leader_hint != Some(from) {
+            self.proposer.leader_heard_tick = Some(self.tick_now);
+            self.proposer.pre_vote = None;
+            if self.proposer.leader_hint != Some(from) {
                 // Proposals forwarded to the previous leader may be lost with it: answer them
                 // now (retryable) instead of after the forward timeout.
                 self.fail_forwarded(Some(from));
                 self.fail_forwarded_reads(Some(from));
             }
-            self.leader_hint = Some(from);
+            self.proposer.leader_hint = Some(from);
             self.reset_election_timer();
         }
     }

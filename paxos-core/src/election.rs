@@ -47,12 +47,12 @@ impl Replica {
     /// The leader at work this member heard within the minimum election timeout, and how many
     /// ticks ago (itself, 0 ticks ago, when it leads).
     pub(crate) fn live_leader(&self) -> Option<(NodeId, u64)> {
-        match &self.role {
+        match &self.proposer.role {
             Role::Leader(_) => Some((self.config.id, 0)),
             Role::Candidate(_) => None,
             Role::Follower => {
                 let leader = self.leader_heard()?;
-                let ticks_ago = self.tick_now.saturating_sub(self.leader_heard_tick?);
+                let ticks_ago = self.tick_now.saturating_sub(self.proposer.leader_heard_tick?);
                 (ticks_ago < self.config.election_timeout_ticks).then_some((leader, ticks_ago))
             }
         }
@@ -67,10 +67,10 @@ impl Replica {
     /// before the winner's first heartbeat arrives (found by the simulation: a leader nobody
     /// hears, in 7 members, and three leaders in a row after it).
     pub(crate) fn live_candidate(&self) -> Option<(NodeId, u64)> {
-        if !matches!(self.role, Role::Follower) {
+        if !matches!(self.proposer.role, Role::Follower) {
             return None;
         }
-        let (candidate, granted_tick) = self.promise_granted?;
+        let (candidate, granted_tick) = self.proposer.promise_granted?;
         let ticks_ago = self.tick_now.saturating_sub(granted_tick);
         // Only while that candidate's ballot is the promise: a higher one promised since (a
         // leader followed, or this member's own candidacy) ends it.
@@ -106,9 +106,9 @@ impl Replica {
             self.become_candidate(CampaignReason::Timeout);
             return;
         }
-        if let Role::Candidate(candidate) = &self.role {
+        if let Role::Candidate(candidate) = &self.proposer.role {
             let ballot = candidate.ballot;
-            self.role = Role::Follower;
+            self.proposer.role = Role::Follower;
             self.ready.events.push(Event::SteppedDown {
                 ballot,
                 was_leader: false,
@@ -118,18 +118,18 @@ impl Replica {
         self.reset_election_timer();
         // Not heard for an election timeout: forget it (see the module's documentation), and
         // answer what was forwarded to it (retryable) now rather than at the forward timeout.
-        self.leader_hint = None;
+        self.proposer.leader_hint = None;
         self.fail_forwarded(None);
-        let Some(round) = self.round_seen.max(self.acceptor.promised().round).checked_add(1) else {
+        let Some(round) = self.proposer.round_seen.max(self.acceptor.promised().round).checked_add(1) else {
             // No ballot above the promise exists (see `become_candidate`).
             return;
         };
         let ballot = Ballot::new(round, self.config.id);
-        self.pre_vote_attempts += 1;
-        let attempt = self.pre_vote_attempts;
+        self.proposer.pre_vote_attempts += 1;
+        let attempt = self.proposer.pre_vote_attempts;
         // Its own timer fired, so it heard no leader for an election timeout: its own yes.
         let grants = if self.can_vote() { BTreeSet::from([self.config.id]) } else { BTreeSet::new() };
-        self.pre_vote = Some(PreVote { ballot, attempt, grants, refusals: BTreeMap::new() });
+        self.proposer.pre_vote = Some(PreVote { ballot, attempt, grants, refusals: BTreeMap::new() });
         let voters: Vec<NodeId> = self.voter_peers().collect();
         for voter in voters {
             self.send(voter, Message::PreVote { ballot, attempt });
@@ -169,14 +169,14 @@ impl Replica {
         if !self.learner.membership().counts_vote(from, incarnation) {
             return;
         }
-        let Some(pre_vote) = &mut self.pre_vote else {
+        let Some(pre_vote) = &mut self.proposer.pre_vote else {
             return;
         };
         if pre_vote.ballot != ballot || pre_vote.attempt != attempt {
             return;
         }
         // The Prepare that follows goes above every promise the answers report.
-        self.round_seen = self.round_seen.max(promised.round);
+        self.proposer.round_seen = self.proposer.round_seen.max(promised.round);
         match refusal {
             None => {
                 pre_vote.grants.insert(from);
@@ -193,13 +193,13 @@ impl Replica {
 
     fn maybe_win_pre_vote(&mut self) {
         let majority = self.learner.membership().majority();
-        let Some(pre_vote) = &self.pre_vote else {
+        let Some(pre_vote) = &self.proposer.pre_vote else {
             return;
         };
         if pre_vote.grants.len() < majority || !self.can_lead() {
             return;
         }
-        self.pre_vote = None;
+        self.proposer.pre_vote = None;
         self.become_candidate(CampaignReason::Timeout);
     }
 }
@@ -254,7 +254,7 @@ mod tests {
         assert!(cluster.node(leader).is_leader());
         assert_eq!(cluster.node(leader).status().own_ballot, Some(ballot), "the leader was never deposed");
         assert!(cluster.node(deaf).promised() <= ballot, "the deaf member raised no ballot");
-        assert!(cluster.node(deaf).pre_vote_attempts >= 5, "it kept asking");
+        assert!(cluster.node(deaf).proposer.pre_vote_attempts >= 5, "it kept asking");
     }
 
     /// Refusals are not votes: a member that misses the leader's heartbeats (a one-way cut)
@@ -355,12 +355,15 @@ mod tests {
         let grants_2 = deliver(&mut c, &pre_votes_2, |e| e.to == 3 || e.to == 4);
         let grants_1 = deliver(&mut c, &pre_votes_1, |e| e.to == 3 || e.to == 4);
         let prepares_1 = deliver(&mut c, &grants_1, |e| e.to == 1);
-        assert!(matches!(c.node(1).role, crate::role::Role::Candidate(_)));
+        assert!(matches!(c.node(1).proposer.role, crate::role::Role::Candidate(_)));
         deliver(&mut c, &prepares_1, |e| e.to == 2);
-        assert!(c.node(2).pre_vote.is_none(), "the deferring proposer kept its pre-vote");
+        assert!(c.node(2).proposer.pre_vote.is_none(), "the deferring proposer kept its pre-vote");
         let promises = deliver(&mut c, &prepares_1, |e| e.to == 3 || e.to == 4);
         let from_2 = deliver(&mut c, &grants_2, |e| e.to == 2);
-        assert!(!matches!(c.node(2).role, crate::role::Role::Candidate(_)), "2 campaigned after deferring");
+        assert!(
+            !matches!(c.node(2).proposer.role, crate::role::Role::Candidate(_)),
+            "2 campaigned after deferring"
+        );
         assert!(from_2.iter().all(|e| !matches!(e.message, Message::Prepare { .. })), "{from_2:?}");
         deliver(&mut c, &promises, |e| e.to == 1);
         assert!(c.node(1).is_leader(), "the candidate the others deferred to leads");

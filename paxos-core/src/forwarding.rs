@@ -21,7 +21,7 @@ impl Replica {
             self.leader_propose(proposal, Origin::Remote(from));
         } else {
             // No second hop: the origin retries with the hint, which keeps forwarding loop-free.
-            let hint = self.leader_hint.filter(|leader| *leader != from);
+            let hint = self.proposer.leader_hint.filter(|leader| *leader != from);
             self.reply(
                 Origin::Remote(from),
                 (proposal.request_id, proposal.fingerprint()),
@@ -34,7 +34,7 @@ impl Replica {
     /// the outcome is unknown, and a retry with the same request id is chosen at most once.
     pub(crate) fn fail_forwarded(&mut self, leader_hint: Option<NodeId>) {
         self.fail_forwarded_reads(leader_hint);
-        for (request_id, (_, fingerprint)) in std::mem::take(&mut self.forwarded) {
+        for (request_id, (_, fingerprint)) in std::mem::take(&mut self.proposer.forwarded) {
             self.reply(
                 Origin::Local,
                 (request_id, fingerprint),
@@ -52,13 +52,13 @@ impl Replica {
         fingerprint: crate::Digest,
         outcome: Result<Slot, ProposalError>,
     ) {
-        if self.forwarded.get(&request_id).is_none_or(|(_, forwarded)| *forwarded != fingerprint) {
+        if self.proposer.forwarded.get(&request_id).is_none_or(|(_, forwarded)| *forwarded != fingerprint) {
             return;
         }
-        self.forwarded.remove(&request_id);
+        self.proposer.forwarded.remove(&request_id);
         match outcome {
             Ok(slot) if slot >= self.learner.applied_upto() => {
-                self.replies_after_apply.entry(slot).or_default().push((request_id, fingerprint));
+                self.proposer.replies_after_apply.entry(slot).or_default().push((request_id, fingerprint));
             }
             outcome => self.reply(Origin::Local, (request_id, fingerprint), outcome),
         }

@@ -36,7 +36,7 @@ impl Replica {
         while let Some(mut applied) =
             self.learner.apply_next(self.config.request_table, &mut self.ready.persist)
         {
-            if let Role::Leader(leader) = &mut self.role {
+            if let Role::Leader(leader) = &mut self.proposer.role {
                 if let Some(in_flight) = leader.in_flight.remove(&applied.slot) {
                     superseded |= in_flight.value != applied.chosen;
                 }
@@ -62,7 +62,7 @@ impl Replica {
     }
 
     fn release_replies_after_apply(&mut self) {
-        while let Some(entry) = self.replies_after_apply.first_entry() {
+        while let Some(entry) = self.proposer.replies_after_apply.first_entry() {
             if *entry.key() >= self.learner.applied_upto() {
                 break;
             }
@@ -99,9 +99,12 @@ impl Replica {
     /// Asks a peer that is ahead for the next chosen entries, unless a request is outstanding.
     pub(crate) fn maybe_catch_up(&mut self) {
         let base_timeout_ticks = self.config.catch_up_timeout_ticks;
-        if let Some((peer, request)) =
-            self.learner.catch_up_from(self.tick_now, self.leader_hint, &mut self.rng, base_timeout_ticks)
-        {
+        if let Some((peer, request)) = self.learner.catch_up_from(
+            self.tick_now,
+            self.proposer.leader_hint,
+            &mut self.rng,
+            base_timeout_ticks,
+        ) {
             self.send(peer, Message::CatchUp { from_slot: self.learner.applied_upto(), request });
         }
     }
@@ -213,7 +216,7 @@ impl Replica {
         }
         self.persist(PersistOp::InstallSnapshot(installed));
         self.acceptor.forget_below(start);
-        let jumped_in_flight = match &self.role {
+        let jumped_in_flight = match &self.proposer.role {
             Role::Leader(leader) => leader.in_flight.first_key_value().is_some_and(|(slot, _)| *slot < start),
             _ => false,
         };
@@ -244,8 +247,8 @@ impl Replica {
     pub fn compact(&mut self, compaction: Compaction) -> Result<CompactionReport, CompactionError> {
         let truncate = compaction.truncate_below.filter(|slot| *slot > self.learner.history_start());
         if let Some(requested) = truncate {
-            if requested <= self.learner.applied_upto() && !matches!(self.role, Role::Leader(_)) {
-                return Err(CompactionError::NotLeader { leader_hint: self.leader_hint });
+            if requested <= self.learner.applied_upto() && !matches!(self.proposer.role, Role::Leader(_)) {
+                return Err(CompactionError::NotLeader { leader_hint: self.proposer.leader_hint });
             }
             let peers: Vec<NodeId> = self.peers().collect();
             self.learner.check_truncation(requested, compaction.force, peers)?;

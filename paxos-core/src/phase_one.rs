@@ -17,14 +17,14 @@ impl Replica {
     /// `election.rs`).
     pub(crate) fn become_candidate(&mut self, reason: CampaignReason) {
         assert!(self.can_lead(), "only an admitted voter or proposer campaigns");
-        self.pre_vote = None;
+        self.proposer.pre_vote = None;
         // Rounds from the network stop at `Ballot::ROUND_MAX`; only a promise written before
         // that check existed can sit at the very top, and then no higher ballot exists.
-        let Some(round) = self.round_seen.max(self.acceptor.promised().round).checked_add(1) else {
+        let Some(round) = self.proposer.round_seen.max(self.acceptor.promised().round).checked_add(1) else {
             self.reset_election_timer();
             return;
         };
-        match &self.role {
+        match &self.proposer.role {
             Role::Leader(leader) => self.ready.events.push(Event::SteppedDown {
                 ballot: leader.ballot,
                 was_leader: true,
@@ -37,11 +37,11 @@ impl Replica {
         self.fail_forwarded(None);
         let ballot = Ballot::new(round, self.config.id);
         self.ready.events.push(Event::BecameCandidate { ballot, reason });
-        self.round_seen = round;
+        self.proposer.round_seen = round;
         self.raise_promise(ballot);
-        self.leader_hint = None;
+        self.proposer.leader_hint = None;
         self.reset_election_timer();
-        self.role = Role::Candidate(CandidateState {
+        self.proposer.role = Role::Candidate(CandidateState {
             ballot,
             from_slot: self.learner.applied_upto(),
             promises: BTreeMap::new(),
@@ -67,7 +67,7 @@ impl Replica {
     /// applied prefix, or from where the last page of promises stopped.
     fn prepare_from(&mut self, from_slot: Slot) {
         let own = self.can_vote().then(|| self.promise_data(from_slot, Vec::new()));
-        let Role::Candidate(candidate) = &mut self.role else {
+        let Role::Candidate(candidate) = &mut self.proposer.role else {
             return;
         };
         candidate.from_slot = from_slot;
@@ -100,7 +100,7 @@ impl Replica {
         if !self.learner.membership().counts_vote(from, incarnation) {
             return;
         }
-        let Role::Candidate(candidate) = &mut self.role else {
+        let Role::Candidate(candidate) = &mut self.proposer.role else {
             return;
         };
         // A Promise that answered a later `from_slot` (a delayed answer to a Prepare of an
@@ -130,7 +130,7 @@ impl Replica {
         loop {
             let majority = self.learner.membership().majority();
             let configuration = self.learner.membership().chosen_at;
-            let Role::Candidate(candidate) = &mut self.role else {
+            let Role::Candidate(candidate) = &mut self.proposer.role else {
                 return;
             };
             // A configuration entry applied during this candidacy (from a promise's history)
@@ -171,7 +171,7 @@ impl Replica {
                     self.reset_election_timer();
                     self.prepare_from(self.learner.applied_upto());
                     continue;
-                } else if let Role::Candidate(candidate) = &mut self.role {
+                } else if let Role::Candidate(candidate) = &mut self.proposer.role {
                     // No promise could give the next slot (truncated there): catch-up will.
                     candidate.waiting_for_gap = true;
                     self.maybe_catch_up();
@@ -181,7 +181,8 @@ impl Replica {
             if self.next_promise_page() {
                 continue;
             }
-            let Role::Candidate(candidate) = std::mem::replace(&mut self.role, Role::Follower) else {
+            let Role::Candidate(candidate) = std::mem::replace(&mut self.proposer.role, Role::Follower)
+            else {
                 unreachable!("checked above")
             };
             self.become_leader(candidate);
@@ -199,7 +200,7 @@ impl Replica {
     /// more acceptors than a quorum (pages answered by different majorities) is safe too:
     /// every accepted value of a ballot at or above the one that chose a slot is the chosen one.
     fn next_promise_page(&mut self) -> bool {
-        let Role::Candidate(candidate) = &mut self.role else {
+        let Role::Candidate(candidate) = &mut self.proposer.role else {
             return false;
         };
         let Some(covered_upto) = candidate.promises.values().filter_map(|data| data.covered_upto).min()
@@ -245,8 +246,8 @@ impl Replica {
         let mut leader = self.leader_state(ballot, next_slot, &proposals);
         leader.config_slot = config_slot;
         self.ready.events.push(Event::BecameLeader { ballot, votes_from });
-        self.role = Role::Leader(Box::new(leader));
-        self.leader_hint = Some(self.config.id);
+        self.proposer.role = Role::Leader(Box::new(leader));
+        self.proposer.leader_hint = Some(self.config.id);
         for (slot, value) in proposals {
             self.accept_own(slot, ballot, value);
         }

@@ -63,7 +63,9 @@ impl Replica {
             Lookup::New => {}
         }
         let queue_limit = self.config.proposals_queued_max;
-        let Role::Leader(leader) = &mut self.role else { unreachable!("leader_propose on a non-leader") };
+        let Role::Leader(leader) = &mut self.proposer.role else {
+            unreachable!("leader_propose on a non-leader")
+        };
         if let Some((queued, waiters)) = leader.waiters.get_mut(&request_id) {
             if *queued != fingerprint {
                 // Another value under this id is queued or in flight (a client that reuses an
@@ -113,7 +115,7 @@ impl Replica {
             // `settle_membership` starts a new candidacy once the input ends.
             return false;
         }
-        let Role::Leader(leader) = &mut self.role else {
+        let Role::Leader(leader) = &mut self.proposer.role else {
             return false;
         };
         if leader.transfer.is_some() {
@@ -173,7 +175,7 @@ impl Replica {
     /// Sends every slot proposed since the last Ready, batched into Accepts per peer.
     pub(crate) fn flush_accepts(&mut self) {
         let applied_upto = self.learner.applied_upto();
-        let Role::Leader(leader) = &mut self.role else {
+        let Role::Leader(leader) = &mut self.proposer.role else {
             return;
         };
         if leader.unsent.is_empty() {
@@ -234,7 +236,7 @@ impl Replica {
         let interval = self.config.heartbeat_interval_ticks;
         let limit = self.config.entries_per_message_max;
         let voters: Vec<NodeId> = self.voter_peers().collect();
-        let Role::Leader(leader) = &mut self.role else {
+        let Role::Leader(leader) = &mut self.proposer.role else {
             return;
         };
         let ballot = leader.ballot;
@@ -270,7 +272,7 @@ impl Replica {
             return;
         }
         let now = self.tick_now;
-        let Role::Leader(leader) = &mut self.role else {
+        let Role::Leader(leader) = &mut self.proposer.role else {
             return;
         };
         if leader.ballot != ballot {
@@ -304,7 +306,7 @@ impl Replica {
     /// Moves every in-flight slot with a quorum of votes to chosen, then applies.
     pub(crate) fn check_quorums(&mut self) {
         let quorum = self.learner.membership().quorum();
-        let Role::Leader(leader) = &mut self.role else {
+        let Role::Leader(leader) = &mut self.proposer.role else {
             return;
         };
         let done: Vec<Slot> = leader
@@ -328,7 +330,7 @@ impl Replica {
     pub(crate) fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, applied_upto: Slot, round: u64) {
         self.learner.note_member_progress(from, applied_upto);
         let now = self.tick_now;
-        if let Role::Leader(leader) = &mut self.role {
+        if let Role::Leader(leader) = &mut self.proposer.role {
             if leader.ballot == ballot {
                 leader.answered_tick.insert(from, now);
                 if leader.last_heard_tick.contains_key(&from) {
@@ -350,7 +352,7 @@ impl Replica {
         value: &crate::Value,
         outcome: Result<Slot, ProposalError>,
     ) {
-        let Role::Leader(leader) = &mut self.role else {
+        let Role::Leader(leader) = &mut self.proposer.role else {
             return;
         };
         let Some((waiting, _)) = leader.waiters.get(&request_id) else {
@@ -371,7 +373,7 @@ impl Replica {
     /// Drops in-flight bookkeeping for slots applied through catch-up rather than votes.
     pub(crate) fn forget_applied_in_flight(&mut self) {
         let applied_upto = self.learner.applied_upto();
-        let Role::Leader(leader) = &mut self.role else {
+        let Role::Leader(leader) = &mut self.proposer.role else {
             return;
         };
         while let Some((slot, _)) = leader.in_flight.first_key_value() {
@@ -495,7 +497,7 @@ mod tests {
         cluster.settle();
         let answers: Vec<_> = cluster.replies.iter().filter(|(_, r)| r.request_id == request_id).collect();
         assert!(matches!(answers[..], [(_, crate::Reply { outcome: Ok(_), .. })]), "{answers:?}");
-        let crate::role::Role::Leader(state) = &cluster.node(leader).role else { panic!("leads") };
+        let crate::role::Role::Leader(state) = &cluster.node(leader).proposer.role else { panic!("leads") };
         assert!(state.waiters.is_empty(), "{:?}", state.waiters);
     }
 }

@@ -21,7 +21,7 @@ impl Replica {
         let election_timeout = self.config.election_timeout_ticks;
         let own_votes = self.own_vote().len();
         self.maybe_change_membership_automatically();
-        if let Role::Leader(leader) = &mut self.role {
+        if let Role::Leader(leader) = &mut self.proposer.role {
             // Check quorum: a leader cut off from the majority cannot commit anything; stepping
             // down answers its clients (retryable) instead of leaving them waiting forever.
             let heard = own_votes
@@ -53,14 +53,14 @@ impl Replica {
             self.advance_transfer();
             return;
         }
-        if let Role::Candidate(candidate) = &self.role {
+        if let Role::Candidate(candidate) = &self.proposer.role {
             if candidate.waiting_for_gap && self.learner.applied_upto() > candidate.from_slot {
                 // Catch-up filled some of the gap: ask the quorum again from there.
                 self.prepare_again();
             }
         }
-        self.election_elapsed_ticks += 1;
-        if self.election_elapsed_ticks >= self.election_deadline_ticks {
+        self.proposer.election_elapsed_ticks += 1;
+        if self.proposer.election_elapsed_ticks >= self.proposer.election_deadline_ticks {
             if self.can_lead() {
                 // Ask first (see `election.rs`): a member that hears no one, or whose link to
                 // a leader the others hear flaps, must not depose that leader.
@@ -69,7 +69,7 @@ impl Replica {
                 // A learner, a removed member or a node whose incarnation the configuration
                 // does not admit never campaigns: its own vote would count for nothing, or for
                 // promises it no longer remembers.
-                if matches!(self.role, Role::Candidate(_)) {
+                if matches!(self.proposer.role, Role::Candidate(_)) {
                     self.step_down(None, StepDownReason::ConfigurationChange);
                 }
                 self.reset_election_timer();
@@ -79,7 +79,7 @@ impl Replica {
     }
 
     pub(crate) fn on_nack(&mut self, from: NodeId, ballot: Ballot, promised: Ballot) {
-        let own = match &self.role {
+        let own = match &self.proposer.role {
             Role::Candidate(candidate) => candidate.ballot,
             Role::Leader(leader) => leader.ballot,
             Role::Follower => return,
@@ -99,13 +99,13 @@ impl Replica {
         // Back off for a random extra while: duelling candidates that keep pre-empting each
         // other settle once one of them waits longer than the other needs to win.
         let timeout = self.config.election_timeout_ticks;
-        self.election_elapsed_ticks = 0;
-        self.election_deadline_ticks = self.rng.range(timeout, 3 * timeout);
+        self.proposer.election_elapsed_ticks = 0;
+        self.proposer.election_deadline_ticks = self.rng.range(timeout, 3 * timeout);
     }
 
     /// Leaves the candidate or leader role if `ballot` outranks ours.
     pub(crate) fn step_down_below(&mut self, ballot: Ballot) {
-        let (own, transfer_target) = match &self.role {
+        let (own, transfer_target) = match &self.proposer.role {
             Role::Candidate(candidate) => (candidate.ballot, None),
             Role::Leader(leader) => (leader.ballot, leader.transfer.map(|transfer| transfer.target)),
             Role::Follower => return,
@@ -128,7 +128,7 @@ impl Replica {
     }
 
     pub(crate) fn step_down(&mut self, leader_hint: Option<NodeId>, reason: StepDownReason) {
-        match &self.role {
+        match &self.proposer.role {
             Role::Leader(leader) => {
                 self.ready.events.push(Event::SteppedDown { ballot: leader.ballot, was_leader: true, reason })
             }
@@ -141,15 +141,15 @@ impl Replica {
         }
         self.fail_leader_work(leader_hint);
         self.fail_confirming_reads(leader_hint);
-        self.role = Role::Follower;
-        self.leader_hint = leader_hint;
+        self.proposer.role = Role::Follower;
+        self.proposer.leader_hint = leader_hint;
         self.reset_election_timer();
     }
 
     /// Answers everything a leader was waiting on: the outcome is unknown, so the answer is a
     /// retryable NotLeader (a retry with the same request id cannot be chosen twice).
     pub(crate) fn fail_leader_work(&mut self, leader_hint: Option<NodeId>) {
-        let Role::Leader(leader) = &mut self.role else {
+        let Role::Leader(leader) = &mut self.proposer.role else {
             return;
         };
         // Queued proposals have no slot yet; their waiters are in `waiters` like everyone's.

@@ -46,7 +46,7 @@ impl Replica {
             self.leader_read(ReadOrigin::Local(request));
             return;
         }
-        match self.leader_hint {
+        match self.proposer.leader_hint {
             Some(leader) if leader != self.config.id => {
                 let deadline_tick = self.tick_now + self.config.forward_timeout_ticks;
                 let number = self.reads.next_forward.unwrap_or_else(|| self.rng.next_u64());
@@ -62,7 +62,7 @@ impl Replica {
     pub(crate) fn on_read_index(&mut self, from: NodeId, request: u64) {
         let origin = ReadOrigin::Remote(from, request);
         if !self.is_leader() {
-            let leader_hint = self.leader_hint.filter(|leader| *leader != from);
+            let leader_hint = self.proposer.leader_hint.filter(|leader| *leader != from);
             self.answer_read(origin, Err(ProposalError::NotLeader { leader_hint }));
         } else if self.reads.pending() >= READS_PENDING_MAX {
             self.answer_read(origin, Err(ProposalError::Overloaded));
@@ -101,7 +101,7 @@ impl Replica {
     /// chosen already (found by a review). The read is refused as `ChangeInProgress`
     /// (retryable); the next leadership answers it.
     fn leader_read(&mut self, origin: ReadOrigin) {
-        let Role::Leader(leader) = &self.role else { unreachable!("leader_read on a non-leader") };
+        let Role::Leader(leader) = &self.proposer.role else { unreachable!("leader_read on a non-leader") };
         if leader.config_slot.is_some() {
             self.answer_read(origin, Err(ProposalError::ChangeInProgress));
             return;
@@ -127,7 +127,7 @@ impl Replica {
     /// A heartbeat of the leader's ballot to every member, carrying the current round.
     pub(crate) fn broadcast_heartbeat(&mut self) {
         let applied_upto = self.learner.applied_upto();
-        let Role::Leader(leader) = &mut self.role else {
+        let Role::Leader(leader) = &mut self.proposer.role else {
             return;
         };
         leader.announced_commit = applied_upto;
@@ -143,7 +143,7 @@ impl Replica {
 
     /// `from` acknowledged a heartbeat of `round` in `ballot`.
     pub(crate) fn read_round_acked(&mut self, from: NodeId, ballot: Ballot, round: u64) {
-        if matches!(&self.role, Role::Leader(leader) if leader.ballot == ballot) {
+        if matches!(&self.proposer.role, Role::Leader(leader) if leader.ballot == ballot) {
             self.reads.note_ack(ballot, from, round);
             self.confirm_reads();
         }
@@ -152,7 +152,7 @@ impl Replica {
     /// Answers the reads whose round a quorum of voters acknowledged, and starts the next
     /// round if reads wait for it.
     fn confirm_reads(&mut self) {
-        let Role::Leader(leader) = &self.role else {
+        let Role::Leader(leader) = &self.proposer.role else {
             return;
         };
         if self.reads.confirming.is_empty() {

@@ -36,7 +36,7 @@ impl Replica {
         let membership = self.learner.membership();
         let bound = membership.is_bound();
         let checked = membership.after(&change, &seen);
-        let refusal = match &self.role {
+        let refusal = match &self.proposer.role {
             Role::Leader(leader) => {
                 let busy = leader.pending_change.is_some()
                     || leader.config_slot.is_some()
@@ -48,7 +48,7 @@ impl Replica {
                     checked.err().map(ProposalError::ChangeRefused)
                 }
             }
-            _ => Some(ProposalError::NotLeader { leader_hint: self.leader_hint }),
+            _ => Some(ProposalError::NotLeader { leader_hint: self.proposer.leader_hint }),
         };
         if let Some(error) = refusal {
             if let Some(request_id) = request_id {
@@ -56,7 +56,7 @@ impl Replica {
             }
             return;
         }
-        if let Role::Leader(leader) = &mut self.role {
+        if let Role::Leader(leader) = &mut self.proposer.role {
             leader.pending_change = Some((change, request_id));
         }
         self.fill_window();
@@ -70,7 +70,7 @@ impl Replica {
         let own_vote = self.own_vote();
         let checked_against = self.learner.membership().clone();
         let applied_upto = self.learner.applied_upto();
-        let Role::Leader(leader) = &mut self.role else {
+        let Role::Leader(leader) = &mut self.proposer.role else {
             return false;
         };
         let Some((change, request_id)) = leader.pending_change.take() else {
@@ -104,7 +104,7 @@ impl Replica {
 
     /// A configuration entry was applied at `slot`: answers whoever asked for it.
     pub(crate) fn answer_change(&mut self, slot: Slot, checked: Result<(), ChangeError>) {
-        let Role::Leader(leader) = &mut self.role else {
+        let Role::Leader(leader) = &mut self.proposer.role else {
             return;
         };
         if leader.config_slot != Some(slot) {
@@ -120,7 +120,7 @@ impl Replica {
     /// incarnation is known, and promote a learner that has caught up (within one catch-up
     /// page of the leader).
     pub(crate) fn maybe_change_membership_automatically(&mut self) {
-        let Role::Leader(leader) = &self.role else {
+        let Role::Leader(leader) = &self.proposer.role else {
             return;
         };
         if leader.pending_change.is_some() || leader.config_slot.is_some() {

@@ -1,9 +1,18 @@
 //! The replica: one member's proposer, acceptor and learner, as a deterministic state machine.
 //!
 //! Inputs are [`Replica::tick`], [`Replica::step`], [`Replica::propose`] and
-//! [`Replica::compact`]; the output is [`Replica::take_ready`]. The role-specific rules live in
-//! `acceptor.rs` and `proposer.rs`, as further `impl Replica` blocks; the learner's state and
-//! rules are a [`Learner`] of their own (`learner.rs`), fed by `learning.rs`.
+//! [`Replica::compact`]; the output is [`Replica::take_ready`].
+//!
+//! Each role's state is a room of its own, in a file that imports no rule: the [`Acceptor`]
+//! (acceptor.rs: its promise and accepted records, changed only by its methods), the
+//! [`Learner`] (learner.rs), the [`Proposer`] and the state of each phase (role.rs), the
+//! [`MembershipNotes`] (membership_notes.rs), the reads held (reads.rs) and the [`Counters`].
+//! The `Replica` keeps the configuration, the clock, the ready queue and the wiring: the rules
+//! that cross roles are further `impl Replica` blocks, one file per concern (accepting.rs,
+//! learning.rs, election.rs, phase_one.rs, phase_two.rs, forwarding.rs, proposer.rs,
+//! reconfiguration.rs, transfer.rs, read_index.rs), and this file dispatches messages to them.
+//! None of those files is imported here, so no file imports its importer
+//! (`scripts/module-cycles`).
 
 use crate::acceptor::Acceptor;
 use crate::config::Config;
@@ -14,7 +23,7 @@ use crate::membership_notes::MembershipNotes;
 use crate::message::{Envelope, Message, Proposal, ProposalError};
 use crate::ready::{DurableState, PersistOp, Ready, Reply};
 use crate::rng::Rng;
-use crate::role::{Origin, PromiseData, Role};
+use crate::role::{Origin, PromiseData, Proposer, Role};
 use crate::types::{Ballot, NodeId, RequestId, Slot};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -110,7 +119,7 @@ pub struct Replica {
     pub(crate) rng: Rng,
     pub(crate) tick_now: u64,
 
-    // Acceptor state (durable).
+    /// What this member promised and accepted (durable).
     pub(crate) acceptor: Acceptor,
 
     /// What this member knows of the chosen history (applied prefix, truncation, duplicate
@@ -120,32 +129,11 @@ pub struct Replica {
     /// Counters of rare events.
     pub(crate) counters: Counters,
 
-    // Proposer state.
-    pub(crate) role: Role,
-    pub(crate) leader_hint: Option<NodeId>,
-    /// The ballot of the last leader this replica heard lead (a Heartbeat, an Accept, a
-    /// TimeoutNow): `leader_heard` tells a leader at work from a candidate that prepared.
-    pub(crate) heard_leading: Ballot,
-    /// The tick this replica last followed a leader at work (see `election.rs`).
-    pub(crate) leader_heard_tick: Option<u64>,
-    /// The candidate this replica last granted a promise to, and when (see `election.rs`).
-    pub(crate) promise_granted: Option<(NodeId, u64)>,
-    /// The pre-vote in progress, if any (see `election.rs`).
-    pub(crate) pre_vote: Option<crate::role::PreVote>,
-    /// Pre-votes started so far: numbers each one's answers.
-    pub(crate) pre_vote_attempts: u64,
+    /// The proposer: the role played now (follower, candidate, leader) and what it knows of
+    /// leaders, elections and the proposals it forwarded.
+    pub(crate) proposer: Proposer,
     /// The tick this replica last told its peers how far it has applied (`Progress`).
     pub(crate) progress_sent_tick: Option<u64>,
-    /// Highest round seen in any ballot: a new candidacy goes above it.
-    pub(crate) round_seen: u64,
-    pub(crate) election_elapsed_ticks: u64,
-    pub(crate) election_deadline_ticks: u64,
-    /// Proposals forwarded to the leader: request id -> tick after which they time out, and the
-    /// proposal's fingerprint (one per request id: another is refused as busy).
-    pub(crate) forwarded: BTreeMap<RequestId, (u64, crate::Digest)>,
-    /// Answers from the leader held until this replica has applied the slot, so a client that
-    /// reads the history of the node it proposed through sees its own write.
-    pub(crate) replies_after_apply: BTreeMap<Slot, Vec<(RequestId, crate::Digest)>>,
 
     /// The membership bookkeeping: incarnations seen and refused, foreign logs, and whether
     /// the configuration changed since it was last settled.
@@ -195,19 +183,8 @@ impl Replica {
                 },
             ),
             counters: Counters::default(),
-            role: Role::Follower,
-            leader_hint: None,
-            heard_leading: Ballot::ZERO,
-            leader_heard_tick: None,
-            promise_granted: None,
-            pre_vote: None,
-            pre_vote_attempts: 0,
+            proposer: Proposer::new(round_seen, election_deadline_ticks),
             progress_sent_tick: None,
-            round_seen,
-            election_elapsed_ticks: 0,
-            election_deadline_ticks,
-            forwarded: BTreeMap::new(),
-            replies_after_apply: BTreeMap::new(),
             membership_notes: MembershipNotes::default(),
             reads: crate::reads::Reads::default(),
             ready: Ready::default(),
@@ -233,13 +210,14 @@ impl Replica {
         self.tick_progress();
         let now = self.tick_now;
         let expired: Vec<(RequestId, crate::Digest)> = self
+            .proposer
             .forwarded
             .iter()
             .filter(|(_, (deadline, _))| *deadline <= now)
             .map(|(request_id, (_, fingerprint))| (*request_id, *fingerprint))
             .collect();
         for (request_id, fingerprint) in expired {
-            self.forwarded.remove(&request_id);
+            self.proposer.forwarded.remove(&request_id);
             self.reply(Origin::Local, (request_id, fingerprint), Err(ProposalError::Timeout));
         }
         self.settle_membership();
@@ -516,14 +494,16 @@ impl Replica {
         // The leader it follows may lead no more (it removed itself, or became an acceptor or a
         // learner; its last heartbeat said so): forget it, so no proposal is forwarded there,
         // whose answer would come from a stranger and be dropped, and an election may start.
-        let hint_gone =
-            self.leader_hint.is_some_and(|hint| hint != self.config.id && !membership.may_lead(hint));
+        let hint_gone = self
+            .proposer
+            .leader_hint
+            .is_some_and(|hint| hint != self.config.id && !membership.may_lead(hint));
         if hint_gone {
-            self.leader_hint = None;
+            self.proposer.leader_hint = None;
             self.fail_forwarded(None);
         }
         self.drop_acceptor_state_unless_voting();
-        match &self.role {
+        match &self.proposer.role {
             Role::Follower => {}
             // Even a candidacy that asked the configuration now in force: an entry can carry
             // the same `chosen_at` as the one the candidacy started with (a cluster bound
@@ -578,7 +558,7 @@ impl Replica {
             self.reply(Origin::Local, answer_to, Err(error));
             return;
         }
-        if matches!(self.role, Role::Leader(_)) {
+        if matches!(self.proposer.role, Role::Leader(_)) {
             self.leader_propose(proposal, Origin::Local);
             return;
         }
@@ -588,16 +568,16 @@ impl Replica {
             self.reply(Origin::Local, answer_to, Err(error));
             return;
         }
-        match self.leader_hint {
-            Some(leader) if leader != self.config.id && !matches!(self.role, Role::Candidate(_)) => {
-                if let Some((_, fingerprint)) = self.forwarded.get(&proposal.request_id) {
+        match self.proposer.leader_hint {
+            Some(leader) if leader != self.config.id && !matches!(self.proposer.role, Role::Candidate(_)) => {
+                if let Some((_, fingerprint)) = self.proposer.forwarded.get(&proposal.request_id) {
                     if *fingerprint != answer_to.1 {
                         self.reply(Origin::Local, answer_to, Err(ProposalError::RequestIdBusy(answer_to.0)));
                         return;
                     }
                 }
                 let deadline = self.tick_now + self.config.forward_timeout_ticks;
-                self.forwarded.insert(proposal.request_id, (deadline, answer_to.1));
+                self.proposer.forwarded.insert(proposal.request_id, (deadline, answer_to.1));
                 self.send(leader, Message::Forward { proposal });
             }
             _ => self.reply(Origin::Local, answer_to, Err(ProposalError::NotLeader { leader_hint: None })),
@@ -628,7 +608,7 @@ impl Replica {
     /// the entry once it is applied (or why not). Only the leader takes changes.
     pub fn change_membership(&mut self, request_id: RequestId, change: MembershipChange) {
         if !self.is_leader() {
-            let error = ProposalError::NotLeader { leader_hint: self.leader_hint };
+            let error = ProposalError::NotLeader { leader_hint: self.proposer.leader_hint };
             self.reply(Origin::Local, (request_id, [0; 16]), Err(error));
             return;
         }
@@ -666,7 +646,7 @@ impl Replica {
 
     /// A snapshot of this replica's state for status reports.
     pub fn status(&self) -> Status {
-        let (role, own_ballot) = match &self.role {
+        let (role, own_ballot) = match &self.proposer.role {
             Role::Follower => (RoleName::Follower, None),
             Role::Candidate(candidate) => (RoleName::Candidate, Some(candidate.ballot)),
             Role::Leader(leader) => (RoleName::Leader, Some(leader.ballot)),
@@ -676,7 +656,7 @@ impl Replica {
         Status {
             id: self.config.id,
             role,
-            leader: if role == RoleName::Leader { Some(self.config.id) } else { self.leader_hint },
+            leader: if role == RoleName::Leader { Some(self.config.id) } else { self.proposer.leader_hint },
             promised: self.acceptor.promised(),
             own_ballot,
             applied_upto: self.learner.applied_upto(),
@@ -706,7 +686,7 @@ impl Replica {
 
     /// Internal state worth seeing when a simulation run fails.
     pub fn debug_summary(&self) -> String {
-        let leader = match &self.role {
+        let leader = match &self.proposer.role {
             Role::Leader(leader) => format!(
                 " next_slot={} in_flight={:?} queue={}",
                 leader.next_slot,
@@ -726,21 +706,21 @@ impl Replica {
     }
 
     pub fn is_leader(&self) -> bool {
-        matches!(self.role, Role::Leader(_))
+        matches!(self.proposer.role, Role::Leader(_))
     }
 
     /// The leader at work as this replica knows it: itself if it leads, else the member whose
     /// heartbeat or accept it last followed, if nothing higher has been promised since. Unlike
     /// `Status::leader` (a hint), never a candidate that has only asked for promises.
     pub fn leader_heard(&self) -> Option<NodeId> {
-        match &self.role {
+        match &self.proposer.role {
             Role::Leader(_) => Some(self.config.id),
             Role::Candidate(_) => None,
             Role::Follower => {
-                let ballot = self.heard_leading;
+                let ballot = self.proposer.heard_leading;
                 (ballot.node != 0
                     && ballot == self.acceptor.promised()
-                    && self.leader_hint == Some(ballot.node))
+                    && self.proposer.leader_hint == Some(ballot.node))
                 .then_some(ballot.node)
             }
         }
@@ -842,12 +822,12 @@ impl Replica {
             Message::Nack { promised, .. } => *promised,
             _ => return,
         };
-        self.round_seen = self.round_seen.max(ballot.round);
+        self.proposer.round_seen = self.proposer.round_seen.max(ballot.round);
     }
 
     pub(crate) fn reset_election_timer(&mut self) {
-        self.election_elapsed_ticks = 0;
+        self.proposer.election_elapsed_ticks = 0;
         let timeout = self.config.election_timeout_ticks;
-        self.election_deadline_ticks = self.rng.range(timeout, 2 * timeout);
+        self.proposer.election_deadline_ticks = self.rng.range(timeout, 2 * timeout);
     }
 }

@@ -1,11 +1,11 @@
-//! What each role holds while it plays it: a follower its pre-vote in progress, a candidate its
+//! What the proposer holds ([`Proposer`]), and what each role holds while it plays it: a follower its pre-vote in progress, a candidate its
 //! phase 1 (the promises gathered so far), a leader its phase 2 window, the proposals queued behind it and
 //! a transfer in progress. Plain state, no rules: the rules are in election.rs, proposer.rs and
 //! transfer.rs, which import this file, and so does replica.rs, without importing them.
 
 use crate::membership::MembershipChange;
 use crate::message::{PreVoteRefusal, Proposal};
-use crate::types::{Ballot, NodeId, RequestId, Slot};
+use crate::types::{Ballot, Digest, NodeId, RequestId, Slot};
 use crate::value::Value;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -177,4 +177,55 @@ pub(crate) struct PreVote {
     /// Voting members that said yes (this member itself, when it votes).
     pub(crate) grants: BTreeSet<NodeId>,
     pub(crate) refusals: BTreeMap<NodeId, PreVoteRefusal>,
+}
+
+/// The proposer's state: the role this replica plays now and what it knows of leaders,
+/// elections and the proposals it forwarded. The rules that change it are the proposer's:
+/// election.rs, phase_one.rs, phase_two.rs, forwarding.rs, transfer.rs and proposer.rs.
+#[derive(Debug)]
+pub(crate) struct Proposer {
+    pub(crate) role: Role,
+    pub(crate) leader_hint: Option<NodeId>,
+    /// The ballot of the last leader this replica heard lead (a Heartbeat, an Accept, a
+    /// TimeoutNow): `leader_heard` tells a leader at work from a candidate that prepared.
+    pub(crate) heard_leading: Ballot,
+    /// The tick this replica last followed a leader at work (see `election.rs`).
+    pub(crate) leader_heard_tick: Option<u64>,
+    /// The candidate this replica last granted a promise to, and when (see `election.rs`).
+    pub(crate) promise_granted: Option<(NodeId, u64)>,
+    /// The pre-vote in progress, if any (see `election.rs`).
+    pub(crate) pre_vote: Option<PreVote>,
+    /// Pre-votes started so far: numbers each one's answers.
+    pub(crate) pre_vote_attempts: u64,
+    /// Highest round seen in any ballot: a new candidacy goes above it.
+    pub(crate) round_seen: u64,
+    pub(crate) election_elapsed_ticks: u64,
+    pub(crate) election_deadline_ticks: u64,
+    /// Proposals forwarded to the leader: request id -> tick after which they time out, and the
+    /// proposal's fingerprint (one per request id: another is refused as busy).
+    pub(crate) forwarded: BTreeMap<RequestId, (u64, Digest)>,
+    /// Answers from the leader held until this replica has applied the slot, so a client that
+    /// reads the history of the node it proposed through sees its own write.
+    pub(crate) replies_after_apply: BTreeMap<Slot, Vec<(RequestId, Digest)>>,
+}
+
+impl Proposer {
+    /// A follower that knows no leader, above every round its promise has seen, with its
+    /// first election deadline drawn.
+    pub(crate) fn new(round_seen: u64, election_deadline_ticks: u64) -> Proposer {
+        Proposer {
+            role: Role::Follower,
+            leader_hint: None,
+            heard_leading: Ballot::ZERO,
+            leader_heard_tick: None,
+            promise_granted: None,
+            pre_vote: None,
+            pre_vote_attempts: 0,
+            round_seen,
+            election_elapsed_ticks: 0,
+            election_deadline_ticks,
+            forwarded: BTreeMap::new(),
+            replies_after_apply: BTreeMap::new(),
+        }
+    }
 }

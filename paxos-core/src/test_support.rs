@@ -185,6 +185,7 @@ impl Replica {
 
     /// True when nothing is pending for the driver (test helper).
     pub(crate) fn take_ready_is_idle(&mut self) -> bool {
-        self.ready.is_empty() && !matches!(&self.role, crate::role::Role::Leader(l) if !l.unsent.is_empty())
+        self.ready.is_empty()
+            && !matches!(&self.proposer.role, crate::role::Role::Leader(l) if !l.unsent.is_empty())
     }
 }

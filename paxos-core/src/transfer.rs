@@ -86,8 +86,8 @@ impl Replica {
         let membership = self.learner.membership();
         let busy = !membership.is_bound();
         let member = membership.get(target).cloned();
-        let Role::Leader(leader) = &mut self.role else {
-            return Err(TransferError::NotLeader { leader_hint: self.leader_hint });
+        let Role::Leader(leader) = &mut self.proposer.role else {
+            return Err(TransferError::NotLeader { leader_hint: self.proposer.leader_hint });
         };
         if target == self.config.id {
             return Ok(TransferStart::AlreadyLeader);
@@ -117,7 +117,7 @@ impl Replica {
 
     /// The member this leader is handing over to, while a transfer is in progress.
     pub fn transfer_target(&self) -> Option<NodeId> {
-        match &self.role {
+        match &self.proposer.role {
             Role::Leader(leader) => leader.transfer.map(|transfer| transfer.target),
             _ => None,
         }
@@ -131,7 +131,7 @@ impl Replica {
         let applied_upto = self.learner.applied_upto();
         let history_start = self.learner.history_start();
         let resend_ticks = self.config.heartbeat_interval_ticks.max(1);
-        let Role::Leader(leader) = &mut self.role else {
+        let Role::Leader(leader) = &mut self.proposer.role else {
             return;
         };
         let Some(transfer) = &mut leader.transfer else {
@@ -174,7 +174,10 @@ impl Replica {
     pub(crate) fn on_timeout_now(&mut self, from: NodeId, ballot: crate::types::Ballot, commit_upto: Slot) {
         // Only from a leadership at least as recent as anything promised here: a late one
         // from a superseded leader would depose the leader in place for nothing.
-        if ballot < self.acceptor.promised() || !self.can_lead() || matches!(self.role, Role::Leader(_)) {
+        if ballot < self.acceptor.promised()
+            || !self.can_lead()
+            || matches!(self.proposer.role, Role::Leader(_))
+        {
             return;
         }
         // Only from the leader this member hears at work now: a TimeoutNow delivered late to a
