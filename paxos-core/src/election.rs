@@ -1,5 +1,5 @@
 //! Who may start an election, and when: the pre-vote and leader stickiness (etcd's PreVote and
-//! CheckQuorum, in Paxos terms). Phase 1 itself lives in `proposer.rs`.
+//! CheckQuorum, in Paxos terms). Phase 1 itself lives in `phase_one.rs`.
 //!
 //! - **Stickiness.** A member that heard a leader at work (a Heartbeat or an Accept of a ballot
 //!   it follows) within the minimum election timeout, or that leads itself, does not promise a

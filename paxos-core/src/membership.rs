@@ -3,9 +3,10 @@
 //! The configuration is part of the chosen history: a [`Value::Config`](crate::Value::Config)
 //! entry at slot `c` holds the whole next [`Membership`], and it governs every slot above `c`
 //! (never `c` itself, and never before it is chosen). The rules that make a change safe while
-//! leaders crash and messages are late are in `proposer.rs` (`# Correctness` of
-//! `Replica::propose_membership` and `phase_one_values`); this file holds the data and the
-//! one check every replica applies in the same way: [`Membership::check_successor`].
+//! leaders crash and messages are late are in `reconfiguration.rs` and `phase_one.rs`
+//! (`# Correctness` of `Replica::propose_membership` and `phase_one_values`); this file holds
+//! the data and the one check every replica applies in the same way:
+//! [`Membership::check_successor`].
 
 use crate::types::{NodeId, Slot};
 use serde::{Deserialize, Serialize};

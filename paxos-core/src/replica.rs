@@ -139,7 +139,7 @@ pub struct Replica {
     /// the configuration changed since it was last settled.
     pub(crate) membership_notes: MembershipNotes,
 
-    /// Linearizable reads in progress (see `reads.rs`).
+    /// Linearizable reads in progress (see `reads.rs` and `read_index.rs`).
     pub(crate) reads: crate::reads::Reads,
     pub(crate) ready: Ready,
     /// Number of the last Ready handed out.

@@ -1,4 +1,4 @@
-//! Review schedules against the read index (reads.rs).
+//! Review schedules against the read index (read_index.rs).
 
 mod routed;
 
