@@ -284,18 +284,7 @@ impl Replica {
         // Every slot in flight lies above the last configuration entry applied and at most at
         // the one in flight, so the configuration in force is the one that governs them.
         let quorum = self.learner.membership().quorum();
-        let mut chosen = Vec::new();
-        for slot in slots {
-            if let Some(in_flight) = leader.in_flight.get_mut(&slot) {
-                in_flight.votes.insert(from);
-                if in_flight.votes.len() >= quorum {
-                    if let Some(in_flight) = leader.in_flight.remove(&slot) {
-                        chosen.push((slot, in_flight.value));
-                    }
-                }
-            }
-        }
-        for (slot, value) in chosen {
+        for (slot, value) in leader.in_flight.count_votes(from, slots, quorum) {
             self.learner.learn_chosen(slot, value);
         }
         self.apply_chosen();
@@ -309,19 +298,7 @@ impl Replica {
         let Role::Leader(leader) = &mut self.proposer.role else {
             return;
         };
-        let done: Vec<Slot> = leader
-            .in_flight
-            .iter()
-            .filter(|(_, in_flight)| in_flight.votes.len() >= quorum)
-            .map(|(slot, _)| *slot)
-            .collect();
-        let mut chosen = Vec::with_capacity(done.len());
-        for slot in done {
-            if let Some(in_flight) = leader.in_flight.remove(&slot) {
-                chosen.push((slot, in_flight.value));
-            }
-        }
-        for (slot, value) in chosen {
+        for (slot, value) in leader.in_flight.take_chosen(quorum) {
             self.learner.learn_chosen(slot, value);
         }
         self.apply_chosen();

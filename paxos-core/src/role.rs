@@ -56,13 +56,52 @@ impl InFlightSlots {
         Some((slot, removed))
     }
 
-    /// The votes and send times of a slot (its value stays as it is).
-    pub(crate) fn get_mut(&mut self, slot: &Slot) -> Option<&mut InFlight> {
-        self.slots.get_mut(slot)
-    }
-
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&Slot, &mut InFlight)> {
         self.slots.iter_mut()
+    }
+
+    /// Counts `from`'s vote for each of `slots` (the slots of one Accepted); removes and
+    /// returns, in that order, those whose votes reached `quorum`: they are chosen.
+    ///
+    /// # Correctness
+    /// Only votes of the leader's own ballot reach here (the caller checks the Accepted's
+    /// ballot), and `quorum` is that of the configuration governing every slot in flight.
+    pub(crate) fn count_votes(
+        &mut self,
+        from: NodeId,
+        slots: Vec<Slot>,
+        quorum: usize,
+    ) -> Vec<(Slot, Value)> {
+        let mut chosen = Vec::new();
+        for slot in slots {
+            if let Some(in_flight) = self.slots.get_mut(&slot) {
+                in_flight.votes.insert(from);
+                if in_flight.votes.len() >= quorum {
+                    if let Some(in_flight) = self.remove(&slot) {
+                        chosen.push((slot, in_flight.value));
+                    }
+                }
+            }
+        }
+        chosen
+    }
+
+    /// Removes and returns, in slot order, every slot whose votes already reach `quorum` (the
+    /// quorum shrank: a voter left, or announced a role that holds no vote).
+    pub(crate) fn take_chosen(&mut self, quorum: usize) -> Vec<(Slot, Value)> {
+        let done: Vec<Slot> = self
+            .slots
+            .iter()
+            .filter(|(_, in_flight)| in_flight.votes.len() >= quorum)
+            .map(|(slot, _)| *slot)
+            .collect();
+        let mut chosen = Vec::with_capacity(done.len());
+        for slot in done {
+            if let Some(in_flight) = self.remove(&slot) {
+                chosen.push((slot, in_flight.value));
+            }
+        }
+        chosen
     }
 
     /// Bytes of the values in flight.
@@ -227,5 +266,37 @@ impl Proposer {
             forwarded: BTreeMap::new(),
             replies_after_apply: BTreeMap::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_flight(payload: &str) -> InFlight {
+        let value = Value::Command {
+            request_id: RequestId { client_id: 1, seq: 1 },
+            key: [0; 16],
+            payload: payload.as_bytes().to_vec(),
+        };
+        InFlight { value, votes: BTreeSet::from([1]), sent_tick: 0 }
+    }
+
+    /// A slot is chosen on the vote that makes a quorum, not one vote before, and leaves the
+    /// window with its bytes.
+    #[test]
+    fn a_slot_is_chosen_exactly_when_its_votes_reach_the_quorum() {
+        let mut window = InFlightSlots::default();
+        window.insert(4, in_flight("a"));
+        window.insert(5, in_flight("bb"));
+        assert!(window.count_votes(1, vec![4, 5], 3).is_empty(), "a repeated vote counts once");
+        assert!(window.count_votes(2, vec![5, 9], 3).is_empty(), "two votes of three");
+        let chosen = window.count_votes(3, vec![5, 4], 3);
+        assert_eq!(chosen.iter().map(|(slot, _)| *slot).collect::<Vec<_>>(), vec![5], "in message order");
+        assert_eq!(window.len(), 1);
+        assert_eq!(window.bytes(), in_flight("a").value.size_bytes());
+        assert!(window.take_chosen(3).is_empty());
+        assert_eq!(window.take_chosen(2).len(), 1, "the quorum shrank to the votes slot 4 holds");
+        assert_eq!(window.bytes(), 0);
     }
 }
