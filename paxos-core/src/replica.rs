@@ -231,17 +231,29 @@ impl Replica {
     }
 
     fn step_message(&mut self, envelope: Envelope) {
+        let Some((from, incarnation, message)) = self.admit(envelope) else {
+            return;
+        };
+        self.observe_ballot(&message);
+        self.dispatch(from, incarnation, message);
+    }
+
+    /// What a message must pass before any rule sees it: addressed here, within the protocol's
+    /// limits, of this log, from a member this configuration admits, in a role that may send
+    /// it, in a ballot of its own. `None` when it stops here: dropped, or, from a node this
+    /// replica does not count (yet), learned from as a stranger's and believed in nothing.
+    fn admit(&mut self, envelope: Envelope) -> Option<(NodeId, Incarnation, Message)> {
         let Envelope { from, to, incarnation, role, message } = envelope;
         if to != self.config.id || from == self.config.id {
-            return;
+            return None;
         }
         if !message.within_limits() {
             self.counters.rejected_messages += 1;
-            return;
+            return None;
         }
         if let Some(theirs) = message.log_id() {
             if !self.same_log(from, theirs) {
-                return;
+                return None;
             }
         }
         // While the configuration is the bootstrap one, each member says what it is. A role
@@ -265,7 +277,7 @@ impl Replica {
                 // up), or the sender was removed. Learn from it; vote for nothing it says.
                 self.learn_from_stranger(from, message);
             }
-            return;
+            return None;
         }
         // Only members that may lead prepare, accept and heartbeat; only voting members promise
         // and vote. One this replica knows in another role may have been promoted since (this
@@ -283,7 +295,7 @@ impl Replica {
         };
         if !allowed {
             self.learn_from_stranger(from, message);
-            return;
+            return None;
         }
         // Only a ballot's owner may prepare, accept or heartbeat in it; anything else is a
         // confused or hostile peer, and believing it could make us follow a phantom leader.
@@ -294,10 +306,14 @@ impl Replica {
         | Message::PreVote { ballot, .. } = &message
         {
             if ballot.node != from {
-                return;
+                return None;
             }
         }
-        self.observe_ballot(&message);
+        Some((from, incarnation, message))
+    }
+
+    /// Hands an admitted message to its handler.
+    fn dispatch(&mut self, from: NodeId, incarnation: Incarnation, message: Message) {
         match message {
             Message::Prepare { ballot, from_slot, transfer } => {
                 self.on_prepare(from, ballot, from_slot, transfer)
