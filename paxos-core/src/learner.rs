@@ -130,6 +130,8 @@ pub(crate) struct Learner {
     catch_up_timed_out_peer: Option<NodeId>,
     /// How far each peer has applied, as last heard.
     member_applied_upto: BTreeMap<NodeId, Slot>,
+    /// The tick this member last told its peers how far it has applied (`Progress`).
+    progress_sent_tick: Option<u64>,
 }
 
 impl Learner {
@@ -156,7 +158,18 @@ impl Learner {
             catch_up_timeouts_in_row: 0,
             catch_up_timed_out_peer: None,
             member_applied_upto: BTreeMap::new(),
+            progress_sent_tick: None,
         }
+    }
+
+    /// Whether to tell the peers how far this member has applied now: at most once per
+    /// `interval_ticks` (and at its first tick); the telling counts as done at `now_tick`.
+    pub(crate) fn progress_due(&mut self, now_tick: u64, interval_ticks: u64) -> bool {
+        if self.progress_sent_tick.is_some_and(|tick| now_tick.saturating_sub(tick) < interval_ticks) {
+            return false;
+        }
+        self.progress_sent_tick = Some(now_tick);
+        true
     }
 
     pub(crate) fn applied_upto(&self) -> Slot {

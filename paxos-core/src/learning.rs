@@ -113,11 +113,9 @@ impl Replica {
     /// (and at its first tick): a member behind learns who is ahead and fetches from it,
     /// whether or not a leader is there to announce a commit point.
     pub(crate) fn tick_progress(&mut self) {
-        let interval = self.config.election_timeout_ticks;
-        if self.progress_sent_tick.is_some_and(|tick| self.tick_now.saturating_sub(tick) < interval) {
+        if !self.learner.progress_due(self.tick_now, self.config.election_timeout_ticks) {
             return;
         }
-        self.progress_sent_tick = Some(self.tick_now);
         let applied_upto = self.learner.applied_upto();
         let log_id = self.learner.membership().log_id;
         self.broadcast(Message::Progress { applied_upto, log_id });

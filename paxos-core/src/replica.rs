@@ -132,8 +132,6 @@ pub struct Replica {
     /// The proposer: the role played now (follower, candidate, leader) and what it knows of
     /// leaders, elections and the proposals it forwarded.
     pub(crate) proposer: Proposer,
-    /// The tick this replica last told its peers how far it has applied (`Progress`).
-    pub(crate) progress_sent_tick: Option<u64>,
 
     /// The membership bookkeeping: incarnations seen and refused, foreign logs, and whether
     /// the configuration changed since it was last settled.
@@ -184,7 +182,6 @@ impl Replica {
             ),
             counters: Counters::default(),
             proposer: Proposer::new(round_seen, election_deadline_ticks),
-            progress_sent_tick: None,
             membership_notes: MembershipNotes::default(),
             reads: crate::reads::Reads::default(),
             ready: Ready::default(),
