@@ -59,8 +59,7 @@ impl Replica {
                 self.prepare_again();
             }
         }
-        self.proposer.election_elapsed_ticks += 1;
-        if self.proposer.election_elapsed_ticks >= self.proposer.election_deadline_ticks {
+        if self.proposer.election_timer.tick() {
             if self.can_lead() {
                 // Ask first (see `election.rs`): a member that hears no one, or whose link to
                 // a leader the others hear flaps, must not depose that leader.
@@ -99,8 +98,7 @@ impl Replica {
         // Back off for a random extra while: duelling candidates that keep pre-empting each
         // other settle once one of them waits longer than the other needs to win.
         let timeout = self.config.election_timeout_ticks;
-        self.proposer.election_elapsed_ticks = 0;
-        self.proposer.election_deadline_ticks = self.rng.range(timeout, 3 * timeout);
+        self.proposer.election_timer.restart(&mut self.rng, timeout, 3 * timeout);
     }
 
     /// Leaves the candidate or leader role if `ballot` outranks ours.

@@ -839,8 +839,7 @@ impl Replica {
     }
 
     pub(crate) fn reset_election_timer(&mut self) {
-        self.proposer.election_elapsed_ticks = 0;
         let timeout = self.config.election_timeout_ticks;
-        self.proposer.election_deadline_ticks = self.rng.range(timeout, 2 * timeout);
+        self.proposer.election_timer.restart(&mut self.rng, timeout, 2 * timeout);
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::membership::MembershipChange;
 use crate::message::{PreVoteRefusal, Proposal};
+use crate::rng::Rng;
 use crate::types::{Ballot, Digest, NodeId, RequestId, Slot};
 use crate::value::Value;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -238,8 +239,8 @@ pub(crate) struct Proposer {
     pub(crate) pre_vote_attempts: u64,
     /// Highest round seen in any ballot: a new candidacy goes above it.
     pub(crate) round_seen: u64,
-    pub(crate) election_elapsed_ticks: u64,
-    pub(crate) election_deadline_ticks: u64,
+    /// When this member may next start an election.
+    pub(crate) election_timer: ElectionTimer,
     /// Proposals forwarded to the leader: request id -> tick after which they time out, and the
     /// proposal's fingerprint (one per request id: another is refused as busy).
     pub(crate) forwarded: BTreeMap<RequestId, (u64, Digest)>,
@@ -261,11 +262,32 @@ impl Proposer {
             pre_vote: None,
             pre_vote_attempts: 0,
             round_seen,
-            election_elapsed_ticks: 0,
-            election_deadline_ticks,
+            election_timer: ElectionTimer { elapsed_ticks: 0, deadline_ticks: election_deadline_ticks },
             forwarded: BTreeMap::new(),
             replies_after_apply: BTreeMap::new(),
         }
+    }
+}
+
+/// When a member that hears no leader may start an election: a deadline drawn at random, so
+/// that two members rarely time out together, counted in ticks.
+#[derive(Debug)]
+pub(crate) struct ElectionTimer {
+    elapsed_ticks: u64,
+    deadline_ticks: u64,
+}
+
+impl ElectionTimer {
+    /// Counts one tick; whether the deadline is reached.
+    pub(crate) fn tick(&mut self) -> bool {
+        self.elapsed_ticks += 1;
+        self.elapsed_ticks >= self.deadline_ticks
+    }
+
+    /// Starts over, with a deadline drawn from `[min_ticks, max_ticks)`.
+    pub(crate) fn restart(&mut self, rng: &mut Rng, min_ticks: u64, max_ticks: u64) {
+        self.elapsed_ticks = 0;
+        self.deadline_ticks = rng.range(min_ticks, max_ticks);
     }
 }
 
