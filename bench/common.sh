@@ -39,9 +39,42 @@ wait_for_leader() {
   return 1
 }
 
+# cpu_seconds PID...: the user plus system CPU time, in seconds, these processes have used so far
+# (utime and stime of /proc/PID/stat).
+cpu_seconds() {
+  python3 - "$@" <<'PY'
+import os, sys
+ticks = 0
+for pid in sys.argv[1:]:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5): utime, stime
+print(ticks / os.sysconf("SC_CLK_TCK"))
+PY
+}
+
+# measured NAME RUN CLIENTS SECONDS: one run's line of results.jsonl. When the caller defines
+# `server_pids NAME` (the PIDs of that system's server processes), the line also holds the CPU
+# time those processes used during the run, `server_cpu_seconds`.
+measured() {
+  local name=$1 run=$2 before after output
+  if declare -F server_pids >/dev/null; then
+    # shellcheck disable=SC2046 # one PID per word
+    before=$(cpu_seconds $(server_pids "$name"))
+  fi
+  output=$("$run" "$3" "$4")
+  if [ -n "${before:-}" ]; then
+    # shellcheck disable=SC2046
+    after=$(cpu_seconds $(server_pids "$name"))
+    printf '{"system":"%s","server_cpu_seconds":%s,"run":%s}\n' "$name" \
+      "$(python3 -c "print(round($after - $before, 3))")" "$output"
+  else
+    printf '{"system":"%s","run":%s}\n' "$name" "$output"
+  fi
+}
+
 # alternate NAME_A RUN_A NAME_B RUN_B: RUN_X CLIENTS SECONDS prints one run's JSON. A warm-up of
 # each (64 clients, WARMUP s), then for each of CLIENT_COUNTS a run of A and one of B, in turn;
-# each run is a line {"system": NAME, "run": ...} of $work/results.jsonl.
+# each run is a line of $work/results.jsonl (see `measured`).
 alternate() {
   local names=("$1" "$3") runs=("$2" "$4") i clients
   echo "warm-up: ${WARMUP}s each" >&2
@@ -49,8 +82,7 @@ alternate() {
   for clients in $CLIENT_COUNTS; do
     for i in 0 1; do
       echo "${names[$i]}, $clients clients, ${DURATION}s" >&2
-      printf '{"system":"%s","run":%s}\n' "${names[$i]}" "$("${runs[$i]}" "$clients" "$DURATION")" \
-        >>"$work/results.jsonl"
+      measured "${names[$i]}" "${runs[$i]}" "$clients" "$DURATION" >>"$work/results.jsonl"
     done
   done
 }

@@ -5,8 +5,9 @@
 # `paxos-cli bench` and bench/etcd-bench. Both are driven through their leader: `paxos-cli
 # bench` finds ours, and etcd-bench gets only the endpoint of etcd's leader (asked before each
 # run), so neither system forwards writes from a follower. Runs alternate between the two
-# systems after a warm-up, then one table prints both systems' writes/s, p50 and p99, the ratio
-# and our leader's fsyncs per value.
+# systems after a warm-up, then one table prints both systems' writes/s, p50 and p99, the ratio,
+# the server CPU time per write of each (user + system time of its three server processes over
+# the run, from /proc) and our leader's fsyncs per value.
 #   DURATION=10 WARMUP=3 VALUE_SIZES="100 4096" CLIENT_COUNTS="1 64 256" bench/compare-etcd.sh
 # It installs what is missing (etcd-server, etcd-client, protobuf-compiler, libclang-dev) and
 # stops everything it started. CI does not run it.
@@ -86,6 +87,13 @@ for endpoint in json.load(sys.stdin):
 else:
     sys.exit("no etcd member says it leads")'
 }
+# The server processes of each system, whose CPU time each run reports (see `measured`).
+server_pids() {
+  case $1 in
+    etcd) echo "${pids[etcd-1]} ${pids[etcd-2]} ${pids[etcd-3]}" ;;
+    paxos) echo "${pids[paxos-0]} ${pids[paxos-1]} ${pids[paxos-2]}" ;;
+  esac
+}
 run_etcd() { "$etcd_bench" --endpoints "$(etcd_leader)" --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
 run_paxos() { "$cli" --endpoint "$paxos_endpoints" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
 
@@ -100,12 +108,19 @@ python3 - "$results" "$commit" "$DURATION" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 commit, duration = sys.argv[2], sys.argv[3]
-by = {}
+by, cpu = {}, {}
 for row in rows:
-    by[(row["system"], row["run"]["clients"], row["run"]["value_bytes"])] = row["run"]
-print(f"commit {commit}; 3 members each on 127.0.0.1, fsync on, each driven through its leader; {duration} s per run")
-print("| value bytes | clients | etcd writes/s | paxos writes/s | ratio | etcd p50 ms | paxos p50 ms | etcd p99 ms | paxos p99 ms | paxos fsyncs/value |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    key = (row["system"], row["run"]["clients"], row["run"]["value_bytes"])
+    by[key] = row["run"]
+    if "server_cpu_seconds" in row:
+        cpu[key] = row["server_cpu_seconds"]
+print(f"commit {commit}; 3 members each on 127.0.0.1, fsync on, each driven through its leader; {duration} s per run;")
+print("server CPU = user + system time of the three server processes over the run, per write")
+print("| value bytes | clients | etcd writes/s | paxos writes/s | ratio | etcd p50 ms | paxos p50 ms | etcd p99 ms | paxos p99 ms | etcd CPU us/write | paxos CPU us/write | paxos fsyncs/value |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+def cpu_per_write(system, run):
+    seconds = cpu.get((system, run["clients"], run["value_bytes"]))
+    return f"{seconds * 1e6 / run['writes']:.0f}" if seconds is not None and run["writes"] else "-"
 for value_bytes, clients in sorted({(v, c) for (_, c, v) in by}):
     e, p = by.get(("etcd", clients, value_bytes)), by.get(("paxos", clients, value_bytes))
     if not e or not p:
@@ -115,7 +130,8 @@ for value_bytes, clients in sorted({(v, c) for (_, c, v) in by}):
     fsyncs = f"{fsyncs:.3f}" if fsyncs is not None else "-"
     print(f'| {value_bytes} | {clients} | {e["writes_per_second"]:.0f} | {p["writes_per_second"]:.0f} | {ratio:.2f}x '
           f'| {e["latency_ms"]["p50"]:.2f} | {p["latency_ms"]["p50"]:.2f} '
-          f'| {e["latency_ms"]["p99"]:.2f} | {p["latency_ms"]["p99"]:.2f} | {fsyncs} |')
+          f'| {e["latency_ms"]["p99"]:.2f} | {p["latency_ms"]["p99"]:.2f} '
+          f'| {cpu_per_write("etcd", e)} | {cpu_per_write("paxos", p)} | {fsyncs} |')
 errors = {k: v["errors"] for k, v in by.items() if v["errors"]}
 if errors:
     print(f"errors: {errors}")
