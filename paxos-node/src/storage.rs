@@ -128,6 +128,13 @@ pub enum StorageError {
          into the cluster), or run the version that wrote it"
     )]
     Format { path: PathBuf, found: u32, expected: u32 },
+    /// A directory written by a newer binary: refused before anything is read, so a downgrade
+    /// never misreads records it does not understand (nor rewrites them).
+    #[error(
+        "data directory {path} holds storage format {found}, written by a newer paxos-node; this \
+         one reads formats up to {newest}: run the version that wrote it, or a newer one"
+    )]
+    FormatTooNew { path: PathBuf, found: u32, newest: u32 },
 }
 
 /// RocksDB's error when another process holds the directory's LOCK (an `fcntl` lock, released
@@ -452,6 +459,13 @@ impl Storage {
                     });
                 }
                 let found = self.get::<u32>(CF_META, KEY_FORMAT)?.unwrap_or(1);
+                if found > STORAGE_FORMAT {
+                    return Err(StorageError::FormatTooNew {
+                        path: self.path.clone(),
+                        found,
+                        newest: STORAGE_FORMAT,
+                    });
+                }
                 if found != STORAGE_FORMAT {
                     return Err(StorageError::Format {
                         path: self.path.clone(),
@@ -848,6 +862,22 @@ mod tests {
         match Storage::open(dir.path(), "c", 1) {
             Err(error @ StorageError::Format { found: 1, expected: STORAGE_FORMAT, .. }) => {
                 assert!(error.to_string().contains("new --data-dir"), "{error}");
+            }
+            other => panic!("expected a format error, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    /// A directory a newer binary wrote is refused in one line that says so, not misread.
+    #[test]
+    fn a_directory_of_a_newer_format_is_refused_as_newer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path(), "c", 1).expect("open");
+        let newer = seal(&(STORAGE_FORMAT + 1)).expect("seal");
+        storage.db.put_cf(storage.cf(CF_META), KEY_FORMAT, newer).expect("write a newer format");
+        drop(storage);
+        match Storage::open(dir.path(), "c", 1) {
+            Err(error @ StorageError::FormatTooNew { .. }) => {
+                assert!(error.to_string().contains("written by a newer paxos-node"), "{error}");
             }
             other => panic!("expected a format error, got {:?}", other.map(|_| ())),
         }
