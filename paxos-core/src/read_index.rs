@@ -27,7 +27,7 @@
 //! `confirming-reads-outlive-their-leadership`).
 
 use crate::message::{Message, ProposalError};
-use crate::reads::{Confirming, ReadOrigin, READS_PENDING_MAX};
+use crate::reads::{ReadOrigin, READS_PENDING_MAX};
 use crate::ready::ReadReply;
 use crate::replica::Replica;
 use crate::role::Role;
@@ -49,9 +49,7 @@ impl Replica {
         match self.proposer.leader_hint {
             Some(leader) if leader != self.config.id => {
                 let deadline_tick = self.tick_now + self.config.forward_timeout_ticks;
-                let number = self.reads.next_forward.unwrap_or_else(|| self.rng.next_u64());
-                self.reads.next_forward = Some(number.wrapping_add(1));
-                self.reads.forwarded.insert(number, (request, leader, deadline_tick));
+                let number = self.reads.forward(request, leader, deadline_tick, &mut self.rng);
                 self.send(leader, Message::ReadIndex { request: number });
             }
             _ => self
@@ -77,16 +75,13 @@ impl Replica {
         number: u64,
         outcome: Result<Slot, ProposalError>,
     ) {
-        // Only the leader it was forwarded to answers it.
-        let Some(&(request, ..)) = self.reads.forwarded.get(&number).filter(|(_, leader, _)| *leader == from)
-        else {
+        let Some(request) = self.reads.take_forwarded(number, from) else {
             return;
         };
-        self.reads.forwarded.remove(&number);
         match outcome {
             Ok(read_upto) => {
                 let deadline_tick = self.tick_now + self.config.forward_timeout_ticks;
-                self.reads.waiting.push((request, read_upto, deadline_tick));
+                self.reads.wait_for_apply(request, read_upto, deadline_tick);
             }
             Err(error) => self.answer_read(ReadOrigin::Local(request), Err(error)),
         }
@@ -107,18 +102,8 @@ impl Replica {
             return;
         }
         let (read_upto, ballot) = (leader.next_slot, leader.ballot);
-        let reads = &mut self.reads;
-        let in_flight = reads.confirming.iter().any(|read| read.round == reads.round);
-        let send_now = !reads.round_due && !in_flight;
-        if send_now {
-            reads.round += 1;
-        } else {
-            reads.round_due = true;
-        }
-        let round = reads.round + u64::from(!send_now);
         let deadline_tick = self.tick_now + self.config.forward_timeout_ticks;
-        reads.confirming.push(Confirming { ballot, round, read_upto, origin, deadline_tick });
-        if send_now {
+        if self.reads.confirm_later(ballot, read_upto, origin, deadline_tick) {
             self.broadcast_heartbeat();
         }
         self.confirm_reads();
@@ -136,7 +121,7 @@ impl Replica {
             ballot: leader.ballot,
             commit_upto: applied_upto,
             history_start: self.learner.history_start(),
-            round: self.reads.round,
+            round: self.reads.round(),
         };
         self.broadcast(heartbeat);
     }
@@ -155,20 +140,14 @@ impl Replica {
         let Role::Leader(leader) = &self.proposer.role else {
             return;
         };
-        if self.reads.confirming.is_empty() {
+        if !self.reads.confirming_any() {
             return;
         }
         let membership = self.learner.membership();
-        let mut rounds: Vec<u64> = if self.reads.acked_ballot == leader.ballot {
-            self.reads
-                .acked
-                .iter()
-                .filter(|(node, _)| **node != self.config.id && membership.votes(**node))
-                .map(|(_, round)| *round)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let mut rounds: Vec<u64> = (self.reads.acked_in(leader.ballot))
+            .filter(|(node, _)| *node != self.config.id && membership.votes(*node))
+            .map(|(_, round)| round)
+            .collect();
         if self.can_vote() {
             // The leader holds its own promise of its ballot for every round.
             rounds.push(u64::MAX);
@@ -179,15 +158,10 @@ impl Replica {
             return;
         };
         let ballot = leader.ballot;
-        let (done, waiting): (Vec<Confirming>, Vec<Confirming>) = std::mem::take(&mut self.reads.confirming)
-            .into_iter()
-            .partition(|read| read.round <= confirmed && read.ballot == ballot);
-        self.reads.confirming = waiting;
-        for read in done {
+        for read in self.reads.take_confirmed(ballot, confirmed) {
             self.answer_read_index(read.origin, read.read_upto);
         }
-        if self.reads.round_due && self.reads.confirming.iter().all(|read| read.round > self.reads.round) {
-            self.reads.start_due_round();
+        if self.reads.start_due_round_if_idle() {
             self.broadcast_heartbeat();
         }
     }
@@ -198,7 +172,7 @@ impl Replica {
         match origin {
             ReadOrigin::Local(request) => {
                 let deadline_tick = self.tick_now + self.config.forward_timeout_ticks;
-                self.reads.waiting.push((request, read_upto, deadline_tick));
+                self.reads.wait_for_apply(request, read_upto, deadline_tick);
             }
             ReadOrigin::Remote(..) => self.answer_read(origin, Ok(read_upto)),
         }
@@ -215,53 +189,23 @@ impl Replica {
 
     /// Answers the reads the applied prefix now covers, and those past their deadline.
     pub(crate) fn release_reads(&mut self) {
-        if self.reads.pending() == 0 {
-            return;
-        }
         let applied_upto = self.learner.applied_upto();
-        let now = self.tick_now;
-        let mut answers = Vec::new();
-        self.reads.waiting.retain(|(request, read_upto, deadline_tick)| {
-            if *read_upto <= applied_upto {
-                answers.push((ReadOrigin::Local(*request), Ok(*read_upto)));
-            } else if now > *deadline_tick {
-                answers.push((ReadOrigin::Local(*request), Err(ProposalError::Timeout)));
-            } else {
-                return true;
-            }
-            false
-        });
-        self.reads.forwarded.retain(|_, (request, _, deadline_tick)| {
-            let late = now > *deadline_tick;
-            if late {
-                answers.push((ReadOrigin::Local(*request), Err(ProposalError::Timeout)));
-            }
-            !late
-        });
-        self.reads.confirming.retain(|read| {
-            let late = now > read.deadline_tick;
-            if late {
-                answers.push((read.origin, Err(ProposalError::Timeout)));
-            }
-            !late
-        });
-        for (origin, outcome) in answers {
+        for (origin, outcome) in self.reads.release(applied_upto, self.tick_now) {
             self.answer_read(origin, outcome);
         }
     }
 
     /// This leadership ended: its reads cannot be confirmed any more (retryable).
     pub(crate) fn fail_confirming_reads(&mut self, leader_hint: Option<NodeId>) {
-        for read in std::mem::take(&mut self.reads.confirming) {
+        for read in self.reads.take_confirming() {
             self.answer_read(read.origin, Err(ProposalError::NotLeader { leader_hint }));
         }
-        self.reads.round_due = false;
     }
 
     /// This replica follows another leader: the reads it forwarded to the previous one may be
     /// lost with it (retryable; an answer that still comes is ignored).
     pub(crate) fn fail_forwarded_reads(&mut self, leader_hint: Option<NodeId>) {
-        for (request, ..) in std::mem::take(&mut self.reads.forwarded).into_values() {
+        for request in self.reads.take_all_forwarded() {
             self.answer_read(ReadOrigin::Local(request), Err(ProposalError::NotLeader { leader_hint }));
         }
     }
