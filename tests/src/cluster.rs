@@ -103,11 +103,17 @@ impl Cluster {
                     context.push_str(&format!("node {id} exited ({status}): {last}; "));
                 }
             }
-            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
-            context.push_str(&format!("node logs and data kept in {}", dir.keep().display()));
+            context.push_str(&format!("node logs and data kept in {}", self.keep_dir().display()));
             return Err(error.context(context));
         }
         Ok(())
+    }
+
+    /// Keeps the cluster's directory (node logs, data, certificates) after the cluster is
+    /// dropped, where a person can read why a test failed; its path.
+    fn keep_dir(&mut self) -> PathBuf {
+        let empty = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, empty).keep()
     }
 
     /// Waits until every running node has applied the configuration that binds the bootstrap.
@@ -582,11 +588,7 @@ impl Drop for Cluster {
             }
         }
         if std::thread::panicking() {
-            // Keep the logs of a failed test where a person can read them.
-            let kept = self.dir.path().to_path_buf();
-            eprintln!("test failed; node logs and data kept in {}", kept.display());
-            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-            let _ = dir.keep();
+            eprintln!("test failed; node logs and data kept in {}", self.keep_dir().display());
         }
     }
 }
