@@ -137,6 +137,7 @@ pub struct Driver {
     /// into a counter) and the peers with series (to drop those of members gone).
     leader_seen: Option<NodeId>,
     fsyncs_counted: u64,
+    written_bytes_counted: u64,
     peers_shown: BTreeSet<NodeId>,
     /// Leadership transfers this node started, answered once the target leads.
     transfers_waiting: Vec<TransferWaiting>,
@@ -199,6 +200,7 @@ impl Driver {
             accept_written: BTreeMap::new(),
             leader_seen: None,
             fsyncs_counted: 0,
+            written_bytes_counted: 0,
             peers_shown: BTreeSet::new(),
             transfers_waiting: Vec::new(),
             history_reader,
@@ -681,6 +683,9 @@ impl Driver {
         let fsyncs = self.storage.fsyncs();
         metrics.fsyncs.inc_by(fsyncs.saturating_sub(self.fsyncs_counted));
         self.fsyncs_counted = fsyncs;
+        let written_bytes = self.storage.written_bytes();
+        metrics.storage_written.inc_by(written_bytes.saturating_sub(self.written_bytes_counted));
+        self.written_bytes_counted = written_bytes;
 
         let mut peers = BTreeSet::new();
         for (peer, up) in self.links.link_states() {

@@ -59,6 +59,7 @@ pub struct Metrics {
     /// Records in one synced write batch (promises, accepted values, history entries...).
     pub fsync_batch_records: Histogram,
     pub fsyncs: Counter,
+    pub storage_written: Counter,
     pub values_chosen: Family<KindLabels, Counter>,
     pub proposals_received: Counter,
     pub proposals_refused: Family<ReasonLabels, Counter>,
@@ -140,6 +141,13 @@ impl Metrics {
         );
         let fsyncs = Counter::default();
         registry.register("fsyncs", "Synced write batches since the node started", fsyncs.clone());
+        let storage_written = Counter::default();
+        registry.register_with_unit(
+            "storage_written",
+            "Bytes of the write batches this node wrote to RocksDB, which its write-ahead log records",
+            Unit::Bytes,
+            storage_written.clone(),
+        );
         let values_chosen = Family::<KindLabels, Counter>::default();
         registry.register(
             "values_chosen",
@@ -279,6 +287,7 @@ impl Metrics {
             fsync_duration,
             fsync_batch_records,
             fsyncs,
+            storage_written,
             values_chosen,
             proposals_received,
             proposals_refused,

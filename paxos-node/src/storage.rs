@@ -229,6 +229,9 @@ pub struct Storage {
     path: PathBuf,
     sync: WriteOptions,
     fsyncs: u64,
+    /// Bytes of the write batches written since open: what RocksDB appends to its WAL (each
+    /// batch is one WAL record; the WAL adds a 7-byte header per 32 KiB block).
+    written_bytes: u64,
     /// What the read-only check at open recovered, for the first `load`.
     preloaded: Option<DurableState>,
     /// The promise on disk: a write that lowers it is a bug in the replica (asserted, as
@@ -302,6 +305,7 @@ impl Storage {
             path: path.to_owned(),
             sync,
             fsyncs: 0,
+            written_bytes: 0,
             preloaded,
             promised,
             incarnation: 0,
@@ -635,6 +639,7 @@ impl Storage {
             path: path.to_owned(),
             sync: WriteOptions::default(),
             fsyncs: 0,
+            written_bytes: 0,
             preloaded: None,
             promised: Ballot::ZERO,
             incarnation: 0,
@@ -768,6 +773,7 @@ impl Storage {
                 PersistOp::Membership(membership) => batch.put_cf(meta, KEY_MEMBERSHIP, seal(membership)?),
             }
         }
+        self.written_bytes += batch.size_in_bytes() as u64;
         if sync {
             self.db.write_opt(batch, &self.sync).map_err(|error| self.db_error(error))?;
             self.fsyncs += 1;
@@ -802,6 +808,7 @@ impl Storage {
             path: self.path.clone(),
             sync: WriteOptions::default(),
             fsyncs: 0,
+            written_bytes: 0,
             preloaded: None,
             promised: self.promised,
             incarnation: self.incarnation,
@@ -811,6 +818,11 @@ impl Storage {
     /// Synced batches written since open (fsyncs).
     pub fn fsyncs(&self) -> u64 {
         self.fsyncs
+    }
+
+    /// Bytes of the write batches written since open (see the field).
+    pub fn written_bytes(&self) -> u64 {
+        self.written_bytes
     }
 
     pub fn path(&self) -> &Path {
