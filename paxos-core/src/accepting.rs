@@ -421,7 +421,7 @@ mod tests {
         let mut cluster = crate::test_support::Cluster::with_roles(&[(1, Voter), (2, Voter), (3, Learner)]);
         let prepare = Message::Prepare { ballot: Ballot::new(4, 1), from_slot: 0, transfer: false };
         cluster.node(3).step(Envelope { from: 1, to: 3, incarnation: 1, role: Voter, message: prepare });
-        let ready = cluster.node(3).take_ready_persisted();
+        let ready = cluster.take_ready_written(3);
         assert!(sent(&ready, |m| matches!(m, Message::Promise { .. })).is_empty(), "a learner promised");
         assert_eq!(sent(&ready, |m| matches!(m, Message::HeartbeatAck { .. })).len(), 1, "{ready:?}");
         assert_eq!(sent(&ready, |m| matches!(m, Message::CatchUp { request: 0, .. })).len(), 1, "{ready:?}");

@@ -226,17 +226,17 @@ mod tests {
         let high = Ballot::new(promised.round + 5, rogue);
         let prepare = Message::Prepare { ballot: high, from_slot: 0, transfer: false };
         cluster.node(follower).step(envelope(rogue, follower, prepare.clone()));
-        let ready = cluster.node(follower).take_ready_persisted();
+        let ready = cluster.take_ready_written(follower);
         assert!(sent(&ready, |m| matches!(m, Message::Promise { .. })).is_empty(), "{ready:?}");
         assert_eq!(cluster.node(follower).promised(), promised, "no promise raised");
         assert!(ready.events.iter().any(|e| matches!(e, Event::PrepareIgnored { .. })));
         cluster.node(leader).step(envelope(rogue, leader, prepare));
-        let ready = cluster.node(leader).take_ready_persisted();
+        let ready = cluster.take_ready_written(leader);
         assert!(cluster.node(leader).is_leader(), "the leader stays: {ready:?}");
         // With the transfer flag, the same Prepare is promised: the leader asked for it.
         let transfer = Message::Prepare { ballot: high, from_slot: 0, transfer: true };
         cluster.node(follower).step(envelope(rogue, follower, transfer));
-        let ready = cluster.node(follower).take_ready_persisted();
+        let ready = cluster.take_ready_written(follower);
         assert_eq!(sent(&ready, |m| matches!(m, Message::Promise { .. })).len(), 1, "{ready:?}");
     }
 
@@ -294,32 +294,32 @@ mod tests {
             2,
             Message::Prepare { ballot: Ballot::new(7, 3), from_slot: 0, transfer: false },
         ));
-        cluster.node(2).take_ready_persisted();
+        cluster.take_ready_written(2);
         // Node 2 gives that candidate an election timeout before it says yes to anyone else.
         let timeout = cluster.node(2).config().election_timeout_ticks;
         for _ in 0..timeout {
             cluster.node(2).tick();
-            cluster.node(2).take_ready_persisted();
+            cluster.take_ready_written(2);
         }
         cluster.node(1).start_pre_vote();
-        let ready = cluster.node(1).take_ready_persisted();
+        let ready = cluster.take_ready_written(1);
         assert_eq!(sent(&ready, |m| matches!(m, Message::PreVote { .. })).len(), 2);
         assert!(ready.persist.is_empty(), "a pre-vote persists nothing");
         let Message::PreVote { ballot, attempt } = ready.messages[0].message else { unreachable!() };
         cluster.node(2).step(envelope(1, 2, Message::PreVote { ballot, attempt }));
-        let answer = cluster.node(2).take_ready_persisted();
+        let answer = cluster.take_ready_written(2);
         assert!(answer.persist.is_empty(), "answering a pre-vote persists nothing");
         let reply = answer.messages[0].message.clone();
         assert!(matches!(reply, Message::PreVoteReply { refusal: None, .. }), "{reply:?}");
         cluster.node(1).step(envelope(2, 1, reply));
-        let ready = cluster.node(1).take_ready_persisted();
+        let ready = cluster.take_ready_written(1);
         let prepares = sent(&ready, |m| matches!(m, Message::Prepare { .. }));
         let Message::Prepare { ballot, .. } = prepares[0].message else { unreachable!() };
         assert!(ballot > Ballot::new(7, 3), "{ballot}");
     }
 
     fn out(cluster: &mut Cluster, id: u64) -> Vec<Envelope> {
-        crate::test_support::all_messages(cluster.node(id).take_ready_persisted())
+        crate::test_support::all_messages(cluster.take_ready_written(id))
     }
 
     /// Hands each envelope of `envelopes` that `pick` chooses to its receiver; returns what

@@ -79,7 +79,7 @@ mod tests {
         // A (buggy) client's first value under id 1 goes to the leader, slowly.
         let first = proposal(client, 1, "first");
         cluster.node(follower).propose(first.clone());
-        let forwarded_first = cluster.node(follower).take_ready_persisted().messages;
+        let forwarded_first = cluster.take_ready_written(follower).messages;
         assert!(matches!(forwarded_first[0].message, Message::Forward { .. }), "{forwarded_first:?}");
         // It times out at the follower; then another value is forwarded under the same id.
         let timeout = cluster.node(follower).config().forward_timeout_ticks;
@@ -87,7 +87,7 @@ mod tests {
         cluster.replies.clear();
         let second = proposal(client, 1, "second");
         cluster.node(follower).propose(second.clone());
-        let forwarded_second = cluster.node(follower).take_ready_persisted().messages;
+        let forwarded_second = cluster.take_ready_written(follower).messages;
         // The first value is chosen, and the leader's answer to it reaches the follower.
         cluster.node(leader).step(forwarded_first[0].clone());
         cluster.settle();

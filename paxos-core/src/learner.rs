@@ -261,10 +261,13 @@ impl Learner {
     /// Applies the next slot if its chosen value is known: appends its duplicate-table changes
     /// and history entry to `persist`, and returns what was applied with the answer owed. The
     /// caller writes the applied prefix (`PersistOp::AppliedUpto`) once it has applied what it
-    /// can. `limits` bound the duplicate table.
+    /// can. `limits` bound the duplicate table. `accepted` is this node's acceptor's records:
+    /// an entry equal to the value accepted at its slot is written as that record
+    /// (`PersistOp::ApplyAccepted`), not again.
     pub(crate) fn apply_next(
         &mut self,
         limits: TableLimits,
+        accepted: &BTreeMap<Slot, (Ballot, Value)>,
         persist: &mut Vec<PersistOp>,
     ) -> Option<Applied> {
         let slot = self.applied_upto;
@@ -283,7 +286,11 @@ impl Learner {
             config = Some(checked);
         }
         let entry = if as_noop { Value::Noop } else { chosen.clone() };
-        persist.push(PersistOp::Apply { slot, value: entry });
+        if accepted.get(&slot).is_some_and(|(_, value)| *value == entry) {
+            persist.push(PersistOp::ApplyAccepted { slot });
+        } else {
+            persist.push(PersistOp::Apply { slot, value: entry });
+        }
         self.applied_upto += 1;
         Some(Applied { slot, chosen, as_noop, answer, config })
     }
@@ -585,7 +592,8 @@ mod tests {
 
     fn apply_all(learner: &mut Learner) -> (Vec<Applied>, Vec<PersistOp>) {
         let mut persist = Vec::new();
-        let applied = std::iter::from_fn(|| learner.apply_next(limits(), &mut persist)).collect();
+        let applied =
+            std::iter::from_fn(|| learner.apply_next(limits(), &BTreeMap::new(), &mut persist)).collect();
         (applied, persist)
     }
 
@@ -615,6 +623,45 @@ mod tests {
         assert!(persist.contains(&PersistOp::Apply { slot: 2, value: Value::Noop }));
         let applied: Vec<Value> = applied.into_iter().map(Applied::into_entry).collect();
         assert_eq!(applied[1..], [command(0, 2), Value::Noop]);
+    }
+
+    /// An entry is written as the accepted record only when it is that record's value: a
+    /// duplicate applied as a no-op, and a value accepted in a lower ballot than the chosen
+    /// one, are written out; the rest are not written twice.
+    #[test]
+    fn only_an_entry_equal_to_the_accepted_value_is_applied_as_that_record() {
+        let mut learner = learner();
+        let ballot = Ballot::new(1, 1);
+        let register = Value::Register { nonce: 7, key: [0; 16], floor_slot: 0, payload: Vec::new() };
+        let accepted = BTreeMap::from([
+            (0, (ballot, register.clone())),
+            (1, (ballot, command(0, 2))),
+            // The duplicate: chosen as accepted, applied as a no-op.
+            (2, (ballot, command(0, 2))),
+            // A lower ballot's value; another was chosen.
+            (3, (ballot, command(0, 9))),
+        ]);
+        learner.learn_chosen(0, register);
+        learner.learn_chosen(1, command(0, 2));
+        learner.learn_chosen(2, command(0, 2));
+        learner.learn_chosen(3, command(0, 3));
+        learner.learn_chosen(4, command(0, 4));
+        let mut persist = Vec::new();
+        while learner.apply_next(limits(), &accepted, &mut persist).is_some() {}
+        let writes: Vec<&PersistOp> = persist
+            .iter()
+            .filter(|op| matches!(op, PersistOp::Apply { .. } | PersistOp::ApplyAccepted { .. }))
+            .collect();
+        assert_eq!(
+            writes,
+            [
+                &PersistOp::ApplyAccepted { slot: 0 },
+                &PersistOp::ApplyAccepted { slot: 1 },
+                &PersistOp::Apply { slot: 2, value: Value::Noop },
+                &PersistOp::Apply { slot: 3, value: command(0, 3) },
+                &PersistOp::Apply { slot: 4, value: command(0, 4) },
+            ]
+        );
     }
 
     #[test]

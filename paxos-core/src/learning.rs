@@ -33,9 +33,11 @@ impl Replica {
     pub(crate) fn apply_chosen(&mut self) {
         let start = self.learner.applied_upto();
         let mut superseded = false;
-        while let Some(mut applied) =
-            self.learner.apply_next(self.config.request_table, &mut self.ready.persist)
-        {
+        while let Some(mut applied) = self.learner.apply_next(
+            self.config.request_table,
+            self.acceptor.accepted(),
+            &mut self.ready.persist,
+        ) {
             if let Role::Leader(leader) = &mut self.proposer.role {
                 if let Some(in_flight) = leader.in_flight.remove(&applied.slot) {
                     superseded |= in_flight.value != applied.chosen;
@@ -305,7 +307,7 @@ mod tests {
         cluster.node(1).learner.learn_chosen(1, value.clone());
         cluster.node(1).learner.learn_chosen(2, value.clone());
         cluster.node(1).apply_chosen();
-        let ready = cluster.node(1).take_ready_persisted();
+        let ready = cluster.take_ready_written(1);
         assert_eq!(ready.chosen, vec![(1, value), (2, Value::Noop)]);
     }
 
@@ -372,7 +374,7 @@ mod tests {
         let mut announced = Vec::new();
         for _ in 0..5 {
             cluster.node(leader).tick();
-            let ready = cluster.node(leader).take_ready_persisted();
+            let ready = cluster.take_ready_written(leader);
             for envelope in ready.messages {
                 match envelope.message {
                     crate::Message::Heartbeat { ballot: b, commit_upto, .. }
@@ -419,7 +421,7 @@ mod tests {
             message: catch_up,
         });
         cluster.node(leader).compact(Compaction { truncate_below: Some(2), force: true }).expect("cut");
-        let ready = cluster.node(leader).take_ready_persisted();
+        let ready = cluster.take_ready_written(leader);
         let storage = cluster.storage.get_mut(&leader).expect("member");
         storage.apply(&ready.persist);
         let replica = cluster.replicas.get_mut(&leader).expect("member");

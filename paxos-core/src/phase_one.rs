@@ -398,7 +398,7 @@ mod tests {
         let mut cluster = Cluster::new(3);
         cluster.node(1).become_candidate(crate::CampaignReason::Timeout);
         let ballot = cluster.node(1).promised();
-        cluster.node(1).take_ready_persisted();
+        cluster.take_ready_written(1);
         let far = crate::Config::new(1, vec![1]).phase_one_holes_max + 5;
         let promise = Message::Promise {
             ballot,
@@ -417,7 +417,7 @@ mod tests {
             role: Default::default(),
             message: promise,
         });
-        let ready = cluster.node(1).take_ready_persisted();
+        let ready = cluster.take_ready_written(1);
         assert!(sent(&ready, |m| matches!(m, Message::Accept { .. })).is_empty());
         assert_eq!(cluster.node(1).status().rejected_messages, 1);
     }
@@ -431,7 +431,7 @@ mod tests {
         let mut cluster = Cluster::new(3);
         cluster.node(1).become_candidate(crate::CampaignReason::Timeout);
         let ballot = cluster.node(1).promised();
-        cluster.node(1).take_ready_persisted();
+        cluster.take_ready_written(1);
         let promise = Message::Promise {
             ballot,
             from_slot: 5,
@@ -454,7 +454,7 @@ mod tests {
         let candidate = 1;
         cluster.node(candidate).become_candidate(crate::CampaignReason::Timeout);
         let ballot = cluster.node(candidate).promised();
-        cluster.node(candidate).take_ready_persisted();
+        cluster.take_ready_written(candidate);
         let command = |text: &str| Value::Command {
             request_id: crate::RequestId { client_id: 1, seq: text.len() as u64 },
             key: [0; 16],
@@ -481,7 +481,7 @@ mod tests {
             role: Default::default(),
             message: promise,
         });
-        let ready = cluster.node(candidate).take_ready_persisted();
+        let ready = cluster.take_ready_written(candidate);
         // Quorum of 2 reached with the candidate's own empty promise; the accepted values win.
         let accepts = sent(&ready, |m| matches!(m, Message::Accept { .. }));
         let Message::Accept { entries, .. } = &accepts[0].message else { unreachable!() };

@@ -376,7 +376,7 @@ mod tests {
         let leader = cluster.elect();
         let client = cluster.session(leader);
         cluster.node(leader).propose(proposal(client, 1, "a"));
-        let ready = cluster.node(leader).take_ready_persisted();
+        let ready = cluster.take_ready_written(leader);
         assert!(sent(&ready, |m| matches!(m, Message::Prepare { .. })).is_empty());
         assert_eq!(sent(&ready, |m| matches!(m, Message::Accept { .. })).len(), 2);
     }
@@ -417,7 +417,7 @@ mod tests {
         for seq in 1..=3 {
             cluster.node(leader).propose(proposal(client, seq, &big));
         }
-        let ready = cluster.node(leader).take_ready_persisted();
+        let ready = cluster.take_ready_written(leader);
         let accepted: usize = sent(&ready, |m| matches!(m, Message::Accept { .. }))
             .iter()
             .map(|e| match &e.message {
@@ -448,7 +448,7 @@ mod tests {
         for seq in 1..=4 {
             cluster.node(leader).propose(proposal(client, seq, &big));
         }
-        let ready = cluster.node(leader).take_ready_persisted();
+        let ready = cluster.take_ready_written(leader);
         let overloaded: Vec<crate::RequestId> = ready
             .replies
             .iter()

@@ -247,7 +247,7 @@ mod tests {
         let ballot = cluster.node(leader).status().own_ballot;
         cluster.node(leader).read(1);
         // The round's heartbeats are lost.
-        let _ = cluster.node(leader).take_ready_persisted();
+        let _ = cluster.take_ready_written(leader);
         // Node 4 never runs: what is sent to it is lost.
         cluster.down = vec![4];
         let add = MembershipChange::Add { id: 4, address: "n4:1".into(), role: MemberRole::Learner };

@@ -24,6 +24,17 @@ pub enum PersistOp {
         slot: Slot,
         value: Value,
     },
+    /// `slot` is chosen and applied, and its history entry is exactly the value this acceptor
+    /// holds accepted there (its latest `Accept` of the slot, in this batch or an earlier one):
+    /// that record becomes the entry, and nothing is written twice. A store keeps the value
+    /// once; the applied prefix is what tells an entry from an accepted value.
+    ///
+    /// # Correctness
+    /// Only when the values are equal: a value accepted in a lower ballot than the chosen one,
+    /// or a duplicate request that applies as a no-op, is an `Apply` with the entry.
+    ApplyAccepted {
+        slot: Slot,
+    },
     /// Every slot below this is applied (written with `Apply` in this or an earlier batch).
     AppliedUpto(Slot),
     /// Duplicate-table changes that go with the applied slots.

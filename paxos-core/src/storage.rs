@@ -33,9 +33,21 @@ impl MemStorage {
                     self.promised = *ballot;
                 }
                 PersistOp::Accept { slot, ballot, value } => {
+                    assert!(
+                        *slot >= self.applied_upto,
+                        "accepting at slot {slot}, below the applied prefix {}",
+                        self.applied_upto
+                    );
                     self.accepted.insert(*slot, (*ballot, value.clone()));
                 }
                 PersistOp::Apply { slot, value } => {
+                    self.history.insert(*slot, value.clone());
+                }
+                PersistOp::ApplyAccepted { slot } => {
+                    // What a store that keeps the value once does: the entry is the record.
+                    let (_, value) = self.accepted.get(slot).unwrap_or_else(|| {
+                        panic!("slot {slot} applied as accepted, but no value is accepted there")
+                    });
                     self.history.insert(*slot, value.clone());
                 }
                 PersistOp::AppliedUpto(slot) => self.applied_upto = *slot,
@@ -46,6 +58,12 @@ impl MemStorage {
                     self.requests.remove(request_id);
                 }
                 PersistOp::DeleteAcceptedBelow(slot) => {
+                    // Only applied slots' records: a store that keeps each value once (RocksDB's
+                    // `log`) keeps them as the history entries.
+                    assert!(
+                        *slot <= self.applied_upto,
+                        "forgetting accepted values above the applied prefix"
+                    );
                     self.accepted = self.accepted.split_off(slot);
                 }
                 PersistOp::Truncate(snapshot) => {
@@ -54,6 +72,11 @@ impl MemStorage {
                     self.truncation = snapshot.clone();
                 }
                 PersistOp::InstallSnapshot(snapshot) => {
+                    // Above the applied prefix, so every history entry is below its start.
+                    assert!(
+                        snapshot.history_start > self.applied_upto,
+                        "a snapshot below the applied prefix"
+                    );
                     self.history.clear();
                     self.accepted = self.accepted.split_off(&snapshot.history_start);
                     self.applied_upto = snapshot.history_start;
@@ -73,7 +96,9 @@ impl MemStorage {
     pub fn durable_state(&self) -> DurableState {
         DurableState {
             promised: self.promised,
-            accepted: self.accepted.clone(),
+            // A record below the applied prefix is redundant (the entry is in the history), and
+            // a store that keeps each value once holds it as the entry, not as accepted.
+            accepted: self.accepted.range(self.applied_upto..).map(|(s, r)| (*s, r.clone())).collect(),
             applied_upto: self.applied_upto,
             truncation: self.truncation.clone(),
             requests: RequestTable::from_records(self.requests.iter().map(|(r, (s, d))| (*r, *s, *d))),

@@ -46,6 +46,15 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// Takes node `id`'s Ready and writes its operations to the node's storage, for tests that
+    /// look at the Ready before delivering its messages.
+    pub(crate) fn take_ready_written(&mut self, id: u64) -> crate::Ready {
+        let ready = self.node(id).take_ready();
+        self.storage.get_mut(&id).expect("member").apply(&ready.persist);
+        self.node(id).on_persisted(ready.number);
+        ready
+    }
+
     pub(crate) fn new(size: u64) -> Self {
         let members: Vec<u64> = (1..=size).collect();
         Cluster {

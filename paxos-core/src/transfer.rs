@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(cluster.node(leader).transfer_leadership(target), Ok(TransferStart::Started));
         // Proposed during the transfer: queued, no Accept for it.
         cluster.node(leader).propose(proposal(client, 1, "during"));
-        let ready = cluster.node(leader).take_ready_persisted();
+        let ready = cluster.take_ready_written(leader);
         let accepts = sent(&ready, |m| matches!(m, Message::Accept { entries, .. } if !entries.is_empty()));
         assert!(accepts.is_empty(), "a slot was proposed during the transfer: {accepts:?}");
         assert_eq!(cluster.node(leader).applied_upto(), applied);
@@ -283,10 +283,10 @@ mod tests {
         cluster.node(leader).propose(proposal(client, 1, "in flight"));
         assert_eq!(cluster.node(leader).transfer_leadership(target), Ok(TransferStart::Started));
         // The Accepts of that slot are lost with this Ready: the slot stays in flight.
-        let mut readies = vec![cluster.node(leader).take_ready_persisted()];
+        let mut readies = vec![cluster.take_ready_written(leader)];
         for _ in 0..3 {
             cluster.node(leader).tick();
-            readies.push(cluster.node(leader).take_ready_persisted());
+            readies.push(cluster.take_ready_written(leader));
         }
         for ready in &readies {
             let handed = sent(ready, |m| matches!(m, Message::TimeoutNow { .. }));
@@ -375,7 +375,7 @@ mod tests {
         assert_eq!(cluster.node(leader).transfer_leadership(target), Ok(TransferStart::Started));
         let change = crate::RequestId { client_id: u64::MAX - 1, seq: 1 };
         cluster.node(leader).change_membership(change, crate::MembershipChange::Remove { id: 3 });
-        let ready = cluster.node(leader).take_ready_persisted();
+        let ready = cluster.take_ready_written(leader);
         let answer = ready.replies.iter().find(|reply| reply.request_id == change).map(|r| r.outcome.clone());
         assert_eq!(answer, Some(Err(ProposalError::ChangeInProgress)), "a change during a transfer");
 
@@ -421,9 +421,9 @@ mod tests {
             },
         };
         cluster.node(leader).step(ack);
-        cluster.node(leader).take_ready_persisted();
+        cluster.take_ready_written(leader);
         assert_eq!(cluster.node(leader).transfer_leadership(target), Ok(TransferStart::Started));
-        let ready = cluster.node(leader).take_ready_persisted();
+        let ready = cluster.take_ready_written(leader);
         let to_target: Vec<&Envelope> =
             sent(&ready, |_| true).into_iter().filter(|e| e.to == target).collect();
         assert!(

@@ -1,11 +1,14 @@
 //! Durable storage in RocksDB: one database per data directory.
 //!
-//! Column families:
-//! - `meta`: identity (cluster id, node id), promised ballot, applied prefix, truncation;
-//! - `accepted`: slot -> (ballot, value), the acceptor's records;
-//! - `history`: slot -> chosen value, the applied log;
+//! Column families (storage format 4):
+//! - `meta`: identity (cluster id, node id), format, promised ballot, applied prefix,
+//!   truncation, configuration;
+//! - `log`: slot -> one record per slot, the value written once: below the applied prefix it
+//!   is the history entry, from the applied prefix up it is the acceptor's accepted value (see
+//!   [`LogRecord`]);
 //! - `requests`: (client id, seq) -> (slot, digest), the duplicate table (the digest is the
-//!   session's key for a registration record, seq 0, else the payload's).
+//!   session's key for a registration record, seq 0, else the payload's);
+//! - `accepted` and `history`: format 3's, empty since its migration (see `migrate_from_3`).
 //!
 //! Slot keys are big-endian so key order is slot order. Every value is `crc32 ++ bincode`; a
 //! record whose checksum fails stops the node with an error naming the record. A `Ready`'s
@@ -20,10 +23,44 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const CF_META: &str = "meta";
-const CF_ACCEPTED: &str = "accepted";
-const CF_HISTORY: &str = "history";
+const CF_LOG: &str = "log";
 const CF_REQUESTS: &str = "requests";
-const CF_NAMES: [&str; 4] = [CF_META, CF_ACCEPTED, CF_HISTORY, CF_REQUESTS];
+/// Format 3's accepted records and history, moved into `log` at the first open by format 4.
+/// Kept, empty: a format 3 binary opens a directory's read-only view with these names, and
+/// with them present it gets as far as the format record and refuses the directory as newer,
+/// in one line, instead of failing on a missing column family.
+const CF_ACCEPTED_FORMAT_3: &str = "accepted";
+const CF_HISTORY_FORMAT_3: &str = "history";
+const CF_NAMES: [&str; 5] = [CF_META, CF_LOG, CF_REQUESTS, CF_ACCEPTED_FORMAT_3, CF_HISTORY_FORMAT_3];
+
+/// One slot's record in `log`, as stored.
+///
+/// # Correctness
+/// Which one a record is says how it was written, not whether its slot is chosen: that is the
+/// applied prefix's to say. An `Accepted` record below the prefix is the history entry (the
+/// replica wrote `PersistOp::ApplyAccepted` only because the entry equals it); an `Entry` is
+/// only ever written below the prefix (`Apply`, in the batch that raises it), so one at or
+/// above it is corrupt.
+#[derive(Debug, serde::Deserialize)]
+enum LogRecord {
+    Accepted(Ballot, Value),
+    Entry(Value),
+}
+
+impl LogRecord {
+    fn into_value(self) -> Value {
+        match self {
+            LogRecord::Accepted(_, value) | LogRecord::Entry(value) => value,
+        }
+    }
+}
+
+/// [`LogRecord`] to write, borrowing its parts (bincode encodes both alike).
+#[derive(serde::Serialize)]
+enum LogRecordRef<'a> {
+    Accepted(&'a Ballot, &'a Value),
+    Entry(&'a Value),
+}
 
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 const KEY_NODE_ID: &[u8] = b"node_id";
@@ -56,17 +93,27 @@ impl HistoryView {
     ) -> Result<Vec<(Slot, Value)>, StorageError> {
         let storage = &self.storage;
         let snapshot = storage.db.snapshot();
+        // Only entries: the log's records from the applied prefix up are accepted values, so the
+        // page ends at the prefix as of the same snapshot.
+        let applied_upto: Slot = match snapshot
+            .get_cf(storage.cf(CF_META), KEY_APPLIED_UPTO)
+            .map_err(|error| storage.db_error(error))?
+        {
+            Some(record) => storage.unseal(CF_META, KEY_APPLIED_UPTO, &record)?,
+            None => 0,
+        };
+        let upto_slot = upto_slot.min(applied_upto);
         let mut entries = Vec::new();
         let mut bytes = 0;
         let start = slot_key(from_slot);
         let mode = IteratorMode::From(&start, Direction::Forward);
-        for item in snapshot.iterator_cf(storage.cf(CF_HISTORY), mode) {
+        for item in snapshot.iterator_cf(storage.cf(CF_LOG), mode) {
             let (key, record) = item.map_err(|error| storage.db_error(error))?;
-            let slot = storage.slot_of(CF_HISTORY, &key)?;
+            let slot = storage.slot_of(CF_LOG, &key)?;
             if slot >= upto_slot {
                 break;
             }
-            let value: Value = storage.unseal(CF_HISTORY, &key, &record)?;
+            let value = storage.unseal::<LogRecord>(CF_LOG, &key, &record)?.into_value();
             if !paxos_core::page_has_room(entries.len(), bytes, value.size_bytes(), entries_max, bytes_max) {
                 break;
             }
@@ -90,8 +137,11 @@ pub const ROCKSDB_OPEN_FILES_MAX: i32 = 256;
 const KEY_FORMAT: &[u8] = b"format";
 /// Format 2: values carry session keys, the duplicate table payload digests. Format 3: a
 /// registration carries its client's first value and floor, the table keeps each session's
-/// nonce and the eviction watermark.
-pub const STORAGE_FORMAT: u32 = 3;
+/// nonce and the eviction watermark. Format 4: one `log` of values written once, in place of
+/// format 3's `accepted` and `history` (a format 3 directory is migrated at open).
+pub const STORAGE_FORMAT: u32 = 4;
+/// The oldest format this binary opens (migrating it to [`STORAGE_FORMAT`]).
+pub const STORAGE_FORMAT_OLDEST: u32 = 3;
 /// The configuration in force as of the applied prefix (absent: the bootstrap one).
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 
@@ -124,10 +174,10 @@ pub enum StorageError {
     InUse { path: PathBuf },
     #[error(
         "data directory {path} holds storage format {found}, written by an older paxos-node; this \
-         one reads format {expected}: give it a new --data-dir (and `paxos-cli member replace` it \
-         into the cluster), or run the version that wrote it"
+         one reads formats {oldest} to {expected}: give it a new --data-dir (and `paxos-cli member \
+         replace` it into the cluster), or run the version that wrote it"
     )]
-    Format { path: PathBuf, found: u32, expected: u32 },
+    Format { path: PathBuf, found: u32, oldest: u32, expected: u32 },
     /// A directory written by a newer binary: refused before anything is read, so a downgrade
     /// never misreads records it does not understand (nor rewrites them).
     #[error(
@@ -135,6 +185,14 @@ pub enum StorageError {
          one reads formats up to {newest}: run the version that wrote it, or a newer one"
     )]
     FormatTooNew { path: PathBuf, found: u32, newest: u32 },
+    /// A directory of an older format, read without writing (`inspect`): the node migrates
+    /// it at its next start, and only then is it read.
+    #[error(
+        "data directory {path} holds storage format {found}: this paxos-node migrates it to \
+         format {current} at its next start; start the node once, then inspect it",
+        current = STORAGE_FORMAT
+    )]
+    NotMigrated { path: PathBuf, found: u32 },
 }
 
 /// RocksDB's error when another process holds the directory's LOCK (an `fcntl` lock, released
@@ -237,6 +295,9 @@ pub struct Storage {
     /// The promise on disk: a write that lowers it is a bug in the replica (asserted, as
     /// `MemStorage` does).
     promised: Ballot,
+    /// The applied prefix on disk: an accepted value written below it would overwrite a history
+    /// entry, a bug in the replica (asserted, as `MemStorage` does).
+    applied_upto: Slot,
     incarnation: paxos_core::Incarnation,
 }
 
@@ -248,6 +309,13 @@ impl std::fmt::Debug for Storage {
 
 fn slot_key(slot: Slot) -> [u8; 8] {
     slot.to_be_bytes()
+}
+
+/// Deletes every slot-keyed record of `cf` (a range delete ends before its end key, so the
+/// last possible key goes by itself).
+fn delete_every_slot(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily) {
+    batch.delete_range_cf(cf, slot_key(0), slot_key(u64::MAX));
+    batch.delete_cf(cf, slot_key(u64::MAX));
 }
 
 fn request_key(request_id: RequestId) -> [u8; 16] {
@@ -281,8 +349,10 @@ impl Storage {
     /// is never silently reused by another node or cluster (that would break its promises).
     ///
     /// An existing directory is first opened read-only to check the identity and every record
-    /// recovery needs: a refused start (wrong node, corrupt record) must leave the directory as
-    /// it was, and a read-write open already writes (WAL replay, a new MANIFEST).
+    /// recovery needs: a refused start (wrong node, corrupt record, a format it does not read)
+    /// must leave the directory as it was, and a read-write open already writes (WAL replay, a
+    /// new MANIFEST). A directory of an older format it reads is migrated once that check passed
+    /// (see `migrate_from_3`).
     pub fn open(path: &Path, cluster: &str, node: NodeId) -> Result<Self, StorageError> {
         create_dir_durably(path).map_err(|error| StorageError::Io { path: path.to_owned(), error })?;
         make_private(path).map_err(|error| StorageError::Io { path: path.to_owned(), error })?;
@@ -290,26 +360,37 @@ impl Storage {
         let sync = Self::synced_writes();
         let db_error = |error| db_error(path, error);
         let mut preloaded = None;
+        let mut format = None;
         if path.join("CURRENT").exists() {
             let read_only = Self::open_read_only(&options, path)?;
-            read_only.check_identity(cluster, node, false)?;
-            preloaded = Some(read_only.read_state()?);
+            format = read_only.check_identity(cluster, node, false)?;
+            match format {
+                Some(3) => read_only.check_format_3()?,
+                _ => preloaded = Some(read_only.read_state()?),
+            }
         }
         let cfs = CF_NAMES
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Self::column_family_options(&options, name)));
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(db_error)?;
-        let promised = preloaded.as_ref().map_or(Ballot::ZERO, |state: &DurableState| state.promised);
+        let state = preloaded.as_ref();
         let mut storage = Storage {
             db: db.into(),
             path: path.to_owned(),
             sync,
             fsyncs: 0,
             written_bytes: 0,
+            promised: state.map_or(Ballot::ZERO, |state| state.promised),
+            applied_upto: state.map_or(0, |state| state.applied_upto),
             preloaded,
-            promised,
             incarnation: 0,
         };
+        if format == Some(3) {
+            storage.migrate_from_3()?;
+            let state = storage.read_state()?;
+            (storage.promised, storage.applied_upto) = (state.promised, state.applied_upto);
+            storage.preloaded = Some(state);
+        }
         storage.check_identity(cluster, node, true)?;
         storage.incarnation = storage.load_incarnation()?;
         Ok(storage)
@@ -443,12 +524,15 @@ impl Storage {
         self.incarnation
     }
 
+    /// Checks that the directory is `node`'s of `cluster` (writing that identity, and the
+    /// format, into a new one if `write_if_missing`), in a format this binary reads: the
+    /// format found, `None` for a new directory.
     fn check_identity(
         &self,
         cluster: &str,
         node: NodeId,
         write_if_missing: bool,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<u32>, StorageError> {
         let found_cluster: Option<String> = self.get(CF_META, KEY_CLUSTER_ID)?;
         let found_node: Option<NodeId> = self.get(CF_META, KEY_NODE_ID)?;
         match (found_cluster, found_node) {
@@ -470,22 +554,24 @@ impl Storage {
                         newest: STORAGE_FORMAT,
                     });
                 }
-                if found != STORAGE_FORMAT {
+                if found < STORAGE_FORMAT_OLDEST {
                     return Err(StorageError::Format {
                         path: self.path.clone(),
                         found,
+                        oldest: STORAGE_FORMAT_OLDEST,
                         expected: STORAGE_FORMAT,
                     });
                 }
-                Ok(())
+                Ok(Some(found))
             }
-            (None, None) if !write_if_missing => Ok(()),
+            (None, None) if !write_if_missing => Ok(None),
             (None, None) => {
                 let mut batch = WriteBatch::default();
                 batch.put_cf(self.cf(CF_META), KEY_CLUSTER_ID, seal(&cluster.to_owned())?);
                 batch.put_cf(self.cf(CF_META), KEY_NODE_ID, seal(&node)?);
                 batch.put_cf(self.cf(CF_META), KEY_FORMAT, seal(&STORAGE_FORMAT)?);
-                self.db.write_opt(batch, &self.sync).map_err(|error| self.db_error(error))
+                self.db.write_opt(batch, &self.sync).map_err(|error| self.db_error(error))?;
+                Ok(None)
             }
             _ => Err(StorageError::Corrupt {
                 path: self.path.clone(),
@@ -557,6 +643,7 @@ impl Storage {
         let mut options = Self::options();
         options.create_if_missing(false);
         let storage = Self::open_read_only(&options, path)?;
+        storage.check_format_is_current()?;
         let mut records_checked = 0;
         if verify {
             for cf in CF_NAMES {
@@ -568,19 +655,20 @@ impl Storage {
             }
         }
         let state = storage.read_state()?;
-        let slots = |cf: &'static str| -> Result<(u64, Option<(Slot, Slot)>), StorageError> {
-            let mut count = 0;
-            let mut range: Option<(Slot, Slot)> = None;
-            for item in storage.db.iterator_cf(storage.cf(cf), IteratorMode::Start) {
-                let (key, _) = item.map_err(|error| storage.db_error(error))?;
-                let slot = storage.slot_of(cf, &key)?;
-                range = Some((range.map_or(slot, |(first, _)| first), slot));
-                count += 1;
-            }
-            Ok((count, range))
-        };
-        let (accepted_records, accepted_range) = slots(CF_ACCEPTED)?;
-        let (history_entries, history_range) = slots(CF_HISTORY)?;
+        // One pass over the log: below the applied prefix, entries; from it up, accepted values.
+        let (mut history_entries, mut history_range) = (0, None);
+        let (mut accepted_records, mut accepted_range) = (0, None);
+        for item in storage.db.iterator_cf(storage.cf(CF_LOG), IteratorMode::Start) {
+            let (key, _) = item.map_err(|error| storage.db_error(error))?;
+            let slot = storage.slot_of(CF_LOG, &key)?;
+            let (count, range): (&mut u64, &mut Option<(Slot, Slot)>) = if slot < state.applied_upto {
+                (&mut history_entries, &mut history_range)
+            } else {
+                (&mut accepted_records, &mut accepted_range)
+            };
+            *range = Some((range.map_or(slot, |(first, _)| first), slot));
+            *count += 1;
+        }
         Ok(Inspection {
             path: path.to_owned(),
             cluster: storage.get(CF_META, KEY_CLUSTER_ID)?,
@@ -599,6 +687,19 @@ impl Storage {
             membership: state.membership,
             records_checked: verify.then_some(records_checked),
         })
+    }
+
+    /// Refuses, for a reader that does not write (`inspect`, tests), a directory in another
+    /// format than this binary writes: an older one is migrated by the node's next start, not
+    /// read in its old layout.
+    fn check_format_is_current(&self) -> Result<(), StorageError> {
+        match self.get::<u32>(CF_META, KEY_FORMAT)? {
+            None | Some(STORAGE_FORMAT) => Ok(()),
+            Some(found) if found > STORAGE_FORMAT => {
+                Err(StorageError::FormatTooNew { path: self.path.clone(), found, newest: STORAGE_FORMAT })
+            }
+            Some(found) => Err(StorageError::NotMigrated { path: self.path.clone(), found }),
+        }
     }
 
     /// A record's checksum, without decoding it.
@@ -626,14 +727,21 @@ impl Storage {
         if !path.join("CURRENT").exists() {
             return Ok(DurableState::default());
         }
-        Self::open_read_only(&Self::options(), path)?.read_state()
+        let storage = Self::open_read_only(&Self::options(), path)?;
+        storage.check_format_is_current()?;
+        storage.read_state()
     }
 
     /// The database opened read-only (RocksDB writes nothing, takes no lock): for checks at
     /// open, `inspect` and tests; it must never be written through.
+    ///
+    /// It opens the column families the directory has, whatever its format: the format record
+    /// is read first, and decides which of them are read.
     fn open_read_only(options: &Options, path: &Path) -> Result<Storage, StorageError> {
-        let db = DB::open_cf_for_read_only(options, path, CF_NAMES, false)
-            .map_err(|error| db_error(path, error))?;
+        let present = DB::list_cf(options, path).map_err(|error| db_error(path, error))?;
+        let names = present.iter().filter(|name| CF_NAMES.contains(&name.as_str()));
+        let db =
+            DB::open_cf_for_read_only(options, path, names, false).map_err(|error| db_error(path, error))?;
         Ok(Storage {
             db: db.into(),
             path: path.to_owned(),
@@ -642,6 +750,7 @@ impl Storage {
             written_bytes: 0,
             preloaded: None,
             promised: Ballot::ZERO,
+            applied_upto: 0,
             incarnation: 0,
         })
     }
@@ -651,12 +760,24 @@ impl Storage {
         let applied_upto: Slot = self.get(CF_META, KEY_APPLIED_UPTO)?.unwrap_or(0);
         let truncation: TruncationSnapshot = self.get(CF_META, KEY_TRUNCATION)?.unwrap_or_default();
         let membership: Option<paxos_core::Membership> = self.get(CF_META, KEY_MEMBERSHIP)?;
+        // The records below the applied prefix are the history, never read here.
         let mut accepted = BTreeMap::new();
-        for item in self.db.iterator_cf(self.cf(CF_ACCEPTED), IteratorMode::Start) {
+        let start = slot_key(applied_upto);
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_LOG), mode) {
             let (key, record) = item.map_err(|error| self.db_error(error))?;
-            let slot = self.slot_of(CF_ACCEPTED, &key)?;
-            let entry: (Ballot, Value) = self.unseal(CF_ACCEPTED, &key, &record)?;
-            accepted.insert(slot, entry);
+            let slot = self.slot_of(CF_LOG, &key)?;
+            match self.unseal::<LogRecord>(CF_LOG, &key, &record)? {
+                LogRecord::Accepted(ballot, value) => accepted.insert(slot, (ballot, value)),
+                LogRecord::Entry(_) => {
+                    return Err(StorageError::Corrupt {
+                        path: self.path.clone(),
+                        cf: CF_LOG,
+                        key: key_text(CF_LOG, &key),
+                        reason: format!("a history entry at or above the applied prefix {applied_upto}"),
+                    })
+                }
+            };
         }
         let mut records = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_REQUESTS), IteratorMode::Start) {
@@ -696,6 +817,79 @@ impl Storage {
         })
     }
 
+    /// Reads every record of a format 3 directory that its migration moves, each checked
+    /// (checksum and decoding) without writing: a corrupt one refuses the start before the
+    /// migration writes anything.
+    fn check_format_3(&self) -> Result<(), StorageError> {
+        self.each_format_3_record(|_, _| Ok(()))
+    }
+
+    /// Calls `each` with every record of a format 3 directory that format 4 keeps, in slot
+    /// order: the history entries (below the applied prefix), then the accepted values from
+    /// the applied prefix up. Format 3's accepted records below the prefix are redundant (their
+    /// slots are applied, the entries are in its history) and are left behind, as its own GC
+    /// would have dropped them.
+    fn each_format_3_record(
+        &self,
+        mut each: impl FnMut(Slot, LogRecord) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let applied_upto: Slot = self.get(CF_META, KEY_APPLIED_UPTO)?.unwrap_or(0);
+        for item in self.db.iterator_cf(self.cf(CF_HISTORY_FORMAT_3), IteratorMode::Start) {
+            let (key, record) = item.map_err(|error| self.db_error(error))?;
+            let slot = self.slot_of(CF_HISTORY_FORMAT_3, &key)?;
+            if slot >= applied_upto {
+                break;
+            }
+            each(slot, LogRecord::Entry(self.unseal(CF_HISTORY_FORMAT_3, &key, &record)?))?;
+        }
+        let start = slot_key(applied_upto);
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_ACCEPTED_FORMAT_3), mode) {
+            let (key, record) = item.map_err(|error| self.db_error(error))?;
+            let slot = self.slot_of(CF_ACCEPTED_FORMAT_3, &key)?;
+            let (ballot, value) = self.unseal(CF_ACCEPTED_FORMAT_3, &key, &record)?;
+            each(slot, LogRecord::Accepted(ballot, value))?;
+        }
+        Ok(())
+    }
+
+    /// Moves a format 3 directory's history and accepted values into `log`, then empties
+    /// format 3's column families and records format 4.
+    ///
+    /// # Correctness
+    /// The records are copied in unsynced batches of bounded size (a history can be larger
+    /// than memory), and the last batch, synced, empties the old column families and writes
+    /// the format: a crash before it leaves format 3 and its records whole, and the next
+    /// start copies them again (the same keys, the same records); a crash after it leaves
+    /// format 4 whole. The meta records (promise, applied prefix, truncation, configuration)
+    /// and the duplicate table mean the same in both formats and stay as they are.
+    fn migrate_from_3(&mut self) -> Result<(), StorageError> {
+        const BATCH_BYTES_MAX: usize = 4 << 20;
+        let log = self.cf(CF_LOG);
+        let mut batch = WriteBatch::default();
+        let mut records = 0u64;
+        self.each_format_3_record(|slot, record| {
+            let sealed = match &record {
+                LogRecord::Accepted(ballot, value) => seal(&LogRecordRef::Accepted(ballot, value))?,
+                LogRecord::Entry(value) => seal(&LogRecordRef::Entry(value))?,
+            };
+            batch.put_cf(log, slot_key(slot), sealed);
+            records += 1;
+            if batch.size_in_bytes() >= BATCH_BYTES_MAX {
+                self.db.write(std::mem::take(&mut batch)).map_err(|error| self.db_error(error))?;
+            }
+            Ok(())
+        })?;
+        for name in [CF_ACCEPTED_FORMAT_3, CF_HISTORY_FORMAT_3] {
+            delete_every_slot(&mut batch, self.cf(name));
+        }
+        batch.put_cf(self.cf(CF_META), KEY_FORMAT, seal(&STORAGE_FORMAT)?);
+        self.db.write_opt(batch, &self.sync).map_err(|error| self.db_error(error))?;
+        self.fsyncs += 1;
+        tracing::info!(path = %self.path.display(), records, "migrated the data directory from storage format 3 to 4");
+        Ok(())
+    }
+
     fn slot_of(&self, cf: &'static str, key: &[u8]) -> Result<Slot, StorageError> {
         let bytes: [u8; 8] = key.try_into().map_err(|_| StorageError::Corrupt {
             path: self.path.clone(),
@@ -723,10 +917,10 @@ impl Storage {
             return Ok(());
         }
         let mut promised = self.promised;
+        let mut applied_upto = self.applied_upto;
         let mut batch = WriteBatch::default();
         let meta = self.cf(CF_META);
-        let accepted = self.cf(CF_ACCEPTED);
-        let history = self.cf(CF_HISTORY);
+        let log = self.cf(CF_LOG);
         let requests = self.cf(CF_REQUESTS);
         for op in ops {
             match op {
@@ -736,29 +930,42 @@ impl Storage {
                     batch.put_cf(meta, KEY_PROMISED, seal(ballot)?)
                 }
                 PersistOp::Accept { slot, ballot, value } => {
-                    batch.put_cf(accepted, slot_key(*slot), seal(&(ballot, value))?)
+                    assert!(
+                        *slot >= applied_upto,
+                        "accepting at {slot}, below the applied prefix {applied_upto}"
+                    );
+                    batch.put_cf(log, slot_key(*slot), seal(&LogRecordRef::Accepted(ballot, value))?)
                 }
-                PersistOp::Apply { slot, value } => batch.put_cf(history, slot_key(*slot), seal(value)?),
-                PersistOp::AppliedUpto(slot) => batch.put_cf(meta, KEY_APPLIED_UPTO, seal(slot)?),
+                PersistOp::Apply { slot, value } => {
+                    batch.put_cf(log, slot_key(*slot), seal(&LogRecordRef::Entry(value))?)
+                }
+                // The accepted record at the slot is the entry: nothing to write.
+                PersistOp::ApplyAccepted { .. } => {}
+                PersistOp::AppliedUpto(slot) => {
+                    applied_upto = *slot;
+                    batch.put_cf(meta, KEY_APPLIED_UPTO, seal(slot)?)
+                }
                 PersistOp::RequestInsert { request_id, slot, digest } => {
                     batch.put_cf(requests, request_key(*request_id), seal(&(*slot, *digest))?)
                 }
                 PersistOp::RequestRemove { request_id } => {
                     batch.delete_cf(requests, request_key(*request_id))
                 }
+                // The records below the applied prefix are its history entries now: the acceptor
+                // forgets them, the log keeps them until a truncation.
                 PersistOp::DeleteAcceptedBelow(slot) => {
-                    batch.delete_range_cf(accepted, slot_key(0), slot_key(*slot))
+                    assert!(*slot <= applied_upto, "forgetting accepted values above the applied prefix");
                 }
                 PersistOp::Truncate(snapshot) => {
-                    let start = slot_key(snapshot.history_start);
-                    batch.delete_range_cf(history, slot_key(0), start);
-                    batch.delete_range_cf(accepted, slot_key(0), start);
+                    batch.delete_range_cf(log, slot_key(0), slot_key(snapshot.history_start));
                     batch.put_cf(meta, KEY_TRUNCATION, seal(snapshot)?);
                 }
                 PersistOp::InstallSnapshot(snapshot) => {
-                    batch.delete_range_cf(history, slot_key(0), slot_key(u64::MAX));
-                    batch.delete_cf(history, slot_key(u64::MAX));
-                    batch.delete_range_cf(accepted, slot_key(0), slot_key(snapshot.history_start));
+                    // The snapshot starts above the applied prefix: every entry is below it, and
+                    // the accepted values from it up are kept.
+                    assert!(snapshot.history_start > applied_upto, "a snapshot below the applied prefix");
+                    applied_upto = snapshot.history_start;
+                    batch.delete_range_cf(log, slot_key(0), slot_key(snapshot.history_start));
                     batch.delete_range_cf(requests, [0u8; 16], [0xFFu8; 16]);
                     batch.delete_cf(requests, [0xFFu8; 16]);
                     for (request_id, slot, digest) in snapshot.requests.records() {
@@ -781,6 +988,7 @@ impl Storage {
             self.db.write(batch).map_err(|error| self.db_error(error))?;
         }
         self.promised = promised;
+        self.applied_upto = applied_upto;
         Ok(())
     }
 
@@ -811,6 +1019,7 @@ impl Storage {
             written_bytes: 0,
             preloaded: None,
             promised: self.promised,
+            applied_upto: self.applied_upto,
             incarnation: self.incarnation,
         }
     }
@@ -846,8 +1055,8 @@ impl Storage {
 pub mod cf {
     pub const META: &str = super::CF_META;
     pub const KEY_PROMISED: &[u8] = super::KEY_PROMISED;
-    pub const ACCEPTED: &str = super::CF_ACCEPTED;
-    pub const HISTORY: &str = super::CF_HISTORY;
+    /// Accepted values and history entries, one record per slot.
+    pub const LOG: &str = super::CF_LOG;
 }
 
 #[cfg(test)]
@@ -872,7 +1081,7 @@ mod tests {
         storage.db.delete_cf(storage.cf(CF_META), KEY_FORMAT).expect("delete the format record");
         drop(storage);
         match Storage::open(dir.path(), "c", 1) {
-            Err(error @ StorageError::Format { found: 1, expected: STORAGE_FORMAT, .. }) => {
+            Err(error @ StorageError::Format { found: 1, oldest: 3, expected: STORAGE_FORMAT, .. }) => {
                 assert!(error.to_string().contains("new --data-dir"), "{error}");
             }
             other => panic!("expected a format error, got {:?}", other.map(|_| ())),
@@ -920,13 +1129,147 @@ mod tests {
         let mut storage = Storage::open(dir.path(), "c", 1).expect("reopen");
         let state = storage.load().expect("load");
         assert_eq!(state.promised, Ballot::new(3, 2));
-        assert_eq!(state.accepted.len(), 2);
+        assert_eq!(state.accepted.len(), 1, "slot 0's record is its history entry now");
         assert_eq!(state.applied_upto, 1);
         assert_eq!(
             state.requests.records(),
             vec![(RequestId { client_id: 1, seq: 0 }, 1, [3; 16]), (request_id, 0, [4; 16])]
         );
         assert_eq!(storage.read_history(0, 10, 10, 1 << 20).expect("read"), vec![(0, command(1))]);
+    }
+
+    /// The point of format 4: a value chosen as this acceptor accepted it is written once. The
+    /// entry reads back as the accepted value, the batch that applies it writes only the
+    /// applied prefix, and the record no longer counts as accepted after a restart.
+    #[test]
+    fn a_value_applied_as_accepted_is_written_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
+        let value = Value::Command {
+            request_id: RequestId { client_id: 1, seq: 2 },
+            key: [3; 16],
+            payload: vec![7; 1000],
+        };
+        let ballot = Ballot::new(1, 1);
+        storage.write(&[PersistOp::Accept { slot: 0, ballot, value: value.clone() }]).expect("accept");
+        let accepted_bytes = storage.written_bytes();
+        assert!(accepted_bytes > 1000, "the accept holds the value");
+        storage
+            .write_batch(&[PersistOp::ApplyAccepted { slot: 0 }, PersistOp::AppliedUpto(1)], false)
+            .expect("apply");
+        let applied_bytes = storage.written_bytes() - accepted_bytes;
+        assert!(applied_bytes < 64, "applying wrote {applied_bytes} bytes: the value again?");
+        assert_eq!(storage.read_history(0, 1, 10, 1 << 20).expect("read"), vec![(0, value.clone())]);
+        drop(storage);
+        let mut storage = Storage::open(dir.path(), "c", 1).expect("reopen");
+        let state = storage.load().expect("load");
+        assert!(state.accepted.is_empty(), "an applied slot's record is history, not an accepted value");
+        assert_eq!(storage.read_history(0, 1, 10, 1 << 20).expect("read"), vec![(0, value)]);
+    }
+
+    /// A chosen value other than the accepted one (a lower ballot's, or a duplicate applied as
+    /// a no-op) replaces the record: the history holds what was applied.
+    #[test]
+    fn an_entry_unlike_the_accepted_value_replaces_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
+        storage
+            .write(&[
+                PersistOp::Accept { slot: 0, ballot: Ballot::new(1, 1), value: command(1) },
+                PersistOp::Apply { slot: 0, value: Value::Noop },
+                PersistOp::AppliedUpto(1),
+                PersistOp::Accept { slot: 1, ballot: Ballot::new(1, 1), value: command(2) },
+            ])
+            .expect("write");
+        drop(storage);
+        let mut storage = Storage::open(dir.path(), "c", 1).expect("reopen");
+        let state = storage.load().expect("load");
+        assert_eq!(state.accepted.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(storage.read_history(0, 1, 10, 1 << 20).expect("read"), vec![(0, Value::Noop)]);
+    }
+
+    /// A format 3 directory as its binary left it: `log` absent, the values in `accepted` and
+    /// `history`; `stale_log` adds log records as a migration cut short by a crash left them.
+    fn format_3_directory(path: &Path, stale_log: bool) {
+        let storage = Storage::open(path, "c", 1).expect("open");
+        let put = |cf: &'static str, key: &[u8], record: Vec<u8>| {
+            storage.db.put_cf(storage.cf(cf), key, record).expect("put");
+        };
+        put(CF_META, KEY_FORMAT, seal(&3u32).expect("seal"));
+        put(CF_META, KEY_PROMISED, seal(&Ballot::new(4, 2)).expect("seal"));
+        put(CF_META, KEY_APPLIED_UPTO, seal(&3u64).expect("seal"));
+        put(
+            CF_META,
+            KEY_TRUNCATION,
+            seal(&TruncationSnapshot { history_start: 1, ..Default::default() }).expect("seal"),
+        );
+        for slot in 1..3 {
+            put(CF_HISTORY_FORMAT_3, &slot_key(slot), seal(&command(slot)).expect("seal"));
+        }
+        // Slot 2's record is applied (redundant); slots 3 and 5 are accepted, not chosen yet.
+        for (slot, round) in [(2, 1), (3, 4), (5, 4)] {
+            let record = seal(&(Ballot::new(round, 2), command(slot * 10))).expect("seal");
+            put(CF_ACCEPTED_FORMAT_3, &slot_key(slot), record);
+        }
+        if stale_log {
+            put(CF_LOG, &slot_key(1), seal(&LogRecordRef::Entry(&command(1))).expect("seal"));
+        }
+        let mut storage = storage;
+        let db = std::sync::Arc::get_mut(&mut storage.db).expect("the only handle");
+        if !stale_log {
+            db.drop_cf(CF_LOG).expect("format 3 had no log");
+        }
+    }
+
+    #[test]
+    fn a_format_3_directory_is_migrated_at_open_and_reads_the_same() {
+        for stale_log in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            format_3_directory(dir.path(), stale_log);
+            let mut storage = Storage::open(dir.path(), "c", 1).expect("a format 3 directory opens");
+            let state = storage.load().expect("load");
+            assert_eq!(state.promised, Ballot::new(4, 2));
+            assert_eq!(state.applied_upto, 3);
+            assert_eq!(state.truncation.history_start, 1);
+            let accepted: Vec<_> =
+                state.accepted.iter().map(|(slot, (ballot, _))| (*slot, *ballot)).collect();
+            assert_eq!(accepted, vec![(3, Ballot::new(4, 2)), (5, Ballot::new(4, 2))]);
+            assert_eq!(state.accepted[&5].1, command(50));
+            let history = storage.read_history(0, 3, 10, 1 << 20).expect("read");
+            assert_eq!(history, vec![(1, command(1)), (2, command(2))]);
+            // Format 4 on disk now, and format 3's column families are empty.
+            assert_eq!(storage.get::<u32>(CF_META, KEY_FORMAT).expect("get"), Some(STORAGE_FORMAT));
+            for cf in [CF_ACCEPTED_FORMAT_3, CF_HISTORY_FORMAT_3] {
+                assert_eq!(storage.db.iterator_cf(storage.cf(cf), IteratorMode::Start).count(), 0, "{cf}");
+            }
+            // And the node goes on writing: the next apply, then a restart.
+            storage.write(&[PersistOp::ApplyAccepted { slot: 3 }, PersistOp::AppliedUpto(4)]).expect("write");
+            drop(storage);
+            let mut storage = Storage::open(dir.path(), "c", 1).expect("reopen");
+            assert_eq!(storage.load().expect("load").accepted.keys().copied().collect::<Vec<_>>(), vec![5]);
+            assert_eq!(storage.read_history(3, 4, 10, 1 << 20).expect("read"), vec![(3, command(30))]);
+        }
+    }
+
+    /// A corrupt record in a format 3 directory refuses the start before the migration writes:
+    /// the directory is still format 3, with no `log`.
+    #[test]
+    fn a_corrupt_format_3_directory_is_refused_before_it_is_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        format_3_directory(dir.path(), false);
+        {
+            let storage = Storage::open_read_only(&Storage::options(), dir.path()).expect("read-only");
+            drop(storage);
+            let options = Storage::options();
+            let names = [CF_META, CF_REQUESTS, CF_ACCEPTED_FORMAT_3, CF_HISTORY_FORMAT_3];
+            let db = DB::open_cf(&options, dir.path(), names).expect("open format 3");
+            let cf = db.cf_handle(CF_HISTORY_FORMAT_3).expect("history");
+            db.put_cf(cf, slot_key(2), b"\0\0\0\0garbage").expect("corrupt");
+        }
+        let error = Storage::open(dir.path(), "c", 1).expect_err("corrupt");
+        assert!(error.to_string().contains("corrupt record"), "{error}");
+        let present = DB::list_cf(&Storage::options(), dir.path()).expect("list");
+        assert!(!present.iter().any(|name| name == CF_LOG), "the refused start wrote no log: {present:?}");
     }
 
     #[test]
@@ -1082,17 +1425,13 @@ mod tests {
         storage
             .write(&[PersistOp::Accept { slot: 5, ballot: Ballot::new(1, 1), value: Value::Noop }])
             .expect("write");
-        let mut record =
-            storage.db.get_cf(storage.cf(CF_ACCEPTED), slot_key(5)).expect("get").expect("present");
+        let mut record = storage.db.get_cf(storage.cf(CF_LOG), slot_key(5)).expect("get").expect("present");
         let last = record.len() - 1;
         record[last] ^= 0x40;
-        storage.corrupt_for_test(cf::ACCEPTED, &slot_key(5), &record).expect("put");
+        storage.corrupt_for_test(cf::LOG, &slot_key(5), &record).expect("put");
         let error = storage.load().expect_err("corruption must be detected");
         let text = error.to_string();
-        assert!(
-            text.contains("corrupt record") && text.contains("accepted") && text.contains("slot 5"),
-            "{text}"
-        );
+        assert!(text.contains("corrupt record") && text.contains("log") && text.contains("slot 5"), "{text}");
     }
 
     #[test]

@@ -302,12 +302,10 @@ async fn inspect_reads_a_directory_without_changing_a_byte_and_verify_names_a_ba
     {
         let storage = paxos_node::storage::Storage::open(&dir, "paxos", 2).expect("open");
         let key = 5u64.to_be_bytes();
-        let mut record = storage
-            .raw_record_for_test(paxos_node::storage::cf::HISTORY, &key)
-            .expect("read")
-            .expect("slot 5");
+        let mut record =
+            storage.raw_record_for_test(paxos_node::storage::cf::LOG, &key).expect("read").expect("slot 5");
         record[4] ^= 0x01;
-        storage.corrupt_for_test(paxos_node::storage::cf::HISTORY, &key, &record).expect("corrupt");
+        storage.corrupt_for_test(paxos_node::storage::cf::LOG, &key, &record).expect("corrupt");
     }
     let before = every_byte(&dir);
     let (code, _, err) = inspect(&dir, &["--verify"]);
@@ -316,7 +314,7 @@ async fn inspect_reads_a_directory_without_changing_a_byte_and_verify_names_a_ba
     eprintln!("{last}");
     assert!(
         last.contains("corrupt record")
-            && last.contains("history")
+            && last.contains("column family log")
             && last.contains("slot 5")
             && last.contains("checksum mismatch"),
         "{last}"
