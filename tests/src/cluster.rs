@@ -73,6 +73,9 @@ pub struct Cluster {
     /// When set, nodes start under this `RLIMIT_NOFILE` (soft and hard, as `ulimit -n` sets
     /// them), through `prlimit`.
     pub open_files_limit: Option<u64>,
+    /// `paxos-node` binaries other than this workspace's, by node (an earlier version's, for
+    /// upgrades).
+    node_binaries: BTreeMap<u64, PathBuf>,
 }
 
 /// The cluster name every test cluster uses (certificates name it).
@@ -158,6 +161,7 @@ impl Cluster {
             data_dirs: BTreeMap::new(),
             security: Security::Tls(Arc::new(tls)),
             open_files_limit: None,
+            node_binaries: BTreeMap::new(),
         })
     }
 
@@ -305,7 +309,8 @@ impl Cluster {
 
     /// The command line of node `id` on another data directory.
     pub fn node_command_with_dir(&self, id: u64, data_dir: &Path) -> Command {
-        let mut command = Command::new(binary("paxos-node"));
+        let program = self.node_binaries.get(&id).cloned().unwrap_or_else(|| binary("paxos-node"));
+        let mut command = Command::new(program);
         command.arg("--id").arg(id.to_string()).arg("--listen").arg(&self.addrs[&id]);
         for (peer, addr) in &self.addrs {
             let addr = self.proxies.get(&(id, *peer)).map(|p| &p.addr).unwrap_or(addr);
@@ -325,6 +330,33 @@ impl Cluster {
         command.args(&self.extra_args);
         command.env("RUST_LOG", std::env::var("PAXOS_TEST_LOG").unwrap_or_else(|_| "info".into()));
         command
+    }
+
+    /// Node `id` starts from this `paxos-node` binary from now on (`None`: this workspace's).
+    pub fn set_node_binary(&mut self, id: u64, binary: Option<PathBuf>) {
+        match binary {
+            Some(path) => self.node_binaries.insert(id, path),
+            None => self.node_binaries.remove(&id),
+        };
+    }
+
+    /// Waits until node `id` has exited (within `timeout`); its exit status.
+    pub async fn wait_exit(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let node = self.nodes.get_mut(&id).context("no such node")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = node.child.as_mut().context("node not running")?;
+            if let Some(status) = child.try_wait()? {
+                node.child = None;
+                return Ok(status);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "node {id} still runs after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
