@@ -5,7 +5,7 @@
 //!   truncation, configuration;
 //! - `log`: slot -> one record per slot, the value written once: below the applied prefix it
 //!   is the history entry, from the applied prefix up it is the acceptor's accepted value (see
-//!   [`LogRecord`]);
+//!   `LogRecord`);
 //! - `requests`: (client id, seq) -> (slot, digest), the duplicate table (the digest is the
 //!   session's key for a registration record, seq 0, else the payload's);
 //! - `accepted` and `history`: format 3's, empty since its migration (see `migrate_from_3`).
