@@ -47,8 +47,9 @@ voters_endpoints=$(IFS=,; echo "${endpoints[*]}")
 cpu_ticks() { awk '{ s += $14 + $15 } END { print s }' $(sed 's|.*|/proc/&/stat|' "$work/$1.pids"); }
 # rss_kib NAME: resident memory of the cluster's processes.
 rss_kib() { awk '/^VmRSS/ { s += $2 } END { print s }' $(sed 's|.*|/proc/&/status|' "$work/$1.pids"); }
-# measured NAME ENDPOINTS CLIENTS SECONDS: the bench's JSON with the cluster's CPU and memory.
-measured() {
+# cluster_run NAME ENDPOINTS CLIENTS SECONDS: the bench's JSON with the cluster's CPU and memory
+# (named apart from common.sh's `measured`, which `alternate` calls, and which calls run_seed).
+cluster_run() {
   local before after run
   before=$(cpu_ticks "$1")
   run=$("$cli" --certs-dir "$work/certs" --endpoint "$2" --json bench --clients "$3" \
@@ -60,8 +61,8 @@ run["cluster_cpu_seconds"] = (int(sys.argv[3]) - int(sys.argv[2])) / os.sysconf(
 run["cluster_rss_mib"] = int(sys.argv[4]) / 1024
 print(json.dumps(run))' "$run" "$before" "$after" "$(rss_kib "$1")"
 }
-run_seed() { measured seed "$seed_endpoints" "$1" "$2"; }
-run_voters() { measured voters "$voters_endpoints" "$1" "$2"; }
+run_seed() { cluster_run seed "$seed_endpoints" "$1" "$2"; }
+run_voters() { cluster_run voters "$voters_endpoints" "$1" "$2"; }
 wait_for_leader --certs-dir "$work/certs" --endpoint "$seed_endpoints"
 wait_for_leader --certs-dir "$work/certs" --endpoint "$voters_endpoints"
 alternate seed run_seed voters run_voters
