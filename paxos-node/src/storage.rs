@@ -1251,6 +1251,19 @@ mod tests {
         }
     }
 
+    /// `inspect` writes nothing, so it does not migrate: on a format 3 directory it says to
+    /// start the node once, and leaves it format 3.
+    #[test]
+    fn inspect_of_a_format_3_directory_says_to_start_the_node_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        format_3_directory(dir.path(), false);
+        let error = Storage::inspect(dir.path(), true).expect_err("format 3");
+        assert!(matches!(error, StorageError::NotMigrated { found: 3, .. }), "{error}");
+        assert!(error.to_string().contains("start the node once"), "{error}");
+        let present = DB::list_cf(&Storage::options(), dir.path()).expect("list");
+        assert!(!present.iter().any(|name| name == CF_LOG), "inspect migrated: {present:?}");
+    }
+
     /// A corrupt record in a format 3 directory refuses the start before the migration writes:
     /// the directory is still format 3, with no `log`.
     #[test]
