@@ -439,7 +439,7 @@ impl Storage {
         // WAL file since its last flush: hundreds of MiB replayed on restart. Past this total
         // RocksDB flushes the column families that hold the oldest WAL.
         options.set_max_total_wal_size(32 << 20);
-        // The memtables of all four column families share one budget (RocksDB flushes the
+        // The memtables of all the column families share one budget (RocksDB flushes the
         // largest when it is reached), and their memory is charged to the block cache, so the
         // two together stay within `ROCKSDB_MEMORY_BYTES_MAX` whatever the value size.
         let cache = rocksdb::Cache::new_lru_cache(ROCKSDB_MEMORY_BYTES_MAX);
@@ -646,8 +646,9 @@ impl Storage {
         storage.check_format_is_current()?;
         let mut records_checked = 0;
         if verify {
-            for cf in CF_NAMES {
-                for item in storage.db.iterator_cf(storage.cf(cf), IteratorMode::Start) {
+            // The column families the directory has (an unfinished first start may lack some).
+            for (cf, handle) in CF_NAMES.into_iter().filter_map(|cf| Some((cf, storage.db.cf_handle(cf)?))) {
+                for item in storage.db.iterator_cf(handle, IteratorMode::Start) {
                     let (key, record) = item.map_err(|error| storage.db_error(error))?;
                     storage.check_sum(cf, &key, &record)?;
                     records_checked += 1;
@@ -658,7 +659,8 @@ impl Storage {
         // One pass over the log: below the applied prefix, entries; from it up, accepted values.
         let (mut history_entries, mut history_range) = (0, None);
         let (mut accepted_records, mut accepted_range) = (0, None);
-        for item in storage.db.iterator_cf(storage.cf(CF_LOG), IteratorMode::Start) {
+        let log = storage.db.cf_handle(CF_LOG);
+        for item in log.into_iter().flat_map(|log| storage.db.iterator_cf(log, IteratorMode::Start)) {
             let (key, _) = item.map_err(|error| storage.db_error(error))?;
             let slot = storage.slot_of(CF_LOG, &key)?;
             let (count, range): (&mut u64, &mut Option<(Slot, Slot)>) = if slot < state.applied_upto {
@@ -698,6 +700,12 @@ impl Storage {
             Some(found) if found > STORAGE_FORMAT => {
                 Err(StorageError::FormatTooNew { path: self.path.clone(), found, newest: STORAGE_FORMAT })
             }
+            Some(found) if found < STORAGE_FORMAT_OLDEST => Err(StorageError::Format {
+                path: self.path.clone(),
+                found,
+                oldest: STORAGE_FORMAT_OLDEST,
+                expected: STORAGE_FORMAT,
+            }),
             Some(found) => Err(StorageError::NotMigrated { path: self.path.clone(), found }),
         }
     }
@@ -760,11 +768,14 @@ impl Storage {
         let applied_upto: Slot = self.get(CF_META, KEY_APPLIED_UPTO)?.unwrap_or(0);
         let truncation: TruncationSnapshot = self.get(CF_META, KEY_TRUNCATION)?.unwrap_or_default();
         let membership: Option<paxos_core::Membership> = self.get(CF_META, KEY_MEMBERSHIP)?;
-        // The records below the applied prefix are the history, never read here.
+        // The records below the applied prefix are the history, never read here. A directory
+        // without `log` holds no accepted value: one an older binary created and left before
+        // writing its identity (read as new), or a format 3 one checked before its migration.
         let mut accepted = BTreeMap::new();
         let start = slot_key(applied_upto);
         let mode = IteratorMode::From(&start, Direction::Forward);
-        for item in self.db.iterator_cf(self.cf(CF_LOG), mode) {
+        let log = self.db.cf_handle(CF_LOG);
+        for item in log.into_iter().flat_map(|log| self.db.iterator_cf(log, mode)) {
             let (key, record) = item.map_err(|error| self.db_error(error))?;
             let slot = self.slot_of(CF_LOG, &key)?;
             match self.unseal::<LogRecord>(CF_LOG, &key, &record)? {
@@ -820,7 +831,12 @@ impl Storage {
     /// Reads every record of a format 3 directory that its migration moves, each checked
     /// (checksum and decoding) without writing: a corrupt one refuses the start before the
     /// migration writes anything.
+    ///
+    /// The records the migration leaves in place (promise, truncation, configuration, the
+    /// duplicate table) are checked too, with `read_state`, so that whatever would refuse the
+    /// start after the migration refuses it before.
     fn check_format_3(&self) -> Result<(), StorageError> {
+        self.read_state()?;
         self.each_format_3_record(|_, _| Ok(()))
     }
 
@@ -1262,6 +1278,42 @@ mod tests {
         assert!(error.to_string().contains("start the node once"), "{error}");
         let present = DB::list_cf(&Storage::options(), dir.path()).expect("list");
         assert!(!present.iter().any(|name| name == CF_LOG), "inspect migrated: {present:?}");
+    }
+
+    /// A directory an older binary created and left before writing its identity (no `log`,
+    /// no identity) opens as a new one, and `inspect` reads it, rather than panicking on the
+    /// missing column family (found by a review).
+    #[test]
+    fn a_directory_left_before_its_identity_by_an_older_binary_opens_as_new() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let options = Storage::options();
+            let names = [CF_META, CF_REQUESTS, CF_ACCEPTED_FORMAT_3, CF_HISTORY_FORMAT_3];
+            DB::open_cf(&options, dir.path(), names).expect("an older binary's first open");
+        }
+        let inspection = Storage::inspect(dir.path(), false).expect("inspect");
+        assert_eq!(inspection.node, None);
+        let mut storage = Storage::open(dir.path(), "c", 1).expect("opens as new");
+        assert_eq!(storage.load().expect("load"), DurableState::default());
+    }
+
+    /// A format 3 directory whose meta records are corrupt is refused before the migration
+    /// writes (found by a review: they were read only after it).
+    #[test]
+    fn a_format_3_directory_with_a_corrupt_promise_is_refused_before_it_is_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        format_3_directory(dir.path(), false);
+        {
+            let options = Storage::options();
+            let names = [CF_META, CF_REQUESTS, CF_ACCEPTED_FORMAT_3, CF_HISTORY_FORMAT_3];
+            let db = DB::open_cf(&options, dir.path(), names).expect("open format 3");
+            let cf = db.cf_handle(CF_META).expect("meta");
+            db.put_cf(cf, KEY_PROMISED, b"\0\0\0\0garbage").expect("corrupt");
+        }
+        let error = Storage::open(dir.path(), "c", 1).expect_err("corrupt");
+        assert!(error.to_string().contains("corrupt record"), "{error}");
+        let present = DB::list_cf(&Storage::options(), dir.path()).expect("list");
+        assert!(!present.iter().any(|name| name == CF_LOG), "the refused start wrote no log: {present:?}");
     }
 
     /// A corrupt record in a format 3 directory refuses the start before the migration writes:
