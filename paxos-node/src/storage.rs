@@ -1204,6 +1204,13 @@ mod tests {
         assert_eq!(storage.read_history(0, 1, 10, 1 << 20).expect("read"), vec![(0, Value::Noop)]);
     }
 
+    /// The database in `path` opened read-write with format 3's column families, as a format 3
+    /// binary opens it.
+    fn open_as_format_3(path: &Path) -> DB {
+        let names = [CF_META, CF_REQUESTS, CF_ACCEPTED_FORMAT_3, CF_HISTORY_FORMAT_3];
+        DB::open_cf(&Storage::options(), path, names).expect("open as format 3")
+    }
+
     /// A format 3 directory as its binary left it: `log` absent, the values in `accepted` and
     /// `history`; `stale_log` adds log records as a migration cut short by a crash left them.
     fn format_3_directory(path: &Path, stale_log: bool) {
@@ -1286,11 +1293,7 @@ mod tests {
     #[test]
     fn a_directory_left_before_its_identity_by_an_older_binary_opens_as_new() {
         let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let options = Storage::options();
-            let names = [CF_META, CF_REQUESTS, CF_ACCEPTED_FORMAT_3, CF_HISTORY_FORMAT_3];
-            DB::open_cf(&options, dir.path(), names).expect("an older binary's first open");
-        }
+        drop(open_as_format_3(dir.path()));
         let inspection = Storage::inspect(dir.path(), false).expect("inspect");
         assert_eq!(inspection.node, None);
         let mut storage = Storage::open(dir.path(), "c", 1).expect("opens as new");
@@ -1304,9 +1307,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         format_3_directory(dir.path(), false);
         {
-            let options = Storage::options();
-            let names = [CF_META, CF_REQUESTS, CF_ACCEPTED_FORMAT_3, CF_HISTORY_FORMAT_3];
-            let db = DB::open_cf(&options, dir.path(), names).expect("open format 3");
+            let db = open_as_format_3(dir.path());
             let cf = db.cf_handle(CF_META).expect("meta");
             db.put_cf(cf, KEY_PROMISED, b"\0\0\0\0garbage").expect("corrupt");
         }
@@ -1325,9 +1326,7 @@ mod tests {
         {
             let storage = Storage::open_read_only(&Storage::options(), dir.path()).expect("read-only");
             drop(storage);
-            let options = Storage::options();
-            let names = [CF_META, CF_REQUESTS, CF_ACCEPTED_FORMAT_3, CF_HISTORY_FORMAT_3];
-            let db = DB::open_cf(&options, dir.path(), names).expect("open format 3");
+            let db = open_as_format_3(dir.path());
             let cf = db.cf_handle(CF_HISTORY_FORMAT_3).expect("history");
             db.put_cf(cf, slot_key(2), b"\0\0\0\0garbage").expect("corrupt");
         }

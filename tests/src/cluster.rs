@@ -546,6 +546,16 @@ impl Cluster {
         self.status(leader).await.map(|s| s.applied_upto).unwrap_or(0)
     }
 
+    /// Waits (within `timeout`) until node `id` has applied everything the leader had applied
+    /// when this was called: a node restarted, caught up.
+    pub async fn wait_caught_up(&self, id: u64, timeout: Duration) -> anyhow::Result<()> {
+        let target = self.status_any_leader().await;
+        wait_until(&format!("node {id} back and caught up to {target}"), timeout, || async {
+            Ok((self.status(id).await?.applied_upto >= target).then_some(()))
+        })
+        .await
+    }
+
     /// Ids of the nodes whose process runs.
     pub fn running(&self) -> Vec<u64> {
         self.addrs.keys().copied().filter(|id| self.is_running(*id)).collect()

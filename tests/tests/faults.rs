@@ -6,7 +6,7 @@
 
 use paxos_core::Rng;
 use paxos_tests::workload::{run_clients, Operation, Recorder};
-use paxos_tests::{wait_until, Cluster};
+use paxos_tests::Cluster;
 use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -189,12 +189,7 @@ async fn d_rolling_restart_under_load() {
         let status = cluster.stop(id).expect("stop");
         assert!(status.success(), "graceful stop of node {id}: {status}");
         cluster.start_node(id).expect("start");
-        let target = cluster.status_any_leader().await;
-        wait_until(&format!("node {id} back and caught up"), SETTLE, || async {
-            Ok((cluster.status(id).await?.applied_upto >= target).then_some(()))
-        })
-        .await
-        .expect("caught up");
+        cluster.wait_caught_up(id, SETTLE).await.expect("caught up");
     }
     clients.await.expect("clients");
     let report = cluster.converge_and_check(&recorder).await;

@@ -61,12 +61,7 @@ async fn a_cluster_of_the_previous_format_upgrades_one_node_at_a_time_under_load
         })
         .await
         .expect("migration logged");
-        let target = cluster.status_any_leader().await;
-        wait_until(&format!("node {next} back and caught up"), SETTLE, || async {
-            Ok((cluster.status(next).await?.applied_upto >= target).then_some(()))
-        })
-        .await
-        .expect("caught up");
+        cluster.wait_caught_up(next, SETTLE).await.expect("caught up");
         recorder.wait_acknowledged(acknowledged + 30, SETTLE).await;
         order.push(next);
         eprintln!("node {next} upgraded; {} values acknowledged so far", recorder.acknowledged());
@@ -86,10 +81,5 @@ async fn a_cluster_of_the_previous_format_upgrades_one_node_at_a_time_under_load
     assert!(log.contains("written by a newer paxos-node"), "{log}");
     cluster.set_node_binary(victim, None);
     cluster.start_node(victim).expect("start the new binary again");
-    let target = cluster.status_any_leader().await;
-    wait_until(&format!("node {victim} back"), SETTLE, || async {
-        Ok((cluster.status(victim).await?.applied_upto >= target).then_some(()))
-    })
-    .await
-    .expect("back after the refused downgrade");
+    cluster.wait_caught_up(victim, SETTLE).await.expect("back after the refused downgrade");
 }
