@@ -372,17 +372,16 @@ impl Message {
     /// statement about its disk. This lets the leader's fsync overlap its followers'.
     ///
     /// A `ForwardReply` that says "chosen" rests on votes, and when the configuration has a
-    /// single voter the leader's own vote, written in this very batch, is the whole quorum: the
+    /// single voter the leader's own vote was once counted before its batch was written: the
     /// answer must not leave before it is durable (a crash would lose the only vote, and the
     /// slot could then be chosen with another value). (Found by the simulation: a cluster shrunk
     /// to one voter and learners, swarm seed 3967.) A `CatchUpTruncated` carries the effects of
     /// every slot below its start (duplicate table, configuration), which a lone voter may have
     /// chosen and cut in this very batch: it waits too (raised by a review; a unit test).
-    /// With two voters or more the other votes arrive as replies, which the driver processes
-    /// only after the write, so commit points in Accepts and Heartbeats may leave early. A lone
-    /// voter's Heartbeat may announce a commit point its unwritten batch holds, but it carries
-    /// no value, and the values behind it are served only from written history (catch-up reads
-    /// run after the write).
+    /// A leader counts its own vote only once the batch holding it is written (see
+    /// [`crate::Ready`]), so every slot it calls chosen rests on durable votes: commit points
+    /// in Accepts and Heartbeats may leave early. The values behind them are served only from
+    /// written history (catch-up reads run after the write).
     pub fn speaks_for_disk(&self) -> bool {
         matches!(
             self,

@@ -9,7 +9,7 @@ use crate::replica::Replica;
 use crate::role::{CandidateState, InFlight, LeaderState, PromiseData, Role};
 use crate::types::{Ballot, NodeId, Slot};
 use crate::value::Value;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 impl Replica {
     /// Starts phase 1 with a ballot above every ballot seen. Only after a pre-vote won, a
@@ -49,6 +49,7 @@ impl Replica {
             earlier_pages: BTreeMap::new(),
             configuration: self.learner.membership().chosen_at,
             transfer: matches!(reason, CampaignReason::Transfer { .. }),
+            own_promise_waiting: None,
         });
         self.prepare_again();
     }
@@ -67,15 +68,22 @@ impl Replica {
     /// applied prefix, or from where the last page of promises stopped.
     fn prepare_from(&mut self, from_slot: Slot) {
         let own = self.can_vote().then(|| self.promise_data(from_slot, Vec::new()));
+        let own_written = self.promise_is_written();
         let Role::Candidate(candidate) = &mut self.proposer.role else {
             return;
         };
         candidate.from_slot = from_slot;
         candidate.waiting_for_gap = false;
         candidate.promises.clear();
-        // A proposer that does not vote has no promise of its own to count.
+        candidate.own_promise_waiting = None;
+        // A proposer that does not vote has no promise of its own to count; a voter's counts
+        // once it is on disk (see `count_own_promise`).
         if let Some(own) = own {
-            candidate.promises.insert(self.config.id, own);
+            if own_written {
+                candidate.promises.insert(self.config.id, own);
+            } else {
+                candidate.own_promise_waiting = Some(own);
+            }
         }
         let (ballot, transfer) = (candidate.ballot, candidate.transfer);
         // The voting members promise; the proposers that do not vote are told too, so that
@@ -86,6 +94,32 @@ impl Replica {
         for peer in peers {
             self.send(peer, Message::Prepare { ballot, from_slot, transfer });
         }
+    }
+
+    /// Counts this candidate's own promise once the Ready that wrote it is persisted.
+    ///
+    /// # Correctness
+    /// Prepares leave before the write of the candidate's own promise, and the others'
+    /// Promises may come back before it is done. Counting the own promise earlier would let a
+    /// crash undo a vote the quorum rested on: restarted with its old promise, this acceptor
+    /// could accept a lower ballot's value in a slot this candidacy's phase 1 already covered.
+    pub(crate) fn count_own_promise(&mut self) {
+        if !self.promise_is_written() {
+            return;
+        }
+        let id = self.config.id;
+        let promised = self.acceptor.promised();
+        let Role::Candidate(candidate) = &mut self.proposer.role else {
+            return;
+        };
+        let Some(own) = candidate.own_promise_waiting.take() else {
+            return;
+        };
+        if candidate.ballot != promised {
+            return;
+        }
+        candidate.promises.insert(id, own);
+        self.maybe_become_leader();
     }
 
     pub(crate) fn on_promise(
@@ -329,14 +363,15 @@ impl Replica {
         Some((next_slot, proposals, None))
     }
 
-    /// A new leader's state, with `proposals` in flight (counting its own vote) and unsent.
+    /// A new leader's state, with `proposals` in flight and unsent (its own votes count once
+    /// written: see `accept_own`).
     fn leader_state(&self, ballot: Ballot, next_slot: Slot, proposals: &[(Slot, Value)]) -> LeaderState {
         let now = self.tick_now;
-        let own_vote = self.own_vote();
         let mut leader = LeaderState {
             ballot,
             next_slot,
             in_flight: Default::default(),
+            own_votes_waiting: VecDeque::new(),
             unsent: Vec::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
@@ -354,7 +389,7 @@ impl Replica {
         for (slot, value) in proposals {
             leader
                 .in_flight
-                .insert(*slot, InFlight { value: value.clone(), votes: own_vote.clone(), sent_tick: now });
+                .insert(*slot, InFlight { value: value.clone(), votes: BTreeSet::new(), sent_tick: now });
             leader.unsent.push(*slot);
         }
         leader
@@ -388,6 +423,38 @@ mod tests {
         cluster.settle();
         assert_eq!(cluster.replies.len(), 1);
         assert_eq!(cluster.replies[0].1.outcome, Ok(1));
+    }
+
+    /// A candidate's Prepares leave before its own promise is written, and a peer's Promise
+    /// may come back first: with its own promise counted at once, it would lead on a vote a
+    /// crash can take back (restarted with the old promise, it could accept a lower ballot's
+    /// value in a slot this phase 1 covered). It counts only once the write is reported.
+    #[test]
+    fn a_candidate_counts_its_own_promise_only_once_it_is_written() {
+        // No leader yet: the peers promise whoever asks first.
+        let mut cluster = Cluster::new(3);
+        let candidate = 1;
+        cluster.node(candidate).become_candidate(crate::event::CampaignReason::Timeout);
+        let ready = cluster.node(candidate).take_ready();
+        assert!(
+            ready.persist.iter().any(|op| matches!(op, crate::PersistOp::Promise(_))),
+            "schedule: the promise is in this Ready: {ready:?}"
+        );
+        let prepare = sent(&ready, |m| matches!(m, Message::Prepare { .. }))[0].clone();
+        let peer = prepare.to;
+        cluster.node(peer).step(prepare);
+        for envelope in crate::test_support::all_messages(cluster.take_ready_written(peer)) {
+            if envelope.to == candidate {
+                cluster.node(candidate).step(envelope);
+            }
+        }
+        assert!(
+            !cluster.node(candidate).is_leader(),
+            "led on one peer's promise and an unwritten own promise"
+        );
+        cluster.storage.get_mut(&candidate).expect("member").apply(&ready.persist);
+        cluster.node(candidate).on_persisted(ready.number);
+        assert!(cluster.node(candidate).is_leader(), "its own promise, written, completes the quorum");
     }
 
     /// A promise (forged, or from a broken member) claiming one vote far beyond the rest would

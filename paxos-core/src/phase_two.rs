@@ -108,7 +108,6 @@ impl Replica {
         let applied_upto = self.learner.applied_upto();
         let now = self.tick_now;
         let bound = self.learner.membership().is_bound();
-        let own_vote = self.own_vote();
         if self.membership_notes.changed() {
             // A configuration entry was applied during this input (maybe one another leader
             // got chosen, learned by catch-up): nothing more is proposed under this phase 1;
@@ -153,7 +152,7 @@ impl Replica {
             let value = proposal.into_value();
             leader
                 .in_flight
-                .insert(slot, InFlight { value: value.clone(), votes: own_vote.clone(), sent_tick: now });
+                .insert(slot, InFlight { value: value.clone(), votes: Default::default(), sent_tick: now });
             leader.unsent.push(slot);
             accepted.push((slot, value));
         }
@@ -166,10 +165,55 @@ impl Replica {
 
     /// The leader's own vote for its proposal, if it votes: a proposer keeps no acceptor
     /// state (its `in_flight` holds the value until it is chosen).
+    ///
+    /// # Correctness
+    /// The vote counts only once the Ready that writes it is persisted (`count_own_votes`):
+    /// the Accepts to the followers leave before that write, and their answers may come back
+    /// first. A vote counted earlier could be lost in a crash after the slot was declared
+    /// chosen, and a later leader could then choose another value there. A lone voter waits
+    /// for its own write in the same way.
     pub(crate) fn accept_own(&mut self, slot: Slot, ballot: Ballot, value: Value) {
-        if self.can_vote() {
-            self.accept_locally(slot, ballot, value);
+        if !self.can_vote() {
+            return;
         }
+        self.accept_locally(slot, ballot, value);
+        let written_by = self.written_by();
+        if let Role::Leader(leader) = &mut self.proposer.role {
+            leader.own_votes_waiting.push_back((written_by, slot));
+        }
+    }
+
+    /// Counts the leader's own votes whose Readies are persisted now, and chooses what they
+    /// complete.
+    pub(crate) fn count_own_votes(&mut self) {
+        let id = self.config.id;
+        let quorum = self.learner.membership().quorum();
+        let persisted_upto = self.persisted_number();
+        let votes = self.can_vote();
+        let Role::Leader(leader) = &mut self.proposer.role else {
+            return;
+        };
+        if !votes {
+            // The configuration took this member's vote away: its leadership is ending.
+            leader.own_votes_waiting.clear();
+            return;
+        }
+        let mut slots = Vec::new();
+        while let Some((_, slot)) =
+            leader.own_votes_waiting.front().filter(|(number, _)| *number <= persisted_upto)
+        {
+            slots.push(*slot);
+            leader.own_votes_waiting.pop_front();
+        }
+        if slots.is_empty() {
+            return;
+        }
+        for (slot, value) in leader.in_flight.count_votes(id, slots, quorum) {
+            self.learner.learn_chosen(slot, value);
+        }
+        self.apply_chosen();
+        self.fill_window();
+        self.advance_transfer();
     }
 
     /// Sends every slot proposed since the last Ready, batched into Accepts per peer.
@@ -433,6 +477,44 @@ mod tests {
         cluster.settle();
         let chosen = cluster.replies.iter().filter(|(_, r)| r.outcome.is_ok()).count();
         assert_eq!(chosen, 3, "{:?}", cluster.replies);
+    }
+
+    /// The leader's Accepts leave before its own write of them (a driver writes beside
+    /// replication), so a follower's answer may come back first. The leader's own vote counts
+    /// only once that write is reported: until then one follower's vote is not a quorum of
+    /// three, and nothing may be chosen, applied or answered on it (a crash would lose the
+    /// vote, and a later leader could choose another value there).
+    #[test]
+    fn the_leaders_own_vote_counts_only_once_its_write_is_done() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.elect();
+        let client = cluster.session(leader);
+        let applied = cluster.node(leader).applied_upto();
+        cluster.node(leader).propose(proposal(client, 1, "a"));
+        // Taken, not written: its Accepts go out first.
+        let ready = cluster.node(leader).take_ready();
+        let accept = sent(&ready, |m| matches!(m, Message::Accept { .. }))[0].clone();
+        let follower = accept.to;
+        cluster.node(follower).step(accept);
+        for envelope in crate::test_support::all_messages(cluster.take_ready_written(follower)) {
+            if envelope.to == leader {
+                cluster.node(leader).step(envelope);
+            }
+        }
+        let unwritten = cluster.node(leader).take_ready();
+        assert!(
+            unwritten.chosen.is_empty() && unwritten.replies.iter().all(|r| r.outcome.is_err()),
+            "chosen on one follower's vote and an unwritten own vote: {unwritten:?}"
+        );
+        assert_eq!(cluster.node(leader).applied_upto(), applied);
+        // The write is done: now the two votes are a quorum.
+        let storage = cluster.storage.get_mut(&leader).expect("member");
+        storage.apply(&ready.persist);
+        storage.apply(&unwritten.persist);
+        cluster.node(leader).on_persisted(ready.number.max(unwritten.number));
+        let written = cluster.node(leader).take_ready();
+        assert_eq!(written.chosen.len(), 1, "chosen once written: {written:?}");
+        assert!(written.replies.iter().any(|r| r.outcome == Ok(applied)), "{written:?}");
     }
 
     /// The leader's queue is bounded in bytes: past it, proposals are refused as overloaded

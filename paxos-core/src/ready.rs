@@ -120,26 +120,36 @@ pub struct Reply {
 ///
 /// # Correctness
 /// 0. `messages` may be sent first, before the write: nothing in them depends on this batch
-///    being on disk (the replica sorted them, see [`Message::speaks_for_disk`]). So may the
-///    replies [`Ready::take_replies_before_write`] hands out. The driver must not process any
-///    further input until step 1 is done (the leader counts its own vote on that basis).
+///    being on disk (the replica sorted them, see [`Message::speaks_for_disk`]): a leader's
+///    Accepts, a candidate's Prepares, heartbeats, acknowledgements. So may the replies
+///    [`Ready::take_replies_before_write`] hands out.
 /// 1. Write `persist` as ONE atomic batch, and if [`Ready::persist_needs_sync`] make it durable
-///    (fsync) before anything else. A Promise or Accepted in `persisted_messages` is a statement
-///    about what is on disk; sending it first lets a crash break a promise. A batch that needs
-///    no sync may be written without one, provided the store is ordered: a later synced batch
-///    makes every earlier batch durable, and a crash loses at most a suffix of unsynced batches
-///    (a write-ahead log gives both). If the write fails the driver must stop: after a failed
-///    fsync the data may be lost, and retrying could acknowledge what is not stored.
-/// 2. Report the write done with [`crate::Replica::on_persisted`]`(ready.number)`, then send
-///    `persisted_messages` (any order; the network may reorder anyway).
-/// 3. Perform `history_reads` against the history as written in step 1 and pass the results
-///    to `serve_history_read`, before taking the next Ready (a Promise built from a read goes
-///    out with that next Ready: its promise is already durable).
+///    (fsync) before anything else of this Ready. A Promise or Accepted in `persisted_messages`
+///    is a statement about what is on disk; sending it first lets a crash break a promise.
+///    Batches are written in the order taken; several may be merged into one atomic batch. A
+///    batch that needs no sync may be written without one, provided the store is ordered: a
+///    later synced batch makes every earlier batch durable, and a crash loses at most a suffix
+///    of unsynced batches (a write-ahead log gives both). If the write fails the driver must
+///    stop: after a failed fsync the data may be lost, and retrying could acknowledge what is
+///    not stored.
+/// 2. Report the write done with [`crate::Replica::on_persisted`]`(ready.number)` (one report
+///    may cover every Ready up to that number), then send `persisted_messages` (any order; the
+///    network may reorder anyway).
+/// 3. Perform `history_reads` against the history as written by this Ready (or a later one:
+///    the entries below `upto_slot` change only by truncation, which the replica checks for)
+///    and pass the results to `serve_history_read`. What they build (a Promise, catch-up
+///    entries) goes out with a later Ready.
 /// 4. Apply `chosen` (already in storage through `persist`) and answer the rest of `replies`.
-/// 5. Serve `reads` from the history as written in step 1.
+/// 5. Serve `reads` from the history as written by this Ready.
 ///
-/// Debug builds assert that every non-empty Ready is reported persisted, by its own number,
-/// before the next one is taken.
+/// The driver may keep stepping input and take further Readies while a write is under way:
+/// several Readies may be in flight, and steps 2 to 5 happen for each, in order, once it is
+/// written. The replica relies on the order, not on the driver waiting: its own votes count
+/// only at `on_persisted`. A leader's vote for the slots it accepted in a Ready, and a
+/// candidate's own promise, count once that Ready is reported written; until then the
+/// followers' answers, which may arrive first, are counted without it. So every "chosen" rests
+/// on durable votes alone, a lone voter waits for its own write, and nothing a crash can take
+/// back is ever counted.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// Counts the non-empty Readies a replica handed out (from 1). An empty Ready has number 0
@@ -172,11 +182,11 @@ impl Ready {
     /// batch.
     ///
     /// # Correctness
-    /// "Chosen at slot s" rests on a majority of durable votes. Every vote a leader counted
-    /// before this batch is durable (earlier batches were written before it was taken), but
-    /// an `Accept` of slot s in this batch may be a vote the answer rests on: with a single
-    /// voter the leader's own vote is the whole quorum. Such an answer waits for the write,
-    /// as a `ForwardReply` saying "chosen" always does (see [`Message::speaks_for_disk`]).
+    /// "Chosen at slot s" rests on a majority of durable votes: a leader counts its own vote
+    /// only once written (see the contract above), the others' only from their Accepted. An
+    /// answer resting on an `Accept` of this very batch waits for the write all the same, as a
+    /// `ForwardReply` saying "chosen" always does (see [`Message::speaks_for_disk`]): a second
+    /// line of defence that costs nothing, since such a slot is not chosen before it.
     /// So does a configuration change refused as done already (`ChangeRefused`): the entry
     /// that did it may be in this batch (a lone voter applies it at once), and a crash would
     /// undo what the answer said was done (found by a review of this rule).

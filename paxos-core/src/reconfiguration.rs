@@ -67,7 +67,6 @@ impl Replica {
     pub(crate) fn propose_pending_change(&mut self) -> bool {
         let seen = self.incarnations_seen();
         let now = self.tick_now;
-        let own_vote = self.own_vote();
         let checked_against = self.learner.membership().clone();
         let applied_upto = self.learner.applied_upto();
         let Role::Leader(leader) = &mut self.proposer.role else {
@@ -93,7 +92,9 @@ impl Replica {
         let slot = leader.next_slot;
         leader.next_slot += 1;
         let value = Value::Config(next);
-        leader.in_flight.insert(slot, InFlight { value: value.clone(), votes: own_vote, sent_tick: now });
+        leader
+            .in_flight
+            .insert(slot, InFlight { value: value.clone(), votes: Default::default(), sent_tick: now });
         leader.unsent.push(slot);
         leader.config_slot = Some(slot);
         leader.change_waiter = request_id;

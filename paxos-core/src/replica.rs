@@ -142,8 +142,13 @@ pub struct Replica {
     pub(crate) ready: Ready,
     /// Number of the last Ready handed out.
     ready_number: u64,
-    /// The Ready handed out and not yet reported persisted (checked in debug builds).
-    ready_unpersisted: Option<u64>,
+    /// Every Ready up to this number is written (reported with `on_persisted`). Readies above
+    /// it, up to `ready_number`, are in flight: the driver may write them while this replica
+    /// goes on stepping input.
+    persisted_number: u64,
+    /// The Ready that carries the latest `Promise` write (0: on disk at recovery): the promise
+    /// is durable once this one is persisted. A candidate counts its own promise only then.
+    promise_written_by: u64,
 }
 
 impl Replica {
@@ -186,7 +191,8 @@ impl Replica {
             reads: crate::reads::Reads::default(),
             ready: Ready::default(),
             ready_number: 0,
-            ready_unpersisted: None,
+            persisted_number: 0,
+            promise_written_by: 0,
             config,
         }
     }
@@ -630,31 +636,65 @@ impl Replica {
     }
 
     /// Hands the driver everything decided since the last call. See [`Ready`] for the contract.
+    /// Several Readies may be in flight at once (taken, not yet reported persisted).
     pub fn take_ready(&mut self) -> Ready {
-        debug_assert!(
-            self.ready_unpersisted.is_none(),
-            "Ready {:?} was taken but never reported persisted",
-            self.ready_unpersisted
-        );
         self.flush_accepts();
         self.release_reads();
         let mut ready = std::mem::take(&mut self.ready);
         if !ready.is_empty() {
             self.ready_number += 1;
-            self.ready_unpersisted = Some(self.ready_number);
             ready.number = self.ready_number;
         }
         ready
     }
 
-    /// The driver reports that Ready `number` is written (step 2 of the [`Ready`] contract).
+    /// The driver reports that every Ready up to `number` is written (step 2 of the [`Ready`]
+    /// contract): Readies are written in the order they were taken, and one report may cover
+    /// several. Reporting 0 (an empty Ready) or a number already reported changes nothing.
+    ///
+    /// This is where this replica's own votes count: a leader's vote for the slots it accepted
+    /// in those Readies, and a candidate's own promise (see [`Ready`], "Correctness").
     pub fn on_persisted(&mut self, number: u64) {
-        debug_assert_eq!(
-            self.ready_unpersisted,
-            (number > 0).then_some(number),
-            "the driver reported a Ready persisted that is not the one it was handed"
+        assert!(
+            number <= self.ready_number,
+            "Ready {number} reported persisted, but only {} were handed out",
+            self.ready_number
         );
-        self.ready_unpersisted = None;
+        if number <= self.persisted_number {
+            return;
+        }
+        self.persisted_number = number;
+        self.count_own_promise();
+        self.count_own_votes();
+        // Like any input: a vote counted here may have applied a configuration entry, and a
+        // promise counted here may have completed a phase 1 (see `settle_membership`).
+        self.settle_membership();
+    }
+
+    /// The number of the Ready whose write makes durable everything this replica has asked to
+    /// persist so far: the one being built if it holds anything, else the last handed out
+    /// (Readies are written in order, so any later one would do as well).
+    pub(crate) fn written_by(&self) -> u64 {
+        if self.ready.is_empty() {
+            self.ready_number
+        } else {
+            self.ready_number + 1
+        }
+    }
+
+    /// Every Ready up to this number is written (see `on_persisted`).
+    pub(crate) fn persisted_number(&self) -> u64 {
+        self.persisted_number
+    }
+
+    /// Whether Ready `number` is written (see `on_persisted`).
+    pub(crate) fn is_written(&self, number: u64) -> bool {
+        number <= self.persisted_number
+    }
+
+    /// Whether this acceptor's promise, as it stands in memory, is on disk.
+    pub(crate) fn promise_is_written(&self) -> bool {
+        self.is_written(self.promise_written_by)
     }
 
     /// A snapshot of this replica's state for status reports.
@@ -821,6 +861,7 @@ impl Replica {
     pub(crate) fn raise_promise(&mut self, ballot: Ballot) {
         if let Some(record) = self.acceptor.raise_promise(ballot) {
             self.persist(record);
+            self.promise_written_by = self.written_by();
         }
     }
 

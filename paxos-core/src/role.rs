@@ -137,6 +137,9 @@ pub(crate) struct CandidateState {
     pub(crate) configuration: Option<Slot>,
     /// The candidacy follows a leader's `TimeoutNow`: its Prepares say so (see `election.rs`).
     pub(crate) transfer: bool,
+    /// This candidate's own promise, held back until the Ready that writes the promise is
+    /// persisted (`Replica::on_persisted`): it is counted only once it is durable.
+    pub(crate) own_promise_waiting: Option<PromiseData>,
 }
 
 /// The content of one Promise, kept until the candidate has a quorum.
@@ -159,6 +162,9 @@ pub(crate) struct LeaderState {
     /// in flight, chosen, or (right after election) known chosen and awaiting catch-up.
     pub(crate) next_slot: Slot,
     pub(crate) in_flight: InFlightSlots,
+    /// The leader's own votes not yet counted: (the Ready that writes its accept, slot), in
+    /// the order taken. Each counts once that Ready is persisted (`Replica::on_persisted`).
+    pub(crate) own_votes_waiting: VecDeque<(u64, Slot)>,
     /// Slots proposed since the last `take_ready`, to send in one Accept per peer.
     pub(crate) unsent: Vec<Slot>,
     pub(crate) queue: VecDeque<Proposal>,

@@ -156,9 +156,10 @@ fn a_candidate_that_applies_two_configuration_changes_from_a_promise_does_not_le
 ///
 /// 1. Node 1 is the only voter and leads; node 2 is added as a learner and follows it.
 /// 2. A client asks node 2, which forwards the proposal to node 1. Node 1 proposes it at slot
-///    s; its own vote is a quorum of one, so it chooses, applies and answers at once: the
-///    ForwardReply Ok(s) is in `Ready::messages`, which the Ready contract lets the driver send
-///    BEFORE writing the batch (step 0). The batch holds node 1's vote (the Accept record).
+///    s; its own vote is a quorum of one. It used to choose, apply and answer at once, with the
+///    ForwardReply Ok(s) in `Ready::messages`, which the Ready contract lets the driver send
+///    BEFORE writing the batch (step 0). Now the own vote counts only once its batch is
+///    written, so nothing may be chosen or answered in that Ready at all.
 /// 3. Node 1 crashes before the write: the ForwardReply is out, the vote is not on disk.
 /// 4. Node 1 restarts, leads again and chooses another value at slot s. Node 2 applies it and
 ///    answers its client Ok(s) for the first proposal, whose value is nowhere in the log.
@@ -196,21 +197,25 @@ fn a_lone_voter_does_not_answer_a_forwarded_proposal_before_its_vote_is_durable(
     let forward = c.take_where(2, 1, |m| matches!(m, Message::Forward { .. })).pop().expect("forwarded");
     c.replica(1).step(forward);
     let ready = c.replica(1).take_ready();
-    // Node 1 chose the slot on its own vote; its answer waits for the batch holding that vote.
-    let slot = match ready.messages.iter().chain(&ready.persisted_messages).find_map(|e| match &e.message {
-        Message::ForwardReply { outcome, .. } => Some(outcome.clone()),
-        _ => None,
-    }) {
-        Some(Ok(slot)) => slot,
-        other => panic!("schedule: node 1 should have chosen at once, got {other:?}: {ready:?}"),
-    };
+    // Node 1's own vote is the whole quorum, but it counts only once the batch holding it is
+    // written: nothing is chosen, and no answer is given, before that.
+    let slot = ready
+        .persist
+        .iter()
+        .find_map(|op| match op {
+            paxos_core::PersistOp::Accept { slot, .. } => Some(*slot),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("schedule: the batch should hold node 1's vote: {ready:?}"));
     assert!(
-        ready
-            .persist
+        !ready
+            .messages
             .iter()
-            .any(|op| matches!(op, paxos_core::PersistOp::Accept { slot: s, .. } if *s == slot)),
-        "schedule: the batch should hold node 1's vote: {ready:?}"
+            .chain(&ready.persisted_messages)
+            .any(|e| matches!(e.message, Message::ForwardReply { outcome: Ok(_), .. })),
+        "node 1 answered before its only vote was written: {ready:?}"
     );
+    assert!(ready.chosen.is_empty(), "node 1 chose before its only vote was written: {ready:?}");
 
     // 3. The driver sends `messages` (allowed before the write), then node 1 crashes.
     for envelope in ready.messages {

@@ -116,12 +116,16 @@ fn regression_seeds() {
         // change the run.
         let mut scenario = swarm_scenario(*seed);
         scenario.faults.transfer_per_mille = 0;
+        scenario.faults.write_delay_ticks_max = 0;
         if let Err(error) = run_seed(*seed, scenario) {
             panic!("swarm regression seed {seed} failed: {error}");
         }
     }
     for seed in SWARM_TRANSFER_REGRESSION_SEEDS {
-        if let Err(error) = run_seed(*seed, swarm_scenario(*seed)) {
+        // Slow disks came later still (writes under way while the node steps on).
+        let mut scenario = swarm_scenario(*seed);
+        scenario.faults.write_delay_ticks_max = 0;
+        if let Err(error) = run_seed(*seed, scenario) {
             panic!("swarm regression seed {seed} failed: {error}");
         }
     }

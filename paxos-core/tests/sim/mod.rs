@@ -42,6 +42,16 @@ pub struct Faults {
     pub crash_per_mille: u64,
     /// Chance that a crash strikes between taking a Ready and persisting it.
     pub crash_mid_ready_per_mille: u64,
+    /// A slow disk: each Ready's write completes 0 to this many ticks after it was taken, in
+    /// the order taken. Meanwhile the node keeps stepping messages, ticks and requests and takes
+    /// further Readies (the driver's writer thread); a crash loses every write not completed.
+    pub write_delay_ticks_max: u64,
+    /// Chance per tick that a node with writes under way crashes: after its early messages
+    /// left (a leader's Accepts, a candidate's Prepares) and before the write that backs them.
+    pub crash_mid_write_per_mille: u64,
+    /// Chance per tick that a node's disk stalls (a slow fsync, a busy device) for up to
+    /// `DISK_STALL_TICKS_MAX`: no write of it completes meanwhile, while its messages flow.
+    pub disk_stall_per_mille: u64,
     /// Clean two-sided partitions.
     pub partition_per_mille: u64,
     /// One directed link cut (a hears b, b does not hear a).
@@ -94,6 +104,9 @@ impl Faults {
             delay_ticks_max: 1,
             crash_per_mille: 0,
             crash_mid_ready_per_mille: 0,
+            write_delay_ticks_max: 0,
+            crash_mid_write_per_mille: 0,
+            disk_stall_per_mille: 0,
             partition_per_mille: 0,
             one_way_per_mille: 0,
             bridge_per_mille: 0,
@@ -137,6 +150,10 @@ impl Faults {
             delay_ticks_max: if rng.chance(1, 4) { rng.range(8, 40) } else { rng.range(1, 8) },
             crash_per_mille: on(rng, 1, 20),
             crash_mid_ready_per_mille: on(rng, 1, 1000),
+            // Drawn last, in `Scenario::swarm`, with the others below.
+            write_delay_ticks_max: 0,
+            crash_mid_write_per_mille: 0,
+            disk_stall_per_mille: 0,
             partition_per_mille: on(rng, 1, 15),
             one_way_per_mille: on(rng, 1, 20),
             bridge_per_mille: on(rng, 1, 15),
@@ -283,6 +300,15 @@ impl Scenario {
         if rng.chance(1, 3) {
             scenario.faults.reuse_per_mille = rng.range(1, 40);
         }
+        if rng.chance(1, 2) {
+            scenario.faults.write_delay_ticks_max = rng.range(1, 8);
+            if rng.chance(1, 2) {
+                scenario.faults.crash_mid_write_per_mille = rng.range(1, 100);
+            }
+            if rng.chance(1, 2) {
+                scenario.faults.disk_stall_per_mille = rng.range(1, 20);
+            }
+        }
         scenario
     }
 }
@@ -325,6 +351,17 @@ struct SimClient {
     last_issue_tick: u64,
 }
 
+/// The longest a stalled disk holds its writes (see `Faults::disk_stall_per_mille`): a few
+/// election timeouts' worth of a leader's Accepts answered before its own write is done.
+const DISK_STALL_TICKS_MAX: u64 = 40;
+
+/// A Ready whose write is under way: what is left of it once its early messages and replies
+/// went out, and the tick its write completes.
+struct Writing {
+    ready: paxos_core::Ready,
+    done_at: u64,
+}
+
 struct SimNode {
     replica: Option<Replica>,
     /// The incarnation of its data directory (a wipe draws a new one).
@@ -337,6 +374,10 @@ struct SimNode {
     volatile: MemStorage,
     /// Batches written without sync since the last synced one; a crash keeps only a prefix.
     unsynced: Vec<Vec<PersistOp>>,
+    /// Readies taken and not yet written (a slow disk), oldest first; a crash loses them.
+    writing: std::collections::VecDeque<Writing>,
+    /// No write completes before this tick (a stalled disk).
+    disk_stalled_until: u64,
     restart_at: Option<u64>,
     /// Crashed for good.
     dead: bool,
@@ -373,6 +414,11 @@ pub struct Stats {
     pub stale_accepts_refused: u64,
     /// Promises whose page of accepted records was full (the candidate asks for the next one).
     pub promise_pages_cut: u64,
+    /// Readies taken while an earlier one of the same node was still being written, and
+    /// writes lost to a crash with Readies of theirs already answered in part.
+    pub writes_overlapped: u64,
+    pub writes_lost: u64,
+    pub disk_stalls: u64,
     /// Runs that started from the bootstrap configuration (bound through the log).
     pub bootstraps: u64,
     /// Configuration entries applied, and the operator's changes by kind.
@@ -421,6 +467,9 @@ impl Stats {
         self.superseded_leaderships += other.superseded_leaderships;
         self.stale_accepts_refused += other.stale_accepts_refused;
         self.promise_pages_cut += other.promise_pages_cut;
+        self.writes_overlapped += other.writes_overlapped;
+        self.writes_lost += other.writes_lost;
+        self.disk_stalls += other.disk_stalls;
         self.bootstraps += other.bootstraps;
         self.configurations_applied += other.configurations_applied;
         self.members_added += other.members_added;
@@ -523,6 +572,8 @@ impl Simulation {
                 storage: storage.clone(),
                 volatile: storage.clone(),
                 unsynced: Vec::new(),
+                writing: Default::default(),
+                disk_stalled_until: 0,
                 restart_at: None,
                 dead: false,
                 paused_until: None,
@@ -831,6 +882,19 @@ impl Simulation {
             if self.nodes[&id].paused_until.is_some_and(|until| until > self.now) {
                 continue;
             }
+            if !self.healed && self.rng.chance(self.scenario.faults.disk_stall_per_mille, 1000) {
+                let until = self.now + self.rng.range(1, DISK_STALL_TICKS_MAX + 1);
+                let node = self.nodes.get_mut(&id).expect("node exists");
+                node.disk_stalled_until = node.disk_stalled_until.max(until);
+                self.stats.disk_stalls += 1;
+            }
+            if !self.healed
+                && !self.nodes[&id].writing.is_empty()
+                && self.rng.chance(self.scenario.faults.crash_mid_write_per_mille, 1000)
+            {
+                self.crash(id);
+                continue;
+            }
             if let Some(replica) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) {
                 replica.tick();
             }
@@ -839,8 +903,11 @@ impl Simulation {
         Ok(())
     }
 
-    /// The driver loop of one node: take Ready, persist, send, read, apply, reply.
+    /// The driver loop of one node: take Ready, send what may leave early, hand the write to the
+    /// disk; once written (now, or some ticks later on a slow disk): report it, send, read,
+    /// apply, reply.
     fn drive(&mut self, id: NodeId) -> Result<(), String> {
+        self.complete_writes(id)?;
         for _ in 0..4 {
             let Some(replica) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) else {
                 return Ok(());
@@ -863,12 +930,14 @@ impl Simulation {
             }
             // So may the replies that rest on no vote of this batch: the crash below then tests
             // that what they acknowledge is chosen without it. The slots they name were applied
-            // when learned; the checker hears of those now, of the rest of `chosen` only once the
-            // write is done (an apply resting on this batch's own vote is seen by no one before).
+            // when learned (in this Ready or one still being written); the checker hears of those
+            // now, of the rest of `chosen` only once the write is done.
             let early = ready.take_replies_before_write();
             for reply in &early {
-                if let Some((slot, value)) = ready.chosen.iter().find(|(slot, _)| Ok(*slot) == reply.outcome)
-                {
+                // Applied in this Ready, or in an earlier one still being written.
+                let writing = &self.nodes[&id].writing;
+                let applied = writing.iter().flat_map(|w| &w.ready.chosen).chain(&ready.chosen);
+                if let Some((slot, value)) = applied.clone().find(|(slot, _)| Ok(*slot) == reply.outcome) {
                     self.checker.on_apply(id, *slot, value)?;
                 }
             }
@@ -884,63 +953,89 @@ impl Simulation {
                 self.crash(id);
                 return Ok(());
             }
-            let installs =
-                ready.persist.iter().filter(|op| matches!(op, PersistOp::InstallSnapshot(_))).count();
-            self.stats.snapshot_installs += installs as u64;
+            let delay_max = self.scenario.faults.write_delay_ticks_max;
+            let done_at = self.now + if delay_max == 0 { 0 } else { self.rng.range(0, delay_max + 1) };
             let node = self.nodes.get_mut(&id).expect("node exists");
-            // An ordered store: a synced batch makes every earlier batch durable.
-            node.volatile.apply(&ready.persist);
-            if ready.persist_needs_sync() {
-                for batch in node.unsynced.drain(..) {
-                    node.storage.apply(&batch);
-                }
-                node.storage.apply(&ready.persist);
-            } else if !ready.persist.is_empty() {
-                node.unsynced.push(ready.persist.clone());
+            if !node.writing.is_empty() {
+                self.stats.writes_overlapped += 1;
             }
+            node.writing.push_back(Writing { ready, done_at });
+            self.complete_writes(id)?;
+        }
+        Ok(())
+    }
+
+    /// Completes, in the order taken, the writes of `id` that are due.
+    fn complete_writes(&mut self, id: NodeId) -> Result<(), String> {
+        loop {
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            if node.replica.is_none()
+                || node.disk_stalled_until > self.now
+                || node.writing.front().is_none_or(|w| w.done_at > self.now)
+            {
+                return Ok(());
+            }
+            let Some(Writing { ready, .. }) = node.writing.pop_front() else {
+                return Ok(());
+            };
+            self.complete_write(id, ready)?;
+        }
+    }
+
+    /// Ready `ready`'s write is done: the rest of the contract, from step 2 on.
+    fn complete_write(&mut self, id: NodeId, ready: paxos_core::Ready) -> Result<(), String> {
+        let installs = ready.persist.iter().filter(|op| matches!(op, PersistOp::InstallSnapshot(_))).count();
+        self.stats.snapshot_installs += installs as u64;
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        // An ordered store: a synced batch makes every earlier batch durable.
+        node.volatile.apply(&ready.persist);
+        if ready.persist_needs_sync() {
+            for batch in node.unsynced.drain(..) {
+                node.storage.apply(&batch);
+            }
+            node.storage.apply(&ready.persist);
+        } else if !ready.persist.is_empty() {
+            node.unsynced.push(ready.persist.clone());
+        }
+        if let Some(replica) = node.replica.as_mut() {
+            replica.on_persisted(ready.number);
+        }
+        // Accepts are synced: each is a durable vote from here on.
+        for op in &ready.persist {
+            if let PersistOp::Accept { slot, ballot, value } = op {
+                let incarnation = self.nodes[&id].incarnation;
+                self.checker.on_vote(id, incarnation, *slot, *ballot, value)?;
+            }
+        }
+        for envelope in ready.persisted_messages {
+            if matches!(envelope.message, paxos_core::Message::Promise { covered_upto: Some(_), .. }) {
+                self.stats.promise_pages_cut += 1;
+            }
+            self.checker.on_send(&envelope)?;
+            self.network.send(envelope, self.now, &mut self.rng);
+        }
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        // Against the history as this write left it: later Readies are not written yet.
+        for read in &ready.history_reads {
+            let entries =
+                node.volatile.read_history(read.from_slot, read.upto_slot, read.entries_max, read.bytes_max);
             if let Some(replica) = node.replica.as_mut() {
-                replica.on_persisted(ready.number);
+                replica.serve_history_read(read, entries);
             }
-            // Accepts are synced: each is a durable vote from here on.
-            for op in &ready.persist {
-                if let PersistOp::Accept { slot, ballot, value } = op {
-                    let incarnation = self.nodes[&id].incarnation;
-                    self.checker.on_vote(id, incarnation, *slot, *ballot, value)?;
-                }
+        }
+        for (slot, value) in &ready.chosen {
+            self.checker.on_apply(id, *slot, value)?;
+            if matches!(value, paxos_core::Value::Config(_))
+                && self.checker.latest_config().chosen_at == Some(*slot)
+            {
+                self.stats.configurations_applied = self.checker.configs_applied() as u64;
             }
-            for envelope in ready.persisted_messages {
-                if matches!(envelope.message, paxos_core::Message::Promise { covered_upto: Some(_), .. }) {
-                    self.stats.promise_pages_cut += 1;
-                }
-                self.checker.on_send(&envelope)?;
-                self.network.send(envelope, self.now, &mut self.rng);
-            }
-            let node = self.nodes.get_mut(&id).expect("node exists");
-            for read in &ready.history_reads {
-                let entries = node.volatile.read_history(
-                    read.from_slot,
-                    read.upto_slot,
-                    read.entries_max,
-                    read.bytes_max,
-                );
-                if let Some(replica) = node.replica.as_mut() {
-                    replica.serve_history_read(read, entries);
-                }
-            }
-            for (slot, value) in &ready.chosen {
-                self.checker.on_apply(id, *slot, value)?;
-                if matches!(value, paxos_core::Value::Config(_))
-                    && self.checker.latest_config().chosen_at == Some(*slot)
-                {
-                    self.stats.configurations_applied = self.checker.configs_applied() as u64;
-                }
-            }
-            for reply in ready.replies {
-                self.on_reply(id, reply.request_id, reply.fingerprint, reply.outcome)?;
-            }
-            for read in ready.reads {
-                self.on_read(id, read.request, read.outcome)?;
-            }
+        }
+        for reply in ready.replies {
+            self.on_reply(id, reply.request_id, reply.fingerprint, reply.outcome)?;
+        }
+        for read in ready.reads {
+            self.on_read(id, read.request, read.outcome)?;
         }
         Ok(())
     }
@@ -1470,6 +1565,11 @@ impl Simulation {
 
     fn crash(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("node exists");
+        // Writes under way never happened.
+        if !node.writing.is_empty() {
+            self.stats.writes_lost += 1;
+            node.writing.clear();
+        }
         // Unsynced batches: some prefix reached the disk, the rest is lost.
         let kept = self.rng.range(0, node.unsynced.len() as u64 + 1) as usize;
         for batch in node.unsynced.drain(..).take(kept) {

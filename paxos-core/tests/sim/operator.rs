@@ -287,6 +287,8 @@ impl Simulation {
                     storage: self.empty_disk(),
                     volatile: self.empty_disk(),
                     unsynced: Vec::new(),
+                    writing: Default::default(),
+                    disk_stalled_until: 0,
                     restart_at: Some(self.now + 1),
                     dead: false,
                     paused_until: None,
@@ -359,6 +361,7 @@ impl Simulation {
                 node.storage = empty.clone();
                 node.volatile = empty;
                 node.unsynced.clear();
+                node.writing.clear();
                 node.incarnation = incarnation;
                 node.join_existing = join_existing;
                 node.restart_at = Some(self.now + 1 + self.rng.range(0, 100));
