@@ -364,30 +364,27 @@ impl Message {
     }
 
     /// Whether this message speaks for the sender's disk: an acceptor's Promise or Accepted,
-    /// a leader's answer that a forwarded proposal was chosen, and a truncation snapshot.
+    /// a truncation snapshot, and a read index.
     ///
     /// # Correctness
     /// Only these must wait until the Ready's `persist` is durable. Every other message may go
     /// out before the write (see [`crate::Ready`]): a leader's Accept is a request, not a
     /// statement about its disk. This lets the leader's fsync overlap its followers'.
     ///
-    /// A `ForwardReply` that says "chosen" rests on votes, and when the configuration has a
-    /// single voter the leader's own vote was once counted before its batch was written: the
-    /// answer must not leave before it is durable (a crash would lose the only vote, and the
-    /// slot could then be chosen with another value). (Found by the simulation: a cluster shrunk
-    /// to one voter and learners, swarm seed 3967.) A `CatchUpTruncated` carries the effects of
-    /// every slot below its start (duplicate table, configuration), which a lone voter may have
-    /// chosen and cut in this very batch: it waits too (raised by a review; a unit test).
     /// A leader counts its own vote only once the batch holding it is written (see
     /// [`crate::Ready`]), so every slot it calls chosen rests on durable votes: commit points
-    /// in Accepts and Heartbeats may leave early. The values behind them are served only from
-    /// written history (catch-up reads run after the write).
+    /// in Accepts and Heartbeats, and a `ForwardReply` saying "chosen", may leave early. (The
+    /// `ForwardReply` once waited: a lone voter chose on its unwritten own vote, answered the
+    /// learner that forwarded the proposal, and crashed, found by swarm seed 3967.) The values
+    /// behind a commit point are served only from written history (catch-up reads run after
+    /// the write). A `CatchUpTruncated` carries the effects of every slot below its start
+    /// (duplicate table, configuration): it waits for the write that cut them (raised by a
+    /// review; a unit test).
     pub fn speaks_for_disk(&self) -> bool {
         matches!(
             self,
             Message::Promise { .. }
                 | Message::Accepted { .. }
-                | Message::ForwardReply { outcome: Ok(_), .. }
                 | Message::CatchUpTruncated { .. }
                 | Message::ReadIndexReply { outcome: Ok(_), .. }
         )

@@ -96,7 +96,8 @@ impl Replica {
         }
     }
 
-    /// Counts this candidate's own promise once the Ready that wrote it is persisted.
+    /// Counts this candidate's own promise once the Ready that wrote it is persisted, and lets
+    /// a candidate that had its quorum already lead (it waited for this write).
     ///
     /// # Correctness
     /// Prepares leave before the write of the candidate's own promise, and the others'
@@ -112,13 +113,14 @@ impl Replica {
         let Role::Candidate(candidate) = &mut self.proposer.role else {
             return;
         };
-        let Some(own) = candidate.own_promise_waiting.take() else {
-            return;
-        };
         if candidate.ballot != promised {
             return;
         }
-        candidate.promises.insert(id, own);
+        if let Some(own) = candidate.own_promise_waiting.take() {
+            candidate.promises.insert(id, own);
+        }
+        // With or without its own promise counted, a candidate whose peers' promises already
+        // made a quorum waits for this write to lead (see `maybe_become_leader`).
         self.maybe_become_leader();
     }
 
@@ -214,6 +216,14 @@ impl Replica {
             }
             if self.next_promise_page() {
                 continue;
+            }
+            if !self.promise_is_written() {
+                // No Accept of this ballot may leave before the ballot is on disk, even when the
+                // peers' promises alone are a quorum: a crash would bring this node back with
+                // its old promise, free to campaign in the same ballot again, and two lives of
+                // one ballot could propose two values at a slot (found by a review; two routed
+                // schedules in tests/async_writes.rs). `count_own_promise` comes back here.
+                return;
             }
             let Role::Candidate(candidate) = std::mem::replace(&mut self.proposer.role, Role::Follower)
             else {

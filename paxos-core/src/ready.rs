@@ -178,18 +178,13 @@ impl Ready {
     }
 
     /// Removes and returns the replies that may be answered before the write (step 0 of the
-    /// contract): refusals that say nothing of what is done, and slots chosen without this
-    /// batch.
+    /// contract): refusals, and slots chosen without a vote of this batch.
     ///
     /// # Correctness
     /// "Chosen at slot s" rests on a majority of durable votes: a leader counts its own vote
     /// only once written (see the contract above), the others' only from their Accepted. An
-    /// answer resting on an `Accept` of this very batch waits for the write all the same, as a
-    /// `ForwardReply` saying "chosen" always does (see [`Message::speaks_for_disk`]): a second
-    /// line of defence that costs nothing, since such a slot is not chosen before it.
-    /// So does a configuration change refused as done already (`ChangeRefused`): the entry
-    /// that did it may be in this batch (a lone voter applies it at once), and a crash would
-    /// undo what the answer said was done (found by a review of this rule).
+    /// answer resting on an `Accept` of this very batch waits for the write all the same: a
+    /// second line of defence that costs nothing, since such a slot is not chosen before it.
     /// Answering the others early takes the leader's next fsync (of new proposals that arrived
     /// meanwhile) off every acknowledged value's latency. The history entries and duplicate
     /// records of this batch need not be durable first: a crash loses at most this batch, and
@@ -210,11 +205,9 @@ impl Ready {
         let (early, late) =
             std::mem::take(&mut self.replies).into_iter().partition(|reply| match &reply.outcome {
                 Ok(slot) => !accepted_here.contains(slot),
-                // "Already a member" and the like say a change is done, maybe by an entry applied
-                // in this very batch (a lone voter's): they wait, as the change's own answer does.
-                Err(ProposalError::ChangeRefused(_)) => false,
-                // The rest hold whatever the disk says: retry elsewhere, too large, overloaded, or
-                // an outcome unknown (an expired session).
+                // Whatever the disk says: retry elsewhere, too large, overloaded, an outcome
+                // unknown (an expired session), or a change refused as done already ("already
+                // a member": the entry that did it is applied, so chosen on written votes).
                 Err(_) => true,
             });
         self.replies = late;
