@@ -5,7 +5,7 @@
 
 mod routed;
 
-use paxos_core::{Config, Envelope, Message, NodeId, Ready, Slot, Value};
+use paxos_core::{Config, Envelope, NodeId, Ready, Slot, Value};
 use routed::*;
 
 /// Readies of one node taken but not yet written (in order).
@@ -94,12 +94,13 @@ fn applied_at(c: &Cluster, id: NodeId, slot: Slot) -> Option<Value> {
     c.node(id).applied.iter().find(|(s, _)| *s == slot).map(|(_, v)| v.clone())
 }
 
-/// A candidate may now LEAD on its peers' promises while its own promise is not yet written
-/// (the quorum does not need its own). Its Accepts leave at once. A crash then loses its
-/// promise, so the restarted node may campaign with THE SAME ballot (round = durable promise
-/// + 1), and phase 1 of that second life need not see what the first life put in the slot.
-/// Two values end up accepted in one ballot at one slot: the first life's acceptor, hearing
-/// the second life's commit point of that ballot, takes its own record as chosen.
+/// A candidate could LEAD on its peers' promises while its own promise was not yet written
+/// (the quorum does not need its own), and its Accepts left at once. A crash then lost its
+/// promise, so the restarted node could campaign with THE SAME ballot (its round is the
+/// durable promise's plus one), and phase 1 of that second life need not see what the first
+/// life put in the slot. Two values ended up accepted in one ballot at one slot: the first
+/// life's acceptor, hearing the second life's commit point of that ballot, took its own
+/// record as chosen.
 ///
 /// Under the old contract the candidate could not lead before its promise was written (no
 /// input was stepped before `on_persisted`), so a ballot that reached phase 2 was durable.

@@ -1,9 +1,11 @@
-//! The driver loop: the only owner of the replica and the storage.
+//! The driver loop: the only owner of the replica.
 //!
-//! It runs on its own thread (RocksDB writes block) and repeats: wait for an input or the next
-//! tick; drain a bounded batch of inputs; then handle the replica's Ready in the contract's
-//! order: one synced write for the whole batch (group commit), then messages, catch-up reads,
-//! chosen entries and client answers.
+//! It runs on its own thread and repeats: wait for an input or the next tick; drain a bounded
+//! batch of inputs; take the replica's Ready, send what may leave before the write and hand the
+//! write to the writer thread (`writer.rs`), which owns the storage; collect the writes that
+//! completed and do the rest of the contract for them, in order: report them persisted, then
+//! messages, catch-up reads, chosen entries and client answers. The driver never waits for a
+//! write unless `READIES_IN_FLIGHT_MAX` of them are under way.
 
 use crate::config::NodeConfig;
 use crate::history_reader::HistoryReader;
@@ -15,8 +17,9 @@ use crate::wire::{
     session_key, GcError, GcReport, HistoryError, MemberInfo, ProposeError, ReadConsistency, Request,
     Response, StatusReport, TransferError, TransferReport,
 };
+use crate::writer::{Job, Writer, Written};
 use paxos_core::{Compaction, CompactionError, NodeId, PersistOp, Proposal, Replica, RequestId, Slot, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +36,9 @@ const GC_ACCEPTED_BYTES_MIN: usize = 16 << 20;
 const GC_INTERVAL_TICKS: u64 = 10;
 /// How often the driver looks for new problems to log (see `StatusReport::problems`).
 const PROBLEMS_CHECK_INTERVAL_TICKS: u64 = 50;
+/// Readies handed to the writer and not yet written; past this the driver waits for a write
+/// before it takes the next (each holds at most one batch of inputs' messages and answers).
+const READIES_IN_FLIGHT_MAX: usize = 64;
 /// Slots whose accept time the driver keeps for the commit latency; beyond this (a leader
 /// that cannot reach a quorum) new ones are not timed.
 const COMMIT_TIMES_MAX: usize = 65_536;
@@ -110,7 +116,14 @@ pub struct Driver {
     /// Serves client history pages off this thread.
     history_reader: HistoryReader,
     replica: Replica,
-    storage: Storage,
+    /// Owns the storage: every write and catch-up read happens on its thread.
+    writer: Writer,
+    /// Readies handed to the writer, oldest first, with what is left to do once written.
+    writing: VecDeque<Writing>,
+    /// The applied prefix and history start as written (by the last Ready completed): history
+    /// pages are served from these, never from slots applied in a Ready still being written.
+    written_applied_upto: Slot,
+    written_history_start: Slot,
     links: PeerLinks,
     /// The problems last logged (see `StatusReport::problems`): each is logged once.
     problems_logged: Vec<String>,
@@ -125,6 +138,8 @@ pub struct Driver {
     /// only a ballot that is on disk (the power-loss tests hold every node to the ballot its
     /// status showed before a cut).
     status_waiting: Vec<Responder>,
+    /// Serializable history requests of this batch (see `process_ready`).
+    history_waiting: Vec<(Slot, u64, Responder)>,
     /// Linearizable history reads waiting for the replica's answer: number -> (from slot,
     /// limit, whom to answer). Bounded by `paxos_core::READS_PENDING_MAX`.
     reads: BTreeMap<u64, (Slot, u64, Responder)>,
@@ -136,11 +151,34 @@ pub struct Driver {
     /// What the gauges last showed: the leader (to count changes), the fsync count (to turn it
     /// into a counter) and the peers with series (to drop those of members gone).
     leader_seen: Option<NodeId>,
+    fsyncs: u64,
     fsyncs_counted: u64,
+    written_bytes: u64,
     written_bytes_counted: u64,
     peers_shown: BTreeSet<NodeId>,
     /// Leadership transfers this node started, answered once the target leads.
     transfers_waiting: Vec<TransferWaiting>,
+}
+
+/// A Ready whose write is under way: the rest of the contract, done once it is written.
+#[derive(Debug)]
+struct Writing {
+    number: u64,
+    persisted_messages: Vec<paxos_core::Envelope>,
+    chosen: Vec<(Slot, Value)>,
+    replies: Vec<paxos_core::Reply>,
+    reads: Vec<paxos_core::ReadReply>,
+    /// The slots this Ready accepted (their commit clocks start when it is written).
+    accepted_slots: Vec<Slot>,
+    /// The Ready changed the configuration.
+    changed: bool,
+    /// The replica's applied prefix and history start when the Ready was taken.
+    applied_upto: Slot,
+    history_start: Slot,
+    /// Status requests answered once this Ready is written, with the status as of it.
+    statuses: Vec<(Responder, StatusReport)>,
+    /// Serializable history requests served once this Ready is written (from slot, limit).
+    histories: Vec<(Slot, u64, Responder)>,
 }
 
 /// An operator waiting for leadership to reach `target`.
@@ -180,11 +218,16 @@ impl Driver {
     ) -> Result<Self, std::io::Error> {
         links.follow(members_of(replica.membership(), &config.members));
         links.allow(allowed_peers(replica.membership(), &config.members));
-        let history_reader = HistoryReader::spawn(config.id, storage.history_view(), inputs)?;
+        let history_reader = HistoryReader::spawn(config.id, storage.history_view(), inputs.clone())?;
+        let (fsyncs, written_bytes) = (storage.fsyncs(), storage.written_bytes());
+        let writer = Writer::spawn(config.id, storage, inputs)?;
         Ok(Driver {
             config,
+            written_applied_upto: replica.applied_upto(),
+            written_history_start: replica.history_start(),
             replica,
-            storage,
+            writer,
+            writing: VecDeque::new(),
             links,
             problems_logged: Vec::new(),
             pending: BTreeMap::new(),
@@ -194,12 +237,15 @@ impl Driver {
             ticks: 0,
             fatal: None,
             status_waiting: Vec::new(),
+            history_waiting: Vec::new(),
             reads: BTreeMap::new(),
             next_read: 0,
             metrics,
             accept_written: BTreeMap::new(),
             leader_seen: None,
+            fsyncs,
             fsyncs_counted: 0,
+            written_bytes,
             written_bytes_counted: 0,
             peers_shown: BTreeSet::new(),
             transfers_waiting: Vec::new(),
@@ -238,9 +284,6 @@ impl Driver {
             }
             if let Err(error) = self.process_ready() {
                 break Err(error);
-            }
-            for respond in std::mem::take(&mut self.status_waiting) {
-                respond.send(Response::Status(Box::new(self.status())));
             }
             self.answer_transfers();
             if let Some(error) = self.fatal.take() {
@@ -293,6 +336,8 @@ impl Driver {
                 self.on_request(request, respond)
             }
             Input::StorageFailed(error) => self.fatal = Some(error),
+            // Completions are collected after each batch of input (`process_ready`).
+            Input::Written => self.writer.woken(),
             Input::Shutdown => return true,
         }
         false
@@ -326,7 +371,9 @@ impl Driver {
                 self.replica.propose(proposal);
             }
             Request::History { from_slot, limit, consistency: ReadConsistency::Serializable } => {
-                self.read_history(from_slot, limit, respond);
+                // Served once what this node applied so far is written (`process_ready`): a
+                // client reads its own acknowledged writes here, answered before that write.
+                self.history_waiting.push((from_slot, limit, respond));
             }
             Request::History { from_slot, limit, consistency: ReadConsistency::Linearizable } => {
                 if self.reads.len() >= paxos_core::READS_PENDING_MAX {
@@ -425,7 +472,7 @@ impl Driver {
             started_as: self.config.role,
             warnings: status.membership.weakness().into_iter().collect(),
             problems: problems(self.config.id, &status),
-            fsyncs: self.storage.fsyncs(),
+            fsyncs: self.fsyncs,
             applied_since_start: self.applied_since_start,
             proposals_since_start: self.proposals_since_start,
         }
@@ -474,7 +521,8 @@ impl Driver {
     /// A page of history from the applied prefix, on the history reader's thread: a page is
     /// megabytes, and the driver must not miss a tick for it.
     fn read_history(&mut self, from_slot: Slot, limit: u64, respond: Responder) {
-        let (applied_upto, history_start) = (self.replica.applied_upto(), self.replica.history_start());
+        // As written: the slots applied in Readies still being written are not on disk yet.
+        let (applied_upto, history_start) = (self.written_applied_upto, self.written_history_start);
         self.history_reader.read(from_slot, limit, applied_upto, history_start, respond);
     }
 
@@ -497,54 +545,151 @@ impl Driver {
         }
     }
 
-    /// The Ready contract: persist (one synced batch), then send, read, apply, answer.
+    /// The Ready contract: take each Ready, send what may leave before its write and hand the
+    /// write to the writer; for each write completed, in order: report it persisted, then
+    /// send, read, apply, answer.
     fn process_ready(&mut self) -> Result<(), DriverError> {
         loop {
-            let mut ready = self.replica.take_ready();
+            while let Some(done) = self.writer.try_done() {
+                self.on_written(done?)?;
+            }
+            if self.writing.len() >= READIES_IN_FLIGHT_MAX {
+                // A disk this far behind: wait for it rather than queue more.
+                let done = self.writer.wait_done()?;
+                self.on_written(done)?;
+                continue;
+            }
+            let ready = self.replica.take_ready();
             if ready.is_empty() {
-                return Ok(());
+                break;
             }
-            self.log_events(std::mem::take(&mut ready.events));
-            // What says nothing about this node's disk goes out first, so the leader's write
-            // overlaps its followers'; Promise and Accepted wait for the write. Answers that
-            // rest on no vote of this batch go first too: an acknowledgement need not wait for
-            // the fsync of the proposals that arrived meanwhile.
-            let needs_sync = ready.persist_needs_sync();
-            self.send(std::mem::take(&mut ready.messages));
-            self.answer(ready.take_replies_before_write());
-            // Fatal on error: nothing that speaks for this batch may leave the process.
-            let write_started = Instant::now();
-            self.storage.write_batch(&ready.persist, needs_sync)?;
-            if needs_sync {
-                Metrics::observe_duration(&self.metrics.fsync_duration, write_started.elapsed());
-                self.metrics.fsync_batch_records.observe(ready.persist.len() as f64);
-            }
-            self.replica.on_persisted(ready.number);
-            self.time_accepts(&ready.persist, write_started);
-            let changed = ready.persist.iter().any(|op| {
-                matches!(op, paxos_core::PersistOp::Membership(_) | paxos_core::PersistOp::InstallSnapshot(_))
-            });
-            if changed {
-                self.after_configuration_change(true);
-            }
-            self.send(ready.persisted_messages);
-            for read in ready.history_reads {
-                let entries = self.storage.read_history(
-                    read.from_slot,
-                    read.upto_slot,
-                    read.entries_max,
-                    read.bytes_max,
-                )?;
-                self.replica.serve_history_read(&read, entries);
-            }
-            self.applied_since_start += ready.chosen.len() as u64;
-            self.time_commits(&ready.chosen);
-            self.answer(ready.replies);
-            // After the write: a read's index may rest on slots applied in this batch.
-            for read in ready.reads {
-                self.serve_read(read);
+            self.start_write(ready)?;
+        }
+        // Status requests see only what is written: answered with the state as of the last
+        // Ready, once it is. History requests are served once it is written, so that they see
+        // every slot applied before they came (a reply may leave before its slot's write).
+        let histories = std::mem::take(&mut self.history_waiting);
+        match self.writing.back_mut() {
+            Some(last) => last.histories.extend(histories),
+            None => {
+                for (from_slot, limit, respond) in histories {
+                    self.read_history(from_slot, limit, respond);
+                }
             }
         }
+        if !self.status_waiting.is_empty() {
+            let status = self.status();
+            let waiting = std::mem::take(&mut self.status_waiting);
+            match self.writing.back_mut() {
+                Some(last) => {
+                    last.statuses.extend(waiting.into_iter().map(|respond| (respond, status.clone())))
+                }
+                None => {
+                    for respond in waiting {
+                        respond.send(Response::Status(Box::new(status.clone())));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps 0 and 1 of the contract for `ready`: what says nothing about this node's disk goes
+    /// out first, so the leader's write overlaps its followers'; Promise and Accepted wait for
+    /// the write. Answers that rest on no vote of this batch go first too.
+    fn start_write(&mut self, mut ready: paxos_core::Ready) -> Result<(), DriverError> {
+        self.log_events(std::mem::take(&mut ready.events));
+        self.send(std::mem::take(&mut ready.messages));
+        self.answer(ready.take_replies_before_write());
+        let accepted_slots = ready
+            .persist
+            .iter()
+            .filter_map(|op| match op {
+                PersistOp::Accept { slot, .. } => Some(*slot),
+                _ => None,
+            })
+            .collect();
+        let changed = ready
+            .persist
+            .iter()
+            .any(|op| matches!(op, PersistOp::Membership(_) | PersistOp::InstallSnapshot(_)));
+        let needs_sync = ready.persist_needs_sync();
+        let writing = Writing {
+            number: ready.number,
+            persisted_messages: ready.persisted_messages,
+            chosen: ready.chosen,
+            replies: ready.replies,
+            reads: ready.reads,
+            accepted_slots,
+            changed,
+            applied_upto: self.replica.applied_upto(),
+            history_start: self.replica.history_start(),
+            statuses: Vec::new(),
+            histories: Vec::new(),
+        };
+        if ready.persist.is_empty() && ready.history_reads.is_empty() && self.writing.is_empty() {
+            // Nothing to write and nothing under way (a follower's acknowledgements, a
+            // leader's heartbeats): done at once, without a trip through the writer.
+            self.writing.push_back(writing);
+            let written = Written {
+                number: ready.number,
+                reads: Vec::new(),
+                synced: None,
+                fsyncs: self.fsyncs,
+                written_bytes: self.written_bytes,
+            };
+            return self.on_written(written);
+        }
+        let job = Job {
+            number: ready.number,
+            needs_sync,
+            persist: ready.persist,
+            history_reads: ready.history_reads,
+        };
+        self.writer.write(job)?;
+        self.writing.push_back(writing);
+        Ok(())
+    }
+
+    /// Steps 2 to 5 of the contract for every Ready up to `written.number`.
+    fn on_written(&mut self, written: Written) -> Result<(), DriverError> {
+        if let Some((took, records)) = written.synced {
+            Metrics::observe_duration(&self.metrics.fsync_duration, took);
+            self.metrics.fsync_batch_records.observe(records as f64);
+        }
+        self.fsyncs = written.fsyncs;
+        self.written_bytes = written.written_bytes;
+        self.replica.on_persisted(written.number);
+        let now = Instant::now();
+        while self.writing.front().is_some_and(|writing| writing.number <= written.number) {
+            let Some(done) = self.writing.pop_front() else {
+                break;
+            };
+            self.written_applied_upto = done.applied_upto;
+            self.written_history_start = done.history_start;
+            self.time_accepts(&done.accepted_slots, now);
+            if done.changed {
+                self.after_configuration_change(true);
+            }
+            self.send(done.persisted_messages);
+            self.applied_since_start += done.chosen.len() as u64;
+            self.time_commits(&done.chosen);
+            self.answer(done.replies);
+            // After the write: a read's index may rest on slots applied in this batch.
+            for read in done.reads {
+                self.serve_read(read);
+            }
+            for (respond, status) in done.statuses {
+                respond.send(Response::Status(Box::new(status)));
+            }
+            for (from_slot, limit, respond) in done.histories {
+                self.read_history(from_slot, limit, respond);
+            }
+        }
+        for (read, entries) in written.reads {
+            self.replica.serve_history_read(&read, entries);
+        }
+        Ok(())
     }
 
     /// Elections in the log (INFO: who campaigned, who refused, who won, who stepped down and
@@ -626,12 +771,10 @@ impl Driver {
 
     /// Starts the commit clock of each slot this batch accepted (first accept only: a new
     /// leader's re-accept of a slot does not restart it).
-    fn time_accepts(&mut self, persisted: &[PersistOp], written: Instant) {
-        for op in persisted {
-            if let PersistOp::Accept { slot, .. } = op {
-                if self.accept_written.len() < COMMIT_TIMES_MAX {
-                    self.accept_written.entry(*slot).or_insert(written);
-                }
+    fn time_accepts(&mut self, accepted_slots: &[Slot], written: Instant) {
+        for slot in accepted_slots {
+            if self.accept_written.len() < COMMIT_TIMES_MAX {
+                self.accept_written.entry(*slot).or_insert(written);
             }
         }
     }
@@ -680,10 +823,10 @@ impl Driver {
         metrics.history_start.set(status.history_start);
         metrics.accepted_records.set(status.accepted_records as u64);
         metrics.requests_in_flight.set(self.pending_count as u64);
-        let fsyncs = self.storage.fsyncs();
+        let fsyncs = self.fsyncs;
         metrics.fsyncs.inc_by(fsyncs.saturating_sub(self.fsyncs_counted));
         self.fsyncs_counted = fsyncs;
-        let written_bytes = self.storage.written_bytes();
+        let written_bytes = self.written_bytes;
         metrics.storage_written.inc_by(written_bytes.saturating_sub(self.written_bytes_counted));
         self.written_bytes_counted = written_bytes;
 

@@ -28,6 +28,8 @@ pub enum Input {
     },
     /// The history reader met a storage error (a record failing its checksum): fatal.
     StorageFailed(StorageError),
+    /// The writer thread completed a write (see `writer.rs`): the driver collects it.
+    Written,
     Shutdown,
 }
 

@@ -26,6 +26,7 @@ pub mod node;
 pub mod peer_link;
 pub mod server;
 pub mod storage;
+pub mod writer;
 
 pub use config::NodeConfig;
 pub use node::{NodeHandle, StartError};

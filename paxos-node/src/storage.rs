@@ -193,6 +193,10 @@ pub enum StorageError {
         current = STORAGE_FORMAT
     )]
     NotMigrated { path: PathBuf, found: u32 },
+    /// The writer thread ended (an invariant of a write broke, and it panicked): nothing after
+    /// its last reported write is known to be stored.
+    #[error("the storage writer thread stopped (an invariant broke; see the log above)")]
+    WriterStopped,
 }
 
 /// RocksDB's error when another process holds the directory's LOCK (an `fcntl` lock, released

@@ -1,0 +1,280 @@
+//! The writer thread: the one place the node's log is written, beside the driver.
+//!
+//! The driver hands each Ready's `persist` (with the catch-up and Promise reads that must see
+//! it) to this thread and goes on stepping input: the leader's Accepts are out before its own
+//! fsync starts, and the next batch of proposals is replicated while this one is written.
+//! Writes complete in the order they were handed over; the thread reports each completion on
+//! its own channel (and wakes the driver), and the driver then does the rest of the Ready
+//! contract for those Readies (see `paxos_core::Ready`).
+//!
+//! Jobs queued behind a write in progress are written together when it is done: one atomic
+//! batch and one fsync for all of them (group commit). A batch is synced if any of its Readies
+//! needs it; RocksDB's WAL is ordered, so a synced batch makes every earlier one durable too.
+
+use crate::input::Input;
+use crate::storage::{Storage, StorageError};
+use paxos_core::{HistoryRead, PersistOp, Slot, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Readies merged into one write at most: a bound on the batch a backlog builds.
+const JOBS_PER_WRITE_MAX: usize = 64;
+/// ...and on its operations' payload bytes, about (a write always takes one Ready whole).
+const WRITE_BYTES_MAX: usize = 32 << 20;
+
+/// One Ready's write.
+#[derive(Debug)]
+pub struct Job {
+    pub number: u64,
+    pub persist: Vec<PersistOp>,
+    pub needs_sync: bool,
+    /// Performed right after this write, before any later one.
+    pub history_reads: Vec<HistoryRead>,
+}
+
+/// What a completed write reports: every Ready up to `number` is written.
+#[derive(Debug)]
+pub struct Written {
+    pub number: u64,
+    /// The reads of the Readies written, in their order, with what they found.
+    pub reads: Vec<(HistoryRead, Vec<(Slot, Value)>)>,
+    /// How long a synced write took (None: no sync), and its records.
+    pub synced: Option<(Duration, usize)>,
+    pub fsyncs: u64,
+    pub written_bytes: u64,
+}
+
+/// The driver's end of the writer thread.
+///
+/// # Correctness
+/// Dropping it waits for the thread to end (it owns the database; see `HistoryReader`). A
+/// write that fails is reported as `Err` and the thread writes nothing more: after a failed
+/// fsync the data may be lost, and a later write must not make anything look durable.
+#[derive(Debug)]
+pub struct Writer {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Result<Written, StorageError>>,
+    /// Set while an `Input::Written` wake-up is queued and not yet taken by the driver.
+    wake_queued: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Writer {
+    /// Starts the thread on `storage`. Each completion is also announced with `Input::Written`
+    /// on `inputs` (at most one outstanding), so a driver waiting for input wakes up.
+    pub fn spawn(
+        node_id: paxos_core::NodeId,
+        storage: Storage,
+        inputs: SyncSender<Input>,
+    ) -> std::io::Result<Self> {
+        let (jobs, queue) = channel();
+        let (done_tx, done) = channel();
+        let wake_queued = Arc::new(AtomicBool::new(false));
+        let wake = Wake { queued: wake_queued.clone(), inputs };
+        let thread = std::thread::Builder::new()
+            .name(format!("paxos-writer-{node_id}"))
+            .spawn(move || write_loop(storage, queue, done_tx, wake))?;
+        Ok(Writer { jobs: Some(jobs), done, wake_queued, thread: Some(thread) })
+    }
+
+    /// The driver took an `Input::Written`: the next completion queues another.
+    pub fn woken(&self) {
+        self.wake_queued.store(false, Ordering::Release);
+    }
+
+    /// Queues one Ready's write. The driver bounds how many are queued (see `driver.rs`).
+    pub fn write(&self, job: Job) -> Result<(), StorageError> {
+        let jobs = self.jobs.as_ref().ok_or(StorageError::WriterStopped)?;
+        jobs.send(job).map_err(|_| StorageError::WriterStopped)
+    }
+
+    /// A completed write, if one is reported.
+    pub fn try_done(&self) -> Option<Result<Written, StorageError>> {
+        match self.done.try_recv() {
+            Ok(done) => Some(done),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(StorageError::WriterStopped)),
+        }
+    }
+
+    /// Waits for the next completed write.
+    pub fn wait_done(&self) -> Result<Written, StorageError> {
+        self.done.recv().unwrap_or(Err(StorageError::WriterStopped))
+    }
+}
+
+/// Wakes a driver waiting for input when a write completes.
+struct Wake {
+    queued: Arc<AtomicBool>,
+    inputs: SyncSender<Input>,
+}
+
+impl Wake {
+    fn wake(&self) {
+        if !self.queued.swap(true, Ordering::AcqRel) && self.inputs.try_send(Input::Written).is_err() {
+            // A full queue wakes the driver anyway, and it looks for completions after every
+            // batch of input.
+            self.queued.store(false, Ordering::Release);
+        }
+    }
+}
+
+fn write_loop(
+    mut storage: Storage,
+    queue: Receiver<Job>,
+    done: Sender<Result<Written, StorageError>>,
+    wake: Wake,
+) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        let mut bytes: usize = jobs[0].persist.iter().map(op_bytes).sum();
+        while jobs.len() < JOBS_PER_WRITE_MAX && bytes < WRITE_BYTES_MAX {
+            match queue.try_recv() {
+                Ok(job) => {
+                    bytes += job.persist.iter().map(op_bytes).sum::<usize>();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = write_jobs(&mut storage, jobs);
+        let failed = result.is_err();
+        if done.send(result).is_err() {
+            return;
+        }
+        wake.wake();
+        if failed {
+            return;
+        }
+    }
+}
+
+/// Writes `jobs` as one batch, then performs their reads.
+fn write_jobs(storage: &mut Storage, jobs: Vec<Job>) -> Result<Written, StorageError> {
+    let number = jobs.iter().map(|job| job.number).max().unwrap_or(0);
+    let needs_sync = jobs.iter().any(|job| job.needs_sync);
+    let mut persist = Vec::with_capacity(jobs.iter().map(|job| job.persist.len()).sum());
+    let mut history_reads = Vec::new();
+    for job in jobs {
+        persist.extend(job.persist);
+        history_reads.extend(job.history_reads);
+    }
+    let started = Instant::now();
+    storage.write_batch(&persist, needs_sync)?;
+    let synced = needs_sync.then(|| (started.elapsed(), persist.len()));
+    let mut reads = Vec::with_capacity(history_reads.len());
+    for read in history_reads {
+        let entries =
+            storage.read_history(read.from_slot, read.upto_slot, read.entries_max, read.bytes_max)?;
+        reads.push((read, entries));
+    }
+    Ok(Written { number, reads, synced, fsyncs: storage.fsyncs(), written_bytes: storage.written_bytes() })
+}
+
+/// About how many bytes an operation writes: its value's, for the bound on a merged batch.
+fn op_bytes(op: &PersistOp) -> usize {
+    match op {
+        PersistOp::Accept { value, .. } | PersistOp::Apply { value, .. } => value.size_bytes(),
+        _ => 16,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paxos_core::{Ballot, ReadPurpose, RequestId};
+    use std::sync::mpsc::sync_channel;
+
+    fn command(seq: u64) -> Value {
+        Value::Command { request_id: RequestId { client_id: 1, seq }, key: [0; 16], payload: vec![7; 10] }
+    }
+
+    fn written(writer: &Writer) -> Written {
+        writer.wait_done().expect("the write succeeds")
+    }
+
+    /// Writes complete in the order handed over, jobs queued behind a write are merged into it
+    /// (one report covers them), and a job's reads see its own write.
+    #[test]
+    fn writes_complete_in_order_and_reads_see_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
+        storage.load().expect("load");
+        let (inputs, wakes) = sync_channel(16);
+        let writer = Writer::spawn(1, storage, inputs).expect("spawn");
+        let ballot = Ballot::new(1, 1);
+        let mut reported = 0;
+        for number in 1..=50u64 {
+            let slot = number - 1;
+            let persist = vec![
+                PersistOp::Accept { slot, ballot, value: command(number) },
+                PersistOp::ApplyAccepted { slot },
+                PersistOp::AppliedUpto(slot + 1),
+            ];
+            let history_reads = vec![HistoryRead {
+                purpose: ReadPurpose::CatchUp { request: number },
+                to: 2,
+                from_slot: slot,
+                upto_slot: slot + 1,
+                entries_max: 10,
+                bytes_max: 1 << 20,
+            }];
+            writer
+                .write(Job { number, persist, needs_sync: number % 2 == 0, history_reads })
+                .expect("queued");
+        }
+        let mut reads = Vec::new();
+        while reported < 50 {
+            let done = written(&writer);
+            assert!(done.number > reported, "reports go forward: {} after {reported}", done.number);
+            reported = done.number;
+            reads.extend(done.reads);
+        }
+        assert_eq!(reads.len(), 50, "every job's reads are performed");
+        for (index, (read, entries)) in reads.iter().enumerate() {
+            assert_eq!(read.from_slot, index as u64, "reads in the order of their jobs");
+            assert_eq!(entries, &vec![(index as u64, command(index as u64 + 1))], "a read sees its write");
+        }
+        assert!(wakes.try_recv().is_ok(), "a completion wakes the driver");
+        writer.woken();
+    }
+
+    /// A write that fails is reported, and nothing after it is written: after a failed write
+    /// the node must stop, never acknowledge a later batch.
+    #[test]
+    fn a_failed_write_stops_the_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
+        storage.load().expect("load");
+        let (inputs, _wakes) = sync_channel(16);
+        let writer = Writer::spawn(1, storage, inputs).expect("spawn");
+        let value = command(1);
+        let write = |number, persist| Job { number, persist, needs_sync: true, history_reads: Vec::new() };
+        writer
+            .write(write(
+                1,
+                vec![PersistOp::Apply { slot: 0, value: value.clone() }, PersistOp::AppliedUpto(1)],
+            ))
+            .expect("queued");
+        assert_eq!(written(&writer).number, 1);
+        // Slot 0 applied; an Accept below the applied prefix is a replica bug the storage
+        // asserts on: the thread panics, and the driver hears that the writer stopped.
+        writer
+            .write(write(2, vec![PersistOp::Accept { slot: 0, ballot: Ballot::new(1, 1), value }]))
+            .expect("queued");
+        assert!(writer.wait_done().is_err(), "the failure is reported");
+        let _ = writer.write(write(3, Vec::new()));
+        assert!(writer.try_done().is_none_or(|done| done.is_err()), "nothing after it is written");
+    }
+}
