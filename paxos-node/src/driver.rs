@@ -788,7 +788,9 @@ impl Driver {
                 Metrics::observe_duration(&self.metrics.commit_duration, written.elapsed());
             }
         }
-        let applied_upto = self.replica.applied_upto();
+        // As written, not the replica's: slots applied in Readies still being written have
+        // their commits to time yet.
+        let applied_upto = self.written_applied_upto;
         if self.accept_written.first_key_value().is_some_and(|(slot, _)| *slot < applied_upto) {
             self.accept_written = self.accept_written.split_off(&applied_upto);
         }
