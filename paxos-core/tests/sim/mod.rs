@@ -882,15 +882,19 @@ impl Simulation {
             if self.nodes[&id].paused_until.is_some_and(|until| until > self.now) {
                 continue;
             }
-            if !self.healed && self.rng.chance(self.scenario.faults.disk_stall_per_mille, 1000) {
+            // Each new fault draws only when it is on: a seed without it runs as it ran before.
+            let faults = &self.scenario.faults;
+            let (stall_rate, crash_rate) = (faults.disk_stall_per_mille, faults.crash_mid_write_per_mille);
+            if !self.healed && stall_rate > 0 && self.rng.chance(stall_rate, 1000) {
                 let until = self.now + self.rng.range(1, DISK_STALL_TICKS_MAX + 1);
                 let node = self.nodes.get_mut(&id).expect("node exists");
                 node.disk_stalled_until = node.disk_stalled_until.max(until);
                 self.stats.disk_stalls += 1;
             }
             if !self.healed
+                && crash_rate > 0
                 && !self.nodes[&id].writing.is_empty()
-                && self.rng.chance(self.scenario.faults.crash_mid_write_per_mille, 1000)
+                && self.rng.chance(crash_rate, 1000)
             {
                 self.crash(id);
                 continue;
