@@ -49,7 +49,6 @@ impl Replica {
             earlier_pages: BTreeMap::new(),
             configuration: self.learner.membership().chosen_at,
             transfer: matches!(reason, CampaignReason::Transfer { .. }),
-            own_promise_waiting: None,
         });
         self.prepare_again();
     }
@@ -68,22 +67,16 @@ impl Replica {
     /// applied prefix, or from where the last page of promises stopped.
     fn prepare_from(&mut self, from_slot: Slot) {
         let own = self.can_vote().then(|| self.promise_data(from_slot, Vec::new()));
-        let own_written = self.promise_is_written();
         let Role::Candidate(candidate) = &mut self.proposer.role else {
             return;
         };
         candidate.from_slot = from_slot;
         candidate.waiting_for_gap = false;
         candidate.promises.clear();
-        candidate.own_promise_waiting = None;
-        // A proposer that does not vote has no promise of its own to count; a voter's counts
-        // once it is on disk (see `count_own_promise`).
+        // A proposer that does not vote has no promise of its own to count. A voter's counts
+        // at once: the candidate leads only once it is written (see `maybe_become_leader`).
         if let Some(own) = own {
-            if own_written {
-                candidate.promises.insert(self.config.id, own);
-            } else {
-                candidate.own_promise_waiting = Some(own);
-            }
+            candidate.promises.insert(self.config.id, own);
         }
         let (ballot, transfer) = (candidate.ballot, candidate.transfer);
         // The voting members promise; the proposers that do not vote are told too, so that
@@ -96,32 +89,23 @@ impl Replica {
         }
     }
 
-    /// Counts this candidate's own promise once the Ready that wrote it is persisted, and lets
-    /// a candidate that had its quorum already lead (it waited for this write).
+    /// Lets a candidate that has its quorum lead once the Ready that wrote its own promise (its
+    /// ballot) is persisted: it waited for this write (see `maybe_become_leader`).
     ///
     /// # Correctness
-    /// Prepares leave before the write of the candidate's own promise, and the others'
-    /// Promises may come back before it is done. Counting the own promise earlier would let a
-    /// crash undo a vote the quorum rested on: restarted with its old promise, this acceptor
-    /// could accept a lower ballot's value in a slot this candidacy's phase 1 already covered.
-    pub(crate) fn count_own_promise(&mut self) {
+    /// Prepares leave before the write of the candidate's promise, and the peers' Promises may
+    /// come back first, a quorum without its own. Leading then would send Accepts of a ballot
+    /// a crash can take back: restarted with its old promise, the node may campaign in the same
+    /// ballot again, and two lives of one ballot could propose two values at a slot.
+    pub(crate) fn lead_once_promise_written(&mut self) {
         if !self.promise_is_written() {
             return;
         }
-        let id = self.config.id;
         let promised = self.acceptor.promised();
-        let Role::Candidate(candidate) = &mut self.proposer.role else {
-            return;
-        };
-        if candidate.ballot != promised {
-            return;
+        match &self.proposer.role {
+            Role::Candidate(candidate) if candidate.ballot == promised => self.maybe_become_leader(),
+            _ => {}
         }
-        if let Some(own) = candidate.own_promise_waiting.take() {
-            candidate.promises.insert(id, own);
-        }
-        // With or without its own promise counted, a candidate whose peers' promises already
-        // made a quorum waits for this write to lead (see `maybe_become_leader`).
-        self.maybe_become_leader();
     }
 
     pub(crate) fn on_promise(
@@ -222,7 +206,7 @@ impl Replica {
                 // peers' promises alone are a quorum: a crash would bring this node back with
                 // its old promise, free to campaign in the same ballot again, and two lives of
                 // one ballot could propose two values at a slot (found by a review; two routed
-                // schedules in tests/async_writes.rs). `count_own_promise` comes back here.
+                // schedules in tests/async_writes.rs). `lead_once_promise_written` comes back.
                 return;
             }
             let Role::Candidate(candidate) = std::mem::replace(&mut self.proposer.role, Role::Follower)
@@ -436,11 +420,10 @@ mod tests {
     }
 
     /// A candidate's Prepares leave before its own promise is written, and a peer's Promise
-    /// may come back first: with its own promise counted at once, it would lead on a vote a
-    /// crash can take back (restarted with the old promise, it could accept a lower ballot's
-    /// value in a slot this phase 1 covered). It counts only once the write is reported.
+    /// may come back first: with its own, a quorum. It leads only once the write is reported:
+    /// a ballot that a crash can take back must send no Accept.
     #[test]
-    fn a_candidate_counts_its_own_promise_only_once_it_is_written() {
+    fn a_candidate_leads_only_once_its_own_promise_is_written() {
         // No leader yet: the peers promise whoever asks first.
         let mut cluster = Cluster::new(3);
         let candidate = 1;

@@ -144,10 +144,11 @@ pub struct Reply {
 ///
 /// The driver may keep stepping input and take further Readies while a write is under way:
 /// several Readies may be in flight, and steps 2 to 5 happen for each, in order, once it is
-/// written. The replica relies on the order, not on the driver waiting: its own votes count
-/// only at `on_persisted`. A leader's vote for the slots it accepted in a Ready, and a
-/// candidate's own promise, count once that Ready is reported written; until then the
-/// followers' answers, which may arrive first, are counted without it. So every "chosen" rests
+/// written. The replica relies on the order, not on the driver waiting: a leader's vote for the
+/// slots it accepted in a Ready counts once that Ready is reported written (until then the
+/// followers' answers, which may arrive first, are counted without it), and a candidate leads
+/// only once the Ready holding its promise is reported written (no Accept leaves under a
+/// ballot a crash can take back). So every "chosen" rests
 /// on durable votes alone, a lone voter waits for its own write, and nothing a crash can take
 /// back is ever counted.
 #[derive(Debug, Default)]

@@ -653,7 +653,8 @@ impl Replica {
     /// several. Reporting 0 (an empty Ready) or a number already reported changes nothing.
     ///
     /// This is where this replica's own votes count: a leader's vote for the slots it accepted
-    /// in those Readies, and a candidate's own promise (see [`Ready`], "Correctness").
+    /// in those Readies; and where a candidate with a quorum leads, once its promise is written
+    /// (see [`Ready`], "Correctness").
     pub fn on_persisted(&mut self, number: u64) {
         assert!(
             number <= self.ready_number,
@@ -664,7 +665,7 @@ impl Replica {
             return;
         }
         self.persisted_number = number;
-        self.count_own_promise();
+        self.lead_once_promise_written();
         self.count_own_votes();
         // Like any input: a vote counted here may have applied a configuration entry, and a
         // promise counted here may have completed a phase 1 (see `settle_membership`).

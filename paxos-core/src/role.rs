@@ -137,9 +137,6 @@ pub(crate) struct CandidateState {
     pub(crate) configuration: Option<Slot>,
     /// The candidacy follows a leader's `TimeoutNow`: its Prepares say so (see `election.rs`).
     pub(crate) transfer: bool,
-    /// This candidate's own promise, held back until the Ready that writes the promise is
-    /// persisted (`Replica::on_persisted`): it is counted only once it is durable.
-    pub(crate) own_promise_waiting: Option<PromiseData>,
 }
 
 /// The content of one Promise, kept until the candidate has a quorum.

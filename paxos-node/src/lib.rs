@@ -2,8 +2,8 @@
 //!
 //! Layers, from the bottom: [`wire`] (what travels) and [`codec`] (its bytes), and
 //! [`connection`] (handshake, framed stream, batched writer); [`storage`]
-//! (RocksDB, whose records use the codec's encoding); [`driver`] owns the replica and the
-//! storage and runs the Ready contract; [`server`] and [`peer_link`] move frames between
+//! (RocksDB, whose records use the codec's encoding); [`driver`] owns the replica and runs
+//! the Ready contract, and [`writer`] owns the storage and writes beside it; [`server`] and [`peer_link`] move frames between
 //! sockets and the driver; [`metrics`] counts what happens and [`metrics_server`] serves it to
 //! Prometheus; [`node`] wires them. [`client`] is what the CLI and the tests use
 //! to talk to nodes.
