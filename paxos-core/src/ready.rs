@@ -178,6 +178,14 @@ impl Ready {
         self.persist.iter().any(PersistOp::needs_sync)
     }
 
+    /// The slots this Ready's `persist` accepts a value at (this node's votes in it).
+    pub fn accepted_slots(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.persist.iter().filter_map(|op| match op {
+            PersistOp::Accept { slot, .. } => Some(*slot),
+            _ => None,
+        })
+    }
+
     /// Removes and returns the replies that may be answered before the write (step 0 of the
     /// contract): refusals, and slots chosen without a vote of this batch.
     ///
@@ -195,14 +203,7 @@ impl Ready {
             // Most batches (a follower's, a leader's between answers): no set to build.
             return Vec::new();
         }
-        let accepted_here: std::collections::BTreeSet<Slot> = self
-            .persist
-            .iter()
-            .filter_map(|op| match op {
-                PersistOp::Accept { slot, .. } => Some(*slot),
-                _ => None,
-            })
-            .collect();
+        let accepted_here: std::collections::BTreeSet<Slot> = self.accepted_slots().collect();
         let (early, late) =
             std::mem::take(&mut self.replies).into_iter().partition(|reply| match &reply.outcome {
                 Ok(slot) => !accepted_here.contains(slot),

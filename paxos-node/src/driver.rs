@@ -601,14 +601,7 @@ impl Driver {
         self.log_events(std::mem::take(&mut ready.events));
         self.send(std::mem::take(&mut ready.messages));
         self.answer(ready.take_replies_before_write());
-        let accepted_slots = ready
-            .persist
-            .iter()
-            .filter_map(|op| match op {
-                PersistOp::Accept { slot, .. } => Some(*slot),
-                _ => None,
-            })
-            .collect();
+        let accepted_slots = ready.accepted_slots().collect();
         let changed = ready
             .persist
             .iter()
