@@ -44,21 +44,8 @@ impl Slow {
     /// The writes are done, in order: the rest of the contract for each.
     fn complete(&mut self, c: &mut Cluster, id: NodeId) {
         for ready in std::mem::take(&mut self.pending) {
-            let node = c.nodes.get_mut(&id).expect("member");
-            node.storage.apply(&ready.persist);
-            node.replica.on_persisted(ready.number);
-            for read in &ready.history_reads {
-                let entries = node.storage.read_history(
-                    read.from_slot,
-                    read.upto_slot,
-                    read.entries_max,
-                    read.bytes_max,
-                );
-                node.replica.serve_history_read(read, entries);
-            }
-            node.applied.extend(ready.chosen);
-            node.replies.extend(ready.replies.into_iter().map(|r| (r.request_id, r.outcome)));
-            for envelope in ready.persisted_messages {
+            let persisted = c.nodes.get_mut(&id).expect("member").write_done(ready);
+            for envelope in persisted {
                 queue(c, envelope);
             }
             self.take(c, id);

@@ -79,6 +79,24 @@ pub struct Node {
     pub reads: Vec<(u64, Result<Slot, ProposalError>)>,
 }
 
+impl Node {
+    /// Ready `ready` is written: persist it, report it, record applied slots, replies and
+    /// reads, serve its history reads; returns the messages that waited for the write.
+    pub fn write_done(&mut self, ready: paxos_core::Ready) -> Vec<paxos_core::Envelope> {
+        self.storage.apply(&ready.persist);
+        self.replica.on_persisted(ready.number);
+        self.applied.extend(ready.chosen);
+        self.replies.extend(ready.replies.into_iter().map(|r| (r.request_id, r.outcome)));
+        self.reads.extend(ready.reads.into_iter().map(|r| (r.request, r.outcome)));
+        for read in &ready.history_reads {
+            let entries =
+                self.storage.read_history(read.from_slot, read.upto_slot, read.entries_max, read.bytes_max);
+            self.replica.serve_history_read(read, entries);
+        }
+        ready.persisted_messages
+    }
+}
+
 /// See `Cluster::start` for why the pre-vote is off in these schedules.
 pub struct Cluster {
     pub nodes: BTreeMap<NodeId, Node>,
@@ -195,21 +213,10 @@ impl Cluster {
             if ready.is_empty() {
                 return;
             }
-            node.storage.apply(&ready.persist);
-            node.replica.on_persisted(ready.number);
-            node.applied.extend(ready.chosen);
-            node.replies.extend(ready.replies.into_iter().map(|r| (r.request_id, r.outcome)));
-            node.reads.extend(ready.reads.into_iter().map(|r| (r.request, r.outcome)));
-            for read in &ready.history_reads {
-                let entries = node.storage.read_history(
-                    read.from_slot,
-                    read.upto_slot,
-                    read.entries_max,
-                    read.bytes_max,
-                );
-                node.replica.serve_history_read(read, entries);
-            }
-            for envelope in ready.messages.into_iter().chain(ready.persisted_messages) {
+            let mut ready = ready;
+            let early = std::mem::take(&mut ready.messages);
+            let persisted = node.write_done(ready);
+            for envelope in early.into_iter().chain(persisted) {
                 let link = (envelope.from, envelope.to);
                 if self.cut.contains(&link)
                     || self.dead.contains(&envelope.from)
