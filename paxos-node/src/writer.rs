@@ -10,13 +10,21 @@
 //! Jobs queued behind a write in progress are written together when it is done: one atomic
 //! batch and one fsync for all of them (group commit). A batch is synced if any of its Readies
 //! needs it; RocksDB's WAL is ordered, so a synced batch makes every earlier one durable too.
+//!
+//! A hand-off costs two thread wake-ups (the writer's, then the driver's when it is done): on
+//! a disk whose fsync takes a tenth of a millisecond that is a good part of a write's time. So
+//! when nothing is queued here, no input waits for the driver and the write is small, the
+//! driver writes the Ready itself (`write_now`), after its early messages are out: the
+//! leader's write still overlaps its followers', and the thread is kept for when there is
+//! something to overlap with (a big write blocks the driver for longer than a hand-off costs).
 
 use crate::input::Input;
 use crate::storage::{Storage, StorageError};
 use paxos_core::{HistoryRead, PersistOp, Slot, Value};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, SyncSender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Readies merged into one write at most: a bound on the batch a backlog builds.
@@ -32,6 +40,13 @@ pub struct Job {
     pub needs_sync: bool,
     /// Performed right after this write, before any later one.
     pub history_reads: Vec<HistoryRead>,
+}
+
+impl Job {
+    /// About how many bytes it writes: its values'.
+    pub fn bytes(&self) -> usize {
+        self.persist.iter().map(op_bytes).sum()
+    }
 }
 
 /// What a completed write reports: every Ready up to `number` is written.
@@ -50,11 +65,21 @@ pub struct Written {
 ///
 /// # Correctness
 /// Dropping it waits for the thread to end (it owns the database; see `HistoryReader`). A
-/// write that fails is reported as `Err` and the thread writes nothing more: after a failed
-/// fsync the data may be lost, and a later write must not make anything look durable.
+/// write that fails is reported as `Err` and nothing more is written, by the thread or by
+/// `write_now`: after a failed fsync the data may be lost, and a later write must not make
+/// anything look durable.
 #[derive(Debug)]
 pub struct Writer {
     jobs: Option<Sender<Job>>,
+    /// Shared with the thread, which holds it for each of its writes; `write_now` takes it only
+    /// when nothing is queued, so it is never contended on the driver's path.
+    storage: Arc<Mutex<Storage>>,
+    /// Set by the first failed write, of either path.
+    failed: Arc<AtomicBool>,
+    /// The number of the last job handed to the thread, and of the last completion reported
+    /// back: `write_now` asserts they are equal (nothing queued it could pass).
+    handed_upto: Cell<u64>,
+    reported_upto: Cell<u64>,
     done: Receiver<Result<Written, StorageError>>,
     /// Set while an `Input::Written` wake-up is queued and not yet taken by the driver.
     wake_queued: Arc<AtomicBool>,
@@ -82,10 +107,45 @@ impl Writer {
         let (done_tx, done) = channel();
         let wake_queued = Arc::new(AtomicBool::new(false));
         let wake = Wake { queued: wake_queued.clone(), inputs };
+        let storage = Arc::new(Mutex::new(storage));
+        let failed = Arc::new(AtomicBool::new(false));
+        let (thread_storage, thread_failed) = (storage.clone(), failed.clone());
         let thread = std::thread::Builder::new()
             .name(format!("paxos-writer-{node_id}"))
-            .spawn(move || write_loop(storage, queue, done_tx, wake))?;
-        Ok(Writer { jobs: Some(jobs), done, wake_queued, thread: Some(thread) })
+            .spawn(move || write_loop(thread_storage, thread_failed, queue, done_tx, wake))?;
+        Ok(Writer {
+            jobs: Some(jobs),
+            storage,
+            failed,
+            handed_upto: Cell::new(0),
+            reported_upto: Cell::new(0),
+            done,
+            wake_queued,
+            thread: Some(thread),
+        })
+    }
+
+    /// Writes one Ready on the caller's thread and returns its completion (the report the
+    /// thread would have sent).
+    ///
+    /// # Correctness
+    /// Only when every job handed to `write` has been reported done: completions are in the
+    /// order of the Readies, and a Ready written here must not pass one still queued.
+    pub fn write_now(&self, job: Job) -> Result<Written, StorageError> {
+        if self.failed.load(Ordering::Acquire) || self.storage.is_poisoned() {
+            return Err(StorageError::WriterStopped);
+        }
+        assert_eq!(
+            self.handed_upto.get(),
+            self.reported_upto.get(),
+            "a write on the driver's thread would pass one queued for the writer thread"
+        );
+        let mut storage = self.storage.lock().map_err(|_| StorageError::WriterStopped)?;
+        let result = write_jobs(&mut storage, vec![job]);
+        if result.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        result
     }
 
     /// The driver took an `Input::Written`: the next completion queues another.
@@ -96,13 +156,25 @@ impl Writer {
     /// Queues one Ready's write. The driver bounds how many are queued (see `driver.rs`).
     pub fn write(&self, job: Job) -> Result<(), StorageError> {
         let jobs = self.jobs.as_ref().ok_or(StorageError::WriterStopped)?;
-        jobs.send(job).map_err(|_| StorageError::WriterStopped)
+        let number = job.number;
+        jobs.send(job).map_err(|_| StorageError::WriterStopped)?;
+        self.handed_upto.set(number);
+        Ok(())
+    }
+
+    fn reported(&self, done: &Result<Written, StorageError>) {
+        if let Ok(written) = done {
+            self.reported_upto.set(self.reported_upto.get().max(written.number));
+        }
     }
 
     /// A completed write, if one is reported.
     pub fn try_done(&self) -> Option<Result<Written, StorageError>> {
         match self.done.try_recv() {
-            Ok(done) => Some(done),
+            Ok(done) => {
+                self.reported(&done);
+                Some(done)
+            }
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) => Some(Err(StorageError::WriterStopped)),
         }
@@ -110,7 +182,9 @@ impl Writer {
 
     /// Waits for the next completed write.
     pub fn wait_done(&self) -> Result<Written, StorageError> {
-        self.done.recv().unwrap_or(Err(StorageError::WriterStopped))
+        let done = self.done.recv().unwrap_or(Err(StorageError::WriterStopped));
+        self.reported(&done);
+        done
     }
 }
 
@@ -131,30 +205,41 @@ impl Wake {
 }
 
 fn write_loop(
-    mut storage: Storage,
+    storage: Arc<Mutex<Storage>>,
+    failed: Arc<AtomicBool>,
     queue: Receiver<Job>,
     done: Sender<Result<Written, StorageError>>,
     wake: Wake,
 ) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
-        let mut bytes: usize = jobs[0].persist.iter().map(op_bytes).sum();
+        let mut bytes = jobs[0].bytes();
         while jobs.len() < JOBS_PER_WRITE_MAX && bytes < WRITE_BYTES_MAX {
             match queue.try_recv() {
                 Ok(job) => {
-                    bytes += job.persist.iter().map(op_bytes).sum::<usize>();
+                    bytes += job.bytes();
                     jobs.push(job);
                 }
                 Err(_) => break,
             }
         }
-        let result = write_jobs(&mut storage, jobs);
-        let failed = result.is_err();
+        let result = if failed.load(Ordering::Acquire) {
+            Err(StorageError::WriterStopped)
+        } else {
+            match storage.lock() {
+                Ok(mut storage) => write_jobs(&mut storage, jobs),
+                Err(_) => Err(StorageError::WriterStopped),
+            }
+        };
+        let stop = result.is_err();
+        if stop {
+            failed.store(true, Ordering::Release);
+        }
         if done.send(result).is_err() {
             return;
         }
         wake.wake();
-        if failed {
+        if stop {
             return;
         }
     }
@@ -276,5 +361,57 @@ mod tests {
         assert!(writer.wait_done().is_err(), "the failure is reported");
         let _ = writer.write(write(3, Vec::new()));
         assert!(writer.try_done().is_none_or(|done| done.is_err()), "nothing after it is written");
+        assert!(writer.write_now(write(4, Vec::new())).is_err(), "nor on the driver's thread");
+    }
+
+    /// The driver's own writes and the thread's go to the same storage, in the order made, and
+    /// a failed write on the driver's thread stops the thread's too.
+    #[test]
+    fn writes_on_the_drivers_thread_join_the_threads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
+        storage.load().expect("load");
+        let (inputs, _wakes) = sync_channel(16);
+        let writer = Writer::spawn(1, storage, inputs).expect("spawn");
+        let ballot = Ballot::new(1, 1);
+        let accept = |number: u64| Job {
+            number,
+            persist: vec![PersistOp::Accept { slot: number - 1, ballot, value: command(number) }],
+            needs_sync: true,
+            history_reads: Vec::new(),
+        };
+        let fsyncs_before = writer.write_now(accept(1)).expect("written").fsyncs;
+        writer.write(accept(2)).expect("queued");
+        let passing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.write_now(accept(3))));
+        assert!(passing.is_err(), "a write on the driver's thread may not pass a queued one");
+        assert_eq!(written(&writer).number, 2);
+        let mut apply = accept(3);
+        apply.persist = vec![
+            PersistOp::ApplyAccepted { slot: 0 },
+            PersistOp::ApplyAccepted { slot: 1 },
+            PersistOp::AppliedUpto(2),
+        ];
+        apply.history_reads = vec![HistoryRead {
+            purpose: ReadPurpose::CatchUp { request: 1 },
+            to: 2,
+            from_slot: 0,
+            upto_slot: 2,
+            entries_max: 10,
+            bytes_max: 1 << 20,
+        }];
+        let done = writer.write_now(apply).expect("written");
+        assert_eq!(done.number, 3);
+        assert!(done.fsyncs >= fsyncs_before + 2, "each synced write is counted, on either thread");
+        assert_eq!(
+            done.reads[0].1,
+            vec![(0, command(1)), (1, command(2))],
+            "the read sees both writes, the driver's and the thread's"
+        );
+        // Slot 0 is applied: an Accept below the applied prefix is a replica bug the storage
+        // asserts on, here on the driver's thread.
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.write_now(accept(1))));
+        assert!(failed.is_err() || failed.is_ok_and(|result| result.is_err()), "the write fails");
+        writer.write(accept(5)).expect("queued");
+        assert!(writer.wait_done().is_err(), "and the thread writes nothing after it");
     }
 }

@@ -481,10 +481,10 @@ impl Simulation {
                 // down for longer is a partition each time, and a leader whose only quorum runs
                 // over it rightly steps down (check quorum), so leadership may move each time.
                 // A page's round trip: the link both ways, and the acceptor's write (its Promise speaks
-        // for its disk, so it leaves only once a slow disk is done; seed 11372: thirteen pages
-        // through a disk of up to 7 ticks a write took 167 ticks).
-        let faults = &self.scenario.faults;
-        let round_trip_ticks = 2 * faults.delay_ticks_max + faults.write_delay_ticks_max;
+                // for its disk, so it leaves only once a slow disk is done; seed 11372: thirteen pages
+                // through a disk of up to 7 ticks a write took 167 ticks).
+                let faults = &self.scenario.faults;
+                let round_trip_ticks = 2 * faults.delay_ticks_max + faults.write_delay_ticks_max;
                 let period_max = self.election_timeout_ticks().max(2 * round_trip_ticks + 1);
                 let period = self.rng.range(2 * round_trip_ticks, period_max);
                 flapping = Some(((leader, follower), period));
