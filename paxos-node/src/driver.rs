@@ -41,10 +41,13 @@ const PROBLEMS_CHECK_INTERVAL_TICKS: u64 = 50;
 /// Readies handed to the writer and not yet written; past this the driver waits for a write
 /// before it takes the next (each holds at most one batch of inputs' messages and answers).
 const READIES_IN_FLIGHT_MAX: usize = 64;
-/// A write of at most this many bytes (of values) is done on the driver's thread when nothing
-/// else is under way or waiting; a bigger one goes to the writer thread even then, so that the
-/// driver steps input while it is written (A/B, bench/ab.sh: 4 KiB values at 64 and 256
-/// clients, each batch some hundreds of KiB, had a p99 a quarter higher written inline).
+/// A write of at most this many bytes (of values), with no reads and no snapshot, is done on
+/// the driver's thread when nothing else is under way or waiting; a bigger one goes to the
+/// writer thread even then, so that the driver steps input while it is written (A/B,
+/// bench/ab.sh: 4 KiB values at 64 and 256 clients, each batch some hundreds of KiB, had a p99
+/// a quarter higher written inline). The price of an inline write: while its fsync lasts, the
+/// driver neither ticks nor steps input, so a disk that stalls then delays this node's
+/// heartbeats as it did before the writer thread existed.
 const INLINE_WRITE_BYTES_MAX: usize = 64 << 10;
 /// Slots whose accept time the driver keeps for the commit latency; beyond this (a leader
 /// that cannot reach a quorum) new ones are not timed.
@@ -123,7 +126,8 @@ pub struct Driver {
     /// Serves client history pages off this thread.
     history_reader: HistoryReader,
     replica: Replica,
-    /// Owns the storage: every write and catch-up read happens on its thread.
+    /// Owns the storage: every catch-up read and every write but the driver's short ones when
+    /// idle (`Writer::write_now`) happens on its thread.
     writer: Writer,
     /// Readies handed to the writer, oldest first, with what is left to do once written.
     writing: VecDeque<Writing>,
@@ -655,9 +659,11 @@ impl Driver {
             persist: ready.persist,
             history_reads: ready.history_reads,
         };
-        if self.writing.is_empty() && self.inputs_drained && job.bytes() <= INLINE_WRITE_BYTES_MAX {
+        if self.writing.is_empty() && self.inputs_drained && job.is_short(INLINE_WRITE_BYTES_MAX) {
             // Nothing to overlap the write with: do it here (no write is queued, so this one
-            // cannot pass another). Whatever arrives meanwhile is the next batch.
+            // cannot pass another). What arrives meanwhile waits for the next batch; a Ready
+            // that follows from this one (its applies) is taken before that batch, and may be
+            // written here too: `inputs_drained` says only what the last batch found.
             let written = self.writer.write_now(job)?;
             self.writing.push_back(writing);
             return self.on_written(written);

@@ -1,4 +1,5 @@
-//! The writer thread: the one place the node's log is written, beside the driver.
+//! The writer thread: where the node's log is written beside the driver (and, when there is
+//! nothing to overlap with, the driver's own small writes: see below).
 //!
 //! The driver hands each Ready's `persist` (with the catch-up and Promise reads that must see
 //! it) to this thread and goes on stepping input: the leader's Accepts are out before its own
@@ -46,6 +47,18 @@ impl Job {
     /// About how many bytes it writes: its values'.
     pub fn bytes(&self) -> usize {
         self.persist.iter().map(op_bytes).sum()
+    }
+
+    /// A write short enough to be done on the driver's thread: at most `bytes_max` of values,
+    /// no reads (a catch-up or Promise page is up to megabytes) and no snapshot (a record per
+    /// session, and a range delete).
+    pub fn is_short(&self, bytes_max: usize) -> bool {
+        self.history_reads.is_empty()
+            && !self
+                .persist
+                .iter()
+                .any(|op| matches!(op, PersistOp::InstallSnapshot(_) | PersistOp::Truncate(_)))
+            && self.bytes() <= bytes_max
     }
 }
 
@@ -362,6 +375,35 @@ mod tests {
         let _ = writer.write(write(3, Vec::new()));
         assert!(writer.try_done().is_none_or(|done| done.is_err()), "nothing after it is written");
         assert!(writer.write_now(write(4, Vec::new())).is_err(), "nor on the driver's thread");
+    }
+
+    /// Only short writes are done on the driver's thread: reads (a page is up to megabytes) and
+    /// snapshots go to the thread whatever their values' size.
+    #[test]
+    fn a_short_write_has_no_reads_no_snapshot_and_few_bytes() {
+        let job = |persist: Vec<PersistOp>, reads: usize| Job {
+            number: 1,
+            persist,
+            needs_sync: true,
+            history_reads: (0..reads)
+                .map(|_| HistoryRead {
+                    purpose: ReadPurpose::CatchUp { request: 1 },
+                    to: 2,
+                    from_slot: 0,
+                    upto_slot: 1,
+                    entries_max: 10,
+                    bytes_max: 1 << 20,
+                })
+                .collect(),
+        };
+        let accept = |slot| PersistOp::Accept { slot, ballot: Ballot::new(1, 1), value: command(slot) };
+        assert!(job(vec![accept(0)], 0).is_short(1024));
+        assert!(!job(vec![accept(0)], 1).is_short(1024), "a read makes it long");
+        assert!(!job(Vec::new(), 1).is_short(1024), "even with nothing to write");
+        assert!(!job((0..100).map(accept).collect(), 0).is_short(1024), "so do many values");
+        let snapshot = paxos_core::TruncationSnapshot::default();
+        assert!(!job(vec![PersistOp::InstallSnapshot(snapshot.clone())], 0).is_short(1024));
+        assert!(!job(vec![PersistOp::Truncate(snapshot)], 0).is_short(1024));
     }
 
     /// The driver's own writes and the thread's go to the same storage, in the order made, and
