@@ -32,27 +32,11 @@ source bench/common.sh
 read -r -a ports <<<"$(free_ports 6)"
 export PAXOS_CERTS_DIR="$work/certs"
 "$cli" certs --nodes 1,2,3 >/dev/null
-declare -A endpoints
-# cluster NAME BINARY FIRST_PORT_INDEX: three nodes of BINARY on ports FIRST..FIRST+2.
-cluster() {
-  local name=$1 binary=$2 first=$3 i peers=() list=()
-  for i in 0 1 2; do
-    peers+=(--peer "$((i + 1))=127.0.0.1:${ports[$((first + i))]}")
-    list+=("127.0.0.1:${ports[$((first + i))]}")
-  done
-  for i in 0 1 2; do
-    RUST_LOG=warn "$binary" --id $((i + 1)) --listen "127.0.0.1:${ports[$((first + i))]}" "${peers[@]}" \
-      --data-dir "$work/$name-$((i + 1))" >"$work/$name-$((i + 1)).log" 2>&1 &
-    pids[$name-$i]=$!
-  done
-  endpoints[$name]=$(IFS=,; echo "${list[*]}")
-  wait_for_leader --endpoint "${endpoints[$name]}"
-}
-cluster a "$NODE_A" 0
-cluster b "$NODE_B" 3
+cluster_of a "$NODE_A" 0
+cluster_of b "$NODE_B" 3
 server_pids() { echo "${pids[$1-0]} ${pids[$1-1]} ${pids[$1-2]}"; }
-run_a() { "$cli" --endpoint "${endpoints[a]}" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
-run_b() { "$cli" --endpoint "${endpoints[b]}" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
+run_a() { "$cli" --endpoint "${cluster_endpoints[a]}" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
+run_b() { "$cli" --endpoint "${cluster_endpoints[b]}" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
 
 for round in $(seq 1 "$REPEATS"); do
   for VALUE_BYTES in $VALUE_SIZES; do

@@ -25,19 +25,8 @@ source bench/common.sh
 read -r -a ports <<<"$(free_ports 3)"
 export PAXOS_CERTS_DIR="$work/certs"
 "$cli" certs --nodes 1,2,3 >/dev/null
-peers=()
-endpoints=()
-for i in 0 1 2; do
-  peers+=(--peer "$((i + 1))=127.0.0.1:${ports[$i]}")
-  endpoints+=("127.0.0.1:${ports[$i]}")
-done
-for i in 0 1 2; do
-  RUST_LOG=warn "$node" --id $((i + 1)) --listen "127.0.0.1:${ports[$i]}" "${peers[@]}" \
-    --data-dir "$work/node-$((i + 1))" >"$work/node-$((i + 1)).log" 2>&1 &
-  pids[node-$i]=$!
-done
-endpoint_list=$(IFS=,; echo "${endpoints[*]}")
-wait_for_leader --endpoint "$endpoint_list"
+cluster_of node "$node" 0
+endpoint_list=${cluster_endpoints[node]}
 leader=$("$cli" --endpoint "$endpoint_list" --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"])')
 "$cli" --endpoint "$endpoint_list" bench --clients "$CLIENTS" --value-bytes "$VALUE_BYTES" --duration-secs 3 >/dev/null
 

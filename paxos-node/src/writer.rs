@@ -298,6 +298,18 @@ mod tests {
         Value::Command { request_id: RequestId { client_id: 1, seq }, key: [0; 16], payload: vec![7; 10] }
     }
 
+    /// A catch-up page for node 2 of slots `from_slot..upto_slot`.
+    fn catch_up_read(request: u64, from_slot: Slot, upto_slot: Slot) -> HistoryRead {
+        HistoryRead {
+            purpose: ReadPurpose::CatchUp { request },
+            to: 2,
+            from_slot,
+            upto_slot,
+            entries_max: 10,
+            bytes_max: 1 << 20,
+        }
+    }
+
     fn written(writer: &Writer) -> Written {
         writer.wait_done().expect("the write succeeds")
     }
@@ -320,14 +332,7 @@ mod tests {
                 PersistOp::ApplyAccepted { slot },
                 PersistOp::AppliedUpto(slot + 1),
             ];
-            let history_reads = vec![HistoryRead {
-                purpose: ReadPurpose::CatchUp { request: number },
-                to: 2,
-                from_slot: slot,
-                upto_slot: slot + 1,
-                entries_max: 10,
-                bytes_max: 1 << 20,
-            }];
+            let history_reads = vec![catch_up_read(number, slot, slot + 1)];
             writer
                 .write(Job { number, persist, needs_sync: number % 2 == 0, history_reads })
                 .expect("queued");
@@ -385,16 +390,7 @@ mod tests {
             number: 1,
             persist,
             needs_sync: true,
-            history_reads: (0..reads)
-                .map(|_| HistoryRead {
-                    purpose: ReadPurpose::CatchUp { request: 1 },
-                    to: 2,
-                    from_slot: 0,
-                    upto_slot: 1,
-                    entries_max: 10,
-                    bytes_max: 1 << 20,
-                })
-                .collect(),
+            history_reads: (0..reads).map(|_| catch_up_read(1, 0, 1)).collect(),
         };
         let accept = |slot| PersistOp::Accept { slot, ballot: Ballot::new(1, 1), value: command(slot) };
         assert!(job(vec![accept(0)], 0).is_short(1024));
@@ -433,14 +429,7 @@ mod tests {
             PersistOp::ApplyAccepted { slot: 1 },
             PersistOp::AppliedUpto(2),
         ];
-        apply.history_reads = vec![HistoryRead {
-            purpose: ReadPurpose::CatchUp { request: 1 },
-            to: 2,
-            from_slot: 0,
-            upto_slot: 2,
-            entries_max: 10,
-            bytes_max: 1 << 20,
-        }];
+        apply.history_reads = vec![catch_up_read(1, 0, 2)];
         let done = writer.write_now(apply).expect("written");
         assert_eq!(done.number, 3);
         assert!(done.fsyncs >= fsyncs_before + 2, "each synced write is counted, on either thread");
