@@ -30,6 +30,7 @@ mod replica;
 mod requests;
 mod rng;
 mod role;
+mod seq_window;
 mod storage;
 #[cfg(test)]
 mod test_support;

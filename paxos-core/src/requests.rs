@@ -1,8 +1,9 @@
 //! The table of recent request ids per client: what makes a retried request land in the log once.
 
+use crate::seq_window::SeqWindow;
 use crate::types::{Digest, RequestId, Slot};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Outcome of looking a request id up in the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +91,7 @@ struct ClientRecord {
     /// The nonce of the registration that opened the session.
     nonce: u64,
     /// seq -> slot at which it was applied and the payload's digest (seq >= 1).
-    seqs: BTreeMap<u64, (Slot, Digest)>,
+    seqs: SeqWindow,
     /// Highest slot of the registration or any request of this session: orders eviction.
     last_slot: Slot,
 }
@@ -122,12 +123,12 @@ impl RequestTable {
         if request_id.seq == REGISTRATION_SEQ {
             return Lookup::Expired;
         }
-        if let Some((slot, applied)) = record.seqs.get(&request_id.seq) {
-            return if *applied == digest { Lookup::AppliedAt(*slot) } else { Lookup::Reused(*slot) };
+        if let Some((slot, applied)) = record.seqs.get(request_id.seq) {
+            return if applied == digest { Lookup::AppliedAt(slot) } else { Lookup::Reused(slot) };
         }
         let full = record.seqs.len() >= limits.seqs_per_client_max;
-        match record.seqs.keys().next() {
-            Some(&lowest) if full && request_id.seq < lowest => Lookup::Expired,
+        match record.seqs.lowest() {
+            Some(lowest) if full && request_id.seq < lowest => Lookup::Expired,
             _ => Lookup::New,
         }
     }
@@ -217,13 +218,13 @@ impl RequestTable {
                     changes.push(TableChange::Remove {
                         request_id: RequestId { client_id: victim, seq: REGISTRATION_SEQ },
                     });
-                    changes.extend(record.seqs.keys().map(|seq| TableChange::Remove {
-                        request_id: RequestId { client_id: victim, seq: *seq },
+                    changes.extend(record.seqs.iter().map(|(seq, _, _)| TableChange::Remove {
+                        request_id: RequestId { client_id: victim, seq },
                     }));
                 }
             }
         }
-        self.clients.insert(slot, ClientRecord { key, nonce, seqs: BTreeMap::new(), last_slot: slot });
+        self.clients.insert(slot, ClientRecord { key, nonce, seqs: SeqWindow::default(), last_slot: slot });
         changes.push(TableChange::Insert {
             request_id: RequestId { client_id: slot, seq: REGISTRATION_SEQ },
             slot: nonce,
@@ -249,11 +250,11 @@ impl RequestTable {
             panic!("insert for {request_id} without a session: lookup said New");
         };
         assert_ne!(request_id.seq, REGISTRATION_SEQ, "seq 0 is the registration record");
-        record.seqs.insert(request_id.seq, (slot, digest));
+        record.seqs.insert(request_id.seq, slot, digest);
         record.last_slot = record.last_slot.max(slot);
         changes.push(TableChange::Insert { request_id, slot, digest });
         while record.seqs.len() > limits.seqs_per_client_max {
-            if let Some((seq, _)) = record.seqs.pop_first() {
+            if let Some(seq) = record.seqs.pop_lowest() {
                 changes.push(TableChange::Remove {
                     request_id: RequestId { client_id: request_id.client_id, seq },
                 });
@@ -276,7 +277,7 @@ impl RequestTable {
                 record.nonce = slot;
                 record.last_slot = record.last_slot.max(request_id.client_id);
             } else {
-                record.seqs.insert(request_id.seq, (slot, digest));
+                record.seqs.insert(request_id.seq, slot, digest);
                 record.last_slot = record.last_slot.max(slot);
             }
         }
@@ -291,9 +292,12 @@ impl RequestTable {
             .flat_map(|(client_id, record)| {
                 let registration =
                     (RequestId { client_id: *client_id, seq: REGISTRATION_SEQ }, record.nonce, record.key);
-                std::iter::once(registration).chain(record.seqs.iter().map(|(seq, (slot, digest))| {
-                    (RequestId { client_id: *client_id, seq: *seq }, *slot, *digest)
-                }))
+                std::iter::once(registration).chain(
+                    record
+                        .seqs
+                        .iter()
+                        .map(|(seq, slot, digest)| (RequestId { client_id: *client_id, seq }, slot, digest)),
+                )
             })
             .chain(self.evicted_upto.map(|upto| (EVICTED_UPTO_RECORD, upto, [0; 16])))
             .collect();
