@@ -132,6 +132,9 @@ pub const ROCKSDB_MEMTABLES_BYTES_MAX: usize = 32 << 20;
 /// Table files RocksDB keeps open at most (its `max_open_files`); the file budget reserves them.
 pub const ROCKSDB_OPEN_FILES_MAX: i32 = 256;
 
+/// Obsolete WAL files RocksDB keeps to write the next WALs over (see `Storage::options`).
+pub const WAL_FILES_RECYCLED: usize = 4;
+
 /// The layout of the records (absent: format 1, before session keys): written with the
 /// identity, checked before any record is read.
 const KEY_FORMAT: &[u8] = b"format";
@@ -443,6 +446,14 @@ impl Storage {
         // WAL file since its last flush: hundreds of MiB replayed on restart. Past this total
         // RocksDB flushes the column families that hold the oldest WAL.
         options.set_max_total_wal_size(32 << 20);
+        // Every synced batch is an fdatasync of the WAL. Appending to a new file makes each one
+        // also write the file's new size and extent metadata (a second, synchronous I/O on ext4:
+        // about 140 us and 55 us of CPU against 95 us and 40 us for an overwrite, measured on
+        // this machine's disk). A recycled WAL file is written over in place, within its size.
+        // Its stale records carry the old log number, so point-in-time recovery stops at them
+        // as at a torn tail (RocksDB allows recycling with that mode since 9.1). The cost: up to
+        // this many obsolete WAL files (a memtable's worth each) stay on disk.
+        options.set_recycle_log_file_num(WAL_FILES_RECYCLED);
         // The memtables of all the column families share one budget (RocksDB flushes the
         // largest when it is reached), and their memory is charged to the block cache, so the
         // two together stay within `ROCKSDB_MEMORY_BYTES_MAX` whatever the value size.

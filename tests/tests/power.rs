@@ -298,3 +298,77 @@ async fn power_cuts_of_leader_follower_recovering_node_and_all_nodes_keep_every_
         promised.join(", ")
     );
 }
+
+/// Values large enough that a node fills its memtables, and so recycles WAL files, within
+/// seconds of its start (a WAL is recycled once every column family with data in it was
+/// flushed), and small enough that the history the test keeps in memory stays small.
+const RECYCLE_VALUE_BYTES: usize = 16 << 10;
+/// How long a cycle may take to bring the nodes to a recycled WAL.
+const RECYCLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Whether node `id`'s RocksDB, since it last opened, has written over a recycled WAL file
+/// (its info log says so: the log it writes now is an old file renamed, not a new one).
+fn writing_over_a_recycled_wal(power: &PowerCluster, id: u64) -> bool {
+    std::fs::read_to_string(power.cluster.data_dir(id).join("LOG"))
+        .is_ok_and(|log| log.contains("reusing log") && log.contains("from recycle list"))
+}
+
+/// Once RocksDB recycles WAL files (`WAL_FILES_RECYCLED`), a synced batch is written over the
+/// records of an older log in place, and a cut leaves the new log's unsynced tail over the old
+/// log's synced records: recovery must stop where the new records end (the old ones carry
+/// another log number) and keep every acknowledged value. The main soak's nodes seldom live
+/// long enough to recycle a WAL, so here every cut waits until the nodes it hits are writing
+/// over a recycled file, and the test fails if they never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn power_cuts_while_the_wal_is_written_over_a_recycled_file_keep_every_acknowledged_value() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let cycles: usize = std::env::var("PAXOS_RECYCLE_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let started = Instant::now();
+    let mut power =
+        PowerCluster::start(3, DiskOptions::default(), seed()).await.expect("cluster on lazy disks");
+    let recorder = Recorder::default();
+    let load = Load::start(&power.cluster, &recorder, 4, RECYCLE_VALUE_BYTES, "recycle");
+    let kinds = [Scenario::Leader, Scenario::Follower, Scenario::AllNodes];
+    let mut checked_upto = 0;
+    for cycle in 0..cycles {
+        let scenario = if cycle < kinds.len() { kinds[cycle] } else { kinds[power.draw(0, 3) as usize] };
+        // The lazy disk holds every byte in memory: keep the history short (what was checked
+        // on every node may go).
+        if checked_upto > 0 {
+            let gc = power.cluster.admin_client().gc(Some(checked_upto), true).await;
+            eprintln!("  truncated below {checked_upto}: {gc:?}");
+        }
+        let deadline = Instant::now() + RECYCLE_TIMEOUT;
+        let ids: Vec<u64> = power.cluster.addrs.keys().copied().collect();
+        while !ids.iter().all(|id| writing_over_a_recycled_wal(&power, *id)) {
+            assert!(
+                Instant::now() < deadline,
+                "no recycled WAL on every node within {RECYCLE_TIMEOUT:?} ({} acknowledged)",
+                recorder.acknowledged()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("cycle {}/{cycles}: {scenario:?}, every node writing over a recycled WAL", cycle + 1);
+        run(&mut power, &recorder, &load, scenario, checked_upto).await;
+        let broken = power.broken_promises();
+        assert!(broken.is_empty(), "broken promises after {scenario:?}: {broken:#?}");
+        checked_upto = check_so_far(&power, &recorder, checked_upto).await;
+    }
+    load.stop().await;
+    let report = power.cluster.converge_and_check(&recorder).await;
+    power.stop_watching().await;
+    let broken = power.broken_promises();
+    assert!(broken.is_empty(), "broken promises: {broken:#?}");
+    eprintln!(
+        "recycled-WAL power cuts: {cycles} cycles, {} cuts in {:?}; {} values of {RECYCLE_VALUE_BYTES} B \
+         acknowledged, {} failed or unknown; dropped in all: {}; anomalies: {}",
+        power.cuts,
+        started.elapsed(),
+        report.acknowledged,
+        report.failed_or_unknown,
+        power.totals,
+        report.anomalies.len(),
+    );
+}
