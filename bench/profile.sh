@@ -3,8 +3,11 @@
 # (CLIENTS clients, one request in flight each, VALUE_BYTES-byte values), with `perf record`
 # sampling every process of the cluster and the bench client. Prints the bench's figures, the
 # CPU time of each process, and perf's hottest symbols per process (self and with children).
-#   CLIENTS=64 VALUE_BYTES=100 DURATION=10 [PERF_DATA=FILE] bench/profile.sh
+#   CLIENTS=64 VALUE_BYTES=100 DURATION=10 [CALL_GRAPH=dwarf,16384] [PERF_DATA=FILE] bench/profile.sh
 # PERF_DATA keeps the recording (for `perf report -i FILE`, e.g. with --call-graph=caller).
+# CALL_GRAPH is perf's --call-graph (default fp): the release build keeps no frame pointers, so
+# fp stacks stop at the first Rust frame; `dwarf,16384` unwinds through them and names the
+# inlined callers (`perf report --no-children -g caller`), at about 30 MB of data a second.
 # Installs perf (linux-perf) if missing. CI does not run it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +36,7 @@ leader=$("$cli" --endpoint "$endpoint_list" --json status | python3 -c 'import j
 cpu_of() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }  # utime + stime, in clock ticks
 declare -A before
 for i in 0 1 2; do before[$i]=$(cpu_of "${pids[node-$i]}"); done
-perf record -q -F 499 -g -o "$work/perf.data" -a -- sleep "$((DURATION + 1))" 2>/dev/null &
+perf record -q -F 499 --call-graph "${CALL_GRAPH:-fp}" -o "$work/perf.data" -a -- sleep "$((DURATION + 1))" 2>/dev/null &
 perf_pid=$!
 sleep 0.5
 "$cli" --endpoint "$endpoint_list" bench --clients "$CLIENTS" --value-bytes "$VALUE_BYTES" --duration-secs "$DURATION"
