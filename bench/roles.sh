@@ -2,7 +2,8 @@
 # Roles apart against all-in-one voters: the seed's topology (2 proposers that keep no acceptor
 # state, 5 acceptors that never lead) and 3 voters, both on 127.0.0.1 with TLS and fsync on,
 # driven by `paxos-cli bench` (through the leader) in alternation after a warm-up. One table:
-# writes/s, p50/p99 latency, CPU seconds per 1000 writes and resident memory of each cluster.
+# writes/s, p50/p99 latency, CPU seconds per 1000 writes and resident memory of each cluster;
+# then each node's CPU seconds per 1000 writes, by role, the leader starred.
 #   DURATION=10 WARMUP=3 VALUE_BYTES=100 CLIENT_COUNTS="1 64 256" bench/roles.sh
 # CI does not run it.
 set -euo pipefail
@@ -45,21 +46,30 @@ voters_endpoints=$(IFS=,; echo "${endpoints[*]}")
 
 # cpu_ticks NAME: user+system clock ticks of the cluster's processes so far.
 cpu_ticks() { awk '{ s += $14 + $15 } END { print s }' $(sed 's|.*|/proc/&/stat|' "$work/$1.pids"); }
+# node_ticks NAME: each node's utime + stime, in clock ticks, space-separated in node order.
+node_ticks() { awk '{ printf "%s ", $14 + $15 }' $(sed 's|.*|/proc/&/stat|' "$work/$1.pids"); }
 # rss_kib NAME: resident memory of the cluster's processes.
 rss_kib() { awk '/^VmRSS/ { s += $2 } END { print s }' $(sed 's|.*|/proc/&/status|' "$work/$1.pids"); }
 # cluster_run NAME ENDPOINTS CLIENTS SECONDS: the bench's JSON with the cluster's CPU and memory
 # (named apart from common.sh's `measured`, which `alternate` calls, and which calls run_seed).
 cluster_run() {
-  local before after run
+  local before after run nodes_before nodes_after leader
   before=$(cpu_ticks "$1")
+  nodes_before=$(node_ticks "$1")
   run=$("$cli" --certs-dir "$work/certs" --endpoint "$2" --json bench --clients "$3" \
     --value-bytes "$VALUE_BYTES" --duration-secs "$4")
   after=$(cpu_ticks "$1")
+  nodes_after=$(node_ticks "$1")
+  leader=$("$cli" --certs-dir "$work/certs" --endpoint "$2" --json status | python3 -c \
+    'import json, sys; print(json.load(sys.stdin).get("leader") or 0)')
   python3 -c 'import json, os, sys
 run = json.loads(sys.argv[1])
-run["cluster_cpu_seconds"] = (int(sys.argv[3]) - int(sys.argv[2])) / os.sysconf("SC_CLK_TCK")
+hz = os.sysconf("SC_CLK_TCK")
+run["cluster_cpu_seconds"] = (int(sys.argv[3]) - int(sys.argv[2])) / hz
 run["cluster_rss_mib"] = int(sys.argv[4]) / 1024
-print(json.dumps(run))' "$run" "$before" "$after" "$(rss_kib "$1")"
+run["node_cpu_seconds"] = [(int(a) - int(b)) / hz for a, b in zip(sys.argv[6].split(), sys.argv[5].split())]
+run["leader"] = int(sys.argv[7])
+print(json.dumps(run))' "$run" "$before" "$after" "$(rss_kib "$1")" "$nodes_before" "$nodes_after" "$leader"
 }
 run_seed() { cluster_run seed "$seed_endpoints" "$1" "$2"; }
 run_voters() { cluster_run voters "$voters_endpoints" "$1" "$2"; }
@@ -89,6 +99,23 @@ for clients in sorted({c for (_, c) in by}):
         fsyncs = f"{fsyncs:.3f}" if isinstance(fsyncs, (int, float)) else "-"
         print(f'| {names[system]} | {clients} | {run["writes_per_second"]:.0f} | {run["latency_ms"]["p50"]:.2f} '
               f'| {run["latency_ms"]["p99"]:.2f} | {fsyncs} | {cpu:.2f} | {run["cluster_rss_mib"]:.0f} |')
+# Where each topology's CPU goes: every node's CPU seconds per 1000 writes, by role (the leader
+# apart from the other members of its role).
+roles = {"seed": ["proposer"] * 2 + ["acceptor"] * 5, "voters": ["voter"] * 3}
+print()
+print("| topology | clients | CPU s per 1000 writes: each node, by role (* the leader) |")
+print("|---|---:|---|")
+for clients in sorted({c for (_, c) in by}):
+    for system in ("seed", "voters"):
+        run = by.get((system, clients))
+        if not run or "node_cpu_seconds" not in run:
+            continue
+        writes = run["writes"] if "writes" in run else run["writes_per_second"] * float(duration)
+        cells = []
+        for index, seconds in enumerate(run["node_cpu_seconds"]):
+            star = "*" if index + 1 == run.get("leader") else ""
+            cells.append(f"{roles[system][index]} {index + 1}{star}: {1000 * seconds / writes:.3f}" if writes else "-")
+        print(f"| {names[system]} | {clients} | {', '.join(cells)} |")
 errors = {f"{k[0]}/{k[1]}": v["errors"] for k, v in by.items() if v["errors"]}
 if errors:
     print(f"errors: {errors}")
