@@ -306,6 +306,9 @@ pub struct Storage {
     /// entry, a bug in the replica (asserted, as `MemStorage` does).
     applied_upto: Slot,
     incarnation: paxos_core::Incarnation,
+    /// Tests only: how many of the next writes fail as a disk's would (an error, no panic).
+    #[cfg(test)]
+    writes_to_fail: u32,
 }
 
 impl std::fmt::Debug for Storage {
@@ -391,6 +394,8 @@ impl Storage {
             applied_upto: state.map_or(0, |state| state.applied_upto),
             preloaded,
             incarnation: 0,
+            #[cfg(test)]
+            writes_to_fail: 0,
         };
         if format == Some(3) {
             storage.migrate_from_3()?;
@@ -775,6 +780,8 @@ impl Storage {
             promised: Ballot::ZERO,
             applied_upto: 0,
             incarnation: 0,
+            #[cfg(test)]
+            writes_to_fail: 0,
         })
     }
 
@@ -947,6 +954,12 @@ impl Storage {
         if ops.is_empty() {
             return Ok(());
         }
+        #[cfg(test)]
+        if self.writes_to_fail > 0 {
+            self.writes_to_fail -= 1;
+            let error = std::io::Error::other("a write failure injected by a test");
+            return Err(StorageError::Io { path: self.path.clone(), error });
+        }
         let mut promised = self.promised;
         let mut applied_upto = self.applied_upto;
         let mut batch = WriteBatch::default();
@@ -1052,7 +1065,15 @@ impl Storage {
             promised: self.promised,
             applied_upto: self.applied_upto,
             incarnation: self.incarnation,
+            #[cfg(test)]
+            writes_to_fail: 0,
         }
+    }
+
+    /// Tests only: the next `count` writes with operations fail as a disk error would.
+    #[cfg(test)]
+    pub(crate) fn fail_next_writes(&mut self, count: u32) {
+        self.writes_to_fail = count;
     }
 
     /// Synced batches written since open (fsyncs).

@@ -382,6 +382,46 @@ mod tests {
         assert!(writer.write_now(write(4, Vec::new())).is_err(), "nor on the driver's thread");
     }
 
+    /// A disk error (no panic, so no poisoned lock) on either path stops both: the `failed`
+    /// flag alone keeps the other path from writing, though the disk would take the next write.
+    #[test]
+    fn a_disk_error_on_either_path_stops_the_other() {
+        let ballot = Ballot::new(1, 1);
+        let accept = |number: u64| Job {
+            number,
+            persist: vec![PersistOp::Accept { slot: number - 1, ballot, value: command(number) }],
+            needs_sync: true,
+            history_reads: Vec::new(),
+        };
+        for thread_fails_first in [true, false] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
+            storage.load().expect("load");
+            storage.fail_next_writes(1);
+            let (inputs, _wakes) = sync_channel(16);
+            let writer = Writer::spawn(1, storage, inputs).expect("spawn");
+            if thread_fails_first {
+                writer.write(accept(1)).expect("queued");
+                assert!(writer.wait_done().is_err(), "the thread's write fails");
+                assert!(!writer.storage.is_poisoned(), "an error, not a panic");
+                assert!(writer.write_now(accept(2)).is_err(), "the driver's thread writes nothing after it");
+            } else {
+                assert!(writer.write_now(accept(1)).is_err(), "the driver's write fails");
+                assert!(!writer.storage.is_poisoned(), "an error, not a panic");
+                writer.write(accept(2)).expect("queued");
+                assert!(writer.wait_done().is_err(), "the thread writes nothing after it");
+            }
+            drop(writer);
+            let mut reopened = Storage::open(dir.path(), "c", 1).expect("reopen");
+            let state = reopened.load().expect("load");
+            assert!(
+                state.accepted.is_empty(),
+                "nothing after the failure reached the disk: {:?}",
+                state.accepted
+            );
+        }
+    }
+
     /// Only short writes are done on the driver's thread: reads (a page is up to megabytes) and
     /// snapshots go to the thread whatever their values' size.
     #[test]
