@@ -132,9 +132,6 @@ pub const ROCKSDB_MEMTABLES_BYTES_MAX: usize = 32 << 20;
 /// Table files RocksDB keeps open at most (its `max_open_files`); the file budget reserves them.
 pub const ROCKSDB_OPEN_FILES_MAX: i32 = 256;
 
-/// Obsolete WAL files RocksDB keeps to write the next WALs over (see `Storage::options`).
-pub const WAL_FILES_RECYCLED: usize = 4;
-
 /// The layout of the records (absent: format 1, before session keys): written with the
 /// identity, checked before any record is read.
 const KEY_FORMAT: &[u8] = b"format";
@@ -428,7 +425,14 @@ impl Storage {
     ///   (skipping would apply a later batch without an earlier one);
     /// - `unordered_write` off: batches enter the WAL in the order they are applied;
     /// - no mmap writes: a mapped page reaches its file whenever the kernel writes it back, so
-    ///   neither the order of writes nor what an fsync covers would be ours.
+    ///   neither the order of writes nor what an fsync covers would be ours;
+    /// - no recycled WAL files (`recycle_log_file_num` 0, RocksDB's default): an fdatasync of a
+    ///   WAL written over in place is cheaper (no size or extent update), but after a power cut
+    ///   the recycled log's records end at a stale record of its previous life, which
+    ///   point-in-time recovery takes for corruption; if the next log lost all its (unsynced)
+    ///   records while a column family had flushed past it, the open fails with "SST file is
+    ///   ahead of WALs" and the node stays down (db_impl_open.cc, RocksDB 10.4: no exemption for
+    ///   an empty next log; RocksDB's own test of the case is disabled). See docs/design.md.
     pub fn options() -> Options {
         let mut options = Options::default();
         options.create_if_missing(true);
@@ -437,6 +441,7 @@ impl Storage {
         options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         options.set_unordered_write(false);
         options.set_allow_mmap_writes(false);
+        options.set_recycle_log_file_num(0);
         // Memory must not grow with the log: small memtables and a small block cache.
         options.set_write_buffer_size(8 << 20);
         options.set_max_write_buffer_number(2);
@@ -451,14 +456,6 @@ impl Storage {
         // WAL file since its last flush: hundreds of MiB replayed on restart. Past this total
         // RocksDB flushes the column families that hold the oldest WAL.
         options.set_max_total_wal_size(32 << 20);
-        // Every synced batch is an fdatasync of the WAL. Appending to a new file makes each one
-        // also write the file's new size and extent metadata (a second, synchronous I/O on ext4:
-        // about 140 us and 55 us of CPU against 95 us and 40 us for an overwrite, measured on
-        // this machine's disk). A recycled WAL file is written over in place, within its size.
-        // Its stale records carry the old log number, so point-in-time recovery stops at them
-        // as at a torn tail (RocksDB allows recycling with that mode since 9.1). The cost: up to
-        // this many obsolete WAL files (a memtable's worth each) stay on disk.
-        options.set_recycle_log_file_num(WAL_FILES_RECYCLED);
         // The memtables of all the column families share one budget (RocksDB flushes the
         // largest when it is reached), and their memory is charged to the block cache, so the
         // two together stay within `ROCKSDB_MEMORY_BYTES_MAX` whatever the value size.
@@ -1448,6 +1445,7 @@ mod tests {
         expect("manual_wal_flush", "false");
         expect("unordered_write", "false");
         expect("allow_mmap_writes", "false");
+        expect("recycle_log_file_num", "0");
         let wal_dir = db_options.get("wal_dir").copied().unwrap_or_default();
         assert!(
             wal_dir.is_empty() || Path::new(wal_dir) == path,
