@@ -314,15 +314,27 @@ mod tests {
         writer.wait_done().expect("the write succeeds")
     }
 
+    /// A new node's storage in `dir`, loaded (as the driver has it before it spawns the writer).
+    fn storage_in(dir: &std::path::Path) -> Storage {
+        let mut storage = Storage::open(dir, "c", 1).expect("open");
+        storage.load().expect("load");
+        storage
+    }
+
+    /// Job `number`: a synced Accept of its command at slot `number - 1`.
+    fn accept_job(number: u64) -> Job {
+        let accept =
+            PersistOp::Accept { slot: number - 1, ballot: Ballot::new(1, 1), value: command(number) };
+        Job { number, persist: vec![accept], needs_sync: true, history_reads: Vec::new() }
+    }
+
     /// Writes complete in the order handed over, jobs queued behind a write are merged into it
     /// (one report covers them), and a job's reads see its own write.
     #[test]
     fn writes_complete_in_order_and_reads_see_them() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
-        storage.load().expect("load");
         let (inputs, wakes) = sync_channel(16);
-        let writer = Writer::spawn(1, storage, inputs).expect("spawn");
+        let writer = Writer::spawn(1, storage_in(dir.path()), inputs).expect("spawn");
         let ballot = Ballot::new(1, 1);
         let mut reported = 0;
         for number in 1..=50u64 {
@@ -358,10 +370,8 @@ mod tests {
     #[test]
     fn a_failed_write_stops_the_writer() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
-        storage.load().expect("load");
         let (inputs, _wakes) = sync_channel(16);
-        let writer = Writer::spawn(1, storage, inputs).expect("spawn");
+        let writer = Writer::spawn(1, storage_in(dir.path()), inputs).expect("spawn");
         let value = command(1);
         let write = |number, persist| Job { number, persist, needs_sync: true, history_reads: Vec::new() };
         writer
@@ -386,29 +396,24 @@ mod tests {
     /// flag alone keeps the other path from writing, though the disk would take the next write.
     #[test]
     fn a_disk_error_on_either_path_stops_the_other() {
-        let ballot = Ballot::new(1, 1);
-        let accept = |number: u64| Job {
-            number,
-            persist: vec![PersistOp::Accept { slot: number - 1, ballot, value: command(number) }],
-            needs_sync: true,
-            history_reads: Vec::new(),
-        };
         for thread_fails_first in [true, false] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
-            storage.load().expect("load");
+            let mut storage = storage_in(dir.path());
             storage.fail_next_writes(1);
             let (inputs, _wakes) = sync_channel(16);
             let writer = Writer::spawn(1, storage, inputs).expect("spawn");
             if thread_fails_first {
-                writer.write(accept(1)).expect("queued");
+                writer.write(accept_job(1)).expect("queued");
                 assert!(writer.wait_done().is_err(), "the thread's write fails");
                 assert!(!writer.storage.is_poisoned(), "an error, not a panic");
-                assert!(writer.write_now(accept(2)).is_err(), "the driver's thread writes nothing after it");
+                assert!(
+                    writer.write_now(accept_job(2)).is_err(),
+                    "the driver's thread writes nothing after it"
+                );
             } else {
-                assert!(writer.write_now(accept(1)).is_err(), "the driver's write fails");
+                assert!(writer.write_now(accept_job(1)).is_err(), "the driver's write fails");
                 assert!(!writer.storage.is_poisoned(), "an error, not a panic");
-                writer.write(accept(2)).expect("queued");
+                writer.write(accept_job(2)).expect("queued");
                 assert!(writer.wait_done().is_err(), "the thread writes nothing after it");
             }
             drop(writer);
@@ -447,23 +452,15 @@ mod tests {
     #[test]
     fn writes_on_the_drivers_thread_join_the_threads() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut storage = Storage::open(dir.path(), "c", 1).expect("open");
-        storage.load().expect("load");
         let (inputs, _wakes) = sync_channel(16);
-        let writer = Writer::spawn(1, storage, inputs).expect("spawn");
-        let ballot = Ballot::new(1, 1);
-        let accept = |number: u64| Job {
-            number,
-            persist: vec![PersistOp::Accept { slot: number - 1, ballot, value: command(number) }],
-            needs_sync: true,
-            history_reads: Vec::new(),
-        };
-        let fsyncs_before = writer.write_now(accept(1)).expect("written").fsyncs;
-        writer.write(accept(2)).expect("queued");
-        let passing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.write_now(accept(3))));
+        let writer = Writer::spawn(1, storage_in(dir.path()), inputs).expect("spawn");
+        let fsyncs_before = writer.write_now(accept_job(1)).expect("written").fsyncs;
+        writer.write(accept_job(2)).expect("queued");
+        let passing =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.write_now(accept_job(3))));
         assert!(passing.is_err(), "a write on the driver's thread may not pass a queued one");
         assert_eq!(written(&writer).number, 2);
-        let mut apply = accept(3);
+        let mut apply = accept_job(3);
         apply.persist = vec![
             PersistOp::ApplyAccepted { slot: 0 },
             PersistOp::ApplyAccepted { slot: 1 },
@@ -480,9 +477,10 @@ mod tests {
         );
         // Slot 0 is applied: an Accept below the applied prefix is a replica bug the storage
         // asserts on, here on the driver's thread.
-        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.write_now(accept(1))));
+        let failed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.write_now(accept_job(1))));
         assert!(failed.is_err() || failed.is_ok_and(|result| result.is_err()), "the write fails");
-        writer.write(accept(5)).expect("queued");
+        writer.write(accept_job(5)).expect("queued");
         assert!(writer.wait_done().is_err(), "and the thread writes nothing after it");
     }
 }
