@@ -94,24 +94,26 @@ start() {
   pids[$1]=$!
 }
 
-# cluster_of NAME BINARY FIRST: three nodes of BINARY on ports[FIRST..FIRST+2], with the
-# certificates of PAXOS_CERTS_DIR and data in $work/NAME-N; sets pids[NAME-0..2] and
-# cluster_endpoints[NAME] (the three addresses, comma-separated), and waits for a leader.
+# cluster_of NAME BINARY FIRST [FLAGS...]: three nodes of BINARY on ports[FIRST..FIRST+2], with
+# data in $work/NAME-N; sets pids[NAME-0..2] and cluster_endpoints[NAME] (the three addresses,
+# comma-separated), and waits for a leader. FLAGS go to the nodes and to paxos-cli alike
+# (`--certs-dir DIR`, `--insecure-plaintext`); without them both read PAXOS_CERTS_DIR.
 # Needs $cli and `ports`.
 declare -A cluster_endpoints
 cluster_of() {
   local name=$1 binary=$2 first=$3 i peers=() list=()
+  shift 3
   for i in 0 1 2; do
     peers+=(--peer "$((i + 1))=127.0.0.1:${ports[$((first + i))]}")
     list+=("127.0.0.1:${ports[$((first + i))]}")
   done
   for i in 0 1 2; do
     RUST_LOG=warn "$binary" --id $((i + 1)) --listen "127.0.0.1:${ports[$((first + i))]}" "${peers[@]}" \
-      --data-dir "$work/$name-$((i + 1))" >"$work/$name-$((i + 1)).log" 2>&1 &
+      --data-dir "$work/$name-$((i + 1))" "$@" >"$work/$name-$((i + 1)).log" 2>&1 &
     pids[$name-$i]=$!
   done
   cluster_endpoints[$name]=$(IFS=,; echo "${list[*]}")
-  wait_for_leader --endpoint "${cluster_endpoints[$name]}"
+  wait_for_leader "$@" --endpoint "${cluster_endpoints[$name]}"
 }
 
 # three_node_cluster: certificates in $work/certs (nodes and paxos-cli read the directory from

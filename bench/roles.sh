@@ -44,32 +44,27 @@ seed_endpoints=$(IFS=,; echo "${endpoints[*]}")
 start_cluster voters 7 voter voter voter
 voters_endpoints=$(IFS=,; echo "${endpoints[*]}")
 
-# cpu_ticks NAME: user+system clock ticks of the cluster's processes so far.
-cpu_ticks() { awk '{ s += $14 + $15 } END { print s }' $(sed 's|.*|/proc/&/stat|' "$work/$1.pids"); }
 # node_ticks NAME: each node's utime + stime, in clock ticks, space-separated in node order.
 node_ticks() { awk '{ printf "%s ", $14 + $15 }' $(sed 's|.*|/proc/&/stat|' "$work/$1.pids"); }
-# rss_kib NAME: resident memory of the cluster's processes.
 rss_kib() { awk '/^VmRSS/ { s += $2 } END { print s }' $(sed 's|.*|/proc/&/status|' "$work/$1.pids"); }
 # cluster_run NAME ENDPOINTS CLIENTS SECONDS: the bench's JSON with the cluster's CPU and memory
 # (named apart from common.sh's `measured`, which `alternate` calls, and which calls run_seed).
 cluster_run() {
-  local before after run nodes_before nodes_after leader
-  before=$(cpu_ticks "$1")
-  nodes_before=$(node_ticks "$1")
+  local run before after leader
+  before=$(node_ticks "$1")
   run=$("$cli" --certs-dir "$work/certs" --endpoint "$2" --json bench --clients "$3" \
     --value-bytes "$VALUE_BYTES" --duration-secs "$4")
-  after=$(cpu_ticks "$1")
-  nodes_after=$(node_ticks "$1")
+  after=$(node_ticks "$1")
   leader=$("$cli" --certs-dir "$work/certs" --endpoint "$2" --json status | python3 -c \
     'import json, sys; print(json.load(sys.stdin).get("leader") or 0)')
   python3 -c 'import json, os, sys
 run = json.loads(sys.argv[1])
 hz = os.sysconf("SC_CLK_TCK")
-run["cluster_cpu_seconds"] = (int(sys.argv[3]) - int(sys.argv[2])) / hz
+run["node_cpu_seconds"] = [(int(a) - int(b)) / hz for a, b in zip(sys.argv[3].split(), sys.argv[2].split())]
+run["cluster_cpu_seconds"] = sum(run["node_cpu_seconds"])
 run["cluster_rss_mib"] = int(sys.argv[4]) / 1024
-run["node_cpu_seconds"] = [(int(a) - int(b)) / hz for a, b in zip(sys.argv[6].split(), sys.argv[5].split())]
-run["leader"] = int(sys.argv[7])
-print(json.dumps(run))' "$run" "$before" "$after" "$(rss_kib "$1")" "$nodes_before" "$nodes_after" "$leader"
+run["leader"] = int(sys.argv[5])
+print(json.dumps(run))' "$run" "$before" "$after" "$(rss_kib "$1")" "$leader"
 }
 run_seed() { cluster_run seed "$seed_endpoints" "$1" "$2"; }
 run_voters() { cluster_run voters "$voters_endpoints" "$1" "$2"; }

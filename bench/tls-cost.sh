@@ -19,30 +19,10 @@ source bench/common.sh
 read -r -a ports <<<"$(free_ports 6)"
 "$cli" --certs-dir "$work/certs" certs --nodes 1,2,3 >/dev/null
 
-# start_cluster NAME FIRST_PORT_INDEX FLAGS...: three nodes; sets `endpoints`. Not run in a
-# command substitution: the pids must reach the cleanup's `pids` in this shell.
-start_cluster() {
-  local name=$1 first=$2; shift 2
-  local peers=()
-  endpoints=()
-  for i in 0 1 2; do
-    peers+=(--peer "$((i + 1))=127.0.0.1:${ports[$((first + i))]}")
-    endpoints+=("127.0.0.1:${ports[$((first + i))]}")
-  done
-  for i in 0 1 2; do
-    RUST_LOG=warn "$node" --id $((i + 1)) --listen "127.0.0.1:${ports[$((first + i))]}" "${peers[@]}" \
-      --data-dir "$work/$name-$((i + 1))" "$@" >"$work/$name-$((i + 1)).log" 2>&1 &
-    pids[$name-$i]=$!
-  done
-}
-start_cluster tls 0 --certs-dir "$work/certs"
-tls_endpoints=$(IFS=,; echo "${endpoints[*]}")
-start_cluster plain 3 --insecure-plaintext
-plain_endpoints=$(IFS=,; echo "${endpoints[*]}")
-run_tls() { "$cli" --certs-dir "$work/certs" --endpoint "$tls_endpoints" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
-run_plain() { "$cli" --insecure-plaintext --endpoint "$plain_endpoints" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
-wait_for_leader --certs-dir "$work/certs" --endpoint "$tls_endpoints"
-wait_for_leader --insecure-plaintext --endpoint "$plain_endpoints"
+cluster_of tls "$node" 0 --certs-dir "$work/certs"
+cluster_of plain "$node" 3 --insecure-plaintext
+run_tls() { "$cli" --certs-dir "$work/certs" --endpoint "${cluster_endpoints[tls]}" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
+run_plain() { "$cli" --insecure-plaintext --endpoint "${cluster_endpoints[plain]}" --json bench --clients "$1" --value-bytes "$VALUE_BYTES" --duration-secs "$2"; }
 alternate tls run_tls plain run_plain
 results="$work/results.jsonl"
 
